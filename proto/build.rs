@@ -1,0 +1,11 @@
+//! Compiles `squall.proto` with protox (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=squall.proto");
+    let fds = protox::compile(["squall.proto"], ["."])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        .btree_map(["."])
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Squall: a durable task broker. This library crate holds the broker so that the
+//! binary (`src/main.rs`) and the end-to-end tests share it.
+
+pub mod model;
+pub mod store;

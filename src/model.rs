@@ -1,0 +1,172 @@
+//! Domain types shared by the broker core and the store: task records, state patches,
+//! queue configuration and the mutations the broker asks the store to persist.
+//! Nothing here knows about sockets, protobuf or sled.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// Unix time in milliseconds; every timestamp in Squall uses it.
+pub type Millis = u64;
+
+/// Broker-assigned task id: unique and increasing per node.
+pub type TaskId = u64;
+
+/// The persisted lifecycle of a task.
+///
+/// "ready" vs "delayed" is derived from `not_before_ms` against the clock, and "leased"
+/// is never persisted: leases live in memory and a restart makes a leased task
+/// pending again with its attempt already counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TaskStatus {
+    /// Waiting to be delivered (ready, delayed, or leased in memory).
+    Pending = 0,
+    /// Exhausted its attempts or was failed explicitly; kept for inspection and redrive.
+    Dead = 1,
+    /// Acked with a result that the queue retains.
+    Succeeded = 2,
+}
+
+impl TaskStatus {
+    /// Decodes the persisted tag.
+    pub fn from_u8(tag: u8) -> Option<TaskStatus> {
+        match tag {
+            0 => Some(TaskStatus::Pending),
+            1 => Some(TaskStatus::Dead),
+            2 => Some(TaskStatus::Succeeded),
+            _ => None,
+        }
+    }
+}
+
+/// The small, mutable part of a task: everything the broker needs to rebuild its
+/// indexes at start-up. Stored apart from the body so that recovery never reads payloads
+/// and a state change never rewrites one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    /// Queue name.
+    pub queue: Arc<str>,
+    /// Lifecycle status.
+    pub status: TaskStatus,
+    /// Higher first.
+    pub priority: i32,
+    /// Deliveries so far (each counts, whatever ended it).
+    pub attempts: u32,
+    /// Per-task limit; 0 = the queue's default at the time of use.
+    pub max_attempts: u32,
+    /// Per-task lease; 0 = the queue's default.
+    pub lease_ms: u64,
+    /// Not delivered before this time (0 = no delay).
+    pub not_before_ms: Millis,
+    /// When the task was published.
+    pub created_ms: Millis,
+    /// Last state change.
+    pub updated_ms: Millis,
+    /// Reason of the last failed attempt, if any.
+    pub last_error: Option<String>,
+}
+
+/// The immutable part of a task, read when it is delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskBody {
+    /// Opaque payload.
+    pub payload: Bytes,
+    /// Application headers, in key order.
+    pub headers: Vec<(String, Bytes)>,
+    /// The idempotency key it was published with, if any.
+    pub idempotency_key: Option<String>,
+}
+
+/// A task about to be inserted by a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// Id allocated by [`crate::store::Store::allocate_ids`].
+    pub id: TaskId,
+    /// Initial state (status `Pending`, attempts 0).
+    pub state: TaskState,
+    /// Payload and headers.
+    pub body: TaskBody,
+}
+
+/// A partial update of a [`TaskState`]; `None` fields are left as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatePatch {
+    /// New status.
+    pub status: Option<TaskStatus>,
+    /// New attempt count.
+    pub attempts: Option<u32>,
+    /// New not-before time.
+    pub not_before_ms: Option<Millis>,
+    /// New last error (`Some(None)` clears it).
+    pub last_error: Option<Option<String>>,
+    /// Always set: the time of this change.
+    pub updated_ms: Millis,
+}
+
+/// Per-queue configuration. Persisted when changed from the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// Default lease for a delivery.
+    pub lease_ms: u64,
+    /// Default delivery limit before a task is dead.
+    pub max_attempts: u32,
+    /// Retry backoff: first delay.
+    pub backoff_min_ms: u64,
+    /// Retry backoff: cap.
+    pub backoff_max_ms: u64,
+    /// Maximum pending tasks (ready + delayed + leased); 0 = unbounded.
+    pub max_length: u64,
+    /// Paused queues accept publishes but deliver nothing.
+    pub paused: bool,
+    /// How long succeeded and dead records are kept.
+    pub result_ttl_ms: u64,
+    /// Idempotency-key window.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease_ms: 30_000,
+            max_attempts: 5,
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_length: 0,
+            paused: false,
+            result_ttl_ms: 3_600_000,
+            dedup_window_ms: 300_000,
+        }
+    }
+}
+
+/// One change the broker asks the store to make durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    /// Publish: write the state and the body of a new task.
+    Insert(Box<NewTask>),
+    /// Update part of a task's state (attempt counted, nacked, dead, redriven).
+    Patch {
+        /// The task.
+        id: TaskId,
+        /// What changes.
+        patch: StatePatch,
+    },
+    /// Ack without retention, purge: delete the task's state and body.
+    Remove {
+        /// The task.
+        id: TaskId,
+    },
+    /// Create or replace a queue's configuration record.
+    PutQueue {
+        /// Queue name.
+        name: Arc<str>,
+        /// Its configuration.
+        config: QueueConfig,
+    },
+    /// Delete a queue's configuration record (its tasks are removed separately).
+    RemoveQueue {
+        /// Queue name.
+        name: Arc<str>,
+    },
+}
