@@ -1,5 +1,8 @@
 //! Squall: a durable task broker. This library crate holds the broker so that the
 //! binary (`src/main.rs`) and the end-to-end tests share it.
 
+pub mod broker;
+pub mod config;
 pub mod model;
+pub mod server;
 pub mod store;

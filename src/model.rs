@@ -70,6 +70,8 @@ pub struct TaskState {
 /// The immutable part of a task, read when it is delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TaskBody {
+    /// When the task was published (copied here so a delivery needs one read).
+    pub created_ms: Millis,
     /// Opaque payload.
     pub payload: Bytes,
     /// Application headers, in key order.

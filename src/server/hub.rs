@@ -1,0 +1,287 @@
+//! The hub: one task that owns the broker engine. Connections and the store writer send
+//! it commands; it applies them in batches per wakeup, expires leases on time, and turns
+//! the engine's effects into deliveries (to connection outboxes) and store jobs.
+//! It never reads a socket or the store itself and holds no lock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use squall_proto::v1::{self, response};
+use squall_proto::ErrorCode;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::connection::{error_response, OutTx, Outbound};
+use super::{now_ms, Done, Writer};
+use crate::broker::{Committed, ConnId, Effect, Engine, EngineError, NackMode, SubId};
+use crate::model::TaskId;
+use crate::store::Muts;
+
+/// Sender side of the hub's command channel.
+pub(crate) type HubTx = mpsc::UnboundedSender<HubCmd>;
+
+/// Most commands handled per wakeup before dispatching.
+const BATCH: usize = 1024;
+
+/// What connections and the writer ask of the hub.
+#[derive(Debug)]
+pub(crate) enum HubCmd {
+    /// A connection finished its handshake; deliveries and replies go to `out`.
+    Register {
+        conn: ConnId,
+        out: OutTx,
+    },
+    /// A connection closed.
+    Disconnect {
+        conn: ConnId,
+    },
+    Subscribe {
+        conn: ConnId,
+        req: u64,
+        queue: String,
+        prefetch: u32,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        req: u64,
+        sub: SubId,
+    },
+    Ack {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+        token: u64,
+    },
+    Nack {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+        token: u64,
+        mode: NackMode,
+        reason: String,
+    },
+    Extend {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+        token: u64,
+        extend_ms: u64,
+    },
+    /// Published tasks are durable.
+    Committed(Vec<Committed>),
+    /// A delivery could not be sent.
+    Undeliverable {
+        conn: ConnId,
+        task: TaskId,
+        token: u64,
+        requeue: bool,
+    },
+    /// Stop dispatching, hand pending persistence to the writer, and exit.
+    Shutdown,
+}
+
+pub(crate) struct Hub {
+    engine: Engine,
+    writer: Writer,
+    outboxes: HashMap<ConnId, OutTx>,
+    effects: Vec<crate::broker::Effect>,
+}
+
+impl Hub {
+    pub(crate) fn new(engine: Engine, writer: Writer) -> Hub {
+        Hub {
+            engine,
+            writer,
+            outboxes: HashMap::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// Runs until `Shutdown` arrives or every sender is gone.
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
+        let mut cmds = Vec::with_capacity(BATCH);
+        loop {
+            let wake = if self.engine.needs_dispatch() {
+                Some(Instant::now())
+            } else {
+                self.engine.next_wakeup().map(deadline_instant)
+            };
+            let received = tokio::select! {
+                n = rx.recv_many(&mut cmds, BATCH) => n,
+                _ = sleep_until_opt(wake) => 0,
+            };
+            if received == 0 && rx.is_closed() && rx.is_empty() {
+                break;
+            }
+            let now = now_ms();
+            let mut stop = false;
+            for cmd in cmds.drain(..) {
+                if matches!(cmd, HubCmd::Shutdown) {
+                    stop = true;
+                    continue;
+                }
+                self.handle(cmd, now);
+            }
+            self.engine.tick(now, &mut self.effects);
+            if !stop {
+                self.engine.dispatch(now, &mut self.effects);
+            }
+            self.apply_effects(now);
+            if stop {
+                info!(
+                    leases = self.engine.lease_count(),
+                    "hub stopped dispatching"
+                );
+                break;
+            }
+        }
+    }
+
+    fn reply(&self, conn: ConnId, req: u64, result: response::Result) {
+        if let Some(out) = self.outboxes.get(&conn) {
+            let _ = out.send(Outbound::Response(v1::Response {
+                id: req,
+                result: Some(result),
+            }));
+        }
+    }
+
+    fn reply_err(&self, conn: ConnId, req: u64, err: EngineError) {
+        let code = match err {
+            EngineError::LeaseExpired { .. } => ErrorCode::LeaseExpired,
+            EngineError::DuplicateSubscription(_) => ErrorCode::BadRequest,
+            EngineError::NoSuchSubscription(_) => ErrorCode::NotFound,
+        };
+        if let Some(out) = self.outboxes.get(&conn) {
+            let _ = out.send(Outbound::Response(error_response(
+                req,
+                code,
+                err.to_string(),
+            )));
+        }
+    }
+
+    /// Persists `m`, then confirms request `req` on `conn` once it is durable.
+    fn persist_then_reply(
+        &self,
+        conn: ConnId,
+        req: u64,
+        m: crate::model::Mutation,
+        ok: response::Result,
+    ) {
+        let done = self.outboxes.get(&conn).map(|out| Done::Reply {
+            out: out.clone(),
+            req,
+            ok,
+        });
+        self.writer.submit(Muts::One(m), done);
+    }
+
+    fn handle(&mut self, cmd: HubCmd, now: u64) {
+        match cmd {
+            HubCmd::Register { conn, out } => {
+                self.outboxes.insert(conn, out);
+            }
+            HubCmd::Disconnect { conn } => {
+                self.outboxes.remove(&conn);
+                self.engine.disconnect(conn, now, &mut self.effects);
+                debug!(conn, "connection released");
+            }
+            HubCmd::Subscribe {
+                conn,
+                req,
+                queue,
+                prefetch,
+            } => match self.engine.subscribe(conn, req, &queue, prefetch) {
+                Ok(()) => {
+                    debug!(conn, sub = req, queue = %queue, prefetch, "subscribed");
+                    self.reply(
+                        conn,
+                        req,
+                        response::Result::Subscribe(v1::SubscribeOk {
+                            subscription_id: req,
+                        }),
+                    )
+                }
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::Unsubscribe { conn, req, sub } => match self.engine.unsubscribe(conn, sub) {
+                Ok(()) => self.reply(conn, req, response::Result::Ok(v1::Empty {})),
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::Ack {
+                conn,
+                req,
+                task,
+                token,
+            } => match self.engine.ack(conn, task, token) {
+                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::Nack {
+                conn,
+                req,
+                task,
+                token,
+                mode,
+                reason,
+            } => match self.engine.nack(conn, task, token, mode, &reason, now) {
+                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::Extend {
+                conn,
+                req,
+                task,
+                token,
+                extend_ms,
+            } => match self.engine.extend(conn, task, token, extend_ms, now) {
+                Ok(deadline_ms) => self.reply(
+                    conn,
+                    req,
+                    response::Result::Extend(v1::ExtendOk { deadline_ms }),
+                ),
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::Committed(tasks) => self.engine.publish_committed(&tasks, now),
+            HubCmd::Undeliverable {
+                conn,
+                task,
+                token,
+                requeue,
+            } => self.engine.undeliverable(conn, task, token, requeue, now),
+            HubCmd::Shutdown => {}
+        }
+    }
+
+    fn apply_effects(&mut self, now: u64) {
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Persist(m) => self.writer.submit(Muts::One(m), None),
+                Effect::Deliver(d) => match self.outboxes.get(&d.conn) {
+                    Some(out) => {
+                        // A closed outbox means the connection is going away; its
+                        // Disconnect will release the lease.
+                        let _ = out.send(Outbound::Deliver(d));
+                    }
+                    None => self
+                        .engine
+                        .undeliverable(d.conn, d.task, d.token, true, now),
+                },
+            }
+        }
+    }
+}
+
+fn deadline_instant(at_ms: u64) -> Instant {
+    let now = now_ms();
+    Instant::now() + Duration::from_millis(at_ms.saturating_sub(now))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,308 @@
+//! The network server: opens the store, rebuilds the engine from it, runs the accept
+//! loop (one task per connection), the hub and the store writer, and shuts them down in
+//! order. `connection.rs` is the only code that touches client sockets.
+
+mod connection;
+mod hub;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use squall_proto::v1::{self, response};
+use squall_proto::ErrorCode;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use self::connection::{error_response, OutTx, Outbound};
+use self::hub::{Hub, HubCmd, HubTx};
+use crate::broker::{Committed, Engine, EngineConfig};
+use crate::config::{ConfigError, ServerConfig};
+use crate::store::{Completion, Muts, Store, StoreConfig, StoreError, WriterHandle, WriterStats};
+
+/// The store writer as the server uses it.
+pub(crate) type Writer = WriterHandle<Done>;
+
+/// Current unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be opened, recovered or flushed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A background task panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    config: ServerConfig,
+    store: Store,
+    writer: Writer,
+    hub: HubTx,
+    /// Cancelled at shutdown: readers stop reading.
+    conn_cancel: CancellationToken,
+    /// Connection writer halves; they end after the store writer has confirmed
+    /// everything and the hub has let go of their outboxes.
+    writers: TaskTracker,
+}
+
+/// What the store writer does once a job is durable.
+pub(crate) enum Done {
+    /// Tell the hub the tasks exist, then confirm the publish.
+    Publish {
+        out: OutTx,
+        req: u64,
+        hub: HubTx,
+        committed: Vec<Committed>,
+    },
+    /// Confirm a settlement.
+    Reply {
+        out: OutTx,
+        req: u64,
+        ok: response::Result,
+    },
+}
+
+impl Completion for Done {
+    fn complete(self, result: Result<(), StoreError>) {
+        let (out, response) = match (self, result) {
+            (
+                Done::Publish {
+                    out,
+                    req,
+                    hub,
+                    committed,
+                },
+                Ok(()),
+            ) => {
+                let tasks = committed
+                    .iter()
+                    .map(|c| v1::Published {
+                        task_id: c.id,
+                        duplicate: false,
+                    })
+                    .collect();
+                let _ = hub.send(HubCmd::Committed(committed));
+                let ok = v1::Response {
+                    id: req,
+                    result: Some(response::Result::Publish(v1::PublishOk { tasks })),
+                };
+                (out, ok)
+            }
+            (Done::Reply { out, req, ok }, Ok(())) => (
+                out,
+                v1::Response {
+                    id: req,
+                    result: Some(ok),
+                },
+            ),
+            (Done::Publish { out, req, .. } | Done::Reply { out, req, .. }, Err(e)) => {
+                let msg = format!("not persisted: {e}");
+                (out, error_response(req, ErrorCode::Storage, msg))
+            }
+        };
+        let _ = out.send(Outbound::Response(response));
+    }
+}
+
+/// A running broker. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    writer_stats: Arc<WriterStats>,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// The bound protocol address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Counters of the group-commit writer.
+    pub fn writer_stats(&self) -> Arc<WriterStats> {
+        self.writer_stats.clone()
+    }
+
+    /// A token that starts a graceful shutdown when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops accepting, stops dispatching, flushes the store and waits for the end.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after its shutdown token is cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Internal(e.to_string()))?
+    }
+}
+
+/// Opens the store, recovers, binds, and starts serving in the background.
+pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let started = std::time::Instant::now();
+    let store_config = StoreConfig {
+        path: config.data_dir.clone(),
+        fsync: config.fsync,
+        cache_bytes: config.cache_bytes,
+    };
+    let engine_config = EngineConfig {
+        queue_defaults: config.queue_defaults.clone(),
+        max_lease_ms: config.max_lease_ms,
+        rng_seed: now_ms(),
+    };
+    let (store, engine, fixes, tasks) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&store_config)?;
+        let now = now_ms();
+        let mut engine = Engine::new(engine_config, now);
+        for (name, cfg) in store.queues()? {
+            engine.set_queue_config(&name, cfg);
+        }
+        let mut fixes = Vec::new();
+        let stats = store.recover(|id, state| {
+            if let Some(m) = engine.recover_task(id, &state, now) {
+                fixes.push(m);
+            }
+        })?;
+        Ok::<_, StoreError>((store, engine, fixes, stats.tasks))
+    })
+    .await
+    .map_err(|e| ServerError::Internal(e.to_string()))??;
+
+    let writer = store.start_writer::<Done>();
+    let writer_stats = writer.stats();
+    let handle = writer.handle();
+    for m in fixes {
+        handle.submit(Muts::One(m), None);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    info!(
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        fsync = ?config.fsync,
+        recovered_tasks = tasks,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "squall is listening on {local_addr} with data in {}",
+        config.data_dir.display()
+    );
+
+    let (hub_tx, hub_rx) = mpsc::unbounded_channel();
+    let hub_task = tokio::spawn(Hub::new(engine, handle.clone()).run(hub_rx));
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        writer: handle,
+        hub: hub_tx,
+        conn_cancel: CancellationToken::new(),
+        writers: TaskTracker::new(),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(listener, shared, hub_task, writer, stop.clone()));
+    Ok(ServerHandle {
+        local_addr,
+        writer_stats,
+        stop,
+        task,
+    })
+}
+
+async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    hub_task: JoinHandle<()>,
+    writer: crate::store::Writer<Done>,
+    stop: CancellationToken,
+) -> Result<(), ServerError> {
+    let readers = TaskTracker::new();
+    let next_conn = AtomicU64::new(1);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                    readers.spawn(connection::serve(stream, peer, id, shared.clone()));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let grace = shared.config.shutdown_grace;
+    info!("shutting down: no longer accepting connections");
+
+    // 1. Readers stop taking requests and report their connections closed.
+    shared.conn_cancel.cancel();
+    readers.close();
+    if tokio::time::timeout(grace, readers.wait()).await.is_err() {
+        warn!(
+            ?grace,
+            "connection readers did not stop within the grace period"
+        );
+    }
+    // 2. The hub stops dispatching and hands its last mutations to the writer.
+    let _ = shared.hub.send(HubCmd::Shutdown);
+    if let Err(e) = hub_task.await {
+        error!(error = %e, "hub task failed");
+    }
+    // 3. The writer applies and flushes everything queued, confirming each job.
+    let flushed = tokio::task::spawn_blocking(move || writer.shutdown())
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+    // 4. Connection writers send what is left and close.
+    shared.writers.close();
+    if tokio::time::timeout(grace, shared.writers.wait())
+        .await
+        .is_err()
+    {
+        warn!(?grace, "connections did not drain within the grace period");
+    }
+    flushed?;
+    info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! The group-commit writer: the one thread that ever writes to sled. It gathers every
+//! job queued since its last batch, stages their mutations into one `sled::Batch`,
+//! applies it, makes it durable per the fsync mode and then completes the jobs in
+//! submission order. Key layout and record encoding live in `keys.rs`/`record.rs`;
+//! the public `Writer`/`WriterHandle` types are declared in `mod.rs`.
+//!
+//! Architecture Invariant: only this thread mutates the tree, so a `Patch` can read
+//! the stored state and write it back without compare-and-swap.
+
+use std::slice;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use sled::InlineArray;
+
+use super::record::{self, StateView};
+use super::{keys, Completion, Db, FsyncMode, Inner, Muts, StoreError, WriterStats};
+use crate::model::{Mutation, TaskId};
+
+/// Most mutations gathered into one batch. Past it the writer commits what it has and
+/// comes straight back for the rest: this bounds the memory of a batch and the wait of
+/// the job that opened it, without costing throughput (a batch this size already
+/// amortises its flush over thousands of jobs).
+const MAX_BATCH_MUTATIONS: usize = 16_384;
+
+/// What the channel carries.
+pub(crate) enum Msg<C: Completion> {
+    /// Mutations to apply, and who to tell.
+    Job(Job<C>),
+    /// Apply everything queued before this message, flush, exit.
+    Shutdown,
+}
+
+/// One submission.
+pub(crate) struct Job<C: Completion> {
+    pub(crate) muts: Muts,
+    pub(crate) done: Done<C>,
+}
+
+impl Muts {
+    fn as_slice(&self) -> &[Mutation] {
+        match self {
+            Muts::One(m) => slice::from_ref(m),
+            Muts::Many(ms) => ms,
+        }
+    }
+}
+
+/// A completion that is always called exactly once: if a job is dropped unfinished
+/// (left in the channel when the writer exits, or the writer panicked) its completion
+/// gets [`StoreError::Closed`] instead of never hearing back.
+pub(crate) struct Done<C: Completion>(Option<C>);
+
+impl<C: Completion> Done<C> {
+    pub(crate) fn new(done: Option<C>) -> Done<C> {
+        Done(done)
+    }
+
+    pub(crate) fn complete(mut self, result: Result<(), StoreError>) {
+        if let Some(done) = self.0.take() {
+            done.complete(result);
+        }
+    }
+}
+
+impl<C: Completion> Drop for Done<C> {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done.complete(Err(StoreError::Closed));
+        }
+    }
+}
+
+/// One staged write: a key and its new value (`None` deletes it).
+type Write = (InlineArray, Option<InlineArray>);
+
+/// The writer thread's state.
+pub(crate) struct WriterLoop<C: Completion> {
+    /// The writer's own sled handle.
+    db: Db,
+    store: Arc<Inner>,
+    rx: Receiver<Msg<C>>,
+    stats: Arc<WriterStats>,
+    mode: FsyncMode,
+    /// Jobs of the batch being built, in submission order.
+    group: Vec<Job<C>>,
+    /// Each job's own failure (a corrupt record it patches), parallel to `group`.
+    failed: Vec<Option<StoreError>>,
+    /// The writes of the job being staged: kept apart from the batch until the whole
+    /// job staged, so that a failing job leaves nothing behind.
+    stage: Vec<Write>,
+    /// Encoding buffer, reused for every record.
+    scratch: Vec<u8>,
+    /// Applied since the last successful flush.
+    dirty: bool,
+    last_flush: Instant,
+}
+
+/// The staged batch of one group.
+struct Staged {
+    batch: sled::Batch,
+    writes: usize,
+    mutations: u64,
+    max_inserted: Option<TaskId>,
+}
+
+impl<C: Completion> WriterLoop<C> {
+    pub(crate) fn new(
+        db: Db,
+        store: Arc<Inner>,
+        rx: Receiver<Msg<C>>,
+        stats: Arc<WriterStats>,
+    ) -> Self {
+        WriterLoop {
+            db,
+            mode: store.fsync,
+            store,
+            rx,
+            stats,
+            group: Vec::new(),
+            failed: Vec::new(),
+            stage: Vec::new(),
+            scratch: Vec::with_capacity(256),
+            dirty: false,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Runs until shutdown or until every handle is gone; returns the final flush.
+    pub(crate) fn run(mut self) -> Result<(), StoreError> {
+        loop {
+            let first = match self.next_message() {
+                Wake::Msg(Msg::Job(job)) => job,
+                Wake::Msg(Msg::Shutdown) | Wake::Disconnected => break,
+                Wake::FlushDue => {
+                    let _ = self.flush();
+                    continue;
+                }
+            };
+            let shutdown = self.gather(first);
+            self.commit();
+            if shutdown {
+                break;
+            }
+        }
+        tracing::debug!("store writer stopping: final flush");
+        // Jobs still queued behind a shutdown are dropped with `rx` after this
+        // returns, and `Done` completes them with `Closed`.
+        self.flush()
+    }
+
+    /// Blocks for the next message; in interval mode with unflushed data, only until
+    /// the flush is due.
+    fn next_message(&self) -> Wake<C> {
+        match self.mode {
+            FsyncMode::Interval(every) if self.dirty => {
+                match self.rx.recv_deadline(self.last_flush + every) {
+                    Ok(msg) => Wake::Msg(msg),
+                    Err(RecvTimeoutError::Timeout) => Wake::FlushDue,
+                    Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
+                }
+            }
+            _ => match self.rx.recv() {
+                Ok(msg) => Wake::Msg(msg),
+                Err(_) => Wake::Disconnected,
+            },
+        }
+    }
+
+    /// The group commit: takes `first` and every job already queued behind it, up to
+    /// [`MAX_BATCH_MUTATIONS`]. Returns whether a shutdown came in behind them.
+    fn gather(&mut self, first: Job<C>) -> bool {
+        let mut mutations = first.muts.as_slice().len();
+        self.group.push(first);
+        while mutations < MAX_BATCH_MUTATIONS {
+            match self.rx.try_recv() {
+                Ok(Msg::Job(job)) => {
+                    mutations += job.muts.as_slice().len();
+                    self.group.push(job);
+                }
+                Ok(Msg::Shutdown) => return true,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        false
+    }
+
+    /// Stages, applies and makes durable the gathered group, then completes its jobs.
+    fn commit(&mut self) {
+        let staged = self.stage_group();
+        let mut outcome = self.apply(staged);
+        if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
+            outcome = self.flush();
+        }
+        self.complete_group(outcome);
+        if let FsyncMode::Interval(every) = self.mode {
+            if self.dirty && self.last_flush.elapsed() >= every {
+                let _ = self.flush();
+            }
+        }
+    }
+
+    /// Stages every job of the group into one batch; a job that fails is recorded in
+    /// `failed` and contributes nothing.
+    fn stage_group(&mut self) -> Staged {
+        let mut staged = Staged {
+            batch: sled::Batch::default(),
+            writes: 0,
+            mutations: 0,
+            max_inserted: None,
+        };
+        let group = std::mem::take(&mut self.group);
+        self.failed.clear();
+        for job in &group {
+            let result = self.stage_job(&job.muts, &staged.batch, &mut staged.max_inserted);
+            match result {
+                Ok(()) => {
+                    staged.mutations += job.muts.as_slice().len() as u64;
+                    staged.writes += self.stage.len();
+                    for (key, value) in self.stage.drain(..) {
+                        match value {
+                            Some(value) => staged.batch.insert(key, value),
+                            None => staged.batch.remove(key),
+                        }
+                    }
+                    self.failed.push(None);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "store mutation refused; its job fails, the rest of the batch goes on");
+                    self.stage.clear();
+                    self.failed.push(Some(error));
+                }
+            }
+        }
+        self.group = group;
+        self.stage_watermark(&mut staged);
+        staged
+    }
+
+    /// Persists a new id watermark when this batch inserts an id at or past the last
+    /// persisted one, so ids are never reused after a restart.
+    fn stage_watermark(&self, staged: &mut Staged) {
+        let Some(max) = staged.max_inserted else {
+            return;
+        };
+        let next = max.saturating_add(1);
+        if next > self.store.watermark.load(Relaxed) {
+            staged.batch.insert(keys::WATERMARK, next.to_be_bytes());
+            staged.writes += 1;
+        }
+    }
+
+    /// Stages one job's mutations into `self.stage`.
+    fn stage_job(
+        &mut self,
+        muts: &Muts,
+        batch: &sled::Batch,
+        max_inserted: &mut Option<TaskId>,
+    ) -> Result<(), StoreError> {
+        for mutation in muts.as_slice() {
+            match mutation {
+                Mutation::Insert(task) => {
+                    self.encode_into_stage(keys::state(task.id), |out| {
+                        record::encode_state(&StateView::of(&task.state), out)
+                    })?;
+                    self.encode_into_stage(keys::body(task.id), |out| {
+                        record::encode_body(&task.body, out)
+                    })?;
+                    *max_inserted = Some(max_inserted.map_or(task.id, |m| m.max(task.id)));
+                }
+                Mutation::Patch { id, patch } => {
+                    let key = keys::state(*id);
+                    let Some(current) = self.read_staged(&key, batch)? else {
+                        tracing::debug!(task = *id, "patch of a task no longer stored: skipped");
+                        continue;
+                    };
+                    let mut view =
+                        record::decode_state(&current).map_err(|e| super::corrupt(&key, e))?;
+                    view.apply(patch);
+                    self.scratch.clear();
+                    record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
+                    let value = InlineArray::from(self.scratch.as_slice());
+                    self.stage.push((InlineArray::from(key), Some(value)));
+                }
+                Mutation::Remove { id } => {
+                    self.stage.push((InlineArray::from(keys::state(*id)), None));
+                    self.stage.push((InlineArray::from(keys::body(*id)), None));
+                }
+                Mutation::PutQueue { name, config } => {
+                    self.encode_into_stage(keys::queue(name), |out| {
+                        record::encode_queue(config, out);
+                        Ok(())
+                    })?;
+                }
+                Mutation::RemoveQueue { name } => {
+                    self.stage
+                        .push((InlineArray::from(keys::queue(name)), None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_into_stage(
+        &mut self,
+        key: impl Into<InlineArray>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), record::TooLarge>,
+    ) -> Result<(), StoreError> {
+        self.scratch.clear();
+        encode(&mut self.scratch).map_err(too_large)?;
+        let value = InlineArray::from(self.scratch.as_slice());
+        self.stage.push((key.into(), Some(value)));
+        Ok(())
+    }
+
+    /// The value of `key` as this batch will leave it: the job's own staged writes
+    /// first, then earlier jobs of the batch, then the tree.
+    fn read_staged(
+        &self,
+        key: &[u8],
+        batch: &sled::Batch,
+    ) -> Result<Option<InlineArray>, StoreError> {
+        if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.as_ref() == key) {
+            return Ok(value.clone());
+        }
+        if let Some(value) = batch.get(key) {
+            return Ok(value.cloned());
+        }
+        self.db.get(key).map_err(super::io_error)
+    }
+
+    /// Applies the staged batch; an empty one is a no-op.
+    fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
+        if staged.writes == 0 {
+            return Ok(());
+        }
+        if let Err(error) = self.db.apply_batch(staged.batch) {
+            tracing::error!(%error, jobs = self.group.len(), "store batch failed; its jobs fail");
+            return Err(super::io_error(error));
+        }
+        self.dirty = true;
+        if let Some(max) = staged.max_inserted {
+            self.store
+                .watermark
+                .fetch_max(max.saturating_add(1), Relaxed);
+        }
+        self.stats.batches.fetch_add(1, Relaxed);
+        self.stats.mutations.fetch_add(staged.mutations, Relaxed);
+        Ok(())
+    }
+
+    /// Completes every job of the group in submission order: with its own failure if
+    /// it had one, else with the batch's outcome.
+    fn complete_group(&mut self, outcome: Result<(), StoreError>) {
+        let mut confirmed = 0;
+        for (job, failed) in self.group.drain(..).zip(self.failed.drain(..)) {
+            let result = match failed {
+                Some(error) => Err(error),
+                None => outcome.clone(),
+            };
+            confirmed += u64::from(result.is_ok());
+            job.done.complete(result);
+        }
+        self.stats.jobs.fetch_add(confirmed, Relaxed);
+    }
+
+    /// fsyncs everything applied so far.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        let start = Instant::now();
+        let result = self.db.flush();
+        let took = start.elapsed();
+        self.last_flush = Instant::now();
+        self.stats.flushes.fetch_add(1, Relaxed);
+        self.stats.flush_micros.fetch_add(micros(took), Relaxed);
+        match result {
+            Ok(_) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "store flush failed");
+                Err(super::io_error(error))
+            }
+        }
+    }
+}
+
+/// Why the writer woke up.
+enum Wake<C: Completion> {
+    Msg(Msg<C>),
+    FlushDue,
+    Disconnected,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn too_large(e: record::TooLarge) -> StoreError {
+    StoreError::Io(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {} bytes, over the 4 GiB record limit",
+            e.field, e.len
+        ),
+    )))
+}

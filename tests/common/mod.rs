@@ -1,0 +1,424 @@
+//! Shared end-to-end harness: a real broker on 127.0.0.1 port 0 with a temporary data
+//! directory (in-process or as a child process that can be killed), and `Wire`, a raw
+//! protocol client that speaks frames directly so protocol tests do not depend on the
+//! client crate.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use squall::config::ServerConfig;
+use squall::model::QueueConfig;
+use squall::server::{self, ServerHandle};
+use squall_proto::v1::{self, request::Op, response, server_message::Kind};
+use squall_proto::{decode_frame, encode_frame, ErrorCode, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Queue defaults that keep tests fast: short leases and backoff.
+pub fn fast_queue_defaults() -> QueueConfig {
+    QueueConfig {
+        lease_ms: 2_000,
+        max_attempts: 5,
+        backoff_min_ms: 50,
+        backoff_max_ms: 200,
+        ..QueueConfig::default()
+    }
+}
+
+/// An in-process broker on 127.0.0.1:0 with its own temporary data directory.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub config: ServerConfig,
+    handle: Option<ServerHandle>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            queue_defaults: fast_queue_defaults(),
+            shutdown_grace: Duration::from_secs(5),
+            ..ServerConfig::default()
+        };
+        tweak(&mut config);
+        let handle = server::start(config.clone()).await.expect("broker starts");
+        TestBroker {
+            addr: handle.local_addr(),
+            config,
+            handle: Some(handle),
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn handle(&self) -> &ServerHandle {
+        self.handle.as_ref().expect("running")
+    }
+
+    /// Graceful stop; the data directory stays.
+    pub async fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    /// Graceful stop, then start again on the same data directory (new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let handle = server::start(self.config.clone())
+            .await
+            .expect("broker restarts");
+        self.addr = handle.local_addr();
+        self.handle = Some(handle);
+    }
+}
+
+/// The broker binary as a child process, for tests that kill it.
+pub struct ChildBroker {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ChildBroker {
+    /// Starts `squall serve` on 127.0.0.1:0 with `data_dir` and waits for its listen line.
+    pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildBroker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_squall"))
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn squall");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
+                    eprintln!("[broker] {line}");
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(WAIT)
+            .expect("broker printed its listen address")
+            .parse()
+            .expect("listen address parses");
+        ChildBroker { addr, child }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().expect("wait for broker")
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A protocol error as the broker sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A raw protocol connection: frames in, frames out, nothing hidden.
+pub struct Wire {
+    stream: TcpStream,
+    buf: BytesMut,
+    next_id: u64,
+    deliveries: VecDeque<v1::Delivery>,
+    /// Connection-level errors (id 0) received so far.
+    pub goodbyes: Vec<WireError>,
+}
+
+impl Wire {
+    /// Connects without saying Hello.
+    pub async fn connect(addr: SocketAddr) -> Wire {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Wire {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 1,
+            deliveries: VecDeque::new(),
+            goodbyes: Vec::new(),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn hello(addr: SocketAddr) -> Wire {
+        let mut w = Wire::connect(addr).await;
+        let r = w
+            .call(Op::Hello(v1::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: "test".into(),
+                token: String::new(),
+            }))
+            .await;
+        assert!(
+            matches!(r, Ok(response::Result::Hello(_))),
+            "hello failed: {r:?}"
+        );
+        w
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a request and returns its id.
+    pub async fn send(&mut self, op: Op) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = BytesMut::new();
+        encode_frame(&v1::Request { id, op: Some(op) }, &mut buf);
+        self.send_raw(&buf).await;
+        id
+    }
+
+    /// The next frame from the broker, or None on EOF.
+    pub async fn recv(&mut self) -> Option<v1::ServerMessage> {
+        loop {
+            if let Some(m) = decode_frame::<v1::ServerMessage>(&mut self.buf, 64 << 20)
+                .expect("broker sends valid frames")
+            {
+                return Some(m);
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("broker answered in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Waits for the response to `id`, buffering deliveries that arrive first.
+    pub async fn response(&mut self, id: u64) -> Result<response::Result, WireError> {
+        loop {
+            let m = self
+                .recv()
+                .await
+                .expect("connection open while awaiting a response");
+            match m.kind.expect("message has a kind") {
+                Kind::Delivery(d) => self.deliveries.push_back(d),
+                Kind::Response(r) => {
+                    let result = r.result.expect("response has a result");
+                    let result = match result {
+                        response::Result::Error(e) => Err(WireError {
+                            code: ErrorCode::try_from(e.code).expect("known code"),
+                            message: e.message,
+                        }),
+                        ok => Ok(ok),
+                    };
+                    if r.id == id {
+                        return result;
+                    }
+                    if r.id == 0 {
+                        if let Err(e) = result {
+                            self.goodbyes.push(e);
+                            continue;
+                        }
+                    }
+                    panic!("unexpected response to {}: {result:?}", r.id);
+                }
+            }
+        }
+    }
+
+    pub async fn call(&mut self, op: Op) -> Result<response::Result, WireError> {
+        let id = self.send(op).await;
+        self.response(id).await
+    }
+
+    pub async fn publish_spec(&mut self, tasks: Vec<v1::TaskSpec>) -> Result<Vec<u64>, WireError> {
+        match self.call(Op::Publish(v1::Publish { tasks })).await? {
+            response::Result::Publish(ok) => Ok(ok.tasks.iter().map(|t| t.task_id).collect()),
+            other => panic!("unexpected publish answer {other:?}"),
+        }
+    }
+
+    pub async fn publish(&mut self, queue: &str, payload: &str) -> u64 {
+        self.publish_spec(vec![spec(queue, payload)])
+            .await
+            .expect("publish confirmed")[0]
+    }
+
+    pub async fn subscribe(&mut self, queue: &str, prefetch: u32) -> u64 {
+        match self
+            .call(Op::Subscribe(v1::Subscribe {
+                queue: queue.into(),
+                prefetch,
+            }))
+            .await
+        {
+            Ok(response::Result::Subscribe(s)) => s.subscription_id,
+            other => panic!("subscribe failed: {other:?}"),
+        }
+    }
+
+    /// The next delivery within `within`, or None.
+    pub async fn try_delivery(&mut self, within: Duration) -> Option<v1::Delivery> {
+        if let Some(d) = self.deliveries.pop_front() {
+            return Some(d);
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(m) =
+                decode_frame::<v1::ServerMessage>(&mut self.buf, 64 << 20).expect("valid frame")
+            {
+                match m.kind.expect("kind") {
+                    Kind::Delivery(d) => return Some(d),
+                    Kind::Response(r) if r.id == 0 => {
+                        if let Some(response::Result::Error(e)) = r.result {
+                            self.goodbyes.push(WireError {
+                                code: ErrorCode::try_from(e.code).expect("known code"),
+                                message: e.message,
+                            });
+                        }
+                        continue;
+                    }
+                    Kind::Response(r) => panic!("unexpected response {r:?}"),
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn delivery(&mut self) -> v1::Delivery {
+        self.try_delivery(WAIT).await.expect("a delivery arrives")
+    }
+
+    pub async fn ack(&mut self, d: &v1::Delivery) -> Result<(), WireError> {
+        self.call(Op::Ack(v1::Ack {
+            task_id: d.task_id,
+            lease_token: d.lease_token,
+            result: Bytes::new(),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn nack(
+        &mut self,
+        d: &v1::Delivery,
+        delay_ms: Option<u64>,
+        dead: bool,
+        reason: &str,
+    ) -> Result<(), WireError> {
+        self.call(Op::Nack(v1::Nack {
+            task_id: d.task_id,
+            lease_token: d.lease_token,
+            delay_ms,
+            dead,
+            reason: reason.into(),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    /// True if the broker closes the connection within the wait (after any frames).
+    pub async fn closed_by_peer(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(WAIT, self.recv()).await {
+                Ok(None) => return true,
+                Ok(Some(m)) => {
+                    if let Some(Kind::Response(r)) = m.kind {
+                        if let Some(response::Result::Error(e)) = r.result {
+                            self.goodbyes.push(WireError {
+                                code: ErrorCode::try_from(e.code).expect("known code"),
+                                message: e.message,
+                            });
+                        }
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Reads the next frame and expects it to be an error; returns it.
+    pub async fn expect_error(&mut self) -> (u64, WireError) {
+        let m = self.recv().await.expect("an error frame before close");
+        match m.kind {
+            Some(Kind::Response(v1::Response {
+                id,
+                result: Some(response::Result::Error(e)),
+            })) => (
+                id,
+                WireError {
+                    code: ErrorCode::try_from(e.code).expect("known code"),
+                    message: e.message,
+                },
+            ),
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+}
+
+pub fn spec(queue: &str, payload: &str) -> v1::TaskSpec {
+    v1::TaskSpec {
+        queue: queue.into(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// A fresh temporary directory path (kept alive by the returned guard).
+pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    (dir, path)
+}
