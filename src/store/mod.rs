@@ -29,7 +29,8 @@ const LEAF_FANOUT: usize = 1024;
 
 /// sled's own background flush period in `Never` mode, so that an idle broker still
 /// reaches the disk eventually; the other modes flush from the writer and run no
-/// background flusher.
+/// background flusher. (sled's flusher aborts the process if a flush fails; the
+/// writer's own flushes report the error instead.)
 const NEVER_MODE_BACKGROUND_FLUSH_MS: usize = 1_000;
 
 /// How the writer makes a batch durable before confirming it.

@@ -128,6 +128,14 @@ fn hold_writer(writer: &WriterHandle<TestDone>) -> Sender<()> {
 }
 
 #[test]
+fn handles_are_shareable_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Store>();
+    shareable::<WriterHandle<TestDone>>();
+    shareable::<Writer<TestDone>>();
+}
+
+#[test]
 fn group_commit_flushes_far_less_than_once_per_job() {
     const THREADS: u64 = 8;
     const PER_THREAD: u64 = 100;
@@ -651,74 +659,5 @@ proptest! {
         h = h.restart(&config);
         check(&model, &h.store);
         h.writer.shutdown().unwrap();
-    }
-}
-
-#[test]
-#[ignore]
-fn tmp_throughput() {
-    for mode in [FsyncMode::Always, FsyncMode::Never] {
-        let dir = TempDir::new().unwrap();
-        let store = open(&dir, mode);
-        let writer = store.start_writer::<Tx<u64>>();
-        let n: u64 = 200_000;
-        let start = std::time::Instant::now();
-        let threads: Vec<_> = (0..4u64)
-            .map(|_t| {
-                let h = writer.handle();
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    let (tx, rx) = crossbeam_channel::unbounded();
-                    let per = n / 4;
-                    let first = store.allocate_ids(per);
-                    let mut outstanding = 0;
-                    for i in 0..per {
-                        let id = first + i;
-                        h.submit(Muts::One(insert(id, "q")), Some(Tx(tx.clone(), id)));
-                        h.submit(
-                            Muts::One(patch(
-                                id,
-                                StatePatch {
-                                    attempts: Some(1),
-                                    updated_ms: 5,
-                                    ..Default::default()
-                                },
-                            )),
-                            None,
-                        );
-                        h.submit(Muts::One(Mutation::Remove { id }), Some(Tx(tx.clone(), id)));
-                        outstanding += 2;
-                        while outstanding > 2048 {
-                            rx.recv().unwrap().1.unwrap();
-                            outstanding -= 1;
-                        }
-                    }
-                    while outstanding > 0 {
-                        rx.recv().unwrap().1.unwrap();
-                        outstanding -= 1;
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let el = start.elapsed();
-        let s = writer.stats();
-        eprintln!(
-            "{mode:?}: {} lifecycles in {:?} = {:.0}/s; batches {} flushes {} flush_ms {}",
-            n,
-            el,
-            n as f64 / el.as_secs_f64(),
-            s.batches.load(Relaxed),
-            s.flushes.load(Relaxed),
-            s.flush_micros.load(Relaxed) / 1000
-        );
-        let t = std::time::Instant::now();
-        writer.shutdown().unwrap();
-        eprintln!("shutdown {:?}", t.elapsed());
-        let t = std::time::Instant::now();
-        drop(store);
-        eprintln!("drop {:?}", t.elapsed());
     }
 }

@@ -214,9 +214,9 @@ impl<C: Completion> WriterLoop<C> {
         let group = std::mem::take(&mut self.group);
         self.failed.clear();
         for job in &group {
-            let result = self.stage_job(&job.muts, &staged.batch, &mut staged.max_inserted);
-            match result {
-                Ok(()) => {
+            match self.stage_job(&job.muts, &staged.batch) {
+                Ok(max_inserted) => {
+                    staged.max_inserted = staged.max_inserted.max(max_inserted);
                     staged.mutations += job.muts.as_slice().len() as u64;
                     staged.writes += self.stage.len();
                     for (key, value) in self.stage.drain(..) {
@@ -252,13 +252,13 @@ impl<C: Completion> WriterLoop<C> {
         }
     }
 
-    /// Stages one job's mutations into `self.stage`.
+    /// Stages one job's mutations into `self.stage`; returns the highest id it inserts.
     fn stage_job(
         &mut self,
         muts: &Muts,
         batch: &sled::Batch,
-        max_inserted: &mut Option<TaskId>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<TaskId>, StoreError> {
+        let mut max_inserted = None;
         for mutation in muts.as_slice() {
             match mutation {
                 Mutation::Insert(task) => {
@@ -268,7 +268,7 @@ impl<C: Completion> WriterLoop<C> {
                     self.encode_into_stage(keys::body(task.id), |out| {
                         record::encode_body(&task.body, out)
                     })?;
-                    *max_inserted = Some(max_inserted.map_or(task.id, |m| m.max(task.id)));
+                    max_inserted = max_inserted.max(Some(task.id));
                 }
                 Mutation::Patch { id, patch } => {
                     let key = keys::state(*id);
@@ -300,7 +300,7 @@ impl<C: Completion> WriterLoop<C> {
                 }
             }
         }
-        Ok(())
+        Ok(max_inserted)
     }
 
     fn encode_into_stage(

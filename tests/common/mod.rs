@@ -176,6 +176,8 @@ pub struct Wire {
     deliveries: VecDeque<v1::Delivery>,
     /// Connection-level errors (id 0) received so far.
     pub goodbyes: Vec<WireError>,
+    /// Responses that arrived while waiting for deliveries (pipelined requests).
+    pub stray: Vec<(u64, Result<response::Result, WireError>)>,
 }
 
 impl Wire {
@@ -189,6 +191,7 @@ impl Wire {
             next_id: 1,
             deliveries: VecDeque::new(),
             goodbyes: Vec::new(),
+            stray: Vec::new(),
         }
     }
 
@@ -231,10 +234,11 @@ impl Wire {
             {
                 return Some(m);
             }
-            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("broker answered in time")
-                .unwrap_or(0);
+            let n = match tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => 0,
+                Err(_) => panic!("broker did not answer within {WAIT:?}"),
+            };
             if n == 0 {
                 return None;
             }
@@ -243,11 +247,18 @@ impl Wire {
 
     /// Waits for the response to `id`, buffering deliveries that arrive first.
     pub async fn response(&mut self, id: u64) -> Result<response::Result, WireError> {
+        self.response_or_eof(id)
+            .await
+            .expect("connection open while awaiting a response")
+    }
+
+    /// Like `response`, but None if the connection closes first.
+    pub async fn response_or_eof(
+        &mut self,
+        id: u64,
+    ) -> Option<Result<response::Result, WireError>> {
         loop {
-            let m = self
-                .recv()
-                .await
-                .expect("connection open while awaiting a response");
+            let m = self.recv().await?;
             match m.kind.expect("message has a kind") {
                 Kind::Delivery(d) => self.deliveries.push_back(d),
                 Kind::Response(r) => {
@@ -260,7 +271,7 @@ impl Wire {
                         ok => Ok(ok),
                     };
                     if r.id == id {
-                        return result;
+                        return Some(result);
                     }
                     if r.id == 0 {
                         if let Err(e) = result {
@@ -326,7 +337,17 @@ impl Wire {
                         }
                         continue;
                     }
-                    Kind::Response(r) => panic!("unexpected response {r:?}"),
+                    Kind::Response(r) => {
+                        let result = match r.result.expect("response has a result") {
+                            response::Result::Error(e) => Err(WireError {
+                                code: ErrorCode::try_from(e.code).expect("known code"),
+                                message: e.message,
+                            }),
+                            ok => Ok(ok),
+                        };
+                        self.stray.push((r.id, result));
+                        continue;
+                    }
                 }
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
