@@ -1,1 +1,173 @@
-//! placeholder
+//! Async Rust client for [Squall](https://example.invalid/squall), a durable task
+//! broker: publish tasks, consume them under leases, run workers that hide
+//! reconnects and lease extension.
+//!
+//! The crate root holds these docs and re-exports; the code is in one module per
+//! concern (`client` handle and reconnects, `conn` socket I/O, `publish`,
+//! `subscription`, `delivery`, `worker`, `error`, `config`, `backoff`).
+//!
+//! # Quick start (5 minutes)
+//!
+//! 1. Start a broker: `cargo run --release -- serve` in the Squall repository (it
+//!    listens on `127.0.0.1:7600`).
+//! 2. Add the crate and tokio to your project: `squall-client`, and
+//!    `tokio = { version = "1", features = ["full"] }`.
+//! 3. Publish. Each call returns once the broker has the task on disk:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use squall_client::{Client, PublishOptions};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), squall_client::ClientError> {
+//!     let client = Client::connect("127.0.0.1:7600").await?;
+//!     let task = client.publish("emails", "hello@example.com").await?;
+//!     println!("task {} is durable", task.id);
+//!
+//!     let opts = PublishOptions::new()
+//!         .priority(5)
+//!         .delay(Duration::from_secs(10))
+//!         .max_attempts(3)
+//!         .header("tenant", "acme");
+//!     client.publish_with("emails", "later@example.com", opts).await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! 4. Run a worker. It runs the handler for each task (8 at a time by default),
+//!    extends the lease while the handler runs, acks on `Ok`, nacks with the error's
+//!    text on `Err`, and on Ctrl-C finishes what it started before returning:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use squall_client::{Client, Task, TaskError};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), squall_client::ClientError> {
+//!     let client = Client::connect("127.0.0.1:7600").await?;
+//!     client
+//!         .worker("emails")
+//!         .concurrency(8)
+//!         .grace_period(Duration::from_secs(20))
+//!         .run_until(handle, tokio::signal::ctrl_c())
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! async fn handle(task: Task) -> Result<(), TaskError> {
+//!     // A payload that can never work: straight to the dead set.
+//!     let address = std::str::from_utf8(task.payload()).map_err(TaskError::dead)?;
+//!     if address.is_empty() {
+//!         return Err(TaskError::dead("empty address"));
+//!     }
+//!     // A transient failure: retry in 30 s (or `?` any error: retry with backoff).
+//!     if address.ends_with(".invalid") {
+//!         return Err(TaskError::retry_after(Duration::from_secs(30), "mail server unreachable"));
+//!     }
+//!     println!("sending to {address} (attempt {})", task.attempt());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! 5. Or consume by hand with a [`Subscription`] (a `Stream` of [`Delivery`]s):
+//!
+//! ```no_run
+//! # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+//! let mut sub = client.subscribe("emails").prefetch(16).await?;
+//! while let Some(delivery) = sub.recv().await {
+//!     let delivery = delivery?;
+//!     match std::str::from_utf8(delivery.payload()) {
+//!         Ok(text) => {
+//!             println!("{text}");
+//!             delivery.ack().await?;
+//!         }
+//!         Err(_) => delivery.fail("payload is not UTF-8").await?,
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The runnable versions are `examples/producer.rs` and `examples/worker.rs`
+//! (`cargo run -p squall-client --example worker -- 127.0.0.1:7600`).
+//!
+//! # Connections and reconnects
+//!
+//! A [`Client`] is one TCP connection; clone it freely, every clone pipelines its
+//! requests over that connection. When the connection is lost the client reconnects
+//! in the background with capped exponential backoff and jitter
+//! ([`ReconnectPolicy`]) and re-subscribes every live [`Subscription`] (the stream
+//! continues). Calls made while disconnected wait up to
+//! [`ClientBuilder::wait_for_connection`] and then fail with
+//! [`ClientError::Unavailable`]; every request is bounded by
+//! [`ClientBuilder::request_timeout`]. Nothing waits forever.
+//!
+//! The broker frees every lease of a connection when it closes, so **leases never
+//! survive a reconnect**: settling a delivery received on a lost connection fails
+//! locally with [`ClientError::LeaseExpired`] (no round trip), and the task is
+//! redelivered. Deliveries still buffered in a subscription from a lost connection are
+//! skipped.
+//!
+//! # Retries
+//!
+//! The client never re-sends a request that may have reached the broker. What you may
+//! retry yourself:
+//!
+//! | operation | after `Unavailable` / `Invalid` | after `Timeout` / `ConnectionLost` |
+//! |---|---|---|
+//! | `publish*` without idempotency key | yes (nothing was sent) | **no**: it may have been stored; retrying can duplicate |
+//! | `publish*` with [`idempotency_key`](PublishOptions::idempotency_key) | yes | yes, once the broker honours keys (the current one does not yet) |
+//! | `ack` / `nack` / `fail` | yes | no need: the lease died with the connection and the task is redelivered |
+//! | `extend` | yes | the lease is gone if the connection is; stop working on the task |
+//! | `subscribe`, `ping` | yes | yes |
+//!
+//! [`ClientError::nothing_was_applied`] tells whether an error guarantees that nothing
+//! happened on the broker.
+//!
+//! # Delivery semantics
+//!
+//! Delivery is at-least-once: a task whose lease expires, or whose consumer
+//! disconnects, is delivered again, and a late settle gets
+//! [`ClientError::LeaseExpired`]. Make handlers idempotent. Dropping a [`Delivery`]
+//! without settling it releases the task for immediate redelivery (counted as an
+//! attempt) and logs a warning.
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod backoff;
+mod client;
+mod config;
+mod conn;
+mod delivery;
+mod error;
+mod info;
+mod publish;
+mod subscription;
+mod worker;
+
+pub use backoff::ReconnectPolicy;
+pub use client::Client;
+pub use config::{
+    ClientBuilder, DEFAULT_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT_FOR_CONNECTION,
+};
+pub use delivery::{Delivery, Task};
+pub use error::{ClientError, Result};
+pub use info::{Limits, ServerInfo};
+pub use publish::{Message, PublishOptions, Published, TaskId};
+pub use squall_proto::ErrorCode;
+pub use subscription::{SubscribeBuilder, Subscription, DEFAULT_PREFETCH};
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{
+    HandlerOutput, TaskError, Worker, WorkerReport, DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD,
+};
+
+/// Refuses a queue name the broker would refuse (`[A-Za-z0-9._:-]{1,200}`).
+pub(crate) fn check_queue_name(queue: &str) -> Result<()> {
+    squall_proto::validate_queue_name(queue)
+        .map_err(|e| ClientError::invalid(ErrorCode::InvalidQueueName, e.to_string()))
+}
+
+/// The repository README's Rust example, compiled as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

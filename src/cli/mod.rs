@@ -2,6 +2,8 @@
 //! (durations, server address) and the mapping of errors to exit codes. This is the
 //! binary's edge, the only place that uses `anyhow`.
 
+mod consume;
+mod publish;
 mod serve;
 
 use std::process::ExitCode;
@@ -11,6 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Exit code for invalid configuration or usage (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code when the broker refused the input (sysexits EX_DATAERR).
+pub const EXIT_DATAERR: u8 = 65;
+/// Exit code when the broker cannot be reached (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Squall: a durable task broker.
 #[derive(Debug, Parser)]
@@ -37,19 +43,31 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the broker.
     Serve(serve::ServeArgs),
+    /// Publish tasks (argument, --file, or one per standard-input line).
+    Publish(publish::PublishArgs),
+    /// Print and settle tasks as they arrive.
+    Consume(consume::ConsumeArgs),
 }
 
 /// Runs a subcommand to completion.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Consume(args) => consume::run(args).await,
     }
 }
 
-/// Sets up `tracing` with `RUST_LOG` filtering (default `info`) on standard error.
-pub fn init_tracing(format: LogFormat) {
+/// Sets up `tracing` on standard error with `RUST_LOG` filtering. Without `RUST_LOG`,
+/// the broker logs at `info` and the client subcommands only warnings, so that their
+/// standard output stays clean for scripts.
+pub fn init_tracing(format: LogFormat, command: &Command) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let default = match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -73,7 +91,68 @@ pub struct Exit {
 
 /// The exit code for an error that reached `main`.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
-    e.downcast_ref::<Exit>().map(|x| x.code).unwrap_or(1)
+    if let Some(x) = e.downcast_ref::<Exit>() {
+        return x.code;
+    }
+    use squall_client::{ClientError, ErrorCode};
+    match e.downcast_ref::<ClientError>() {
+        Some(
+            ClientError::Io(_)
+            | ClientError::Unavailable { .. }
+            | ClientError::ConnectionLost { .. },
+        ) => EXIT_UNAVAILABLE,
+        Some(err) => match err.code() {
+            Some(
+                ErrorCode::BadRequest
+                | ErrorCode::InvalidQueueName
+                | ErrorCode::EmptyPayload
+                | ErrorCode::PayloadTooLarge,
+            ) => EXIT_DATAERR,
+            _ => 1,
+        },
+        None => 1,
+    }
+}
+
+/// Where the broker is: shared by every subcommand that talks to one.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Broker address.
+    #[arg(long, env = "SQUALL_SERVER", default_value = crate_default_server())]
+    pub server: String,
+}
+
+const fn crate_default_server() -> &'static str {
+    squall::config::DEFAULT_LISTEN
+}
+
+/// Connects to the broker named by `args`, failing fast when it is not there.
+pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_client::Client> {
+    let client = squall_client::Client::builder()
+        .client_name(name)
+        .connect(&args.server)
+        .await
+        .map_err(|e| match e {
+            squall_client::ClientError::Io(_) | squall_client::ClientError::Timeout { .. } => {
+                anyhow::Error::new(Exit {
+                    code: EXIT_UNAVAILABLE,
+                    message: format!("cannot reach the broker at {}: {e}", args.server),
+                })
+            }
+            other => other.into(),
+        })?;
+    Ok(client)
+}
+
+/// Parses a `name=value` header.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not a header like name=value"))?;
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty header name"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// Parses `30s`, `100ms`, `5m`, `1h`, or a bare number of milliseconds.

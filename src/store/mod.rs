@@ -141,7 +141,7 @@ impl Store {
             None => highest_task_id(&db)?.map_or(1, |id| id.saturating_add(1)),
         }
         .max(1);
-        tracing::info!(path = %config.path.display(), next_id, fsync = ?config.fsync, "store opened");
+        tracing::debug!(path = %config.path.display(), next_id, fsync = ?config.fsync, "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
                 dbs: DbPool::new(db),
@@ -183,7 +183,7 @@ impl Store {
         if let Some(id) = highest {
             self.inner.next_id.fetch_max(id.saturating_add(1), Relaxed);
         }
-        tracing::info!(tasks = stats.tasks, queues = names.len(), "store recovered");
+        tracing::debug!(tasks = stats.tasks, queues = names.len(), "store recovered");
         Ok(stats)
     }
 

@@ -1,0 +1,673 @@
+//! `Client`: the cheap-to-clone handle, its request methods (publish, subscribe, ping),
+//! and the supervisor task that reconnects with backoff and re-subscribes live
+//! subscriptions. Socket I/O and request/answer matching are in `conn.rs`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use squall_proto::v1::{self, request::Op, response};
+use squall_proto::ErrorCode;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::{ClientBuilder, Config};
+use crate::conn::{unexpected, Conn};
+use crate::error::{ClientError, Result};
+use crate::info::ServerInfo;
+use crate::publish::{check_batch_len, check_spec, Message, PublishOptions, Published};
+use crate::subscription::{SubEvent, SubscribeBuilder, Subscription};
+use crate::worker::Worker;
+
+/// A connection to a Squall broker. Cheap to clone (an `Arc` inside) and meant to be
+/// shared: every clone pipelines its requests over the same TCP connection.
+///
+/// The connection is kept up in the background: when it is lost the client
+/// reconnects with capped exponential backoff and jitter
+/// ([`ReconnectPolicy`](crate::ReconnectPolicy)) and re-subscribes every live
+/// [`Subscription`]. Calls made meanwhile wait up to
+/// [`wait_for_connection`](ClientBuilder::wait_for_connection), then fail with
+/// [`ClientError::Unavailable`]; every call is bounded by the request timeout.
+///
+/// Background tasks end when every `Client` clone and every `Subscription` is dropped,
+/// or on [`close`](Client::close).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// The connection state callers look at.
+enum Link {
+    Up(Arc<Conn>),
+    Down { reason: String },
+    Closed,
+}
+
+/// What the supervisor needs to re-subscribe a subscription after a reconnect.
+struct SubRecord {
+    queue: String,
+    prefetch: u32,
+    tx: mpsc::UnboundedSender<SubEvent>,
+    /// The connection and subscription id it is currently attached to.
+    current: Option<(Weak<Conn>, u64)>,
+}
+
+/// State shared by the handles and the supervisor task (which must not keep the
+/// handles alive, so it holds this and not `Inner`).
+struct Shared {
+    addr: Arc<str>,
+    config: Config,
+    link: watch::Sender<Link>,
+    info: Mutex<Arc<ServerInfo>>,
+    subs: Mutex<HashMap<u64, SubRecord>>,
+    next_sub_key: AtomicU64,
+    generation: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Client {
+    /// Connects to the broker at `addr` (`host:port`) with default settings.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), squall_client::ClientError> {
+    /// let client = squall_client::Client::connect("127.0.0.1:7600").await?;
+    /// let published = client.publish("emails", "hello").await?;
+    /// println!("task {} is durable", published.id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(addr: impl ToString) -> Result<Client> {
+        ClientBuilder::new().connect(addr).await
+    }
+
+    /// A builder for a client with non-default settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    pub(crate) async fn connect_with(addr: String, config: Config) -> Result<Client> {
+        let addr: Arc<str> = addr.into();
+        let conn = Conn::dial(&addr, &config, 1).await?;
+        info!(addr = %addr, node = %conn.info().node_id, server_version = %conn.info().server_version, "connected to squall broker");
+        let shared = Arc::new(Shared {
+            addr,
+            config,
+            link: watch::Sender::new(Link::Up(conn.clone())),
+            info: Mutex::new(conn.info().clone()),
+            subs: Mutex::new(HashMap::new()),
+            next_sub_key: AtomicU64::new(1),
+            generation: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone(), conn));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                shared,
+                supervisor: Mutex::new(Some(supervisor)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Publishes one task with default options; returns once it is durable.
+    ///
+    /// Not retried by the client. On [`ClientError::Timeout`] or
+    /// [`ClientError::ConnectionLost`] the outcome is unknown: publish again only with
+    /// an idempotency key ([`PublishOptions::idempotency_key`]).
+    pub async fn publish(
+        &self,
+        queue: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Result<Published> {
+        self.publish_with(queue, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Publishes one task with `options`; returns once it is durable.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+    /// use std::time::Duration;
+    /// use squall_client::PublishOptions;
+    ///
+    /// let opts = PublishOptions::new().priority(10).delay(Duration::from_secs(60)).header("tenant", "acme");
+    /// let published = client.publish_with("reports", r#"{"month":"2024-05"}"#, opts).await?;
+    /// # let _ = published; Ok(()) }
+    /// ```
+    pub async fn publish_with(
+        &self,
+        queue: impl Into<String>,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<Published> {
+        let spec = options.into_spec(queue.into(), payload.into());
+        let mut published = self.publish_specs(vec![spec]).await?;
+        published
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("publish confirmed no task".into()))
+    }
+
+    /// Publishes several tasks (any queues) in one round trip, confirmed together after
+    /// one durable write: all or nothing. Returns one [`Published`] per message, in order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+    /// use squall_client::{Message, PublishOptions};
+    ///
+    /// let ids = client
+    ///     .publish_batch([
+    ///         Message::new("emails", "a"),
+    ///         Message::new("emails", "b").with_options(PublishOptions::new().priority(5)),
+    ///     ])
+    ///     .await?;
+    /// assert_eq!(ids.len(), 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_batch<I, M>(&self, messages: I) -> Result<Vec<Published>>
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<Message>,
+    {
+        let specs = messages.into_iter().map(|m| m.into().into_spec()).collect();
+        self.publish_specs(specs).await
+    }
+
+    async fn publish_specs(&self, specs: Vec<v1::TaskSpec>) -> Result<Vec<Published>> {
+        let shared = self.shared();
+        if shared.config.validate_locally {
+            let info = shared.info();
+            check_batch_len(specs.len(), &info)?;
+            for spec in &specs {
+                check_spec(spec, &info)?;
+            }
+        }
+        let expected = specs.len();
+        let conn = shared.conn().await?;
+        match conn
+            .call(Op::Publish(v1::Publish { tasks: specs }), "publish")
+            .await?
+        {
+            response::Result::Publish(ok) if ok.tasks.len() == expected => Ok(ok
+                .tasks
+                .into_iter()
+                .map(|p| Published {
+                    id: p.task_id,
+                    duplicate: p.duplicate,
+                })
+                .collect()),
+            response::Result::Publish(ok) => Err(ClientError::Protocol(format!(
+                "published {expected} tasks but the broker confirmed {}",
+                ok.tasks.len()
+            ))),
+            other => Err(unexpected("publish", other)),
+        }
+    }
+
+    /// Starts a subscription to `queue`; set the prefetch on the builder, then `.await`.
+    pub fn subscribe(&self, queue: impl Into<String>) -> SubscribeBuilder {
+        SubscribeBuilder::new(self.clone(), queue.into())
+    }
+
+    /// A [`Worker`] for `queue` on this client (same as [`Worker::new`]).
+    pub fn worker(&self, queue: impl Into<String>) -> Worker {
+        Worker::new(self.clone(), queue)
+    }
+
+    /// One round trip to the broker; returns its duration.
+    pub async fn ping(&self) -> Result<Duration> {
+        let conn = self.shared().conn().await?;
+        let start = Instant::now();
+        match conn.call(Op::Ping(v1::Ping {}), "ping").await? {
+            response::Result::Pong(_) => Ok(start.elapsed()),
+            other => Err(unexpected("ping", other)),
+        }
+    }
+
+    /// What the broker announced in its last handshake (version, node id, limits).
+    pub fn server_info(&self) -> ServerInfo {
+        ServerInfo::clone(&self.shared().info())
+    }
+
+    /// The broker address this client dials.
+    pub fn addr(&self) -> &str {
+        &self.shared().addr
+    }
+
+    /// True while a connection is up (false while reconnecting or after close).
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.shared().link.borrow(), Link::Up(c) if !c.is_closed())
+    }
+
+    /// Closes the connection and stops the background tasks, for every clone of this
+    /// client. Calls in flight fail with [`ClientError::ConnectionLost`], later calls
+    /// with [`ClientError::Closed`]; subscriptions end. Leases held are freed by the
+    /// broker. Idempotent.
+    pub async fn close(&self) {
+        self.shared().shutdown.cancel();
+        let supervisor = self.inner.supervisor.lock().take();
+        if let Some(handle) = supervisor {
+            let _ = handle.await;
+        }
+    }
+
+    pub(crate) async fn open_subscription(
+        &self,
+        queue: String,
+        prefetch: u32,
+    ) -> Result<Subscription> {
+        let shared = self.shared();
+        if shared.config.validate_locally {
+            crate::check_queue_name(&queue)?;
+            check_prefetch(prefetch, &shared.info())?;
+        }
+        let conn = shared.conn().await?;
+        let key = shared.next_sub_key.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        shared.subs.lock().insert(
+            key,
+            SubRecord {
+                queue: queue.clone(),
+                prefetch,
+                tx: tx.clone(),
+                current: None,
+            },
+        );
+        // Built before attaching so that a failure (or a dropped future) cleans up
+        // the registry entry through Subscription's Drop.
+        let sub = Subscription::new(self.clone(), key, queue.clone(), prefetch, rx);
+        shared.attach(&conn, key, &queue, prefetch, tx).await?;
+        debug!(queue = %queue, prefetch, "subscribed");
+        Ok(sub)
+    }
+
+    /// Explicit unsubscribe: tells the broker, then detaches so the stream ends after
+    /// what is buffered.
+    pub(crate) async fn close_subscription(&self, key: u64) -> Result<()> {
+        let shared = self.shared();
+        let current = shared.subs.lock().get(&key).and_then(|r| r.current.clone());
+        let result = match current.and_then(|(conn, id)| Some((conn.upgrade()?, id))) {
+            Some((conn, id)) if !conn.is_closed() => {
+                let op = Op::Unsubscribe(v1::Unsubscribe {
+                    subscription_id: id,
+                });
+                match conn.call(op, "unsubscribe").await {
+                    Ok(response::Result::Ok(_)) => Ok(()),
+                    Ok(other) => Err(unexpected("unsubscribe", other)),
+                    // Nothing to stop on a dead connection: it took the subscription along.
+                    Err(ClientError::ConnectionLost { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Ok(()),
+        };
+        if let Some(record) = shared.subs.lock().remove(&key) {
+            if let Some((conn, id)) = record.current {
+                if let Some(conn) = conn.upgrade() {
+                    conn.remove_route(id);
+                }
+            }
+        }
+        result
+    }
+
+    /// Drop path of a subscription: forget it and tell the broker without waiting.
+    pub(crate) fn forget_subscription(&self, key: u64) {
+        let record = self.shared().subs.lock().remove(&key);
+        let Some(SubRecord {
+            current: Some((conn, id)),
+            ..
+        }) = record
+        else {
+            return;
+        };
+        if let Some(conn) = conn.upgrade() {
+            conn.remove_route(id);
+            conn.send_oneway(Op::Unsubscribe(v1::Unsubscribe {
+                subscription_id: id,
+            }));
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.shared().addr)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_prefetch(prefetch: u32, info: &ServerInfo) -> Result<()> {
+    if prefetch == 0 {
+        return Err(ClientError::invalid(
+            ErrorCode::BadRequest,
+            "prefetch must be at least 1",
+        ));
+    }
+    let max = info.limits.max_prefetch;
+    if max > 0 && prefetch > max {
+        return Err(ClientError::invalid(
+            ErrorCode::BadRequest,
+            format!("prefetch {prefetch} exceeds the broker's max_prefetch of {max}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn info(&self) -> Arc<ServerInfo> {
+        self.info.lock().clone()
+    }
+
+    /// The live connection, waiting (bounded) while reconnecting.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        match &*self.link.borrow() {
+            Link::Up(conn) if !conn.is_closed() => return Ok(conn.clone()),
+            Link::Closed => return Err(ClientError::Closed),
+            _ => {}
+        }
+        let wait = self.config.wait_for_connection;
+        let mut rx = self.link.subscribe();
+        let ready = |link: &Link| match link {
+            Link::Up(conn) => !conn.is_closed(),
+            Link::Down { .. } => false,
+            Link::Closed => true,
+        };
+        let waited = tokio::time::timeout(wait, async {
+            match rx.wait_for(ready).await {
+                Ok(link) => match &*link {
+                    Link::Up(conn) => Ok(conn.clone()),
+                    _ => Err(ClientError::Closed),
+                },
+                Err(_) => Err(ClientError::Closed),
+            }
+        })
+        .await;
+        match waited {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = match &*self.link.borrow() {
+                    Link::Down { reason } => reason.clone(),
+                    Link::Up(conn) => conn.close_reason(),
+                    Link::Closed => return Err(ClientError::Closed),
+                };
+                Err(ClientError::Unavailable {
+                    waited: wait,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Subscribes record `key` on `conn`. The route is registered before the request
+    /// is sent, since a delivery can follow the `SubscribeOk` immediately.
+    async fn attach(
+        &self,
+        conn: &Arc<Conn>,
+        key: u64,
+        queue: &str,
+        prefetch: u32,
+        tx: mpsc::UnboundedSender<SubEvent>,
+    ) -> Result<()> {
+        let id = conn.next_id();
+        conn.add_route(id, tx)?;
+        {
+            let mut subs = self.subs.lock();
+            match subs.get_mut(&key) {
+                Some(record) => record.current = Some((Arc::downgrade(conn), id)),
+                None => {
+                    drop(subs);
+                    conn.remove_route(id);
+                    return Err(ClientError::Closed);
+                }
+            }
+        }
+        let op = Op::Subscribe(v1::Subscribe {
+            queue: queue.to_owned(),
+            prefetch,
+        });
+        let result = match conn.call_with_id(id, op, "subscribe").await {
+            Ok(response::Result::Subscribe(ok)) if ok.subscription_id == id => Ok(()),
+            Ok(response::Result::Subscribe(ok)) => Err(ClientError::Protocol(format!(
+                "broker named subscription {} for Subscribe request {id}; they must be equal",
+                ok.subscription_id
+            ))),
+            Ok(other) => Err(unexpected("subscribe", other)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            conn.remove_route(id);
+            if matches!(e, ClientError::Timeout { .. }) {
+                // The broker may have subscribed after all: stop it, or it would keep
+                // pushing deliveries that nobody takes.
+                conn.send_oneway(Op::Unsubscribe(v1::Unsubscribe {
+                    subscription_id: id,
+                }));
+            }
+            if let Some(record) = self.subs.lock().get_mut(&key) {
+                // Only if still attached here: the supervisor may have re-attached it
+                // to a newer connection meanwhile (ids repeat across connections).
+                let here = Arc::downgrade(conn);
+                if matches!(&record.current, Some((c, cur)) if *cur == id && c.ptr_eq(&here)) {
+                    record.current = None;
+                }
+            }
+        }
+        result
+    }
+
+    /// Re-subscribes every live subscription on a fresh connection (pipelined).
+    async fn resubscribe(&self, conn: &Arc<Conn>) {
+        let todo: Vec<(u64, String, u32, mpsc::UnboundedSender<SubEvent>)> = self
+            .subs
+            .lock()
+            .iter()
+            .map(|(key, r)| (*key, r.queue.clone(), r.prefetch, r.tx.clone()))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        let attaches = todo
+            .into_iter()
+            .map(|(key, queue, prefetch, tx)| async move {
+                let result = self.attach(conn, key, &queue, prefetch, tx.clone()).await;
+                (key, queue, tx, result)
+            });
+        for (key, queue, tx, result) in futures_util::future::join_all(attaches).await {
+            match result {
+                Ok(()) => info!(queue = %queue, "re-subscribed after reconnect"),
+                Err(
+                    e @ (ClientError::Server { .. }
+                    | ClientError::Invalid { .. }
+                    | ClientError::Protocol(_)),
+                ) => {
+                    error!(queue = %queue, error = %e, "broker refused to re-subscribe; ending the subscription");
+                    let _ = tx.send(SubEvent::Failed(e));
+                    self.subs.lock().remove(&key);
+                }
+                // The new connection failed too; the next reconnect tries again.
+                Err(e) => debug!(queue = %queue, error = %e, "re-subscribe interrupted"),
+            }
+        }
+    }
+
+    /// Final state: no connection, every subscription ended (with `failure`, if given).
+    fn close_all(&self, failure: Option<String>) {
+        self.link.send_replace(Link::Closed);
+        let records = std::mem::take(&mut *self.subs.lock());
+        if let Some(reason) = failure {
+            for record in records.values() {
+                let _ = record
+                    .tx
+                    .send(SubEvent::Failed(ClientError::ConnectionLost {
+                        reason: reason.clone(),
+                    }));
+            }
+        }
+    }
+}
+
+/// Keeps the client connected until shutdown: waits for the connection to end,
+/// reconnects with backoff, re-subscribes, publishes the new connection.
+async fn supervise(shared: Arc<Shared>, mut conn: Arc<Conn>) {
+    let failure = loop {
+        if !watch_connection(&shared, &conn).await {
+            conn.shutdown("client closed");
+            break None;
+        }
+        let reason = conn.close_reason();
+        if shared.shutdown.is_cancelled() {
+            break None;
+        }
+        warn!(addr = %shared.addr, reason = %reason, "connection to the broker lost; reconnecting");
+        shared.link.send_replace(Link::Down { reason });
+        match reconnect(&shared).await {
+            Ok(next) => conn = next,
+            Err(failure) => break failure,
+        }
+    };
+    shared.close_all(failure);
+    debug!(addr = %shared.addr, "client supervisor stopped");
+}
+
+/// Waits until `conn` ends (true) or the client shuts down (false), pinging the
+/// broker every keepalive interval meanwhile.
+async fn watch_connection(shared: &Shared, conn: &Arc<Conn>) -> bool {
+    let keepalive = shared.config.keepalive;
+    let period = keepalive.unwrap_or_default();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return false,
+            _ = conn.closed() => return true,
+            _ = tokio::time::sleep(period), if keepalive.is_some() => {
+                // In its own task so that shutdown and loss stay observed meanwhile;
+                // it ends within the request timeout, or at once if the connection ends.
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    match conn.call(Op::Ping(v1::Ping {}), "keepalive ping").await {
+                        Ok(_) => {}
+                        Err(e @ ClientError::Timeout { .. }) => {
+                            warn!(error = %e, "broker did not answer a keepalive ping; dropping the connection");
+                            conn.shutdown("keepalive ping unanswered");
+                        }
+                        Err(e) => debug!(error = %e, "keepalive ping failed"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Dials until it succeeds, the policy gives up (`Err(Some(reason))`), or the client
+/// shuts down (`Err(None)`).
+async fn reconnect(shared: &Shared) -> std::result::Result<Arc<Conn>, Option<String>> {
+    let policy = &shared.config.reconnect;
+    let mut failures = 0u32;
+    let mut last_error = String::from("connection lost");
+    loop {
+        if policy.gives_up_after(failures) {
+            error!(addr = %shared.addr, failures, last_error = %last_error, "giving up reconnecting; the client is closed");
+            return Err(Some(format!(
+                "gave up reconnecting after {failures} attempts: {last_error}"
+            )));
+        }
+        let delay = policy.delay(failures, rand::random::<f64>());
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return Err(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let dialed = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Err(None),
+            dialed = Conn::dial(&shared.addr, &shared.config, generation) => dialed,
+        };
+        match dialed {
+            Ok(conn) => {
+                *shared.info.lock() = conn.info().clone();
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => {
+                        conn.shutdown("client closed");
+                        return Err(None);
+                    }
+                    _ = shared.resubscribe(&conn) => {}
+                }
+                info!(addr = %shared.addr, generation = conn.generation(), after_failures = failures, "reconnected to squall broker");
+                shared.link.send_replace(Link::Up(conn.clone()));
+                return Ok(conn);
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(addr = %shared.addr, attempt = failures, error = %e, "reconnect failed");
+                last_error = e.to_string();
+                shared.link.send_replace(Link::Down {
+                    reason: last_error.clone(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::Limits;
+
+    #[test]
+    fn prefetch_is_checked_against_the_broker_limit() {
+        let unknown = ServerInfo::default();
+        let limited = ServerInfo {
+            limits: Limits {
+                max_prefetch: 100,
+                ..Limits::default()
+            },
+            ..ServerInfo::default()
+        };
+        assert!(check_prefetch(1, &unknown).is_ok());
+        assert!(check_prefetch(u32::MAX, &unknown).is_ok());
+        assert!(check_prefetch(100, &limited).is_ok());
+        for (p, info) in [(0, &unknown), (101, &limited)] {
+            let err = check_prefetch(p, info).unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{p}");
+            assert!(err.nothing_was_applied());
+        }
+    }
+
+    /// The handles are shared across tasks and threads; this fails to compile if a
+    /// change makes one of them `!Send` or `!Sync`.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Client>();
+        send_sync::<ClientError>();
+        send::<Subscription>();
+        send::<crate::Delivery>();
+        send::<crate::Worker>();
+        fn future_is_send<F: std::future::Future + Send>(_: &F) {}
+        let run = |w: crate::Worker| {
+            let fut = w.run(|_t: crate::Task| async { Ok::<_, crate::TaskError>(()) });
+            future_is_send(&fut);
+        };
+        let _ = run;
+    }
+}

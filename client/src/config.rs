@@ -1,0 +1,193 @@
+//! `ClientBuilder` and the validated `Config` it produces. No I/O: `connect` hands the
+//! config to `client.rs`, which dials.
+
+use std::time::Duration;
+
+use crate::backoff::ReconnectPolicy;
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+
+/// Default time allowed for TCP connect plus handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed for one request's round trip (including a durable publish).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a call waits for a connection while the client is reconnecting.
+pub const DEFAULT_WAIT_FOR_CONNECTION: Duration = Duration::from_secs(10);
+/// Default interval of keepalive pings on an otherwise quiet connection.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Default broker address.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7600";
+
+/// The settings of a [`Client`]; built by [`ClientBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub client_name: String,
+    pub token: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub wait_for_connection: Duration,
+    pub reconnect: ReconnectPolicy,
+    pub validate_locally: bool,
+    pub keepalive: Option<Duration>,
+}
+
+/// Configures and connects a [`Client`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), squall_client::ClientError> {
+/// use std::time::Duration;
+/// use squall_client::{Client, ReconnectPolicy};
+///
+/// let client = Client::builder()
+///     .client_name("billing-worker")
+///     .token(std::env::var("SQUALL_TOKEN").unwrap_or_default())
+///     .connect_timeout(Duration::from_secs(3))
+///     .request_timeout(Duration::from_secs(10))
+///     .reconnect(ReconnectPolicy::default().max_delay(Duration::from_secs(2)))
+///     .connect("127.0.0.1:7600")
+///     .await?;
+/// # let _ = client; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .connect(addr).await"]
+pub struct ClientBuilder {
+    config: Config,
+    tls_server_name: Option<String>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            config: Config {
+                client_name: format!("squall-client/{}", env!("CARGO_PKG_VERSION")),
+                token: String::new(),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+                wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
+                reconnect: ReconnectPolicy::default(),
+                validate_locally: true,
+                keepalive: Some(DEFAULT_KEEPALIVE),
+            },
+            tls_server_name: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The name the broker logs for this client (default `squall-client/<version>`).
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.config.client_name = name.into();
+        self
+    }
+
+    /// The authentication token sent in `Hello` (default empty: no authentication).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.config.token = token.into();
+        self
+    }
+
+    /// Time allowed for the TCP connect plus the handshake (default 5 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.connect_timeout = d;
+        self
+    }
+
+    /// Time allowed for each request's round trip, a durable publish included
+    /// (default 30 s). Every call is bounded by it: nothing waits forever.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.config.request_timeout = d;
+        self
+    }
+
+    /// How long a call made while the client is reconnecting waits for the connection
+    /// before failing with [`ClientError::Unavailable`] (default 10 s; zero = fail at once).
+    pub fn wait_for_connection(mut self, d: Duration) -> Self {
+        self.config.wait_for_connection = d;
+        self
+    }
+
+    /// How to reconnect after a lost connection (default: forever, backoff 100 ms .. 5 s).
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.config.reconnect = policy;
+        self
+    }
+
+    /// Whether to refuse obviously invalid requests (bad queue name, empty or oversized
+    /// payload, batch or prefetch over the broker's limits) before sending them
+    /// (default true). Turn it off only to test a broker's own checks.
+    pub fn validate_locally(mut self, on: bool) -> Self {
+        self.config.validate_locally = on;
+        self
+    }
+
+    /// Ping the broker this often (default 15 s; `None` = never). A ping unanswered
+    /// within the request timeout drops the connection and triggers a reconnect, so a
+    /// silently dead network path (no FIN, no RST) is noticed even by a subscriber
+    /// that only waits for deliveries.
+    pub fn keepalive(mut self, every: Option<Duration>) -> Self {
+        self.config.keepalive = every.filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Reserved for TLS: the server name to verify. **TLS is not supported yet**;
+    /// setting this makes [`connect`](Self::connect) fail with
+    /// [`ClientError::Config`] rather than silently talking plain TCP.
+    pub fn tls(mut self, server_name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(server_name.into());
+        self
+    }
+
+    /// Connects to the broker at `addr` (`host:port`) and performs the handshake.
+    ///
+    /// The first connection is not retried: an unreachable broker fails here with
+    /// [`ClientError::Io`] or [`ClientError::Timeout`]. Later losses are reconnected
+    /// per the [`ReconnectPolicy`].
+    pub async fn connect(self, addr: impl ToString) -> Result<Client> {
+        let config = self.validate()?;
+        Client::connect_with(addr.to_string(), config).await
+    }
+
+    fn validate(self) -> Result<Config> {
+        if let Some(name) = self.tls_server_name {
+            return Err(ClientError::Config(format!(
+                "TLS (server name {name:?}) is not supported by this client version yet; \
+                 connect over plain TCP inside a trusted network or through a TLS-terminating proxy"
+            )));
+        }
+        if self.config.request_timeout.is_zero() || self.config.connect_timeout.is_zero() {
+            return Err(ClientError::Config(
+                "connect_timeout and request_timeout must be greater than zero".into(),
+            ));
+        }
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_slot_is_refused_with_a_clear_message() {
+        let err = ClientBuilder::new()
+            .tls("broker.internal")
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Config(ref m) if m.contains("TLS")));
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let err = ClientBuilder::new()
+            .request_timeout(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Config(_)));
+        assert!(ClientBuilder::new().validate().is_ok());
+    }
+}

@@ -1,0 +1,498 @@
+//! One TCP connection to the broker: dial and handshake, the writer task (drains its
+//! queue per wakeup and writes every queued frame with one `write_all`), the reader task
+//! (routes answers to waiting calls by request id and deliveries to subscriptions by
+//! subscription id), and `Conn::call`, the pipelined request/answer primitive.
+//!
+//! No reconnect logic and no public API live here: `client.rs` owns the lifecycle and
+//! decides what a lost connection means for callers and subscriptions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use squall_proto::v1::{self, request::Op, response, server_message::Kind};
+use squall_proto::{
+    decode_frame, encode_frame, FrameCodec, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::error::{ClientError, Result};
+use crate::info::ServerInfo;
+use crate::subscription::SubEvent;
+
+/// Most requests taken off the queue per writer wakeup.
+const WRITE_BATCH: usize = 512;
+/// Write out the buffer once it holds this much, even mid-batch.
+const FLUSH_AT_BYTES: usize = 256 * 1024;
+/// A write buffer that grew past this is replaced after use, so one burst of large
+/// payloads does not pin memory for the connection's lifetime.
+const KEEP_BUFFER_BYTES: usize = 1024 * 1024;
+/// Outstanding requests allowed when the broker announces no limit.
+const DEFAULT_INFLIGHT: usize = 4096;
+/// Permits kept back from the broker's `max_inflight_requests` for fire-and-forget
+/// frames (releases of dropped deliveries, unsubscribes on drop).
+const INFLIGHT_RESERVE: usize = 8;
+
+type Waiter = oneshot::Sender<Result<response::Result>>;
+
+/// Calls waiting for an answer; `closed` is set once, when the connection ends, and
+/// from then on no call can register.
+struct Pending {
+    closed: Option<String>,
+    waiters: HashMap<u64, Waiter>,
+}
+
+/// A live (or just ended) connection. Shared by the reader and writer tasks, the
+/// client, and every delivery received on it (a lease belongs to its connection).
+pub(crate) struct Conn {
+    addr: Arc<str>,
+    generation: u64,
+    next_id: AtomicU64,
+    tx: mpsc::UnboundedSender<v1::Request>,
+    pending: Mutex<Pending>,
+    routes: Mutex<HashMap<u64, mpsc::UnboundedSender<SubEvent>>>,
+    inflight: Semaphore,
+    cancel: CancellationToken,
+    info: Arc<ServerInfo>,
+    request_timeout: Duration,
+}
+
+impl Conn {
+    /// Connects, performs the `Hello` handshake within `connect_timeout`, and starts
+    /// the reader and writer tasks.
+    pub(crate) async fn dial(
+        addr: &Arc<str>,
+        config: &Config,
+        generation: u64,
+    ) -> Result<Arc<Conn>> {
+        let handshake = handshake(addr, config);
+        let (rd, wr, leftover, hello) =
+            match tokio::time::timeout(config.connect_timeout, handshake).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        op: "connect",
+                        after: config.connect_timeout,
+                    })
+                }
+            };
+        let info = Arc::new(ServerInfo::from(hello));
+        let inflight = match info.limits.max_inflight_requests as usize {
+            0 => DEFAULT_INFLIGHT,
+            n if n > 2 * INFLIGHT_RESERVE => n - INFLIGHT_RESERVE,
+            n => n,
+        }
+        .min(Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            addr: addr.clone(),
+            generation,
+            // Id 1 was the Hello.
+            next_id: AtomicU64::new(2),
+            tx,
+            pending: Mutex::new(Pending {
+                closed: None,
+                waiters: HashMap::new(),
+            }),
+            routes: Mutex::new(HashMap::new()),
+            inflight: Semaphore::new(inflight),
+            cancel: CancellationToken::new(),
+            info,
+            request_timeout: config.request_timeout,
+        });
+        // Deliveries carry payloads up to max_payload_bytes plus their envelope; accept
+        // whatever the broker may legally send, and never less than the default.
+        let max_frame =
+            (conn.info.limits.max_frame_bytes as usize).max(DEFAULT_MAX_FRAME_BYTES) + 64 * 1024;
+        let mut frames = FramedRead::new(
+            rd,
+            FrameCodec::<v1::Request, v1::ServerMessage>::new(max_frame),
+        );
+        frames.read_buffer_mut().extend_from_slice(&leftover);
+        tokio::spawn(read_loop(conn.clone(), frames));
+        tokio::spawn(write_loop(conn.clone(), rx, wr));
+        debug!(addr = %conn.addr, generation, node = %conn.info.node_id, "connected");
+        Ok(conn)
+    }
+
+    pub(crate) fn info(&self) -> &Arc<ServerInfo> {
+        &self.info
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves when the connection has ended (for any reason).
+    pub(crate) async fn closed(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Why the connection ended ("" while it is open).
+    pub(crate) fn close_reason(&self) -> String {
+        self.pending.lock().closed.clone().unwrap_or_default()
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lost(&self) -> ClientError {
+        let reason = self
+            .pending
+            .lock()
+            .closed
+            .clone()
+            .unwrap_or_else(|| "connection closed".to_owned());
+        ClientError::ConnectionLost { reason }
+    }
+
+    /// Sends `op` and waits for its answer, within the request timeout. A broker
+    /// `Error` answer becomes `ClientError::Server`.
+    pub(crate) async fn call(&self, op: Op, name: &'static str) -> Result<response::Result> {
+        self.call_with_id(self.next_id(), op, name).await
+    }
+
+    /// [`call`](Self::call) with an id taken from [`next_id`](Self::next_id) beforehand
+    /// (a subscription registers its route under the id before sending).
+    pub(crate) async fn call_with_id(
+        &self,
+        id: u64,
+        op: Op,
+        name: &'static str,
+    ) -> Result<response::Result> {
+        match tokio::time::timeout(self.request_timeout, self.round_trip(id, op)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                op: name,
+                after: self.request_timeout,
+            }),
+        }
+    }
+
+    async fn round_trip(&self, id: u64, op: Op) -> Result<response::Result> {
+        let _permit = self.inflight.acquire().await.map_err(|_| self.lost())?;
+        let (waiter, answer) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock();
+            if let Some(reason) = &pending.closed {
+                return Err(ClientError::ConnectionLost {
+                    reason: reason.clone(),
+                });
+            }
+            pending.waiters.insert(id, waiter);
+        }
+        // Removes the waiter if this future is dropped (timeout or caller gave up).
+        let mut guard = WaiterGuard {
+            conn: self,
+            id,
+            armed: true,
+        };
+        if self.tx.send(v1::Request { id, op: Some(op) }).is_err() {
+            return Err(self.lost());
+        }
+        let result = answer.await.unwrap_or_else(|_| Err(self.lost()));
+        guard.armed = false;
+        match result? {
+            response::Result::Error(e) => Err(ClientError::from_wire(e)),
+            ok => Ok(ok),
+        }
+    }
+
+    /// Sends a request whose answer nobody waits for (the reader logs it at debug).
+    pub(crate) fn send_oneway(&self, op: Op) {
+        if self.is_closed() {
+            return;
+        }
+        let id = self.next_id();
+        let _ = self.tx.send(v1::Request { id, op: Some(op) });
+    }
+
+    /// Routes deliveries tagged `subscription_id` to `tx`. Fails if the connection ended.
+    pub(crate) fn add_route(
+        &self,
+        subscription_id: u64,
+        tx: mpsc::UnboundedSender<SubEvent>,
+    ) -> Result<()> {
+        let mut routes = self.routes.lock();
+        // Checked under the routes lock: shutdown() sets the flag before clearing routes.
+        if self.is_closed() {
+            return Err(self.lost());
+        }
+        routes.insert(subscription_id, tx);
+        Ok(())
+    }
+
+    pub(crate) fn remove_route(&self, subscription_id: u64) {
+        let removed = self.routes.lock().remove(&subscription_id);
+        drop(removed);
+    }
+
+    /// Ends the connection once: fails every waiting call with `ConnectionLost`,
+    /// drops the subscription routes, stops both tasks. Idempotent.
+    pub(crate) fn shutdown(&self, reason: &str) {
+        let waiters = {
+            let mut pending = self.pending.lock();
+            if pending.closed.is_some() {
+                return;
+            }
+            pending.closed = Some(reason.to_owned());
+            std::mem::take(&mut pending.waiters)
+        };
+        self.cancel.cancel();
+        self.inflight.close();
+        let routes = std::mem::take(&mut *self.routes.lock());
+        drop(routes);
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Err(ClientError::ConnectionLost {
+                reason: reason.to_owned(),
+            }));
+        }
+        debug!(addr = %self.addr, generation = self.generation, reason, "connection ended");
+    }
+
+    /// Handles one server message. `Err` carries the reason to end the connection.
+    fn dispatch(self: &Arc<Self>, msg: v1::ServerMessage) -> std::result::Result<(), String> {
+        match msg.kind {
+            Some(Kind::Response(resp)) => self.answer(resp),
+            Some(Kind::Delivery(d)) => {
+                self.route(d);
+                Ok(())
+            }
+            // A newer broker's message kind: nothing here knows what to do with it.
+            None => {
+                debug!(addr = %self.addr, "ignoring a server message of unknown kind");
+                Ok(())
+            }
+        }
+    }
+
+    fn answer(&self, resp: v1::Response) -> std::result::Result<(), String> {
+        if resp.id == 0 {
+            return Err(match resp.result {
+                Some(response::Result::Error(e)) => {
+                    let err = ClientError::from_wire(e);
+                    warn!(addr = %self.addr, error = %err, "broker closed the connection");
+                    err.to_string()
+                }
+                _ => "broker sent an answer with id 0 that is not an error".to_owned(),
+            });
+        }
+        let waiter = self.pending.lock().waiters.remove(&resp.id);
+        match (waiter, resp.result) {
+            (Some(waiter), Some(result)) => {
+                let _ = waiter.send(Ok(result));
+            }
+            (Some(waiter), None) => {
+                let _ = waiter.send(Err(ClientError::Protocol(format!(
+                    "answer to request {} carries no result",
+                    resp.id
+                ))));
+            }
+            (None, Some(response::Result::Error(e))) => {
+                debug!(id = resp.id, code = e.code, message = %e.message, "error answer to a fire-and-forget or timed-out request");
+            }
+            (None, _) => trace!(
+                id = resp.id,
+                "answer to a fire-and-forget or timed-out request"
+            ),
+        }
+        Ok(())
+    }
+
+    fn route(self: &Arc<Self>, d: v1::Delivery) {
+        let sub = d.subscription_id;
+        let delivery = Delivery::new(d, self.clone());
+        let unrouted = {
+            let routes = self.routes.lock();
+            match routes.get(&sub) {
+                Some(tx) => match tx.send(SubEvent::Delivery(delivery)) {
+                    Ok(()) => None,
+                    Err(mpsc::error::SendError(SubEvent::Delivery(d))) => Some(d),
+                    Err(_) => None,
+                },
+                None => Some(delivery),
+            }
+        };
+        // Outside the lock: releasing sends a frame.
+        if let Some(d) = unrouted {
+            debug!(
+                subscription = sub,
+                task = d.id(),
+                "delivery for a closed subscription; releasing it"
+            );
+            let (_, mut lease) = d.into_parts();
+            lease.release("subscription closed before the delivery arrived");
+            // Normally already on its way; repeated in case the Subscribe timed out
+            // on our side but succeeded on the broker's. Unsubscribe is idempotent.
+            self.send_oneway(Op::Unsubscribe(v1::Unsubscribe {
+                subscription_id: sub,
+            }));
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("addr", &self.addr)
+            .field("generation", &self.generation)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+struct WaiterGuard<'a> {
+    conn: &'a Conn,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.pending.lock().waiters.remove(&self.id);
+        }
+    }
+}
+
+/// TCP connect plus `Hello`/`HelloOk`. Returns the split stream, any bytes read past
+/// the answer, and the answer.
+async fn handshake(
+    addr: &str,
+    config: &Config,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut, v1::HelloOk)> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = v1::Request {
+        id: 1,
+        op: Some(Op::Hello(v1::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client_name: config.client_name.clone(),
+            token: config.token.clone(),
+        })),
+    };
+    let mut buf = BytesMut::new();
+    encode_frame(&hello, &mut buf);
+    wr.write_all(&buf).await?;
+    buf.clear();
+    let answer: v1::ServerMessage = loop {
+        if let Some(msg) = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES)? {
+            break msg;
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Err(ClientError::ConnectionLost {
+                reason: "broker closed the connection during the handshake".into(),
+            });
+        }
+    };
+    match answer.kind {
+        Some(Kind::Response(v1::Response {
+            result: Some(response::Result::Hello(ok)),
+            ..
+        })) => Ok((rd, wr, buf, ok)),
+        Some(Kind::Response(v1::Response {
+            result: Some(response::Result::Error(e)),
+            ..
+        })) => Err(ClientError::from_wire(e)),
+        other => Err(ClientError::Protocol(format!(
+            "expected HelloOk in answer to Hello, got {other:?}"
+        ))),
+    }
+}
+
+async fn read_loop(
+    conn: Arc<Conn>,
+    mut frames: FramedRead<OwnedReadHalf, FrameCodec<v1::Request, v1::ServerMessage>>,
+) {
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.cancel.cancelled() => break "connection closed by the client".to_owned(),
+            next = frames.next() => next,
+        };
+        match next {
+            None => break "broker closed the connection".to_owned(),
+            Some(Err(e)) => break format!("reading from the broker failed: {e}"),
+            Some(Ok(msg)) => {
+                if let Err(reason) = conn.dispatch(msg) {
+                    break reason;
+                }
+            }
+        }
+    };
+    conn.shutdown(&reason);
+}
+
+async fn write_loop(
+    conn: Arc<Conn>,
+    mut rx: mpsc::UnboundedReceiver<v1::Request>,
+    mut wr: OwnedWriteHalf,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = conn.cancel.cancelled() => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        trace!(frames = n, "writing batch");
+        for req in batch.drain(..) {
+            encode_frame(&req, &mut buf);
+            if buf.len() >= FLUSH_AT_BYTES && !write_out(&conn, &mut wr, &mut buf).await {
+                return;
+            }
+        }
+        if !buf.is_empty() && !write_out(&conn, &mut wr, &mut buf).await {
+            return;
+        }
+        if buf.capacity() > KEEP_BUFFER_BYTES {
+            buf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+    // Closing our half tells the broker we are gone, so it frees our leases at once.
+    let _ = wr.shutdown().await;
+}
+
+/// Writes and clears `buf`; on failure ends the connection and returns false.
+async fn write_out(conn: &Conn, wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> bool {
+    let result = tokio::select! {
+        biased;
+        _ = conn.cancel.cancelled() => return false,
+        r = wr.write_all(buf) => r,
+    };
+    buf.clear();
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            conn.shutdown(&format!("writing to the broker failed: {e}"));
+            false
+        }
+    }
+}
+
+/// Maps an answer of the wrong kind to a protocol error.
+pub(crate) fn unexpected(op: &str, got: response::Result) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer to {op}: {got:?}"))
+}

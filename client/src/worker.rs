@@ -1,0 +1,720 @@
+//! `Worker`: runs an async handler per task with bounded concurrency, extends leases
+//! while handlers run, settles by the handler's result, and drains gracefully on
+//! shutdown. `TaskError` and `HandlerOutput` are the handler's vocabulary. Everything
+//! here is built on the public `Subscription`/`Delivery` API plus the internal `Lease`.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::Client;
+use crate::delivery::{log_settle_error, Lease, Task};
+use crate::error::{ClientError, Result};
+use crate::publish::unix_ms;
+use crate::subscription::Subscription;
+
+/// Default number of handlers running at once.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Default time running handlers get to finish after shutdown is requested.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+/// Longest failure reason sent to the broker; longer texts are cut.
+const MAX_REASON_BYTES: usize = 4096;
+/// Shortest lease the auto-extension assumes (guards against clock skew making the
+/// observed lease look tiny and the worker extend in a tight loop).
+const MIN_ASSUMED_LEASE: Duration = Duration::from_secs(1);
+
+/// Why a handler did not finish its task, and what should happen to it.
+///
+/// Any `std::error::Error` converts into a `TaskError` that retries with the queue's
+/// backoff, so `?` works in handlers. Use [`TaskError::dead`] for input that will never
+/// succeed and [`TaskError::retry_after`] to choose the delay.
+///
+/// `TaskError` deliberately does not implement `std::error::Error` (that would collide
+/// with the blanket conversion); it implements `Display` and `Debug`.
+pub struct TaskError {
+    action: Action,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Retry(Option<Duration>),
+    Dead,
+}
+
+impl TaskError {
+    /// Retry after the queue's exponential backoff, recording `reason`.
+    pub fn retry(reason: impl fmt::Display) -> Self {
+        TaskError {
+            action: Action::Retry(None),
+            message: reason.to_string(),
+        }
+    }
+
+    /// Retry after `delay`, recording `reason`.
+    pub fn retry_after(delay: Duration, reason: impl fmt::Display) -> Self {
+        TaskError {
+            action: Action::Retry(Some(delay)),
+            message: reason.to_string(),
+        }
+    }
+
+    /// Send the task to the dead set now, whatever its attempts, with `reason`.
+    pub fn dead(reason: impl fmt::Display) -> Self {
+        TaskError {
+            action: Action::Dead,
+            message: reason.to_string(),
+        }
+    }
+
+    /// The reason recorded as the task's last error.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// True for [`TaskError::dead`].
+    pub fn is_dead(&self) -> bool {
+        self.action == Action::Dead
+    }
+
+    /// The explicit retry delay, if one was chosen.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        match self.action {
+            Action::Retry(delay) => delay,
+            Action::Dead => None,
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
+    fn from(err: E) -> Self {
+        // Keep the source chain: "decode failed: invalid utf-8 at byte 3".
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        TaskError {
+            action: Action::Retry(None),
+            message,
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskError")
+            .field("action", &self.action)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+/// What a handler may return on success: nothing, or a result payload for the ack.
+pub trait HandlerOutput: Send + 'static {
+    /// The result payload to ack with (empty = none).
+    fn into_result(self) -> Bytes;
+}
+
+impl HandlerOutput for () {
+    fn into_result(self) -> Bytes {
+        Bytes::new()
+    }
+}
+
+impl HandlerOutput for Bytes {
+    fn into_result(self) -> Bytes {
+        self
+    }
+}
+
+impl HandlerOutput for Vec<u8> {
+    fn into_result(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl HandlerOutput for String {
+    fn into_result(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl<T: HandlerOutput> HandlerOutput for Option<T> {
+    fn into_result(self) -> Bytes {
+        self.map(HandlerOutput::into_result).unwrap_or_default()
+    }
+}
+
+/// What a worker did, returned when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Tasks acked after their handler returned `Ok`.
+    pub acked: u64,
+    /// Tasks nacked for a retry (handler `Err` or panic).
+    pub retried: u64,
+    /// Tasks sent to the dead set by [`TaskError::dead`].
+    pub dead: u64,
+    /// Tasks returned to the broker unfinished at shutdown.
+    pub returned: u64,
+    /// Settles that failed (lease lost, connection lost, timeout): these tasks are
+    /// redelivered by the broker.
+    pub settle_failed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    acked: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    returned: AtomicU64,
+    settle_failed: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> WorkerReport {
+        WorkerReport {
+            acked: self.acked.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+            returned: self.returned.load(Ordering::Relaxed),
+            settle_failed: self.settle_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, counter: &AtomicU64, settled: Result<()>, op: &str, task: u64) {
+        match settled {
+            Ok(()) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                log_settle_error(op, task, &e);
+                self.settle_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs a handler for every task of a queue.
+///
+/// - At most [`concurrency`](Worker::concurrency) handlers run at once; the
+///   subscription's prefetch defaults to the same number, so tasks do not wait in a
+///   local buffer while their lease runs.
+/// - While a handler runs its lease is extended every third of the lease.
+/// - `Ok` acks (with the handler's result payload, see [`HandlerOutput`]); `Err` nacks
+///   with the error's text ([`TaskError`] picks retry, retry-after or dead); a panic
+///   nacks with the panic message.
+/// - Shutdown (the [`shutdown_token`](Worker::shutdown_token) is cancelled, or the
+///   future given to [`run_until`](Worker::run_until) resolves): stop taking tasks and
+///   return buffered ones, wait for running handlers up to the
+///   [`grace_period`](Worker::grace_period), then abort the rest and return their tasks
+///   to the broker for redelivery.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), squall_client::ClientError> {
+/// use squall_client::{Client, Task, TaskError, Worker};
+///
+/// let client = Client::connect("127.0.0.1:7600").await?;
+/// let report = Worker::new(client, "emails")
+///     .concurrency(16)
+///     .run_until(
+///         |task: Task| async move {
+///             let text = std::str::from_utf8(task.payload()).map_err(TaskError::dead)?;
+///             println!("sending {text}");
+///             Ok::<_, TaskError>(())
+///         },
+///         tokio::signal::ctrl_c(),
+///     )
+///     .await?;
+/// println!("acked {} tasks", report.acked);
+/// # Ok(()) }
+/// ```
+#[must_use = "a worker does nothing until .run(handler).await"]
+pub struct Worker {
+    client: Client,
+    queue: String,
+    concurrency: usize,
+    prefetch: Option<u32>,
+    grace_period: Duration,
+    lease_extension: Option<Duration>,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("queue", &self.queue)
+            .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
+            .field("grace_period", &self.grace_period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for `queue` with the defaults (concurrency 8, grace period 30 s).
+    pub fn new(client: Client, queue: impl Into<String>) -> Self {
+        Worker {
+            client,
+            queue: queue.into(),
+            concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            lease_extension: None,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Handlers running at once (at least 1; default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// The subscription's prefetch (default: the concurrency, capped at the broker's
+    /// `max_prefetch`). More than the concurrency lets tasks wait locally with their
+    /// lease running, un-extended.
+    pub fn prefetch(mut self, n: u32) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Time running handlers get to finish once shutdown is requested (default 30 s).
+    pub fn grace_period(mut self, d: Duration) -> Self {
+        self.grace_period = d;
+        self
+    }
+
+    /// How far each automatic extension pushes the lease, and so (a third of it) how
+    /// often it is extended.
+    ///
+    /// By default it is the lease length observed on each delivery (its deadline minus
+    /// the local time at receipt), which assumes the client's and the broker's clocks
+    /// agree to within a fraction of the lease. Set it to the queue's lease to rely on
+    /// no clock at all.
+    pub fn lease_extension(mut self, by: Duration) -> Self {
+        self.lease_extension = Some(by.max(Duration::from_millis(3)));
+        self
+    }
+
+    /// Use `token` as the shutdown trigger: cancelling it starts the graceful shutdown.
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// The token that triggers this worker's graceful shutdown when cancelled.
+    pub fn shutdown_handle(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `signal` resolves (for example `tokio::signal::ctrl_c()`), then shuts
+    /// down gracefully. See [`run`](Worker::run).
+    pub async fn run_until<F, Fut, R, S>(self, handler: F, signal: S) -> Result<WorkerReport>
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+        R: HandlerOutput,
+        S: Future + Send,
+    {
+        let token = self.shutdown.clone();
+        let run = self.run(handler);
+        tokio::pin!(run);
+        tokio::select! {
+            report = &mut run => return report,
+            _ = signal => token.cancel(),
+        }
+        run.await
+    }
+
+    /// Runs the handler for every task until shutdown is requested, then drains
+    /// gracefully and returns what it did.
+    ///
+    /// Returns `Err` if subscribing fails or the subscription ends for good (the client
+    /// was closed, or reconnecting gave up); running handlers are drained the same way
+    /// first.
+    pub async fn run<F, Fut, R>(self, handler: F) -> Result<WorkerReport>
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+        R: HandlerOutput,
+    {
+        let prefetch = self.effective_prefetch();
+        let mut sub = tokio::select! {
+            sub = self.client.subscribe(self.queue.clone()).prefetch(prefetch) => sub?,
+            _ = self.shutdown.cancelled() => return Ok(WorkerReport::default()),
+        };
+        info!(queue = %self.queue, concurrency = self.concurrency, prefetch, "worker started");
+        let ctx = Arc::new(DriveContext {
+            handler,
+            hard_stop: CancellationToken::new(),
+            lease_extension: self.lease_extension,
+            counters: Counters::default(),
+        });
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut running = JoinSet::new();
+        let ended = self.dispatch(&mut sub, &ctx, &slots, &mut running).await;
+        self.drain(sub, &ctx, &mut running).await;
+        let report = ctx.counters.report();
+        info!(queue = %self.queue, ?report, "worker stopped");
+        match ended {
+            Some(err) => Err(err),
+            None => Ok(report),
+        }
+    }
+
+    fn effective_prefetch(&self) -> u32 {
+        if let Some(p) = self.prefetch {
+            return p;
+        }
+        let wanted = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        match self.client.server_info().limits.max_prefetch {
+            0 => wanted,
+            max => wanted.min(max),
+        }
+    }
+
+    /// Takes deliveries while a handler slot is free, until shutdown or the end of the
+    /// subscription (`Some(err)` if it ended without a shutdown request).
+    async fn dispatch<F, Fut, R>(
+        &self,
+        sub: &mut Subscription,
+        ctx: &Arc<DriveContext<F>>,
+        slots: &Arc<Semaphore>,
+        running: &mut JoinSet<()>,
+    ) -> Option<ClientError>
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+        R: HandlerOutput,
+    {
+        loop {
+            let slot = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    log_join(done);
+                    continue;
+                }
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => return None,
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                next = sub.recv() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    running.spawn(async move {
+                        ctx.drive(delivery).await;
+                        drop(slot);
+                    });
+                }
+                Some(Err(e)) => {
+                    warn!(queue = %self.queue, error = %e, "subscription ended with an error; worker stopping");
+                    return Some(e);
+                }
+                None => {
+                    warn!(queue = %self.queue, "subscription ended (client closed); worker stopping");
+                    return Some(ClientError::Closed);
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop new deliveries and return the buffered ones, give
+    /// running handlers the grace period, then abort and return the rest.
+    async fn drain<F>(
+        &self,
+        mut sub: Subscription,
+        ctx: &DriveContext<F>,
+        running: &mut JoinSet<()>,
+    ) {
+        if let Err(e) = sub.unsubscribe().await {
+            debug!(queue = %self.queue, error = %e, "unsubscribe failed; dropping the subscription");
+        }
+        while let Some(item) = sub.recv().await {
+            if let Ok(delivery) = item {
+                delivery.release();
+                ctx.counters.returned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        drop(sub);
+        if !running.is_empty() {
+            info!(queue = %self.queue, running = running.len(), grace = ?self.grace_period, "waiting for running handlers");
+        }
+        let waited = tokio::time::timeout(self.grace_period, async {
+            while let Some(done) = running.join_next().await {
+                log_join(done);
+            }
+        })
+        .await;
+        if waited.is_err() {
+            warn!(queue = %self.queue, unfinished = running.len(), "grace period over; returning unfinished tasks to the broker");
+            ctx.hard_stop.cancel();
+            while let Some(done) = running.join_next().await {
+                log_join(done);
+            }
+        }
+    }
+}
+
+fn log_join(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        warn!(error = %e, "worker task failed");
+    }
+}
+
+/// Aborts a spawned handler when the task driving it goes away (worker dropped).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct DriveContext<F> {
+    handler: F,
+    hard_stop: CancellationToken,
+    lease_extension: Option<Duration>,
+    counters: Counters,
+}
+
+impl<F, Fut, R> DriveContext<F>
+where
+    F: Fn(Task) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
+    R: HandlerOutput,
+{
+    /// Runs the handler for one delivery, extending its lease meanwhile, then settles.
+    async fn drive(&self, delivery: crate::Delivery) {
+        let (task, mut lease) = delivery.into_parts();
+        let task_id = task.id();
+        let extension = self
+            .lease_extension
+            .unwrap_or_else(|| observed_lease(task.deadline_ms(), SystemTime::now()));
+        let mut next_extend =
+            Instant::now() + first_extend_after(task.deadline_ms(), SystemTime::now(), extension);
+        let mut extending = true;
+        let mut handle = AbortOnDrop(tokio::spawn((self.handler)(task)));
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                joined = &mut handle.0 => break joined,
+                _ = self.hard_stop.cancelled() => {
+                    handle.0.abort();
+                    let returned = lease
+                        .nack(Some(Duration::ZERO), false, "worker shut down before the handler finished".into())
+                        .await;
+                    self.counters.count(&self.counters.returned, returned, "return", task_id);
+                    return;
+                }
+                _ = tokio::time::sleep_until(next_extend), if extending => {
+                    match lease.extend(extension).await {
+                        Ok(_) => {
+                            debug!(task = task_id, by = ?extension, "lease extended");
+                            next_extend = Instant::now() + extension / 3;
+                        }
+                        Err(e) => {
+                            warn!(task = task_id, error = %e, "could not extend the lease; the task may be redelivered while its handler runs");
+                            extending = false;
+                        }
+                    }
+                }
+            }
+        };
+        self.settle(lease, task_id, outcome).await;
+    }
+
+    async fn settle(
+        &self,
+        mut lease: Lease,
+        task_id: u64,
+        outcome: std::result::Result<std::result::Result<R, TaskError>, tokio::task::JoinError>,
+    ) {
+        let c = &self.counters;
+        match outcome {
+            Ok(Ok(output)) => c.count(
+                &c.acked,
+                lease.ack(output.into_result()).await,
+                "ack",
+                task_id,
+            ),
+            Ok(Err(err)) => {
+                let reason = truncate_reason(err.message);
+                match err.action {
+                    Action::Dead => {
+                        debug!(task = task_id, reason = %reason, "handler failed for good; dead-lettering");
+                        c.count(
+                            &c.dead,
+                            lease.nack(None, true, reason).await,
+                            "fail",
+                            task_id,
+                        )
+                    }
+                    Action::Retry(delay) => {
+                        debug!(task = task_id, reason = %reason, ?delay, "handler failed; retrying");
+                        c.count(
+                            &c.retried,
+                            lease.nack(delay, false, reason).await,
+                            "nack",
+                            task_id,
+                        )
+                    }
+                }
+            }
+            Err(join) => {
+                let reason = match join.try_into_panic() {
+                    Ok(panic) => format!("handler panicked: {}", panic_message(&*panic)),
+                    Err(_) => "handler was cancelled".to_owned(),
+                };
+                warn!(task = task_id, reason = %reason, "handler did not complete");
+                c.count(
+                    &c.retried,
+                    lease.nack(None, false, truncate_reason(reason)).await,
+                    "nack",
+                    task_id,
+                )
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// The lease length seen on a delivery: its deadline minus the local time, at least
+/// [`MIN_ASSUMED_LEASE`].
+fn observed_lease(deadline_ms: u64, now: SystemTime) -> Duration {
+    let remaining = Duration::from_millis(deadline_ms.saturating_sub(unix_ms(now)));
+    remaining.max(MIN_ASSUMED_LEASE)
+}
+
+/// When to extend first: after a third of what is left of the lease, and never later
+/// than a third of the extension length.
+fn first_extend_after(deadline_ms: u64, now: SystemTime, extension: Duration) -> Duration {
+    let remaining = Duration::from_millis(deadline_ms.saturating_sub(unix_ms(now)));
+    (remaining / 3).min(extension / 3)
+}
+
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > MAX_REASON_BYTES {
+        let mut cut = MAX_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn at(ms: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn lease_extension_follows_the_observed_lease() {
+        let now = at(1_000_000);
+        assert_eq!(observed_lease(1_030_000, now), Duration::from_secs(30));
+        // A deadline in the past (clock skew) still assumes a sane minimum.
+        assert_eq!(observed_lease(999_000, now), MIN_ASSUMED_LEASE);
+        assert_eq!(
+            first_extend_after(1_030_000, now, Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        // A configured extension shorter than the lease wins.
+        assert_eq!(
+            first_extend_after(1_030_000, now, Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        // Already past the deadline: extend at once.
+        assert_eq!(
+            first_extend_after(999_000, now, Duration::from_secs(30)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn task_errors_carry_their_action() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e: TaskError = Outer(std::io::Error::other("inner")).into();
+        assert_eq!(e.message(), "outer: inner");
+        assert!(!e.is_dead());
+        assert_eq!(e.retry_delay(), None);
+
+        let e = TaskError::retry_after(Duration::from_secs(5), "busy");
+        assert_eq!(e.retry_delay(), Some(Duration::from_secs(5)));
+        assert_eq!(e.to_string(), "busy");
+
+        let e = TaskError::dead("bad input");
+        assert!(e.is_dead());
+        assert_eq!(e.retry_delay(), None);
+    }
+
+    #[test]
+    fn handler_outputs_become_ack_results() {
+        assert!(().into_result().is_empty());
+        assert_eq!("x".to_owned().into_result(), Bytes::from_static(b"x"));
+        assert_eq!(vec![1u8].into_result(), Bytes::from_static(&[1]));
+        assert_eq!(
+            Some(Bytes::from_static(b"r")).into_result(),
+            Bytes::from_static(b"r")
+        );
+        assert!(None::<String>.into_result().is_empty());
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_REASON_BYTES);
+        let cut = truncate_reason(long);
+        assert!(cut.len() <= MAX_REASON_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(truncate_reason("short".into()), "short");
+    }
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        let p: Box<dyn std::any::Any + Send> = Box::new("boom");
+        assert_eq!(panic_message(&*p), "boom");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("bang"));
+        assert_eq!(panic_message(&*p), "bang");
+        let p: Box<dyn std::any::Any + Send> = Box::new(7u8);
+        assert_eq!(panic_message(&*p), "non-string panic payload");
+    }
+}
