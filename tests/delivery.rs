@@ -412,3 +412,23 @@ async fn acked_tasks_are_gone_and_unacked_survive_a_clean_restart() {
     assert!(stored_state(&broker, ids[0]).is_none());
     assert!(stored_state(&broker, ids[3]).unwrap().not_before_ms > 0);
 }
+
+#[tokio::test]
+async fn weaker_fsync_modes_confirm_and_keep_tasks_across_a_clean_restart() {
+    for mode in [FsyncMode::Interval(Duration::from_millis(50)), FsyncMode::Never] {
+        let mut broker = TestBroker::start_with(|c| c.fsync = mode).await;
+        let mut w = Wire::hello(broker.addr).await;
+        let ids = w
+            .publish_spec((0..50).map(|i| spec("modes", &i.to_string())).collect())
+            .await
+            .unwrap();
+        drop(w);
+        // A clean stop flushes whatever the mode left in memory.
+        broker.restart().await;
+        let mut w = Wire::hello(broker.addr).await;
+        w.subscribe("modes", 100).await;
+        for id in &ids {
+            assert_eq!(w.delivery().await.task_id, *id, "{mode:?}");
+        }
+    }
+}
