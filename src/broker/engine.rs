@@ -3,6 +3,8 @@
 //!
 //! Pure and synchronous: time comes in as a `now` argument and every change that must
 //! be persisted goes out as a [`Mutation`]. No sockets, no store, no async.
+//! Fields are `pub(super)` so that sibling modules of `broker/` can extend `Engine`
+//! with `impl` blocks of their own (one file per concern).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -195,29 +197,29 @@ pub struct QueueSnapshot {
     pub counters: QueueCounters,
 }
 
-type QueueIdx = u32;
+pub(super) type QueueIdx = u32;
 
 #[derive(Debug)]
-struct SubSlot {
-    conn: ConnId,
-    sub: SubId,
-    prefetch: u32,
-    in_flight: u32,
+pub(super) struct SubSlot {
+    pub(super) conn: ConnId,
+    pub(super) sub: SubId,
+    pub(super) prefetch: u32,
+    pub(super) in_flight: u32,
 }
 
 #[derive(Debug)]
-struct Queue {
-    name: Arc<str>,
-    config: QueueConfig,
-    ready: BinaryHeap<Entry>,
-    delayed: u64,
-    leased: u64,
-    dead: u64,
-    subs: Vec<SubSlot>,
+pub(super) struct Queue {
+    pub(super) name: Arc<str>,
+    pub(super) config: QueueConfig,
+    pub(super) ready: BinaryHeap<Entry>,
+    pub(super) delayed: u64,
+    pub(super) leased: u64,
+    pub(super) dead: u64,
+    pub(super) subs: Vec<SubSlot>,
     /// Index in `subs` where the next tie-breaking scan starts (round-robin).
-    rr: usize,
-    dirty: bool,
-    counters: QueueCounters,
+    pub(super) rr: usize,
+    pub(super) dirty: bool,
+    pub(super) counters: QueueCounters,
 }
 
 impl Queue {
@@ -236,7 +238,7 @@ impl Queue {
         }
     }
 
-    fn effective_max_attempts(&self, entry: &Entry) -> u32 {
+    pub(super) fn effective_max_attempts(&self, entry: &Entry) -> u32 {
         if entry.max_attempts > 0 {
             entry.max_attempts
         } else {
@@ -277,29 +279,29 @@ impl Queue {
 }
 
 #[derive(Debug, Clone)]
-struct Lease {
-    token: u64,
-    deadline_ms: Millis,
-    conn: ConnId,
-    sub: SubId,
-    queue: QueueIdx,
-    entry: Entry,
+pub(super) struct Lease {
+    pub(super) token: u64,
+    pub(super) deadline_ms: Millis,
+    pub(super) conn: ConnId,
+    pub(super) sub: SubId,
+    pub(super) queue: QueueIdx,
+    pub(super) entry: Entry,
 }
 
 /// The broker's in-memory state machine.
 pub struct Engine {
-    config: EngineConfig,
-    queues: Vec<Queue>,
-    by_name: HashMap<Arc<str>, QueueIdx>,
+    pub(super) config: EngineConfig,
+    pub(super) queues: Vec<Queue>,
+    pub(super) by_name: HashMap<Arc<str>, QueueIdx>,
     /// Delayed tasks across all queues, by (not-before, id).
-    delayed: BTreeMap<(Millis, TaskId), (QueueIdx, Entry)>,
-    leases: HashMap<TaskId, Lease>,
+    pub(super) delayed: BTreeMap<(Millis, TaskId), (QueueIdx, Entry)>,
+    pub(super) leases: HashMap<TaskId, Lease>,
     /// Lease deadlines; stale entries (settled or extended leases) are skipped on pop.
-    deadlines: BinaryHeap<Reverse<(Millis, TaskId, u64)>>,
-    conn_subs: HashMap<ConnId, Vec<(QueueIdx, SubId)>>,
-    dirty: Vec<QueueIdx>,
-    next_token: u64,
-    rng: SmallRng,
+    pub(super) deadlines: BinaryHeap<Reverse<(Millis, TaskId, u64)>>,
+    pub(super) conn_subs: HashMap<ConnId, Vec<(QueueIdx, SubId)>>,
+    pub(super) dirty: Vec<QueueIdx>,
+    pub(super) next_token: u64,
+    pub(super) rng: SmallRng,
 }
 
 impl Engine {
@@ -321,7 +323,7 @@ impl Engine {
         }
     }
 
-    fn queue_idx(&mut self, name: &str) -> QueueIdx {
+    pub(super) fn queue_idx(&mut self, name: &str) -> QueueIdx {
         if let Some(&idx) = self.by_name.get(name) {
             return idx;
         }
@@ -354,7 +356,7 @@ impl Engine {
             .map(|&i| &self.queues[i as usize].config)
     }
 
-    fn mark_dirty(&mut self, idx: QueueIdx) {
+    pub(super) fn mark_dirty(&mut self, idx: QueueIdx) {
         let q = &mut self.queues[idx as usize];
         if !q.dirty {
             q.dirty = true;
@@ -362,7 +364,7 @@ impl Engine {
         }
     }
 
-    fn enqueue(&mut self, idx: QueueIdx, entry: Entry, not_before: Millis, now: Millis) {
+    pub(super) fn enqueue(&mut self, idx: QueueIdx, entry: Entry, not_before: Millis, now: Millis) {
         if not_before > now {
             self.queues[idx as usize].delayed += 1;
             self.delayed.insert((not_before, entry.id), (idx, entry));
@@ -456,7 +458,7 @@ impl Engine {
         Ok(())
     }
 
-    fn remove_slot(&mut self, idx: QueueIdx, conn: ConnId, sub: SubId) {
+    pub(super) fn remove_slot(&mut self, idx: QueueIdx, conn: ConnId, sub: SubId) {
         let q = &mut self.queues[idx as usize];
         q.subs.retain(|s| !(s.conn == conn && s.sub == sub));
         if q.rr >= q.subs.len() {
@@ -464,7 +466,12 @@ impl Engine {
         }
     }
 
-    fn take_lease(&mut self, conn: ConnId, task: TaskId, token: u64) -> Result<Lease, EngineError> {
+    pub(super) fn take_lease(
+        &mut self,
+        conn: ConnId,
+        task: TaskId,
+        token: u64,
+    ) -> Result<Lease, EngineError> {
         match self.leases.get(&task) {
             Some(l) if l.token == token && l.conn == conn => {}
             _ => return Err(EngineError::LeaseExpired { task }),
@@ -581,7 +588,7 @@ impl Engine {
     }
 
     /// Either schedules the next attempt or moves the task to the dead set.
-    fn retry_or_bury(
+    pub(super) fn retry_or_bury(
         &mut self,
         idx: QueueIdx,
         entry: Entry,
@@ -781,7 +788,7 @@ fn clamp_lease(ms: u64) -> u32 {
     u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
-fn dead_patch(id: TaskId, reason: &str, now: Millis) -> Mutation {
+pub(super) fn dead_patch(id: TaskId, reason: &str, now: Millis) -> Mutation {
     Mutation::Patch {
         id,
         patch: StatePatch {
