@@ -415,7 +415,10 @@ async fn acked_tasks_are_gone_and_unacked_survive_a_clean_restart() {
 
 #[tokio::test]
 async fn weaker_fsync_modes_confirm_and_keep_tasks_across_a_clean_restart() {
-    for mode in [FsyncMode::Interval(Duration::from_millis(50)), FsyncMode::Never] {
+    for mode in [
+        FsyncMode::Interval(Duration::from_millis(50)),
+        FsyncMode::Never,
+    ] {
         let mut broker = TestBroker::start_with(|c| c.fsync = mode).await;
         let mut w = Wire::hello(broker.addr).await;
         let ids = w
