@@ -2,6 +2,7 @@
 //! (durations, server address) and the mapping of errors to exit codes. This is the
 //! binary's edge, the only place that uses `anyhow`.
 
+mod bench;
 mod consume;
 mod publish;
 mod serve;
@@ -47,6 +48,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Print and settle tasks as they arrive.
     Consume(consume::ConsumeArgs),
+    /// Load-test a broker: throughput, latency percentiles, loss and duplicates.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs a subcommand to completion.
@@ -55,6 +58,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 
