@@ -201,6 +201,9 @@ pub(super) type QueueIdx = u32;
 
 #[derive(Debug)]
 pub(super) struct SubSlot {
+    /// Unique per subscription instance: a client may reuse a subscription id after
+    /// unsubscribing, and the old instance's leases must not free the new one's credit.
+    pub(super) uid: u64,
     pub(super) conn: ConnId,
     pub(super) sub: SubId,
     pub(super) prefetch: u32,
@@ -267,12 +270,8 @@ impl Queue {
         best
     }
 
-    fn release_credit(&mut self, conn: ConnId, sub: SubId) {
-        if let Some(s) = self
-            .subs
-            .iter_mut()
-            .find(|s| s.conn == conn && s.sub == sub)
-        {
+    fn release_credit(&mut self, slot: u64) {
+        if let Some(s) = self.subs.iter_mut().find(|s| s.uid == slot) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
     }
@@ -283,7 +282,8 @@ pub(super) struct Lease {
     pub(super) token: u64,
     pub(super) deadline_ms: Millis,
     pub(super) conn: ConnId,
-    pub(super) sub: SubId,
+    /// `SubSlot::uid` of the subscription instance it was delivered to.
+    pub(super) slot: u64,
     pub(super) queue: QueueIdx,
     pub(super) entry: Entry,
 }
@@ -301,6 +301,8 @@ pub struct Engine {
     pub(super) conn_subs: HashMap<ConnId, Vec<(QueueIdx, SubId)>>,
     pub(super) dirty: Vec<QueueIdx>,
     pub(super) next_token: u64,
+    /// The next `SubSlot::uid`.
+    pub(super) next_slot: u64,
     pub(super) rng: SmallRng,
 }
 
@@ -319,6 +321,7 @@ impl Engine {
             conn_subs: HashMap::new(),
             dirty: Vec::new(),
             next_token: now.wrapping_shl(20).max(1),
+            next_slot: 1,
             rng,
         }
     }
@@ -433,7 +436,10 @@ impl Engine {
         }
         let idx = self.queue_idx(queue);
         self.conn_subs.entry(conn).or_default().push((idx, sub));
+        let uid = self.next_slot;
+        self.next_slot += 1;
         self.queues[idx as usize].subs.push(SubSlot {
+            uid,
             conn,
             sub,
             prefetch,
@@ -482,7 +488,7 @@ impl Engine {
             .ok_or(EngineError::LeaseExpired { task })?;
         let q = &mut self.queues[lease.queue as usize];
         q.leased = q.leased.saturating_sub(1);
-        q.release_credit(lease.conn, lease.sub);
+        q.release_credit(lease.slot);
         self.mark_dirty(lease.queue);
         Ok(lease)
     }
@@ -537,7 +543,10 @@ impl Engine {
     }
 
     /// Drops a lease whose delivery could not be sent (its task vanished or its body
-    /// could not be read). With `requeue`, the task goes back to ready.
+    /// could not be read). With `requeue`, the task goes back to ready, and the
+    /// delivery that never left does not count as an attempt (counting it would let
+    /// the next delivery exceed `max_attempts`). The store may keep the higher count
+    /// until the next delivery persists the right one; that only errs on the safe side.
     pub fn undeliverable(
         &mut self,
         conn: ConnId,
@@ -546,8 +555,9 @@ impl Engine {
         requeue: bool,
         now: Millis,
     ) {
-        if let Ok(lease) = self.take_lease(conn, task, token) {
+        if let Ok(mut lease) = self.take_lease(conn, task, token) {
             if requeue {
+                lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
                 self.enqueue(lease.queue, lease.entry, 0, now);
             }
         }
@@ -644,7 +654,7 @@ impl Engine {
             let q = &mut self.queues[lease.queue as usize];
             q.leased = q.leased.saturating_sub(1);
             q.counters.expired += 1;
-            q.release_credit(lease.conn, lease.sub);
+            q.release_credit(lease.slot);
             self.mark_dirty(lease.queue);
             let m = self.retry_or_bury(
                 lease.queue,
@@ -705,7 +715,7 @@ impl Engine {
             self.next_token = self.next_token.wrapping_add(1);
             let s = &mut q.subs[slot];
             s.in_flight += 1;
-            let (conn, sub) = (s.conn, s.sub);
+            let (conn, sub, sub_slot) = (s.conn, s.sub, s.uid);
             q.leased += 1;
             q.counters.delivered += 1;
             let max_attempts = q.effective_max_attempts(&entry);
@@ -715,7 +725,7 @@ impl Engine {
                     token,
                     deadline_ms,
                     conn,
-                    sub,
+                    slot: sub_slot,
                     queue: idx,
                     entry,
                 },

@@ -6,6 +6,8 @@
 pub mod backoff;
 mod engine;
 #[cfg(test)]
+mod model_test;
+#[cfg(test)]
 mod tests;
 
 pub use engine::*;
