@@ -443,3 +443,42 @@ pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("data");
     (dir, path)
 }
+
+/// Non-panicking variants for tests that kill the broker under load, where a refused
+/// connect or a broken pipe is expected and means "this broker is gone".
+impl Wire {
+    /// Connects and completes the handshake, or None if the broker is not there.
+    pub async fn try_hello(addr: SocketAddr) -> Option<Wire> {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let mut w = Wire {
+            stream,
+            buf: BytesMut::new(),
+            next_id: 1,
+            deliveries: VecDeque::new(),
+            goodbyes: Vec::new(),
+            stray: Vec::new(),
+        };
+        let id = w
+            .try_send(Op::Hello(v1::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                client_name: "test".into(),
+                token: String::new(),
+            }))
+            .await?;
+        match w.response_or_eof(id).await? {
+            Ok(response::Result::Hello(_)) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Sends a request and returns its id, or None if the connection is gone.
+    pub async fn try_send(&mut self, op: Op) -> Option<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = BytesMut::new();
+        encode_frame(&v1::Request { id, op: Some(op) }, &mut buf);
+        self.stream.write_all(&buf).await.ok()?;
+        Some(id)
+    }
+}
