@@ -353,17 +353,20 @@ impl<C: Completion> WriterLoop<C> {
 
     /// Completes every job of the group in submission order: with its own failure if
     /// it had one, else with the batch's outcome.
+    /// Counters are updated first, so that whoever hears a confirmation sees them.
     fn complete_group(&mut self, outcome: Result<(), StoreError>) {
-        let mut confirmed = 0;
+        let confirmed = match &outcome {
+            Ok(()) => self.failed.iter().filter(|f| f.is_none()).count() as u64,
+            Err(_) => 0,
+        };
+        self.stats.jobs.fetch_add(confirmed, Relaxed);
         for (job, failed) in self.group.drain(..).zip(self.failed.drain(..)) {
             let result = match failed {
                 Some(error) => Err(error),
                 None => outcome.clone(),
             };
-            confirmed += u64::from(result.is_ok());
             job.done.complete(result);
         }
-        self.stats.jobs.fetch_add(confirmed, Relaxed);
     }
 
     /// fsyncs everything applied so far.

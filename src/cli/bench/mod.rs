@@ -4,6 +4,7 @@
 //! verifies delivery (lost, duplicates) and measures end-to-end latency.
 //! The broker under test can be started by the bench itself (`--spawn`).
 
+mod peers;
 mod report;
 mod spawn;
 
@@ -35,6 +36,10 @@ const MAX_LATENCY_US: u64 = 600_000_000;
 pub struct BenchArgs {
     #[command(flatten)]
     server: ServerArgs,
+    /// Which broker to drive: Squall, or a peer for comparison (beanstalkd, redis)
+    /// listening at --server.
+    #[arg(long, value_enum, default_value = "squall")]
+    target: peers::Target,
     /// Start a broker on a temporary directory for the run (ignores --server).
     #[arg(long)]
     spawn: bool,
@@ -95,6 +100,10 @@ impl BenchArgs {
         );
         anyhow::ensure!(self.queues > 0, "--queues must be at least 1");
         anyhow::ensure!(self.rate != Some(0), "--rate must be above 0");
+        anyhow::ensure!(
+            self.target == peers::Target::Squall || (!self.spawn && self.batch == 1),
+            "peers are driven at --server with --batch 1 (no --spawn)"
+        );
         Ok(())
     }
 }
@@ -246,18 +255,26 @@ async fn drive(args: &BenchArgs, addr: &str) -> anyhow::Result<Outcome> {
     // Consumers first, so that nothing waits in the queue for a subscriber.
     let mut consumers = Vec::new();
     for i in 0..args.consumers {
-        let client = connect(format!("bench-consumer-{i}")).await?;
         let queue = queues[i % queues.len()].clone();
-        let sub = client
-            .subscribe(queue)
-            .prefetch(args.prefetch)
-            .await
-            .context("subscribe")?;
-        consumers.push(tokio::spawn(consume(client, sub, shared.clone())));
+        let handle = match args.target {
+            peers::Target::Squall => {
+                let client = connect(format!("bench-consumer-{i}")).await?;
+                let sub = client
+                    .subscribe(queue)
+                    .prefetch(args.prefetch)
+                    .await
+                    .context("subscribe")?;
+                tokio::spawn(consume(client, sub, shared.clone()))
+            }
+            peer => tokio::spawn(peers::consume(peer, addr.to_owned(), queue, shared.clone())),
+        };
+        consumers.push(handle);
     }
     let mut producer_clients = Vec::new();
-    for i in 0..args.producers {
-        producer_clients.push(connect(format!("bench-producer-{i}")).await?);
+    if args.target == peers::Target::Squall {
+        for i in 0..args.producers {
+            producer_clients.push(connect(format!("bench-producer-{i}")).await?);
+        }
     }
 
     let progress = report::progress_bar(args, total);
@@ -292,6 +309,19 @@ async fn drive(args: &BenchArgs, addr: &str) -> anyhow::Result<Outcome> {
             args.clone(),
             started,
         )));
+    }
+    if args.target != peers::Target::Squall {
+        for i in 0..args.producers {
+            let queue = queues[i % queues.len()].clone();
+            producers.push(tokio::spawn(peers::produce(
+                args.target,
+                addr.to_owned(),
+                queue,
+                shared.clone(),
+                args.clone(),
+                started,
+            )));
+        }
     }
 
     let mut publish = new_histogram();
@@ -456,6 +486,25 @@ async fn produce(
     Ok(hist)
 }
 
+/// Records one received payload: end-to-end latency, and first delivery or duplicate.
+fn record_delivery(shared: &Shared, hist: &mut Histogram<u64>, p: &[u8]) {
+    if p.len() < HEADER_BYTES {
+        return;
+    }
+    let seq = u64::from_le_bytes(p[0..8].try_into().unwrap_or_default());
+    let sent = u64::from_le_bytes(p[8..16].try_into().unwrap_or_default());
+    if seq >= shared.total {
+        return;
+    }
+    let e2e_us = unix_nanos().saturating_sub(sent) / 1_000;
+    hist.saturating_record(e2e_us.max(1));
+    if shared.seen.set(seq) {
+        shared.duplicates.fetch_add(1, Relaxed);
+    } else if shared.delivered.fetch_add(1, Relaxed) + 1 >= shared.confirmed_count.load(Relaxed) {
+        shared.progress.notify_waiters();
+    }
+}
+
 async fn consume(
     client: Client,
     mut sub: squall_client::Subscription,
@@ -475,22 +524,7 @@ async fn consume(
             }
             d = sub.recv() => {
                 let d = d.context("the subscription ended")?.context("delivery")?;
-                let p = d.payload();
-                if p.len() >= HEADER_BYTES {
-                    let seq = u64::from_le_bytes(p[0..8].try_into().unwrap_or_default());
-                    let sent = u64::from_le_bytes(p[8..16].try_into().unwrap_or_default());
-                    if seq < shared.total {
-                        let e2e_us = unix_nanos().saturating_sub(sent) / 1_000;
-                        hist.saturating_record(e2e_us.max(1));
-                        if shared.seen.set(seq) {
-                            shared.duplicates.fetch_add(1, Relaxed);
-                        } else if shared.delivered.fetch_add(1, Relaxed) + 1
-                            >= shared.confirmed_count.load(Relaxed)
-                        {
-                            shared.progress.notify_waiters();
-                        }
-                    }
-                }
+                record_delivery(&shared, &mut hist, d.payload());
                 acks.push(d.ack());
             }
             _ = shared.progress.notified() => {}
