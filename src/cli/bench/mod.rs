@@ -266,7 +266,13 @@ async fn drive(args: &BenchArgs, addr: &str) -> anyhow::Result<Outcome> {
                     .context("subscribe")?;
                 tokio::spawn(consume(client, sub, shared.clone()))
             }
-            peer => tokio::spawn(peers::consume(peer, addr.to_owned(), queue, shared.clone())),
+            peer => tokio::spawn(peers::consume(
+                peer,
+                addr.to_owned(),
+                queue,
+                shared.clone(),
+                args.prefetch,
+            )),
         };
         consumers.push(handle);
     }

@@ -1,8 +1,8 @@
 //! Adapters that drive other brokers with the same workload as `squall bench`, for the
 //! side-by-side comparison (`benches/compare.sh`): beanstalkd (put / reserve / delete)
 //! and Redis (LPUSH + BLMOVE into a processing list + LREM: the "reliable queue"
-//! pattern). Each speaks just enough of its protocol; producers pipeline up to the same
-//! window, consumers take one task at a time and settle it, as those brokers' workers do.
+//! pattern). Each speaks just enough of its protocol. Producers pipeline up to the same
+//! window as Squall's, consumers pipeline up to the same prefetch.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -114,6 +114,8 @@ impl Conn {
         let line = self.read_line().await?.to_owned();
         match line.as_bytes().first() {
             Some(b'+') | Some(b':') => Ok(None),
+            // A blocking command that timed out answers with a null array.
+            Some(b'*') if line == "*-1" => Ok(None),
             Some(b'-') => bail!("redis error: {line}"),
             Some(b'$') => {
                 let n: i64 = line[1..].parse().context("bulk length")?;
@@ -220,12 +222,15 @@ pub(crate) async fn produce(
     Ok(hist)
 }
 
-/// Takes one task at a time and settles it (delete / LREM), until the run completes.
+/// Takes up to `prefetch` tasks per round trip (pipelined non-blocking takes), records
+/// them, and settles them all pipelined (delete / LREM), until the run completes. When
+/// the queue is empty it blocks for at most a second on one take.
 pub(crate) async fn consume(
     target: Target,
     addr: String,
     queue: String,
     shared: Arc<Shared>,
+    prefetch: u32,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut c = Conn::connect(&addr).await?;
     let processing = format!("{queue}:processing");
@@ -234,46 +239,89 @@ pub(crate) async fn consume(
         c.bs_command("ignore default", "WATCHING").await?;
     }
     let mut hist = new_histogram();
+    let mut taken: Vec<(String, Vec<u8>)> = Vec::new();
     while !shared.complete() && !shared.abort.is_cancelled() {
-        match target {
-            Target::Beanstalkd => {
-                c.out.put_slice(b"reserve-with-timeout 1\r\n");
-                c.flush().await?;
-                let line = c.read_line().await?.to_owned();
-                if line.starts_with("TIMED_OUT") || line.starts_with("DEADLINE_SOON") {
-                    continue;
+        taken.clear();
+        for _ in 0..prefetch.max(1) {
+            take(&mut c, target, &queue, &processing, false);
+        }
+        c.flush().await?;
+        for _ in 0..prefetch.max(1) {
+            if let Some(t) = read_taken(&mut c, target).await? {
+                taken.push(t);
+            }
+        }
+        if taken.is_empty() {
+            take(&mut c, target, &queue, &processing, true);
+            c.flush().await?;
+            if let Some(t) = read_taken(&mut c, target).await? {
+                taken.push(t);
+            }
+        }
+        for (id, body) in &taken {
+            record_delivery(&shared, &mut hist, body);
+            match target {
+                Target::Beanstalkd => {
+                    c.out.put_slice(format!("delete {id}\r\n").as_bytes());
                 }
-                let mut parts = line.split_whitespace();
-                let (Some("RESERVED"), Some(id), Some(len)) =
-                    (parts.next(), parts.next(), parts.next())
-                else {
-                    bail!("beanstalkd answered {line:?} to reserve");
-                };
-                let len: usize = len.parse().context("job size")?;
-                let body = c.read_bytes(len).await?;
-                record_delivery(&shared, &mut hist, &body);
-                c.bs_command(&format!("delete {id}"), "DELETED").await?;
+                _ => c.resp(&[b"LREM", processing.as_bytes(), b"1", body]),
             }
-            Target::Redis => {
-                c.resp(&[
-                    b"BLMOVE",
-                    queue.as_bytes(),
-                    processing.as_bytes(),
-                    b"RIGHT",
-                    b"LEFT",
-                    b"1",
-                ]);
-                c.flush().await?;
-                let Some(body) = c.resp_reply().await? else {
-                    continue;
-                };
-                record_delivery(&shared, &mut hist, &body);
-                c.resp(&[b"LREM", processing.as_bytes(), b"1", &body]);
-                c.flush().await?;
-                c.resp_reply().await?;
+        }
+        c.flush().await?;
+        for _ in 0..taken.len() {
+            match target {
+                Target::Beanstalkd => {
+                    let line = c.read_line().await?;
+                    if !line.starts_with("DELETED") {
+                        bail!("beanstalkd answered {line:?} to delete");
+                    }
+                }
+                _ => {
+                    c.resp_reply().await?;
+                }
             }
-            Target::Squall => bail!("the Squall target is driven by the client crate"),
         }
     }
     Ok(hist)
+}
+
+/// Queues one take: non-blocking, or blocking for up to a second.
+fn take(c: &mut Conn, target: Target, queue: &str, processing: &str, block: bool) {
+    match (target, block) {
+        (Target::Beanstalkd, false) => c.out.put_slice(b"reserve-with-timeout 0\r\n"),
+        (Target::Beanstalkd, true) => c.out.put_slice(b"reserve-with-timeout 1\r\n"),
+        (_, false) => c.resp(&[
+            b"LMOVE",
+            queue.as_bytes(),
+            processing.as_bytes(),
+            b"RIGHT",
+            b"LEFT",
+        ]),
+        (_, true) => c.resp(&[
+            b"BLMOVE",
+            queue.as_bytes(),
+            processing.as_bytes(),
+            b"RIGHT",
+            b"LEFT",
+            b"1",
+        ]),
+    }
+}
+
+/// Reads the answer to one take: the task's id (beanstalkd) and body, or None if empty.
+async fn read_taken(c: &mut Conn, target: Target) -> anyhow::Result<Option<(String, Vec<u8>)>> {
+    if target != Target::Beanstalkd {
+        return Ok(c.resp_reply().await?.map(|body| (String::new(), body)));
+    }
+    let line = c.read_line().await?.to_owned();
+    if line.starts_with("TIMED_OUT") || line.starts_with("DEADLINE_SOON") {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some("RESERVED"), Some(id), Some(len)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("beanstalkd answered {line:?} to reserve");
+    };
+    let len: usize = len.parse().context("job size")?;
+    let body = c.read_bytes(len).await?;
+    Ok(Some((id.to_owned(), body)))
 }
