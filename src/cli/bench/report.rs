@@ -86,7 +86,13 @@ impl Report {
         broker_cpu: Option<Duration>,
     ) -> Report {
         let secs = o.elapsed.as_secs_f64().max(1e-9);
-        let rate = o.delivered as f64 / secs;
+        // A publish-only run (no consumers) is measured by what was confirmed.
+        let done = if args.consumers == 0 {
+            o.confirmed
+        } else {
+            o.delivered
+        };
+        let rate = done as f64 / secs;
         Report {
             server: if args.spawn {
                 format!("{server} (spawned, --fsync {})", args.fsync)
@@ -129,8 +135,20 @@ impl Report {
             self.rate.map(|r| format!(", fixed rate {r} msgs/s")).unwrap_or_default(),
         ));
         s.push_str(&format!(
-            "  throughput       {:.0} msgs/s  {:.2} MiB/s  ({} delivered in {:.2} s)\n",
-            self.msgs_per_s, self.mib_per_s, self.delivered, self.elapsed_s
+            "  throughput       {:.0} msgs/s  {:.2} MiB/s  ({} {} in {:.2} s)\n",
+            self.msgs_per_s,
+            self.mib_per_s,
+            if self.consumers == 0 {
+                self.confirmed
+            } else {
+                self.delivered
+            },
+            if self.consumers == 0 {
+                "published"
+            } else {
+                "delivered"
+            },
+            self.elapsed_s
         ));
         s.push_str(&format!(
             "  publish confirm  {}\n",
