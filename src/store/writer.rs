@@ -189,11 +189,21 @@ impl<C: Completion> WriterLoop<C> {
 
     /// Stages, applies and makes durable the gathered group, then completes its jobs.
     fn commit(&mut self) {
+        let started = Instant::now();
         let staged = self.stage_group();
+        let writes = staged.writes;
         let mut outcome = self.apply(staged);
+        let applied = started.elapsed();
         if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
             outcome = self.flush();
         }
+        tracing::trace!(
+            jobs = self.group.len(),
+            writes,
+            apply_us = micros(applied),
+            total_us = micros(started.elapsed()),
+            "group committed"
+        );
         self.complete_group(outcome);
         if let FsyncMode::Interval(every) = self.mode {
             if self.dirty && self.last_flush.elapsed() >= every {
