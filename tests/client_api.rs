@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use common::{TestBroker, WAIT};
+use common::{wait_until, TestBroker, WAIT};
 use squall::model::{TaskState, TaskStatus};
 use squall::store::{FsyncMode, Store, StoreConfig};
 use squall_client::{
@@ -43,17 +43,6 @@ async fn next_within(sub: &mut Subscription, within: Duration) -> Option<Deliver
         Ok(Some(Ok(d))) => Some(d),
         Ok(other) => panic!("subscription ended: {other:?}"),
         Err(_) => None,
-    }
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

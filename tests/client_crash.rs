@@ -6,14 +6,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{temp_data_dir, ChildBroker, WAIT};
+use common::{temp_data_dir, wait_until, ChildBroker, WAIT};
 use parking_lot::Mutex;
 use squall::store::{FsyncMode, Store, StoreConfig};
 use squall_client::{Client, Message, ReconnectPolicy, Task, TaskError};
@@ -21,110 +17,6 @@ use tokio::sync::oneshot;
 
 /// Broker flags shared by both incarnations.
 const BROKER_ARGS: &[&str] = &["--default-lease", "5s", "--default-backoff", "50ms..200ms"];
-
-/// The broker binary on a fixed address. `common::ChildBroker` always listens on port
-/// 0 (and `serve` refuses a second `--listen`), but a restarted broker must come back
-/// where the client expects it.
-struct FixedBroker {
-    child: Child,
-}
-
-impl FixedBroker {
-    /// Starts `squall serve` on `addr`, retrying a few times in case the port is not
-    /// yet free after the previous process died.
-    fn spawn(data_dir: &Path, addr: SocketAddr) -> FixedBroker {
-        let mut last_error = String::new();
-        for _ in 0..10 {
-            match Self::try_spawn(data_dir, addr) {
-                Ok(broker) => return broker,
-                Err(e) => {
-                    last_error = e;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        }
-        panic!("broker did not start on {addr}: {last_error}");
-    }
-
-    fn try_spawn(data_dir: &Path, addr: SocketAddr) -> Result<FixedBroker, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_squall"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(BROKER_ARGS)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn squall: {e}"))?;
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut early = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
-                    eprintln!("[broker] {line}");
-                }
-                if tx.is_some() {
-                    if line.contains("listening on ") {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(Ok(()));
-                        }
-                    } else {
-                        early.push(line);
-                    }
-                }
-            }
-            // The process ended before it listened (e.g. the address was in use).
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(early.join("\n")));
-            }
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok(())) => Ok(FixedBroker { child }),
-            Ok(Err(output)) => {
-                let _ = child.wait();
-                Err(output)
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err("no listen line within the wait".into())
-            }
-        }
-    }
-
-    /// SIGTERM, then waits for the exit (so the data directory can be opened).
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let status = self.child.wait().expect("wait for broker");
-        assert!(status.success(), "broker exit status {status:?}");
-    }
-}
-
-impl Drop for FixedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_kill_9_and_restart_of_the_broker() {
@@ -204,7 +96,7 @@ async fn worker_survives_kill_9_and_restart_of_the_broker() {
         let client = client.clone();
         async move { client.publish("crash", "published during the outage").await }
     });
-    let second = FixedBroker::spawn(&dir, addr);
+    let second = ChildBroker::spawn_on(&dir, addr, BROKER_ARGS);
     let late_id = tokio::time::timeout(WAIT, late)
         .await
         .expect("the publish made during the outage completes")
@@ -263,7 +155,8 @@ async fn worker_survives_kill_9_and_restart_of_the_broker() {
     );
 
     // Every task ended acked: none is left in the broker's store.
-    second.terminate();
+    let status = second.terminate();
+    assert!(status.success(), "broker exit status {status:?}");
     let store = Store::open(&StoreConfig {
         path: dir.clone(),
         fsync: FsyncMode::Always,

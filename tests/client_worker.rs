@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{TestBroker, WAIT};
+use common::{wait_until, TestBroker, WAIT};
 use parking_lot::Mutex;
 use squall::model::{TaskState, TaskStatus};
 use squall::store::{FsyncMode, Store, StoreConfig};
@@ -28,18 +28,6 @@ fn stored_states(broker: &TestBroker, ids: &[u64]) -> Vec<Option<TaskState>> {
     ids.iter()
         .map(|&id| store.get_state(id).expect("read task state"))
         .collect()
-}
-
-/// Polls `done` until it holds, failing the test after `within`.
-async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Publishes `n` tasks to `queue` in batches of up to 1,000 (the broker's max_batch).

@@ -101,10 +101,30 @@ pub struct ChildBroker {
 impl ChildBroker {
     /// Starts `squall serve` on 127.0.0.1:0 with `data_dir` and waits for its listen line.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildBroker {
+        Self::try_spawn(data_dir, "127.0.0.1:0", extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts it on a fixed address (a restart where clients expect it), retrying while
+    /// the port is still held by the process that was just killed.
+    pub fn spawn_on(data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> ChildBroker {
+        let mut last_error = String::new();
+        for _ in 0..10 {
+            match Self::try_spawn(data_dir, &listen.to_string(), extra) {
+                Ok(broker) => return broker,
+                Err(e) => {
+                    last_error = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+        panic!("broker did not start on {listen}: {last_error}");
+    }
+
+    fn try_spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<ChildBroker, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_squall"))
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -112,30 +132,48 @@ impl ChildBroker {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn squall");
+            .map_err(|e| format!("spawn squall: {e}"))?;
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut sent = false;
+            let mut tx = Some(tx);
+            let mut early = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
                 if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
                     eprintln!("[broker] {line}");
                 }
+                let Some(sender) = &tx else { continue };
+                match line.split("listening on ").nth(1) {
+                    Some(rest) => {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                        let _ = sender.send(Ok(addr));
+                        tx = None;
+                    }
+                    None => early.push(line),
+                }
+            }
+            // The process ended before it listened (e.g. the address was in use).
+            if let Some(tx) = tx {
+                let _ = tx.send(Err(early.join("\n")));
             }
         });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("broker printed its listen address")
-            .parse()
-            .expect("listen address parses");
-        ChildBroker { addr, child }
+        match rx.recv_timeout(WAIT) {
+            Ok(Ok(addr)) => Ok(ChildBroker {
+                addr: addr
+                    .parse()
+                    .map_err(|e| format!("listen address {addr:?}: {e}"))?,
+                child,
+            }),
+            Ok(Err(output)) => {
+                let _ = child.wait();
+                Err(output)
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err("no listen line within the wait".into())
+            }
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -161,6 +199,18 @@ impl Drop for ChildBroker {
     }
 }
 
+/// Polls `done` until it holds, failing the test after `within`.
+pub async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A protocol error as the broker sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireError {
@@ -178,6 +228,23 @@ pub struct Wire {
     pub goodbyes: Vec<WireError>,
     /// Responses that arrived while waiting for deliveries (pipelined requests).
     pub stray: Vec<(u64, Result<response::Result, WireError>)>,
+}
+
+impl From<v1::Error> for WireError {
+    fn from(e: v1::Error) -> WireError {
+        WireError {
+            code: ErrorCode::try_from(e.code).expect("known code"),
+            message: e.message,
+        }
+    }
+}
+
+/// A response's result, with errors turned into `WireError`.
+fn result_of(r: v1::Response) -> Result<response::Result, WireError> {
+    match r.result.expect("response has a result") {
+        response::Result::Error(e) => Err(e.into()),
+        ok => Ok(ok),
+    }
 }
 
 impl Wire {
@@ -262,24 +329,18 @@ impl Wire {
             match m.kind.expect("message has a kind") {
                 Kind::Delivery(d) => self.deliveries.push_back(d),
                 Kind::Response(r) => {
-                    let result = r.result.expect("response has a result");
-                    let result = match result {
-                        response::Result::Error(e) => Err(WireError {
-                            code: ErrorCode::try_from(e.code).expect("known code"),
-                            message: e.message,
-                        }),
-                        ok => Ok(ok),
-                    };
-                    if r.id == id {
+                    let rid = r.id;
+                    let result = result_of(r);
+                    if rid == id {
                         return Some(result);
                     }
-                    if r.id == 0 {
+                    if rid == 0 {
                         if let Err(e) = result {
                             self.goodbyes.push(e);
                             continue;
                         }
                     }
-                    panic!("unexpected response to {}: {result:?}", r.id);
+                    panic!("unexpected response to {rid}: {result:?}");
                 }
             }
         }
@@ -329,23 +390,13 @@ impl Wire {
                 match m.kind.expect("kind") {
                     Kind::Delivery(d) => return Some(d),
                     Kind::Response(r) if r.id == 0 => {
-                        if let Some(response::Result::Error(e)) = r.result {
-                            self.goodbyes.push(WireError {
-                                code: ErrorCode::try_from(e.code).expect("known code"),
-                                message: e.message,
-                            });
+                        if let Err(e) = result_of(r) {
+                            self.goodbyes.push(e);
                         }
                         continue;
                     }
                     Kind::Response(r) => {
-                        let result = match r.result.expect("response has a result") {
-                            response::Result::Error(e) => Err(WireError {
-                                code: ErrorCode::try_from(e.code).expect("known code"),
-                                message: e.message,
-                            }),
-                            ok => Ok(ok),
-                        };
-                        self.stray.push((r.id, result));
+                        self.stray.push((r.id, result_of(r)));
                         continue;
                     }
                 }
@@ -397,11 +448,8 @@ impl Wire {
                 Ok(None) => return true,
                 Ok(Some(m)) => {
                     if let Some(Kind::Response(r)) = m.kind {
-                        if let Some(response::Result::Error(e)) = r.result {
-                            self.goodbyes.push(WireError {
-                                code: ErrorCode::try_from(e.code).expect("known code"),
-                                message: e.message,
-                            });
+                        if let Err(e) = result_of(r) {
+                            self.goodbyes.push(e);
                         }
                     }
                 }
@@ -417,13 +465,7 @@ impl Wire {
             Some(Kind::Response(v1::Response {
                 id,
                 result: Some(response::Result::Error(e)),
-            })) => (
-                id,
-                WireError {
-                    code: ErrorCode::try_from(e.code).expect("known code"),
-                    message: e.message,
-                },
-            ),
+            })) => (id, e.into()),
             other => panic!("expected an error frame, got {other:?}"),
         }
     }
