@@ -174,6 +174,8 @@ pub struct QueueCounters {
     pub expired: u64,
     /// Tasks moved to the dead set.
     pub dead_lettered: u64,
+    /// Deliveries of a task that had been delivered before.
+    pub redelivered: u64,
 }
 
 /// A point-in-time view of a queue.
@@ -214,7 +216,9 @@ pub(super) struct Queue {
     pub(super) ready: BinaryHeap<Entry>,
     pub(super) delayed: u64,
     pub(super) leased: u64,
-    pub(super) dead: u64,
+    /// The dead set, oldest first: kept in memory (id and entry, about 40 bytes per
+    /// dead task) so that peek, redrive and purge never scan the store.
+    pub(super) dead: BTreeMap<TaskId, Entry>,
     pub(super) subs: Vec<SubSlot>,
     /// Index in `subs` where the next tie-breaking scan starts (round-robin).
     pub(super) rr: usize,
@@ -223,14 +227,14 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    fn new(name: Arc<str>, config: QueueConfig) -> Queue {
+    pub(super) fn new(name: Arc<str>, config: QueueConfig) -> Queue {
         Queue {
             name,
             config,
             ready: BinaryHeap::new(),
             delayed: 0,
             leased: 0,
-            dead: 0,
+            dead: BTreeMap::new(),
             subs: Vec::new(),
             rr: 0,
             dirty: false,
@@ -267,7 +271,7 @@ impl Queue {
         best
     }
 
-    fn release_credit(&mut self, conn: ConnId, sub: SubId) {
+    pub(super) fn release_credit(&mut self, conn: ConnId, sub: SubId) {
         if let Some(s) = self
             .subs
             .iter_mut()
@@ -302,6 +306,8 @@ pub struct Engine {
     pub(super) dirty: Vec<QueueIdx>,
     pub(super) next_token: u64,
     pub(super) rng: SmallRng,
+    /// Slots of deleted queues, reused by the next new queue (`broker/admin.rs`).
+    pub(super) free_slots: Vec<QueueIdx>,
 }
 
 impl Engine {
@@ -320,6 +326,7 @@ impl Engine {
             dirty: Vec::new(),
             next_token: now.wrapping_shl(20).max(1),
             rng,
+            free_slots: Vec::new(),
         }
     }
 
@@ -328,9 +335,17 @@ impl Engine {
             return idx;
         }
         let name: Arc<str> = Arc::from(name);
-        let idx = self.queues.len() as QueueIdx;
-        self.queues
-            .push(Queue::new(name.clone(), self.config.queue_defaults.clone()));
+        let queue = Queue::new(name.clone(), self.config.queue_defaults.clone());
+        let idx = match self.free_slots.pop() {
+            Some(idx) => {
+                self.queues[idx as usize] = queue;
+                idx
+            }
+            None => {
+                self.queues.push(queue);
+                (self.queues.len() - 1) as QueueIdx
+            }
+        };
         self.by_name.insert(name, idx);
         idx
     }
@@ -392,12 +407,14 @@ impl Engine {
             TaskStatus::Pending => {
                 let max = self.queues[idx as usize].effective_max_attempts(&entry);
                 if max > 0 && entry.attempts >= max {
-                    self.queues[idx as usize].dead += 1;
+                    self.queues[idx as usize].dead.insert(id, entry);
                     return Some(dead_patch(id, REASON_RESTARTED, now));
                 }
                 self.enqueue(idx, entry, state.not_before_ms, now);
             }
-            TaskStatus::Dead => self.queues[idx as usize].dead += 1,
+            TaskStatus::Dead => {
+                self.queues[idx as usize].dead.insert(id, entry);
+            }
             TaskStatus::Succeeded => {}
         }
         None
@@ -601,7 +618,7 @@ impl Engine {
         let exhausted = max > 0 && entry.attempts >= max;
         if mode == NackMode::Dead || exhausted {
             let q = &mut self.queues[idx as usize];
-            q.dead += 1;
+            q.dead.insert(entry.id, entry);
             q.counters.dead_lettered += 1;
             return dead_patch(entry.id, reason, now);
         }
@@ -708,6 +725,9 @@ impl Engine {
             let (conn, sub) = (s.conn, s.sub);
             q.leased += 1;
             q.counters.delivered += 1;
+            if entry.attempts > 1 {
+                q.counters.redelivered += 1;
+            }
             let max_attempts = q.effective_max_attempts(&entry);
             self.leases.insert(
                 entry.id,
@@ -756,14 +776,15 @@ impl Engine {
     /// A view of every queue, sorted by name.
     pub fn snapshot(&self) -> Vec<QueueSnapshot> {
         let mut v: Vec<QueueSnapshot> = self
-            .queues
-            .iter()
+            .by_name
+            .values()
+            .map(|&i| &self.queues[i as usize])
             .map(|q| QueueSnapshot {
                 name: q.name.clone(),
                 ready: q.ready.len() as u64,
                 delayed: q.delayed,
                 leased: q.leased,
-                dead: q.dead,
+                dead: q.dead.len() as u64,
                 consumers: q.subs.len() as u64,
                 config: q.config.clone(),
                 counters: q.counters,

@@ -189,12 +189,18 @@ impl<C: Completion> WriterLoop<C> {
 
     /// Stages, applies and makes durable the gathered group, then completes its jobs.
     fn commit(&mut self) {
+        let started = Instant::now();
+        let jobs = self.group.len() as u64;
         let staged = self.stage_group();
         let mut outcome = self.apply(staged);
         if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
             outcome = self.flush();
         }
         self.complete_group(outcome);
+        self.stats.batch_jobs.observe(jobs);
+        self.stats
+            .commit_latency_micros
+            .observe(micros(started.elapsed()));
         if let FsyncMode::Interval(every) = self.mode {
             if self.dirty && self.last_flush.elapsed() >= every {
                 let _ = self.flush();
@@ -374,6 +380,7 @@ impl<C: Completion> WriterLoop<C> {
         self.last_flush = Instant::now();
         self.stats.flushes.fetch_add(1, Relaxed);
         self.stats.flush_micros.fetch_add(micros(took), Relaxed);
+        self.stats.flush_latency_micros.observe(micros(took));
         match result {
             Ok(_) => {
                 self.dirty = false;
