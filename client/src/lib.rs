@@ -133,6 +133,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod admin;
 mod backoff;
 mod client;
 mod config;
@@ -144,6 +145,10 @@ mod publish;
 mod subscription;
 mod worker;
 
+pub use admin::{
+    PeekedTask, QueueConfigUpdate, QueueInfo, QueueRates, QueueSettings, QueueTotals, TaskState,
+    MAX_PEEK,
+};
 pub use backoff::ReconnectPolicy;
 pub use client::Client;
 pub use config::{

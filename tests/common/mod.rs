@@ -51,6 +51,7 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            http: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: dir.path().join("data"),
             queue_defaults: fast_queue_defaults(),
             shutdown_grace: Duration::from_secs(5),
@@ -74,6 +75,11 @@ impl TestBroker {
         self.handle.as_ref().expect("running")
     }
 
+    /// The HTTP address of `/metrics`, `/healthz` and `/readyz`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.handle().http_addr().expect("http enabled")
+    }
+
     /// Graceful stop; the data directory stays.
     pub async fn stop(&mut self) {
         if let Some(h) = self.handle.take() {
@@ -95,47 +101,80 @@ impl TestBroker {
 /// The broker binary as a child process, for tests that kill it.
 pub struct ChildBroker {
     pub addr: SocketAddr,
+    /// The HTTP address, unless started with `--http off`.
+    pub http: Option<SocketAddr>,
     child: Child,
+}
+
+/// What a child broker's log said, line by line, as it says it.
+pub enum LogEvent {
+    /// "metrics and health checks at http://ADDR": the HTTP port is bound.
+    Http(SocketAddr),
+    /// "listening on ADDR": recovery is done and the protocol port is bound.
+    Listening(SocketAddr),
+}
+
+/// Starts `squall serve` with `args` and `env` and returns the child and a stream of
+/// its start-up log events. The HTTP port is 127.0.0.1:0 unless `args` names one.
+pub fn spawn_squall(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, std::sync::mpsc::Receiver<LogEvent>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squall"));
+    cmd.arg("serve").args(args);
+    if !args.contains(&"--http") {
+        cmd.args(["--http", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn squall");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let addr_after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.trim_end_matches(['"', ',']).parse::<SocketAddr>().ok())
+            };
+            if let Some(a) = addr_after("health checks at http://") {
+                let _ = tx.send(LogEvent::Http(a));
+            } else if let Some(a) = addr_after("listening on ") {
+                let _ = tx.send(LogEvent::Listening(a));
+            }
+            if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
+                eprintln!("[broker] {line}");
+            }
+        }
+    });
+    (child, rx)
 }
 
 impl ChildBroker {
     /// Starts `squall serve` on 127.0.0.1:0 with `data_dir` and waits for its listen line.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildBroker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_squall"))
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn squall");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = tx.send(addr);
-                        sent = true;
-                    }
-                }
-                if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
-                    eprintln!("[broker] {line}");
-                }
+        Self::spawn_env(data_dir, extra, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ChildBroker {
+        let data_dir = data_dir.to_str().expect("utf-8 temp path");
+        let mut args = vec!["--listen", "127.0.0.1:0", "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        let (child, events) = spawn_squall(&args, env);
+        let mut http = None;
+        loop {
+            match events.recv_timeout(WAIT) {
+                Ok(LogEvent::Http(a)) => http = Some(a),
+                Ok(LogEvent::Listening(addr)) => return ChildBroker { addr, http, child },
+                Err(_) => panic!("broker did not print its listen address within {WAIT:?}"),
             }
-        });
-        let addr = rx
-            .recv_timeout(WAIT)
-            .expect("broker printed its listen address")
-            .parse()
-            .expect("listen address parses");
-        ChildBroker { addr, child }
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -442,4 +481,27 @@ pub fn temp_data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("data");
     (dir, path)
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http answer in time")
+        .expect("read answer");
+    let text = String::from_utf8(raw).expect("utf-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
 }
