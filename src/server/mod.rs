@@ -353,8 +353,8 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
             },
         }
     }
-    drop(listener);
     shared.metrics.ready.store(false, Ordering::Relaxed);
+    drop(listener);
     let grace = shared.config.shutdown_grace;
     info!("shutting down: no longer accepting connections");
 

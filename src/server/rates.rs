@@ -32,6 +32,8 @@ pub(crate) struct RateView {
 pub(crate) struct Rates {
     samples: HashMap<Arc<str>, VecDeque<(Millis, QueueCounters)>>,
     next_due: Millis,
+    /// When the last sample was taken: a queue missing from it had zero counts then.
+    last_sample: Option<Millis>,
 }
 
 impl Rates {
@@ -53,8 +55,15 @@ impl Rates {
         let queues = queues();
         self.samples
             .retain(|name, _| queues.iter().any(|q| &q.name == name));
+        let previous = self.last_sample.replace(now);
         for q in queues {
-            let ring = self.samples.entry(q.name.clone()).or_default();
+            let ring = self.samples.entry(q.name.clone()).or_insert_with(|| {
+                // New since the previous sample: it counted nothing then.
+                previous
+                    .map(|at| (at, QueueCounters::default()))
+                    .into_iter()
+                    .collect()
+            });
             ring.push_back((now, q.counters));
             // Keep the newest sample at or before the window start as the baseline.
             while ring.len() > 1 && ring[1].0 + WINDOW_MS <= now {
@@ -70,11 +79,16 @@ impl Rates {
 
     /// Rates of `name` given its `current` counters.
     pub(crate) fn rates(&self, name: &str, current: &QueueCounters, now: Millis) -> RateView {
-        let Some(&(at, base)) = self.samples.get(name).and_then(|ring| {
-            ring.iter()
+        let baseline = match self.samples.get(name) {
+            Some(ring) => ring
+                .iter()
                 .find(|(t, _)| t + WINDOW_MS >= now)
                 .or_else(|| ring.back())
-        }) else {
+                .copied(),
+            // Appeared since the last sample, when it had counted nothing.
+            None => self.last_sample.map(|at| (at, QueueCounters::default())),
+        };
+        let Some((at, base)) = baseline else {
             return RateView::default();
         };
         let span = now.saturating_sub(at);
@@ -143,13 +157,19 @@ mod tests {
     }
 
     #[test]
-    fn no_history_means_zero_and_forgotten_queues_start_afresh() {
+    fn short_history_means_zero_and_new_queues_count_from_the_last_sample() {
         let mut r = Rates::default();
-        assert_eq!(published(&r, 50, 10_000), 0.0);
+        assert_eq!(published(&r, 50, 10_000), 0.0, "nothing sampled yet");
         r.maybe_sample(|| snap(50), 10_000);
         assert_eq!(published(&r, 60, 10_500), 0.0, "half a second is too short");
         assert_eq!(published(&r, 60, 12_000), 5.0);
+        // Deleted and recreated after that sample: it had nothing at 10 s.
         r.forget("q");
-        assert_eq!(published(&r, 60, 12_000), 0.0);
+        assert_eq!(published(&r, 6, 12_000), 3.0);
+        // A queue first seen by the second sample started from zero at the first.
+        let mut r = Rates::default();
+        r.maybe_sample(Vec::new, 10_000);
+        r.maybe_sample(|| snap(50), 15_000);
+        assert_eq!(published(&r, 50, 20_000), 5.0);
     }
 }
