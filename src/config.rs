@@ -302,6 +302,68 @@ mod tests {
         assert_eq!(keys, expected, "deploy/squall.toml must set every key once");
     }
 
+    /// Every field of `ServerConfig` has a key that sets it. The destructuring is
+    /// exhaustive on purpose: a new field does not compile until it is listed here,
+    /// given a key in `layers.rs` and a line in `deploy/squall.toml`.
+    #[test]
+    fn every_setting_has_a_working_key() {
+        let ServerConfig {
+            listen: _,
+            http: _,
+            data_dir: _,
+            fsync: _,
+            cache_bytes: _,
+            max_frame_bytes: _,
+            max_payload_bytes: _,
+            max_batch: _,
+            max_prefetch: _,
+            max_lease_ms: _,
+            queue_defaults,
+            node_id: _,
+            shutdown_grace: _,
+            test_recovery_delay: _, // test hook: environment only
+        } = ServerConfig::default();
+        let QueueConfig {
+            lease_ms: _,
+            max_attempts: _,
+            backoff_min_ms: _,
+            backoff_max_ms: _,
+            max_length: _,
+            paused: _, // per queue (`squall pause`), not a default
+            result_ttl_ms: _,
+            dedup_window_ms: _,
+        } = queue_defaults;
+        let samples = [
+            ("listen", "127.0.0.1:9"),
+            ("http", "off"),
+            ("data_dir", "/srv/squall"),
+            ("fsync", "never"),
+            ("cache_bytes", "1 MiB"),
+            ("max_frame_bytes", "2 MiB"),
+            ("max_payload_bytes", "1 MiB"),
+            ("max_batch", "7"),
+            ("max_prefetch", "7"),
+            ("max_lease", "1h"),
+            ("node_id", "n7"),
+            ("shutdown_grace", "7s"),
+            ("queue.lease", "7s"),
+            ("queue.max_attempts", "7"),
+            ("queue.backoff_min", "7ms"),
+            ("queue.backoff_max", "7s"),
+            ("queue.max_length", "7"),
+            ("queue.result_ttl", "7s"),
+            ("queue.dedup_window", "7s"),
+            ("log.format", "json"),
+            ("log.filter", "debug"),
+        ];
+        assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
+        for (name, value) in samples {
+            let mut s = Settings::default();
+            s.set(name, &toml::Value::String(value.into())).unwrap();
+            assert_ne!(s, Settings::default(), "{name} = {value:?} changed nothing");
+        }
+    }
+
     #[test]
     fn flags_beat_env_beat_file_beat_defaults() {
         let dir = tempfile::tempdir().unwrap();

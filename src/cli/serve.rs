@@ -126,10 +126,20 @@ impl ServeArgs {
     pub fn settings(&self, log_format: Option<&str>) -> anyhow::Result<Settings> {
         let load = || {
             let flags = self.flags(log_format)?;
-            Settings::load(self.config.as_deref(), std::env::vars(), flags)
+            Settings::load(self.config.as_deref(), squall_env(), flags)
         };
         load().map_err(|e| usage(e.to_string()))
     }
+}
+
+/// The `SQUALL_*` variables (`std::env::vars` would panic on a non-UTF-8 variable
+/// elsewhere in the environment; a non-UTF-8 value of ours fails to parse, named).
+fn squall_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        k.starts_with("SQUALL_")
+            .then(|| (k, v.to_string_lossy().into_owned()))
+    })
 }
 
 fn usage(message: String) -> anyhow::Error {
