@@ -29,7 +29,7 @@ ADDR=127.0.0.1:$PORT
 start() {
   local t0 t1
   t0=$(date +%s%N)
-  "$SQUALL" serve --listen "$ADDR" --data-dir "$WORK/data" >"$WORK/log" 2>&1 &
+  "$SQUALL" serve --listen "$ADDR" --http off --data-dir "$WORK/data" >"$WORK/log" 2>&1 &
   PID=$!
   until grep -q "listening on" "$WORK/log" 2>/dev/null; do
     kill -0 "$PID" 2>/dev/null || { cat "$WORK/log" >&2; exit 1; }

@@ -1,24 +1,32 @@
 //! Every server setting with its default, in one place, validated before any port is
-//! bound. Parsing of the command line lives in `cli/`; this module only holds values.
+//! bound. The layering of defaults, the TOML file, `SQUALL_*` variables and flags is
+//! in `config/layers.rs`; parsing of the command line lives in `cli/`.
+
+mod layers;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use self::layers::{key, Key, KEYS, TEST_RECOVERY_DELAY_ENV};
 use crate::model::QueueConfig;
 use crate::store::FsyncMode;
 
 /// Default listen address of the protocol port.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7600";
+/// Default address of the HTTP port (metrics and health checks).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7601";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./squall-data";
 
 /// Settings of one broker process.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Protocol listen address.
     pub listen: SocketAddr,
+    /// HTTP address of `/metrics`, `/healthz` and `/readyz`; `None` = off.
+    pub http: Option<SocketAddr>,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Durability mode of confirmations.
@@ -41,12 +49,17 @@ pub struct ServerConfig {
     pub node_id: String,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace: Duration,
+    /// Test hook: start-up sleeps this long inside recovery, so that tests can watch
+    /// `/readyz` say "not ready". Only the environment variable
+    /// `SQUALL_TEST_RECOVERY_DELAY_MS` sets it; it is not a documented setting.
+    pub test_recovery_delay: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
+            http: Some(DEFAULT_HTTP.parse().expect("constant address parses")),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncMode::Always,
             cache_bytes: 64 * 1024 * 1024,
@@ -58,6 +71,7 @@ impl Default for ServerConfig {
             queue_defaults: QueueConfig::default(),
             node_id: "squall-0".to_owned(),
             shutdown_grace: Duration::from_secs(10),
+            test_recovery_delay: Duration::ZERO,
         }
     }
 }
@@ -66,16 +80,99 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration `{key}`: {reason}")]
 pub struct ConfigError {
-    /// The offending setting.
-    pub key: &'static str,
+    /// The offending setting, as named in the configuration file (`queue.lease`).
+    pub key: String,
     /// Why.
     pub reason: String,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not a log format: text or json")),
+        }
+    }
+}
+
+/// Logging of the broker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// `tracing` filter directives; `RUST_LOG` overrides them.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// Everything `squall serve` is configured with: the broker and its logging.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The broker.
+    pub server: ServerConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Settings {
+    /// Builds the settings from their layers, lowest precedence first: defaults, the
+    /// TOML file at `file`, `SQUALL_*` variables in `env`, then `flags` (key, value),
+    /// and validates the result. The first bad key stops it.
+    pub fn load<'a>(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut s = Settings::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                key: "config".to_owned(),
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            s.apply_toml(&text).map_err(|e| ConfigError {
+                reason: format!("{} (in {})", e.reason, path.display()),
+                ..e
+            })?;
+        }
+        s.apply_env(env)?;
+        for (key, value) in flags {
+            s.set(key, &toml::Value::String(value))?;
+        }
+        s.server.validate()?;
+        Ok(s)
+    }
 }
 
 impl ServerConfig {
     /// Checks the settings against each other; called before anything is opened or bound.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, reason: String| Err(ConfigError { key, reason });
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError {
+                key: key.to_owned(),
+                reason,
+            })
+        };
         if self.max_frame_bytes < 1024 || self.max_frame_bytes > u32::MAX as usize {
             return bad(
                 "max_frame_bytes",
@@ -97,16 +194,31 @@ impl ServerConfig {
         if self.max_prefetch == 0 {
             return bad("max_prefetch", "must be at least 1".into());
         }
+        if self.max_lease_ms == 0 {
+            return bad("max_lease", "must be above 0".into());
+        }
+        if self.node_id.is_empty() {
+            return bad("node_id", "must not be empty".into());
+        }
+        if self.http == Some(self.listen) && self.listen.port() != 0 {
+            return bad(
+                "http",
+                format!("{} is also the protocol address (listen)", self.listen),
+            );
+        }
         let q = &self.queue_defaults;
         if q.lease_ms == 0 || q.lease_ms > self.max_lease_ms {
             return bad(
                 "queue.lease",
-                format!("{} ms must be within 1..=max_lease", q.lease_ms),
+                format!(
+                    "{} ms must be within 1..={} ms (max_lease)",
+                    q.lease_ms, self.max_lease_ms
+                ),
             );
         }
         if q.backoff_min_ms > q.backoff_max_ms {
             return bad(
-                "queue.backoff",
+                "queue.backoff_min",
                 format!(
                     "minimum {} ms is above maximum {} ms",
                     q.backoff_min_ms, q.backoff_max_ms
@@ -162,12 +274,177 @@ mod tests {
         assert!("interval:x".parse::<FsyncMode>().is_err());
     }
 
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The shipped example is the reference for operators: it must set every key, to
+    /// exactly the built-in default.
+    #[test]
+    fn shipped_example_sets_every_key_to_its_default() {
+        let text = include_str!("../deploy/squall.toml");
+        let mut parsed = Settings::default();
+        parsed.apply_toml(text).expect("deploy/squall.toml parses");
+        assert_eq!(parsed, Settings::default());
+        let table: toml::Table = text.parse().unwrap();
+        let mut keys = Vec::new();
+        for (name, value) in &table {
+            match value {
+                toml::Value::Table(inner) => {
+                    keys.extend(inner.keys().map(|k| format!("{name}.{k}")))
+                }
+                _ => keys.push(name.clone()),
+            }
+        }
+        let mut expected: Vec<String> = KEYS.iter().map(|k| k.name.to_owned()).collect();
+        keys.sort();
+        expected.sort();
+        assert_eq!(keys, expected, "deploy/squall.toml must set every key once");
+    }
+
+    /// Every field of `ServerConfig` has a key that sets it. The destructuring is
+    /// exhaustive on purpose: a new field does not compile until it is listed here,
+    /// given a key in `layers.rs` and a line in `deploy/squall.toml`.
+    #[test]
+    fn every_setting_has_a_working_key() {
+        let ServerConfig {
+            listen: _,
+            http: _,
+            data_dir: _,
+            fsync: _,
+            cache_bytes: _,
+            max_frame_bytes: _,
+            max_payload_bytes: _,
+            max_batch: _,
+            max_prefetch: _,
+            max_lease_ms: _,
+            queue_defaults,
+            node_id: _,
+            shutdown_grace: _,
+            test_recovery_delay: _, // test hook: environment only
+        } = ServerConfig::default();
+        let QueueConfig {
+            lease_ms: _,
+            max_attempts: _,
+            backoff_min_ms: _,
+            backoff_max_ms: _,
+            max_length: _,
+            paused: _, // per queue (`squall pause`), not a default
+            result_ttl_ms: _,
+            dedup_window_ms: _,
+        } = queue_defaults;
+        let samples = [
+            ("listen", "127.0.0.1:9"),
+            ("http", "off"),
+            ("data_dir", "/srv/squall"),
+            ("fsync", "never"),
+            ("cache_bytes", "1 MiB"),
+            ("max_frame_bytes", "2 MiB"),
+            ("max_payload_bytes", "1 MiB"),
+            ("max_batch", "7"),
+            ("max_prefetch", "7"),
+            ("max_lease", "1h"),
+            ("node_id", "n7"),
+            ("shutdown_grace", "7s"),
+            ("queue.lease", "7s"),
+            ("queue.max_attempts", "7"),
+            ("queue.backoff_min", "7ms"),
+            ("queue.backoff_max", "7s"),
+            ("queue.max_length", "7"),
+            ("queue.result_ttl", "7s"),
+            ("queue.dedup_window", "7s"),
+            ("log.format", "json"),
+            ("log.filter", "debug"),
+        ];
+        assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
+        for (name, value) in samples {
+            let mut s = Settings::default();
+            s.set(name, &toml::Value::String(value.into())).unwrap();
+            assert_ne!(s, Settings::default(), "{name} = {value:?} changed nothing");
+        }
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("squall.toml");
+        std::fs::write(
+            &file,
+            "max_batch = 10\nmax_prefetch = 20\nnode_id = \"from-file\"\n[queue]\nlease = \"7s\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("SQUALL_MAX_PREFETCH".to_owned(), "30".to_owned()),
+            ("SQUALL_NODE_ID".to_owned(), "from-env".to_owned()),
+            (
+                "SQUALL_SERVER".to_owned(),
+                "not a broker setting".to_owned(),
+            ),
+        ];
+        let flags = vec![("node_id", "from-flag".to_owned())];
+        let s = Settings::load(Some(&file), env, flags).unwrap();
+        assert_eq!(s.server.max_batch, 10, "file over default");
+        assert_eq!(s.server.max_prefetch, 30, "env over file");
+        assert_eq!(s.server.node_id, "from-flag", "flag over env");
+        assert_eq!(s.server.queue_defaults.lease_ms, 7_000);
+        assert_eq!(
+            s.server.max_frame_bytes,
+            ServerConfig::default().max_frame_bytes,
+            "untouched keys keep their default"
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let check = |text: &str, key: &str| {
+            let mut s = Settings::default();
+            let err = s
+                .apply_toml(text)
+                .and_then(|()| s.server.validate())
+                .unwrap_err();
+            assert_eq!(err.key, key, "{text}: {err}");
+        };
+        check("max_bach = 5", "max_bach");
+        check("[queue]\nleese = \"1s\"", "queue.leese");
+        check("[nope]\nx = 1", "nope");
+        check("max_batch = \"lots\"", "max_batch");
+        check("max_batch = -1", "max_batch");
+        check("listen = \"localhost\"", "listen");
+        check("[queue]\nlease = \"soon\"", "queue.lease");
+        check("cache_bytes = \"12 parsecs\"", "cache_bytes");
+        check("fsync = \"sometimes\"", "fsync");
+        check("[log]\nformat = \"xml\"", "log.format");
+        check("this is not toml", "config");
+        // Valid one by one, inconsistent together.
+        check(
+            "[queue]\nbackoff_min = \"10m\"\nbackoff_max = \"1m\"",
+            "queue.backoff_min",
+        );
+        check("max_lease = \"1s\"", "queue.lease");
+        let err =
+            Settings::load(None, vec![("SQUALL_MAX_BATCH".into(), "x".into())], []).unwrap_err();
+        assert_eq!(err.key, "max_batch");
+        assert!(err.reason.contains("SQUALL_MAX_BATCH"), "{err}");
+    }
+
+    #[test]
+    fn values_accept_human_units() {
+        let mut s = Settings::default();
+        s.apply_toml("cache_bytes = \"512 KiB\"\nmax_lease = 90000\nhttp = \"off\"\n[queue]\nbackoff_max = \"1h 30m\"")
+            .unwrap();
+        assert_eq!(s.server.cache_bytes, 512 * 1024);
+        assert_eq!(s.server.max_lease_ms, 90_000);
+        assert_eq!(s.server.http, None);
+        assert_eq!(s.server.queue_defaults.backoff_max_ms, 5_400_000);
+        assert!(Settings::load(None, no_env(), [("queue.lease", "2s".to_owned())]).is_ok());
+    }
+
     #[test]
     fn bad_settings_name_their_key() {
         let mut c = ServerConfig::default();
         c.queue_defaults.backoff_min_ms = 10;
         c.queue_defaults.backoff_max_ms = 1;
-        assert_eq!(c.validate().unwrap_err().key, "queue.backoff");
+        assert_eq!(c.validate().unwrap_err().key, "queue.backoff_min");
         let c = ServerConfig {
             max_payload_bytes: usize::MAX,
             ..ServerConfig::default()

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod histogram;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -8,8 +8,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    cli::init_tracing(args.log_format, &args.command);
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return cli::clap_exit(e),
+    };
+    // Before logging and before the runtime: a bad setting exits 64 with nothing bound.
+    let prepared = match cli::prepare(args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(cli::exit_code_of(&e));
+        }
+    };
+    cli::init_tracing(&prepared.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(args.command)) {
+    match runtime.block_on(cli::run(prepared)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -241,6 +241,13 @@ impl Client {
         }
     }
 
+    /// One request/answer round trip on the live connection (waiting, bounded, while
+    /// reconnecting). A broker `Error` answer is `ClientError::Server`.
+    pub(crate) async fn call(&self, op: Op, name: &'static str) -> Result<response::Result> {
+        let conn = self.shared().conn().await?;
+        conn.call(op, name).await
+    }
+
     /// What the broker announced in its last handshake (version, node id, limits).
     pub fn server_info(&self) -> ServerInfo {
         ServerInfo::clone(&self.shared().info())
@@ -326,6 +333,12 @@ impl Client {
             }
         }
         result
+    }
+
+    /// A subscription the broker ended: forget it, so that no reconnect re-subscribes it.
+    pub(crate) fn detach_subscription(&self, key: u64) {
+        let record = self.shared().subs.lock().remove(&key);
+        drop(record);
     }
 
     /// Drop path of a subscription: forget it and tell the broker without waiting.

@@ -305,6 +305,9 @@ impl Conn {
                     resp.id
                 ))));
             }
+            (None, Some(response::Result::SubscriptionEnded(ended))) => {
+                self.end_subscription(resp.id, ended);
+            }
             (None, Some(response::Result::Error(e))) => {
                 debug!(id = resp.id, code = e.code, message = %e.message, "error answer to a fire-and-forget or timed-out request");
             }
@@ -314,6 +317,19 @@ impl Conn {
             ),
         }
         Ok(())
+    }
+
+    /// The broker ended subscription `id` (its queue was deleted): the stream gets the
+    /// reason and then ends.
+    fn end_subscription(&self, id: u64, ended: v1::SubscriptionEnded) {
+        let route = self.routes.lock().remove(&id);
+        if let Some(tx) = route {
+            warn!(queue = %ended.queue, reason = %ended.reason, "the broker ended a subscription");
+            let _ = tx.send(SubEvent::Failed(ClientError::SubscriptionEnded {
+                queue: ended.queue,
+                reason: ended.reason,
+            }));
+        }
     }
 
     fn route(self: &Arc<Self>, d: v1::Delivery) {

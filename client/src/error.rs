@@ -81,6 +81,16 @@ pub enum ClientError {
         message: String,
     },
 
+    /// The broker ended the subscription: its queue was deleted. No more deliveries
+    /// come; leases it held are gone. Subscribing again creates a new, empty queue.
+    #[error("the broker ended the subscription to queue {queue:?}: {reason}")]
+    SubscriptionEnded {
+        /// The queue.
+        queue: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
     /// The client configuration is unusable (for example TLS, which is not supported yet).
     #[error("invalid client configuration: {0}")]
     Config(String),

@@ -123,6 +123,28 @@
 //! [`ClientError::nothing_was_applied`] tells whether an error guarantees that nothing
 //! happened on the broker.
 //!
+//! # Administration
+//!
+//! The same client inspects and manages queues: [`Client::queues`], [`Client::queue`],
+//! [`Client::set_queue_config`] (with a [`QueueConfigUpdate`]), [`Client::pause`],
+//! [`Client::resume`], [`Client::peek`] (non-destructive), [`Client::purge`],
+//! [`Client::redrive`] and [`Client::delete_queue`]. Deleting a queue ends its
+//! subscriptions: their streams yield [`ClientError::SubscriptionEnded`], then end.
+//!
+//! ```no_run
+//! # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+//! use squall_client::TaskState;
+//!
+//! for q in client.queues().await? {
+//!     println!("{}: {} ready, {} dead", q.name, q.ready, q.dead);
+//! }
+//! for task in client.peek("emails", TaskState::Dead, 10).await? {
+//!     println!("task {} died: {:?}", task.id, task.last_error);
+//! }
+//! client.redrive("emails", None).await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Delivery semantics
 //!
 //! Delivery is at-least-once: a task whose lease expires, or whose consumer
@@ -133,6 +155,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+mod admin;
 mod backoff;
 mod client;
 mod config;
@@ -144,6 +167,10 @@ mod publish;
 mod subscription;
 mod worker;
 
+pub use admin::{
+    PeekedTask, QueueConfigUpdate, QueueInfo, QueueRates, QueueSettings, QueueTotals, TaskState,
+    MAX_PEEK,
+};
 pub use backoff::ReconnectPolicy;
 pub use client::Client;
 pub use config::{

@@ -140,7 +140,11 @@ impl Subscription {
                     }
                     Poll::Ready(Some(Ok(d)))
                 }
-                Poll::Ready(Some(SubEvent::Failed(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(SubEvent::Failed(e))) => {
+                    // Ended for good: make sure no reconnect brings it back.
+                    self.client.detach_subscription(self.key);
+                    Poll::Ready(Some(Err(e)))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             };

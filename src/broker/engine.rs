@@ -174,6 +174,8 @@ pub struct QueueCounters {
     pub expired: u64,
     /// Tasks moved to the dead set.
     pub dead_lettered: u64,
+    /// Deliveries of a task that had been delivered before.
+    pub redelivered: u64,
 }
 
 /// A point-in-time view of a queue.
@@ -217,7 +219,9 @@ pub(super) struct Queue {
     pub(super) ready: BinaryHeap<Entry>,
     pub(super) delayed: u64,
     pub(super) leased: u64,
-    pub(super) dead: u64,
+    /// The dead set, oldest first: kept in memory (id and entry, about 40 bytes per
+    /// dead task) so that peek, redrive and purge never scan the store.
+    pub(super) dead: BTreeMap<TaskId, Entry>,
     pub(super) subs: Vec<SubSlot>,
     /// Index in `subs` where the next tie-breaking scan starts (round-robin).
     pub(super) rr: usize,
@@ -226,14 +230,14 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    fn new(name: Arc<str>, config: QueueConfig) -> Queue {
+    pub(super) fn new(name: Arc<str>, config: QueueConfig) -> Queue {
         Queue {
             name,
             config,
             ready: BinaryHeap::new(),
             delayed: 0,
             leased: 0,
-            dead: 0,
+            dead: BTreeMap::new(),
             subs: Vec::new(),
             rr: 0,
             dirty: false,
@@ -270,7 +274,7 @@ impl Queue {
         best
     }
 
-    fn release_credit(&mut self, slot: u64) {
+    pub(super) fn release_credit(&mut self, slot: u64) {
         if let Some(s) = self.subs.iter_mut().find(|s| s.uid == slot) {
             s.in_flight = s.in_flight.saturating_sub(1);
         }
@@ -282,7 +286,10 @@ pub(super) struct Lease {
     pub(super) token: u64,
     pub(super) deadline_ms: Millis,
     pub(super) conn: ConnId,
-    /// `SubSlot::uid` of the subscription instance it was delivered to.
+    /// The subscription id it was delivered to (for display: peek shows the holder).
+    pub(super) sub: SubId,
+    /// `SubSlot::uid` of the subscription instance it was delivered to (credit is
+    /// returned by this, since a client may reuse a subscription id).
     pub(super) slot: u64,
     pub(super) queue: QueueIdx,
     pub(super) entry: Entry,
@@ -304,6 +311,8 @@ pub struct Engine {
     /// The next `SubSlot::uid`.
     pub(super) next_slot: u64,
     pub(super) rng: SmallRng,
+    /// Slots of deleted queues, reused by the next new queue (`broker/admin.rs`).
+    pub(super) free_slots: Vec<QueueIdx>,
 }
 
 impl Engine {
@@ -323,6 +332,7 @@ impl Engine {
             next_token: now.wrapping_shl(20).max(1),
             next_slot: 1,
             rng,
+            free_slots: Vec::new(),
         }
     }
 
@@ -331,9 +341,17 @@ impl Engine {
             return idx;
         }
         let name: Arc<str> = Arc::from(name);
-        let idx = self.queues.len() as QueueIdx;
-        self.queues
-            .push(Queue::new(name.clone(), self.config.queue_defaults.clone()));
+        let queue = Queue::new(name.clone(), self.config.queue_defaults.clone());
+        let idx = match self.free_slots.pop() {
+            Some(idx) => {
+                self.queues[idx as usize] = queue;
+                idx
+            }
+            None => {
+                self.queues.push(queue);
+                (self.queues.len() - 1) as QueueIdx
+            }
+        };
         self.by_name.insert(name, idx);
         idx
     }
@@ -395,12 +413,14 @@ impl Engine {
             TaskStatus::Pending => {
                 let max = self.queues[idx as usize].effective_max_attempts(&entry);
                 if max > 0 && entry.attempts >= max {
-                    self.queues[idx as usize].dead += 1;
+                    self.queues[idx as usize].dead.insert(id, entry);
                     return Some(dead_patch(id, REASON_RESTARTED, now));
                 }
                 self.enqueue(idx, entry, state.not_before_ms, now);
             }
-            TaskStatus::Dead => self.queues[idx as usize].dead += 1,
+            TaskStatus::Dead => {
+                self.queues[idx as usize].dead.insert(id, entry);
+            }
             TaskStatus::Succeeded => {}
         }
         None
@@ -611,7 +631,7 @@ impl Engine {
         let exhausted = max > 0 && entry.attempts >= max;
         if mode == NackMode::Dead || exhausted {
             let q = &mut self.queues[idx as usize];
-            q.dead += 1;
+            q.dead.insert(entry.id, entry);
             q.counters.dead_lettered += 1;
             return dead_patch(entry.id, reason, now);
         }
@@ -718,6 +738,9 @@ impl Engine {
             let (conn, sub, sub_slot) = (s.conn, s.sub, s.uid);
             q.leased += 1;
             q.counters.delivered += 1;
+            if entry.attempts > 1 {
+                q.counters.redelivered += 1;
+            }
             let max_attempts = q.effective_max_attempts(&entry);
             self.leases.insert(
                 entry.id,
@@ -725,6 +748,7 @@ impl Engine {
                     token,
                     deadline_ms,
                     conn,
+                    sub,
                     slot: sub_slot,
                     queue: idx,
                     entry,
@@ -766,14 +790,15 @@ impl Engine {
     /// A view of every queue, sorted by name.
     pub fn snapshot(&self) -> Vec<QueueSnapshot> {
         let mut v: Vec<QueueSnapshot> = self
-            .queues
-            .iter()
+            .by_name
+            .values()
+            .map(|&i| &self.queues[i as usize])
             .map(|q| QueueSnapshot {
                 name: q.name.clone(),
                 ready: q.ready.len() as u64,
                 delayed: q.delayed,
                 leased: q.leased,
-                dead: q.dead,
+                dead: q.dead.len() as u64,
                 consumers: q.subs.len() as u64,
                 config: q.config.clone(),
                 counters: q.counters,

@@ -3,6 +3,9 @@
 //! Architecture invariant: nothing here touches a socket, the store or a clock; time is
 //! an argument and persistence is returned as `Mutation`s.
 
+mod admin;
+#[cfg(test)]
+mod admin_tests;
 pub mod backoff;
 mod engine;
 #[cfg(test)]
@@ -10,4 +13,5 @@ mod model_test;
 #[cfg(test)]
 mod tests;
 
+pub use admin::*;
 pub use engine::*;

@@ -4,18 +4,25 @@
 
 mod bench;
 mod consume;
+mod manage;
+mod peek;
 mod publish;
+mod queues;
+mod render;
 mod serve;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use squall::config::{LogConfig, Settings};
 
 /// Exit code for invalid configuration or usage (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code when the broker refused the input (sysexits EX_DATAERR).
 pub const EXIT_DATAERR: u8 = 65;
+/// Exit code when the named queue (or task) does not exist (sysexits EX_NOINPUT).
+pub const EXIT_NOT_FOUND: u8 = 66;
 /// Exit code when the broker cannot be reached (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -23,9 +30,9 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 #[derive(Debug, Parser)]
 #[command(name = "squall", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SQUALL_LOG_FORMAT")]
-    pub log_format: LogFormat,
+    /// Log output format, on standard error [default: text; env: SQUALL_LOG_FORMAT].
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,47 +46,141 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Publish tasks (argument, --file, or one per standard-input line).
     Publish(publish::PublishArgs),
     /// Print and settle tasks as they arrive.
     Consume(consume::ConsumeArgs),
+    /// List queues: depth by state, consumers, totals, rates, oldest ready task.
+    Queues(queues::QueuesArgs),
+    /// Show one queue with its configuration, or change it (`queue set`).
+    Queue(queues::QueueArgs),
+    /// Show tasks without changing them (no lease, no attempt, no counter).
+    Peek(peek::PeekArgs),
+    /// Remove a queue's tasks (all but leased ones, or one state).
+    Purge(manage::PurgeArgs),
+    /// Stop deliveries from a queue (publishes are still accepted).
+    Pause(manage::PauseArgs),
+    /// Resume deliveries from a paused queue.
+    Resume(manage::PauseArgs),
+    /// Move dead tasks back to ready with their attempts reset.
+    Redrive(manage::RedriveArgs),
+    /// Delete a queue, its tasks and its configuration; its subscriptions end.
+    DeleteQueue(manage::DeleteQueueArgs),
     /// Load-test a broker: throughput, latency percentiles, loss and duplicates.
     Bench(bench::BenchArgs),
 }
 
+/// A parsed command line, ready to run: `serve` has its settings loaded and validated.
+pub struct Prepared {
+    /// How to log.
+    pub log: LogConfig,
+    job: Job,
+}
+
+enum Job {
+    Serve(Box<Settings>),
+    Other(Box<Command>),
+}
+
+/// Loads what must be known before logging starts: for `serve`, every setting (so a
+/// bad one exits 64 before anything is bound); for the other commands, the log format.
+pub fn prepare(cli: Cli) -> anyhow::Result<Prepared> {
+    let format = cli.log_format.map(LogFormat::as_str);
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.settings(format)?;
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.filter) {
+                return Err(Exit {
+                    code: EXIT_USAGE,
+                    message: format!("invalid configuration `log.filter`: {e}"),
+                }
+                .into());
+            }
+            Ok(Prepared {
+                log: settings.log.clone(),
+                job: Job::Serve(Box::new(settings)),
+            })
+        }
+        command => {
+            // Client commands log only warnings by default, so that their standard
+            // output stays clean for scripts.
+            let env_format = std::env::var("SQUALL_LOG_FORMAT").ok();
+            let format = format
+                .or(env_format.as_deref())
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_default();
+            Ok(Prepared {
+                log: LogConfig {
+                    format,
+                    filter: "warn".to_owned(),
+                },
+                job: Job::Other(Box::new(command)),
+            })
+        }
+    }
+}
+
 /// Runs a subcommand to completion.
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
-    match command {
-        Command::Serve(args) => serve::run(args).await,
+pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
+    let command = match prepared.job {
+        Job::Serve(settings) => return serve::run(*settings).await,
+        Job::Other(command) => command,
+    };
+    match *command {
+        Command::Serve(_) => unreachable!("serve is prepared as Job::Serve"),
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Queues(args) => queues::run_list(args).await,
+        Command::Queue(args) => queues::run_one(args).await,
+        Command::Peek(args) => peek::run(args).await,
+        Command::Purge(args) => manage::purge(args).await,
+        Command::Pause(args) => manage::pause(args, true).await,
+        Command::Resume(args) => manage::pause(args, false).await,
+        Command::Redrive(args) => manage::redrive(args).await,
+        Command::DeleteQueue(args) => manage::delete_queue(args).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }
 
-/// Sets up `tracing` on standard error with `RUST_LOG` filtering. Without `RUST_LOG`,
-/// the broker logs at `info` and the client subcommands only warnings, so that their
-/// standard output stays clean for scripts.
-pub fn init_tracing(format: LogFormat, command: &Command) {
+/// Sets up `tracing` on standard error; `RUST_LOG` overrides the configured filter.
+pub fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let default = match command {
-        Command::Serve(_) => "info",
-        _ => "warn",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    match log.format {
+        squall::config::LogFormat::Text => builder.init(),
+        squall::config::LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Exit for a command line clap refused: usage errors are EX_USAGE (64), `--help` and
+/// `--version` succeed.
+pub fn clap_exit(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    if e.use_stderr() {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -112,6 +213,7 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
                 | ErrorCode::EmptyPayload
                 | ErrorCode::PayloadTooLarge,
             ) => EXIT_DATAERR,
+            Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
             _ => 1,
         },
         None => 1,

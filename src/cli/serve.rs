@@ -1,108 +1,159 @@
-//! `squall serve`: builds the server configuration from flags and environment, runs the
-//! broker, and shuts it down gracefully on SIGINT or SIGTERM.
+//! `squall serve`: builds the settings from defaults, the `--config` file, `SQUALL_*`
+//! variables and flags (in that order of precedence, lowest first), runs the broker,
+//! and shuts it down gracefully on SIGINT or SIGTERM. Flags are taken as text and
+//! parsed by `config`, so a bad value is reported with its key and exit code 64
+//! whichever layer it came from.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Args;
-use squall::config::{ServerConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use squall::config::{ConfigError, Settings};
 use squall::server::{self, ServerError};
-use squall::store::FsyncMode;
 use tracing::info;
 
-use super::{parse_backoff, parse_duration, Exit, EXIT_USAGE};
+use super::{Exit, EXIT_USAGE};
 
 /// Run the broker.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Every setting has a key in the configuration file (see deploy/squall.toml, which lists \
+them all with their defaults) and an environment variable: SQUALL_ + the key in upper \
+case with dots as underscores (SQUALL_MAX_BATCH, SQUALL_QUEUE_LEASE). Precedence: flag > \
+environment > file > default. Invalid settings exit with code 64 before any port is bound.")]
 pub struct ServeArgs {
-    /// Address of the protocol port.
-    #[arg(long, env = "SQUALL_LISTEN", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Data directory (created if missing).
-    #[arg(long, env = "SQUALL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// Durability: `always` (fsync before every confirm, the default), `interval:<ms>`
-    /// (confirm at once, fsync at most every <ms>: a crash loses up to <ms> of
-    /// confirmed work), or `never` (no fsync on the hot path).
-    #[arg(long, env = "SQUALL_FSYNC", default_value = "always", value_parser = clap::value_parser!(FsyncMode))]
-    fsync: FsyncMode,
-    /// Largest frame accepted from a client, bytes.
-    #[arg(long, env = "SQUALL_MAX_FRAME_BYTES")]
-    max_frame_bytes: Option<usize>,
-    /// Largest task payload, bytes.
-    #[arg(long, env = "SQUALL_MAX_PAYLOAD_BYTES")]
-    max_payload_bytes: Option<usize>,
-    /// Default lease of queues created on first use.
-    #[arg(long, env = "SQUALL_DEFAULT_LEASE", value_parser = parse_duration)]
-    default_lease: Option<Duration>,
-    /// Default delivery limit of queues created on first use (0 = unlimited).
-    #[arg(long, env = "SQUALL_DEFAULT_MAX_ATTEMPTS")]
-    default_max_attempts: Option<u32>,
-    /// Default retry backoff range of queues created on first use, e.g. `1s..5m`.
-    #[arg(long, env = "SQUALL_DEFAULT_BACKOFF", value_parser = parse_backoff)]
-    default_backoff: Option<(Duration, Duration)>,
-    /// Name this node reports to clients.
-    #[arg(long, env = "SQUALL_NODE_ID")]
+    /// TOML configuration file.
+    #[arg(long, env = "SQUALL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the protocol port [default: 127.0.0.1:7600].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Address of the HTTP port (/metrics, /healthz, /readyz), or `off`
+    /// [default: 127.0.0.1:7601].
+    #[arg(long, value_name = "ADDR|off")]
+    http: Option<String>,
+    /// Data directory, created if missing [default: ./squall-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Durability: `always` (fsync before every confirm), `interval:<ms>` (confirm at
+    /// once, fsync at most every <ms>: a crash loses up to <ms> of confirmed work), or
+    /// `never` [default: always].
+    #[arg(long)]
+    fsync: Option<String>,
+    /// sled page cache, e.g. `64 MiB` [default: 64 MiB].
+    #[arg(long, value_name = "SIZE")]
+    cache_bytes: Option<String>,
+    /// Largest frame accepted from a client [default: 8 MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_frame_bytes: Option<String>,
+    /// Largest task payload [default: 4 MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_payload_bytes: Option<String>,
+    /// Most tasks in one publish [default: 1000].
+    #[arg(long, value_name = "N")]
+    max_batch: Option<String>,
+    /// Largest prefetch of a subscription [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_prefetch: Option<String>,
+    /// Longest lease or extension [default: 12h].
+    #[arg(long, value_name = "DURATION")]
+    max_lease: Option<String>,
+    /// Name this node reports to clients [default: squall-0].
+    #[arg(long)]
     node_id: Option<String>,
-    /// How long shutdown waits for connections to drain.
-    #[arg(long, env = "SQUALL_SHUTDOWN_GRACE", value_parser = parse_duration)]
-    shutdown_grace: Option<Duration>,
+    /// How long shutdown waits for connections to drain [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// Default lease of new queues [default: 30s].
+    #[arg(long, alias = "default-lease", value_name = "DURATION")]
+    queue_lease: Option<String>,
+    /// Default delivery limit of new queues, 0 = unlimited [default: 5].
+    #[arg(long, alias = "default-max-attempts", value_name = "N")]
+    queue_max_attempts: Option<String>,
+    /// Default retry backoff range of new queues, e.g. `1s..5m` [default: 1s..5m].
+    #[arg(long, alias = "default-backoff", value_name = "MIN..MAX")]
+    queue_backoff: Option<String>,
+    /// Default length bound of new queues, 0 = unbounded [default: 0].
+    #[arg(long, value_name = "N")]
+    queue_max_length: Option<String>,
+    /// Default retention of succeeded and dead tasks of new queues [default: 1h].
+    #[arg(long, value_name = "DURATION")]
+    queue_result_ttl: Option<String>,
+    /// Default idempotency-key window of new queues [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    queue_dedup_window: Option<String>,
 }
 
 impl ServeArgs {
-    fn into_config(self) -> ServerConfig {
-        let mut c = ServerConfig {
-            listen: self.listen,
-            data_dir: self.data_dir,
-            fsync: self.fsync,
-            ..ServerConfig::default()
+    /// The flags given, as (key, value) pairs for `Settings::load`.
+    fn flags(&self, log_format: Option<&str>) -> Result<Vec<(&'static str, String)>, ConfigError> {
+        let mut flags = Vec::new();
+        let mut add = |key: &'static str, value: &Option<String>| {
+            if let Some(v) = value {
+                flags.push((key, v.clone()));
+            }
         };
-        if let Some(v) = self.max_frame_bytes {
-            c.max_frame_bytes = v;
+        add("listen", &self.listen);
+        add("http", &self.http);
+        add("data_dir", &self.data_dir);
+        add("fsync", &self.fsync);
+        add("cache_bytes", &self.cache_bytes);
+        add("max_frame_bytes", &self.max_frame_bytes);
+        add("max_payload_bytes", &self.max_payload_bytes);
+        add("max_batch", &self.max_batch);
+        add("max_prefetch", &self.max_prefetch);
+        add("max_lease", &self.max_lease);
+        add("node_id", &self.node_id);
+        add("shutdown_grace", &self.shutdown_grace);
+        add("queue.lease", &self.queue_lease);
+        add("queue.max_attempts", &self.queue_max_attempts);
+        add("queue.max_length", &self.queue_max_length);
+        add("queue.result_ttl", &self.queue_result_ttl);
+        add("queue.dedup_window", &self.queue_dedup_window);
+        add("log.format", &log_format.map(str::to_owned));
+        if let Some(range) = &self.queue_backoff {
+            let (lo, hi) = range.split_once("..").ok_or_else(|| ConfigError {
+                key: "queue.backoff_min".to_owned(),
+                reason: format!("--queue-backoff `{range}` is not a range like 1s..5m"),
+            })?;
+            flags.push(("queue.backoff_min", lo.to_owned()));
+            flags.push(("queue.backoff_max", hi.to_owned()));
         }
-        if let Some(v) = self.max_payload_bytes {
-            c.max_payload_bytes = v;
-        }
-        if let Some(v) = self.default_lease {
-            c.queue_defaults.lease_ms = v.as_millis() as u64;
-        }
-        if let Some(v) = self.default_max_attempts {
-            c.queue_defaults.max_attempts = v;
-        }
-        if let Some((lo, hi)) = self.default_backoff {
-            c.queue_defaults.backoff_min_ms = lo.as_millis() as u64;
-            c.queue_defaults.backoff_max_ms = hi.as_millis() as u64;
-        }
-        if let Some(v) = self.node_id {
-            c.node_id = v;
-        }
-        if let Some(v) = self.shutdown_grace {
-            c.shutdown_grace = v;
-        }
-        c
+        Ok(flags)
+    }
+
+    /// Reads every layer and validates the result; nothing is opened or bound yet.
+    pub fn settings(&self, log_format: Option<&str>) -> anyhow::Result<Settings> {
+        let load = || {
+            let flags = self.flags(log_format)?;
+            Settings::load(self.config.as_deref(), squall_env(), flags)
+        };
+        load().map_err(|e| usage(e.to_string()))
     }
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = args.into_config();
-    if let Err(e) = config.validate() {
-        return Err(Exit {
-            code: EXIT_USAGE,
-            message: e.to_string(),
-        }
-        .into());
+/// The `SQUALL_*` variables (`std::env::vars` would panic on a non-UTF-8 variable
+/// elsewhere in the environment; a non-UTF-8 value of ours fails to parse, named).
+fn squall_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| {
+        let k = k.into_string().ok()?;
+        k.starts_with("SQUALL_")
+            .then(|| (k, v.to_string_lossy().into_owned()))
+    })
+}
+
+fn usage(message: String) -> anyhow::Error {
+    Exit {
+        code: EXIT_USAGE,
+        message,
     }
-    let handle = match server::start(config).await {
+    .into()
+}
+
+pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    let handle = match server::start(settings.server).await {
         Ok(h) => h,
-        Err(e @ ServerError::Config(_)) => {
-            return Err(Exit {
-                code: EXIT_USAGE,
-                message: e.to_string(),
-            }
-            .into())
-        }
+        Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
         Err(e) => return Err(e.into()),
     };
     let stop = handle.shutdown_token();

@@ -4,6 +4,7 @@
 //! frame with one syscall per wakeup. Only this file touches client sockets.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -16,7 +17,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::admin::{self, AdminReply};
 use super::hub::HubCmd;
+use super::metrics::{Metrics, PublishTimer};
 use super::{now_ms, Done, Shared};
 use crate::broker::{Committed, ConnId, Dispatch, NackMode};
 use crate::model::{Mutation, NewTask, TaskBody, TaskState, TaskStatus};
@@ -39,6 +42,8 @@ pub(crate) enum Outbound {
     Response(v1::Response),
     /// Read the task body from the store and send it as a delivery.
     Deliver(Dispatch),
+    /// Complete an admin answer with store reads and send it (`admin.rs`).
+    Admin(AdminReply),
     /// Send this last frame, then close.
     Close(v1::Response),
 }
@@ -72,6 +77,7 @@ struct Conn {
 
 /// Serves one accepted connection until it closes or the server shuts down.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, id: ConnId, shared: Arc<Shared>) {
+    let _open = OpenConnection::new(&shared.metrics);
     let (rd, wr) = stream.into_split();
     let (out, out_rx) = mpsc::unbounded_channel();
     shared
@@ -183,6 +189,17 @@ impl Conn {
                 return Flow::Continue;
             }
             Op::Publish(p) => return self.publish(id, p),
+            op @ (Op::ListQueues(_)
+            | Op::GetQueue(_)
+            | Op::SetQueueConfig(_)
+            | Op::Peek(_)
+            | Op::Purge(_)
+            | Op::SetPaused(_)
+            | Op::Redrive(_)
+            | Op::DeleteQueue(_)) => match admin::parse(op) {
+                Ok(op) => hub.send(HubCmd::Admin { conn, req: id, op }),
+                Err((code, msg)) => return self.error(id, code, msg),
+            },
             Op::Subscribe(s) => {
                 if let Err(e) = squall_proto::validate_queue_name(&s.queue) {
                     return self.error(id, ErrorCode::InvalidQueueName, e.to_string());
@@ -263,6 +280,7 @@ impl Conn {
             .send(HubCmd::Register {
                 conn: self.id,
                 out: self.out.clone(),
+                peer: format!("{} {}", self.peer, h.client_name),
             })
             .is_err()
         {
@@ -418,9 +436,27 @@ impl Conn {
                 req: id,
                 hub: self.shared.hub.clone(),
                 committed,
+                timer: PublishTimer::start(&self.shared.metrics),
             }),
         );
         Flow::Continue
+    }
+}
+
+/// Counts a connection open for as long as it lives.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>) -> OpenConnection {
+        metrics.connections_open.fetch_add(1, Relaxed);
+        metrics.connections_accepted.fetch_add(1, Relaxed);
+        OpenConnection(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
     }
 }
 
@@ -458,6 +494,10 @@ async fn write_loop(
             match msg {
                 Outbound::Response(r) => encode_frame(&server_message(r), &mut buf),
                 Outbound::Deliver(d) => encode_delivery(&shared, conn, d, &mut buf),
+                Outbound::Admin(reply) => {
+                    let response = reply.into_response(&shared.store);
+                    encode_frame(&server_message(response), &mut buf);
+                }
                 Outbound::Close(r) => {
                     encode_frame(&server_message(r), &mut buf);
                     close = true;

@@ -4,15 +4,18 @@
 //! It never reads a socket or the store itself and holds no lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use super::admin::{AdminOp, QueueStatus};
 use super::connection::{error_response, OutTx, Outbound};
+use super::rates::Rates;
 use super::{now_ms, Done, Writer};
 use crate::broker::{Committed, ConnId, Effect, Engine, EngineError, NackMode, SubId};
 use crate::model::TaskId;
@@ -31,6 +34,8 @@ pub(crate) enum HubCmd {
     Register {
         conn: ConnId,
         out: OutTx,
+        /// Who is on the other end ("127.0.0.1:50212 squall-consume"), for operators.
+        peer: String,
     },
     /// A connection closed.
     Disconnect {
@@ -77,15 +82,27 @@ pub(crate) enum HubCmd {
         token: u64,
         requeue: bool,
     },
+    /// A queue administration request (`admin.rs`).
+    Admin {
+        conn: ConnId,
+        req: u64,
+        op: AdminOp,
+    },
+    /// Every queue's status, for a metrics scrape.
+    Scrape(oneshot::Sender<Vec<QueueStatus>>),
     /// Stop dispatching, hand pending persistence to the writer, and exit.
     Shutdown,
 }
 
 pub(crate) struct Hub {
-    engine: Engine,
-    writer: Writer,
-    outboxes: HashMap<ConnId, OutTx>,
+    pub(super) engine: Engine,
+    pub(super) writer: Writer,
+    pub(super) outboxes: HashMap<ConnId, OutTx>,
     effects: Vec<crate::broker::Effect>,
+    /// Per-queue rates over the last minute (`rates.rs`).
+    pub(super) rates: Rates,
+    /// Who each registered connection is, for operators.
+    pub(super) peers: HashMap<ConnId, Arc<str>>,
 }
 
 impl Hub {
@@ -95,6 +112,8 @@ impl Hub {
             writer,
             outboxes: HashMap::new(),
             effects: Vec::new(),
+            rates: Rates::default(),
+            peers: HashMap::new(),
         }
     }
 
@@ -105,7 +124,8 @@ impl Hub {
             let wake = if self.engine.needs_dispatch() {
                 Some(Instant::now())
             } else {
-                self.engine.next_wakeup().map(deadline_instant)
+                let next = self.engine.next_wakeup().unwrap_or(u64::MAX);
+                Some(deadline_instant(next.min(self.rates.next_due())))
             };
             let received = tokio::select! {
                 n = rx.recv_many(&mut cmds, BATCH) => n,
@@ -128,6 +148,8 @@ impl Hub {
                 self.engine.dispatch(now, &mut self.effects);
             }
             self.apply_effects(now);
+            let engine = &self.engine;
+            self.rates.maybe_sample(|| engine.snapshot(), now);
             if stop {
                 info!(
                     leases = self.engine.lease_count(),
@@ -180,11 +202,13 @@ impl Hub {
 
     fn handle(&mut self, cmd: HubCmd, now: u64) {
         match cmd {
-            HubCmd::Register { conn, out } => {
+            HubCmd::Register { conn, out, peer } => {
                 self.outboxes.insert(conn, out);
+                self.peers.insert(conn, Arc::from(peer));
             }
             HubCmd::Disconnect { conn } => {
                 self.outboxes.remove(&conn);
+                self.peers.remove(&conn);
                 self.engine.disconnect(conn, now, &mut self.effects);
                 debug!(conn, "connection released");
             }
@@ -251,6 +275,10 @@ impl Hub {
                 token,
                 requeue,
             } => self.engine.undeliverable(conn, task, token, requeue, now),
+            HubCmd::Admin { conn, req, op } => self.admin(conn, req, op, now),
+            HubCmd::Scrape(reply) => {
+                let _ = reply.send(self.queue_statuses(now));
+            }
             HubCmd::Shutdown => {}
         }
     }

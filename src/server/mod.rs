@@ -1,9 +1,14 @@
-//! The network server: opens the store, rebuilds the engine from it, runs the accept
-//! loop (one task per connection), the hub and the store writer, and shuts them down in
-//! order. `connection.rs` is the only code that touches client sockets.
+//! The network server: binds the HTTP port, opens the store, rebuilds the engine from
+//! it, binds the protocol port, runs the accept loop (one task per connection), the hub
+//! and the store writer, and shuts them down in order. `connection.rs` is the only code
+//! that touches client sockets, `http.rs` the only code that serves HTTP.
 
+mod admin;
 mod connection;
+mod http;
 mod hub;
+mod metrics;
+mod rates;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use self::admin::AdminDone;
 use self::connection::{error_response, OutTx, Outbound};
+use self::http::Live;
 use self::hub::{Hub, HubCmd, HubTx};
+use self::metrics::{Metrics, PublishTimer};
 use crate::broker::{Committed, Engine, EngineConfig};
 use crate::config::{ConfigError, ServerConfig};
 use crate::store::{Completion, Muts, Store, StoreConfig, StoreError, WriterHandle, WriterStats};
@@ -64,6 +72,7 @@ pub(crate) struct Shared {
     store: Store,
     writer: Writer,
     hub: HubTx,
+    metrics: Arc<Metrics>,
     /// Cancelled at shutdown: readers stop reading.
     conn_cancel: CancellationToken,
     /// Connection writer halves; they end after the store writer has confirmed
@@ -79,7 +88,10 @@ pub(crate) enum Done {
         req: u64,
         hub: HubTx,
         committed: Vec<Committed>,
+        timer: PublishTimer,
     },
+    /// One of the store jobs of an admin change; the answer goes out when all are done.
+    Admin(Arc<AdminDone>),
     /// Confirm a settlement.
     Reply {
         out: OutTx,
@@ -91,15 +103,18 @@ pub(crate) enum Done {
 impl Completion for Done {
     fn complete(self, result: Result<(), StoreError>) {
         let (out, response) = match (self, result) {
+            (Done::Admin(done), result) => return done.record(result),
             (
                 Done::Publish {
                     out,
                     req,
                     hub,
                     committed,
+                    timer,
                 },
                 Ok(()),
             ) => {
+                timer.observe();
                 let tasks = committed
                     .iter()
                     .map(|c| v1::Published {
@@ -133,6 +148,7 @@ impl Completion for Done {
 /// A running broker. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     writer_stats: Arc<WriterStats>,
     stop: CancellationToken,
     task: JoinHandle<Result<(), ServerError>>,
@@ -142,6 +158,11 @@ impl ServerHandle {
     /// The bound protocol address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound HTTP address of `/metrics`, `/healthz` and `/readyz`, if enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Counters of the group-commit writer.
@@ -168,10 +189,107 @@ impl ServerHandle {
     }
 }
 
-/// Opens the store, recovers, binds, and starts serving in the background.
+/// Validates the configuration, binds the HTTP port (so that `/healthz` answers and
+/// `/readyz` says "not ready" during recovery), opens the store and recovers, binds
+/// the protocol port, and starts serving in the background. Readiness turns on just
+/// before this returns.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let metrics = Arc::new(Metrics::default());
+    let http = http::HttpServer::start(config.http, metrics.clone()).await?;
+    match start_broker(config, metrics, &http).await {
+        Ok(running) => {
+            let handle = ServerHandle {
+                local_addr: running.local_addr,
+                http_addr: http.local_addr(),
+                writer_stats: running.writer.stats(),
+                stop: running.stop.clone(),
+                task: tokio::spawn(run(running, http)),
+            };
+            Ok(handle)
+        }
+        Err(e) => {
+            http.stop().await;
+            Err(e)
+        }
+    }
+}
+
+/// What `run` owns.
+struct Running {
+    local_addr: SocketAddr,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    hub_task: JoinHandle<()>,
+    writer: crate::store::Writer<Done>,
+    stop: CancellationToken,
+}
+
+/// Recovery, protocol bind, writer and hub start; readiness on.
+async fn start_broker(
+    config: ServerConfig,
+    metrics: Arc<Metrics>,
+    http: &http::HttpServer,
+) -> Result<Running, ServerError> {
     let started = std::time::Instant::now();
+    let (store, engine, fixes, tasks) = recover(&config).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let writer = store.start_writer::<Done>();
+    let writer_stats = writer.stats();
+    let handle = writer.handle();
+    for m in fixes {
+        handle.submit(Muts::One(m), None);
+    }
+    info!(
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        fsync = ?config.fsync,
+        recovered_tasks = tasks,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "squall is listening on {local_addr} with data in {}",
+        config.data_dir.display()
+    );
+
+    let (hub_tx, hub_rx) = mpsc::unbounded_channel();
+    let hub_task = tokio::spawn(Hub::new(engine, handle.clone()).run(hub_rx));
+    http.go_live(Live {
+        hub: hub_tx.clone(),
+        store: store.clone(),
+        writer: writer_stats,
+    });
+    metrics.ready.store(true, Ordering::Relaxed);
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        writer: handle,
+        hub: hub_tx,
+        metrics,
+        conn_cancel: CancellationToken::new(),
+        writers: TaskTracker::new(),
+    });
+    Ok(Running {
+        local_addr,
+        listener,
+        shared,
+        hub_task,
+        writer,
+        stop: CancellationToken::new(),
+    })
+}
+
+type Recovered = (Store, Engine, Vec<crate::model::Mutation>, u64);
+
+/// Opens the store and rebuilds the engine from it (on a blocking thread).
+async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let store_config = StoreConfig {
         path: config.data_dir.clone(),
         fsync: config.fsync,
@@ -182,8 +300,13 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         max_lease_ms: config.max_lease_ms,
         rng_seed: now_ms(),
     };
-    let (store, engine, fixes, tasks) = tokio::task::spawn_blocking(move || {
+    let test_delay = config.test_recovery_delay;
+    let recovered = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_config)?;
+        if !test_delay.is_zero() {
+            tracing::warn!(?test_delay, "test hook: recovery delayed on purpose");
+            std::thread::sleep(test_delay);
+        }
         let now = now_ms();
         let mut engine = Engine::new(engine_config, now);
         for (name, cfg) in store.queues()? {
@@ -199,60 +322,18 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     })
     .await
     .map_err(|e| ServerError::Internal(e.to_string()))??;
-
-    let writer = store.start_writer::<Done>();
-    let writer_stats = writer.stats();
-    let handle = writer.handle();
-    for m in fixes {
-        handle.submit(Muts::One(m), None);
-    }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
-        addr: config.listen,
-        source,
-    })?;
-    info!(
-        listen = %local_addr,
-        data_dir = %config.data_dir.display(),
-        fsync = ?config.fsync,
-        recovered_tasks = tasks,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "squall is listening on {local_addr} with data in {}",
-        config.data_dir.display()
-    );
-
-    let (hub_tx, hub_rx) = mpsc::unbounded_channel();
-    let hub_task = tokio::spawn(Hub::new(engine, handle.clone()).run(hub_rx));
-    let shared = Arc::new(Shared {
-        config,
-        store,
-        writer: handle,
-        hub: hub_tx,
-        conn_cancel: CancellationToken::new(),
-        writers: TaskTracker::new(),
-    });
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run(listener, shared, hub_task, writer, stop.clone()));
-    Ok(ServerHandle {
-        local_addr,
-        writer_stats,
-        stop,
-        task,
-    })
+    Ok(recovered)
 }
 
-async fn run(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    hub_task: JoinHandle<()>,
-    writer: crate::store::Writer<Done>,
-    stop: CancellationToken,
-) -> Result<(), ServerError> {
+async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError> {
+    let Running {
+        local_addr: _,
+        listener,
+        shared,
+        hub_task,
+        writer,
+        stop,
+    } = running;
     let readers = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
     loop {
@@ -272,6 +353,7 @@ async fn run(
             },
         }
     }
+    shared.metrics.ready.store(false, Ordering::Relaxed);
     drop(listener);
     let grace = shared.config.shutdown_grace;
     info!("shutting down: no longer accepting connections");
@@ -302,6 +384,8 @@ async fn run(
     {
         warn!(?grace, "connections did not drain within the grace period");
     }
+    // 5. The HTTP port goes last, so probes see "not ready" throughout shutdown.
+    http.stop().await;
     flushed?;
     info!("shutdown complete");
     Ok(())

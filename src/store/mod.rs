@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::SendError;
 
+use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
 use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
 
 mod keys;
@@ -81,8 +82,9 @@ pub trait Completion: Send + 'static {
     fn complete(self, result: Result<(), StoreError>);
 }
 
-/// Counters of the writer, readable from any thread.
-#[derive(Debug, Default)]
+/// Counters of the writer, readable from any thread. Updated once per batch or flush,
+/// never per job, so they cost the hot path nothing.
+#[derive(Debug)]
 pub struct WriterStats {
     /// Batches applied.
     pub batches: std::sync::atomic::AtomicU64,
@@ -94,6 +96,28 @@ pub struct WriterStats {
     pub flushes: std::sync::atomic::AtomicU64,
     /// Total microseconds spent in flush.
     pub flush_micros: std::sync::atomic::AtomicU64,
+    /// Per batch: microseconds from the first job taken to the last job completed
+    /// (stage, apply, fsync, confirm).
+    pub commit_latency_micros: Histogram,
+    /// Per batch: jobs it confirmed together (the group-commit batch size).
+    pub batch_jobs: Histogram,
+    /// Per flush: microseconds spent in fsync.
+    pub flush_latency_micros: Histogram,
+}
+
+impl Default for WriterStats {
+    fn default() -> Self {
+        WriterStats {
+            batches: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            mutations: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            flush_micros: AtomicU64::new(0),
+            commit_latency_micros: Histogram::new(LATENCY_MICROS),
+            batch_jobs: Histogram::new(BATCH_SIZES),
+            flush_latency_micros: Histogram::new(LATENCY_MICROS),
+        }
+    }
 }
 
 /// A handle to an open data directory. Cheap to clone.

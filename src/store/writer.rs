@@ -190,6 +190,7 @@ impl<C: Completion> WriterLoop<C> {
     /// Stages, applies and makes durable the gathered group, then completes its jobs.
     fn commit(&mut self) {
         let started = Instant::now();
+        let jobs = self.group.len() as u64;
         let staged = self.stage_group();
         let writes = staged.writes;
         let mut outcome = self.apply(staged);
@@ -198,13 +199,17 @@ impl<C: Completion> WriterLoop<C> {
             outcome = self.flush();
         }
         tracing::trace!(
-            jobs = self.group.len(),
+            jobs,
             writes,
             apply_us = micros(applied),
             total_us = micros(started.elapsed()),
             "group committed"
         );
         self.complete_group(outcome);
+        self.stats.batch_jobs.observe(jobs);
+        self.stats
+            .commit_latency_micros
+            .observe(micros(started.elapsed()));
         if let FsyncMode::Interval(every) = self.mode {
             if self.dirty && self.last_flush.elapsed() >= every {
                 let _ = self.flush();
@@ -387,6 +392,7 @@ impl<C: Completion> WriterLoop<C> {
         self.last_flush = Instant::now();
         self.stats.flushes.fetch_add(1, Relaxed);
         self.stats.flush_micros.fetch_add(micros(took), Relaxed);
+        self.stats.flush_latency_micros.observe(micros(took));
         match result {
             Ok(_) => {
                 self.dirty = false;

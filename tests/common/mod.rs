@@ -51,6 +51,7 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            http: Some("127.0.0.1:0".parse().unwrap()),
             data_dir: dir.path().join("data"),
             queue_defaults: fast_queue_defaults(),
             shutdown_grace: Duration::from_secs(5),
@@ -74,6 +75,11 @@ impl TestBroker {
         self.handle.as_ref().expect("running")
     }
 
+    /// The HTTP address of `/metrics`, `/healthz` and `/readyz`.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.handle().http_addr().expect("http enabled")
+    }
+
     /// Graceful stop; the data directory stays.
     pub async fn stop(&mut self) {
         if let Some(h) = self.handle.take() {
@@ -95,13 +101,69 @@ impl TestBroker {
 /// The broker binary as a child process, for tests that kill it.
 pub struct ChildBroker {
     pub addr: SocketAddr,
+    /// The HTTP address, unless started with `--http off`.
+    pub http: Option<SocketAddr>,
     child: Child,
+}
+
+/// What a child broker's log said, line by line, as it says it.
+pub enum LogEvent {
+    /// "metrics and health checks at http://ADDR": the HTTP port is bound.
+    Http(SocketAddr),
+    /// "listening on ADDR": recovery is done and the protocol port is bound.
+    Listening(SocketAddr),
+}
+
+/// Starts `squall serve` with `args` and `env` and returns the child and a stream of
+/// its start-up log events. The HTTP port is 127.0.0.1:0 unless `args` names one.
+pub fn spawn_squall(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, std::sync::mpsc::Receiver<LogEvent>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squall"));
+    cmd.arg("serve").args(args);
+    if !args.contains(&"--http") {
+        cmd.args(["--http", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn squall");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let addr_after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.trim_end_matches(['"', ',']).parse::<SocketAddr>().ok())
+            };
+            if let Some(a) = addr_after("health checks at http://") {
+                let _ = tx.send(LogEvent::Http(a));
+            } else if let Some(a) = addr_after("listening on ") {
+                let _ = tx.send(LogEvent::Listening(a));
+            }
+            if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
+                eprintln!("[broker] {line}");
+            }
+        }
+    });
+    (child, rx)
 }
 
 impl ChildBroker {
     /// Starts `squall serve` on 127.0.0.1:0 with `data_dir` and waits for its listen line.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildBroker {
-        Self::try_spawn(data_dir, "127.0.0.1:0", extra).unwrap_or_else(|e| panic!("{e}"))
+        Self::spawn_env(data_dir, extra, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ChildBroker {
+        Self::try_start(data_dir, "127.0.0.1:0", extra, env).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Starts it on a fixed address (a restart where clients expect it), retrying while
@@ -109,7 +171,7 @@ impl ChildBroker {
     pub fn spawn_on(data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> ChildBroker {
         let mut last_error = String::new();
         for _ in 0..10 {
-            match Self::try_spawn(data_dir, &listen.to_string(), extra) {
+            match Self::try_start(data_dir, &listen.to_string(), extra, &[]) {
                 Ok(broker) => return broker,
                 Err(e) => {
                     last_error = e;
@@ -120,58 +182,28 @@ impl ChildBroker {
         panic!("broker did not start on {listen}: {last_error}");
     }
 
-    fn try_spawn(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<ChildBroker, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_squall"))
-            .arg("serve")
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn squall: {e}"))?;
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut early = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("SQUALL_TEST_LOGS").is_some() {
-                    eprintln!("[broker] {line}");
+    fn try_start(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ChildBroker, String> {
+        let data_dir = data_dir.to_str().expect("utf-8 temp path");
+        let mut args = vec!["--listen", listen, "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        let (mut child, events) = spawn_squall(&args, env);
+        let mut http = None;
+        loop {
+            match events.recv_timeout(WAIT) {
+                Ok(LogEvent::Http(a)) => http = Some(a),
+                Ok(LogEvent::Listening(addr)) => return Ok(ChildBroker { addr, http, child }),
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    return Err(format!(
+                        "broker on {listen} did not listen ({e:?}); exit status {status:?}"
+                    ));
                 }
-                let Some(sender) = &tx else { continue };
-                match line.split("listening on ").nth(1) {
-                    Some(rest) => {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = sender.send(Ok(addr));
-                        tx = None;
-                    }
-                    None => early.push(line),
-                }
-            }
-            // The process ended before it listened (e.g. the address was in use).
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(early.join("\n")));
-            }
-        });
-        match rx.recv_timeout(WAIT) {
-            Ok(Ok(addr)) => Ok(ChildBroker {
-                addr: addr
-                    .parse()
-                    .map_err(|e| format!("listen address {addr:?}: {e}"))?,
-                child,
-            }),
-            Ok(Err(output)) => {
-                let _ = child.wait();
-                Err(output)
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err("no listen line within the wait".into())
             }
         }
     }
@@ -523,4 +555,27 @@ impl Wire {
         self.stream.write_all(&buf).await.ok()?;
         Some(id)
     }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to http");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .expect("send request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("http answer in time")
+        .expect("read answer");
+    let text = String::from_utf8(raw).expect("utf-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
 }

@@ -24,7 +24,7 @@ impl SpawnedBroker {
         let exe = std::env::current_exe().context("find the squall binary")?;
         let mut child = Command::new(exe)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--fsync", fsync])
+            .args(["--listen", "127.0.0.1:0", "--http", "off", "--fsync", fsync])
             .arg("--data-dir")
             .arg(dir.path())
             .env("RUST_LOG", "info")

@@ -1,0 +1,195 @@
+//! `squall queues` (every queue, `--json`, `--watch`), `squall queue NAME` (one queue
+//! with its configuration) and `squall queue set NAME ...` (change the configuration).
+//! The broker answers from its live state; this file only asks and prints.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use squall_client::QueueConfigUpdate;
+
+use super::render::{self, QueueRow};
+use super::{connect, parse_backoff, parse_duration, Exit, ServerArgs, EXIT_USAGE};
+
+/// List queues.
+#[derive(Debug, Args)]
+pub struct QueuesArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Print JSON (an array of queues) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Refresh the table in place until Ctrl-C.
+    #[arg(long)]
+    watch: bool,
+    /// Refresh interval of --watch.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
+    interval: Duration,
+}
+
+/// Show one queue, or change its configuration with `queue set`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct QueueArgs {
+    #[command(subcommand)]
+    action: Option<QueueAction>,
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Queue name.
+    #[arg(required = true)]
+    name: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueAction {
+    /// Change a queue's configuration (persisted; creates the queue if needed).
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+struct SetArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Queue name.
+    name: String,
+    /// Default lease of a delivery, e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    lease: Option<Duration>,
+    /// Deliveries before a task goes to the dead set (0 = unlimited).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Retry backoff range MIN..MAX, e.g. 1s..10m.
+    #[arg(long, value_parser = parse_backoff, value_name = "MIN..MAX")]
+    backoff: Option<(Duration, Duration)>,
+    /// Most pending tasks (0 = unbounded).
+    #[arg(long)]
+    max_length: Option<u64>,
+    /// How long succeeded and dead tasks are kept, e.g. 1h.
+    #[arg(long, value_parser = parse_duration)]
+    result_ttl: Option<Duration>,
+    /// Idempotency-key window, e.g. 5m.
+    #[arg(long, value_parser = parse_duration)]
+    dedup_window: Option<Duration>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SetArgs {
+    fn update(&self) -> QueueConfigUpdate {
+        let mut u = QueueConfigUpdate::new();
+        if let Some(v) = self.lease {
+            u = u.lease(v);
+        }
+        if let Some(v) = self.max_attempts {
+            u = u.max_attempts(v);
+        }
+        if let Some((lo, hi)) = self.backoff {
+            u = u.backoff(lo, hi);
+        }
+        if let Some(v) = self.max_length {
+            u = u.max_length(v);
+        }
+        if let Some(v) = self.result_ttl {
+            u = u.result_ttl(v);
+        }
+        if let Some(v) = self.dedup_window {
+            u = u.dedup_window(v);
+        }
+        u
+    }
+}
+
+pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {
+    let client = connect(&args.server, "squall-queues").await?;
+    if !args.watch {
+        let rows = rows(&client.queues().await?);
+        print!(
+            "{}",
+            if args.json {
+                render::queues_json(&rows)
+            } else {
+                render::queues_table(&rows)
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let in_place = std::io::stdout().is_terminal();
+    loop {
+        let rows = rows(&client.queues().await?);
+        let mut out = std::io::stdout().lock();
+        if in_place {
+            // Cursor home and clear the screen: the table is redrawn where it was.
+            write!(out, "\x1b[H\x1b[2J")?;
+        }
+        writeln!(
+            out,
+            "{} every {}; Ctrl-C to stop\n",
+            args.server.server,
+            render::duration(args.interval)
+        )?;
+        write!(out, "{}", render::queues_table(&rows))?;
+        if !in_place {
+            writeln!(out)?;
+        }
+        out.flush()?;
+        drop(out);
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    client.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_one(args: QueueArgs) -> anyhow::Result<ExitCode> {
+    if let Some(QueueAction::Set(set)) = args.action {
+        return run_set(set).await;
+    }
+    let Some(name) = args.name else {
+        return Err(usage("name a queue: squall queue NAME"));
+    };
+    let client = connect(&args.server, "squall-queue").await?;
+    let row = QueueRow::from(&client.queue(name).await?);
+    print!("{}", detail(&row, args.json));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_set(args: SetArgs) -> anyhow::Result<ExitCode> {
+    let update = args.update();
+    if update.is_empty() {
+        return Err(usage(
+            "nothing to change: give at least one of --lease, --max-attempts, --backoff, \
+             --max-length, --result-ttl, --dedup-window",
+        ));
+    }
+    let client = connect(&args.server, "squall-queue-set").await?;
+    let row = QueueRow::from(&client.set_queue_config(&args.name, update).await?);
+    print!("{}", detail(&row, args.json));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn detail(row: &QueueRow, json: bool) -> String {
+    if json {
+        render::queue_json(row)
+    } else {
+        render::queue_detail(row)
+    }
+}
+
+fn rows(queues: &[squall_client::QueueInfo]) -> Vec<QueueRow> {
+    queues.iter().map(QueueRow::from).collect()
+}
+
+fn usage(message: &str) -> anyhow::Error {
+    Exit {
+        code: EXIT_USAGE,
+        message: message.to_owned(),
+    }
+    .into()
+}

@@ -1,0 +1,262 @@
+//! Where settings come from, in increasing precedence: built-in defaults, the TOML
+//! file, `SQUALL_*` environment variables, command-line flags. Every layer goes
+//! through one table of keys ([`KEYS`]), so each setting has one name (`max_batch`,
+//! `queue.lease`), one environment variable (`SQUALL_MAX_BATCH`, `SQUALL_QUEUE_LEASE`)
+//! and one parser, and every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Value;
+
+use super::{ConfigError, LogFormat, Settings};
+use crate::store::FsyncMode;
+
+/// Environment variable of the test-only recovery delay (milliseconds).
+pub const TEST_RECOVERY_DELAY_ENV: &str = "SQUALL_TEST_RECOVERY_DELAY_MS";
+
+type Apply = fn(&mut Settings, &Value) -> Result<(), String>;
+
+/// One setting: its dotted key and how to apply a value to it.
+pub struct Key {
+    /// `name` at the top of the file, or `table.name`.
+    pub name: &'static str,
+    apply: Apply,
+}
+
+impl Key {
+    /// The environment variable that sets it: `SQUALL_` + the key in upper case with
+    /// dots as underscores.
+    pub fn env_var(&self) -> String {
+        format!("SQUALL_{}", self.name.replace('.', "_").to_uppercase())
+    }
+}
+
+macro_rules! key {
+    ($name:literal, |$s:ident, $v:ident| $body:expr) => {
+        Key {
+            name: $name,
+            apply: |$s: &mut Settings, $v: &Value| {
+                $body;
+                Ok(())
+            },
+        }
+    };
+}
+
+/// Every setting. `squall serve --help`, `deploy/squall.toml` and README.md describe
+/// the same list; a test checks that the shipped file sets every key.
+pub static KEYS: &[Key] = &[
+    key!("listen", |s, v| s.server.listen = addr(v)?),
+    key!("http", |s, v| s.server.http = http_addr(v)?),
+    key!("data_dir", |s, v| s.server.data_dir =
+        PathBuf::from(string(v)?)),
+    key!("fsync", |s, v| s.server.fsync =
+        string(v)?.parse::<FsyncMode>()?),
+    key!("cache_bytes", |s, v| s.server.cache_bytes = size(v)?),
+    key!("max_frame_bytes", |s, v| s.server.max_frame_bytes =
+        size(v)?),
+    key!("max_payload_bytes", |s, v| s.server.max_payload_bytes =
+        size(v)?),
+    key!("max_batch", |s, v| s.server.max_batch = int(v)?),
+    key!("max_prefetch", |s, v| s.server.max_prefetch = int(v)?),
+    key!("max_lease", |s, v| s.server.max_lease_ms = millis(v)?),
+    key!("node_id", |s, v| s.server.node_id = string(v)?.to_owned()),
+    key!("shutdown_grace", |s, v| s.server.shutdown_grace =
+        duration(v)?),
+    key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
+        millis(v)?),
+    key!("queue.max_attempts", |s, v| s
+        .server
+        .queue_defaults
+        .max_attempts = int(v)?),
+    key!("queue.backoff_min", |s, v| s
+        .server
+        .queue_defaults
+        .backoff_min_ms = millis(v)?),
+    key!("queue.backoff_max", |s, v| s
+        .server
+        .queue_defaults
+        .backoff_max_ms = millis(v)?),
+    key!("queue.max_length", |s, v| s
+        .server
+        .queue_defaults
+        .max_length = int(v)?),
+    key!("queue.result_ttl", |s, v| s
+        .server
+        .queue_defaults
+        .result_ttl_ms = millis(v)?),
+    key!("queue.dedup_window", |s, v| s
+        .server
+        .queue_defaults
+        .dedup_window_ms =
+        millis(v)?),
+    key!("log.format", |s, v| s.log.format =
+        string(v)?.parse::<LogFormat>()?),
+    key!("log.filter", |s, v| s.log.filter = string(v)?.to_owned()),
+];
+
+/// The key named `name`, if it exists.
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+impl Settings {
+    /// Sets one key from a value (a TOML value, or a string from the environment or a
+    /// flag: numbers, sizes and durations are accepted as strings too).
+    pub fn set(&mut self, name: &str, value: &Value) -> Result<(), ConfigError> {
+        let k = key(name).ok_or_else(|| ConfigError {
+            key: name.to_owned(),
+            reason: "unknown setting (see deploy/squall.toml for every setting)".to_owned(),
+        })?;
+        (k.apply)(self, value).map_err(|reason| ConfigError {
+            key: k.name.to_owned(),
+            reason,
+        })
+    }
+
+    /// Applies a TOML document. Unknown keys and tables are errors.
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+            key: "config".to_owned(),
+            reason: format!("not valid TOML: {e}"),
+        })?;
+        self.apply_table("", &table)
+    }
+
+    fn apply_table(&mut self, prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        for (name, value) in table {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value {
+                Value::Table(inner) if prefix.is_empty() && is_table(name) => {
+                    self.apply_table(name, inner)?
+                }
+                _ => self.set(&path, value)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every `SQUALL_<KEY>` variable of `vars` (other variables are ignored:
+    /// `SQUALL_SERVER` and friends belong to the client commands).
+    pub fn apply_env<I>(&mut self, vars: I) -> Result<(), ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (var, value) in vars {
+            if var == TEST_RECOVERY_DELAY_ENV {
+                let ms = value.parse::<u64>().map_err(|_| ConfigError {
+                    key: "test_recovery_delay".to_owned(),
+                    reason: format!("{var}={value:?} is not a number of milliseconds"),
+                })?;
+                self.server.test_recovery_delay = Duration::from_millis(ms);
+                continue;
+            }
+            if let Some(k) = KEYS.iter().find(|k| k.env_var() == var) {
+                (k.apply)(self, &Value::String(value.clone())).map_err(|reason| ConfigError {
+                    key: k.name.to_owned(),
+                    reason: format!("{var}={value:?}: {reason}"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_table(name: &str) -> bool {
+    KEYS.iter()
+        .any(|k| k.name.split_once('.').is_some_and(|(t, _)| t == name))
+}
+
+fn string(v: &Value) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("expected a string, found {}", v.type_str()))
+}
+
+fn addr(v: &Value) -> Result<SocketAddr, String> {
+    let s = string(v)?;
+    s.parse()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:7600"))
+}
+
+fn http_addr(v: &Value) -> Result<Option<SocketAddr>, String> {
+    match string(v)? {
+        "off" => Ok(None),
+        _ => addr(v).map(Some),
+    }
+}
+
+fn int<T: TryFrom<u64>>(v: &Value) -> Result<T, String> {
+    let n: u64 = match v {
+        Value::Integer(i) => u64::try_from(*i).map_err(|_| format!("{i} is negative"))?,
+        Value::String(s) => s
+            .trim()
+            .replace('_', "")
+            .parse()
+            .map_err(|_| format!("`{s}` is not a whole number"))?,
+        other => return Err(format!("expected a number, found {}", other.type_str())),
+    };
+    T::try_from(n).map_err(|_| format!("{n} is too large"))
+}
+
+/// A byte size: a number, or a string like `64 MiB`, `512KiB`, `1GB`.
+fn size(v: &Value) -> Result<usize, String> {
+    let Value::String(s) = v else {
+        return int(v);
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '_'))
+        .unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 4194304, 512 KiB or 64 MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{other}` is not a size unit (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(scale)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// A duration: a string like `30s`, `250ms`, `5m`, `1h 30m`, or a number of
+/// milliseconds.
+fn duration(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::Integer(_) => Ok(Duration::from_millis(int(v)?)),
+        Value::String(s) => {
+            if let Ok(ms) = s.trim().parse::<u64>() {
+                return Ok(Duration::from_millis(ms));
+            }
+            humantime::parse_duration(s.trim())
+                .map_err(|e| format!("`{s}` is not a duration like 30s, 250ms or 5m ({e})"))
+        }
+        other => Err(format!(
+            "expected a duration like \"30s\", found {}",
+            other.type_str()
+        )),
+    }
+}
+
+fn millis(v: &Value) -> Result<u64, String> {
+    let d = duration(v)?;
+    u64::try_from(d.as_millis()).map_err(|_| "the duration is too long".to_owned())
+}

@@ -1,0 +1,401 @@
+//! Process-wide metrics (`Metrics`: atomics and atomic histograms updated on hot paths
+//! without locks) and the Prometheus exposition of one scrape: the per-queue view the
+//! hub hands over, the store writer's statistics and `Metrics`, encoded by the
+//! `prometheus-client` crate as OpenMetrics text. Serving it over HTTP is `http.rs`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::admin::QueueStatus;
+use crate::histogram::{Histogram, HistogramSnapshot, LATENCY_MICROS};
+use crate::store::WriterStats;
+
+/// The content type of [`render`]'s output.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Process-wide counters, shared by the accept loop, connections and the HTTP server.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    /// Open client connections.
+    pub(crate) connections_open: AtomicI64,
+    /// Client connections accepted since start.
+    pub(crate) connections_accepted: AtomicU64,
+    /// Microseconds from a publish request's arrival to its confirmation.
+    pub(crate) publish_confirm_micros: Histogram,
+    /// True once recovery finished and the protocol port is bound; false again as soon
+    /// as shutdown begins.
+    pub(crate) ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections_open: AtomicI64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            publish_confirm_micros: Histogram::new(LATENCY_MICROS),
+            ready: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+}
+
+/// Measures one publish from arrival to confirmation (carried by its store job).
+#[derive(Debug)]
+pub(crate) struct PublishTimer {
+    since: Instant,
+    metrics: Arc<Metrics>,
+}
+
+impl PublishTimer {
+    pub(crate) fn start(metrics: &Arc<Metrics>) -> PublishTimer {
+        PublishTimer {
+            since: Instant::now(),
+            metrics: metrics.clone(),
+        }
+    }
+
+    pub(crate) fn observe(self) {
+        let micros = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.publish_confirm_micros.observe(micros);
+    }
+}
+
+/// One queue as a scrape sees it.
+#[derive(Debug)]
+pub(crate) struct QueueSample {
+    pub(crate) status: QueueStatus,
+    pub(crate) oldest_ready_age_ms: Option<u64>,
+}
+
+/// Everything one scrape exports, copied out of the live state.
+#[derive(Debug)]
+struct Scrape {
+    ready: bool,
+    connections_open: i64,
+    connections_accepted: u64,
+    publish_confirm: HistogramSnapshot,
+    writer: Option<WriterSample>,
+    queues: Vec<QueueSample>,
+}
+
+#[derive(Debug)]
+struct WriterSample {
+    batches: u64,
+    jobs: u64,
+    mutations: u64,
+    flushes: u64,
+    commit_latency: HistogramSnapshot,
+    batch_jobs: HistogramSnapshot,
+    flush_latency: HistogramSnapshot,
+}
+
+/// Encodes one scrape as OpenMetrics text. `writer` and `queues` are absent while the
+/// broker is still recovering.
+pub(crate) fn render(
+    metrics: &Metrics,
+    writer: Option<&WriterStats>,
+    queues: Vec<QueueSample>,
+) -> Result<String, std::fmt::Error> {
+    let scrape = Scrape {
+        ready: metrics.is_ready(),
+        connections_open: metrics.connections_open.load(Relaxed),
+        connections_accepted: metrics.connections_accepted.load(Relaxed),
+        publish_confirm: metrics.publish_confirm_micros.snapshot(),
+        writer: writer.map(|w| WriterSample {
+            batches: w.batches.load(Relaxed),
+            jobs: w.jobs.load(Relaxed),
+            mutations: w.mutations.load(Relaxed),
+            flushes: w.flushes.load(Relaxed),
+            commit_latency: w.commit_latency_micros.snapshot(),
+            batch_jobs: w.batch_jobs.snapshot(),
+            flush_latency: w.flush_latency_micros.snapshot(),
+        }),
+        queues,
+    };
+    let mut registry = Registry::with_prefix("squall");
+    registry.register_collector(Box::new(scrape));
+    let mut out = String::with_capacity(8 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// A histogram snapshot as a Prometheus histogram, its values divided into the
+/// exported unit (µs → s). Dividing, not multiplying by 1e-6, keeps bounds such as
+/// 0.00005 exact in the text.
+#[derive(Debug)]
+struct ScaledHistogram<'a> {
+    snapshot: &'a HistogramSnapshot,
+    per_unit: f64,
+}
+
+impl EncodeMetric for ScaledHistogram<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        // The encoder takes per-bucket counts and accumulates them itself.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(self.snapshot.buckets.len() + 1);
+        for &(bound, cumulative) in &self.snapshot.buckets {
+            buckets.push((bound as f64 / self.per_unit, cumulative - below));
+            below = cumulative;
+        }
+        buckets.push((f64::INFINITY, self.snapshot.count - below));
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.snapshot.sum as f64 / self.per_unit,
+            self.snapshot.count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Microseconds per second.
+const MICROS: f64 = 1e6;
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    snapshot: &HistogramSnapshot,
+    per_unit: f64,
+) -> Result<(), std::fmt::Error> {
+    ScaledHistogram { snapshot, per_unit }.encode(enc.encode_descriptor(
+        name,
+        help,
+        unit,
+        MetricType::Histogram,
+    )?)
+}
+
+/// A per-queue metric: its name, help, type and how to read it from a sample.
+type QueueMetric = (
+    &'static str,
+    &'static str,
+    MetricType,
+    fn(&QueueSample) -> i64,
+);
+
+const QUEUE_METRICS: &[QueueMetric] = &[
+    (
+        "queue_consumers",
+        "Subscriptions of the queue.",
+        MetricType::Gauge,
+        |q| q.status.snapshot.consumers as i64,
+    ),
+    (
+        "queue_paused",
+        "1 when the queue is paused (nothing is delivered).",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.paused),
+    ),
+    (
+        "queue_published",
+        "Tasks published since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.published as i64,
+    ),
+    (
+        "queue_delivered",
+        "Deliveries since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.delivered as i64,
+    ),
+    (
+        "queue_redelivered",
+        "Deliveries of tasks delivered before (retries).",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.redelivered as i64,
+    ),
+    (
+        "queue_acked",
+        "Acks since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.acked as i64,
+    ),
+    (
+        "queue_nacked",
+        "Nacks since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.nacked as i64,
+    ),
+    (
+        "queue_lease_expired",
+        "Leases that ran out since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.expired as i64,
+    ),
+    (
+        "queue_dead_lettered",
+        "Tasks moved to the dead set since the broker started.",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.dead_lettered as i64,
+    ),
+];
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut enc,
+            "ready",
+            "1 once recovery finished and the broker serves; 0 while starting or stopping.",
+            i64::from(self.ready),
+        )?;
+        gauge(
+            &mut enc,
+            "connections",
+            "Open client connections.",
+            self.connections_open,
+        )?;
+        counter(
+            &mut enc,
+            "connections_accepted",
+            "Client connections accepted since the broker started.",
+            self.connections_accepted,
+        )?;
+        histogram(
+            &mut enc,
+            "publish_confirm",
+            "Time from a publish request's arrival to its confirmation (durable).",
+            Some(&Unit::Seconds),
+            &self.publish_confirm,
+            MICROS,
+        )?;
+        if let Some(w) = &self.writer {
+            self.encode_writer(&mut enc, w)?;
+        }
+        self.encode_queues(&mut enc)
+    }
+}
+
+impl Scrape {
+    fn encode_writer(
+        &self,
+        enc: &mut DescriptorEncoder,
+        w: &WriterSample,
+    ) -> Result<(), std::fmt::Error> {
+        counter(
+            enc,
+            "store_batches",
+            "Group-commit batches applied.",
+            w.batches,
+        )?;
+        counter(enc, "store_jobs", "Store jobs confirmed.", w.jobs)?;
+        counter(
+            enc,
+            "store_mutations",
+            "Store mutations applied.",
+            w.mutations,
+        )?;
+        counter(enc, "store_flushes", "fsyncs of the store.", w.flushes)?;
+        histogram(
+            enc,
+            "group_commit",
+            "Time to stage, apply, fsync and confirm one group-commit batch.",
+            Some(&Unit::Seconds),
+            &w.commit_latency,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "fsync",
+            "Time spent in one fsync of the store.",
+            Some(&Unit::Seconds),
+            &w.flush_latency,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "group_commit_batch_jobs",
+            "Jobs (publishes, acks, ...) confirmed together by one batch and its fsync.",
+            None,
+            &w.batch_jobs,
+            1.0,
+        )
+    }
+
+    fn encode_queues(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = enc.encode_descriptor(
+                "queue_tasks",
+                "Tasks of the queue by state (ready, delayed, leased, dead).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for q in &self.queues {
+                let s = &q.status.snapshot;
+                for (state, value) in [
+                    ("ready", s.ready),
+                    ("delayed", s.delayed),
+                    ("leased", s.leased),
+                    ("dead", s.dead),
+                ] {
+                    let labels = [("queue", &*s.name), ("state", state)];
+                    ConstGauge::new(value as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = enc.encode_descriptor(
+                "queue_oldest_ready_age",
+                "Age of the queue's oldest ready task (0 when none is ready).",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for q in &self.queues {
+                let labels = [("queue", &*q.status.snapshot.name)];
+                let age = q.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
+                ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for &(name, help, kind, read) in QUEUE_METRICS {
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
+            for q in &self.queues {
+                let labels = [("queue", &*q.status.snapshot.name)];
+                let value = read(q);
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(value as u64).encode(metric)?,
+                    _ => ConstGauge::new(value).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
