@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub node_id: String,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace: Duration,
+    /// How often the retention sweep removes expired results, dead tasks and
+    /// idempotency keys.
+    pub sweep_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             queue_defaults: QueueConfig::default(),
             node_id: "squall-0".to_owned(),
             shutdown_grace: Duration::from_secs(10),
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -112,6 +116,9 @@ impl ServerConfig {
                     q.backoff_min_ms, q.backoff_max_ms
                 ),
             );
+        }
+        if self.sweep_interval.is_zero() {
+            return bad("sweep_interval", "must be above 0".into());
         }
         if let FsyncMode::Interval(d) = self.fsync {
             if d.is_zero() {

@@ -5,7 +5,9 @@
 
 pub mod backoff;
 mod engine;
+mod results;
 #[cfg(test)]
 mod tests;
 
 pub use engine::*;
+pub use results::*;

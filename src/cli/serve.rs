@@ -43,6 +43,18 @@ pub struct ServeArgs {
     /// Default retry backoff range of queues created on first use, e.g. `1s..5m`.
     #[arg(long, env = "SQUALL_DEFAULT_BACKOFF", value_parser = parse_backoff)]
     default_backoff: Option<(Duration, Duration)>,
+    /// Default result retention of queues created on first use: how long succeeded and
+    /// dead tasks are kept for status reads (0: acked tasks are removed at once and
+    /// dead ones kept until an operator acts), e.g. `1h`.
+    #[arg(long, env = "SQUALL_DEFAULT_RESULT_TTL", value_parser = parse_duration)]
+    default_result_ttl: Option<Duration>,
+    /// Default idempotency-key window of queues created on first use (0 = keys are
+    /// ignored), e.g. `5m`.
+    #[arg(long, env = "SQUALL_DEFAULT_DEDUP_WINDOW", value_parser = parse_duration)]
+    default_dedup_window: Option<Duration>,
+    /// How often expired results, dead tasks and idempotency keys are removed.
+    #[arg(long, env = "SQUALL_SWEEP_INTERVAL", value_parser = parse_duration)]
+    sweep_interval: Option<Duration>,
     /// Name this node reports to clients.
     #[arg(long, env = "SQUALL_NODE_ID")]
     node_id: Option<String>,
@@ -74,6 +86,15 @@ impl ServeArgs {
         if let Some((lo, hi)) = self.default_backoff {
             c.queue_defaults.backoff_min_ms = lo.as_millis() as u64;
             c.queue_defaults.backoff_max_ms = hi.as_millis() as u64;
+        }
+        if let Some(v) = self.default_result_ttl {
+            c.queue_defaults.result_ttl_ms = v.as_millis() as u64;
+        }
+        if let Some(v) = self.default_dedup_window {
+            c.queue_defaults.dedup_window_ms = v.as_millis() as u64;
+        }
+        if let Some(v) = self.sweep_interval {
+            c.sweep_interval = v;
         }
         if let Some(v) = self.node_id {
             c.node_id = v;

@@ -4,8 +4,10 @@
 //! It never reads a socket or the store itself and holds no lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
 use tokio::sync::mpsc;
@@ -13,6 +15,8 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::connection::{error_response, OutTx, Outbound};
+use super::status::LeaseHolder;
+use super::waiters::{Final, Waiters};
 use super::{now_ms, Done, Writer};
 use crate::broker::{Committed, ConnId, Effect, Engine, EngineError, NackMode, SubId};
 use crate::model::TaskId;
@@ -31,6 +35,8 @@ pub(crate) enum HubCmd {
     Register {
         conn: ConnId,
         out: OutTx,
+        /// Client name from Hello, else the peer address (shown as a lease holder).
+        name: Arc<str>,
     },
     /// A connection closed.
     Disconnect {
@@ -52,6 +58,7 @@ pub(crate) enum HubCmd {
         req: u64,
         task: TaskId,
         token: u64,
+        result: Bytes,
     },
     Nack {
         conn: ConnId,
@@ -77,6 +84,14 @@ pub(crate) enum HubCmd {
         token: u64,
         requeue: bool,
     },
+    /// Status of a task: the hub adds its lease and the connection reads the rest.
+    GetTask {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+    },
+    /// The retention sweep removed dead tasks (queue, count).
+    DeadSwept(Vec<(Arc<str>, u64)>),
     /// Stop dispatching, hand pending persistence to the writer, and exit.
     Shutdown,
 }
@@ -85,15 +100,20 @@ pub(crate) struct Hub {
     engine: Engine,
     writer: Writer,
     outboxes: HashMap<ConnId, OutTx>,
+    /// Client names, for lease holders in task status.
+    names: HashMap<ConnId, Arc<str>>,
+    waiters: Arc<Waiters>,
     effects: Vec<crate::broker::Effect>,
 }
 
 impl Hub {
-    pub(crate) fn new(engine: Engine, writer: Writer) -> Hub {
+    pub(crate) fn new(engine: Engine, writer: Writer, waiters: Arc<Waiters>) -> Hub {
         Hub {
             engine,
             writer,
             outboxes: HashMap::new(),
+            names: HashMap::new(),
+            waiters,
             effects: Vec::new(),
         }
     }
@@ -162,29 +182,54 @@ impl Hub {
         }
     }
 
-    /// Persists `m`, then confirms request `req` on `conn` once it is durable.
+    /// Persists `m`, then confirms request `req` on `conn` once it is durable (and
+    /// wakes the task's result waiters if `m` finishes the task: `finished`, else as
+    /// [`Final::of`] reads `m`).
     fn persist_then_reply(
         &self,
         conn: ConnId,
         req: u64,
         m: crate::model::Mutation,
         ok: response::Result,
+        finished: Option<(TaskId, Final)>,
     ) {
-        let done = self.outboxes.get(&conn).map(|out| Done::Reply {
-            out: out.clone(),
-            req,
-            ok,
+        let out = self.outboxes.get(&conn);
+        let done = match finished.or_else(|| Final::of(&m)) {
+            Some((task, state)) => Some(Done::Finished {
+                reply: out.map(|out| (out.clone(), req)),
+                task,
+                state,
+                waiters: self.waiters.clone(),
+            }),
+            None => out.map(|out| Done::Reply {
+                out: out.clone(),
+                req,
+                ok,
+            }),
+        };
+        self.writer.submit(Muts::One(m), done);
+    }
+
+    /// Persists a change nobody waits for, except result waiters when it finishes a task.
+    fn persist(&self, m: crate::model::Mutation) {
+        let done = Final::of(&m).map(|(task, state)| Done::Finished {
+            reply: None,
+            task,
+            state,
+            waiters: self.waiters.clone(),
         });
         self.writer.submit(Muts::One(m), done);
     }
 
     fn handle(&mut self, cmd: HubCmd, now: u64) {
         match cmd {
-            HubCmd::Register { conn, out } => {
+            HubCmd::Register { conn, out, name } => {
                 self.outboxes.insert(conn, out);
+                self.names.insert(conn, name);
             }
             HubCmd::Disconnect { conn } => {
                 self.outboxes.remove(&conn);
+                self.names.remove(&conn);
                 self.engine.disconnect(conn, now, &mut self.effects);
                 debug!(conn, "connection released");
             }
@@ -215,8 +260,16 @@ impl Hub {
                 req,
                 task,
                 token,
-            } => match self.engine.ack(conn, task, token) {
-                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                result,
+            } => match self.engine.ack(conn, task, token, result, now) {
+                // Succeeded even when the queue keeps nothing (then `m` is a Remove).
+                Ok(m) => self.persist_then_reply(
+                    conn,
+                    req,
+                    m,
+                    response::Result::Ok(v1::Empty {}),
+                    Some((task, Final::Succeeded)),
+                ),
                 Err(e) => self.reply_err(conn, req, e),
             },
             HubCmd::Nack {
@@ -227,7 +280,9 @@ impl Hub {
                 mode,
                 reason,
             } => match self.engine.nack(conn, task, token, mode, &reason, now) {
-                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                Ok(m) => {
+                    self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {}), None)
+                }
                 Err(e) => self.reply_err(conn, req, e),
             },
             HubCmd::Extend {
@@ -251,14 +306,39 @@ impl Hub {
                 token,
                 requeue,
             } => self.engine.undeliverable(conn, task, token, requeue, now),
+            HubCmd::GetTask { conn, req, task } => self.task_status(conn, req, task),
+            HubCmd::DeadSwept(removed) => {
+                for (queue, n) in removed {
+                    self.engine.forget_dead(&queue, n);
+                }
+            }
             HubCmd::Shutdown => {}
         }
     }
 
+    /// Hands a status request to the asking connection with the task's lease, if any.
+    fn task_status(&self, conn: ConnId, req: u64, task: TaskId) {
+        let Some(out) = self.outboxes.get(&conn) else {
+            return;
+        };
+        let lease = self.engine.lease_of(task).map(|l| LeaseHolder {
+            conn: l.conn,
+            consumer: self
+                .names
+                .get(&l.conn)
+                .cloned()
+                .unwrap_or_else(|| Arc::from("")),
+            deadline_ms: l.deadline_ms,
+            attempt: l.attempt,
+        });
+        let _ = out.send(Outbound::Status { req, task, lease });
+    }
+
     fn apply_effects(&mut self, now: u64) {
-        for effect in self.effects.drain(..) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
             match effect {
-                Effect::Persist(m) => self.writer.submit(Muts::One(m), None),
+                Effect::Persist(m) => self.persist(m),
                 Effect::Deliver(d) => match self.outboxes.get(&d.conn) {
                     Some(out) => {
                         // A closed outbox means the connection is going away; its
@@ -271,6 +351,8 @@ impl Hub {
                 },
             }
         }
+        // Keep the allocation.
+        self.effects = effects;
     }
 }
 
