@@ -52,7 +52,7 @@ struct TaskJson<'a> {
     headers: BTreeMap<&'a str, String>,
 }
 
-fn text_or_base64(bytes: &[u8]) -> (String, &'static str) {
+pub(super) fn text_or_base64(bytes: &[u8]) -> (String, &'static str) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), "utf8"),
         Err(_) => (

@@ -5,6 +5,7 @@
 mod consume;
 mod publish;
 mod serve;
+mod task;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Print and settle tasks as they arrive.
     Consume(consume::ConsumeArgs),
+    /// Show a task's status and result, optionally waiting for it to finish.
+    Task(task::TaskArgs),
 }
 
 /// Runs a subcommand to completion.
@@ -55,6 +58,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Task(args) => task::run(args).await,
     }
 }
 
