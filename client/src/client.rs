@@ -321,7 +321,8 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn wait_result(&self, id: TaskId, timeout: Duration) -> Result<TaskOutcome> {
-        let deadline = Instant::now() + timeout;
+        // A year stands in for "forever" (and keeps the deadline representable).
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let conn = self.shared().conn().await?;
