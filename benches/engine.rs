@@ -48,7 +48,8 @@ fn engine(c: &mut Criterion) {
                     e.dispatch(2, &mut out);
                     for effect in out.drain(..) {
                         if let Effect::Deliver(d) = effect {
-                            e.ack(d.conn, d.task, d.token).unwrap();
+                            e.ack(d.conn, d.task, d.token, bytes::Bytes::new(), 2)
+                                .unwrap();
                             acked += 1;
                         }
                     }

@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// `/readyz` say "not ready". Only the environment variable
     /// `SQUALL_TEST_RECOVERY_DELAY_MS` sets it; it is not a documented setting.
     pub test_recovery_delay: Duration,
+    /// How often the retention sweep removes expired results, dead tasks and
+    /// idempotency keys.
+    pub sweep_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +75,7 @@ impl Default for ServerConfig {
             node_id: "squall-0".to_owned(),
             shutdown_grace: Duration::from_secs(10),
             test_recovery_delay: Duration::ZERO,
+            sweep_interval: Duration::from_secs(1),
         }
     }
 }
@@ -225,6 +229,9 @@ impl ServerConfig {
                 ),
             );
         }
+        if self.sweep_interval.is_zero() {
+            return bad("sweep_interval", "must be above 0".into());
+        }
         if let FsyncMode::Interval(d) = self.fsync {
             if d.is_zero() {
                 return bad("fsync", "interval must be above 0 ms".into());
@@ -321,6 +328,7 @@ mod tests {
             queue_defaults,
             node_id: _,
             shutdown_grace: _,
+            sweep_interval: _,
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -346,6 +354,7 @@ mod tests {
             ("max_lease", "1h"),
             ("node_id", "n7"),
             ("shutdown_grace", "7s"),
+            ("sweep_interval", "7s"),
             ("queue.lease", "7s"),
             ("queue.max_attempts", "7"),
             ("queue.backoff_min", "7ms"),

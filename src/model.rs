@@ -121,9 +121,11 @@ pub struct QueueConfig {
     pub max_length: u64,
     /// Paused queues accept publishes but deliver nothing.
     pub paused: bool,
-    /// How long succeeded and dead records are kept.
+    /// How long succeeded and dead records are kept. 0: an ack removes the task at
+    /// once (no result kept) and dead tasks stay until an operator acts.
     pub result_ttl_ms: u64,
-    /// Idempotency-key window.
+    /// How long an idempotency key is remembered after its publish; 0 = keys are
+    /// ignored.
     pub dedup_window_ms: u64,
 }
 
@@ -154,10 +156,29 @@ pub enum Mutation {
         /// What changes.
         patch: StatePatch,
     },
-    /// Ack without retention, purge: delete the task's state and body.
+    /// Purge: delete the task's state, body and retained result.
     Remove {
         /// The task.
         id: TaskId,
+    },
+    /// Ack: the task succeeded. The store keeps a succeeded record (state and
+    /// `result`, without the payload) for the queue's `result_ttl_ms`, or removes the
+    /// task at once when that is 0.
+    Succeed {
+        /// The task.
+        id: TaskId,
+        /// The ack's result payload (may be empty).
+        result: Bytes,
+        /// The time of the ack.
+        updated_ms: Millis,
+    },
+    /// Retention sweep: removes succeeded and dead records and idempotency keys whose
+    /// time ran out by `now`, examining at most `limit` expiry-index entries.
+    Sweep {
+        /// The sweep's clock.
+        now: Millis,
+        /// Most expiry-index entries examined by this one job.
+        limit: u32,
     },
     /// Create or replace a queue's configuration record.
     PutQueue {

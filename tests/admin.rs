@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{TestBroker, WAIT};
 use squall_client::{
-    Client, ClientError, ErrorCode, PublishOptions, QueueConfigUpdate, QueueInfo, TaskState,
+    Client, ClientError, ErrorCode, PublishOptions, QueueConfigUpdate, QueueInfo, StateFilter,
 };
 
 async fn client(b: &TestBroker) -> Client {
@@ -102,28 +102,28 @@ async fn peek_shows_every_state_and_changes_nothing() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let before = c.queue("q").await.unwrap();
 
-    let ready = c.peek("q", TaskState::Ready, 10).await.unwrap();
+    let ready = c.peek("q", StateFilter::Ready, 10).await.unwrap();
     let payloads: Vec<&[u8]> = ready.iter().map(|t| &t.payload[..]).collect();
     assert_eq!(payloads, [&b"high"[..], b"low"], "delivery order");
     assert!(ready
         .iter()
-        .all(|t| t.attempts == 0 && t.state == TaskState::Ready));
-    let delayed = c.peek("q", TaskState::Delayed, 10).await.unwrap();
+        .all(|t| t.attempts == 0 && t.state == StateFilter::Ready));
+    let delayed = c.peek("q", StateFilter::Delayed, 10).await.unwrap();
     assert_eq!(&delayed[0].payload[..], b"later");
     assert!(delayed[0].not_before.is_some());
-    let leased = c.peek("q", TaskState::Leased, 10).await.unwrap();
+    let leased = c.peek("q", StateFilter::Leased, 10).await.unwrap();
     assert_eq!(leased[0].id, held.id());
     assert_eq!(leased[0].headers.get("k").map(|v| &v[..]), Some(&b"v"[..]));
     let holder = leased[0].lease_holder.as_deref().expect("holder shown");
     assert!(holder.contains("127.0.0.1"), "{holder}");
     assert!(leased[0].lease_deadline.is_some());
-    let dead = c.peek("q", TaskState::Dead, 10).await.unwrap();
+    let dead = c.peek("q", StateFilter::Dead, 10).await.unwrap();
     assert_eq!(dead[0].last_error.as_deref(), Some("bad input"));
     assert_eq!(
         (dead[0].attempts, &dead[0].payload[..]),
         (1, &b"doomed"[..])
     );
-    assert_eq!(c.peek("q", TaskState::Ready, 1).await.unwrap().len(), 1);
+    assert_eq!(c.peek("q", StateFilter::Ready, 1).await.unwrap().len(), 1);
 
     let after = c.queue("q").await.unwrap();
     assert_eq!(state_of(&after), state_of(&before), "peek changed counters");
@@ -132,7 +132,7 @@ async fn peek_shows_every_state_and_changes_nothing() {
     // Attempts are untouched: the next delivery is the first attempt of "high".
     let next = sub.recv().await.unwrap().unwrap();
     assert_eq!((&next.payload()[..], next.attempt()), (&b"high"[..], 1));
-    assert!(not_found(c.peek("missing", TaskState::Ready, 1).await));
+    assert!(not_found(c.peek("missing", StateFilter::Ready, 1).await));
 }
 
 #[tokio::test]
@@ -240,7 +240,7 @@ async fn redrive_brings_dead_tasks_back_with_attempts_reset() {
     drop(sub);
     let q = c.queue("r").await.unwrap();
     assert_eq!((q.ready, q.dead, q.totals.dead_lettered), (0, 3, 3));
-    let dead = c.peek("r", TaskState::Dead, 10).await.unwrap();
+    let dead = c.peek("r", StateFilter::Dead, 10).await.unwrap();
     assert!(dead
         .iter()
         .all(|t| t.last_error.as_deref() == Some("nacked")));
@@ -285,7 +285,7 @@ async fn purge_removes_one_state_or_everything_not_leased() {
     let mut sub = c.subscribe("pg").prefetch(1).await.unwrap();
     let held = sub.recv().await.unwrap().unwrap();
     sub.unsubscribe().await.unwrap();
-    assert_eq!(c.purge("pg", Some(TaskState::Delayed)).await.unwrap(), 1);
+    assert_eq!(c.purge("pg", Some(StateFilter::Delayed)).await.unwrap(), 1);
     assert_eq!(
         c.purge("pg", None).await.unwrap(),
         3,
@@ -293,7 +293,7 @@ async fn purge_removes_one_state_or_everything_not_leased() {
     );
     let q = c.queue("pg").await.unwrap();
     assert_eq!((q.ready, q.delayed, q.leased), (0, 0, 1));
-    assert_eq!(c.purge("pg", Some(TaskState::Leased)).await.unwrap(), 1);
+    assert_eq!(c.purge("pg", Some(StateFilter::Leased)).await.unwrap(), 1);
     assert!(
         matches!(held.ack().await, Err(ClientError::LeaseExpired { .. })),
         "the holder of a purged lease is fenced off"

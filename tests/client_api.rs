@@ -243,11 +243,23 @@ async fn ack_ack_with_nack_and_nack_after_settle_as_documented() {
     drop(sub);
     client.close().await;
     broker.stop().await;
-    assert!(stored_state(&broker, ids[0]).is_none(), "acked: gone");
-    assert!(
-        stored_state(&broker, ids[1]).is_none(),
-        "acked with a result: gone"
+    // Acked tasks are kept as succeeded for the queue's result_ttl, with their result.
+    let store = Store::open(&StoreConfig {
+        path: broker.data_dir().to_owned(),
+        fsync: FsyncMode::Always,
+        cache_bytes: 8 << 20,
+    })
+    .unwrap();
+    let acked = store.get_record(ids[0]).unwrap().expect("acked: kept");
+    assert_eq!(acked.state.status, TaskStatus::Succeeded);
+    assert!(acked.retained.expect("retention record").result.is_empty());
+    let with_result = store.get_record(ids[1]).unwrap().expect("acked: kept");
+    assert_eq!(with_result.state.status, TaskStatus::Succeeded);
+    assert_eq!(
+        &with_result.retained.expect("retention record").result[..],
+        b"the result"
     );
+    drop(store);
     let st = stored_state(&broker, ids[2]).expect("nacked task kept");
     assert_eq!(st.status, TaskStatus::Pending);
     assert_eq!(st.attempts, 3);

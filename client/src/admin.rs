@@ -196,7 +196,7 @@ impl QueueConfigUpdate {
 
 /// The states a task can be inspected or purged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TaskState {
+pub enum StateFilter {
     /// Waiting for a consumer.
     Ready,
     /// Waiting for its delay to pass.
@@ -207,42 +207,42 @@ pub enum TaskState {
     Dead,
 }
 
-impl TaskState {
+impl StateFilter {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 4] = [
-        TaskState::Ready,
-        TaskState::Delayed,
-        TaskState::Leased,
-        TaskState::Dead,
+    pub const ALL: [StateFilter; 4] = [
+        StateFilter::Ready,
+        StateFilter::Delayed,
+        StateFilter::Leased,
+        StateFilter::Dead,
     ];
 
     /// The lowercase name (`ready`, `delayed`, `leased`, `dead`).
     pub fn as_str(self) -> &'static str {
         match self {
-            TaskState::Ready => "ready",
-            TaskState::Delayed => "delayed",
-            TaskState::Leased => "leased",
-            TaskState::Dead => "dead",
+            StateFilter::Ready => "ready",
+            StateFilter::Delayed => "delayed",
+            StateFilter::Leased => "leased",
+            StateFilter::Dead => "dead",
         }
     }
 
-    fn to_wire(state: Option<TaskState>) -> i32 {
+    fn to_wire(state: Option<StateFilter>) -> i32 {
         let f = match state {
             None => v1::TaskStateFilter::Unspecified,
-            Some(TaskState::Ready) => v1::TaskStateFilter::Ready,
-            Some(TaskState::Delayed) => v1::TaskStateFilter::Delayed,
-            Some(TaskState::Leased) => v1::TaskStateFilter::Leased,
-            Some(TaskState::Dead) => v1::TaskStateFilter::Dead,
+            Some(StateFilter::Ready) => v1::TaskStateFilter::Ready,
+            Some(StateFilter::Delayed) => v1::TaskStateFilter::Delayed,
+            Some(StateFilter::Leased) => v1::TaskStateFilter::Leased,
+            Some(StateFilter::Dead) => v1::TaskStateFilter::Dead,
         };
         f as i32
     }
 
-    fn from_wire(raw: i32) -> Result<TaskState> {
+    fn from_wire(raw: i32) -> Result<StateFilter> {
         match v1::TaskStateFilter::try_from(raw) {
-            Ok(v1::TaskStateFilter::Ready) => Ok(TaskState::Ready),
-            Ok(v1::TaskStateFilter::Delayed) => Ok(TaskState::Delayed),
-            Ok(v1::TaskStateFilter::Leased) => Ok(TaskState::Leased),
-            Ok(v1::TaskStateFilter::Dead) => Ok(TaskState::Dead),
+            Ok(v1::TaskStateFilter::Ready) => Ok(StateFilter::Ready),
+            Ok(v1::TaskStateFilter::Delayed) => Ok(StateFilter::Delayed),
+            Ok(v1::TaskStateFilter::Leased) => Ok(StateFilter::Leased),
+            Ok(v1::TaskStateFilter::Dead) => Ok(StateFilter::Dead),
             _ => Err(ClientError::Protocol(format!(
                 "peeked task with unknown state {raw}"
             ))),
@@ -250,17 +250,17 @@ impl TaskState {
     }
 }
 
-impl fmt::Display for TaskState {
+impl fmt::Display for StateFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for TaskState {
+impl FromStr for StateFilter {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        TaskState::ALL
+        StateFilter::ALL
             .into_iter()
             .find(|t| t.as_str().eq_ignore_ascii_case(s))
             .ok_or_else(|| format!("`{s}` is not a task state: ready, delayed, leased or dead"))
@@ -274,7 +274,7 @@ pub struct PeekedTask {
     /// Task id.
     pub id: u64,
     /// Its state.
-    pub state: TaskState,
+    pub state: StateFilter,
     /// Priority.
     pub priority: i32,
     /// Deliveries so far.
@@ -366,7 +366,7 @@ impl Client {
     pub async fn peek(
         &self,
         queue: impl Into<String>,
-        state: TaskState,
+        state: StateFilter,
         limit: u32,
     ) -> Result<Vec<PeekedTask>> {
         let queue = checked(queue)?;
@@ -378,7 +378,7 @@ impl Client {
         }
         let op = Op::Peek(v1::Peek {
             queue,
-            state: TaskState::to_wire(Some(state)),
+            state: StateFilter::to_wire(Some(state)),
             limit,
         });
         match self.call(op, "peek").await? {
@@ -391,11 +391,11 @@ impl Client {
     /// leased (ready, delayed, dead). Purging leased tasks ends their leases: their
     /// holders' acks get [`ClientError::LeaseExpired`]. Returns how many were removed,
     /// once the removal is durable.
-    pub async fn purge(&self, queue: impl Into<String>, state: Option<TaskState>) -> Result<u64> {
+    pub async fn purge(&self, queue: impl Into<String>, state: Option<StateFilter>) -> Result<u64> {
         let queue = checked(queue)?;
         let op = Op::Purge(v1::Purge {
             queue,
-            state: TaskState::to_wire(state),
+            state: StateFilter::to_wire(state),
         });
         self.count_answer(op, "purge").await
     }
@@ -498,7 +498,7 @@ fn peeked_task(t: v1::PeekedTask) -> Result<PeekedTask> {
     let nonempty = |s: String| (!s.is_empty()).then_some(s);
     Ok(PeekedTask {
         id: t.task_id,
-        state: TaskState::from_wire(t.state)?,
+        state: StateFilter::from_wire(t.state)?,
         priority: t.priority,
         attempts: t.attempts,
         max_attempts: t.max_attempts,
@@ -519,15 +519,15 @@ mod tests {
 
     #[test]
     fn task_states_parse_and_print() {
-        for s in TaskState::ALL {
-            assert_eq!(s.as_str().parse::<TaskState>(), Ok(s));
+        for s in StateFilter::ALL {
+            assert_eq!(s.as_str().parse::<StateFilter>(), Ok(s));
             assert_eq!(
-                TaskState::from_wire(TaskState::to_wire(Some(s))).ok(),
+                StateFilter::from_wire(StateFilter::to_wire(Some(s))).ok(),
                 Some(s)
             );
         }
-        assert_eq!("DEAD".parse::<TaskState>(), Ok(TaskState::Dead));
-        assert!("gone".parse::<TaskState>().is_err());
+        assert_eq!("DEAD".parse::<StateFilter>(), Ok(StateFilter::Dead));
+        assert!("gone".parse::<StateFilter>().is_err());
     }
 
     #[test]

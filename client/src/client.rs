@@ -20,9 +20,19 @@ use crate::config::{ClientBuilder, Config};
 use crate::conn::{unexpected, Conn};
 use crate::error::{ClientError, Result};
 use crate::info::ServerInfo;
-use crate::publish::{check_batch_len, check_spec, Message, PublishOptions, Published};
+use crate::publish::{
+    check_batch_len, check_spec, duration_ms_ceil, Message, PublishOptions, Published, TaskId,
+};
+use crate::status::{TaskOutcome, TaskStatus};
 use crate::subscription::{SubEvent, SubscribeBuilder, Subscription};
 use crate::worker::Worker;
+
+/// How many times a publish whose every task carries an idempotency key is sent again
+/// after a timeout or a lost connection.
+const PUBLISH_RETRIES: u32 = 2;
+/// A wait the broker ended this close to the caller's deadline counts as timed out
+/// (the two clocks round differently); further from it, the client waits again.
+const WAIT_AGAIN_MIN: Duration = Duration::from_millis(50);
 
 /// A connection to a Squall broker. Cheap to clone (an `Arc` inside) and meant to be
 /// shared: every clone pipelines its requests over the same TCP connection.
@@ -131,7 +141,8 @@ impl Client {
     ///
     /// Not retried by the client. On [`ClientError::Timeout`] or
     /// [`ClientError::ConnectionLost`] the outcome is unknown: publish again only with
-    /// an idempotency key ([`PublishOptions::idempotency_key`]).
+    /// an idempotency key ([`PublishOptions::idempotency_key`]); with one,
+    /// [`publish_with`](Self::publish_with) retries by itself.
     pub async fn publish(
         &self,
         queue: impl Into<String>,
@@ -142,6 +153,11 @@ impl Client {
     }
 
     /// Publishes one task with `options`; returns once it is durable.
+    ///
+    /// With an [`idempotency_key`](PublishOptions::idempotency_key), a publish whose
+    /// outcome is unknown (timeout, lost connection) is sent again, up to twice; a
+    /// repeat that finds the first attempt stored returns its id with
+    /// [`Published::duplicate`] set.
     ///
     /// ```no_run
     /// # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
@@ -200,11 +216,33 @@ impl Client {
             }
         }
         let expected = specs.len();
-        let conn = shared.conn().await?;
-        match conn
-            .call(Op::Publish(v1::Publish { tasks: specs }), "publish")
-            .await?
-        {
+        // With an idempotency key on every task, a publish whose outcome is unknown is
+        // sent again: the broker answers a repeat with the first task's id.
+        let retry = specs.iter().all(|s| !s.idempotency_key.is_empty());
+        let mut specs = specs;
+        let mut attempt = 0;
+        let answer = loop {
+            let retries_left = retry && attempt < PUBLISH_RETRIES;
+            let tasks = if retries_left {
+                specs.clone()
+            } else {
+                std::mem::take(&mut specs)
+            };
+            let conn = shared.conn().await?;
+            match conn
+                .call(Op::Publish(v1::Publish { tasks }), "publish")
+                .await
+            {
+                Err(e @ (ClientError::Timeout { .. } | ClientError::ConnectionLost { .. }))
+                    if retries_left =>
+                {
+                    attempt += 1;
+                    warn!(error = %e, attempt, "publish outcome unknown; sending it again with the same idempotency keys");
+                }
+                other => break other?,
+            }
+        };
+        match answer {
             response::Result::Publish(ok) if ok.tasks.len() == expected => Ok(ok
                 .tasks
                 .into_iter()
@@ -229,6 +267,87 @@ impl Client {
     /// A [`Worker`] for `queue` on this client (same as [`Worker::new`]).
     pub fn worker(&self, queue: impl Into<String>) -> Worker {
         Worker::new(self.clone(), queue)
+    }
+
+    /// The status of task `id`: its state (ready, delayed, leased, succeeded, dead, or
+    /// unknown when the broker has no record of it), attempts, last error, lease
+    /// holder, timestamps, and for a succeeded task the ack's result.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+    /// use squall_client::TaskState;
+    ///
+    /// let published = client.publish("reports", "2024-05").await?;
+    /// let status = client.task(published.id).await?;
+    /// if status.state == TaskState::Leased {
+    ///     let lease = status.lease.as_ref().expect("a leased task has a holder");
+    ///     println!("worker {} has it until {:?}", lease.consumer, lease.deadline);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn task(&self, id: TaskId) -> Result<TaskStatus> {
+        let conn = self.shared().conn().await?;
+        match conn
+            .call(Op::GetTask(v1::GetTask { task_id: id }), "task status")
+            .await?
+        {
+            response::Result::Task(info) => Ok(TaskStatus::from(info)),
+            other => Err(unexpected("task status", other)),
+        }
+    }
+
+    /// Waits until task `id` has succeeded or is dead, for at most `timeout`. The broker
+    /// pushes the answer when the task's final state is durable (no polling), and
+    /// answers at once for a task that finished before the wait began (while its record
+    /// is retained: the queue's result TTL, 1 hour by default).
+    ///
+    /// Returns [`TaskOutcome::TimedOut`] with the task's current status when the
+    /// timeout passes first, and [`TaskOutcome::Unknown`] when the broker has no
+    /// record of the task. A lost connection does not end the wait: it is resumed on
+    /// the next connection for the time left (waiting changes nothing on the broker).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
+    /// use std::time::Duration;
+    /// use squall_client::TaskOutcome;
+    ///
+    /// let id = client.publish("thumbnails", "img-17.png").await?.id;
+    /// match client.wait_result(id, Duration::from_secs(30)).await? {
+    ///     TaskOutcome::Succeeded(status) => println!("result: {:?}", status.result),
+    ///     TaskOutcome::Dead(status) => println!("failed: {:?}", status.last_error),
+    ///     TaskOutcome::TimedOut(status) => println!("still {} after 30 s", status.state),
+    ///     TaskOutcome::Unknown => println!("no such task"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_result(&self, id: TaskId, timeout: Duration) -> Result<TaskOutcome> {
+        // A year stands in for "forever" (and keeps the deadline representable).
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(365 * 24 * 3600));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let conn = self.shared().conn().await?;
+            let op = Op::WaitResult(v1::WaitResult {
+                task_id: id,
+                timeout_ms: duration_ms_ceil(left),
+            });
+            // The broker answers by `left`; give the answer the usual time to arrive.
+            let bound = left.saturating_add(conn.request_timeout());
+            let status = match conn.call_with_timeout(op, "wait_result", bound).await {
+                Ok(response::Result::Task(info)) => TaskStatus::from(info),
+                Ok(other) => return Err(unexpected("wait_result", other)),
+                Err(ClientError::ConnectionLost { reason }) if Instant::now() < deadline => {
+                    debug!(task = id, %reason, "connection lost during wait_result; waiting again");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let outcome = TaskOutcome::of(status);
+            // A broker holds a wait at most an hour: wait again for what is left.
+            let more = deadline.saturating_duration_since(Instant::now()) > WAIT_AGAIN_MIN;
+            if !(matches!(outcome, TaskOutcome::TimedOut(_)) && more) {
+                return Ok(outcome);
+            }
+        }
     }
 
     /// One round trip to the broker; returns its duration.

@@ -177,13 +177,39 @@ impl Conn {
         op: Op,
         name: &'static str,
     ) -> Result<response::Result> {
-        match tokio::time::timeout(self.request_timeout, self.round_trip(id, op)).await {
+        self.call_within(id, op, name, self.request_timeout).await
+    }
+
+    /// [`call`](Self::call) bounded by `timeout` instead of the request timeout (for a
+    /// request the broker holds on purpose, like `WaitResult`).
+    pub(crate) async fn call_with_timeout(
+        &self,
+        op: Op,
+        name: &'static str,
+        timeout: Duration,
+    ) -> Result<response::Result> {
+        self.call_within(self.next_id(), op, name, timeout).await
+    }
+
+    async fn call_within(
+        &self,
+        id: u64,
+        op: Op,
+        name: &'static str,
+        timeout: Duration,
+    ) -> Result<response::Result> {
+        match tokio::time::timeout(timeout, self.round_trip(id, op)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 op: name,
-                after: self.request_timeout,
+                after: timeout,
             }),
         }
+    }
+
+    /// The request timeout this connection was made with.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     async fn round_trip(&self, id: u64, op: Op) -> Result<response::Result> {

@@ -109,16 +109,22 @@
 //!
 //! # Retries
 //!
-//! The client never re-sends a request that may have reached the broker. What you may
-//! retry yourself:
+//! The client re-sends a request that may have reached the broker only when that is
+//! safe: a publish in which **every** task carries an
+//! [`idempotency_key`](PublishOptions::idempotency_key) is sent again (up to twice)
+//! after a `Timeout` or `ConnectionLost`, because the broker answers a repeated key
+//! (same queue, within the queue's dedup window, 5 minutes by default) with the first
+//! task's id and stores nothing new. [`Published::duplicate`] is then `true` if the
+//! first attempt had landed. [`Client::wait_result`] resumes its wait after a lost
+//! connection. Nothing else is re-sent. What you may retry yourself:
 //!
 //! | operation | after `Unavailable` / `Invalid` | after `Timeout` / `ConnectionLost` |
 //! |---|---|---|
 //! | `publish*` without idempotency key | yes (nothing was sent) | **no**: it may have been stored; retrying can duplicate |
-//! | `publish*` with [`idempotency_key`](PublishOptions::idempotency_key) | yes | yes, once the broker honours keys (the current one does not yet) |
+//! | `publish*` with an idempotency key on every task | yes | yes, with the same keys, within the dedup window (the client already did twice) |
 //! | `ack` / `nack` / `fail` | yes | no need: the lease died with the connection and the task is redelivered |
 //! | `extend` | yes | the lease is gone if the connection is; stop working on the task |
-//! | `subscribe`, `ping` | yes | yes |
+//! | `subscribe`, `ping`, `task`, `wait_result` | yes | yes |
 //!
 //! [`ClientError::nothing_was_applied`] tells whether an error guarantees that nothing
 //! happened on the broker.
@@ -133,12 +139,12 @@
 //!
 //! ```no_run
 //! # async fn demo(client: squall_client::Client) -> Result<(), squall_client::ClientError> {
-//! use squall_client::TaskState;
+//! use squall_client::StateFilter;
 //!
 //! for q in client.queues().await? {
 //!     println!("{}: {} ready, {} dead", q.name, q.ready, q.dead);
 //! }
-//! for task in client.peek("emails", TaskState::Dead, 10).await? {
+//! for task in client.peek("emails", StateFilter::Dead, 10).await? {
 //!     println!("task {} died: {:?}", task.id, task.last_error);
 //! }
 //! client.redrive("emails", None).await?;
@@ -164,11 +170,12 @@ mod delivery;
 mod error;
 mod info;
 mod publish;
+mod status;
 mod subscription;
 mod worker;
 
 pub use admin::{
-    PeekedTask, QueueConfigUpdate, QueueInfo, QueueRates, QueueSettings, QueueTotals, TaskState,
+    PeekedTask, QueueConfigUpdate, QueueInfo, QueueRates, QueueSettings, QueueTotals, StateFilter,
     MAX_PEEK,
 };
 pub use backoff::ReconnectPolicy;
@@ -182,6 +189,7 @@ pub use error::{ClientError, Result};
 pub use info::{Limits, ServerInfo};
 pub use publish::{Message, PublishOptions, Published, TaskId};
 pub use squall_proto::ErrorCode;
+pub use status::{LeaseInfo, TaskOutcome, TaskState, TaskStatus};
 pub use subscription::{SubscribeBuilder, Subscription, DEFAULT_PREFETCH};
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{

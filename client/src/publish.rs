@@ -94,12 +94,12 @@ impl PublishOptions {
         self
     }
 
-    /// An idempotency key: a second publish with the same key returns the first task
-    /// (`Published::duplicate`) instead of creating another. This is what makes a
-    /// publish safe to retry after a timeout or a lost connection.
-    ///
-    /// The key is sent to the broker as is. **The current broker does not honour it
-    /// yet** (a later release will); until then a retried publish can still duplicate.
+    /// An idempotency key: another publish to the same queue with the same key within
+    /// the queue's dedup window (5 minutes by default) creates nothing and returns the
+    /// first task's id with [`Published::duplicate`] set, whatever that task's state.
+    /// This is what makes a publish safe to retry after a timeout or a lost connection;
+    /// the client does so itself when every task of the publish has a key. At most
+    /// 1024 bytes.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
         self

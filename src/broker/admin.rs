@@ -37,6 +37,9 @@ pub struct LeaseView {
     pub sub: SubId,
     /// The lease deadline.
     pub deadline_ms: Millis,
+    /// 1-based attempt number of the delivery holding it (the store may not have
+    /// persisted the count yet).
+    pub attempt: u32,
 }
 
 /// One task as the engine sees it. Payload, headers, timestamps and the last error are
@@ -176,6 +179,7 @@ impl Engine {
                             conn: l.conn,
                             sub: l.sub,
                             deadline_ms: l.deadline_ms,
+                            attempt: l.entry.attempts,
                         }),
                         ..view(&l.entry, TaskView::Leased)
                     })

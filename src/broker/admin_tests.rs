@@ -200,7 +200,7 @@ fn purging_leases_frees_credit() {
     assert!(step(&mut e, T0).is_empty(), "credit is used up");
     e.purge("q", Some(TaskView::Leased)).unwrap();
     assert_eq!(
-        e.ack(1, first.task, first.token),
+        e.ack(1, first.task, first.token, bytes::Bytes::new(), T0),
         Err(EngineError::LeaseExpired { task: first.task }),
         "the holder is fenced off"
     );

@@ -10,6 +10,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
@@ -513,12 +514,29 @@ impl Engine {
         Ok(lease)
     }
 
-    /// Settles a lease as done. The returned mutation must be durable before the ack is
-    /// confirmed to the client.
-    pub fn ack(&mut self, conn: ConnId, task: TaskId, token: u64) -> Result<Mutation, EngineError> {
+    /// Settles a lease as done, with the ack's `result` payload (possibly empty). The
+    /// returned mutation must be durable before the ack is confirmed to the client:
+    /// `Succeed` (the store keeps a succeeded record for the queue's result TTL), or
+    /// `Remove` when the queue keeps no results.
+    pub fn ack(
+        &mut self,
+        conn: ConnId,
+        task: TaskId,
+        token: u64,
+        result: Bytes,
+        now: Millis,
+    ) -> Result<Mutation, EngineError> {
         let lease = self.take_lease(conn, task, token)?;
-        self.queues[lease.queue as usize].counters.acked += 1;
-        Ok(Mutation::Remove { id: task })
+        let q = &mut self.queues[lease.queue as usize];
+        q.counters.acked += 1;
+        if q.config.result_ttl_ms == 0 {
+            return Ok(Mutation::Remove { id: task });
+        }
+        Ok(Mutation::Succeed {
+            id: task,
+            result,
+            updated_ms: now,
+        })
     }
 
     /// Settles a lease as failed: retry (after backoff or a given delay) or dead.

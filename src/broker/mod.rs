@@ -10,6 +10,7 @@ pub mod backoff;
 mod engine;
 #[cfg(test)]
 mod model_test;
+mod results;
 #[cfg(test)]
 mod tests;
 

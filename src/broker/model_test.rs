@@ -10,6 +10,7 @@
 //! Each minimised failure is kept at the bottom as a named regression test with a short
 //! postmortem. `SQUALL_MODEL_CASES=5000 cargo test --lib model_test` runs a longer search.
 
+use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ const HANDED: usize = 16;
 
 /// Queue "a" runs on the engine defaults, "b" on its own persisted configuration:
 /// immediate retries, a short lease and no attempt limit unless the task sets one.
+/// Queues keep no results (`result_ttl` 0), so an ack removes the task: the model's
+/// "acked = gone from the store" invariant. Retention is the store's model test's.
 fn queue_config(q: usize) -> QueueConfig {
     match q {
         0 => QueueConfig {
@@ -40,6 +43,7 @@ fn queue_config(q: usize) -> QueueConfig {
             max_attempts: 3,
             backoff_min_ms: 100,
             backoff_max_ms: 800,
+            result_ttl_ms: 0,
             ..QueueConfig::default()
         },
         _ => QueueConfig {
@@ -47,6 +51,7 @@ fn queue_config(q: usize) -> QueueConfig {
             max_attempts: 0,
             backoff_min_ms: 0,
             backoff_max_ms: 0,
+            result_ttl_ms: 0,
             ..QueueConfig::default()
         },
     }
@@ -240,8 +245,14 @@ fn apply(map: &mut BTreeMap<TaskId, TaskState>, m: &Mutation) {
         Mutation::Remove { id } => {
             map.remove(id);
         }
-        Mutation::PutQueue { .. } | Mutation::RemoveQueue { .. } => {
-            panic!("the engine never persists queue records: {m:?}")
+        Mutation::Succeed { id, updated_ms, .. } => {
+            if let Some(s) = map.get_mut(id) {
+                s.status = TaskStatus::Succeeded;
+                s.updated_ms = *updated_ms;
+            }
+        }
+        Mutation::PutQueue { .. } | Mutation::RemoveQueue { .. } | Mutation::Sweep { .. } => {
+            panic!("the engine never persists queue records or sweeps: {m:?}")
         }
     }
 }
@@ -771,7 +782,9 @@ impl Harness {
         let Some(h) = self.pick(pick) else { return };
         let conn = if stranger { STRANGER } else { h.conn };
         let live = self.live(h.task, conn, h.token);
-        let got = self.engine.ack(conn, h.task, h.token);
+        let got = self
+            .engine
+            .ack(conn, h.task, h.token, Bytes::new(), self.now);
         if !live {
             assert_eq!(got, Err(EngineError::LeaseExpired { task: h.task }));
             return;
@@ -1043,7 +1056,8 @@ impl Harness {
             for h in std::mem::take(&mut self.dispatched) {
                 delivered.insert(h.task);
                 assert_eq!(
-                    self.engine.ack(h.conn, h.task, h.token),
+                    self.engine
+                        .ack(h.conn, h.task, h.token, Bytes::new(), self.now),
                     Ok(Mutation::Remove { id: h.task })
                 );
                 self.store.persist(Mutation::Remove { id: h.task }, true);

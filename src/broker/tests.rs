@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::model::{Mutation, QueueConfig, StatePatch, TaskState, TaskStatus};
 
@@ -81,7 +83,7 @@ fn prefetch_bounds_unsettled_deliveries() {
     let (d, _) = step(&mut e, T0);
     assert_eq!(ids(&d), vec![1, 2, 3]);
     assert!(step(&mut e, T0).0.is_empty(), "no credit, no delivery");
-    e.ack(1, d[1].task, d[1].token).unwrap();
+    e.ack(1, d[1].task, d[1].token, Bytes::new(), T0).unwrap();
     let (d2, _) = step(&mut e, T0);
     assert_eq!(ids(&d2), vec![4], "one settled, one refilled");
 }
@@ -98,7 +100,7 @@ fn least_in_flight_wins_and_ties_go_round_robin() {
     assert_eq!(conns, vec![1, 2, 3, 1, 2, 3], "ties rotate");
     // Connection 3 settles both of its tasks: it now has the fewest in flight.
     for x in d.iter().filter(|x| x.conn == 3) {
-        e.ack(3, x.task, x.token).unwrap();
+        e.ack(3, x.task, x.token, Bytes::new(), T0).unwrap();
     }
     e.publish_committed(&[task(7, 0), task(8, 0), task(9, 0)], T0);
     let (d, _) = step(&mut e, T0);
@@ -150,11 +152,11 @@ fn expired_lease_is_redelivered_after_backoff_and_old_token_is_fenced() {
     assert_eq!(d[0].attempt, 2);
     assert_ne!(d[0].token, first.token);
     assert_eq!(
-        e.ack(first.conn, 1, first.token),
+        e.ack(first.conn, 1, first.token, Bytes::new(), T0),
         Err(EngineError::LeaseExpired { task: 1 }),
         "the late holder is fenced off"
     );
-    assert!(e.ack(d[0].conn, 1, d[0].token).is_ok());
+    assert!(e.ack(d[0].conn, 1, d[0].token, Bytes::new(), T0).is_ok());
     assert_eq!(snapshot(&e).counters.expired, 1);
 }
 
@@ -166,14 +168,29 @@ fn settling_needs_the_right_token_and_connection() {
     let (d, _) = step(&mut e, T0);
     let lease = &d[0];
     let expired = Err(EngineError::LeaseExpired { task: 1 });
-    assert_eq!(e.ack(1, 1, lease.token + 1), expired);
-    assert_eq!(e.ack(2, 1, lease.token), expired, "another connection");
+    assert_eq!(e.ack(1, 1, lease.token + 1, Bytes::new(), T0), expired);
     assert_eq!(
-        e.ack(1, 99, lease.token),
+        e.ack(2, 1, lease.token, Bytes::new(), T0),
+        expired,
+        "another connection"
+    );
+    assert_eq!(
+        e.ack(1, 99, lease.token, Bytes::new(), T0),
         Err(EngineError::LeaseExpired { task: 99 })
     );
-    assert_eq!(e.ack(1, 1, lease.token), Ok(Mutation::Remove { id: 1 }));
-    assert_eq!(e.ack(1, 1, lease.token), expired, "acked twice");
+    assert_eq!(
+        e.ack(1, 1, lease.token, Bytes::from_static(b"done"), T0 + 5),
+        Ok(Mutation::Succeed {
+            id: 1,
+            result: Bytes::from_static(b"done"),
+            updated_ms: T0 + 5
+        })
+    );
+    assert_eq!(
+        e.ack(1, 1, lease.token, Bytes::new(), T0),
+        expired,
+        "acked twice"
+    );
 }
 
 #[test]
@@ -338,7 +355,7 @@ fn unsubscribe_stops_deliveries_but_keeps_leases() {
     let (d, _) = step(&mut e, T0);
     e.unsubscribe(1, 7).unwrap();
     assert_eq!(e.unsubscribe(1, 7), Err(EngineError::NoSuchSubscription(7)));
-    assert!(e.ack(1, d[0].task, d[0].token).is_ok());
+    assert!(e.ack(1, d[0].task, d[0].token, Bytes::new(), T0).is_ok());
     assert!(step(&mut e, T0).0.is_empty());
     assert_eq!(e.subscribe(1, 8, "q", 1), Ok(()));
     assert_eq!(

@@ -7,7 +7,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Args;
-use squall_client::{QueueInfo, TaskState};
+use squall_client::{QueueInfo, StateFilter};
 
 use super::{connect, Exit, ServerArgs, EXIT_USAGE};
 
@@ -20,8 +20,8 @@ pub struct PurgeArgs {
     queue: String,
     /// Only tasks in this state (ready, delayed, leased or dead). Without it: every
     /// task that is not leased. Purging leased tasks ends their leases.
-    #[arg(long, value_parser = clap::value_parser!(TaskState))]
-    state: Option<TaskState>,
+    #[arg(long, value_parser = clap::value_parser!(StateFilter))]
+    state: Option<StateFilter>,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     yes: bool,
@@ -126,12 +126,12 @@ pub async fn delete_queue(args: DeleteQueueArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn count_in(q: &QueueInfo, state: TaskState) -> u64 {
+fn count_in(q: &QueueInfo, state: StateFilter) -> u64 {
     match state {
-        TaskState::Ready => q.ready,
-        TaskState::Delayed => q.delayed,
-        TaskState::Leased => q.leased,
-        TaskState::Dead => q.dead,
+        StateFilter::Ready => q.ready,
+        StateFilter::Delayed => q.delayed,
+        StateFilter::Leased => q.leased,
+        StateFilter::Dead => q.dead,
     }
 }
 

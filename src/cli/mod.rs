@@ -10,6 +10,7 @@ mod publish;
 mod queues;
 mod render;
 mod serve;
+mod task;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,6 +83,8 @@ pub enum Command {
     DeleteQueue(manage::DeleteQueueArgs),
     /// Load-test a broker: throughput, latency percentiles, loss and duplicates.
     Bench(bench::BenchArgs),
+    /// Show a task's status and result, optionally waiting for it to finish.
+    Task(task::TaskArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -153,6 +156,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::Redrive(args) => manage::redrive(args).await,
         Command::DeleteQueue(args) => manage::delete_queue(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Task(args) => task::run(args).await,
     }
 }
 

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use squall_client::{TaskState, MAX_PEEK};
+use squall_client::{StateFilter, MAX_PEEK};
 
 use super::render::{self, TaskRow};
 use super::{connect, ServerArgs};
@@ -19,8 +19,8 @@ pub struct PeekArgs {
     queue: String,
     /// Which tasks: ready (in delivery order), delayed (by due time), leased (by
     /// deadline) or dead (oldest first).
-    #[arg(long, default_value = "ready", value_parser = clap::value_parser!(TaskState))]
-    state: TaskState,
+    #[arg(long, default_value = "ready", value_parser = clap::value_parser!(StateFilter))]
+    state: StateFilter,
     /// Most tasks shown (1..=1000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PEEK)))]
     limit: u32,

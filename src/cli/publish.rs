@@ -10,7 +10,7 @@ use bytes::Bytes;
 use clap::Args;
 use squall_client::{Message, PublishOptions};
 
-use super::{connect, parse_duration, parse_header, ServerArgs};
+use super::{connect, parse_duration, parse_header, Exit, ServerArgs, EXIT_USAGE};
 
 /// Lines sent per publish request when reading standard input.
 const STDIN_BATCH: usize = 500;
@@ -42,6 +42,11 @@ pub struct PublishArgs {
     /// Header `name=value`; repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// Idempotency key: publishing again with the same key (same queue, within the
+    /// queue's dedup window) prints the first task's id instead of creating another.
+    /// Needs a payload argument or --file.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 impl PublishArgs {
@@ -59,11 +64,23 @@ impl PublishArgs {
         for (k, v) in &self.headers {
             o = o.header(k.clone(), Bytes::from(v.clone()));
         }
+        if let Some(key) = &self.key {
+            o = o.idempotency_key(key.clone());
+        }
         o
     }
 }
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    if args.key.is_some() && args.payload.is_none() && args.file.is_none() {
+        return Err(Exit {
+            code: EXIT_USAGE,
+            message: "--key names one task: give the payload as an argument or with --file, \
+                      not on standard input"
+                .into(),
+        }
+        .into());
+    }
     let client = connect(&args.server, "squall-publish").await?;
     let options = args.options();
     let single = match (&args.payload, &args.file) {
@@ -78,6 +95,12 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(payload) = single {
         let published = client.publish_with(&args.queue, payload, options).await?;
         println!("{}", published.id);
+        if published.duplicate {
+            eprintln!(
+                "task {} was already published with this key; nothing new was stored",
+                published.id
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let stdin = std::io::stdin();

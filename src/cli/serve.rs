@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for connections to drain [default: 10s].
     #[arg(long, value_name = "DURATION")]
     shutdown_grace: Option<String>,
+    /// How often expired results, dead tasks and idempotency keys are removed
+    /// [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    sweep_interval: Option<String>,
     /// Default lease of new queues [default: 30s].
     #[arg(long, alias = "default-lease", value_name = "DURATION")]
     queue_lease: Option<String>,
@@ -76,11 +80,12 @@ pub struct ServeArgs {
     /// Default length bound of new queues, 0 = unbounded [default: 0].
     #[arg(long, value_name = "N")]
     queue_max_length: Option<String>,
-    /// Default retention of succeeded and dead tasks of new queues [default: 1h].
-    #[arg(long, value_name = "DURATION")]
+    /// Default retention of succeeded and dead tasks of new queues; 0: acked tasks are
+    /// removed at once and dead ones kept until an operator acts [default: 1h].
+    #[arg(long, alias = "default-result-ttl", value_name = "DURATION")]
     queue_result_ttl: Option<String>,
     /// Default idempotency-key window of new queues [default: 5m].
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, alias = "default-dedup-window", value_name = "DURATION")]
     queue_dedup_window: Option<String>,
 }
 
@@ -105,6 +110,7 @@ impl ServeArgs {
         add("max_lease", &self.max_lease);
         add("node_id", &self.node_id);
         add("shutdown_grace", &self.shutdown_grace);
+        add("sweep_interval", &self.sweep_interval);
         add("queue.lease", &self.queue_lease);
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);

@@ -65,6 +65,8 @@ pub static KEYS: &[Key] = &[
     key!("node_id", |s, v| s.server.node_id = string(v)?.to_owned()),
     key!("shutdown_grace", |s, v| s.server.shutdown_grace =
         duration(v)?),
+    key!("sweep_interval", |s, v| s.server.sweep_interval =
+        duration(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),
     key!("queue.max_attempts", |s, v| s

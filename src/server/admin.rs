@@ -446,8 +446,8 @@ impl Hub {
     }
 
     fn holder(&self, conn: ConnId, sub: SubId) -> Option<Arc<str>> {
-        let peer = self.peers.get(&conn)?;
-        Some(Arc::from(format!("conn {conn} sub {sub} {peer}")))
+        let (name, peer) = self.names.get(&conn)?;
+        Some(Arc::from(format!("conn {conn} sub {sub} {peer} {name}")))
     }
 
     fn send_admin(&self, conn: ConnId, reply: AdminReply) {

@@ -1,7 +1,8 @@
 //! One client connection: the reader half decodes frames, enforces the handshake and
-//! validates requests (publishes go straight to the store writer, everything else to
-//! the hub); the writer half drains the connection's outbox and writes every pending
-//! frame with one syscall per wakeup. Only this file touches client sockets.
+//! validates requests (publishes go straight to the store writer, result waits to the
+//! writer half, everything else to the hub); the writer half drains the connection's
+//! outbox and writes every pending frame with one syscall per wakeup, reading the store
+//! for deliveries and task status on the way. Only this file touches client sockets.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,9 +21,12 @@ use tracing::{debug, warn};
 use super::admin::{self, AdminReply};
 use super::hub::HubCmd;
 use super::metrics::{Metrics, PublishTimer};
+use super::status::{task_info, LeaseHolder};
+use super::wait::{task_response, ConnWaits};
+use super::waiters::Final;
 use super::{now_ms, Done, Shared};
 use crate::broker::{Committed, ConnId, Dispatch, NackMode};
-use crate::model::{Mutation, NewTask, TaskBody, TaskState, TaskStatus};
+use crate::model::{Mutation, NewTask, TaskBody, TaskId, TaskState, TaskStatus};
 use crate::store::Muts;
 
 /// Sender side of a connection's outbox.
@@ -30,6 +34,10 @@ pub(crate) type OutTx = mpsc::UnboundedSender<Outbound>;
 
 /// Longest nack reason kept; longer ones are cut.
 const MAX_REASON_BYTES: usize = 4096;
+/// Longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+/// Longest client name kept (it names lease holders in task status).
+const MAX_CLIENT_NAME_BYTES: usize = 256;
 /// Frames written per wakeup at most.
 const WRITE_BATCH: usize = 256;
 /// Read buffer headroom kept before each read.
@@ -46,6 +54,29 @@ pub(crate) enum Outbound {
     Admin(AdminReply),
     /// Send this last frame, then close.
     Close(v1::Response),
+    /// Read the task's state from the store and answer request `req` with its status.
+    Status {
+        req: u64,
+        task: TaskId,
+        lease: Option<LeaseHolder>,
+    },
+    /// A `WaitResult` request (the writer half keeps the connection's waits).
+    Wait {
+        req: u64,
+        task: TaskId,
+        timeout_ms: u64,
+    },
+    /// A waited-for task reached its final state durably.
+    WaitDone {
+        req: u64,
+        task: TaskId,
+        state: Final,
+    },
+    /// Everything committed before a wait's unknown-task check is completed: look again.
+    Recheck {
+        req: u64,
+        task: TaskId,
+    },
 }
 
 pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String>) -> v1::Response {
@@ -80,9 +111,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, id: ConnId, share
     let _open = OpenConnection::new(&shared.metrics);
     let (rd, wr) = stream.into_split();
     let (out, out_rx) = mpsc::unbounded_channel();
+    let waits = ConnWaits::new(id, out.downgrade());
     shared
         .writers
-        .spawn(write_loop(wr, out_rx, id, shared.clone()));
+        .spawn(write_loop(wr, out_rx, id, shared.clone(), waits));
     let mut conn = Conn {
         id,
         peer,
@@ -224,12 +256,39 @@ impl Conn {
                 req: id,
                 sub: u.subscription_id,
             }),
-            Op::Ack(a) => hub.send(HubCmd::Ack {
+            Op::Ack(a) => {
+                let max = self.shared.config.max_payload_bytes;
+                if a.result.len() > max {
+                    return self.error(
+                        id,
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "ack result of {} bytes exceeds the maximum of {max} bytes; the task is still leased",
+                            a.result.len()
+                        ),
+                    );
+                }
+                hub.send(HubCmd::Ack {
+                    conn,
+                    req: id,
+                    task: a.task_id,
+                    token: a.lease_token,
+                    result: a.result,
+                })
+            }
+            Op::GetTask(g) => hub.send(HubCmd::GetTask {
                 conn,
                 req: id,
-                task: a.task_id,
-                token: a.lease_token,
+                task: g.task_id,
             }),
+            Op::WaitResult(w) => {
+                let _ = self.out.send(Outbound::Wait {
+                    req: id,
+                    task: w.task_id,
+                    timeout_ms: w.timeout_ms,
+                });
+                return Flow::Continue;
+            }
             Op::Nack(n) => {
                 let mode = match (n.dead, n.delay_ms) {
                     (true, _) => NackMode::Dead,
@@ -280,7 +339,8 @@ impl Conn {
             .send(HubCmd::Register {
                 conn: self.id,
                 out: self.out.clone(),
-                peer: format!("{} {}", self.peer, h.client_name),
+                name: self.consumer_name(&h.client_name),
+                peer: self.peer,
             })
             .is_err()
         {
@@ -312,6 +372,19 @@ impl Conn {
         Flow::Continue
     }
 
+    /// How task status names this connection as a lease holder: its client name (cut
+    /// to a bounded length), else its address.
+    fn consumer_name(&self, client_name: &str) -> Arc<str> {
+        if client_name.is_empty() {
+            return Arc::from(self.peer.to_string());
+        }
+        let mut cut = client_name.len().min(MAX_CLIENT_NAME_BYTES);
+        while !client_name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        Arc::from(&client_name[..cut])
+    }
+
     fn validate_task(&self, t: &v1::TaskSpec) -> Result<(), (ErrorCode, String)> {
         let cfg = &self.shared.config;
         squall_proto::validate_queue_name(&t.queue)
@@ -338,10 +411,13 @@ impl Conn {
                 ),
             ));
         }
-        if !t.idempotency_key.is_empty() {
+        if t.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
             return Err((
                 ErrorCode::BadRequest,
-                "idempotency keys are not supported by this broker version".into(),
+                format!(
+                    "idempotency key of {} bytes exceeds the maximum of {MAX_IDEMPOTENCY_KEY_BYTES} bytes",
+                    t.idempotency_key.len()
+                ),
             ));
         }
         Ok(())
@@ -417,7 +493,7 @@ impl Conn {
                     created_ms: now,
                     payload: t.payload,
                     headers: t.headers.into_iter().collect(),
-                    idempotency_key: None,
+                    idempotency_key: Some(t.idempotency_key).filter(|k| !k.is_empty()),
                 },
             })));
         }
@@ -472,15 +548,41 @@ fn truncate_utf8(s: &mut String, max: usize) {
 
 /// Drains the outbox, encoding every pending frame into one buffer per wakeup.
 async fn write_loop(
+    wr: OwnedWriteHalf,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    mut waits: ConnWaits,
+) {
+    write_frames(wr, rx, conn, &shared, &mut waits).await;
+    waits.release_all(&shared);
+}
+
+async fn write_frames(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
-    shared: Arc<Shared>,
+    shared: &Shared,
+    waits: &mut ConnWaits,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut timed_out = Vec::new();
     loop {
-        if rx.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+        let received = match waits.next_deadline() {
+            None => rx.recv_many(&mut batch, WRITE_BATCH).await,
+            Some(at) => tokio::select! {
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+                _ = tokio::time::sleep_until(at) => {
+                    waits.expire(shared, tokio::time::Instant::now(), &mut timed_out);
+                    if timed_out.is_empty() {
+                        continue;
+                    }
+                    usize::MAX
+                }
+            },
+        };
+        if received == 0 {
             if shared.conn_cancel.is_cancelled() {
                 let bye = error_response(0, ErrorCode::ShuttingDown, "the broker is shutting down");
                 encode_frame(&server_message(bye), &mut buf);
@@ -489,11 +591,14 @@ async fn write_loop(
             let _ = wr.shutdown().await;
             return;
         }
+        for r in timed_out.drain(..) {
+            encode_frame(&server_message(r), &mut buf);
+        }
         let mut close = false;
         for msg in batch.drain(..) {
             match msg {
                 Outbound::Response(r) => encode_frame(&server_message(r), &mut buf),
-                Outbound::Deliver(d) => encode_delivery(&shared, conn, d, &mut buf),
+                Outbound::Deliver(d) => encode_delivery(shared, conn, d, &mut buf),
                 Outbound::Admin(reply) => {
                     let response = reply.into_response(&shared.store);
                     encode_frame(&server_message(response), &mut buf);
@@ -502,6 +607,11 @@ async fn write_loop(
                     encode_frame(&server_message(r), &mut buf);
                     close = true;
                     break;
+                }
+                other => {
+                    if let Some(r) = answer_status(shared, waits, other) {
+                        encode_frame(&server_message(r), &mut buf);
+                    }
                 }
             }
         }
@@ -516,6 +626,32 @@ async fn write_loop(
         buf.clear();
         if buf.capacity() > 4 * 1024 * 1024 {
             buf = BytesMut::with_capacity(64 * 1024);
+        }
+    }
+}
+
+/// Answers the status and wait messages of the outbox (they read the store).
+fn answer_status(shared: &Shared, waits: &mut ConnWaits, msg: Outbound) -> Option<v1::Response> {
+    match msg {
+        Outbound::Status { req, task, lease } => Some(
+            match task_info(&shared.store, task, lease.as_ref(), None, now_ms()) {
+                Ok(info) => task_response(req, info),
+                Err(e) => error_response(
+                    req,
+                    ErrorCode::Storage,
+                    format!("cannot read task {task}: {e}"),
+                ),
+            },
+        ),
+        Outbound::Wait {
+            req,
+            task,
+            timeout_ms,
+        } => waits.start(shared, req, task, timeout_ms),
+        Outbound::WaitDone { req, task, state } => Some(waits.woken(shared, req, task, state)),
+        Outbound::Recheck { req, task } => waits.recheck(shared, req, task),
+        Outbound::Response(_) | Outbound::Deliver(_) | Outbound::Admin(_) | Outbound::Close(_) => {
+            None
         }
     }
 }

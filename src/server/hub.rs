@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
@@ -16,6 +17,8 @@ use tracing::{debug, info};
 use super::admin::{AdminOp, QueueStatus};
 use super::connection::{error_response, OutTx, Outbound};
 use super::rates::Rates;
+use super::status::LeaseHolder;
+use super::waiters::{Final, Waiters};
 use super::{now_ms, Done, Writer};
 use crate::broker::{Committed, ConnId, Effect, Engine, EngineError, NackMode, SubId};
 use crate::model::TaskId;
@@ -34,8 +37,10 @@ pub(crate) enum HubCmd {
     Register {
         conn: ConnId,
         out: OutTx,
-        /// Who is on the other end ("127.0.0.1:50212 squall-consume"), for operators.
-        peer: String,
+        /// Client name from Hello, else the peer address (shown as a lease holder).
+        name: Arc<str>,
+        /// The peer address (shown by peek, for operators).
+        peer: std::net::SocketAddr,
     },
     /// A connection closed.
     Disconnect {
@@ -57,6 +62,7 @@ pub(crate) enum HubCmd {
         req: u64,
         task: TaskId,
         token: u64,
+        result: Bytes,
     },
     Nack {
         conn: ConnId,
@@ -90,6 +96,14 @@ pub(crate) enum HubCmd {
     },
     /// Every queue's status, for a metrics scrape.
     Scrape(oneshot::Sender<Vec<QueueStatus>>),
+    /// Status of a task: the hub adds its lease and the connection reads the rest.
+    GetTask {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+    },
+    /// The retention sweep removed dead tasks (queue, task).
+    DeadSwept(Vec<(Arc<str>, TaskId)>),
     /// Stop dispatching, hand pending persistence to the writer, and exit.
     Shutdown,
 }
@@ -98,22 +112,25 @@ pub(crate) struct Hub {
     pub(super) engine: Engine,
     pub(super) writer: Writer,
     pub(super) outboxes: HashMap<ConnId, OutTx>,
+    /// Client name (or peer address) and peer address of each connection, for lease
+    /// holders in task status and peek.
+    pub(super) names: HashMap<ConnId, (Arc<str>, std::net::SocketAddr)>,
+    pub(super) waiters: Arc<Waiters>,
     effects: Vec<crate::broker::Effect>,
     /// Per-queue rates over the last minute (`rates.rs`).
     pub(super) rates: Rates,
-    /// Who each registered connection is, for operators.
-    pub(super) peers: HashMap<ConnId, Arc<str>>,
 }
 
 impl Hub {
-    pub(crate) fn new(engine: Engine, writer: Writer) -> Hub {
+    pub(crate) fn new(engine: Engine, writer: Writer, waiters: Arc<Waiters>) -> Hub {
         Hub {
             engine,
             writer,
             outboxes: HashMap::new(),
+            names: HashMap::new(),
+            waiters,
             effects: Vec::new(),
             rates: Rates::default(),
-            peers: HashMap::new(),
         }
     }
 
@@ -184,31 +201,59 @@ impl Hub {
         }
     }
 
-    /// Persists `m`, then confirms request `req` on `conn` once it is durable.
+    /// Persists `m`, then confirms request `req` on `conn` once it is durable (and
+    /// wakes the task's result waiters if `m` finishes the task: `finished`, else as
+    /// [`Final::of`] reads `m`).
     fn persist_then_reply(
         &self,
         conn: ConnId,
         req: u64,
         m: crate::model::Mutation,
         ok: response::Result,
+        finished: Option<(TaskId, Final)>,
     ) {
-        let done = self.outboxes.get(&conn).map(|out| Done::Reply {
-            out: out.clone(),
-            req,
-            ok,
+        let out = self.outboxes.get(&conn);
+        let done = match finished.or_else(|| Final::of(&m)) {
+            Some((task, state)) => Some(Done::Finished {
+                reply: out.map(|out| (out.clone(), req)),
+                task,
+                state,
+                waiters: self.waiters.clone(),
+            }),
+            None => out.map(|out| Done::Reply {
+                out: out.clone(),
+                req,
+                ok,
+            }),
+        };
+        self.writer.submit(Muts::One(m), done);
+    }
+
+    /// Persists a change nobody waits for, except result waiters when it finishes a task.
+    fn persist(&self, m: crate::model::Mutation) {
+        let done = Final::of(&m).map(|(task, state)| Done::Finished {
+            reply: None,
+            task,
+            state,
+            waiters: self.waiters.clone(),
         });
         self.writer.submit(Muts::One(m), done);
     }
 
     fn handle(&mut self, cmd: HubCmd, now: u64) {
         match cmd {
-            HubCmd::Register { conn, out, peer } => {
+            HubCmd::Register {
+                conn,
+                out,
+                name,
+                peer,
+            } => {
                 self.outboxes.insert(conn, out);
-                self.peers.insert(conn, Arc::from(peer));
+                self.names.insert(conn, (name, peer));
             }
             HubCmd::Disconnect { conn } => {
                 self.outboxes.remove(&conn);
-                self.peers.remove(&conn);
+                self.names.remove(&conn);
                 self.engine.disconnect(conn, now, &mut self.effects);
                 debug!(conn, "connection released");
             }
@@ -239,8 +284,16 @@ impl Hub {
                 req,
                 task,
                 token,
-            } => match self.engine.ack(conn, task, token) {
-                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                result,
+            } => match self.engine.ack(conn, task, token, result, now) {
+                // Succeeded even when the queue keeps nothing (then `m` is a Remove).
+                Ok(m) => self.persist_then_reply(
+                    conn,
+                    req,
+                    m,
+                    response::Result::Ok(v1::Empty {}),
+                    Some((task, Final::Succeeded)),
+                ),
                 Err(e) => self.reply_err(conn, req, e),
             },
             HubCmd::Nack {
@@ -251,7 +304,9 @@ impl Hub {
                 mode,
                 reason,
             } => match self.engine.nack(conn, task, token, mode, &reason, now) {
-                Ok(m) => self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {})),
+                Ok(m) => {
+                    self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {}), None)
+                }
                 Err(e) => self.reply_err(conn, req, e),
             },
             HubCmd::Extend {
@@ -279,14 +334,39 @@ impl Hub {
             HubCmd::Scrape(reply) => {
                 let _ = reply.send(self.queue_statuses(now));
             }
+            HubCmd::GetTask { conn, req, task } => self.task_status(conn, req, task),
+            HubCmd::DeadSwept(removed) => {
+                for (queue, id) in removed {
+                    self.engine.forget_dead(&queue, id);
+                }
+            }
             HubCmd::Shutdown => {}
         }
     }
 
+    /// Hands a status request to the asking connection with the task's lease, if any.
+    fn task_status(&self, conn: ConnId, req: u64, task: TaskId) {
+        let Some(out) = self.outboxes.get(&conn) else {
+            return;
+        };
+        let lease = self.engine.lease_of(task).map(|l| LeaseHolder {
+            conn: l.conn,
+            consumer: self
+                .names
+                .get(&l.conn)
+                .map(|(name, _)| name.clone())
+                .unwrap_or_else(|| Arc::from("")),
+            deadline_ms: l.deadline_ms,
+            attempt: l.attempt,
+        });
+        let _ = out.send(Outbound::Status { req, task, lease });
+    }
+
     fn apply_effects(&mut self, now: u64) {
-        for effect in self.effects.drain(..) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
             match effect {
-                Effect::Persist(m) => self.writer.submit(Muts::One(m), None),
+                Effect::Persist(m) => self.persist(m),
                 Effect::Deliver(d) => match self.outboxes.get(&d.conn) {
                     Some(out) => {
                         // A closed outbox means the connection is going away; its
@@ -299,6 +379,8 @@ impl Hub {
                 },
             }
         }
+        // Keep the allocation.
+        self.effects = effects;
     }
 }
 

@@ -9,6 +9,10 @@ mod http;
 mod hub;
 mod metrics;
 mod rates;
+mod status;
+mod sweeper;
+mod wait;
+mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +33,14 @@ use self::connection::{error_response, OutTx, Outbound};
 use self::http::Live;
 use self::hub::{Hub, HubCmd, HubTx};
 use self::metrics::{Metrics, PublishTimer};
+use self::waiters::{Final, Waiters};
 use crate::broker::{Committed, Engine, EngineConfig};
 use crate::config::{ConfigError, ServerConfig};
-use crate::store::{Completion, Muts, Store, StoreConfig, StoreError, WriterHandle, WriterStats};
+use crate::model::TaskId;
+use crate::store::{
+    Completion, JobReport, Muts, Store, StoreConfig, StoreError, SweepStats, WriterHandle,
+    WriterStats,
+};
 
 /// The store writer as the server uses it.
 pub(crate) type Writer = WriterHandle<Done>;
@@ -73,6 +82,8 @@ pub(crate) struct Shared {
     writer: Writer,
     hub: HubTx,
     metrics: Arc<Metrics>,
+    /// Who waits for which task's result.
+    waiters: Arc<Waiters>,
     /// Cancelled at shutdown: readers stop reading.
     conn_cancel: CancellationToken,
     /// Connection writer halves; they end after the store writer has confirmed
@@ -98,10 +109,28 @@ pub(crate) enum Done {
         req: u64,
         ok: response::Result,
     },
+    /// A task reached its final state: confirm the settlement that did it (if a
+    /// client waits for that), then wake whoever waits for the task's result.
+    Finished {
+        reply: Option<(OutTx, u64)>,
+        task: TaskId,
+        state: Final,
+        waiters: Arc<Waiters>,
+    },
+    /// A barrier for a wait that found no record (see `wait.rs`): look again.
+    Recheck { out: OutTx, req: u64, task: TaskId },
+    /// A retention sweep finished.
+    Swept {
+        tx: tokio::sync::oneshot::Sender<Result<SweepStats, StoreError>>,
+    },
 }
 
 impl Completion for Done {
     fn complete(self, result: Result<(), StoreError>) {
+        self.complete_with(result, JobReport::default());
+    }
+
+    fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
         let (out, response) = match (self, result) {
             (Done::Admin(done), result) => return done.record(result),
             (
@@ -115,19 +144,7 @@ impl Completion for Done {
                 Ok(()),
             ) => {
                 timer.observe();
-                let tasks = committed
-                    .iter()
-                    .map(|c| v1::Published {
-                        task_id: c.id,
-                        duplicate: false,
-                    })
-                    .collect();
-                let _ = hub.send(HubCmd::Committed(committed));
-                let ok = v1::Response {
-                    id: req,
-                    result: Some(response::Result::Publish(v1::PublishOk { tasks })),
-                };
-                (out, ok)
+                (out, confirm_publish(req, &hub, committed, report))
             }
             (Done::Reply { out, req, ok }, Ok(())) => (
                 out,
@@ -136,12 +153,87 @@ impl Completion for Done {
                     result: Some(ok),
                 },
             ),
-            (Done::Publish { out, req, .. } | Done::Reply { out, req, .. }, Err(e)) => {
+            (
+                Done::Finished {
+                    reply,
+                    task,
+                    state,
+                    waiters,
+                },
+                Ok(()),
+            ) => {
+                waiters.wake(task, state);
+                let Some((out, req)) = reply else { return };
+                let ok = v1::Response {
+                    id: req,
+                    result: Some(response::Result::Ok(v1::Empty {})),
+                };
+                (out, ok)
+            }
+            (Done::Recheck { out, req, task }, _) => {
+                let _ = out.send(Outbound::Recheck { req, task });
+                return;
+            }
+            (Done::Swept { tx }, result) => {
+                let _ = tx.send(result.map(|()| report.sweep.cloned().unwrap_or_default()));
+                return;
+            }
+            (Done::Finished { reply: None, .. }, Err(_)) => return,
+            (
+                Done::Publish { out, req, .. }
+                | Done::Reply { out, req, .. }
+                | Done::Finished {
+                    reply: Some((out, req)),
+                    ..
+                },
+                Err(e),
+            ) => {
                 let msg = format!("not persisted: {e}");
                 (out, error_response(req, ErrorCode::Storage, msg))
             }
         };
         let _ = out.send(Outbound::Response(response));
+    }
+}
+
+/// Tells the hub which published tasks exist (not the duplicates, which the store did
+/// not insert) and builds the publish confirmation.
+fn confirm_publish(
+    req: u64,
+    hub: &HubTx,
+    mut committed: Vec<Committed>,
+    report: JobReport<'_>,
+) -> v1::Response {
+    let mut dups = report.duplicates.iter().peekable();
+    let tasks = committed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match dups.next_if(|d| d.index == i) {
+            Some(d) => v1::Published {
+                task_id: d.original,
+                duplicate: true,
+            },
+            None => v1::Published {
+                task_id: c.id,
+                duplicate: false,
+            },
+        })
+        .collect();
+    if !report.duplicates.is_empty() {
+        let mut i = 0;
+        let mut dups = report.duplicates.iter().peekable();
+        committed.retain(|_| {
+            let dup = dups.next_if(|d| d.index == i).is_some();
+            i += 1;
+            !dup
+        });
+    }
+    if !committed.is_empty() {
+        let _ = hub.send(HubCmd::Committed(committed));
+    }
+    v1::Response {
+        id: req,
+        result: Some(response::Result::Publish(v1::PublishOk { tasks })),
     }
 }
 
@@ -221,6 +313,7 @@ struct Running {
     listener: TcpListener,
     shared: Arc<Shared>,
     hub_task: JoinHandle<()>,
+    sweeper: sweeper::Sweeper,
     writer: crate::store::Writer<Done>,
     stop: CancellationToken,
 }
@@ -260,7 +353,9 @@ async fn start_broker(
     );
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
-    let hub_task = tokio::spawn(Hub::new(engine, handle.clone()).run(hub_rx));
+    let waiters = Arc::new(Waiters::default());
+    let hub_task = tokio::spawn(Hub::new(engine, handle.clone(), waiters.clone()).run(hub_rx));
+    let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
     http.go_live(Live {
         hub: hub_tx.clone(),
         store: store.clone(),
@@ -273,6 +368,7 @@ async fn start_broker(
         writer: handle,
         hub: hub_tx,
         metrics,
+        waiters,
         conn_cancel: CancellationToken::new(),
         writers: TaskTracker::new(),
     });
@@ -281,6 +377,7 @@ async fn start_broker(
         listener,
         shared,
         hub_task,
+        sweeper,
         writer,
         stop: CancellationToken::new(),
     })
@@ -301,8 +398,10 @@ async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         rng_seed: now_ms(),
     };
     let test_delay = config.test_recovery_delay;
+    let queue_defaults = config.queue_defaults.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_config)?;
+        store.set_queue_defaults(queue_defaults);
         if !test_delay.is_zero() {
             tracing::warn!(?test_delay, "test hook: recovery delayed on purpose");
             std::thread::sleep(test_delay);
@@ -331,6 +430,7 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
         listener,
         shared,
         hub_task,
+        sweeper,
         writer,
         stop,
     } = running;
@@ -367,7 +467,9 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
             "connection readers did not stop within the grace period"
         );
     }
-    // 2. The hub stops dispatching and hands its last mutations to the writer.
+    // 2. The sweeper stops; the hub stops dispatching and hands its last mutations to
+    //    the writer.
+    sweeper.stop().await;
     let _ = shared.hub.send(HubCmd::Shutdown);
     if let Err(e) = hub_task.await {
         error!(error = %e, "hub task failed");

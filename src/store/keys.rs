@@ -8,10 +8,17 @@
 //! | key                              | value                         |
 //! |----------------------------------|-------------------------------|
 //! | `b'B'` + id (u64 big-endian)     | task body record              |
+//! | `b'D'` + queue + `0x00` + key    | idempotency key record        |
 //! | `b'M'` + `b"next_id"`            | id watermark (u64 big-endian) |
 //! | `b'Q'` + queue name bytes        | queue config record           |
+//! | `b'R'` + id (u64 big-endian)     | retention record (result)     |
 //! | `b'S'` + id (u64 big-endian)     | task state record             |
+//! | `b'X'` + expiry (u64 BE) + `b'T'` + id | empty (expiry index: task record) |
+//! | `b'X'` + expiry (u64 BE) + `b'D'` + `D` key minus its prefix | empty (expiry index: idempotency key) |
 //!
+//! Queue names never contain `0x00`, so a `D` key splits unambiguously. Big-endian
+//! expiry times make a forward scan of `X` visit the earliest expiries first, so the
+//! retention sweep reads only what is due.
 //! Big-endian ids make sled's byte order the id order, so a forward range scan of the
 //! `S` prefix visits tasks oldest first.
 
@@ -23,6 +30,18 @@ pub(crate) const STATE: u8 = b'S';
 pub(crate) const BODY: u8 = b'B';
 /// Prefix of queue configuration records.
 pub(crate) const QUEUE: u8 = b'Q';
+
+/// Prefix of retention records (the result of a succeeded task, the expiry of a
+/// succeeded or dead one).
+pub(crate) const RESULT: u8 = b'R';
+/// Prefix of idempotency-key records.
+pub(crate) const DEDUP: u8 = b'D';
+/// Prefix of the expiry index.
+pub(crate) const EXPIRY: u8 = b'X';
+/// Expiry-index kind byte of a task record.
+pub(crate) const EXPIRY_TASK: u8 = b'T';
+/// Expiry-index kind byte of an idempotency key.
+pub(crate) const EXPIRY_DEDUP: u8 = b'D';
 
 /// The key of the id watermark: the next id never handed out before a restart.
 pub(crate) const WATERMARK: &[u8] = b"Mnext_id";
@@ -71,6 +90,73 @@ pub(crate) fn queue_name(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key.get(1..)?).ok()
 }
 
+/// Key of a task's retention record.
+pub(crate) fn result(id: TaskId) -> [u8; TASK_KEY_LEN] {
+    task_key(RESULT, id)
+}
+
+/// Key of an idempotency key of `queue`.
+pub(crate) fn dedup(queue: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + queue.len() + key.len());
+    out.push(DEDUP);
+    out.extend_from_slice(queue.as_bytes());
+    out.push(0);
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Expiry-index key of a task record due at `expires_ms`.
+pub(crate) fn expiry_task(expires_ms: u64, id: TaskId) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    key[0] = EXPIRY;
+    key[1..9].copy_from_slice(&expires_ms.to_be_bytes());
+    key[9] = EXPIRY_TASK;
+    key[10..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Expiry-index key of the idempotency key stored under `dedup_key` (a `D` key).
+pub(crate) fn expiry_dedup(expires_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + dedup_key.len());
+    key.push(EXPIRY);
+    key.extend_from_slice(&expires_ms.to_be_bytes());
+    key.extend_from_slice(dedup_key);
+    key
+}
+
+/// The exclusive end of the expiry-index entries due at or before `now`.
+pub(crate) fn expiry_due_end(now: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = EXPIRY;
+    key[1..].copy_from_slice(&now.saturating_add(1).to_be_bytes());
+    key
+}
+
+/// What an expiry-index entry points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Expiring<'a> {
+    /// A succeeded or dead task.
+    Task(TaskId),
+    /// An idempotency key: its full `D` key.
+    Dedup(&'a [u8]),
+}
+
+/// Splits an expiry-index key into its due time and target.
+pub(crate) fn parse_expiry(key: &[u8]) -> Option<(u64, Expiring<'_>)> {
+    if key.first() != Some(&EXPIRY) {
+        return None;
+    }
+    let due = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    match *key.get(9)? {
+        EXPIRY_TASK => {
+            let id: [u8; 8] = key.get(10..)?.try_into().ok()?;
+            Some((due, Expiring::Task(TaskId::from_be_bytes(id))))
+        }
+        EXPIRY_DEDUP => Some((due, Expiring::Dedup(&key[9..]))),
+        _ => None,
+    }
+}
+
 /// Lower-case hex of a key, for [`super::StoreError::Corrupt`].
 pub(crate) fn hex(key: &[u8]) -> String {
     use std::fmt::Write;
@@ -104,5 +190,24 @@ mod tests {
         assert_eq!(queue_name(b"Q\xff"), None);
         assert_eq!(queue_name(b"Qjobs"), Some("jobs"));
         assert_eq!(hex(&[0x53, 0x00, 0xff]), "5300ff");
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_due_time_and_parse_back() {
+        let d = dedup("jobs", "order-1");
+        assert_eq!(d, b"Djobs\x00order-1");
+        let a = expiry_task(5, 99);
+        let b = expiry_dedup(6, &d);
+        let c = expiry_task(256, 1);
+        assert!(a.as_slice() < b.as_slice() && b.as_slice() < c.as_slice());
+        assert!(c.as_slice() < expiry_due_end(256).as_slice());
+        assert!(expiry_due_end(255).as_slice() <= c.as_slice());
+        assert_eq!(parse_expiry(&a), Some((5, Expiring::Task(99))));
+        assert_eq!(parse_expiry(&b), Some((6, Expiring::Dedup(&d[..]))));
+        assert_eq!(parse_expiry(b"X1234"), None);
+        assert_eq!(parse_expiry(&a[..17]), None);
+        let mut bad = a;
+        bad[9] = b'?';
+        assert_eq!(parse_expiry(&bad), None);
     }
 }

@@ -16,11 +16,19 @@ use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
 use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
 
 mod keys;
+mod policy;
 mod pool;
 mod record;
+mod report;
+#[cfg(test)]
+mod retention_tests;
+mod status;
 #[cfg(test)]
 mod tests;
 mod writer;
+
+pub use report::{Duplicate, JobReport, SweepStats};
+pub use status::{Retained, TaskRecord};
 
 use pool::{Db, DbPool};
 use writer::{Done, Job, Msg, WriterLoop};
@@ -80,6 +88,16 @@ pub enum StoreError {
 pub trait Completion: Send + 'static {
     /// Consumes the completion with the batch's outcome.
     fn complete(self, result: Result<(), StoreError>);
+
+    /// What the writer calls: the outcome plus what it decided about the job
+    /// (duplicate inserts, sweep statistics). The default ignores the report.
+    fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>)
+    where
+        Self: Sized,
+    {
+        let _ = report;
+        self.complete(result);
+    }
 }
 
 /// Counters of the writer, readable from any thread. Updated once per batch or flush,
@@ -136,6 +154,8 @@ pub(crate) struct Inner {
     next_id: AtomicU64,
     /// The highest id watermark persisted (`M next_id`); only the writer raises it.
     watermark: AtomicU64,
+    /// Queue retention and idempotency settings; only the writer changes them.
+    policies: parking_lot::RwLock<policy::Policies>,
 }
 
 /// What the recovery scan found.
@@ -160,6 +180,7 @@ impl Store {
             .open::<LEAF_FANOUT>()
             .map_err(io_error)?;
         let watermark = read_watermark(&db)?;
+        let policies = policy::Policies::load(&db, QueueConfig::default())?;
         let next_id = match watermark {
             Some(w) => w,
             None => highest_task_id(&db)?.map_or(1, |id| id.saturating_add(1)),
@@ -172,6 +193,7 @@ impl Store {
                 fsync: config.fsync,
                 next_id: AtomicU64::new(next_id),
                 watermark: AtomicU64::new(watermark.unwrap_or(0)),
+                policies: parking_lot::RwLock::new(policies),
             }),
         })
     }
@@ -315,7 +337,7 @@ pub(crate) fn corrupt(key: &[u8], error: record::DecodeError) -> StoreError {
     corrupt_reason(key, error.0)
 }
 
-fn corrupt_reason(key: &[u8], reason: impl Into<String>) -> StoreError {
+pub(crate) fn corrupt_reason(key: &[u8], reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         key: keys::hex(key),
         reason: reason.into(),
@@ -391,7 +413,8 @@ impl<C: Completion> WriterHandle<C> {
             done: Done::new(done),
         };
         if let Err(SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
-            job.done.complete(Err(StoreError::Closed));
+            job.done
+                .complete(Err(StoreError::Closed), JobReport::default());
         }
     }
 }

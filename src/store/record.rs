@@ -25,6 +25,9 @@ use bytes::Bytes;
 
 use crate::model::{Millis, QueueConfig, StatePatch, TaskBody, TaskState, TaskStatus};
 
+mod retained;
+pub(crate) use retained::*;
+
 /// The record format version written by this build.
 pub(crate) const VERSION: u8 = 1;
 
@@ -431,7 +434,7 @@ mod tests {
 
     /// Every strict prefix and every single-byte corruption of `record` must decode to
     /// an error or a value, never panic; every strict prefix must be an error.
-    fn check_damage(record: &[u8], decode: impl Fn(&[u8]) -> Result<(), DecodeError>) {
+    pub(super) fn check_damage(record: &[u8], decode: impl Fn(&[u8]) -> Result<(), DecodeError>) {
         assert_eq!(decode(record), Ok(()));
         for len in 0..record.len() {
             assert!(

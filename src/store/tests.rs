@@ -407,10 +407,21 @@ enum Op {
     Remove {
         pick: usize,
     },
+    /// Acks an existing task (or id 1_000_000) with a result.
+    Succeed {
+        pick: usize,
+        result: Vec<u8>,
+    },
+    /// Advances the clock (sometimes past every TTL and window) and sweeps everything due.
+    Sweep {
+        advance: u64,
+    },
     PutQueue {
         queue: usize,
         paused: bool,
         max_length: u64,
+        keep_results: bool,
+        dedup: bool,
     },
     RemoveQueue {
         queue: usize,
@@ -431,8 +442,14 @@ fn op() -> impl Strategy<Value = Op> {
                 pick, status, attempts, not_before_ms, last_error
             }),
         2 => any::<usize>().prop_map(|pick| Op::Remove { pick }),
-        1 => (0..QUEUES.len(), any::<bool>(), any::<u64>())
-            .prop_map(|(queue, paused, max_length)| Op::PutQueue { queue, paused, max_length }),
+        2 => (any::<usize>(), prop::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(pick, result)| Op::Succeed { pick, result }),
+        1 => prop_oneof![0..1_000u64, 250_000..400_000u64, 3_500_000..4_000_000u64]
+            .prop_map(|advance| Op::Sweep { advance }),
+        1 => (0..QUEUES.len(), any::<bool>(), any::<u64>(), any::<bool>(), any::<bool>())
+            .prop_map(|(queue, paused, max_length, keep_results, dedup)| Op::PutQueue {
+                queue, paused, max_length, keep_results, dedup
+            }),
         1 => (0..QUEUES.len()).prop_map(|queue| Op::RemoveQueue { queue }),
         1 => Just(Op::Restart),
     ]
@@ -448,7 +465,12 @@ fn fsync_mode() -> impl Strategy<Value = FsyncMode> {
 
 #[derive(Default)]
 struct Model {
-    tasks: BTreeMap<TaskId, (TaskState, TaskBody)>,
+    /// State and body (gone once succeeded).
+    tasks: BTreeMap<TaskId, (TaskState, Option<TaskBody>)>,
+    /// Retention records: expiry and result.
+    retained: BTreeMap<TaskId, (u64, Bytes)>,
+    /// Idempotency keys: (queue, key) -> (task, expiry).
+    keys: BTreeMap<(String, String), (TaskId, u64)>,
     queues: BTreeMap<String, QueueConfig>,
     highest_id: TaskId,
 }
@@ -459,6 +481,10 @@ impl Model {
             return 1_000_000;
         }
         *self.tasks.keys().nth(pick % self.tasks.len()).unwrap()
+    }
+
+    fn config(&self, queue: &str) -> QueueConfig {
+        self.queues.get(queue).cloned().unwrap_or_default()
     }
 }
 
@@ -529,6 +555,18 @@ fn apply(model: &mut Model, h: &mut Harness, op: Op) {
                 model.highest_id
             );
             model.highest_id = id;
+            let queue_name = QUEUES[queue].to_owned();
+            let window = model.config(&queue_name).dedup_window_ms;
+            let mut duplicate = false;
+            if let (Some(key), true) = (&idempotency_key, window > 0) {
+                let slot = (queue_name, key.clone());
+                match model.keys.get(&slot) {
+                    Some(&(_, expires)) if expires > h.clock => duplicate = true,
+                    _ => {
+                        model.keys.insert(slot, (id, h.clock + window));
+                    }
+                }
+            }
             let task = NewTask {
                 id,
                 state: TaskState {
@@ -542,9 +580,11 @@ fn apply(model: &mut Model, h: &mut Harness, op: Op) {
                     idempotency_key,
                 },
             };
-            model
-                .tasks
-                .insert(id, (task.state.clone(), task.body.clone()));
+            if !duplicate {
+                model
+                    .tasks
+                    .insert(id, (task.state.clone(), Some(task.body.clone())));
+            }
             h.submit(Mutation::Insert(Box::new(task)));
         }
         Op::Patch {
@@ -570,23 +610,98 @@ fn apply(model: &mut Model, h: &mut Harness, op: Op) {
                     s.last_error.clone_from(e);
                 }
                 s.updated_ms = p.updated_ms;
+                // A dead task is kept for the TTL; a redriven one loses its record.
+                let ttl = model
+                    .queues
+                    .get(&*s.queue)
+                    .cloned()
+                    .unwrap_or_default()
+                    .result_ttl_ms;
+                match p.status {
+                    Some(TaskStatus::Dead) if ttl > 0 => {
+                        model.retained.insert(id, (h.clock + ttl, Bytes::new()));
+                    }
+                    Some(TaskStatus::Pending) => {
+                        model.retained.remove(&id);
+                    }
+                    _ => {}
+                }
             }
             h.submit(Mutation::Patch { id, patch: p });
         }
         Op::Remove { pick } => {
             let id = model.pick(pick);
             model.tasks.remove(&id);
+            model.retained.remove(&id);
             h.submit(Mutation::Remove { id });
+        }
+        Op::Succeed { pick, result } => {
+            let id = model.pick(pick);
+            let result = Bytes::from(result);
+            if let Some((s, body)) = model.tasks.get_mut(&id) {
+                let ttl = model
+                    .queues
+                    .get(&*s.queue)
+                    .cloned()
+                    .unwrap_or_default()
+                    .result_ttl_ms;
+                if ttl == 0 {
+                    model.tasks.remove(&id);
+                    model.retained.remove(&id);
+                } else {
+                    s.status = TaskStatus::Succeeded;
+                    s.updated_ms = h.clock;
+                    *body = None;
+                    model.retained.insert(id, (h.clock + ttl, result.clone()));
+                }
+            }
+            h.submit(Mutation::Succeed {
+                id,
+                result,
+                updated_ms: h.clock,
+            });
+        }
+        Op::Sweep { advance } => {
+            // A sweep scans the committed index: records staged in its own batch wait
+            // for the next sweep. So that "due" means the same here and in the model,
+            // everything before it is committed first.
+            h.settle();
+            h.clock += advance;
+            let now = h.clock;
+            let due: Vec<TaskId> = model
+                .retained
+                .iter()
+                .filter(|(_, (expires, _))| *expires <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in due {
+                model.retained.remove(&id);
+                model.tasks.remove(&id);
+            }
+            model.keys.retain(|_, (_, expires)| *expires > now);
+            h.submit(Mutation::Sweep {
+                now,
+                limit: u32::MAX,
+            });
         }
         Op::PutQueue {
             queue,
             paused,
             max_length,
+            keep_results,
+            dedup,
         } => {
+            let defaults = QueueConfig::default();
             let config = QueueConfig {
                 paused,
                 max_length,
-                ..QueueConfig::default()
+                result_ttl_ms: if keep_results {
+                    defaults.result_ttl_ms
+                } else {
+                    0
+                },
+                dedup_window_ms: if dedup { defaults.dedup_window_ms } else { 0 },
+                ..defaults
             };
             model.queues.insert(QUEUES[queue].into(), config.clone());
             h.submit(Mutation::PutQueue {
@@ -613,9 +728,33 @@ fn check(model: &Model, store: &Store) {
         .map(|(id, (s, _))| (*id, s.clone()))
         .collect();
     assert_eq!(states, expected);
-    for (id, (_, b)) in &model.tasks {
-        assert_eq!(store.get_body(*id).unwrap().as_ref(), Some(b));
+    for (id, (s, b)) in &model.tasks {
+        assert_eq!(
+            store.get_body(*id).unwrap().as_ref(),
+            b.as_ref(),
+            "body of {id}"
+        );
+        let record = store.get_record(*id).unwrap().expect("record");
+        let retained = record.retained.map(|r| (r.expires_ms, r.result));
+        let expected = match s.status {
+            TaskStatus::Pending => None,
+            _ => model.retained.get(id).cloned(),
+        };
+        assert_eq!(retained, expected, "retention of {id}");
     }
+    let mut keys = BTreeMap::new();
+    for item in store.inner.dbs.get().range(keys::prefix_range(keys::DEDUP)) {
+        let (key, value) = item.unwrap();
+        let text = std::str::from_utf8(&key[1..]).unwrap();
+        let (queue, name) = text.split_once('\0').unwrap();
+        let held = record::decode_dedup(&value).unwrap();
+        keys.insert(
+            (queue.to_owned(), name.to_owned()),
+            (held.task, held.expires_ms),
+        );
+    }
+    // Expired keys may linger until a sweep; the model drops them only on sweeps too.
+    assert_eq!(keys, model.keys);
     let queues: BTreeMap<String, QueueConfig> = store
         .queues()
         .unwrap()

@@ -5,7 +5,11 @@
 //! the public `Writer`/`WriterHandle` types are declared in `mod.rs`.
 //!
 //! Architecture Invariant: only this thread mutates the tree, so a `Patch` can read
-//! the stored state and write it back without compare-and-swap.
+//! the stored state and write it back without compare-and-swap, and an idempotency key
+//! can be checked and claimed without a race (see `retention.rs`, which also holds the
+//! retention records and the sweep).
+
+mod retention;
 
 use std::slice;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,8 +20,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use sled::InlineArray;
 
 use super::record::{self, StateView};
-use super::{keys, Completion, Db, FsyncMode, Inner, Muts, StoreError, WriterStats};
-use crate::model::{Mutation, TaskId};
+use super::{
+    keys, Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
+    WriterStats,
+};
+use crate::model::{Mutation, TaskId, TaskStatus};
 
 /// Most mutations gathered into one batch. Past it the writer commits what it has and
 /// comes straight back for the rest: this bounds the memory of a batch and the wait of
@@ -58,9 +65,9 @@ impl<C: Completion> Done<C> {
         Done(done)
     }
 
-    pub(crate) fn complete(mut self, result: Result<(), StoreError>) {
+    pub(crate) fn complete(mut self, result: Result<(), StoreError>, report: JobReport<'_>) {
         if let Some(done) = self.0.take() {
-            done.complete(result);
+            done.complete_with(result, report);
         }
     }
 }
@@ -88,6 +95,14 @@ pub(crate) struct WriterLoop<C: Completion> {
     group: Vec<Job<C>>,
     /// Each job's own failure (a corrupt record it patches), parallel to `group`.
     failed: Vec<Option<StoreError>>,
+    /// Each job's report beyond success, parallel to `group`: its range of
+    /// `duplicates` and its sweep statistics.
+    reports: Vec<(std::ops::Range<usize>, Option<SweepStats>)>,
+    /// Duplicate inserts of the whole group, job by job.
+    duplicates: Vec<Duplicate>,
+    /// Duplicates and sweep statistics of the job being staged.
+    job_duplicates: Vec<Duplicate>,
+    job_sweep: Option<SweepStats>,
     /// The writes of the job being staged: kept apart from the batch until the whole
     /// job staged, so that a failing job leaves nothing behind.
     stage: Vec<Write>,
@@ -121,6 +136,10 @@ impl<C: Completion> WriterLoop<C> {
             stats,
             group: Vec::new(),
             failed: Vec::new(),
+            reports: Vec::new(),
+            duplicates: Vec::new(),
+            job_duplicates: Vec::new(),
+            job_sweep: None,
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
             dirty: false,
@@ -228,8 +247,19 @@ impl<C: Completion> WriterLoop<C> {
         };
         let group = std::mem::take(&mut self.group);
         self.failed.clear();
+        self.reports.clear();
+        self.duplicates.clear();
         for job in &group {
-            match self.stage_job(&job.muts, &staged.batch) {
+            self.job_duplicates.clear();
+            self.job_sweep = None;
+            let staged_job = self.stage_job(&job.muts, &staged.batch);
+            let start = self.duplicates.len();
+            if staged_job.is_ok() {
+                self.duplicates.append(&mut self.job_duplicates);
+            }
+            self.reports
+                .push((start..self.duplicates.len(), self.job_sweep.take()));
+            match staged_job {
                 Ok(max_inserted) => {
                     staged.max_inserted = staged.max_inserted.max(max_inserted);
                     staged.mutations += job.muts.as_slice().len() as u64;
@@ -274,16 +304,23 @@ impl<C: Completion> WriterLoop<C> {
         batch: &sled::Batch,
     ) -> Result<Option<TaskId>, StoreError> {
         let mut max_inserted = None;
-        for mutation in muts.as_slice() {
+        for (index, mutation) in muts.as_slice().iter().enumerate() {
             match mutation {
                 Mutation::Insert(task) => {
+                    // Counted even when a duplicate: an id handed out is never reused.
+                    max_inserted = max_inserted.max(Some(task.id));
+                    if let Some(key) = &task.body.idempotency_key {
+                        if let Some(original) = self.stage_idempotency_key(task, key, batch)? {
+                            self.job_duplicates.push(Duplicate { index, original });
+                            continue;
+                        }
+                    }
                     self.encode_into_stage(keys::state(task.id), |out| {
                         record::encode_state(&StateView::of(&task.state), out)
                     })?;
                     self.encode_into_stage(keys::body(task.id), |out| {
                         record::encode_body(&task.body, out)
                     })?;
-                    max_inserted = max_inserted.max(Some(task.id));
                 }
                 Mutation::Patch { id, patch } => {
                     let key = keys::state(*id);
@@ -298,20 +335,39 @@ impl<C: Completion> WriterLoop<C> {
                     record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
                     let value = InlineArray::from(self.scratch.as_slice());
                     self.stage.push((InlineArray::from(key), Some(value)));
+                    if let Some(status @ (TaskStatus::Dead | TaskStatus::Pending)) = patch.status {
+                        self.stage_retention_of_patch(*id, status, view.queue, patch.updated_ms)?;
+                    }
                 }
                 Mutation::Remove { id } => {
                     self.stage.push((InlineArray::from(keys::state(*id)), None));
                     self.stage.push((InlineArray::from(keys::body(*id)), None));
+                    self.stage
+                        .push((InlineArray::from(keys::result(*id)), None));
+                }
+                Mutation::Succeed {
+                    id,
+                    result,
+                    updated_ms,
+                } => self.stage_succeed(*id, result, *updated_ms, batch)?,
+                Mutation::Sweep { now, limit } => {
+                    let stats = self.stage_sweep(*now, *limit, batch)?;
+                    self.job_sweep = Some(stats);
                 }
                 Mutation::PutQueue { name, config } => {
                     self.encode_into_stage(keys::queue(name), |out| {
                         record::encode_queue(config, out);
                         Ok(())
                     })?;
+                    // Visible to the rest of the batch at once. (Were a later mutation of
+                    // this same job to fail, the setting would stay in memory; queue
+                    // changes are submitted as jobs of their own.)
+                    self.store.policies.write().put(name, config);
                 }
                 Mutation::RemoveQueue { name } => {
                     self.stage
                         .push((InlineArray::from(keys::queue(name)), None));
+                    self.store.policies.write().remove(name);
                 }
             }
         }
@@ -353,6 +409,10 @@ impl<C: Completion> WriterLoop<C> {
         }
         if let Err(error) = self.db.apply_batch(staged.batch) {
             tracing::error!(%error, jobs = self.group.len(), "store batch failed; its jobs fail");
+            // Queue settings staged by the failed batch did not happen.
+            if let Err(e) = self.store.policies.write().reload(&self.db) {
+                tracing::error!(error = %e, "could not reload queue settings");
+            }
             return Err(super::io_error(error));
         }
         self.dirty = true;
@@ -370,17 +430,21 @@ impl<C: Completion> WriterLoop<C> {
     /// it had one, else with the batch's outcome.
     /// Counters are updated first, so that whoever hears a confirmation sees them.
     fn complete_group(&mut self, outcome: Result<(), StoreError>) {
-        let confirmed = match &outcome {
-            Ok(()) => self.failed.iter().filter(|f| f.is_none()).count() as u64,
-            Err(_) => 0,
-        };
-        self.stats.jobs.fetch_add(confirmed, Relaxed);
-        for (job, failed) in self.group.drain(..).zip(self.failed.drain(..)) {
+        let jobs = self.group.drain(..).zip(self.failed.drain(..));
+        for ((job, failed), (dups, sweep)) in jobs.zip(self.reports.drain(..)) {
             let result = match failed {
                 Some(error) => Err(error),
                 None => outcome.clone(),
             };
-            job.done.complete(result);
+            // Counted before the completion runs, so that whoever it wakes sees it.
+            if result.is_ok() {
+                self.stats.jobs.fetch_add(1, Relaxed);
+            }
+            let report = JobReport {
+                duplicates: self.duplicates.get(dups).unwrap_or_default(),
+                sweep: sweep.as_ref(),
+            };
+            job.done.complete(result, report);
         }
     }
 

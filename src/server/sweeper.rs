@@ -1,0 +1,90 @@
+//! The retention sweep's driver: a task that asks the store writer, once per
+//! `sweep_interval`, to remove what expired (succeeded and dead records past the
+//! queue's result TTL, idempotency keys past their window), at most [`SWEEP_LIMIT`]
+//! index entries per job. When a job stops at its limit the next one follows after a
+//! short pause instead of a whole interval, so a backlog drains without ever handing
+//! the writer one unbounded job. The removals themselves are the writer's
+//! (`store/writer/retention.rs`).
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::hub::{HubCmd, HubTx};
+use super::{now_ms, Done, Writer};
+use crate::model::Mutation;
+use crate::store::Muts;
+
+/// Most expiry-index entries one sweep job examines (each removes at most one task or
+/// one idempotency key).
+pub(crate) const SWEEP_LIMIT: u32 = 1_000;
+/// Pause between two sweep jobs while a backlog drains.
+const BACKLOG_PAUSE: Duration = Duration::from_millis(10);
+
+/// The running sweep task.
+pub(crate) struct Sweeper {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Sweeper {
+    pub(crate) fn start(writer: Writer, hub: HubTx, interval: Duration) -> Sweeper {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(writer, hub, interval, stop.clone()));
+        Sweeper { stop, task }
+    }
+
+    /// Stops the task and waits for it (a sweep job in flight still completes).
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "sweep task failed");
+        }
+    }
+}
+
+async fn run(writer: Writer, hub: HubTx, interval: Duration, stop: CancellationToken) {
+    let mut pause = interval;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        let (tx, rx) = oneshot::channel();
+        let sweep = Mutation::Sweep {
+            now: now_ms(),
+            limit: SWEEP_LIMIT,
+        };
+        writer.submit(Muts::One(sweep), Some(Done::Swept { tx }));
+        pause = match rx.await {
+            Ok(Ok(stats)) => {
+                if stats.examined > 0 {
+                    debug!(
+                        examined = stats.examined,
+                        tasks = stats.removed_tasks,
+                        keys = stats.removed_keys,
+                        more = stats.more,
+                        "retention sweep"
+                    );
+                }
+                if !stats.removed_dead.is_empty() {
+                    let _ = hub.send(HubCmd::DeadSwept(stats.removed_dead));
+                }
+                if stats.more {
+                    BACKLOG_PAUSE
+                } else {
+                    interval
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "retention sweep failed; retrying after the interval");
+                interval
+            }
+            // The writer is gone: the broker is stopping.
+            Err(_) => return,
+        };
+    }
+}
