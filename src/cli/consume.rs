@@ -116,7 +116,12 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&args.server, "squall-consume").await?;
     let mut sub = client
         .subscribe(args.queue.clone())
-        .prefetch(args.prefetch)
+        // Never hold more than will be printed: unprinted deliveries would be released,
+        // each using up an attempt.
+        .prefetch(match args.count {
+            Some(n) => args.prefetch.min(n.clamp(1, u64::from(u32::MAX)) as u32),
+            None => args.prefetch,
+        })
         .await?;
     let mut done = 0u64;
     loop {
