@@ -4,6 +4,7 @@
 
 mod bench;
 mod consume;
+mod healthcheck;
 mod manage;
 mod peek;
 mod publish;
@@ -85,6 +86,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Show a task's status and result, optionally waiting for it to finish.
     Task(task::TaskArgs),
+    /// Check a broker's /healthz (or /readyz): exit 0 on HTTP 200, 1 otherwise.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -157,6 +160,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::DeleteQueue(args) => manage::delete_queue(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Task(args) => task::run(args).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
     }
 }
 
