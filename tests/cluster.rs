@@ -242,6 +242,7 @@ async fn cluster_worker_drains_thirty_queues_across_a_node_restart() {
     for row in &rows {
         let (name, node) = (row["name"].as_str().unwrap(), row["node"].as_str().unwrap());
         assert_eq!(node, cluster.node_of(name), "{row}");
+        assert_eq!(row["owner"], row["node"], "nothing left behind: {row}");
     }
     // Queue commands and `task --queue` go to the owning node.
     let (code, stdout, stderr) =

@@ -234,6 +234,11 @@ fn dockerfile_builds_small_runs_unprivileged_and_stops_within_dockers_timeout() 
     assert!(file.contains("\"healthcheck\", \"--http\", \"127.0.0.1:7601\""));
     // Docker kills 10 s after SIGTERM by default.
     assert!(dockerfile_grace() < 10);
+    // The build context is the repository root: keep build output out of it.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore"))
+            .expect(".dockerignore at the repository root");
+    assert!(ignore.lines().any(|l| l.trim() == "target"));
 }
 
 #[test]
