@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use squall_client::Delivery;
 
-use super::{connect, ServerArgs};
+use super::{connect_for, ServerArgs};
 
 /// Consume tasks from a queue.
 #[derive(Debug, Args)]
@@ -113,7 +113,7 @@ fn render(d: &Delivery, json: bool) -> String {
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-consume").await?;
+    let client = connect_for(&args.server, "squall-consume", &args.queue).await?;
     let mut sub = client
         .subscribe(args.queue.clone())
         // Never hold more than will be printed: unprinted deliveries would be released,

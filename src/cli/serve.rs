@@ -157,6 +157,10 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    // Handlers are installed before the broker starts: a SIGTERM that arrives right
+    // after the "listening" line (a supervisor stopping a fresh container) must start
+    // the graceful shutdown, not take the signal's default action and kill the process.
+    let signal = shutdown_signal();
     let handle = match server::start(settings.server).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
@@ -164,7 +168,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
@@ -172,23 +176,31 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Resolves on SIGINT or SIGTERM; both handlers are installed when this is called.
 #[cfg(unix)]
-async fn wait_for_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            _ = wait(interrupt) => {}
+            _ = wait(terminate) => {}
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
