@@ -342,15 +342,6 @@ async fn start_broker(
     for m in fixes {
         handle.submit(Muts::One(m), None);
     }
-    info!(
-        listen = %local_addr,
-        data_dir = %config.data_dir.display(),
-        fsync = ?config.fsync,
-        recovered_tasks = tasks,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "squall is listening on {local_addr} with data in {}",
-        config.data_dir.display()
-    );
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
     let waiters = Arc::new(Waiters::default());
@@ -362,6 +353,16 @@ async fn start_broker(
         writer: writer_stats,
     });
     metrics.ready.store(true, Ordering::Relaxed);
+    // Logged only now: whoever waits for this line may rely on /readyz saying ready.
+    info!(
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        fsync = ?config.fsync,
+        recovered_tasks = tasks,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "squall is listening on {local_addr} with data in {}",
+        config.data_dir.display()
+    );
     let shared = Arc::new(Shared {
         config,
         store,

@@ -32,13 +32,6 @@ use crate::model::{Mutation, TaskId, TaskStatus};
 /// amortises its flush over thousands of jobs).
 const MAX_BATCH_MUTATIONS: usize = 16_384;
 
-/// With `FsyncMode::Always`, how long changes that nobody waits for may stay unflushed
-/// while the writer has nothing else to do.
-const IDLE_FLUSH: Duration = Duration::from_millis(5);
-
-/// ... and how long at most, when such changes keep coming without an awaited one.
-const MAX_UNFLUSHED: Duration = Duration::from_millis(100);
-
 /// What the channel carries.
 pub(crate) enum Msg<C: Completion> {
     /// Mutations to apply, and who to tell.
@@ -70,11 +63,6 @@ pub(crate) struct Done<C: Completion>(Option<C>);
 impl<C: Completion> Done<C> {
     pub(crate) fn new(done: Option<C>) -> Done<C> {
         Done(done)
-    }
-
-    /// Whether somebody waits for this job's outcome.
-    pub(crate) fn is_awaited(&self) -> bool {
-        self.0.is_some()
     }
 
     pub(crate) fn complete(mut self, result: Result<(), StoreError>, report: JobReport<'_>) {
@@ -187,8 +175,6 @@ impl<C: Completion> WriterLoop<C> {
     fn next_message(&self) -> Wake<C> {
         let flush_by = match self.mode {
             FsyncMode::Interval(every) if self.dirty => Some(self.last_flush + every),
-            // Unawaited changes were left unflushed: flush them when the writer idles.
-            FsyncMode::Always if self.dirty => Some(Instant::now() + IDLE_FLUSH),
             _ => None,
         };
         match flush_by {
@@ -230,11 +216,10 @@ impl<C: Completion> WriterLoop<C> {
         let writes = staged.writes;
         let mut outcome = self.apply(staged);
         let applied = started.elapsed();
-        // A group nobody waits for (attempt counts, retry schedules) is not fsynced on
-        // its own: the next awaited group, or the idle flush, makes it durable.
-        let awaited = self.group.iter().any(|job| job.done.is_awaited())
-            || self.last_flush.elapsed() >= MAX_UNFLUSHED;
-        if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty && awaited {
+        // Every group is fsynced, including those nobody waits for (attempt counts):
+        // flushing them at once keeps "a leased task comes back with its attempt
+        // counted" true for all but the deliveries of the last group before a crash.
+        if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
             outcome = self.flush();
         }
         tracing::trace!(
