@@ -56,6 +56,17 @@ pub struct ServerConfig {
     /// How often the retention sweep removes expired results, dead tasks and
     /// idempotency keys.
     pub sweep_interval: Duration,
+    /// Most client connections open at once; past it a new connection gets
+    /// `TOO_MANY_CONNECTIONS` and is closed.
+    pub max_connections: usize,
+    /// Time a new connection has to complete its handshake (TLS and `Hello`).
+    pub handshake_timeout: Duration,
+    /// A connection that sends no frame for this long is closed with `TIMEOUT`
+    /// (zero = never). Clients ping every 15 s by default.
+    pub idle_timeout: Duration,
+    /// Most requests per connection whose answer is not yet written; past it a request
+    /// gets `TOO_MANY_REQUESTS`.
+    pub max_inflight_requests: u32,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +87,10 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             test_recovery_delay: Duration::ZERO,
             sweep_interval: Duration::from_secs(1),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_inflight_requests: 4_096,
         }
     }
 }
@@ -229,6 +244,15 @@ impl ServerConfig {
                 ),
             );
         }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be above 0".into());
+        }
+        if self.max_inflight_requests == 0 {
+            return bad("max_inflight_requests", "must be at least 1".into());
+        }
         if self.sweep_interval.is_zero() {
             return bad("sweep_interval", "must be above 0".into());
         }
@@ -329,6 +353,10 @@ mod tests {
             node_id: _,
             shutdown_grace: _,
             sweep_interval: _,
+            max_connections: _,
+            handshake_timeout: _,
+            idle_timeout: _,
+            max_inflight_requests: _,
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -355,6 +383,10 @@ mod tests {
             ("node_id", "n7"),
             ("shutdown_grace", "7s"),
             ("sweep_interval", "7s"),
+            ("max_connections", "7"),
+            ("handshake_timeout", "7s"),
+            ("idle_timeout", "7s"),
+            ("max_inflight_requests", "7"),
             ("queue.lease", "7s"),
             ("queue.max_attempts", "7"),
             ("queue.backoff_min", "7ms"),

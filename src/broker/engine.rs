@@ -372,6 +372,35 @@ impl Engine {
     }
 
     /// The configuration of a queue, if it exists.
+    /// Tasks of queue `name` that count against its `max_length`: ready, delayed and
+    /// leased (0 for a queue that does not exist yet).
+    pub fn pending_count(&self, name: &str) -> u64 {
+        self.by_name.get(name).map_or(0, |&i| {
+            let q = &self.queues[i as usize];
+            q.ready.len() as u64 + q.delayed + q.leased
+        })
+    }
+
+    /// The `max_length` of queue `name` (the default's for a queue not created yet);
+    /// 0 = unbounded.
+    pub fn max_length(&self, name: &str) -> u64 {
+        self.queue_config(name)
+            .unwrap_or(&self.config.queue_defaults)
+            .max_length
+    }
+
+    /// Names of the queues whose `max_length` is bounded differently from the default
+    /// (bounded when the default is not, or unbounded when it is).
+    pub fn max_length_exceptions(&self) -> Vec<Arc<str>> {
+        let default_bounded = self.config.queue_defaults.max_length > 0;
+        self.by_name
+            .values()
+            .map(|&i| &self.queues[i as usize])
+            .filter(|q| (q.config.max_length > 0) != default_bounded)
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
     pub fn queue_config(&self, name: &str) -> Option<&QueueConfig> {
         self.by_name
             .get(name)

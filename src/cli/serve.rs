@@ -68,6 +68,18 @@ pub struct ServeArgs {
     /// [default: 1s].
     #[arg(long, value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Most client connections open at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Time a new connection has to send Hello (TLS included) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    handshake_timeout: Option<String>,
+    /// Close connections that send nothing for this long, 0 = never [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Most unanswered requests per connection [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_inflight_requests: Option<String>,
     /// Default lease of new queues [default: 30s].
     #[arg(long, alias = "default-lease", value_name = "DURATION")]
     queue_lease: Option<String>,
@@ -111,6 +123,10 @@ impl ServeArgs {
         add("node_id", &self.node_id);
         add("shutdown_grace", &self.shutdown_grace);
         add("sweep_interval", &self.sweep_interval);
+        add("max_connections", &self.max_connections);
+        add("handshake_timeout", &self.handshake_timeout);
+        add("idle_timeout", &self.idle_timeout);
+        add("max_inflight_requests", &self.max_inflight_requests);
         add("queue.lease", &self.queue_lease);
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);

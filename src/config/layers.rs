@@ -67,6 +67,14 @@ pub static KEYS: &[Key] = &[
         duration(v)?),
     key!("sweep_interval", |s, v| s.server.sweep_interval =
         duration(v)?),
+    key!("max_connections", |s, v| s.server.max_connections = int(v)?),
+    key!("handshake_timeout", |s, v| s.server.handshake_timeout =
+        duration(v)?),
+    key!("idle_timeout", |s, v| s.server.idle_timeout = duration(v)?),
+    key!("max_inflight_requests", |s, v| s
+        .server
+        .max_inflight_requests =
+        int(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),
     key!("queue.max_attempts", |s, v| s

@@ -6,16 +6,18 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use prost::Message;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{encode_frame, split_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::admin::{self, AdminReply};
@@ -89,8 +91,36 @@ pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String
     }
 }
 
+/// Counters the reader and writer halves of one connection share.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    /// Requests read whose answer has not been written yet (requests with id 0 are
+    /// refused, so every counted request has exactly one answer with its id).
+    inflight: AtomicU32,
+    /// Set while the reader waits for answers to drain.
+    reader_waiting: AtomicBool,
+    /// Woken by the writer when `inflight` drops back to the limit.
+    drained: Notify,
+}
+
+impl Flow {
+    /// The writer wrote `answers` answers.
+    fn answered(&self, answers: u32, max: u32) {
+        if answers == 0 {
+            return;
+        }
+        let left = self
+            .inflight
+            .fetch_sub(answers, Relaxed)
+            .saturating_sub(answers);
+        if left <= max && self.reader_waiting.load(Relaxed) {
+            self.drained.notify_one();
+        }
+    }
+}
+
 /// Whether the reader keeps going after a request.
-enum Flow {
+enum Next {
     Continue,
     Close,
 }
@@ -100,46 +130,109 @@ struct Conn {
     peer: SocketAddr,
     shared: Arc<Shared>,
     out: OutTx,
+    flow: Arc<Flow>,
     registered: bool,
     /// The last queue name published to, interned, so a stream of publishes to one
     /// queue shares one allocation.
     last_queue: Option<Arc<str>>,
 }
 
-/// Serves one accepted connection until it closes or the server shuts down.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, id: ConnId, shared: Arc<Shared>) {
-    let _open = OpenConnection::new(&shared.metrics);
+/// Serves one accepted connection until it closes or the server shuts down. `slot`
+/// is its place under `max_connections`, held until the reader ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) {
+    let _open = OpenConnection::new(&shared.metrics, slot);
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
     let (rd, wr) = stream.into_split();
+    serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+}
+
+/// Serves a connection over its two halves (plain TCP, or TLS after its handshake).
+async fn serve_split<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared>,
+    handshake_deadline: Instant,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (out, out_rx) = mpsc::unbounded_channel();
     let waits = ConnWaits::new(id, out.downgrade());
-    shared
-        .writers
-        .spawn(write_loop(wr, out_rx, id, shared.clone(), waits));
+    let flow = Arc::new(Flow::default());
+    shared.writers.spawn(write_loop(
+        wr,
+        out_rx,
+        id,
+        shared.clone(),
+        waits,
+        flow.clone(),
+    ));
     let mut conn = Conn {
         id,
         peer,
         shared,
         out,
+        flow,
         registered: false,
         last_queue: None,
     };
-    conn.read_loop(rd).await;
+    conn.read_loop(rd, handshake_deadline).await;
     if conn.registered {
         let _ = conn.shared.hub.send(HubCmd::Disconnect { conn: id });
     }
     debug!(conn = id, peer = %conn.peer, "connection closed");
 }
 
+/// Answers a connection past `max_connections` with `TOO_MANY_CONNECTIONS` and closes
+/// it, within the handshake timeout.
+pub(crate) async fn refuse(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let max = shared.config.max_connections;
+    debug!(%peer, max, "connection refused: too many connections");
+    let bye = error_response(
+        0,
+        ErrorCode::TooManyConnections,
+        format!("the broker has reached its limit of {max} connections; retry later"),
+    );
+    let mut buf = BytesMut::new();
+    encode_frame(&server_message(bye), &mut buf);
+    let write = async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(shared.config.handshake_timeout, write).await;
+}
+
+/// Far enough in the future to mean "never" for a timer.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Conn {
-    async fn read_loop(&mut self, mut rd: OwnedReadHalf) {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, handshake_deadline: Instant) {
         let max_frame = self.shared.config.max_frame_bytes;
+        let idle = self.shared.config.idle_timeout;
+        let max_inflight = self.shared.config.max_inflight_requests;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // One timer: the handshake deadline until Hello, then the idle deadline. It is
+        // not reset per frame: when it fires, it is re-armed from the last frame's time.
+        let timer = tokio::time::sleep_until(handshake_deadline);
+        tokio::pin!(timer);
+        let mut idle_armed = false;
+        let mut last_frame = Instant::now();
         loop {
+            let mut frames = 0u32;
             loop {
                 match split_frame(&mut buf, max_frame) {
                     Ok(Some(body)) => match v1::Request::decode(body) {
                         Ok(req) => {
-                            if let Flow::Close = self.handle(req) {
+                            frames += 1;
+                            if let Next::Close = self.handle(req) {
                                 return;
                             }
                         }
@@ -151,6 +244,18 @@ impl Conn {
                     Ok(None) => break,
                     Err(e) => return self.close(0, e.code(), e.to_string()),
                 }
+            }
+            if frames > 0 {
+                last_frame = Instant::now();
+            }
+            if self.registered && !idle_armed {
+                idle_armed = true;
+                timer.as_mut().reset(idle_deadline(last_frame, idle));
+            }
+            if self.flow.inflight.load(Relaxed) > max_inflight.saturating_mul(2)
+                && !self.wait_for_answers(max_inflight).await
+            {
+                return;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -165,8 +270,50 @@ impl Conn {
                     }
                 },
                 _ = self.shared.conn_cancel.cancelled() => return,
+                _ = &mut timer => {
+                    if !self.registered {
+                        let t = self.shared.config.handshake_timeout;
+                        return self.close(
+                            0,
+                            ErrorCode::Timeout,
+                            format!("no Hello within the handshake timeout of {t:?}"),
+                        );
+                    }
+                    let due = idle_deadline(last_frame, idle);
+                    if due <= Instant::now() {
+                        return self.close(
+                            0,
+                            ErrorCode::Timeout,
+                            format!("no frame within the idle timeout of {idle:?}; clients must send a ping more often"),
+                        );
+                    }
+                    timer.as_mut().reset(due);
+                }
             }
         }
+    }
+
+    /// A client that sends requests without reading the answers: stop reading until
+    /// the writer has written enough of them (or the connection ends: false).
+    async fn wait_for_answers(&self, max_inflight: u32) -> bool {
+        debug!(
+            conn = self.id,
+            "too many unanswered requests: reading paused"
+        );
+        self.flow.reader_waiting.store(true, Relaxed);
+        let resumed = loop {
+            let drained = self.flow.drained.notified();
+            if self.flow.inflight.load(Relaxed) <= max_inflight {
+                break true;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.shared.conn_cancel.cancelled() => break false,
+                _ = self.out.closed() => break false,
+            }
+        };
+        self.flow.reader_waiting.store(false, Relaxed);
+        resumed
     }
 
     fn send(&self, resp: v1::Response) {
@@ -180,9 +327,9 @@ impl Conn {
         });
     }
 
-    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>) -> Flow {
+    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>) -> Next {
         self.send(error_response(id, code, message));
-        Flow::Continue
+        Next::Continue
     }
 
     fn close(&self, id: u64, code: ErrorCode, message: String) {
@@ -192,11 +339,29 @@ impl Conn {
             .send(Outbound::Close(error_response(id, code, message)));
     }
 
-    fn handle(&mut self, req: v1::Request) -> Flow {
+    fn handle(&mut self, req: v1::Request) -> Next {
         let id = req.id;
+        if id == 0 {
+            self.close(
+                0,
+                ErrorCode::BadRequest,
+                "request id 0 is reserved for connection-level errors".into(),
+            );
+            return Next::Close;
+        }
+        // Counted before anything answers it; the writer counts the answer.
+        let inflight = self.flow.inflight.fetch_add(1, Relaxed);
         let Some(op) = req.op else {
             return self.error(id, ErrorCode::BadRequest, "request carries no operation");
         };
+        let max = self.shared.config.max_inflight_requests;
+        if inflight >= max && self.registered {
+            return self.error(
+                id,
+                ErrorCode::TooManyRequests,
+                format!("{max} requests on this connection are still unanswered (max_inflight_requests); wait for answers before sending more"),
+            );
+        }
         if !self.registered {
             return match op {
                 Op::Hello(h) => self.hello(id, h),
@@ -206,7 +371,7 @@ impl Conn {
                         ErrorCode::HelloRequired,
                         "the first request on a connection must be Hello".into(),
                     );
-                    Flow::Close
+                    Next::Close
                 }
             };
         }
@@ -218,7 +383,7 @@ impl Conn {
             }
             Op::Ping(_) => {
                 self.reply(id, response::Result::Pong(v1::Pong {}));
-                return Flow::Continue;
+                return Next::Continue;
             }
             Op::Publish(p) => return self.publish(id, p),
             op @ (Op::ListQueues(_)
@@ -287,7 +452,7 @@ impl Conn {
                     task: w.task_id,
                     timeout_ms: w.timeout_ms,
                 });
-                return Flow::Continue;
+                return Next::Continue;
             }
             Op::Nack(n) => {
                 let mode = match (n.dead, n.delay_ms) {
@@ -317,10 +482,10 @@ impl Conn {
         if sent.is_err() {
             self.error(id, ErrorCode::ShuttingDown, "the broker is shutting down");
         }
-        Flow::Continue
+        Next::Continue
     }
 
-    fn hello(&mut self, id: u64, h: v1::Hello) -> Flow {
+    fn hello(&mut self, id: u64, h: v1::Hello) -> Next {
         if h.protocol_version != PROTOCOL_VERSION {
             self.close(
                 id,
@@ -330,7 +495,7 @@ impl Conn {
                     h.protocol_version
                 ),
             );
-            return Flow::Close;
+            return Next::Close;
         }
         let cfg = &self.shared.config;
         if self
@@ -349,7 +514,7 @@ impl Conn {
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".into(),
             );
-            return Flow::Close;
+            return Next::Close;
         }
         self.registered = true;
         debug!(conn = self.id, peer = %self.peer, client = %h.client_name, "hello");
@@ -365,11 +530,11 @@ impl Conn {
                     max_batch: cfg.max_batch as u32,
                     max_prefetch: cfg.max_prefetch,
                     max_lease_ms: cfg.max_lease_ms,
-                    max_inflight_requests: 0,
+                    max_inflight_requests: cfg.max_inflight_requests,
                 }),
             }),
         );
-        Flow::Continue
+        Next::Continue
     }
 
     /// How task status names this connection as a lease holder: its client name (cut
@@ -434,7 +599,7 @@ impl Conn {
         }
     }
 
-    fn publish(&mut self, id: u64, p: v1::Publish) -> Flow {
+    fn publish(&mut self, id: u64, p: v1::Publish) -> Next {
         let n = p.tasks.len();
         let max = self.shared.config.max_batch;
         if n == 0 || n > max {
@@ -503,31 +668,49 @@ impl Conn {
                 muts.push(m);
                 Muts::Many(muts)
             }
-            (_, None) => return Flow::Continue,
+            (_, None) => return Next::Continue,
         };
-        self.shared.writer.submit(
-            muts,
-            Some(Done::Publish {
-                out: self.out.clone(),
-                req: id,
-                hub: self.shared.hub.clone(),
-                committed,
-                timer: PublishTimer::start(&self.shared.metrics),
-            }),
-        );
-        Flow::Continue
+        let bounded = self.shared.bounded.applies(&committed);
+        let done = Done::Publish {
+            out: self.out.clone(),
+            req: id,
+            hub: self.shared.hub.clone(),
+            committed,
+            timer: PublishTimer::start(&self.shared.metrics),
+            reservation: None,
+        };
+        if !bounded {
+            self.shared.writer.submit(muts, Some(done));
+        } else if self
+            .shared
+            .hub
+            .send(HubCmd::Publish {
+                muts,
+                done: Box::new(done),
+            })
+            .is_err()
+        {
+            // The hub is gone (shutting down); the publish was not submitted.
+            return self.error(id, ErrorCode::ShuttingDown, "the broker is shutting down");
+        }
+        Next::Continue
     }
 }
 
-/// Counts a connection open for as long as it lives.
-struct OpenConnection(Arc<Metrics>);
+/// Counts a connection open, and holds its place under `max_connections`, for as long
+/// as it lives.
+struct OpenConnection(Arc<Metrics>, #[allow(dead_code)] OwnedSemaphorePermit);
 
 impl OpenConnection {
-    fn new(metrics: &Arc<Metrics>) -> OpenConnection {
+    fn new(metrics: &Arc<Metrics>, slot: OwnedSemaphorePermit) -> OpenConnection {
         metrics.connections_open.fetch_add(1, Relaxed);
         metrics.connections_accepted.fetch_add(1, Relaxed);
-        OpenConnection(metrics.clone())
+        OpenConnection(metrics.clone(), slot)
     }
+}
+
+fn idle_deadline(last_frame: Instant, idle: Duration) -> Instant {
+    last_frame + if idle.is_zero() { NEVER } else { idle }
 }
 
 impl Drop for OpenConnection {
@@ -547,24 +730,34 @@ fn truncate_utf8(s: &mut String, max: usize) {
 }
 
 /// Drains the outbox, encoding every pending frame into one buffer per wakeup.
-async fn write_loop(
-    wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    wr: W,
     rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
     shared: Arc<Shared>,
     mut waits: ConnWaits,
+    flow: Arc<Flow>,
 ) {
-    write_frames(wr, rx, conn, &shared, &mut waits).await;
+    write_frames(wr, rx, conn, &shared, &mut waits, &flow).await;
     waits.release_all(&shared);
 }
 
-async fn write_frames(
-    mut wr: OwnedWriteHalf,
+/// Whether a response answers a request (and so counts against `max_inflight_requests`):
+/// everything but connection-level errors (id 0) and the unrequested end of a
+/// subscription.
+fn is_answer(r: &v1::Response) -> bool {
+    r.id != 0 && !matches!(r.result, Some(response::Result::SubscriptionEnded(_)))
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
     shared: &Shared,
     waits: &mut ConnWaits,
+    flow: &Flow,
 ) {
+    let max_inflight = shared.config.max_inflight_requests;
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut timed_out = Vec::new();
@@ -591,26 +784,28 @@ async fn write_frames(
             let _ = wr.shutdown().await;
             return;
         }
+        let mut answers = 0u32;
+        let mut response = |r: v1::Response, buf: &mut BytesMut| {
+            answers += u32::from(is_answer(&r));
+            encode_frame(&server_message(r), buf);
+        };
         for r in timed_out.drain(..) {
-            encode_frame(&server_message(r), &mut buf);
+            response(r, &mut buf);
         }
         let mut close = false;
         for msg in batch.drain(..) {
             match msg {
-                Outbound::Response(r) => encode_frame(&server_message(r), &mut buf),
+                Outbound::Response(r) => response(r, &mut buf),
                 Outbound::Deliver(d) => encode_delivery(shared, conn, d, &mut buf),
-                Outbound::Admin(reply) => {
-                    let response = reply.into_response(&shared.store);
-                    encode_frame(&server_message(response), &mut buf);
-                }
+                Outbound::Admin(reply) => response(reply.into_response(&shared.store), &mut buf),
                 Outbound::Close(r) => {
-                    encode_frame(&server_message(r), &mut buf);
+                    response(r, &mut buf);
                     close = true;
                     break;
                 }
                 other => {
                     if let Some(r) = answer_status(shared, waits, other) {
-                        encode_frame(&server_message(r), &mut buf);
+                        response(r, &mut buf);
                     }
                 }
             }
@@ -619,6 +814,7 @@ async fn write_frames(
             debug!(conn, error = %e, "write failed");
             return;
         }
+        flow.answered(answers, max_inflight);
         if close {
             let _ = wr.shutdown().await;
             return;

@@ -4,6 +4,7 @@
 //! that touches client sockets, `http.rs` the only code that serves HTTP.
 
 mod admin;
+mod admission;
 mod connection;
 mod http;
 mod hub;
@@ -22,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +42,9 @@ use crate::store::{
     Completion, JobReport, Muts, Store, StoreConfig, StoreError, SweepStats, WriterHandle,
     WriterStats,
 };
+
+/// Connections past `max_connections` answered at once, at most; more are dropped.
+const MAX_REFUSALS: usize = 64;
 
 /// The store writer as the server uses it.
 pub(crate) type Writer = WriterHandle<Done>;
@@ -84,6 +88,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Who waits for which task's result.
     waiters: Arc<Waiters>,
+    /// Which queues have a `max_length` (publishes to them go through the hub).
+    bounded: Arc<admission::Bounded>,
     /// Cancelled at shutdown: readers stop reading.
     conn_cancel: CancellationToken,
     /// Connection writer halves; they end after the store writer has confirmed
@@ -100,6 +106,8 @@ pub(crate) enum Done {
         hub: HubTx,
         committed: Vec<Committed>,
         timer: PublishTimer,
+        /// Room the hub reserved in bounded queues, released on completion.
+        reservation: Option<admission::Reservation>,
     },
     /// One of the store jobs of an admin change; the answer goes out when all are done.
     Admin(Arc<AdminDone>),
@@ -125,6 +133,20 @@ pub(crate) enum Done {
     },
 }
 
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Done::Publish { .. } => "Publish",
+            Done::Admin(_) => "Admin",
+            Done::Reply { .. } => "Reply",
+            Done::Finished { .. } => "Finished",
+            Done::Recheck { .. } => "Recheck",
+            Done::Swept { .. } => "Swept",
+        };
+        f.debug_tuple("Done").field(&kind).finish()
+    }
+}
+
 impl Completion for Done {
     fn complete(self, result: Result<(), StoreError>) {
         self.complete_with(result, JobReport::default());
@@ -140,11 +162,31 @@ impl Completion for Done {
                     hub,
                     committed,
                     timer,
+                    reservation,
                 },
                 Ok(()),
             ) => {
                 timer.observe();
-                (out, confirm_publish(req, &hub, committed, report))
+                (
+                    out,
+                    confirm_publish(req, &hub, committed, reservation, report),
+                )
+            }
+            (
+                Done::Publish {
+                    out,
+                    req,
+                    hub,
+                    reservation,
+                    ..
+                },
+                Err(e),
+            ) => {
+                if let Some(r) = reservation {
+                    let _ = hub.send(HubCmd::Release(r));
+                }
+                let msg = format!("not persisted: {e}");
+                (out, error_response(req, ErrorCode::Storage, msg))
             }
             (Done::Reply { out, req, ok }, Ok(())) => (
                 out,
@@ -180,8 +222,7 @@ impl Completion for Done {
             }
             (Done::Finished { reply: None, .. }, Err(_)) => return,
             (
-                Done::Publish { out, req, .. }
-                | Done::Reply { out, req, .. }
+                Done::Reply { out, req, .. }
                 | Done::Finished {
                     reply: Some((out, req)),
                     ..
@@ -202,6 +243,7 @@ fn confirm_publish(
     req: u64,
     hub: &HubTx,
     mut committed: Vec<Committed>,
+    reservation: Option<admission::Reservation>,
     report: JobReport<'_>,
 ) -> v1::Response {
     let mut dups = report.duplicates.iter().peekable();
@@ -228,8 +270,8 @@ fn confirm_publish(
             !dup
         });
     }
-    if !committed.is_empty() {
-        let _ = hub.send(HubCmd::Committed(committed));
+    if !committed.is_empty() || reservation.is_some() {
+        let _ = hub.send(HubCmd::Committed(committed, reservation));
     }
     v1::Response {
         id: req,
@@ -354,7 +396,17 @@ async fn start_broker(
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
     let waiters = Arc::new(Waiters::default());
-    let hub_task = tokio::spawn(Hub::new(engine, handle.clone(), waiters.clone()).run(hub_rx));
+    let bounded = Arc::new(admission::Bounded::default());
+    let default_max_length = config.queue_defaults.max_length;
+    bounded.refresh(&engine, default_max_length);
+    let hub = Hub::new(
+        engine,
+        handle.clone(),
+        waiters.clone(),
+        bounded.clone(),
+        default_max_length,
+    );
+    let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
     http.go_live(Live {
         hub: hub_tx.clone(),
@@ -369,6 +421,7 @@ async fn start_broker(
         hub: hub_tx,
         metrics,
         waiters,
+        bounded,
         conn_cancel: CancellationToken::new(),
         writers: TaskTracker::new(),
     });
@@ -436,14 +489,32 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     } = running;
     let readers = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    // Connections being refused are answered by a task each; past this many at once,
+    // further ones are dropped without an answer.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    readers.spawn(connection::serve(stream, peer, id, shared.clone()));
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                            readers.spawn(connection::serve(stream, peer, id, shared.clone(), slot));
+                        }
+                        Err(_) => {
+                            shared.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                                let shared = shared.clone();
+                                readers.spawn(async move {
+                                    connection::refuse(stream, peer, shared).await;
+                                    drop(permit);
+                                });
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
