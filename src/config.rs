@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use self::layers::{key, Key, KEYS, TEST_RECOVERY_DELAY_ENV};
+use crate::auth::AuthConfig;
 use crate::model::QueueConfig;
 use crate::store::FsyncMode;
 
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     /// Most requests per connection whose answer is not yet written; past it a request
     /// gets `TOO_MANY_REQUESTS`.
     pub max_inflight_requests: u32,
+    /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_inflight_requests: 4_096,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -357,6 +361,7 @@ mod tests {
             handshake_timeout: _,
             idle_timeout: _,
             max_inflight_requests: _,
+            auth: _,
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -387,6 +392,10 @@ mod tests {
             ("handshake_timeout", "7s"),
             ("idle_timeout", "7s"),
             ("max_inflight_requests", "7"),
+            (
+                "auth.tokens",
+                r#"[{ name = "w", role = "consumer", hash = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000" }]"#,
+            ),
             ("queue.lease", "7s"),
             ("queue.max_attempts", "7"),
             ("queue.backoff_min", "7ms"),
@@ -400,7 +409,14 @@ mod tests {
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {
             let mut s = Settings::default();
-            s.set(name, &toml::Value::String(value.into())).unwrap();
+            // Lists of tables come from the file only: give them as TOML.
+            let value = match name {
+                "auth.tokens" => {
+                    format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone()
+                }
+                _ => toml::Value::String(value.into()),
+            };
+            s.set(name, &value).unwrap();
             assert_ne!(s, Settings::default(), "{name} = {value:?} changed nothing");
         }
     }
@@ -456,12 +472,29 @@ mod tests {
         check("fsync = \"sometimes\"", "fsync");
         check("[log]\nformat = \"xml\"", "log.format");
         check("this is not toml", "config");
+        check(
+            "[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\nhash = \"plaintext\"",
+            "auth.tokens",
+        );
+        check(
+            "[[auth.tokens]]\nname = \"a\"\nrole = \"root\"\nhash = \"sha256$00$0000000000000000000000000000000000000000000000000000000000000000\"",
+            "auth.tokens",
+        );
+        check(
+            "[[auth.tokens]]\nname = \"a\"\ntoken = \"x\"",
+            "auth.tokens",
+        );
+        check("[auth]\ntokenz = []", "auth.tokenz");
         // Valid one by one, inconsistent together.
         check(
             "[queue]\nbackoff_min = \"10m\"\nbackoff_max = \"1m\"",
             "queue.backoff_min",
         );
         check("max_lease = \"1s\"", "queue.lease");
+        let err =
+            Settings::load(None, vec![("SQUALL_AUTH_TOKENS".into(), "x".into())], []).unwrap_err();
+        assert_eq!(err.key, "auth.tokens");
+        assert!(err.reason.contains("configuration file"), "{err}");
         let err =
             Settings::load(None, vec![("SQUALL_MAX_BATCH".into(), "x".into())], []).unwrap_err();
         assert_eq!(err.key, "max_batch");

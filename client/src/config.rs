@@ -22,13 +22,27 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7600";
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub client_name: String,
-    pub token: String,
+    pub token: Token,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub wait_for_connection: Duration,
     pub reconnect: ReconnectPolicy,
     pub validate_locally: bool,
     pub keepalive: Option<Duration>,
+}
+
+/// The authentication token: never shown by `Debug`.
+#[derive(Clone, Default)]
+pub(crate) struct Token(pub(crate) String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "none"
+        } else {
+            "<redacted>"
+        })
+    }
 }
 
 /// Configures and connects a [`Client`].
@@ -60,7 +74,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             config: Config {
                 client_name: format!("squall-client/{}", env!("CARGO_PKG_VERSION")),
-                token: String::new(),
+                token: Token(String::new()),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 request_timeout: DEFAULT_REQUEST_TIMEOUT,
                 wait_for_connection: DEFAULT_WAIT_FOR_CONNECTION,
@@ -87,7 +101,7 @@ impl ClientBuilder {
 
     /// The authentication token sent in `Hello` (default empty: no authentication).
     pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.config.token = token.into();
+        self.config.token = Token(token.into());
         self
     }
 
@@ -179,6 +193,12 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(matches!(err, ClientError::Config(ref m) if m.contains("TLS")));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let b = ClientBuilder::new().token("hunter2-very-secret");
+        assert!(!format!("{b:?}").contains("hunter2"), "{b:?}");
     }
 
     #[test]

@@ -428,7 +428,7 @@ async fn handshake(
         op: Some(Op::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: config.client_name.clone(),
-            token: config.token.clone(),
+            token: config.token.0.clone(),
         })),
     };
     let mut buf = BytesMut::new();

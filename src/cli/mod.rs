@@ -11,6 +11,7 @@ mod queues;
 mod render;
 mod serve;
 mod task;
+mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,6 +25,9 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATAERR: u8 = 65;
 /// Exit code when the named queue (or task) does not exist (sysexits EX_NOINPUT).
 pub const EXIT_NOT_FOUND: u8 = 66;
+/// Exit code when the token is missing, invalid or not allowed to do that (sysexits
+/// EX_NOPERM).
+pub const EXIT_NOPERM: u8 = 77;
 /// Exit code when the broker cannot be reached (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -85,6 +89,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Show a task's status and result, optionally waiting for it to finish.
     Task(task::TaskArgs),
+    /// Authentication tokens: `squall token hash` prints a configuration entry.
+    Token(token::TokenArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -157,6 +163,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::DeleteQueue(args) => manage::delete_queue(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Task(args) => task::run(args).await,
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -218,18 +225,49 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
                 | ErrorCode::PayloadTooLarge,
             ) => EXIT_DATAERR,
             Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
+            Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden) => EXIT_NOPERM,
             _ => 1,
         },
         None => 1,
     }
 }
 
-/// Where the broker is: shared by every subcommand that talks to one.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the broker is and how to talk to it: shared by every subcommand that talks
+/// to one.
+#[derive(Clone, clap::Args)]
 pub struct ServerArgs {
     /// Broker address.
     #[arg(long, env = "SQUALL_SERVER", default_value = crate_default_server())]
     pub server: String,
+    /// Authentication token, for a broker that requires one.
+    #[arg(
+        long,
+        env = "SQUALL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ServerArgs {
+    /// A client builder with this token (and TLS settings) applied.
+    pub fn builder(&self, name: &str) -> squall_client::ClientBuilder {
+        let mut b = squall_client::Client::builder().client_name(name);
+        if let Some(token) = &self.token {
+            b = b.token(token.clone());
+        }
+        b
+    }
 }
 
 const fn crate_default_server() -> &'static str {
@@ -238,8 +276,8 @@ const fn crate_default_server() -> &'static str {
 
 /// Connects to the broker named by `args`, failing fast when it is not there.
 pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_client::Client> {
-    let client = squall_client::Client::builder()
-        .client_name(name)
+    let client = args
+        .builder(name)
         .connect(&args.server)
         .await
         .map_err(|e| match e {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::admin::{self, AdminReply};
 use super::hub::HubCmd;
@@ -27,6 +27,7 @@ use super::status::{task_info, LeaseHolder};
 use super::wait::{task_response, ConnWaits};
 use super::waiters::Final;
 use super::{now_ms, Done, Shared};
+use crate::auth::{ops, Grant};
 use crate::broker::{Committed, ConnId, Dispatch, NackMode};
 use crate::model::{Mutation, NewTask, TaskBody, TaskId, TaskState, TaskStatus};
 use crate::store::Muts;
@@ -101,6 +102,9 @@ pub(crate) struct Flow {
     reader_waiting: AtomicBool,
     /// Woken by the writer when `inflight` drops back to the limit.
     drained: Notify,
+    /// The queue prefixes the connection's token is limited to, set at Hello: task
+    /// status answers about other queues are sent as "unknown".
+    prefixes: std::sync::OnceLock<Arc<[String]>>,
 }
 
 impl Flow {
@@ -132,6 +136,10 @@ struct Conn {
     out: OutTx,
     flow: Arc<Flow>,
     registered: bool,
+    /// What the token presented at Hello allows.
+    grant: Grant,
+    /// `grant.is_unrestricted()`, so the common case costs one branch per request.
+    unrestricted: bool,
     /// The last queue name published to, interned, so a stream of publishes to one
     /// queue shares one allocation.
     last_queue: Option<Arc<str>>,
@@ -182,6 +190,8 @@ async fn serve_split<R, W>(
         out,
         flow,
         registered: false,
+        grant: Grant::all(),
+        unrestricted: true,
         last_queue: None,
     };
     conn.read_loop(rd, handshake_deadline).await;
@@ -375,6 +385,11 @@ impl Conn {
                 }
             };
         }
+        if !self.unrestricted {
+            if let Err(msg) = self.authorize(&op) {
+                return self.error(id, ErrorCode::Forbidden, msg);
+            }
+        }
         let hub = &self.shared.hub;
         let conn = self.id;
         let sent = match op {
@@ -485,6 +500,72 @@ impl Conn {
         Next::Continue
     }
 
+    /// Checks a request against the connection's grant (only for restricted tokens).
+    fn authorize(&self, op: &Op) -> Result<(), String> {
+        let (need, queue): (u32, Option<&str>) = match op {
+            Op::Hello(_) | Op::Ping(_) => return Ok(()),
+            Op::Publish(p) => {
+                self.allow(ops::PUBLISH, "publish")?;
+                for t in &p.tasks {
+                    self.allow_queue(&t.queue)?;
+                }
+                return Ok(());
+            }
+            Op::Subscribe(s) => (ops::SUBSCRIBE, Some(&s.queue)),
+            Op::Unsubscribe(_) | Op::Ack(_) | Op::Nack(_) | Op::Extend(_) => (ops::SETTLE, None),
+            Op::GetTask(_) | Op::WaitResult(_) => (ops::STATUS, None),
+            Op::ListQueues(_) => {
+                self.allow(ops::ADMIN, "queue administration")?;
+                if self.grant.prefixes().is_some() {
+                    return Err(format!(
+                        "token `{}` is limited to some queues and may not list them all; ask for each queue by name",
+                        self.grant.name
+                    ));
+                }
+                return Ok(());
+            }
+            Op::GetQueue(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::SetQueueConfig(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Peek(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Purge(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::SetPaused(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Redrive(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::DeleteQueue(q) => (ops::ADMIN, Some(&q.queue)),
+        };
+        let what = match need {
+            ops::SUBSCRIBE => "subscribe",
+            ops::SETTLE => "settle deliveries",
+            ops::STATUS => "read task status",
+            _ => "queue administration",
+        };
+        self.allow(need, what)?;
+        match queue {
+            Some(q) => self.allow_queue(q),
+            None => Ok(()),
+        }
+    }
+
+    fn allow(&self, need: u32, what: &str) -> Result<(), String> {
+        if self.grant.allows(need) {
+            return Ok(());
+        }
+        Err(format!(
+            "token `{}` may not {what} (its role does not allow it)",
+            self.grant.name
+        ))
+    }
+
+    fn allow_queue(&self, queue: &str) -> Result<(), String> {
+        if self.grant.allows_queue(queue) {
+            return Ok(());
+        }
+        Err(format!(
+            "token `{}` may not use queue `{queue}`: it is limited to the prefixes {:?}",
+            self.grant.name,
+            self.grant.prefixes().map(|p| &p[..]).unwrap_or_default()
+        ))
+    }
+
     fn hello(&mut self, id: u64, h: v1::Hello) -> Next {
         if h.protocol_version != PROTOCOL_VERSION {
             self.close(
@@ -497,6 +578,24 @@ impl Conn {
             );
             return Next::Close;
         }
+        let Some(grant) = self.shared.config.auth.authenticate(&h.token) else {
+            info!(conn = self.id, peer = %self.peer, client = %h.client_name, "authentication failed: unknown or missing token");
+            let msg = if h.token.is_empty() {
+                "this broker requires a token (Hello.token; the CLI takes --token or SQUALL_TOKEN)"
+            } else {
+                "the token is not valid for this broker"
+            };
+            self.close(id, ErrorCode::Unauthenticated, msg.into());
+            return Next::Close;
+        };
+        if let Some(p) = grant.prefixes() {
+            let _ = self.flow.prefixes.set(p.clone());
+        }
+        self.unrestricted = grant.is_unrestricted();
+        if self.shared.config.auth.is_enabled() {
+            debug!(conn = self.id, peer = %self.peer, token = %grant.name, "authenticated");
+        }
+        self.grant = grant;
         let cfg = &self.shared.config;
         if self
             .shared
@@ -785,8 +884,12 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             return;
         }
         let mut answers = 0u32;
-        let mut response = |r: v1::Response, buf: &mut BytesMut| {
+        let prefixes = flow.prefixes.get();
+        let mut response = |mut r: v1::Response, buf: &mut BytesMut| {
             answers += u32::from(is_answer(&r));
+            if let Some(prefixes) = prefixes {
+                hide_other_queues(&mut r, prefixes);
+            }
             encode_frame(&server_message(r), buf);
         };
         for r in timed_out.drain(..) {
@@ -848,6 +951,20 @@ fn answer_status(shared: &Shared, waits: &mut ConnWaits, msg: Outbound) -> Optio
         Outbound::Recheck { req, task } => waits.recheck(shared, req, task),
         Outbound::Response(_) | Outbound::Deliver(_) | Outbound::Admin(_) | Outbound::Close(_) => {
             None
+        }
+    }
+}
+
+/// A task status answer about a queue outside the token's prefixes says "unknown",
+/// as if the task did not exist.
+fn hide_other_queues(r: &mut v1::Response, prefixes: &[String]) {
+    if let Some(response::Result::Task(info)) = &mut r.result {
+        if !info.queue.is_empty() && !prefixes.iter().any(|p| info.queue.starts_with(p.as_str())) {
+            *info = v1::TaskInfo {
+                task_id: info.task_id,
+                state: v1::TaskState::Unknown as i32,
+                ..v1::TaskInfo::default()
+            };
         }
     }
 }

@@ -394,6 +394,8 @@ async fn start_broker(
         config.data_dir.display()
     );
 
+    warn_if_exposed(&config, local_addr);
+
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
     let waiters = Arc::new(Waiters::default());
     let bounded = Arc::new(admission::Bounded::default());
@@ -434,6 +436,26 @@ async fn start_broker(
         writer,
         stop: CancellationToken::new(),
     })
+}
+
+/// Warns when the protocol port is reachable from other machines without
+/// authentication: anyone who can connect may publish, consume and delete queues.
+fn warn_if_exposed(config: &ServerConfig, local_addr: SocketAddr) {
+    if let Some(why) = exposure(config, local_addr) {
+        warn!(listen = %local_addr, "{why}");
+    }
+}
+
+/// What is unsafe about listening on `addr` with `config`, if anything.
+fn exposure(config: &ServerConfig, addr: SocketAddr) -> Option<&'static str> {
+    if addr.ip().is_loopback() || config.auth.is_enabled() {
+        return None;
+    }
+    Some(
+        "listening on a non-loopback address WITHOUT authentication: anyone who can reach \
+         this port can publish, consume and delete queues; configure [[auth.tokens]] \
+         (see `squall token hash`) or listen on 127.0.0.1",
+    )
 }
 
 type Recovered = (Store, Engine, Vec<crate::model::Mutation>, u64);
@@ -562,4 +584,28 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     flushed?;
     info!("shutdown complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_without_auth_is_flagged() {
+        let open = ServerConfig::default();
+        let lo: SocketAddr = "127.0.0.1:7600".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:7600".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7600".parse().unwrap();
+        assert!(exposure(&open, lo).is_none());
+        assert!(exposure(&open, lo6).is_none());
+        assert!(exposure(&open, any).is_some());
+        let mut secured = ServerConfig::default();
+        secured.auth.tokens.push(crate::auth::TokenEntry {
+            name: "a".into(),
+            hash: crate::auth::TokenHash::new("t"),
+            role: crate::auth::Role::Admin,
+            queues: Vec::new(),
+        });
+        assert!(exposure(&secured, any).is_none());
+    }
 }
