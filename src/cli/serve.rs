@@ -173,6 +173,9 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
+    // Installed before anything is bound: a SIGTERM that arrives as soon as the broker
+    // says it listens must shut it down gracefully, not kill it.
+    let signalled = shutdown_signal();
     let handle = match server::start(settings.server).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
@@ -180,7 +183,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signalled.await;
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
@@ -188,23 +191,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Registers for SIGINT and SIGTERM now; the future resolves at the first of them.
 #[cfg(unix)]
-async fn wait_for_signal() {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
