@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Most requests per connection whose answer is not yet written; past it a request
     /// gets `TOO_MANY_REQUESTS`.
     pub max_inflight_requests: u32,
+    /// Bytes waiting to be written to one connection past which deliveries to it pause
+    /// (they resume when half of it is written).
+    pub max_unsent_bytes: usize,
     /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
     pub auth: AuthConfig,
 }
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_inflight_requests: 4_096,
+            max_unsent_bytes: 8 * 1024 * 1024,
             auth: AuthConfig::default(),
         }
     }
@@ -254,6 +258,12 @@ impl ServerConfig {
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout", "must be above 0".into());
         }
+        if self.max_unsent_bytes < 64 * 1024 {
+            return bad(
+                "max_unsent_bytes",
+                format!("{} is below the minimum of 64 KiB", self.max_unsent_bytes),
+            );
+        }
         if self.max_inflight_requests == 0 {
             return bad("max_inflight_requests", "must be at least 1".into());
         }
@@ -361,6 +371,7 @@ mod tests {
             handshake_timeout: _,
             idle_timeout: _,
             max_inflight_requests: _,
+            max_unsent_bytes: _,
             auth: _,
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
@@ -392,6 +403,7 @@ mod tests {
             ("handshake_timeout", "7s"),
             ("idle_timeout", "7s"),
             ("max_inflight_requests", "7"),
+            ("max_unsent_bytes", "7 MiB"),
             (
                 "auth.tokens",
                 r#"[{ name = "w", role = "consumer", hash = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000" }]"#,

@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// Most unanswered requests per connection [default: 4096].
     #[arg(long, value_name = "N")]
     max_inflight_requests: Option<String>,
+    /// Bytes waiting to be written to one connection past which its deliveries pause
+    /// [default: 8 MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_unsent_bytes: Option<String>,
     /// Default lease of new queues [default: 30s].
     #[arg(long, alias = "default-lease", value_name = "DURATION")]
     queue_lease: Option<String>,
@@ -127,6 +131,7 @@ impl ServeArgs {
         add("handshake_timeout", &self.handshake_timeout);
         add("idle_timeout", &self.idle_timeout);
         add("max_inflight_requests", &self.max_inflight_requests);
+        add("max_unsent_bytes", &self.max_unsent_bytes);
         add("queue.lease", &self.queue_lease);
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);

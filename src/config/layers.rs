@@ -76,6 +76,8 @@ pub static KEYS: &[Key] = &[
         .server
         .max_inflight_requests =
         int(v)?),
+    key!("max_unsent_bytes", |s, v| s.server.max_unsent_bytes =
+        size(v)?),
     key!("auth.tokens", |s, v| s.server.auth.tokens = tokens(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),

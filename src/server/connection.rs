@@ -4,13 +4,15 @@
 //! outbox and writes every pending frame with one syscall per wakeup, reading the store
 //! for deliveries and task status on the way. Only this file touches client sockets.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use prost::Message;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{encode_frame, split_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
@@ -41,8 +43,16 @@ const MAX_REASON_BYTES: usize = 4096;
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
 /// Longest client name kept (it names lease holders in task status).
 const MAX_CLIENT_NAME_BYTES: usize = 256;
-/// Frames written per wakeup at most.
+/// Outbox messages taken per wakeup at most.
 const WRITE_BATCH: usize = 256;
+/// Most deliveries the hub hands to one connection before its writer half has taken
+/// them from the outbox (`Engine::set_delivery_window`): a connection whose writer
+/// stops at `max_unsent_bytes` stops getting tasks after this many more.
+pub(crate) const DELIVERY_WINDOW: u32 = 64;
+/// The writer half reports its progress to the hub every this many deliveries (and
+/// the hub resumes a connection below the window), so the pipe stays full without a
+/// message per delivery.
+const REPORT_EVERY: u32 = 16;
 /// Read buffer headroom kept before each read.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -849,42 +859,155 @@ fn is_answer(r: &v1::Response) -> bool {
 }
 
 async fn write_frames<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+    wr: W,
+    rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
     shared: &Shared,
     waits: &mut ConnWaits,
     flow: &Flow,
 ) {
-    let max_inflight = shared.config.max_inflight_requests;
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut timed_out = Vec::new();
-    loop {
-        let received = match waits.next_deadline() {
-            None => rx.recv_many(&mut batch, WRITE_BATCH).await,
-            Some(at) => tokio::select! {
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-                _ = tokio::time::sleep_until(at) => {
-                    waits.expire(shared, tokio::time::Instant::now(), &mut timed_out);
-                    if timed_out.is_empty() {
-                        continue;
+    let mut w = WriterHalf {
+        wr,
+        rx,
+        conn,
+        shared,
+        flow,
+        batch: Vec::with_capacity(WRITE_BATCH),
+        queue: VecDeque::new(),
+        pending: BytesMut::with_capacity(64 * 1024),
+        timed_out: Vec::new(),
+        ending: false,
+        paused: false,
+        unreported: 0,
+        last_progress: Instant::now(),
+        limit: shared.config.max_unsent_bytes,
+        stall: match shared.config.idle_timeout {
+            d if d.is_zero() => NEVER,
+            d => d,
+        },
+    };
+    w.run(waits).await;
+}
+
+/// The writer half's state: what was taken from the outbox and not yet encoded
+/// (`queue`), and the encoded bytes not yet accepted by the socket (`pending`, at most
+/// `max_unsent_bytes` plus one frame).
+struct WriterHalf<'a, W> {
+    wr: W,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    conn: ConnId,
+    shared: &'a Shared,
+    flow: &'a Flow,
+    batch: Vec<Outbound>,
+    queue: VecDeque<Outbound>,
+    pending: BytesMut,
+    timed_out: Vec<v1::Response>,
+    /// A closing frame is encoded (or the outbox closed): write what is left, then close.
+    ending: bool,
+    /// More than `limit` bytes are unsent (counted in the `connections_paused` gauge).
+    paused: bool,
+    /// Deliveries taken from the outbox and not yet reported to the hub.
+    unreported: u32,
+    last_progress: Instant,
+    limit: usize,
+    stall: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> WriterHalf<'_, W> {
+    async fn run(&mut self, waits: &mut ConnWaits) {
+        let stall_timer = tokio::time::sleep(NEVER);
+        tokio::pin!(stall_timer);
+        let mut stall_armed = false;
+        loop {
+            self.encode(waits);
+            self.signal_backpressure();
+            if self.pending.is_empty() {
+                if !self.flush().await {
+                    return;
+                }
+                if self.ending {
+                    let _ = self.wr.shutdown().await;
+                    return;
+                }
+                if self.queue.is_empty() {
+                    self.receive(waits).await;
+                }
+                continue;
+            }
+            // Try the write first: on an uncongested socket it completes at once and
+            // costs no timer.
+            match self.wr.write(&self.pending).now_or_never() {
+                Some(r) => {
+                    if !self.wrote(r) {
+                        return;
                     }
-                    usize::MAX
+                    continue;
+                }
+                None if !stall_armed => {
+                    stall_armed = true;
+                    stall_timer.as_mut().reset(self.last_progress + self.stall);
+                }
+                None => {}
+            }
+            let can_take = !self.ending && self.queue.is_empty() && self.pending.len() < self.limit;
+            let wait_deadline = waits.next_deadline();
+            tokio::select! {
+                biased;
+                r = self.wr.write(&self.pending) => {
+                    if !self.wrote(r) {
+                        return;
+                    }
+                }
+                n = self.rx.recv_many(&mut self.batch, WRITE_BATCH), if can_take => self.received(n),
+                _ = sleep_until_opt(wait_deadline), if wait_deadline.is_some() => {
+                    waits.expire(self.shared, Instant::now(), &mut self.timed_out);
+                }
+                _ = &mut stall_timer => {
+                    let due = self.last_progress + self.stall;
+                    if due <= Instant::now() {
+                        debug!(conn = self.conn, unsent = self.pending.len(), stall = ?self.stall, "the client reads nothing: closing the connection");
+                        return;
+                    }
+                    stall_timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Waits for outbox messages (or a wait's deadline).
+    async fn receive(&mut self, waits: &mut ConnWaits) {
+        match waits.next_deadline() {
+            None => {
+                let n = self.rx.recv_many(&mut self.batch, WRITE_BATCH).await;
+                self.received(n);
+            }
+            Some(at) => tokio::select! {
+                n = self.rx.recv_many(&mut self.batch, WRITE_BATCH) => self.received(n),
+                _ = tokio::time::sleep_until(at) => {
+                    waits.expire(self.shared, Instant::now(), &mut self.timed_out);
                 }
             },
-        };
-        if received == 0 {
-            if shared.conn_cancel.is_cancelled() {
-                let bye = error_response(0, ErrorCode::ShuttingDown, "the broker is shutting down");
-                encode_frame(&server_message(bye), &mut buf);
-                let _ = wr.write_all(&buf).await;
-            }
-            let _ = wr.shutdown().await;
-            return;
         }
+    }
+
+    fn received(&mut self, n: usize) {
+        if n == 0 {
+            // The outbox closed: the connection is over.
+            if self.shared.conn_cancel.is_cancelled() {
+                let bye = error_response(0, ErrorCode::ShuttingDown, "the broker is shutting down");
+                encode_frame(&server_message(bye), &mut self.pending);
+            }
+            self.ending = true;
+        }
+        self.queue.extend(self.batch.drain(..));
+    }
+
+    /// Encodes queued messages while fewer than `limit` bytes are unsent.
+    fn encode(&mut self, waits: &mut ConnWaits) {
         let mut answers = 0u32;
-        let prefixes = flow.prefixes.get();
+        let prefixes = self.flow.prefixes.get();
+        let shared = self.shared;
+        let pending = &mut self.pending;
         let mut response = |mut r: v1::Response, buf: &mut BytesMut| {
             answers += u32::from(is_answer(&r));
             if let Some(prefixes) = prefixes {
@@ -892,40 +1015,112 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             }
             encode_frame(&server_message(r), buf);
         };
-        for r in timed_out.drain(..) {
-            response(r, &mut buf);
+        for r in self.timed_out.drain(..) {
+            response(r, pending);
         }
-        let mut close = false;
-        for msg in batch.drain(..) {
+        while !self.ending && pending.len() < self.limit {
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
             match msg {
-                Outbound::Response(r) => response(r, &mut buf),
-                Outbound::Deliver(d) => encode_delivery(shared, conn, d, &mut buf),
-                Outbound::Admin(reply) => response(reply.into_response(&shared.store), &mut buf),
+                Outbound::Response(r) => response(r, pending),
+                Outbound::Deliver(d) => {
+                    self.unreported += 1;
+                    encode_delivery(shared, self.conn, d, pending)
+                }
+                Outbound::Admin(reply) => response(reply.into_response(&shared.store), pending),
                 Outbound::Close(r) => {
-                    response(r, &mut buf);
-                    close = true;
-                    break;
+                    response(r, pending);
+                    self.ending = true;
                 }
                 other => {
                     if let Some(r) = answer_status(shared, waits, other) {
-                        response(r, &mut buf);
+                        response(r, pending);
                     }
                 }
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            debug!(conn, error = %e, "write failed");
-            return;
+        self.flow
+            .answered(answers, self.shared.config.max_inflight_requests);
+        if self.unreported >= REPORT_EVERY {
+            let n = std::mem::take(&mut self.unreported);
+            let _ = self.shared.hub.send(HubCmd::Written { conn: self.conn, n });
         }
-        flow.answered(answers, max_inflight);
-        if close {
-            let _ = wr.shutdown().await;
-            return;
+    }
+
+    /// Counts the connection as paused while `limit` bytes are unsent (the writer then
+    /// takes nothing from the outbox, so the hub's delivery window fills and it stops
+    /// delivering here), until half of that is written.
+    fn signal_backpressure(&mut self) {
+        let unsent = self.pending.len();
+        let change = if self.paused {
+            unsent <= self.limit / 2
+        } else {
+            unsent >= self.limit
+        };
+        if change {
+            self.paused = !self.paused;
+            debug!(
+                conn = self.conn,
+                unsent,
+                paused = self.paused,
+                "delivery backpressure"
+            );
+            self.shared
+                .metrics
+                .paused_connections
+                .fetch_add(if self.paused { 1 } else { -1 }, Relaxed);
         }
-        buf.clear();
-        if buf.capacity() > 4 * 1024 * 1024 {
-            buf = BytesMut::with_capacity(64 * 1024);
+    }
+
+    /// Accounts for one write; false if the connection is gone.
+    fn wrote(&mut self, r: std::io::Result<usize>) -> bool {
+        match r {
+            Ok(0) => false,
+            Ok(n) => {
+                self.pending.advance(n);
+                self.last_progress = Instant::now();
+                if self.pending.is_empty() && self.pending.capacity() > 4 * 1024 * 1024 {
+                    self.pending = BytesMut::with_capacity(64 * 1024);
+                }
+                true
+            }
+            Err(e) => {
+                debug!(conn = self.conn, error = %e, "write failed");
+                false
+            }
         }
+    }
+
+    /// Pushes out anything the stream buffers (TLS records); false if the connection
+    /// is gone or the client stopped reading for the stall time.
+    async fn flush(&mut self) -> bool {
+        let flushed = match self.wr.flush().now_or_never() {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.stall, self.wr.flush()).await {
+                Ok(r) => r,
+                Err(_) => return false,
+            },
+        };
+        flushed.is_ok()
+    }
+}
+
+impl<W> Drop for WriterHalf<'_, W> {
+    fn drop(&mut self) {
+        if self.paused {
+            self.shared
+                .metrics
+                .paused_connections
+                .fetch_add(-1, Relaxed);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -91,6 +91,11 @@ pub(crate) enum HubCmd {
     },
     /// An admitted publish failed: its reserved room is free again.
     Release(Reservation),
+    /// A connection's writer wrote (or dropped) `n` more deliveries.
+    Written {
+        conn: ConnId,
+        n: u32,
+    },
     /// A delivery could not be sent.
     Undeliverable {
         conn: ConnId,
@@ -355,6 +360,7 @@ impl Hub {
             }
             HubCmd::Publish { muts, done } => self.admit(muts, *done),
             HubCmd::Release(r) => self.reservations.release(r),
+            HubCmd::Written { conn, n } => self.engine.written(conn, n),
             HubCmd::Undeliverable {
                 conn,
                 task,

@@ -28,6 +28,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_open: AtomicI64,
     /// Client connections accepted since start.
     pub(crate) connections_accepted: AtomicU64,
+    /// Connections whose deliveries are paused because they read too slowly.
+    pub(crate) paused_connections: AtomicI64,
     /// Client connections refused at `max_connections` since start.
     pub(crate) connections_refused: AtomicU64,
     /// Microseconds from a publish request's arrival to its confirmation.
@@ -43,6 +45,7 @@ impl Default for Metrics {
             connections_open: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            paused_connections: AtomicI64::new(0),
             publish_confirm_micros: Histogram::new(LATENCY_MICROS),
             ready: AtomicBool::new(false),
         }
@@ -90,6 +93,7 @@ struct Scrape {
     connections_open: i64,
     connections_accepted: u64,
     connections_refused: u64,
+    paused_connections: i64,
     publish_confirm: HistogramSnapshot,
     writer: Option<WriterSample>,
     queues: Vec<QueueSample>,
@@ -118,6 +122,7 @@ pub(crate) fn render(
         connections_open: metrics.connections_open.load(Relaxed),
         connections_accepted: metrics.connections_accepted.load(Relaxed),
         connections_refused: metrics.connections_refused.load(Relaxed),
+        paused_connections: metrics.paused_connections.load(Relaxed),
         publish_confirm: metrics.publish_confirm_micros.snapshot(),
         writer: writer.map(|w| WriterSample {
             batches: w.batches.load(Relaxed),
@@ -299,6 +304,12 @@ impl Collector for Scrape {
             "connections_refused",
             "Client connections refused because max_connections were open.",
             self.connections_refused,
+        )?;
+        gauge(
+            &mut enc,
+            "connections_paused",
+            "Connections whose deliveries are paused: more than max_unsent_bytes wait to be written to them.",
+            self.paused_connections,
         )?;
         histogram(
             &mut enc,

@@ -401,6 +401,8 @@ async fn start_broker(
     let bounded = Arc::new(admission::Bounded::default());
     let default_max_length = config.queue_defaults.max_length;
     bounded.refresh(&engine, default_max_length);
+    let mut engine = engine;
+    engine.set_delivery_window(Some(connection::DELIVERY_WINDOW));
     let hub = Hub::new(
         engine,
         handle.clone(),
