@@ -73,6 +73,18 @@ pub struct ServerConfig {
     pub max_unsent_bytes: usize,
     /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
     pub auth: AuthConfig,
+    /// TLS on the protocol port (off unless both files are set).
+    pub tls: TlsConfig,
+}
+
+/// TLS of the protocol port: a PEM certificate chain and its private key. With both
+/// set, the port speaks TLS only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), server certificate first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +111,7 @@ impl Default for ServerConfig {
             max_inflight_requests: 4_096,
             max_unsent_bytes: 8 * 1024 * 1024,
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -258,6 +271,15 @@ impl ServerConfig {
         if self.handshake_timeout.is_zero() {
             return bad("handshake_timeout", "must be above 0".into());
         }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return bad("tls.key", "is required when tls.cert is set".into());
+            }
+            (None, Some(_)) => {
+                return bad("tls.cert", "is required when tls.key is set".into());
+            }
+            _ => {}
+        }
         if self.max_unsent_bytes < 64 * 1024 {
             return bad(
                 "max_unsent_bytes",
@@ -373,6 +395,7 @@ mod tests {
             max_inflight_requests: _,
             max_unsent_bytes: _,
             auth: _,
+            tls: TlsConfig { cert: _, key: _ },
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -404,6 +427,8 @@ mod tests {
             ("idle_timeout", "7s"),
             ("max_inflight_requests", "7"),
             ("max_unsent_bytes", "7 MiB"),
+            ("tls.cert", "/etc/squall/cert.pem"),
+            ("tls.key", "/etc/squall/key.pem"),
             (
                 "auth.tokens",
                 r#"[{ name = "w", role = "consumer", hash = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000" }]"#,

@@ -247,6 +247,10 @@ pub struct ServerArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// Talk TLS to the broker, trusting the CA certificate(s) in this PEM file. The
+    /// broker's certificate must name the host of --server.
+    #[arg(long, env = "SQUALL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Never shows the token.
@@ -255,6 +259,7 @@ impl std::fmt::Debug for ServerArgs {
         f.debug_struct("ServerArgs")
             .field("server", &self.server)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
             .finish()
     }
 }
@@ -265,6 +270,9 @@ impl ServerArgs {
         let mut b = squall_client::Client::builder().client_name(name);
         if let Some(token) = &self.token {
             b = b.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            b = b.tls_ca_file(ca);
         }
         b
     }
@@ -287,6 +295,10 @@ pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_cli
                     message: format!("cannot reach the broker at {}: {e}", args.server),
                 })
             }
+            squall_client::ClientError::Config(m) => anyhow::Error::new(Exit {
+                code: EXIT_USAGE,
+                message: m,
+            }),
             other => other.into(),
         })?;
     Ok(client)

@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// [default: 8 MiB].
     #[arg(long, value_name = "SIZE")]
     max_unsent_bytes: Option<String>,
+    /// PEM certificate chain: with --tls-key, the protocol port speaks TLS only.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
     /// Default lease of new queues [default: 30s].
     #[arg(long, alias = "default-lease", value_name = "DURATION")]
     queue_lease: Option<String>,
@@ -132,6 +138,8 @@ impl ServeArgs {
         add("idle_timeout", &self.idle_timeout);
         add("max_inflight_requests", &self.max_inflight_requests);
         add("max_unsent_bytes", &self.max_unsent_bytes);
+        add("tls.cert", &self.tls_cert);
+        add("tls.key", &self.tls_key);
         add("queue.lease", &self.queue_lease);
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);

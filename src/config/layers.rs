@@ -78,6 +78,8 @@ pub static KEYS: &[Key] = &[
         int(v)?),
     key!("max_unsent_bytes", |s, v| s.server.max_unsent_bytes =
         size(v)?),
+    key!("tls.cert", |s, v| s.server.tls.cert = optional_path(v)?),
+    key!("tls.key", |s, v| s.server.tls.key = optional_path(v)?),
     key!("auth.tokens", |s, v| s.server.auth.tokens = tokens(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),
@@ -272,6 +274,13 @@ fn token_entry(v: &Value) -> Result<TokenEntry, String> {
         role,
         queues,
     })
+}
+
+/// A file path, or "" for none.
+fn optional_path(v: &Value) -> Result<Option<PathBuf>, String> {
+    Ok(Some(string(v)?)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from))
 }
 
 fn string(v: &Value) -> Result<&str, String> {

@@ -166,8 +166,25 @@ pub(crate) async fn serve(
 ) {
     let _open = OpenConnection::new(&shared.metrics, slot);
     let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
-    let (rd, wr) = stream.into_split();
-    serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+    match shared.tls.clone() {
+        None => {
+            let (rd, wr) = stream.into_split();
+            serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+        }
+        Some(acceptor) => {
+            let accepted = tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream));
+            let tls = tokio::select! {
+                r = accepted => match r {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return debug!(conn = id, %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(conn = id, %peer, "TLS handshake timed out"),
+                },
+                _ = shared.conn_cancel.cancelled() => return,
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+        }
+    }
 }
 
 /// Serves a connection over its two halves (plain TCP, or TLS after its handshake).
@@ -213,7 +230,7 @@ async fn serve_split<R, W>(
 
 /// Answers a connection past `max_connections` with `TOO_MANY_CONNECTIONS` and closes
 /// it, within the handshake timeout.
-pub(crate) async fn refuse(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn refuse(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let max = shared.config.max_connections;
     debug!(%peer, max, "connection refused: too many connections");
     let bye = error_response(
@@ -223,11 +240,18 @@ pub(crate) async fn refuse(mut stream: TcpStream, peer: SocketAddr, shared: Arc<
     );
     let mut buf = BytesMut::new();
     encode_frame(&server_message(bye), &mut buf);
-    let write = async {
-        stream.write_all(&buf).await?;
-        stream.shutdown().await
+    let say = async {
+        match &shared.tls {
+            None => goodbye(stream, &buf).await,
+            Some(acceptor) => goodbye(acceptor.accept(stream).await?, &buf).await,
+        }
     };
-    let _ = tokio::time::timeout(shared.config.handshake_timeout, write).await;
+    let _ = tokio::time::timeout(shared.config.handshake_timeout, say).await;
+}
+
+async fn goodbye<S: AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) -> std::io::Result<()> {
+    stream.write_all(frame).await?;
+    stream.shutdown().await
 }
 
 /// Far enough in the future to mean "never" for a timer.

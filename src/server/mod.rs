@@ -12,6 +12,7 @@ mod metrics;
 mod rates;
 mod status;
 mod sweeper;
+mod tls;
 mod wait;
 mod waiters;
 
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Who waits for which task's result.
     waiters: Arc<Waiters>,
+    /// TLS of the protocol port, if configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// Which queues have a `max_length` (publishes to them go through the hub).
     bounded: Arc<admission::Bounded>,
     /// Cancelled at shutdown: readers stop reading.
@@ -329,9 +332,10 @@ impl ServerHandle {
 /// before this returns.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let tls = tls::acceptor(&config)?;
     let metrics = Arc::new(Metrics::default());
     let http = http::HttpServer::start(config.http, metrics.clone()).await?;
-    match start_broker(config, metrics, &http).await {
+    match start_broker(config, tls, metrics, &http).await {
         Ok(running) => {
             let handle = ServerHandle {
                 local_addr: running.local_addr,
@@ -363,6 +367,7 @@ struct Running {
 /// Recovery, protocol bind, writer and hub start; readiness on.
 async fn start_broker(
     config: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     http: &http::HttpServer,
 ) -> Result<Running, ServerError> {
@@ -388,13 +393,15 @@ async fn start_broker(
         listen = %local_addr,
         data_dir = %config.data_dir.display(),
         fsync = ?config.fsync,
+        tls = tls.is_some(),
+        auth = config.auth.is_enabled(),
         recovered_tasks = tasks,
         startup_ms = started.elapsed().as_millis() as u64,
         "squall is listening on {local_addr} with data in {}",
         config.data_dir.display()
     );
 
-    warn_if_exposed(&config, local_addr);
+    warn_if_exposed(&config, tls.is_some(), local_addr);
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
     let waiters = Arc::new(Waiters::default());
@@ -426,6 +433,7 @@ async fn start_broker(
         metrics,
         waiters,
         bounded,
+        tls,
         conn_cancel: CancellationToken::new(),
         writers: TaskTracker::new(),
     });
@@ -442,16 +450,22 @@ async fn start_broker(
 
 /// Warns when the protocol port is reachable from other machines without
 /// authentication: anyone who can connect may publish, consume and delete queues.
-fn warn_if_exposed(config: &ServerConfig, local_addr: SocketAddr) {
-    if let Some(why) = exposure(config, local_addr) {
+fn warn_if_exposed(config: &ServerConfig, tls: bool, local_addr: SocketAddr) {
+    if let Some(why) = exposure(config, tls, local_addr) {
         warn!(listen = %local_addr, "{why}");
     }
 }
 
 /// What is unsafe about listening on `addr` with `config`, if anything.
-fn exposure(config: &ServerConfig, addr: SocketAddr) -> Option<&'static str> {
-    if addr.ip().is_loopback() || config.auth.is_enabled() {
+fn exposure(config: &ServerConfig, tls: bool, addr: SocketAddr) -> Option<&'static str> {
+    if addr.ip().is_loopback() {
         return None;
+    }
+    if config.auth.is_enabled() {
+        return (!tls).then_some(
+            "listening on a non-loopback address without TLS: tokens and tasks cross the \
+             network in clear text; set tls.cert and tls.key",
+        );
     }
     Some(
         "listening on a non-loopback address WITHOUT authentication: anyone who can reach \
@@ -598,9 +612,10 @@ mod tests {
         let lo: SocketAddr = "127.0.0.1:7600".parse().unwrap();
         let lo6: SocketAddr = "[::1]:7600".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:7600".parse().unwrap();
-        assert!(exposure(&open, lo).is_none());
-        assert!(exposure(&open, lo6).is_none());
-        assert!(exposure(&open, any).is_some());
+        assert!(exposure(&open, false, lo).is_none());
+        assert!(exposure(&open, false, lo6).is_none());
+        assert!(exposure(&open, false, any).is_some());
+        assert!(exposure(&open, true, any).is_some());
         let mut secured = ServerConfig::default();
         secured.auth.tokens.push(crate::auth::TokenEntry {
             name: "a".into(),
@@ -608,6 +623,10 @@ mod tests {
             role: crate::auth::Role::Admin,
             queues: Vec::new(),
         });
-        assert!(exposure(&secured, any).is_none());
+        assert!(
+            exposure(&secured, false, any).is_some(),
+            "tokens in clear text"
+        );
+        assert!(exposure(&secured, true, any).is_none());
     }
 }
