@@ -389,18 +389,6 @@ async fn start_broker(
     for m in fixes {
         handle.submit(Muts::One(m), None);
     }
-    info!(
-        listen = %local_addr,
-        data_dir = %config.data_dir.display(),
-        fsync = ?config.fsync,
-        tls = tls.is_some(),
-        auth = config.auth.is_enabled(),
-        recovered_tasks = tasks,
-        startup_ms = started.elapsed().as_millis() as u64,
-        "squall is listening on {local_addr} with data in {}",
-        config.data_dir.display()
-    );
-
     warn_if_exposed(&config, tls.is_some(), local_addr);
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
@@ -425,6 +413,19 @@ async fn start_broker(
         writer: writer_stats,
     });
     metrics.ready.store(true, Ordering::Relaxed);
+    // Logged once ready, so that whoever waits for this line finds /readyz at 200.
+    info!(
+        listen = %local_addr,
+        data_dir = %config.data_dir.display(),
+        fsync = ?config.fsync,
+        tls = tls.is_some(),
+        auth = config.auth.is_enabled(),
+        recovered_tasks = tasks,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "squall is listening on {local_addr} with data in {}",
+        config.data_dir.display()
+    );
+
     let shared = Arc::new(Shared {
         config,
         store,
