@@ -139,6 +139,9 @@ pub(crate) struct Hub {
     default_max_length: u64,
     /// Room reserved in bounded queues by publishes not yet durable.
     reservations: Reservations,
+    /// Only asked whether it failed (then nothing is dispatched: a delivery's body
+    /// could not be read, and its requeue would spin). Never read.
+    store: crate::store::Store,
 }
 
 impl Hub {
@@ -148,8 +151,10 @@ impl Hub {
         waiters: Arc<Waiters>,
         bounded: Arc<Bounded>,
         default_max_length: u64,
+        store: crate::store::Store,
     ) -> Hub {
         Hub {
+            store,
             bounded,
             default_max_length,
             reservations: Reservations::default(),
@@ -167,7 +172,8 @@ impl Hub {
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
-            let wake = if self.engine.needs_dispatch() {
+            let dispatching = self.store.failure().is_none();
+            let wake = if dispatching && self.engine.needs_dispatch() {
                 Some(Instant::now())
             } else {
                 let next = self.engine.next_wakeup().unwrap_or(u64::MAX);
@@ -190,7 +196,7 @@ impl Hub {
                 self.handle(cmd, now);
             }
             self.engine.tick(now, &mut self.effects);
-            if !stop {
+            if !stop && dispatching {
                 self.engine.dispatch(now, &mut self.effects);
             }
             self.apply_effects(now);

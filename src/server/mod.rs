@@ -404,6 +404,7 @@ async fn start_broker(
         waiters.clone(),
         bounded.clone(),
         default_max_length,
+        store.clone(),
     );
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
