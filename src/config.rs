@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub use self::layers::{key, Key, KEYS, TEST_RECOVERY_DELAY_ENV};
+use crate::auth::AuthConfig;
 use crate::model::QueueConfig;
 use crate::store::FsyncMode;
 
@@ -56,6 +57,34 @@ pub struct ServerConfig {
     /// How often the retention sweep removes expired results, dead tasks and
     /// idempotency keys.
     pub sweep_interval: Duration,
+    /// Most client connections open at once; past it a new connection gets
+    /// `TOO_MANY_CONNECTIONS` and is closed.
+    pub max_connections: usize,
+    /// Time a new connection has to complete its handshake (TLS and `Hello`).
+    pub handshake_timeout: Duration,
+    /// A connection that sends no frame for this long is closed with `TIMEOUT`
+    /// (zero = never). Clients ping every 15 s by default.
+    pub idle_timeout: Duration,
+    /// Most requests per connection whose answer is not yet written; past it a request
+    /// gets `TOO_MANY_REQUESTS`.
+    pub max_inflight_requests: u32,
+    /// Bytes waiting to be written to one connection past which deliveries to it pause
+    /// (they resume when half of it is written).
+    pub max_unsent_bytes: usize,
+    /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
+    pub auth: AuthConfig,
+    /// TLS on the protocol port (off unless both files are set).
+    pub tls: TlsConfig,
+}
+
+/// TLS of the protocol port: a PEM certificate chain and its private key. With both
+/// set, the port speaks TLS only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), server certificate first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +105,13 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             test_recovery_delay: Duration::ZERO,
             sweep_interval: Duration::from_secs(1),
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_inflight_requests: 4_096,
+            max_unsent_bytes: 8 * 1024 * 1024,
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -229,6 +265,30 @@ impl ServerConfig {
                 ),
             );
         }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be above 0".into());
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return bad("tls.key", "is required when tls.cert is set".into());
+            }
+            (None, Some(_)) => {
+                return bad("tls.cert", "is required when tls.key is set".into());
+            }
+            _ => {}
+        }
+        if self.max_unsent_bytes < 64 * 1024 {
+            return bad(
+                "max_unsent_bytes",
+                format!("{} is below the minimum of 64 KiB", self.max_unsent_bytes),
+            );
+        }
+        if self.max_inflight_requests == 0 {
+            return bad("max_inflight_requests", "must be at least 1".into());
+        }
         if self.sweep_interval.is_zero() {
             return bad("sweep_interval", "must be above 0".into());
         }
@@ -329,6 +389,13 @@ mod tests {
             node_id: _,
             shutdown_grace: _,
             sweep_interval: _,
+            max_connections: _,
+            handshake_timeout: _,
+            idle_timeout: _,
+            max_inflight_requests: _,
+            max_unsent_bytes: _,
+            auth: _,
+            tls: TlsConfig { cert: _, key: _ },
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -355,6 +422,17 @@ mod tests {
             ("node_id", "n7"),
             ("shutdown_grace", "7s"),
             ("sweep_interval", "7s"),
+            ("max_connections", "7"),
+            ("handshake_timeout", "7s"),
+            ("idle_timeout", "7s"),
+            ("max_inflight_requests", "7"),
+            ("max_unsent_bytes", "7 MiB"),
+            ("tls.cert", "/etc/squall/cert.pem"),
+            ("tls.key", "/etc/squall/key.pem"),
+            (
+                "auth.tokens",
+                r#"[{ name = "w", role = "consumer", hash = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000" }]"#,
+            ),
             ("queue.lease", "7s"),
             ("queue.max_attempts", "7"),
             ("queue.backoff_min", "7ms"),
@@ -368,7 +446,14 @@ mod tests {
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {
             let mut s = Settings::default();
-            s.set(name, &toml::Value::String(value.into())).unwrap();
+            // Lists of tables come from the file only: give them as TOML.
+            let value = match name {
+                "auth.tokens" => {
+                    format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone()
+                }
+                _ => toml::Value::String(value.into()),
+            };
+            s.set(name, &value).unwrap();
             assert_ne!(s, Settings::default(), "{name} = {value:?} changed nothing");
         }
     }
@@ -424,12 +509,29 @@ mod tests {
         check("fsync = \"sometimes\"", "fsync");
         check("[log]\nformat = \"xml\"", "log.format");
         check("this is not toml", "config");
+        check(
+            "[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\nhash = \"plaintext\"",
+            "auth.tokens",
+        );
+        check(
+            "[[auth.tokens]]\nname = \"a\"\nrole = \"root\"\nhash = \"sha256$00$0000000000000000000000000000000000000000000000000000000000000000\"",
+            "auth.tokens",
+        );
+        check(
+            "[[auth.tokens]]\nname = \"a\"\ntoken = \"x\"",
+            "auth.tokens",
+        );
+        check("[auth]\ntokenz = []", "auth.tokenz");
         // Valid one by one, inconsistent together.
         check(
             "[queue]\nbackoff_min = \"10m\"\nbackoff_max = \"1m\"",
             "queue.backoff_min",
         );
         check("max_lease = \"1s\"", "queue.lease");
+        let err =
+            Settings::load(None, vec![("SQUALL_AUTH_TOKENS".into(), "x".into())], []).unwrap_err();
+        assert_eq!(err.key, "auth.tokens");
+        assert!(err.reason.contains("configuration file"), "{err}");
         let err =
             Settings::load(None, vec![("SQUALL_MAX_BATCH".into(), "x".into())], []).unwrap_err();
         assert_eq!(err.key, "max_batch");

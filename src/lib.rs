@@ -1,6 +1,7 @@
 //! Squall: a durable task broker. This library crate holds the broker so that the
 //! binary (`src/main.rs`) and the end-to-end tests share it.
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod histogram;

@@ -18,8 +18,7 @@ use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{
     decode_frame, encode_frame, FrameCodec, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::codec::FramedRead;
@@ -46,6 +45,11 @@ const DEFAULT_INFLIGHT: usize = 4096;
 const INFLIGHT_RESERVE: usize = 8;
 
 type Waiter = oneshot::Sender<Result<response::Result>>;
+
+/// The connection's read half: plain TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The connection's write half: plain TCP or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Calls waiting for an answer; `closed` is set once, when the connection ends, and
 /// from then on no call can register.
@@ -414,21 +418,36 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-/// TCP connect plus `Hello`/`HelloOk`. Returns the split stream, any bytes read past
-/// the answer, and the answer.
+/// TCP connect, the TLS handshake if configured, then `Hello`/`HelloOk`. Returns the
+/// split stream, any bytes read past the answer, and the answer.
 async fn handshake(
     addr: &str,
     config: &Config,
-) -> Result<(OwnedReadHalf, OwnedWriteHalf, BytesMut, v1::HelloOk)> {
+) -> Result<(ReadHalf, WriteHalf, BytesMut, v1::HelloOk)> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match &config.tls {
+        None => {
+            let (rd, wr) = stream.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        Some(tls) => {
+            let name = tls.server_name(addr)?;
+            let stream = tls.connector.connect(name, stream).await.map_err(|e| {
+                ClientError::ConnectionLost {
+                    reason: format!("TLS handshake with {addr} failed: {e}"),
+                }
+            })?;
+            let (rd, wr) = tokio::io::split(stream);
+            (Box::new(rd), Box::new(wr))
+        }
+    };
     let hello = v1::Request {
         id: 1,
         op: Some(Op::Hello(v1::Hello {
             protocol_version: PROTOCOL_VERSION,
             client_name: config.client_name.clone(),
-            token: config.token.clone(),
+            token: config.token.0.clone(),
         })),
     };
     let mut buf = BytesMut::new();
@@ -462,7 +481,7 @@ async fn handshake(
 
 async fn read_loop(
     conn: Arc<Conn>,
-    mut frames: FramedRead<OwnedReadHalf, FrameCodec<v1::Request, v1::ServerMessage>>,
+    mut frames: FramedRead<ReadHalf, FrameCodec<v1::Request, v1::ServerMessage>>,
 ) {
     let reason = loop {
         let next = tokio::select! {
@@ -486,7 +505,7 @@ async fn read_loop(
 async fn write_loop(
     conn: Arc<Conn>,
     mut rx: mpsc::UnboundedReceiver<v1::Request>,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -518,11 +537,12 @@ async fn write_loop(
 }
 
 /// Writes and clears `buf`; on failure ends the connection and returns false.
-async fn write_out(conn: &Conn, wr: &mut OwnedWriteHalf, buf: &mut BytesMut) -> bool {
+async fn write_out(conn: &Conn, wr: &mut WriteHalf, buf: &mut BytesMut) -> bool {
     let result = tokio::select! {
         biased;
         _ = conn.cancel.cancelled() => return false,
-        r = wr.write_all(buf) => r,
+        // The flush pushes out what TLS buffers (a no-op on plain TCP).
+        r = async { wr.write_all(buf).await?; wr.flush().await } => r,
     };
     buf.clear();
     match result {

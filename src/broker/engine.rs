@@ -7,7 +7,7 @@
 //! with `impl` blocks of their own (one file per concern).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -211,6 +211,8 @@ pub(super) struct SubSlot {
     pub(super) sub: SubId,
     pub(super) prefetch: u32,
     pub(super) in_flight: u32,
+    /// Its connection reads too slowly: no deliveries until it catches up.
+    pub(super) paused: bool,
 }
 
 #[derive(Debug)]
@@ -261,7 +263,7 @@ impl Queue {
         for k in 0..n {
             let i = (self.rr + k) % n;
             let s = &self.subs[i];
-            if s.in_flight >= s.prefetch {
+            if s.in_flight >= s.prefetch || s.paused {
                 continue;
             }
             match best {
@@ -314,6 +316,14 @@ pub struct Engine {
     pub(super) rng: SmallRng,
     /// Slots of deleted queues, reused by the next new queue (`broker/admin.rs`).
     pub(super) free_slots: Vec<QueueIdx>,
+    /// Connections whose deliveries are paused (their delivery window is full).
+    pub(super) paused_conns: HashSet<ConnId>,
+    /// Most deliveries per connection not yet reported written
+    /// ([`Engine::written`]); `None` = no window (the default, for tests of the pure
+    /// engine).
+    pub(super) delivery_window: Option<u32>,
+    /// Deliveries per connection not yet reported written (only with a window).
+    pub(super) unwritten: HashMap<ConnId, u32>,
 }
 
 impl Engine {
@@ -334,6 +344,9 @@ impl Engine {
             next_slot: 1,
             rng,
             free_slots: Vec::new(),
+            paused_conns: HashSet::new(),
+            delivery_window: None,
+            unwritten: HashMap::new(),
         }
     }
 
@@ -372,6 +385,78 @@ impl Engine {
     }
 
     /// The configuration of a queue, if it exists.
+    /// Tasks of queue `name` that count against its `max_length`: ready, delayed and
+    /// leased (0 for a queue that does not exist yet).
+    pub fn pending_count(&self, name: &str) -> u64 {
+        self.by_name.get(name).map_or(0, |&i| {
+            let q = &self.queues[i as usize];
+            q.ready.len() as u64 + q.delayed + q.leased
+        })
+    }
+
+    /// The `max_length` of queue `name` (the default's for a queue not created yet);
+    /// 0 = unbounded.
+    pub fn max_length(&self, name: &str) -> u64 {
+        self.queue_config(name)
+            .unwrap_or(&self.config.queue_defaults)
+            .max_length
+    }
+
+    /// Names of the queues whose `max_length` is bounded differently from the default
+    /// (bounded when the default is not, or unbounded when it is).
+    pub fn max_length_exceptions(&self) -> Vec<Arc<str>> {
+        let default_bounded = self.config.queue_defaults.max_length > 0;
+        self.by_name
+            .values()
+            .map(|&i| &self.queues[i as usize])
+            .filter(|q| (q.config.max_length > 0) != default_bounded)
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
+    /// Bounds the deliveries handed to one connection and not yet written to its
+    /// socket: past `window`, its subscriptions get nothing until the connection
+    /// reports progress with [`Engine::written`]. A connection that reads slowly (its
+    /// writer stops taking deliveries at its byte limit) stops receiving tasks this way,
+    /// whatever its credit, and they go to other consumers.
+    pub fn set_delivery_window(&mut self, window: Option<u32>) {
+        self.delivery_window = window.filter(|&w| w > 0);
+    }
+
+    /// `n` deliveries to `conn` were written (or dropped) by its connection.
+    pub fn written(&mut self, conn: ConnId, n: u32) {
+        let Some(window) = self.delivery_window else {
+            return;
+        };
+        let Some(count) = self.unwritten.get_mut(&conn) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count < window && self.paused_conns.contains(&conn) {
+            self.set_conn_paused(conn, false);
+        }
+    }
+
+    /// Pauses (or resumes) deliveries to every subscription of `conn`. Leases it holds
+    /// are not affected.
+    fn set_conn_paused(&mut self, conn: ConnId, paused: bool) {
+        if paused {
+            self.paused_conns.insert(conn);
+        } else {
+            self.paused_conns.remove(&conn);
+        }
+        let subs = self.conn_subs.get(&conn).cloned().unwrap_or_default();
+        for (idx, sub) in subs {
+            let q = &mut self.queues[idx as usize];
+            if let Some(s) = q.subs.iter_mut().find(|s| s.conn == conn && s.sub == sub) {
+                s.paused = paused;
+            }
+            if !paused {
+                self.mark_dirty(idx);
+            }
+        }
+    }
+
     pub fn queue_config(&self, name: &str) -> Option<&QueueConfig> {
         self.by_name
             .get(name)
@@ -465,6 +550,7 @@ impl Engine {
             sub,
             prefetch,
             in_flight: 0,
+            paused: self.paused_conns.contains(&conn),
         });
         self.mark_dirty(idx);
         Ok(())
@@ -604,6 +690,8 @@ impl Engine {
     /// A connection closed: its subscriptions end and its leases return to ready now
     /// (or to the dead set if that was their last attempt).
     pub fn disconnect(&mut self, conn: ConnId, now: Millis, out: &mut Vec<Effect>) {
+        self.paused_conns.remove(&conn);
+        self.unwritten.remove(&conn);
         if let Some(subs) = self.conn_subs.remove(&conn) {
             for (idx, sub) in subs {
                 self.remove_slot(idx, conn, sub);
@@ -719,16 +807,28 @@ impl Engine {
     /// Hands ready tasks to subscriptions with free credit.
     pub fn dispatch(&mut self, now: Millis, out: &mut Vec<Effect>) {
         let dirty = std::mem::take(&mut self.dirty);
+        let mut full = Vec::new();
         for idx in dirty.iter().copied() {
-            self.dispatch_queue(idx, now, out);
+            self.dispatch_queue(idx, now, out, &mut full);
+            // Connections whose window just filled: pause their other subscriptions.
+            for conn in full.drain(..) {
+                self.set_conn_paused(conn, true);
+            }
         }
         // Reuse the allocation.
         self.dirty = dirty;
         self.dirty.clear();
     }
 
-    fn dispatch_queue(&mut self, idx: QueueIdx, now: Millis, out: &mut Vec<Effect>) {
+    fn dispatch_queue(
+        &mut self,
+        idx: QueueIdx,
+        now: Millis,
+        out: &mut Vec<Effect>,
+        full: &mut Vec<ConnId>,
+    ) {
         let max_lease = self.config.max_lease_ms;
+        let window = self.delivery_window;
         let q = &mut self.queues[idx as usize];
         q.dirty = false;
         if q.config.paused {
@@ -754,6 +854,16 @@ impl Engine {
             let s = &mut q.subs[slot];
             s.in_flight += 1;
             let (conn, sub, sub_slot) = (s.conn, s.sub, s.uid);
+            if let Some(window) = window {
+                let count = self.unwritten.entry(conn).or_default();
+                *count += 1;
+                if *count >= window {
+                    for s in q.subs.iter_mut().filter(|s| s.conn == conn) {
+                        s.paused = true;
+                    }
+                    full.push(conn);
+                }
+            }
             q.leased += 1;
             q.counters.delivered += 1;
             if entry.attempts > 1 {

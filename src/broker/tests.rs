@@ -429,3 +429,26 @@ fn recovery_rebuilds_states_and_buries_tasks_leased_on_their_last_attempt() {
         "attempt count survives"
     );
 }
+
+#[test]
+fn a_full_delivery_window_pauses_a_connection_until_it_reports_progress() {
+    let mut e = engine();
+    e.set_delivery_window(Some(2));
+    let tasks: Vec<_> = (1..=6).map(|id| task(id, 0)).collect();
+    e.publish_committed(&tasks, T0);
+    e.subscribe(1, 10, "q", 100).unwrap();
+    e.subscribe(2, 20, "q", 1).unwrap();
+    let (d, _) = step(&mut e, T0);
+    // Connection 1 gets its window (2), connection 2 its credit (1).
+    let to = |c: u64| d.iter().filter(|x| x.conn == c).count();
+    assert_eq!((to(1), to(2)), (2, 1), "{:?}", ids(&d));
+    assert!(step(&mut e, T0).0.is_empty(), "paused until written");
+    e.written(1, 1);
+    let (d, _) = step(&mut e, T0);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].conn, 1);
+    // Progress of an unknown connection, or beyond what was delivered, is harmless.
+    e.written(9, 5);
+    e.written(1, 50);
+    assert_eq!(step(&mut e, T0).0.len(), 2);
+}

@@ -12,6 +12,7 @@ mod queues;
 mod render;
 mod serve;
 mod task;
+mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +26,9 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_DATAERR: u8 = 65;
 /// Exit code when the named queue (or task) does not exist (sysexits EX_NOINPUT).
 pub const EXIT_NOT_FOUND: u8 = 66;
+/// Exit code when the token is missing, invalid or not allowed to do that (sysexits
+/// EX_NOPERM).
+pub const EXIT_NOPERM: u8 = 77;
 /// Exit code when the broker cannot be reached (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -88,6 +92,8 @@ pub enum Command {
     Task(task::TaskArgs),
     /// Check a broker's /healthz (or /readyz): exit 0 on HTTP 200, 1 otherwise.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Authentication tokens: `squall token hash` prints a configuration entry.
+    Token(token::TokenArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -161,6 +167,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Task(args) => task::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -223,20 +230,59 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
                 | ErrorCode::PayloadTooLarge,
             ) => EXIT_DATAERR,
             Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
+            Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden) => EXIT_NOPERM,
             _ => 1,
         },
         None => 1,
     }
 }
 
-/// Where the broker is: shared by every subcommand that talks to one.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the broker is and how to talk to it: shared by every subcommand that talks
+/// to one.
+#[derive(Clone, clap::Args)]
 pub struct ServerArgs {
     /// Broker address, or a cluster's nodes separated by commas (`ADDR` or
     /// `NAME=ADDR` each; every client must list the same names): each queue lives on
     /// the node rendezvous hashing picks for it.
     #[arg(long, env = "SQUALL_SERVER", default_value = crate_default_server(), value_name = "ADDR[,ADDR...]")]
     pub server: String,
+    /// Authentication token, for a broker that requires one.
+    #[arg(
+        long,
+        env = "SQUALL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// Talk TLS to the broker, trusting the CA certificate(s) in this PEM file. The
+    /// broker's certificate must name the host of --server.
+    #[arg(long, env = "SQUALL_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for ServerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArgs")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .finish()
+    }
+}
+
+impl ServerArgs {
+    /// A client builder with this token (and TLS settings) applied.
+    pub fn builder(&self, name: &str) -> squall_client::ClientBuilder {
+        let mut b = squall_client::Client::builder().client_name(name);
+        if let Some(token) = &self.token {
+            b = b.token(token.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            b = b.tls_ca_file(ca);
+        }
+        b
+    }
 }
 
 impl ServerArgs {
@@ -273,7 +319,7 @@ pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_cli
         }
         .into());
     }
-    dial(&args.server, name, "").await
+    dial(args, &args.server, name, "").await
 }
 
 /// Connects to the broker holding `queue`: the one broker, or in a cluster the node
@@ -285,7 +331,7 @@ pub async fn connect_for(
 ) -> anyhow::Result<squall_client::Client> {
     let nodes = args.nodes();
     if nodes.len() <= 1 {
-        return dial(&args.server, name, "").await;
+        return dial(args, &args.server, name, "").await;
     }
     let specs: Vec<(&str, &str)> = nodes
         .iter()
@@ -301,12 +347,17 @@ pub async fn connect_for(
         " (node {node}, which holds queue {queue} in the cluster {})",
         args.server
     );
-    dial(addr, name, &why).await
+    dial(args, addr, name, &why).await
 }
 
-async fn dial(addr: &str, name: &str, why: &str) -> anyhow::Result<squall_client::Client> {
-    let client = squall_client::Client::builder()
-        .client_name(name)
+async fn dial(
+    args: &ServerArgs,
+    addr: &str,
+    name: &str,
+    why: &str,
+) -> anyhow::Result<squall_client::Client> {
+    let client = args
+        .builder(name)
         .connect(addr)
         .await
         .map_err(|e| match e {
@@ -316,6 +367,10 @@ async fn dial(addr: &str, name: &str, why: &str) -> anyhow::Result<squall_client
                     message: format!("cannot reach the broker at {addr}{why}: {e}"),
                 })
             }
+            squall_client::ClientError::Config(m) => anyhow::Error::new(Exit {
+                code: EXIT_USAGE,
+                message: m,
+            }),
             other => other.into(),
         })?;
     Ok(client)

@@ -173,8 +173,8 @@ impl Source {
         if !args.is_cluster() {
             return Ok(Source::One(connect(args, "squall-queues").await?));
         }
-        let cluster = squall_client::Client::builder()
-            .client_name("squall-queues")
+        let cluster = args
+            .builder("squall-queues")
             .connect_cluster(args.nodes())
             .await
             .map_err(|e| match e {

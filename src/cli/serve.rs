@@ -68,6 +68,28 @@ pub struct ServeArgs {
     /// [default: 1s].
     #[arg(long, value_name = "DURATION")]
     sweep_interval: Option<String>,
+    /// Most client connections open at once [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Time a new connection has to send Hello (TLS included) [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    handshake_timeout: Option<String>,
+    /// Close connections that send nothing for this long, 0 = never [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// Most unanswered requests per connection [default: 4096].
+    #[arg(long, value_name = "N")]
+    max_inflight_requests: Option<String>,
+    /// Bytes waiting to be written to one connection past which its deliveries pause
+    /// [default: 8 MiB].
+    #[arg(long, value_name = "SIZE")]
+    max_unsent_bytes: Option<String>,
+    /// PEM certificate chain: with --tls-key, the protocol port speaks TLS only.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
     /// Default lease of new queues [default: 30s].
     #[arg(long, alias = "default-lease", value_name = "DURATION")]
     queue_lease: Option<String>,
@@ -111,6 +133,13 @@ impl ServeArgs {
         add("node_id", &self.node_id);
         add("shutdown_grace", &self.shutdown_grace);
         add("sweep_interval", &self.sweep_interval);
+        add("max_connections", &self.max_connections);
+        add("handshake_timeout", &self.handshake_timeout);
+        add("idle_timeout", &self.idle_timeout);
+        add("max_inflight_requests", &self.max_inflight_requests);
+        add("max_unsent_bytes", &self.max_unsent_bytes);
+        add("tls.cert", &self.tls_cert);
+        add("tls.key", &self.tls_key);
         add("queue.lease", &self.queue_lease);
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);
@@ -157,10 +186,9 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
-    // Handlers are installed before the broker starts: a SIGTERM that arrives right
-    // after the "listening" line (a supervisor stopping a fresh container) must start
-    // the graceful shutdown, not take the signal's default action and kill the process.
-    let signal = shutdown_signal();
+    // Installed before anything is bound: a SIGTERM that arrives as soon as the broker
+    // says it listens must shut it down gracefully, not kill it.
+    let signalled = shutdown_signal();
     let handle = match server::start(settings.server).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
@@ -168,7 +196,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
-        signal.await;
+        signalled.await;
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
@@ -176,30 +204,29 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM; both handlers are installed when this is called.
+/// Registers for SIGINT and SIGTERM now; the future resolves at the first of them.
 #[cfg(unix)]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let interrupt = signal(SignalKind::interrupt()).ok();
-    let terminate = signal(SignalKind::terminate()).ok();
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
     async move {
-        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
+        match (term, int) {
+            (Some(mut term), Some(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
                 }
-                None => std::future::pending::<()>().await,
             }
-        };
-        tokio::select! {
-            _ = wait(interrupt) => {}
-            _ = wait(terminate) => {}
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

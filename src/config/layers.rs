@@ -11,6 +11,7 @@ use std::time::Duration;
 use toml::Value;
 
 use super::{ConfigError, LogFormat, Settings};
+use crate::auth::{Role, TokenEntry, TokenHash};
 use crate::store::FsyncMode;
 
 /// Environment variable of the test-only recovery delay (milliseconds).
@@ -67,6 +68,19 @@ pub static KEYS: &[Key] = &[
         duration(v)?),
     key!("sweep_interval", |s, v| s.server.sweep_interval =
         duration(v)?),
+    key!("max_connections", |s, v| s.server.max_connections = int(v)?),
+    key!("handshake_timeout", |s, v| s.server.handshake_timeout =
+        duration(v)?),
+    key!("idle_timeout", |s, v| s.server.idle_timeout = duration(v)?),
+    key!("max_inflight_requests", |s, v| s
+        .server
+        .max_inflight_requests =
+        int(v)?),
+    key!("max_unsent_bytes", |s, v| s.server.max_unsent_bytes =
+        size(v)?),
+    key!("tls.cert", |s, v| s.server.tls.cert = optional_path(v)?),
+    key!("tls.key", |s, v| s.server.tls.key = optional_path(v)?),
+    key!("auth.tokens", |s, v| s.server.auth.tokens = tokens(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),
     key!("queue.max_attempts", |s, v| s
@@ -173,6 +187,100 @@ impl Settings {
 fn is_table(name: &str) -> bool {
     KEYS.iter()
         .any(|k| k.name.split_once('.').is_some_and(|(t, _)| t == name))
+}
+
+/// `[[auth.tokens]]`: a list of tables with `name`, `hash`, `role` and optional
+/// `queues`. File only: a string (from the environment or a flag) is refused.
+fn tokens(v: &Value) -> Result<Vec<TokenEntry>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!(
+            "expected [[auth.tokens]] tables in the configuration file, found {}; tokens cannot be set from the environment or a flag",
+            v.type_str()
+        ));
+    };
+    let mut entries: Vec<TokenEntry> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let entry = token_entry(item).map_err(|e| format!("entry {}: {e}", i + 1))?;
+        if entries.iter().any(|e| e.name == entry.name) {
+            return Err(format!(
+                "entry {}: name `{}` is used twice",
+                i + 1,
+                entry.name
+            ));
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+fn token_entry(v: &Value) -> Result<TokenEntry, String> {
+    let Value::Table(t) = v else {
+        return Err(format!("expected a table, found {}", v.type_str()));
+    };
+    if let Some(unknown) = t
+        .keys()
+        .find(|k| !["name", "hash", "role", "queues"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown field `{unknown}` (fields: name, hash, role, queues)"
+        ));
+    }
+    let field = |name: &str| {
+        t.get(name)
+            .ok_or_else(|| format!("`{name}` is missing"))
+            .and_then(|v| string(v).map_err(|e| format!("`{name}`: {e}")))
+    };
+    let name = field("name")?.to_owned();
+    if name.is_empty() {
+        return Err("`name` is empty".to_owned());
+    }
+    let hash = field("hash")?
+        .parse::<TokenHash>()
+        .map_err(|e| format!("`hash`: {e}"))?;
+    let role = field("role")?.parse::<Role>()?;
+    let queues = match t.get("queues") {
+        None => Vec::new(),
+        Some(Value::Array(qs)) => {
+            let mut out = Vec::with_capacity(qs.len());
+            for q in qs {
+                let q = string(q).map_err(|e| format!("`queues`: {e}"))?;
+                let bad = q.is_empty()
+                    || q.len() > 200
+                    || !q
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+                if bad {
+                    return Err(format!(
+                        "`queues`: `{q}` is not a queue-name prefix ([A-Za-z0-9._:-]{{1,200}})"
+                    ));
+                }
+                out.push(q.to_owned());
+            }
+            if out.is_empty() {
+                return Err("`queues` is empty: leave it out to allow every queue".to_owned());
+            }
+            out
+        }
+        Some(other) => {
+            return Err(format!(
+                "`queues`: expected a list of prefixes, found {}",
+                other.type_str()
+            ))
+        }
+    };
+    Ok(TokenEntry {
+        name,
+        hash,
+        role,
+        queues,
+    })
+}
+
+/// A file path, or "" for none.
+fn optional_path(v: &Value) -> Result<Option<PathBuf>, String> {
+    Ok(Some(string(v)?)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from))
 }
 
 fn string(v: &Value) -> Result<&str, String> {

@@ -4,19 +4,23 @@
 //! outbox and writes every pending frame with one syscall per wakeup, reading the store
 //! for deliveries and task status on the way. Only this file touches client sockets.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use prost::Message;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{encode_frame, split_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use super::admin::{self, AdminReply};
 use super::hub::HubCmd;
@@ -25,6 +29,7 @@ use super::status::{task_info, LeaseHolder};
 use super::wait::{task_response, ConnWaits};
 use super::waiters::Final;
 use super::{now_ms, Done, Shared};
+use crate::auth::{ops, Grant};
 use crate::broker::{Committed, ConnId, Dispatch, NackMode};
 use crate::model::{Mutation, NewTask, TaskBody, TaskId, TaskState, TaskStatus};
 use crate::store::Muts;
@@ -38,8 +43,16 @@ const MAX_REASON_BYTES: usize = 4096;
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
 /// Longest client name kept (it names lease holders in task status).
 const MAX_CLIENT_NAME_BYTES: usize = 256;
-/// Frames written per wakeup at most.
+/// Outbox messages taken per wakeup at most.
 const WRITE_BATCH: usize = 256;
+/// Most deliveries the hub hands to one connection before its writer half has taken
+/// them from the outbox (`Engine::set_delivery_window`): a connection whose writer
+/// stops at `max_unsent_bytes` stops getting tasks after this many more.
+pub(crate) const DELIVERY_WINDOW: u32 = 64;
+/// The writer half reports its progress to the hub every this many deliveries (and
+/// the hub resumes a connection below the window), so the pipe stays full without a
+/// message per delivery.
+const REPORT_EVERY: u32 = 16;
 /// Read buffer headroom kept before each read.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -89,8 +102,39 @@ pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String
     }
 }
 
+/// Counters the reader and writer halves of one connection share.
+#[derive(Debug, Default)]
+pub(crate) struct Flow {
+    /// Requests read whose answer has not been written yet (requests with id 0 are
+    /// refused, so every counted request has exactly one answer with its id).
+    inflight: AtomicU32,
+    /// Set while the reader waits for answers to drain.
+    reader_waiting: AtomicBool,
+    /// Woken by the writer when `inflight` drops back to the limit.
+    drained: Notify,
+    /// The queue prefixes the connection's token is limited to, set at Hello: task
+    /// status answers about other queues are sent as "unknown".
+    prefixes: std::sync::OnceLock<Arc<[String]>>,
+}
+
+impl Flow {
+    /// The writer wrote `answers` answers.
+    fn answered(&self, answers: u32, max: u32) {
+        if answers == 0 {
+            return;
+        }
+        let left = self
+            .inflight
+            .fetch_sub(answers, Relaxed)
+            .saturating_sub(answers);
+        if left <= max && self.reader_waiting.load(Relaxed) {
+            self.drained.notify_one();
+        }
+    }
+}
+
 /// Whether the reader keeps going after a request.
-enum Flow {
+enum Next {
     Continue,
     Close,
 }
@@ -100,46 +144,139 @@ struct Conn {
     peer: SocketAddr,
     shared: Arc<Shared>,
     out: OutTx,
+    flow: Arc<Flow>,
     registered: bool,
+    /// What the token presented at Hello allows.
+    grant: Grant,
+    /// `grant.is_unrestricted()`, so the common case costs one branch per request.
+    unrestricted: bool,
     /// The last queue name published to, interned, so a stream of publishes to one
     /// queue shares one allocation.
     last_queue: Option<Arc<str>>,
 }
 
-/// Serves one accepted connection until it closes or the server shuts down.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, id: ConnId, shared: Arc<Shared>) {
-    let _open = OpenConnection::new(&shared.metrics);
-    let (rd, wr) = stream.into_split();
+/// Serves one accepted connection until it closes or the server shuts down. `slot`
+/// is its place under `max_connections`, held until the reader ends.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) {
+    let _open = OpenConnection::new(&shared.metrics, slot);
+    let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+    match shared.tls.clone() {
+        None => {
+            let (rd, wr) = stream.into_split();
+            serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+        }
+        Some(acceptor) => {
+            let accepted = tokio::time::timeout_at(handshake_deadline, acceptor.accept(stream));
+            let tls = tokio::select! {
+                r = accepted => match r {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return debug!(conn = id, %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(conn = id, %peer, "TLS handshake timed out"),
+                },
+                _ = shared.conn_cancel.cancelled() => return,
+            };
+            let (rd, wr) = tokio::io::split(tls);
+            serve_split(rd, wr, peer, id, shared, handshake_deadline).await;
+        }
+    }
+}
+
+/// Serves a connection over its two halves (plain TCP, or TLS after its handshake).
+async fn serve_split<R, W>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    id: ConnId,
+    shared: Arc<Shared>,
+    handshake_deadline: Instant,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (out, out_rx) = mpsc::unbounded_channel();
     let waits = ConnWaits::new(id, out.downgrade());
-    shared
-        .writers
-        .spawn(write_loop(wr, out_rx, id, shared.clone(), waits));
+    let flow = Arc::new(Flow::default());
+    shared.writers.spawn(write_loop(
+        wr,
+        out_rx,
+        id,
+        shared.clone(),
+        waits,
+        flow.clone(),
+    ));
     let mut conn = Conn {
         id,
         peer,
         shared,
         out,
+        flow,
         registered: false,
+        grant: Grant::all(),
+        unrestricted: true,
         last_queue: None,
     };
-    conn.read_loop(rd).await;
+    conn.read_loop(rd, handshake_deadline).await;
     if conn.registered {
         let _ = conn.shared.hub.send(HubCmd::Disconnect { conn: id });
     }
     debug!(conn = id, peer = %conn.peer, "connection closed");
 }
 
+/// Answers a connection past `max_connections` with `TOO_MANY_CONNECTIONS` and closes
+/// it, within the handshake timeout.
+pub(crate) async fn refuse(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let max = shared.config.max_connections;
+    debug!(%peer, max, "connection refused: too many connections");
+    let bye = error_response(
+        0,
+        ErrorCode::TooManyConnections,
+        format!("the broker has reached its limit of {max} connections; retry later"),
+    );
+    let mut buf = BytesMut::new();
+    encode_frame(&server_message(bye), &mut buf);
+    let say = async {
+        match &shared.tls {
+            None => goodbye(stream, &buf).await,
+            Some(acceptor) => goodbye(acceptor.accept(stream).await?, &buf).await,
+        }
+    };
+    let _ = tokio::time::timeout(shared.config.handshake_timeout, say).await;
+}
+
+async fn goodbye<S: AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) -> std::io::Result<()> {
+    stream.write_all(frame).await?;
+    stream.shutdown().await
+}
+
+/// Far enough in the future to mean "never" for a timer.
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Conn {
-    async fn read_loop(&mut self, mut rd: OwnedReadHalf) {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, handshake_deadline: Instant) {
         let max_frame = self.shared.config.max_frame_bytes;
+        let idle = self.shared.config.idle_timeout;
+        let max_inflight = self.shared.config.max_inflight_requests;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // One timer: the handshake deadline until Hello, then the idle deadline. It is
+        // not reset per frame: when it fires, it is re-armed from the last frame's time.
+        let timer = tokio::time::sleep_until(handshake_deadline);
+        tokio::pin!(timer);
+        let mut idle_armed = false;
+        let mut last_frame = Instant::now();
         loop {
+            let mut frames = 0u32;
             loop {
                 match split_frame(&mut buf, max_frame) {
                     Ok(Some(body)) => match v1::Request::decode(body) {
                         Ok(req) => {
-                            if let Flow::Close = self.handle(req) {
+                            frames += 1;
+                            if let Next::Close = self.handle(req) {
                                 return;
                             }
                         }
@@ -151,6 +288,18 @@ impl Conn {
                     Ok(None) => break,
                     Err(e) => return self.close(0, e.code(), e.to_string()),
                 }
+            }
+            if frames > 0 {
+                last_frame = Instant::now();
+            }
+            if self.registered && !idle_armed {
+                idle_armed = true;
+                timer.as_mut().reset(idle_deadline(last_frame, idle));
+            }
+            if self.flow.inflight.load(Relaxed) > max_inflight.saturating_mul(2)
+                && !self.wait_for_answers(max_inflight).await
+            {
+                return;
             }
             if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -165,8 +314,50 @@ impl Conn {
                     }
                 },
                 _ = self.shared.conn_cancel.cancelled() => return,
+                _ = &mut timer => {
+                    if !self.registered {
+                        let t = self.shared.config.handshake_timeout;
+                        return self.close(
+                            0,
+                            ErrorCode::Timeout,
+                            format!("no Hello within the handshake timeout of {t:?}"),
+                        );
+                    }
+                    let due = idle_deadline(last_frame, idle);
+                    if due <= Instant::now() {
+                        return self.close(
+                            0,
+                            ErrorCode::Timeout,
+                            format!("no frame within the idle timeout of {idle:?}; clients must send a ping more often"),
+                        );
+                    }
+                    timer.as_mut().reset(due);
+                }
             }
         }
+    }
+
+    /// A client that sends requests without reading the answers: stop reading until
+    /// the writer has written enough of them (or the connection ends: false).
+    async fn wait_for_answers(&self, max_inflight: u32) -> bool {
+        debug!(
+            conn = self.id,
+            "too many unanswered requests: reading paused"
+        );
+        self.flow.reader_waiting.store(true, Relaxed);
+        let resumed = loop {
+            let drained = self.flow.drained.notified();
+            if self.flow.inflight.load(Relaxed) <= max_inflight {
+                break true;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.shared.conn_cancel.cancelled() => break false,
+                _ = self.out.closed() => break false,
+            }
+        };
+        self.flow.reader_waiting.store(false, Relaxed);
+        resumed
     }
 
     fn send(&self, resp: v1::Response) {
@@ -180,9 +371,9 @@ impl Conn {
         });
     }
 
-    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>) -> Flow {
+    fn error(&self, id: u64, code: ErrorCode, message: impl Into<String>) -> Next {
         self.send(error_response(id, code, message));
-        Flow::Continue
+        Next::Continue
     }
 
     fn close(&self, id: u64, code: ErrorCode, message: String) {
@@ -192,11 +383,29 @@ impl Conn {
             .send(Outbound::Close(error_response(id, code, message)));
     }
 
-    fn handle(&mut self, req: v1::Request) -> Flow {
+    fn handle(&mut self, req: v1::Request) -> Next {
         let id = req.id;
+        if id == 0 {
+            self.close(
+                0,
+                ErrorCode::BadRequest,
+                "request id 0 is reserved for connection-level errors".into(),
+            );
+            return Next::Close;
+        }
+        // Counted before anything answers it; the writer counts the answer.
+        let inflight = self.flow.inflight.fetch_add(1, Relaxed);
         let Some(op) = req.op else {
             return self.error(id, ErrorCode::BadRequest, "request carries no operation");
         };
+        let max = self.shared.config.max_inflight_requests;
+        if inflight >= max && self.registered {
+            return self.error(
+                id,
+                ErrorCode::TooManyRequests,
+                format!("{max} requests on this connection are still unanswered (max_inflight_requests); wait for answers before sending more"),
+            );
+        }
         if !self.registered {
             return match op {
                 Op::Hello(h) => self.hello(id, h),
@@ -206,9 +415,14 @@ impl Conn {
                         ErrorCode::HelloRequired,
                         "the first request on a connection must be Hello".into(),
                     );
-                    Flow::Close
+                    Next::Close
                 }
             };
+        }
+        if !self.unrestricted {
+            if let Err(msg) = self.authorize(&op) {
+                return self.error(id, ErrorCode::Forbidden, msg);
+            }
         }
         let hub = &self.shared.hub;
         let conn = self.id;
@@ -218,7 +432,7 @@ impl Conn {
             }
             Op::Ping(_) => {
                 self.reply(id, response::Result::Pong(v1::Pong {}));
-                return Flow::Continue;
+                return Next::Continue;
             }
             Op::Publish(p) => return self.publish(id, p),
             op @ (Op::ListQueues(_)
@@ -287,7 +501,7 @@ impl Conn {
                     task: w.task_id,
                     timeout_ms: w.timeout_ms,
                 });
-                return Flow::Continue;
+                return Next::Continue;
             }
             Op::Nack(n) => {
                 let mode = match (n.dead, n.delay_ms) {
@@ -317,10 +531,76 @@ impl Conn {
         if sent.is_err() {
             self.error(id, ErrorCode::ShuttingDown, "the broker is shutting down");
         }
-        Flow::Continue
+        Next::Continue
     }
 
-    fn hello(&mut self, id: u64, h: v1::Hello) -> Flow {
+    /// Checks a request against the connection's grant (only for restricted tokens).
+    fn authorize(&self, op: &Op) -> Result<(), String> {
+        let (need, queue): (u32, Option<&str>) = match op {
+            Op::Hello(_) | Op::Ping(_) => return Ok(()),
+            Op::Publish(p) => {
+                self.allow(ops::PUBLISH, "publish")?;
+                for t in &p.tasks {
+                    self.allow_queue(&t.queue)?;
+                }
+                return Ok(());
+            }
+            Op::Subscribe(s) => (ops::SUBSCRIBE, Some(&s.queue)),
+            Op::Unsubscribe(_) | Op::Ack(_) | Op::Nack(_) | Op::Extend(_) => (ops::SETTLE, None),
+            Op::GetTask(_) | Op::WaitResult(_) => (ops::STATUS, None),
+            Op::ListQueues(_) => {
+                self.allow(ops::ADMIN, "queue administration")?;
+                if self.grant.prefixes().is_some() {
+                    return Err(format!(
+                        "token `{}` is limited to some queues and may not list them all; ask for each queue by name",
+                        self.grant.name
+                    ));
+                }
+                return Ok(());
+            }
+            Op::GetQueue(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::SetQueueConfig(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Peek(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Purge(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::SetPaused(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::Redrive(q) => (ops::ADMIN, Some(&q.queue)),
+            Op::DeleteQueue(q) => (ops::ADMIN, Some(&q.queue)),
+        };
+        let what = match need {
+            ops::SUBSCRIBE => "subscribe",
+            ops::SETTLE => "settle deliveries",
+            ops::STATUS => "read task status",
+            _ => "queue administration",
+        };
+        self.allow(need, what)?;
+        match queue {
+            Some(q) => self.allow_queue(q),
+            None => Ok(()),
+        }
+    }
+
+    fn allow(&self, need: u32, what: &str) -> Result<(), String> {
+        if self.grant.allows(need) {
+            return Ok(());
+        }
+        Err(format!(
+            "token `{}` may not {what} (its role does not allow it)",
+            self.grant.name
+        ))
+    }
+
+    fn allow_queue(&self, queue: &str) -> Result<(), String> {
+        if self.grant.allows_queue(queue) {
+            return Ok(());
+        }
+        Err(format!(
+            "token `{}` may not use queue `{queue}`: it is limited to the prefixes {:?}",
+            self.grant.name,
+            self.grant.prefixes().map(|p| &p[..]).unwrap_or_default()
+        ))
+    }
+
+    fn hello(&mut self, id: u64, h: v1::Hello) -> Next {
         if h.protocol_version != PROTOCOL_VERSION {
             self.close(
                 id,
@@ -330,8 +610,26 @@ impl Conn {
                     h.protocol_version
                 ),
             );
-            return Flow::Close;
+            return Next::Close;
         }
+        let Some(grant) = self.shared.config.auth.authenticate(&h.token) else {
+            info!(conn = self.id, peer = %self.peer, client = %h.client_name, "authentication failed: unknown or missing token");
+            let msg = if h.token.is_empty() {
+                "this broker requires a token (Hello.token; the CLI takes --token or SQUALL_TOKEN)"
+            } else {
+                "the token is not valid for this broker"
+            };
+            self.close(id, ErrorCode::Unauthenticated, msg.into());
+            return Next::Close;
+        };
+        if let Some(p) = grant.prefixes() {
+            let _ = self.flow.prefixes.set(p.clone());
+        }
+        self.unrestricted = grant.is_unrestricted();
+        if self.shared.config.auth.is_enabled() {
+            debug!(conn = self.id, peer = %self.peer, token = %grant.name, "authenticated");
+        }
+        self.grant = grant;
         let cfg = &self.shared.config;
         if self
             .shared
@@ -349,7 +647,7 @@ impl Conn {
                 ErrorCode::ShuttingDown,
                 "the broker is shutting down".into(),
             );
-            return Flow::Close;
+            return Next::Close;
         }
         self.registered = true;
         debug!(conn = self.id, peer = %self.peer, client = %h.client_name, "hello");
@@ -365,11 +663,11 @@ impl Conn {
                     max_batch: cfg.max_batch as u32,
                     max_prefetch: cfg.max_prefetch,
                     max_lease_ms: cfg.max_lease_ms,
-                    max_inflight_requests: 0,
+                    max_inflight_requests: cfg.max_inflight_requests,
                 }),
             }),
         );
-        Flow::Continue
+        Next::Continue
     }
 
     /// How task status names this connection as a lease holder: its client name (cut
@@ -434,7 +732,7 @@ impl Conn {
         }
     }
 
-    fn publish(&mut self, id: u64, p: v1::Publish) -> Flow {
+    fn publish(&mut self, id: u64, p: v1::Publish) -> Next {
         let n = p.tasks.len();
         let max = self.shared.config.max_batch;
         if n == 0 || n > max {
@@ -503,31 +801,49 @@ impl Conn {
                 muts.push(m);
                 Muts::Many(muts)
             }
-            (_, None) => return Flow::Continue,
+            (_, None) => return Next::Continue,
         };
-        self.shared.writer.submit(
-            muts,
-            Some(Done::Publish {
-                out: self.out.clone(),
-                req: id,
-                hub: self.shared.hub.clone(),
-                committed,
-                timer: PublishTimer::start(&self.shared.metrics),
-            }),
-        );
-        Flow::Continue
+        let bounded = self.shared.bounded.applies(&committed);
+        let done = Done::Publish {
+            out: self.out.clone(),
+            req: id,
+            hub: self.shared.hub.clone(),
+            committed,
+            timer: PublishTimer::start(&self.shared.metrics),
+            reservation: None,
+        };
+        if !bounded {
+            self.shared.writer.submit(muts, Some(done));
+        } else if self
+            .shared
+            .hub
+            .send(HubCmd::Publish {
+                muts,
+                done: Box::new(done),
+            })
+            .is_err()
+        {
+            // The hub is gone (shutting down); the publish was not submitted.
+            return self.error(id, ErrorCode::ShuttingDown, "the broker is shutting down");
+        }
+        Next::Continue
     }
 }
 
-/// Counts a connection open for as long as it lives.
-struct OpenConnection(Arc<Metrics>);
+/// Counts a connection open, and holds its place under `max_connections`, for as long
+/// as it lives.
+struct OpenConnection(Arc<Metrics>, #[allow(dead_code)] OwnedSemaphorePermit);
 
 impl OpenConnection {
-    fn new(metrics: &Arc<Metrics>) -> OpenConnection {
+    fn new(metrics: &Arc<Metrics>, slot: OwnedSemaphorePermit) -> OpenConnection {
         metrics.connections_open.fetch_add(1, Relaxed);
         metrics.connections_accepted.fetch_add(1, Relaxed);
-        OpenConnection(metrics.clone())
+        OpenConnection(metrics.clone(), slot)
     }
+}
+
+fn idle_deadline(last_frame: Instant, idle: Duration) -> Instant {
+    last_frame + if idle.is_zero() { NEVER } else { idle }
 }
 
 impl Drop for OpenConnection {
@@ -547,86 +863,288 @@ fn truncate_utf8(s: &mut String, max: usize) {
 }
 
 /// Drains the outbox, encoding every pending frame into one buffer per wakeup.
-async fn write_loop(
-    wr: OwnedWriteHalf,
+async fn write_loop<W: AsyncWrite + Unpin>(
+    wr: W,
     rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
     shared: Arc<Shared>,
     mut waits: ConnWaits,
+    flow: Arc<Flow>,
 ) {
-    write_frames(wr, rx, conn, &shared, &mut waits).await;
+    write_frames(wr, rx, conn, &shared, &mut waits, &flow).await;
     waits.release_all(&shared);
 }
 
-async fn write_frames(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outbound>,
+/// Whether a response answers a request (and so counts against `max_inflight_requests`):
+/// everything but connection-level errors (id 0) and the unrequested end of a
+/// subscription.
+fn is_answer(r: &v1::Response) -> bool {
+    r.id != 0 && !matches!(r.result, Some(response::Result::SubscriptionEnded(_)))
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: W,
+    rx: mpsc::UnboundedReceiver<Outbound>,
     conn: ConnId,
     shared: &Shared,
     waits: &mut ConnWaits,
+    flow: &Flow,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut timed_out = Vec::new();
-    loop {
-        let received = match waits.next_deadline() {
-            None => rx.recv_many(&mut batch, WRITE_BATCH).await,
-            Some(at) => tokio::select! {
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
-                _ = tokio::time::sleep_until(at) => {
-                    waits.expire(shared, tokio::time::Instant::now(), &mut timed_out);
-                    if timed_out.is_empty() {
-                        continue;
+    let mut w = WriterHalf {
+        wr,
+        rx,
+        conn,
+        shared,
+        flow,
+        batch: Vec::with_capacity(WRITE_BATCH),
+        queue: VecDeque::new(),
+        pending: BytesMut::with_capacity(64 * 1024),
+        timed_out: Vec::new(),
+        ending: false,
+        paused: false,
+        unreported: 0,
+        last_progress: Instant::now(),
+        limit: shared.config.max_unsent_bytes,
+        stall: match shared.config.idle_timeout {
+            d if d.is_zero() => NEVER,
+            d => d,
+        },
+    };
+    w.run(waits).await;
+}
+
+/// The writer half's state: what was taken from the outbox and not yet encoded
+/// (`queue`), and the encoded bytes not yet accepted by the socket (`pending`, at most
+/// `max_unsent_bytes` plus one frame).
+struct WriterHalf<'a, W> {
+    wr: W,
+    rx: mpsc::UnboundedReceiver<Outbound>,
+    conn: ConnId,
+    shared: &'a Shared,
+    flow: &'a Flow,
+    batch: Vec<Outbound>,
+    queue: VecDeque<Outbound>,
+    pending: BytesMut,
+    timed_out: Vec<v1::Response>,
+    /// A closing frame is encoded (or the outbox closed): write what is left, then close.
+    ending: bool,
+    /// More than `limit` bytes are unsent (counted in the `connections_paused` gauge).
+    paused: bool,
+    /// Deliveries taken from the outbox and not yet reported to the hub.
+    unreported: u32,
+    last_progress: Instant,
+    limit: usize,
+    stall: Duration,
+}
+
+impl<W: AsyncWrite + Unpin> WriterHalf<'_, W> {
+    async fn run(&mut self, waits: &mut ConnWaits) {
+        let stall_timer = tokio::time::sleep(NEVER);
+        tokio::pin!(stall_timer);
+        let mut stall_armed = false;
+        loop {
+            self.encode(waits);
+            self.signal_backpressure();
+            if self.pending.is_empty() {
+                if !self.flush().await {
+                    return;
+                }
+                if self.ending {
+                    let _ = self.wr.shutdown().await;
+                    return;
+                }
+                if self.queue.is_empty() {
+                    self.receive(waits).await;
+                }
+                continue;
+            }
+            // Try the write first: on an uncongested socket it completes at once and
+            // costs no timer.
+            match self.wr.write(&self.pending).now_or_never() {
+                Some(r) => {
+                    if !self.wrote(r) {
+                        return;
                     }
-                    usize::MAX
+                    continue;
+                }
+                None if !stall_armed => {
+                    stall_armed = true;
+                    stall_timer.as_mut().reset(self.last_progress + self.stall);
+                }
+                None => {}
+            }
+            let can_take = !self.ending && self.queue.is_empty() && self.pending.len() < self.limit;
+            let wait_deadline = waits.next_deadline();
+            tokio::select! {
+                biased;
+                r = self.wr.write(&self.pending) => {
+                    if !self.wrote(r) {
+                        return;
+                    }
+                }
+                n = self.rx.recv_many(&mut self.batch, WRITE_BATCH), if can_take => self.received(n),
+                _ = sleep_until_opt(wait_deadline), if wait_deadline.is_some() => {
+                    waits.expire(self.shared, Instant::now(), &mut self.timed_out);
+                }
+                _ = &mut stall_timer => {
+                    let due = self.last_progress + self.stall;
+                    if due <= Instant::now() {
+                        debug!(conn = self.conn, unsent = self.pending.len(), stall = ?self.stall, "the client reads nothing: closing the connection");
+                        return;
+                    }
+                    stall_timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Waits for outbox messages (or a wait's deadline).
+    async fn receive(&mut self, waits: &mut ConnWaits) {
+        match waits.next_deadline() {
+            None => {
+                let n = self.rx.recv_many(&mut self.batch, WRITE_BATCH).await;
+                self.received(n);
+            }
+            Some(at) => tokio::select! {
+                n = self.rx.recv_many(&mut self.batch, WRITE_BATCH) => self.received(n),
+                _ = tokio::time::sleep_until(at) => {
+                    waits.expire(self.shared, Instant::now(), &mut self.timed_out);
                 }
             },
-        };
-        if received == 0 {
-            if shared.conn_cancel.is_cancelled() {
+        }
+    }
+
+    fn received(&mut self, n: usize) {
+        if n == 0 {
+            // The outbox closed: the connection is over.
+            if self.shared.conn_cancel.is_cancelled() {
                 let bye = error_response(0, ErrorCode::ShuttingDown, "the broker is shutting down");
-                encode_frame(&server_message(bye), &mut buf);
-                let _ = wr.write_all(&buf).await;
+                encode_frame(&server_message(bye), &mut self.pending);
             }
-            let _ = wr.shutdown().await;
-            return;
+            self.ending = true;
         }
-        for r in timed_out.drain(..) {
-            encode_frame(&server_message(r), &mut buf);
+        self.queue.extend(self.batch.drain(..));
+    }
+
+    /// Encodes queued messages while fewer than `limit` bytes are unsent.
+    fn encode(&mut self, waits: &mut ConnWaits) {
+        let mut answers = 0u32;
+        let prefixes = self.flow.prefixes.get();
+        let shared = self.shared;
+        let pending = &mut self.pending;
+        let mut response = |mut r: v1::Response, buf: &mut BytesMut| {
+            answers += u32::from(is_answer(&r));
+            if let Some(prefixes) = prefixes {
+                hide_other_queues(&mut r, prefixes);
+            }
+            encode_frame(&server_message(r), buf);
+        };
+        for r in self.timed_out.drain(..) {
+            response(r, pending);
         }
-        let mut close = false;
-        for msg in batch.drain(..) {
+        while !self.ending && pending.len() < self.limit {
+            let Some(msg) = self.queue.pop_front() else {
+                break;
+            };
             match msg {
-                Outbound::Response(r) => encode_frame(&server_message(r), &mut buf),
-                Outbound::Deliver(d) => encode_delivery(shared, conn, d, &mut buf),
-                Outbound::Admin(reply) => {
-                    let response = reply.into_response(&shared.store);
-                    encode_frame(&server_message(response), &mut buf);
+                Outbound::Response(r) => response(r, pending),
+                Outbound::Deliver(d) => {
+                    self.unreported += 1;
+                    encode_delivery(shared, self.conn, d, pending)
                 }
+                Outbound::Admin(reply) => response(reply.into_response(&shared.store), pending),
                 Outbound::Close(r) => {
-                    encode_frame(&server_message(r), &mut buf);
-                    close = true;
-                    break;
+                    response(r, pending);
+                    self.ending = true;
                 }
                 other => {
                     if let Some(r) = answer_status(shared, waits, other) {
-                        encode_frame(&server_message(r), &mut buf);
+                        response(r, pending);
                     }
                 }
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            debug!(conn, error = %e, "write failed");
-            return;
+        self.flow
+            .answered(answers, self.shared.config.max_inflight_requests);
+        if self.unreported >= REPORT_EVERY {
+            let n = std::mem::take(&mut self.unreported);
+            let _ = self.shared.hub.send(HubCmd::Written { conn: self.conn, n });
         }
-        if close {
-            let _ = wr.shutdown().await;
-            return;
+    }
+
+    /// Counts the connection as paused while `limit` bytes are unsent (the writer then
+    /// takes nothing from the outbox, so the hub's delivery window fills and it stops
+    /// delivering here), until half of that is written.
+    fn signal_backpressure(&mut self) {
+        let unsent = self.pending.len();
+        let change = if self.paused {
+            unsent <= self.limit / 2
+        } else {
+            unsent >= self.limit
+        };
+        if change {
+            self.paused = !self.paused;
+            debug!(
+                conn = self.conn,
+                unsent,
+                paused = self.paused,
+                "delivery backpressure"
+            );
+            self.shared
+                .metrics
+                .paused_connections
+                .fetch_add(if self.paused { 1 } else { -1 }, Relaxed);
         }
-        buf.clear();
-        if buf.capacity() > 4 * 1024 * 1024 {
-            buf = BytesMut::with_capacity(64 * 1024);
+    }
+
+    /// Accounts for one write; false if the connection is gone.
+    fn wrote(&mut self, r: std::io::Result<usize>) -> bool {
+        match r {
+            Ok(0) => false,
+            Ok(n) => {
+                self.pending.advance(n);
+                self.last_progress = Instant::now();
+                if self.pending.is_empty() && self.pending.capacity() > 4 * 1024 * 1024 {
+                    self.pending = BytesMut::with_capacity(64 * 1024);
+                }
+                true
+            }
+            Err(e) => {
+                debug!(conn = self.conn, error = %e, "write failed");
+                false
+            }
         }
+    }
+
+    /// Pushes out anything the stream buffers (TLS records); false if the connection
+    /// is gone or the client stopped reading for the stall time.
+    async fn flush(&mut self) -> bool {
+        let flushed = match self.wr.flush().now_or_never() {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.stall, self.wr.flush()).await {
+                Ok(r) => r,
+                Err(_) => return false,
+            },
+        };
+        flushed.is_ok()
+    }
+}
+
+impl<W> Drop for WriterHalf<'_, W> {
+    fn drop(&mut self) {
+        if self.paused {
+            self.shared
+                .metrics
+                .paused_connections
+                .fetch_add(-1, Relaxed);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -652,6 +1170,20 @@ fn answer_status(shared: &Shared, waits: &mut ConnWaits, msg: Outbound) -> Optio
         Outbound::Recheck { req, task } => waits.recheck(shared, req, task),
         Outbound::Response(_) | Outbound::Deliver(_) | Outbound::Admin(_) | Outbound::Close(_) => {
             None
+        }
+    }
+}
+
+/// A task status answer about a queue outside the token's prefixes says "unknown",
+/// as if the task did not exist.
+fn hide_other_queues(r: &mut v1::Response, prefixes: &[String]) {
+    if let Some(response::Result::Task(info)) = &mut r.result {
+        if !info.queue.is_empty() && !prefixes.iter().any(|p| info.queue.starts_with(p.as_str())) {
+            *info = v1::TaskInfo {
+                task_id: info.task_id,
+                state: v1::TaskState::Unknown as i32,
+                ..v1::TaskInfo::default()
+            };
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The HTTP listener for operators: `/metrics` (Prometheus / OpenMetrics text),
-//! `/healthz` (the process is alive) and `/readyz` (200 only between the end of
-//! recovery and the start of shutdown). It comes up before recovery starts, so a
+//! `/healthz` (the process is alive and its store works) and `/readyz` (200 only
+//! between the end of recovery and the start of shutdown, and while the store works). It comes up before recovery starts, so a
 //! readiness probe can watch a long recovery. The only code that serves HTTP.
 
 use std::convert::Infallible;
@@ -128,6 +128,17 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
+    let failed = state.live.get().and_then(|l| l.store.failure());
+    match (req.uri().path(), failed) {
+        ("/healthz" | "/readyz", Some(failure)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store failed, restart the broker: {failure}\n"),
+        ),
+        _ => route_path(state, req).await,
+    }
+}
+
+async fn route_path(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if state.metrics.is_ready() => text(StatusCode::OK, "ready\n"),
@@ -191,8 +202,8 @@ async fn queue_samples(live: &Live) -> Option<Vec<QueueSample>> {
     )
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,

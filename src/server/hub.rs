@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::admin::{AdminOp, QueueStatus};
+use super::admission::{Bounded, Reservation, Reservations};
 use super::connection::{error_response, OutTx, Outbound};
 use super::rates::Rates;
 use super::status::LeaseHolder;
@@ -79,8 +80,22 @@ pub(crate) enum HubCmd {
         token: u64,
         extend_ms: u64,
     },
-    /// Published tasks are durable.
-    Committed(Vec<Committed>),
+    /// Published tasks are durable (and the room reserved for them in bounded queues,
+    /// if any, is theirs now).
+    Committed(Vec<Committed>, Option<Reservation>),
+    /// A publish to a bounded queue, to admit (`admission.rs`). `done` is a
+    /// `Done::Publish`.
+    Publish {
+        muts: Muts,
+        done: Box<Done>,
+    },
+    /// An admitted publish failed: its reserved room is free again.
+    Release(Reservation),
+    /// A connection's writer wrote (or dropped) `n` more deliveries.
+    Written {
+        conn: ConnId,
+        n: u32,
+    },
     /// A delivery could not be sent.
     Undeliverable {
         conn: ConnId,
@@ -119,11 +134,30 @@ pub(crate) struct Hub {
     effects: Vec<crate::broker::Effect>,
     /// Per-queue rates over the last minute (`rates.rs`).
     pub(super) rates: Rates,
+    /// Which queues are bounded, for the connections; refreshed after admin changes.
+    bounded: Arc<Bounded>,
+    default_max_length: u64,
+    /// Room reserved in bounded queues by publishes not yet durable.
+    reservations: Reservations,
+    /// Only asked whether it failed (then nothing is dispatched: a delivery's body
+    /// could not be read, and its requeue would spin). Never read.
+    store: crate::store::Store,
 }
 
 impl Hub {
-    pub(crate) fn new(engine: Engine, writer: Writer, waiters: Arc<Waiters>) -> Hub {
+    pub(crate) fn new(
+        engine: Engine,
+        writer: Writer,
+        waiters: Arc<Waiters>,
+        bounded: Arc<Bounded>,
+        default_max_length: u64,
+        store: crate::store::Store,
+    ) -> Hub {
         Hub {
+            store,
+            bounded,
+            default_max_length,
+            reservations: Reservations::default(),
             engine,
             writer,
             outboxes: HashMap::new(),
@@ -138,7 +172,8 @@ impl Hub {
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
-            let wake = if self.engine.needs_dispatch() {
+            let dispatching = self.store.failure().is_none();
+            let wake = if dispatching && self.engine.needs_dispatch() {
                 Some(Instant::now())
             } else {
                 let next = self.engine.next_wakeup().unwrap_or(u64::MAX);
@@ -161,7 +196,7 @@ impl Hub {
                 self.handle(cmd, now);
             }
             self.engine.tick(now, &mut self.effects);
-            if !stop {
+            if !stop && dispatching {
                 self.engine.dispatch(now, &mut self.effects);
             }
             self.apply_effects(now);
@@ -323,14 +358,25 @@ impl Hub {
                 ),
                 Err(e) => self.reply_err(conn, req, e),
             },
-            HubCmd::Committed(tasks) => self.engine.publish_committed(&tasks, now),
+            HubCmd::Committed(tasks, reservation) => {
+                self.engine.publish_committed(&tasks, now);
+                if let Some(r) = reservation {
+                    self.reservations.release(r);
+                }
+            }
+            HubCmd::Publish { muts, done } => self.admit(muts, *done),
+            HubCmd::Release(r) => self.reservations.release(r),
+            HubCmd::Written { conn, n } => self.engine.written(conn, n),
             HubCmd::Undeliverable {
                 conn,
                 task,
                 token,
                 requeue,
             } => self.engine.undeliverable(conn, task, token, requeue, now),
-            HubCmd::Admin { conn, req, op } => self.admin(conn, req, op, now),
+            HubCmd::Admin { conn, req, op } => {
+                self.admin(conn, req, op, now);
+                self.bounded.refresh(&self.engine, self.default_max_length);
+            }
             HubCmd::Scrape(reply) => {
                 let _ = reply.send(self.queue_statuses(now));
             }
@@ -341,6 +387,34 @@ impl Hub {
                 }
             }
             HubCmd::Shutdown => {}
+        }
+    }
+
+    /// Submits a publish to bounded queues if they have room, else answers QUEUE_FULL.
+    fn admit(&mut self, muts: Muts, mut done: Done) {
+        let Done::Publish {
+            committed,
+            reservation,
+            out,
+            req,
+            ..
+        } = &mut done
+        else {
+            return self.writer.submit(muts, Some(done));
+        };
+        match self.reservations.admit(&self.engine, committed) {
+            Ok(r) => {
+                *reservation = Some(r);
+                self.writer.submit(muts, Some(done));
+            }
+            Err(full) => {
+                debug!(queue = %full.queue, pending = full.pending, max_length = full.max_length, "publish refused: queue full");
+                let _ = out.send(Outbound::Response(error_response(
+                    *req,
+                    ErrorCode::QueueFull,
+                    full.to_string(),
+                )));
+            }
         }
     }
 

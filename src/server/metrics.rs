@@ -28,6 +28,10 @@ pub(crate) struct Metrics {
     pub(crate) connections_open: AtomicI64,
     /// Client connections accepted since start.
     pub(crate) connections_accepted: AtomicU64,
+    /// Connections whose deliveries are paused because they read too slowly.
+    pub(crate) paused_connections: AtomicI64,
+    /// Client connections refused at `max_connections` since start.
+    pub(crate) connections_refused: AtomicU64,
     /// Microseconds from a publish request's arrival to its confirmation.
     pub(crate) publish_confirm_micros: Histogram,
     /// True once recovery finished and the protocol port is bound; false again as soon
@@ -40,6 +44,8 @@ impl Default for Metrics {
         Metrics {
             connections_open: AtomicI64::new(0),
             connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            paused_connections: AtomicI64::new(0),
             publish_confirm_micros: Histogram::new(LATENCY_MICROS),
             ready: AtomicBool::new(false),
         }
@@ -86,6 +92,8 @@ struct Scrape {
     ready: bool,
     connections_open: i64,
     connections_accepted: u64,
+    connections_refused: u64,
+    paused_connections: i64,
     publish_confirm: HistogramSnapshot,
     writer: Option<WriterSample>,
     queues: Vec<QueueSample>,
@@ -113,6 +121,8 @@ pub(crate) fn render(
         ready: metrics.is_ready(),
         connections_open: metrics.connections_open.load(Relaxed),
         connections_accepted: metrics.connections_accepted.load(Relaxed),
+        connections_refused: metrics.connections_refused.load(Relaxed),
+        paused_connections: metrics.paused_connections.load(Relaxed),
         publish_confirm: metrics.publish_confirm_micros.snapshot(),
         writer: writer.map(|w| WriterSample {
             batches: w.batches.load(Relaxed),
@@ -288,6 +298,18 @@ impl Collector for Scrape {
             "connections_accepted",
             "Client connections accepted since the broker started.",
             self.connections_accepted,
+        )?;
+        counter(
+            &mut enc,
+            "connections_refused",
+            "Client connections refused because max_connections were open.",
+            self.connections_refused,
+        )?;
+        gauge(
+            &mut enc,
+            "connections_paused",
+            "Connections whose deliveries are paused: more than max_unsent_bytes wait to be written to them.",
+            self.paused_connections,
         )?;
         histogram(
             &mut enc,

@@ -4,6 +4,7 @@
 //! that touches client sockets, `http.rs` the only code that serves HTTP.
 
 mod admin;
+mod admission;
 mod connection;
 mod http;
 mod hub;
@@ -11,6 +12,7 @@ mod metrics;
 mod rates;
 mod status;
 mod sweeper;
+mod tls;
 mod wait;
 mod waiters;
 
@@ -22,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +43,9 @@ use crate::store::{
     Completion, JobReport, Muts, Store, StoreConfig, StoreError, SweepStats, WriterHandle,
     WriterStats,
 };
+
+/// Connections past `max_connections` answered at once, at most; more are dropped.
+const MAX_REFUSALS: usize = 64;
 
 /// The store writer as the server uses it.
 pub(crate) type Writer = WriterHandle<Done>;
@@ -84,6 +89,10 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     /// Who waits for which task's result.
     waiters: Arc<Waiters>,
+    /// TLS of the protocol port, if configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Which queues have a `max_length` (publishes to them go through the hub).
+    bounded: Arc<admission::Bounded>,
     /// Cancelled at shutdown: readers stop reading.
     conn_cancel: CancellationToken,
     /// Connection writer halves; they end after the store writer has confirmed
@@ -100,6 +109,8 @@ pub(crate) enum Done {
         hub: HubTx,
         committed: Vec<Committed>,
         timer: PublishTimer,
+        /// Room the hub reserved in bounded queues, released on completion.
+        reservation: Option<admission::Reservation>,
     },
     /// One of the store jobs of an admin change; the answer goes out when all are done.
     Admin(Arc<AdminDone>),
@@ -125,6 +136,20 @@ pub(crate) enum Done {
     },
 }
 
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Done::Publish { .. } => "Publish",
+            Done::Admin(_) => "Admin",
+            Done::Reply { .. } => "Reply",
+            Done::Finished { .. } => "Finished",
+            Done::Recheck { .. } => "Recheck",
+            Done::Swept { .. } => "Swept",
+        };
+        f.debug_tuple("Done").field(&kind).finish()
+    }
+}
+
 impl Completion for Done {
     fn complete(self, result: Result<(), StoreError>) {
         self.complete_with(result, JobReport::default());
@@ -140,11 +165,31 @@ impl Completion for Done {
                     hub,
                     committed,
                     timer,
+                    reservation,
                 },
                 Ok(()),
             ) => {
                 timer.observe();
-                (out, confirm_publish(req, &hub, committed, report))
+                (
+                    out,
+                    confirm_publish(req, &hub, committed, reservation, report),
+                )
+            }
+            (
+                Done::Publish {
+                    out,
+                    req,
+                    hub,
+                    reservation,
+                    ..
+                },
+                Err(e),
+            ) => {
+                if let Some(r) = reservation {
+                    let _ = hub.send(HubCmd::Release(r));
+                }
+                let msg = format!("not persisted: {e}");
+                (out, error_response(req, ErrorCode::Storage, msg))
             }
             (Done::Reply { out, req, ok }, Ok(())) => (
                 out,
@@ -180,8 +225,7 @@ impl Completion for Done {
             }
             (Done::Finished { reply: None, .. }, Err(_)) => return,
             (
-                Done::Publish { out, req, .. }
-                | Done::Reply { out, req, .. }
+                Done::Reply { out, req, .. }
                 | Done::Finished {
                     reply: Some((out, req)),
                     ..
@@ -202,6 +246,7 @@ fn confirm_publish(
     req: u64,
     hub: &HubTx,
     mut committed: Vec<Committed>,
+    reservation: Option<admission::Reservation>,
     report: JobReport<'_>,
 ) -> v1::Response {
     let mut dups = report.duplicates.iter().peekable();
@@ -228,8 +273,8 @@ fn confirm_publish(
             !dup
         });
     }
-    if !committed.is_empty() {
-        let _ = hub.send(HubCmd::Committed(committed));
+    if !committed.is_empty() || reservation.is_some() {
+        let _ = hub.send(HubCmd::Committed(committed, reservation));
     }
     v1::Response {
         id: req,
@@ -287,9 +332,10 @@ impl ServerHandle {
 /// before this returns.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let tls = tls::acceptor(&config)?;
     let metrics = Arc::new(Metrics::default());
     let http = http::HttpServer::start(config.http, metrics.clone()).await?;
-    match start_broker(config, metrics, &http).await {
+    match start_broker(config, tls, metrics, &http).await {
         Ok(running) => {
             let handle = ServerHandle {
                 local_addr: running.local_addr,
@@ -321,6 +367,7 @@ struct Running {
 /// Recovery, protocol bind, writer and hub start; readiness on.
 async fn start_broker(
     config: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     http: &http::HttpServer,
 ) -> Result<Running, ServerError> {
@@ -342,10 +389,24 @@ async fn start_broker(
     for m in fixes {
         handle.submit(Muts::One(m), None);
     }
+    warn_if_exposed(&config, tls.is_some(), local_addr);
 
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
     let waiters = Arc::new(Waiters::default());
-    let hub_task = tokio::spawn(Hub::new(engine, handle.clone(), waiters.clone()).run(hub_rx));
+    let bounded = Arc::new(admission::Bounded::default());
+    let default_max_length = config.queue_defaults.max_length;
+    bounded.refresh(&engine, default_max_length);
+    let mut engine = engine;
+    engine.set_delivery_window(Some(connection::DELIVERY_WINDOW));
+    let hub = Hub::new(
+        engine,
+        handle.clone(),
+        waiters.clone(),
+        bounded.clone(),
+        default_max_length,
+        store.clone(),
+    );
+    let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
     http.go_live(Live {
         hub: hub_tx.clone(),
@@ -358,11 +419,14 @@ async fn start_broker(
         listen = %local_addr,
         data_dir = %config.data_dir.display(),
         fsync = ?config.fsync,
+        tls = tls.is_some(),
+        auth = config.auth.is_enabled(),
         recovered_tasks = tasks,
         startup_ms = started.elapsed().as_millis() as u64,
         "squall is listening on {local_addr} with data in {}",
         config.data_dir.display()
     );
+
     let shared = Arc::new(Shared {
         config,
         store,
@@ -370,6 +434,8 @@ async fn start_broker(
         hub: hub_tx,
         metrics,
         waiters,
+        bounded,
+        tls,
         conn_cancel: CancellationToken::new(),
         writers: TaskTracker::new(),
     });
@@ -382,6 +448,32 @@ async fn start_broker(
         writer,
         stop: CancellationToken::new(),
     })
+}
+
+/// Warns when the protocol port is reachable from other machines without
+/// authentication: anyone who can connect may publish, consume and delete queues.
+fn warn_if_exposed(config: &ServerConfig, tls: bool, local_addr: SocketAddr) {
+    if let Some(why) = exposure(config, tls, local_addr) {
+        warn!(listen = %local_addr, "{why}");
+    }
+}
+
+/// What is unsafe about listening on `addr` with `config`, if anything.
+fn exposure(config: &ServerConfig, tls: bool, addr: SocketAddr) -> Option<&'static str> {
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    if config.auth.is_enabled() {
+        return (!tls).then_some(
+            "listening on a non-loopback address without TLS: tokens and tasks cross the \
+             network in clear text; set tls.cert and tls.key",
+        );
+    }
+    Some(
+        "listening on a non-loopback address WITHOUT authentication: anyone who can reach \
+         this port can publish, consume and delete queues; configure [[auth.tokens]] \
+         (see `squall token hash`) or listen on 127.0.0.1",
+    )
 }
 
 type Recovered = (Store, Engine, Vec<crate::model::Mutation>, u64);
@@ -437,14 +529,32 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     } = running;
     let readers = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    // Connections being refused are answered by a task each; past this many at once,
+    // further ones are dropped without an answer.
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let id = next_conn.fetch_add(1, Ordering::Relaxed);
-                    readers.spawn(connection::serve(stream, peer, id, shared.clone()));
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let id = next_conn.fetch_add(1, Ordering::Relaxed);
+                            readers.spawn(connection::serve(stream, peer, id, shared.clone(), slot));
+                        }
+                        Err(_) => {
+                            shared.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                                let shared = shared.clone();
+                                readers.spawn(async move {
+                                    connection::refuse(stream, peer, shared).await;
+                                    drop(permit);
+                                });
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
@@ -492,4 +602,33 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     flushed?;
     info!("shutdown complete");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_non_loopback_address_without_auth_is_flagged() {
+        let open = ServerConfig::default();
+        let lo: SocketAddr = "127.0.0.1:7600".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:7600".parse().unwrap();
+        let any: SocketAddr = "0.0.0.0:7600".parse().unwrap();
+        assert!(exposure(&open, false, lo).is_none());
+        assert!(exposure(&open, false, lo6).is_none());
+        assert!(exposure(&open, false, any).is_some());
+        assert!(exposure(&open, true, any).is_some());
+        let mut secured = ServerConfig::default();
+        secured.auth.tokens.push(crate::auth::TokenEntry {
+            name: "a".into(),
+            hash: crate::auth::TokenHash::new("t"),
+            role: crate::auth::Role::Admin,
+            queues: Vec::new(),
+        });
+        assert!(
+            exposure(&secured, false, any).is_some(),
+            "tokens in clear text"
+        );
+        assert!(exposure(&secured, true, any).is_none());
+    }
 }

@@ -82,6 +82,9 @@ pub enum StoreError {
     /// The writer has shut down.
     #[error("the store writer has shut down")]
     Closed,
+    /// An earlier flush failed; the store accepts no change until the broker restarts.
+    #[error("the store failed earlier and accepts no changes until the broker is restarted ({0})")]
+    Failed(Arc<str>),
 }
 
 /// Called by the writer once the batch holding a job is durable (or failed).
@@ -156,6 +159,59 @@ pub(crate) struct Inner {
     watermark: AtomicU64,
     /// Queue retention and idempotency settings; only the writer changes them.
     policies: parking_lot::RwLock<policy::Policies>,
+    /// Why the store failed, once a flush failed (see [`Store::failure`]).
+    failure: parking_lot::Mutex<Option<Arc<str>>>,
+    failed: std::sync::atomic::AtomicBool,
+    /// Test hook: flushes that succeed before every flush fails (environment variable
+    /// `SQUALL_TEST_FAIL_FLUSH_AFTER`, for tests that cannot fill a real disk).
+    fail_flush_after: Option<AtomicU64>,
+}
+
+/// Environment variable of the test-only flush failure (a number of flushes that
+/// succeed first).
+pub const TEST_FAIL_FLUSH_ENV: &str = "SQUALL_TEST_FAIL_FLUSH_AFTER";
+
+impl Inner {
+    /// Marks the store failed (once): after a failed flush, sled 1.0.0-alpha.124 cannot
+    /// flush again in this process (its next flush waits forever for the failed
+    /// epoch), so nothing may be confirmed any more, and its handles must never be
+    /// dropped (dropping a handle flushes). The broker reports not ready and fails
+    /// every change with `Failed` until it is restarted; recovery at the restart
+    /// reads what the last successful flush made durable.
+    pub(crate) fn fail(&self, error: &StoreError) {
+        let mut failure = self.failure.lock();
+        if failure.is_some() {
+            return;
+        }
+        *failure = Some(Arc::from(error.to_string()));
+        self.failed.store(true, Relaxed);
+        self.dbs.leak_on_drop();
+        tracing::error!(
+            %error,
+            "STORE FAILED: a flush to disk failed. Nothing is confirmed from now on \
+             (publishes and acks answer STORAGE) and /readyz says 503. Everything confirmed \
+             before is on disk and safe. Free disk space (or fix the I/O error), then \
+             RESTART the broker: the store cannot recover in this process."
+        );
+    }
+
+    /// Why the store failed, if it did.
+    pub(crate) fn failure(&self) -> Option<StoreError> {
+        if !self.failed.load(Relaxed) {
+            return None;
+        }
+        self.failure.lock().clone().map(StoreError::Failed)
+    }
+
+    /// The test hook: whether this flush must fail.
+    pub(crate) fn injected_flush_failure(&self) -> bool {
+        match &self.fail_flush_after {
+            None => false,
+            Some(left) => left
+                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                .is_err(),
+        }
+    }
 }
 
 /// What the recovery scan found.
@@ -194,6 +250,12 @@ impl Store {
                 next_id: AtomicU64::new(next_id),
                 watermark: AtomicU64::new(watermark.unwrap_or(0)),
                 policies: parking_lot::RwLock::new(policies),
+                failure: parking_lot::Mutex::new(None),
+                failed: std::sync::atomic::AtomicBool::new(false),
+                fail_flush_after: std::env::var(TEST_FAIL_FLUSH_ENV)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(AtomicU64::new),
             }),
         })
     }
@@ -247,6 +309,12 @@ impl Store {
     }
 
     /// Reserves `n` consecutive new task ids and returns the first.
+    /// Why the store failed, if it did (a flush failed: disk full, I/O error). Once
+    /// failed it stays failed until the process restarts.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.inner.failure()
+    }
+
     pub fn allocate_ids(&self, n: u64) -> TaskId {
         self.inner.next_id.fetch_add(n, Relaxed)
     }

@@ -8,6 +8,7 @@
 //! number of concurrent readers and stays there.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -17,24 +18,38 @@ pub(crate) type Db = sled::Db<{ super::LEAF_FANOUT }>;
 
 pub(crate) struct DbPool {
     /// Cloned when the pool is empty; cloning reads its `RefCell`, hence the lock.
-    template: Mutex<Db>,
+    /// `None` only once leaked on drop.
+    template: Mutex<Option<Db>>,
     idle_tx: Sender<Db>,
     idle_rx: Receiver<Db>,
+    /// Set when the store failed: the handles are leaked instead of dropped, because
+    /// dropping a sled handle flushes, and after a failed flush sled's next flush
+    /// waits forever (see `Store::fail`).
+    leak: AtomicBool,
 }
 
 impl DbPool {
     pub(crate) fn new(db: Db) -> DbPool {
         let (idle_tx, idle_rx) = crossbeam_channel::unbounded();
         DbPool {
-            template: Mutex::new(db),
+            template: Mutex::new(Some(db)),
             idle_tx,
             idle_rx,
+            leak: AtomicBool::new(false),
         }
     }
 
     /// A handle of its own, for a thread that keeps it (the writer).
     pub(crate) fn detach(&self) -> Db {
-        self.template.lock().clone()
+        self.template
+            .lock()
+            .clone()
+            .expect("the template handle lives as long as the pool")
+    }
+
+    /// Leak every handle when the pool is dropped (the store failed).
+    pub(crate) fn leak_on_drop(&self) {
+        self.leak.store(true, Relaxed);
     }
 
     /// Borrows a handle until the guard drops.
@@ -63,6 +78,18 @@ impl Deref for PooledDb<'_> {
         self.db
             .as_ref()
             .expect("a PooledDb holds its Db until dropped")
+    }
+}
+
+impl Drop for DbPool {
+    fn drop(&mut self) {
+        if !self.leak.load(Relaxed) {
+            return;
+        }
+        std::mem::forget(self.template.lock().take());
+        while let Ok(db) = self.idle_rx.try_recv() {
+            std::mem::forget(db);
+        }
     }
 }
 

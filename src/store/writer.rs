@@ -164,6 +164,13 @@ impl<C: Completion> WriterLoop<C> {
                 break;
             }
         }
+        if let Some(failure) = self.store.failure() {
+            // Dropping the handle would flush, and a flush never returns after a
+            // failed one: leak the writer's state instead (the process is stopping).
+            tracing::warn!("store writer stopping without a final flush: the store failed");
+            std::mem::forget(self);
+            return Err(failure);
+        }
         tracing::debug!("store writer stopping: final flush");
         // Jobs still queued behind a shutdown are dropped with `rx` after this
         // returns, and `Done` completes them with `Closed`.
@@ -210,6 +217,14 @@ impl<C: Completion> WriterLoop<C> {
 
     /// Stages, applies and makes durable the gathered group, then completes its jobs.
     fn commit(&mut self) {
+        if let Some(failure) = self.store.failure() {
+            // Nothing is applied any more: every job fails at once.
+            for job in self.group.drain(..) {
+                job.done
+                    .complete(Err(failure.clone()), JobReport::default());
+            }
+            return;
+        }
         let started = Instant::now();
         let jobs = self.group.len() as u64;
         let staged = self.stage_group();
@@ -455,8 +470,17 @@ impl<C: Completion> WriterLoop<C> {
 
     /// fsyncs everything applied so far.
     fn flush(&mut self) -> Result<(), StoreError> {
+        if let Some(failure) = self.store.failure() {
+            return Err(failure);
+        }
         let start = Instant::now();
-        let result = self.db.flush();
+        let result = if self.store.injected_flush_failure() {
+            Err(std::io::Error::other(
+                "injected flush failure (test hook SQUALL_TEST_FAIL_FLUSH_AFTER)",
+            ))
+        } else {
+            self.db.flush().map(|_| ())
+        };
         let took = start.elapsed();
         self.last_flush = Instant::now();
         self.stats.flushes.fetch_add(1, Relaxed);
@@ -469,7 +493,9 @@ impl<C: Completion> WriterLoop<C> {
             }
             Err(error) => {
                 tracing::error!(%error, "store flush failed");
-                Err(super::io_error(error))
+                let error = super::io_error(error);
+                self.store.fail(&error);
+                Err(error)
             }
         }
     }

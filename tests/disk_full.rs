@@ -1,0 +1,179 @@
+//! Disk full under a running broker: its data directory is on a small tmpfs (mounted by
+//! the test, as root) that the test fills. Confirmed tasks must survive, a publish
+//! during the fault must get STORAGE (quickly, not a timeout), the broker must say
+//! "not ready", and after space returns a restart must recover everything confirmed
+//! and accept publishes again. sled 1.0.0-alpha.124 cannot flush again in the process
+//! after a failed flush, so the broker fails safe and needs that restart (see
+//! ARCHITECTURE.md, "Storage failures").
+//!
+//! Where `mount` is not permitted (not root), the same scenario runs with the
+//! test-only hook `SQUALL_TEST_FAIL_FLUSH_AFTER`, which makes the writer's flushes
+//! fail after a number of successful ones.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{http_get, ChildBroker};
+use squall_client::{Client, ErrorCode};
+
+/// A tmpfs mounted for the test; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system is full.
+fn fill(path: &Path) {
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 256 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+fn random_payload(i: u64) -> Vec<u8> {
+    // Incompressible, so that sled cannot squeeze it into no space.
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..32 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn client(broker: &ChildBroker) -> Client {
+    Client::builder()
+        .request_timeout(Duration::from_secs(20))
+        .connect(broker.addr)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_publishes_with_storage_and_a_restart_recovers_everything_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // SQUALL_TEST_NO_MOUNT=1 runs the hook variant even as root.
+    let tmpfs = match std::env::var_os("SQUALL_TEST_NO_MOUNT") {
+        Some(_) => None,
+        None => Tmpfs::mount(&mnt, "24m"),
+    };
+    let data = mnt.join("data");
+    let filler = mnt.join("filler");
+    let hook = if tmpfs.is_some() {
+        Vec::new()
+    } else {
+        eprintln!("mount not permitted here: injecting flush failures instead of filling a disk");
+        vec![("SQUALL_TEST_FAIL_FLUSH_AFTER", "30")]
+    };
+    let broker = ChildBroker::spawn_env(&data, &["--sweep-interval", "1h"], &hook);
+    let c = client(&broker).await;
+
+    // Confirmed before the fault.
+    let mut confirmed = Vec::new();
+    for i in 0..10 {
+        confirmed.push(c.publish("keep", random_payload(i)).await.unwrap().id);
+    }
+
+    // The fault: the disk fills up (or the hook starts failing).
+    if tmpfs.is_some() {
+        fill(&filler);
+    }
+    let started = Instant::now();
+    let mut failed = None;
+    for i in 10..200 {
+        match c.publish("keep", random_payload(i)).await {
+            Ok(p) => confirmed.push(p.id),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let err = failed.expect("a publish fails once the disk is full");
+    assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "failed fast");
+
+    // Fail safe: every later change fails at once, and the broker says so.
+    let t = Instant::now();
+    let err = c.publish("keep", "more").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
+    assert!(err.to_string().contains("restart"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let http = broker.http.expect("http on");
+    let (status, body) = http_get(http, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("restart"), "{body}");
+    assert_eq!(http_get(http, "/healthz").await.0, 503);
+    // Reads may fail too (sled keeps reporting the I/O error), but typed, not hung.
+    if let Err(e) = c.task(confirmed[0]).await {
+        assert_eq!(e.code(), Some(ErrorCode::Storage), "{e}");
+    }
+
+    // Space returns; the broker stops (it does not hang on a flush) and restarts.
+    let _ = std::fs::remove_file(&filler);
+    c.close().await;
+    let t = Instant::now();
+    let status = broker.terminate();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "shutdown did not hang"
+    );
+    assert!(
+        !status.success(),
+        "a failed store is reported at exit: {status}"
+    );
+    let broker = ChildBroker::spawn(&data, &[]);
+    let c = client(&broker).await;
+    let info = c.queue("keep").await.unwrap();
+    assert!(
+        info.ready >= confirmed.len() as u64,
+        "{} ready, {} confirmed",
+        info.ready,
+        confirmed.len()
+    );
+    for id in &confirmed {
+        let s = c.task(*id).await.unwrap();
+        assert_eq!(s.state.to_string(), "ready", "task {id}");
+    }
+    c.publish("keep", "after the restart").await.unwrap();
+    let mut sub = c.subscribe("keep").prefetch(64).await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < confirmed.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("delivery")
+            .unwrap()
+            .unwrap();
+        seen.insert(d.id());
+        d.ack().await.unwrap();
+    }
+    for id in &confirmed {
+        assert!(seen.contains(id), "confirmed task {id} lost");
+    }
+    c.close().await;
+    assert!(broker.terminate().success());
+    drop(tmpfs);
+}
