@@ -126,10 +126,12 @@ async fn metrics_reflect_traffic() {
 async fn readyz_waits_for_recovery() {
     let (_dir, data) = temp_data_dir();
     let data = data.to_str().unwrap().to_owned();
-    let (mut child, events) = spawn_squall(
+    let (child, events) = spawn_squall(
         &["--listen", "127.0.0.1:0", "--data-dir", &data],
         &[("SQUALL_TEST_RECOVERY_DELAY_MS", "1500")],
     );
+    // Killed if the test fails before it stops the broker itself.
+    let mut child = Reap(child);
     let http = match events.recv_timeout(WAIT) {
         Ok(LogEvent::Http(a)) => a,
         Ok(LogEvent::Listening(_)) => panic!("the protocol port came up before HTTP"),
@@ -152,9 +154,9 @@ async fn readyz_waits_for_recovery() {
     let c = Client::connect(addr).await.expect("serving after recovery");
     c.close().await;
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
 
@@ -162,4 +164,14 @@ async fn readyz_waits_for_recovery() {
 async fn http_off_serves_nothing() {
     let b = TestBroker::start_with(|c| c.http = None).await;
     assert_eq!(b.handle().http_addr(), None);
+}
+
+/// Kills and reaps a child broker when dropped, so a failing test leaves no process.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
