@@ -142,10 +142,8 @@ async fn readyz_waits_for_recovery() {
     let (status, body) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("squall_ready 0"), "{body}");
-    assert!(
-        events.try_recv().is_err(),
-        "recovery finished too early for the test to mean anything"
-    );
+    // (The 503 and `squall_ready 0` above were seen before the listen line: that is
+    // the property. Whether recovery is still running now depends on machine load.)
     let addr = match events.recv_timeout(WAIT) {
         Ok(LogEvent::Listening(a)) => a,
         _ => panic!("broker never listened"),

@@ -99,6 +99,20 @@ pub enum ClientError {
     /// every handle, or because reconnecting gave up).
     #[error("client is closed")]
     Closed,
+
+    /// A [`ClusterClient`](crate::ClusterClient) call about a queue failed at once
+    /// because the node that owns the queue is not connected (down, unreachable, or
+    /// reconnecting). Nothing was sent: retrying is safe. Queues of other nodes are not
+    /// affected, and the client keeps reconnecting to this node in the background.
+    #[error("cluster node {node} ({addr}) is unavailable: {reason}; calls for its queues fail until it is back (the client keeps reconnecting)")]
+    NodeUnavailable {
+        /// The node's name in the cluster's node list.
+        node: String,
+        /// The node's address.
+        addr: String,
+        /// Why it is not connected.
+        reason: String,
+    },
 }
 
 /// The crate's result type.
@@ -122,6 +136,7 @@ impl ClientError {
     pub fn nothing_was_applied(&self) -> bool {
         match self {
             ClientError::Unavailable { .. }
+            | ClientError::NodeUnavailable { .. }
             | ClientError::Invalid { .. }
             | ClientError::Config(_)
             | ClientError::LeaseExpired { .. } => true,

@@ -151,6 +151,32 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Several nodes
+//!
+//! Past one machine, run several independent brokers and let the client spread the
+//! queues: [`Client::cluster`] (or [`ClientBuilder::connect_cluster`]) returns a
+//! [`ClusterClient`] that maps each queue to one node by rendezvous hashing of the
+//! queue name ([`rendezvous_weight`] defines the hash; every client must list the same
+//! node names). Publishing, subscribing, workers ([`ClusterClient::worker`] for one
+//! queue, [`ClusterWorker`] for many), status and admin calls go to the owning node;
+//! task ids are per node, so status takes the queue: `cluster.task(queue, id)`. A node
+//! that is down fails only its own queues, at once, with
+//! [`ClientError::NodeUnavailable`]; the client reconnects when it is back.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), squall_client::ClientError> {
+//! use squall_client::{Client, Task, TaskError};
+//!
+//! let cluster = Client::cluster(["a=10.0.0.1:7600", "b=10.0.0.2:7600", "c=10.0.0.3:7600"]).await?;
+//! let id = cluster.publish("emails", "hello").await?.id;
+//! println!("{} is on node {}", id, cluster.node_of("emails"));
+//! cluster
+//!     .workers(["emails", "reports"])
+//!     .run_until(|_task: Task| async { Ok::<_, TaskError>(()) }, tokio::signal::ctrl_c())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
 //! # Delivery semantics
 //!
 //! Delivery is at-least-once: a task whose lease expires, or whose consumer
@@ -164,12 +190,14 @@
 mod admin;
 mod backoff;
 mod client;
+mod cluster;
 mod config;
 mod conn;
 mod delivery;
 mod error;
 mod info;
 mod publish;
+mod rendezvous;
 mod status;
 mod subscription;
 mod worker;
@@ -180,6 +208,7 @@ pub use admin::{
 };
 pub use backoff::ReconnectPolicy;
 pub use client::Client;
+pub use cluster::{ClusterClient, ClusterWorker, NodeQueues};
 pub use config::{
     ClientBuilder, DEFAULT_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT_FOR_CONNECTION,
@@ -188,6 +217,7 @@ pub use delivery::{Delivery, Task};
 pub use error::{ClientError, Result};
 pub use info::{Limits, ServerInfo};
 pub use publish::{Message, PublishOptions, Published, TaskId};
+pub use rendezvous::{rendezvous_owner, rendezvous_weight};
 pub use squall_proto::ErrorCode;
 pub use status::{LeaseInfo, TaskOutcome, TaskState, TaskStatus};
 pub use subscription::{SubscribeBuilder, Subscription, DEFAULT_PREFETCH};

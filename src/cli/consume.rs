@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use squall_client::Delivery;
 
-use super::{connect, ServerArgs};
+use super::{connect_for, ServerArgs};
 
 /// Consume tasks from a queue.
 #[derive(Debug, Args)]
@@ -113,10 +113,15 @@ fn render(d: &Delivery, json: bool) -> String {
 }
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-consume").await?;
+    let client = connect_for(&args.server, "squall-consume", &args.queue).await?;
     let mut sub = client
         .subscribe(args.queue.clone())
-        .prefetch(args.prefetch)
+        // Never hold more than will be printed: unprinted deliveries would be released,
+        // each using up an attempt.
+        .prefetch(match args.count {
+            Some(n) => args.prefetch.min(n.clamp(1, u64::from(u32::MAX)) as u32),
+            None => args.prefetch,
+        })
         .await?;
     let mut done = 0u64;
     loop {

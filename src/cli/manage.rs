@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Args;
 use squall_client::{QueueInfo, StateFilter};
 
-use super::{connect, Exit, ServerArgs, EXIT_USAGE};
+use super::{connect_for, Exit, ServerArgs, EXIT_USAGE};
 
 /// Remove tasks from a queue.
 #[derive(Debug, Args)]
@@ -61,7 +61,7 @@ pub struct DeleteQueueArgs {
 }
 
 pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-purge").await?;
+    let client = connect_for(&args.server, "squall-purge", &args.queue).await?;
     if !args.yes {
         let q = client.queue(&args.queue).await?;
         let what = match args.state {
@@ -79,7 +79,7 @@ pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn pause(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-pause").await?;
+    let client = connect_for(&args.server, "squall-pause", &args.queue).await?;
     if paused {
         client.pause(&args.queue).await?;
         println!(
@@ -97,7 +97,7 @@ pub async fn pause(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-redrive").await?;
+    let client = connect_for(&args.server, "squall-redrive", &args.queue).await?;
     let moved = client.redrive(&args.queue, args.limit).await?;
     println!(
         "redrove {moved} dead tasks of {} to ready (attempts reset)",
@@ -107,7 +107,7 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn delete_queue(args: DeleteQueueArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-delete-queue").await?;
+    let client = connect_for(&args.server, "squall-delete-queue", &args.queue).await?;
     if !args.yes {
         let q = client.queue(&args.queue).await?;
         confirm(&format!(

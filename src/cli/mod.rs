@@ -4,6 +4,7 @@
 
 mod bench;
 mod consume;
+mod healthcheck;
 mod manage;
 mod peek;
 mod publish;
@@ -91,6 +92,8 @@ pub enum Command {
     Task(task::TaskArgs),
     /// Authentication tokens: `squall token hash` prints a configuration entry.
     Token(token::TokenArgs),
+    /// Check a broker's /healthz (or /readyz): exit 0 on HTTP 200, 1 otherwise.
+    Healthcheck(healthcheck::HealthcheckArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -164,6 +167,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Task(args) => task::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Healthcheck(args) => healthcheck::run(args).await,
     }
 }
 
@@ -215,6 +219,7 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
         Some(
             ClientError::Io(_)
             | ClientError::Unavailable { .. }
+            | ClientError::NodeUnavailable { .. }
             | ClientError::ConnectionLost { .. },
         ) => EXIT_UNAVAILABLE,
         Some(err) => match err.code() {
@@ -236,8 +241,10 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
 /// to one.
 #[derive(Clone, clap::Args)]
 pub struct ServerArgs {
-    /// Broker address.
-    #[arg(long, env = "SQUALL_SERVER", default_value = crate_default_server())]
+    /// Broker address, or a cluster's nodes separated by commas (`ADDR` or
+    /// `NAME=ADDR` each; every client must list the same names): each queue lives on
+    /// the node rendezvous hashing picks for it.
+    #[arg(long, env = "SQUALL_SERVER", default_value = crate_default_server(), value_name = "ADDR[,ADDR...]")]
     pub server: String,
     /// Authentication token, for a broker that requires one.
     #[arg(
@@ -278,21 +285,86 @@ impl ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// The node specs of a cluster list (one for a single broker).
+    pub fn nodes(&self) -> Vec<&str> {
+        self.server
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// True when `--server` names more than one node.
+    pub fn is_cluster(&self) -> bool {
+        self.nodes().len() > 1
+    }
+}
+
 const fn crate_default_server() -> &'static str {
     squall::config::DEFAULT_LISTEN
 }
 
-/// Connects to the broker named by `args`, failing fast when it is not there.
+/// Connects to the one broker named by `args`, failing fast when it is not there.
+/// Commands about a queue use [`connect_for`], which also handles clusters.
 pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_client::Client> {
+    if args.is_cluster() {
+        return Err(Exit {
+            code: EXIT_USAGE,
+            message: format!(
+                "this command talks to one broker, but --server names a cluster ({}); \
+                 give one node's address",
+                args.server
+            ),
+        }
+        .into());
+    }
+    dial(args, &args.server, name, "").await
+}
+
+/// Connects to the broker holding `queue`: the one broker, or in a cluster the node
+/// that rendezvous hashing assigns the queue to (the same node every client picks).
+pub async fn connect_for(
+    args: &ServerArgs,
+    name: &str,
+    queue: &str,
+) -> anyhow::Result<squall_client::Client> {
+    let nodes = args.nodes();
+    if nodes.len() <= 1 {
+        return dial(args, &args.server, name, "").await;
+    }
+    let specs: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|n| match n.split_once('=') {
+            Some((name, addr)) => (name.trim(), addr.trim()),
+            None => (*n, *n),
+        })
+        .collect();
+    let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
+    let owner = squall_client::rendezvous_owner(&names, queue).unwrap_or(0);
+    let (node, addr) = specs[owner];
+    let why = format!(
+        " (node {node}, which holds queue {queue} in the cluster {})",
+        args.server
+    );
+    dial(args, addr, name, &why).await
+}
+
+async fn dial(
+    args: &ServerArgs,
+    addr: &str,
+    name: &str,
+    why: &str,
+) -> anyhow::Result<squall_client::Client> {
     let client = args
         .builder(name)
-        .connect(&args.server)
+        .connect(addr)
         .await
         .map_err(|e| match e {
             squall_client::ClientError::Io(_) | squall_client::ClientError::Timeout { .. } => {
                 anyhow::Error::new(Exit {
                     code: EXIT_UNAVAILABLE,
-                    message: format!("cannot reach the broker at {}: {e}", args.server),
+                    message: format!("cannot reach the broker at {addr}{why}: {e}"),
                 })
             }
             squall_client::ClientError::Config(m) => anyhow::Error::new(Exit {

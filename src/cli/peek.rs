@@ -8,7 +8,7 @@ use clap::Args;
 use squall_client::{StateFilter, MAX_PEEK};
 
 use super::render::{self, TaskRow};
-use super::{connect, ServerArgs};
+use super::{connect_for, ServerArgs};
 
 /// Show tasks without changing them.
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub struct PeekArgs {
 }
 
 pub async fn run(args: PeekArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-peek").await?;
+    let client = connect_for(&args.server, "squall-peek", &args.queue).await?;
     let tasks = client.peek(&args.queue, args.state, args.limit).await?;
     let rows: Vec<TaskRow> = tasks.iter().map(TaskRow::from).collect();
     if args.json {

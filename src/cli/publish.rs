@@ -10,7 +10,7 @@ use bytes::Bytes;
 use clap::Args;
 use squall_client::{Message, PublishOptions};
 
-use super::{connect, parse_duration, parse_header, Exit, ServerArgs, EXIT_USAGE};
+use super::{connect_for, parse_duration, parse_header, Exit, ServerArgs, EXIT_USAGE};
 
 /// Lines sent per publish request when reading standard input.
 const STDIN_BATCH: usize = 500;
@@ -81,7 +81,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
         .into());
     }
-    let client = connect(&args.server, "squall-publish").await?;
+    let client = connect_for(&args.server, "squall-publish", &args.queue).await?;
     let options = args.options();
     let single = match (&args.payload, &args.file) {
         (Some(p), _) => Some(Bytes::from(p.clone())),

@@ -10,7 +10,10 @@ use clap::{Args, Subcommand};
 use squall_client::QueueConfigUpdate;
 
 use super::render::{self, QueueRow};
-use super::{connect, parse_backoff, parse_duration, Exit, ServerArgs, EXIT_USAGE};
+use super::{
+    connect, connect_for, parse_backoff, parse_duration, Exit, ServerArgs, EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+};
 
 /// List queues.
 #[derive(Debug, Args)]
@@ -105,9 +108,9 @@ impl SetArgs {
 }
 
 pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-queues").await?;
+    let source = Source::connect(&args.server).await?;
     if !args.watch {
-        let rows = rows(&client.queues().await?);
+        let (rows, down) = source.rows().await?;
         print!(
             "{}",
             if args.json {
@@ -116,11 +119,20 @@ pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {
                 render::queues_table(&rows)
             }
         );
-        return Ok(ExitCode::SUCCESS);
+        // The reachable nodes are listed; the others are named, and the exit code
+        // says that the list is incomplete.
+        for e in &down {
+            eprintln!("squall: {e}");
+        }
+        return Ok(if down.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_UNAVAILABLE)
+        });
     }
     let in_place = std::io::stdout().is_terminal();
     loop {
-        let rows = rows(&client.queues().await?);
+        let (rows, down) = source.rows().await?;
         let mut out = std::io::stdout().lock();
         if in_place {
             // Cursor home and clear the screen: the table is redrawn where it was.
@@ -133,6 +145,9 @@ pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {
             render::duration(args.interval)
         )?;
         write!(out, "{}", render::queues_table(&rows))?;
+        for e in &down {
+            writeln!(out, "! {e}")?;
+        }
         if !in_place {
             writeln!(out)?;
         }
@@ -143,8 +158,64 @@ pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    client.close().await;
+    source.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `squall queues` reads from: one broker, or every node of a cluster.
+enum Source {
+    One(squall_client::Client),
+    Cluster(squall_client::ClusterClient),
+}
+
+impl Source {
+    async fn connect(args: &ServerArgs) -> anyhow::Result<Source> {
+        if !args.is_cluster() {
+            return Ok(Source::One(connect(args, "squall-queues").await?));
+        }
+        let cluster = args
+            .builder("squall-queues")
+            .connect_cluster(args.nodes())
+            .await
+            .map_err(|e| match e {
+                e @ squall_client::ClientError::Unavailable { .. } => anyhow::Error::new(Exit {
+                    code: EXIT_UNAVAILABLE,
+                    message: format!("cannot reach the cluster {}: {e}", args.server),
+                }),
+                other => other.into(),
+            })?;
+        Ok(Source::Cluster(cluster))
+    }
+
+    /// The rows, and the nodes that could not answer (as error messages). A single
+    /// broker that cannot answer is an error.
+    async fn rows(&self) -> anyhow::Result<(Vec<QueueRow>, Vec<String>)> {
+        match self {
+            Source::One(client) => Ok((rows(&client.queues().await?), Vec::new())),
+            Source::Cluster(cluster) => {
+                let mut all = Vec::new();
+                let mut down = Vec::new();
+                for node in cluster.queues().await {
+                    match node.queues {
+                        Ok(queues) => all.extend(queues.iter().map(|q| QueueRow {
+                            node: Some(node.node.clone()),
+                            owner: Some(cluster.node_of(&q.name).to_owned()),
+                            ..QueueRow::from(q)
+                        })),
+                        Err(e) => down.push(format!("node {} ({}): {e}", node.node, node.addr)),
+                    }
+                }
+                Ok((all, down))
+            }
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Source::One(client) => client.close().await,
+            Source::Cluster(cluster) => cluster.close().await,
+        }
+    }
 }
 
 pub async fn run_one(args: QueueArgs) -> anyhow::Result<ExitCode> {
@@ -154,7 +225,7 @@ pub async fn run_one(args: QueueArgs) -> anyhow::Result<ExitCode> {
     let Some(name) = args.name else {
         return Err(usage("name a queue: squall queue NAME"));
     };
-    let client = connect(&args.server, "squall-queue").await?;
+    let client = connect_for(&args.server, "squall-queue", &name).await?;
     let row = QueueRow::from(&client.queue(name).await?);
     print!("{}", detail(&row, args.json));
     Ok(ExitCode::SUCCESS)
@@ -168,7 +239,7 @@ async fn run_set(args: SetArgs) -> anyhow::Result<ExitCode> {
              --max-length, --result-ttl, --dedup-window",
         ));
     }
-    let client = connect(&args.server, "squall-queue-set").await?;
+    let client = connect_for(&args.server, "squall-queue-set", &args.name).await?;
     let row = QueueRow::from(&client.set_queue_config(&args.name, update).await?);
     print!("{}", detail(&row, args.json));
     Ok(ExitCode::SUCCESS)

@@ -12,6 +12,13 @@ use squall_client::{PeekedTask, QueueInfo};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueRow {
     pub name: String,
+    /// The cluster node holding the queue (`--server a,b,c`); absent for one broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The node that owns the queue under the node list given; differs from `node`
+    /// for a queue left behind on its old node after the list changed (drain it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub ready: u64,
     pub delayed: u64,
     pub leased: u64,
@@ -62,6 +69,8 @@ impl From<&QueueInfo> for QueueRow {
         let ms = |d: Duration| d.as_millis() as u64;
         QueueRow {
             name: q.name.clone(),
+            node: None,
+            owner: None,
             ready: q.ready,
             delayed: q.delayed,
             leased: q.leased,
@@ -248,10 +257,28 @@ pub fn queues_table(rows: &[QueueRow]) -> String {
             ]
         })
         .collect();
-    let mut left = [false; 14];
+    let mut left = vec![false; 14];
     left[0] = true;
     left[13] = true;
-    table(&QUEUE_HEADER, &cells, &left)
+    if rows.iter().all(|q| q.node.is_none()) {
+        return table(&QUEUE_HEADER, &cells, &left);
+    }
+    // A cluster: the node comes first, since rows are grouped by node.
+    let header: Vec<&str> = std::iter::once("NODE").chain(QUEUE_HEADER).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .zip(cells)
+        .map(|(q, row)| {
+            let node = q.node.as_deref().unwrap_or("-");
+            let cell = match q.owner.as_deref() {
+                Some(owner) if owner != node => format!("{node} (owner {owner})"),
+                _ => node.to_owned(),
+            };
+            std::iter::once(cell).chain(row).collect()
+        })
+        .collect();
+    left.insert(0, true);
+    table(&header, &cells, &left)
 }
 
 /// `squall queue NAME`: the table row, then totals, rates and configuration.
@@ -474,6 +501,8 @@ mod tests {
     fn row(name: &str, ready: u64, paused: bool) -> QueueRow {
         QueueRow {
             name: name.to_owned(),
+            node: None,
+            owner: None,
             ready,
             delayed: 3,
             leased: 12,
@@ -621,6 +650,31 @@ paused        no
   }
 ]
 "#;
+
+    const CLUSTER_TABLE: &str = "\
+NODE                       QUEUE          READY  DELAYED  LEASED  DEAD  CONSUMERS  PUBLISHED  ACKED  NACKED  EXPIRED  PUB/S  ACK/S  OLDEST  STATE
+squall-0                   emails         12.3k        3      12     1          4       1.2M   1.2M    5.4k       33   1.5k    0.4   2m13s  active
+squall-1 (owner squall-3)  old                0        3      12     1          4       1.2M   1.2M    5.4k       33   1.5k    0.4       -  active
+squall-2                   reports.daily      0        3      12     1          4       1.2M   1.2M    5.4k       33   1.5k    0.4       -  paused
+";
+
+    #[test]
+    fn cluster_queues_table_and_json_snapshot() {
+        let on = |node: &str, owner: &str, mut r: QueueRow| {
+            r.node = Some(node.to_owned());
+            r.owner = Some(owner.to_owned());
+            r
+        };
+        let rows = [
+            on("squall-0", "squall-0", row("emails", 12_345, false)),
+            on("squall-1", "squall-3", row("old", 0, false)),
+            on("squall-2", "squall-2", row("reports.daily", 0, true)),
+        ];
+        assert_eq!(queues_table(&rows), CLUSTER_TABLE);
+        let json = queues_json(&rows[..1]);
+        let head = "[\n  {\n    \"name\": \"emails\",\n    \"node\": \"squall-0\",\n    \"owner\": \"squall-0\",\n    \"ready\": 12345,";
+        assert!(json.starts_with(head), "{json}");
+    }
 
     #[test]
     fn queues_json_snapshot() {

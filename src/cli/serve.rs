@@ -186,9 +186,10 @@ fn usage(message: String) -> anyhow::Error {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
-    // Installed before anything is bound: a SIGTERM that arrives as soon as the broker
-    // says it listens must shut it down gracefully, not kill it.
-    let signalled = shutdown_signal();
+    // Handlers are installed before the broker starts: a SIGTERM that arrives right
+    // after the "listening" line (a supervisor stopping a fresh container) must start
+    // the graceful shutdown, not take the signal's default action and kill the process.
+    let signal = shutdown_signal();
     let handle = match server::start(settings.server).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
@@ -196,7 +197,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
-        signalled.await;
+        signal.await;
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
@@ -204,29 +205,30 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Registers for SIGINT and SIGTERM now; the future resolves at the first of them.
+/// Resolves on SIGINT or SIGTERM; both handlers are installed when this is called.
 #[cfg(unix)]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate()).ok();
-    let int = signal(SignalKind::interrupt()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    let terminate = signal(SignalKind::terminate()).ok();
     async move {
-        match (term, int) {
-            (Some(mut term), Some(mut int)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending::<()>().await,
             }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        };
+        tokio::select! {
+            _ = wait(interrupt) => {}
+            _ = wait(terminate) => {}
         }
     }
 }
 
 #[cfg(not(unix))]
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     async {
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use squall_client::{TaskOutcome, TaskState, TaskStatus};
 
 use super::consume::text_or_base64;
-use super::{connect, parse_duration, Exit, ServerArgs};
+use super::{connect, connect_for, parse_duration, Exit, ServerArgs};
 
 /// Exit code when the broker has no record of the task (sysexits EX_NOINPUT).
 const EXIT_UNKNOWN: u8 = 66;
@@ -25,6 +25,10 @@ pub struct TaskArgs {
     server: ServerArgs,
     /// Task id (as printed by `squall publish`).
     id: u64,
+    /// The task's queue. Required with a cluster (`--server a,b,c`): task ids are per
+    /// node, and the queue names the node.
+    #[arg(long)]
+    queue: Option<String>,
     /// Wait up to this long for the task to succeed or die, e.g. 30s. Exits 0 if it
     /// succeeded, 1 if it is dead, 75 if it is still running when the time is up.
     #[arg(long, value_parser = parse_duration)]
@@ -155,7 +159,21 @@ fn render_table(s: &TaskStatus, now: SystemTime) -> String {
 }
 
 pub async fn run(args: TaskArgs) -> anyhow::Result<ExitCode> {
-    let client = connect(&args.server, "squall-task").await?;
+    let client = match &args.queue {
+        Some(queue) => connect_for(&args.server, "squall-task", queue).await?,
+        None if args.server.is_cluster() => {
+            return Err(Exit {
+                code: super::EXIT_USAGE,
+                message: format!(
+                    "--server names a cluster ({}): give the task's queue with --queue, \
+                     since task ids are per node",
+                    args.server.server
+                ),
+            }
+            .into())
+        }
+        None => connect(&args.server, "squall-task").await?,
+    };
     let found = match args.wait {
         None => Some(client.task(args.id).await?).filter(|s| s.state != TaskState::Unknown),
         Some(timeout) => match client.wait_result(args.id, timeout).await? {

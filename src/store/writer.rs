@@ -180,14 +180,16 @@ impl<C: Completion> WriterLoop<C> {
     /// Blocks for the next message; in interval mode with unflushed data, only until
     /// the flush is due.
     fn next_message(&self) -> Wake<C> {
-        match self.mode {
-            FsyncMode::Interval(every) if self.dirty => {
-                match self.rx.recv_deadline(self.last_flush + every) {
-                    Ok(msg) => Wake::Msg(msg),
-                    Err(RecvTimeoutError::Timeout) => Wake::FlushDue,
-                    Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
-                }
-            }
+        let flush_by = match self.mode {
+            FsyncMode::Interval(every) if self.dirty => Some(self.last_flush + every),
+            _ => None,
+        };
+        match flush_by {
+            Some(deadline) => match self.rx.recv_deadline(deadline) {
+                Ok(msg) => Wake::Msg(msg),
+                Err(RecvTimeoutError::Timeout) => Wake::FlushDue,
+                Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
+            },
             _ => match self.rx.recv() {
                 Ok(msg) => Wake::Msg(msg),
                 Err(_) => Wake::Disconnected,
@@ -229,6 +231,9 @@ impl<C: Completion> WriterLoop<C> {
         let writes = staged.writes;
         let mut outcome = self.apply(staged);
         let applied = started.elapsed();
+        // Every group is fsynced, including those nobody waits for (attempt counts):
+        // flushing them at once keeps "a leased task comes back with its attempt
+        // counted" true for all but the deliveries of the last group before a crash.
         if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
             outcome = self.flush();
         }

@@ -212,6 +212,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let addr = match &broker {
         Some(b) => b.addr.to_string(),
+        None if args.server.is_cluster() => {
+            return Err(super::Exit {
+                code: super::EXIT_USAGE,
+                message: "squall bench drives one broker: give one node's address with --server"
+                    .into(),
+            }
+            .into())
+        }
         None => args.server.server.clone(),
     };
     let cpu_before = broker.as_ref().and_then(|b| b.cpu_time());

@@ -1,0 +1,325 @@
+//! The deployment files in deploy/ checked for what operators rely on: the Kubernetes
+//! manifests and the compose file parse as YAML and carry the probes, volumes, grace
+//! periods and security settings; the configuration they embed is one the broker
+//! accepts; the Dockerfile and the systemd unit have their required instructions; and
+//! `squall healthcheck`, which the image's HEALTHCHECK runs, tells a live broker from
+//! a missing one. (CI also validates the manifests against the Kubernetes schemas with
+//! `kubernetes-validate`, and the unit with `systemd-analyze verify`: see .ci/run.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_norway::Value;
+
+fn deploy(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("read deploy/{path}: {e}"))
+}
+
+/// The YAML file, with `<<` merge keys applied as Docker Compose does.
+fn yaml(path: &str) -> Value {
+    let mut v: Value =
+        serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("deploy/{path}: {e}"));
+    v.apply_merge()
+        .unwrap_or_else(|e| panic!("deploy/{path}: {e}"));
+    v
+}
+
+/// `v[a][b]...` for the path `a.b...`; a key may itself contain dots
+/// (`prometheus.io/port`, `squall.toml`). Fails with the path when it is missing.
+fn at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    let steps: Vec<&str> = path.split('.').collect();
+    walk(v, &steps).unwrap_or_else(|| panic!("no `{path}` in {v:?}"))
+}
+
+fn walk<'a>(v: &'a Value, steps: &[&str]) -> Option<&'a Value> {
+    if steps.is_empty() {
+        return Some(v);
+    }
+    (1..=steps.len()).rev().find_map(|n| {
+        let key = steps[..n].join(".");
+        let next = match key.parse::<usize>() {
+            Ok(i) => v.get(i),
+            Err(_) => v.get(key.as_str()),
+        }?;
+        walk(next, &steps[n..])
+    })
+}
+
+fn int(v: &Value, path: &str) -> u64 {
+    at(v, path)
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{path}` is not a number"))
+}
+
+fn text<'a>(v: &'a Value, path: &str) -> &'a str {
+    at(v, path)
+        .as_str()
+        .unwrap_or_else(|| panic!("`{path}` is not a string"))
+}
+
+/// Parses a duration like "20s" as the broker does.
+fn secs(s: &str) -> u64 {
+    s.strip_suffix('s')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("`{s}` is not a whole number of seconds"))
+}
+
+/// The squall.toml in the ConfigMap, loaded as `squall serve --config` would.
+fn configmap_settings() -> squall::config::Settings {
+    let cm = yaml("k8s/configmap.yaml");
+    let toml = text(&cm, "data.squall.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("squall.toml");
+    std::fs::write(&file, toml).unwrap();
+    squall::config::Settings::load(Some(&file), Vec::new(), Vec::<(&str, String)>::new())
+        .unwrap_or_else(|e| panic!("the ConfigMap's squall.toml is refused: {e}"))
+}
+
+#[test]
+fn statefulset_has_probes_volumes_grace_and_a_non_root_pod() {
+    let sts = yaml("k8s/statefulset.yaml");
+    assert_eq!(text(&sts, "kind"), "StatefulSet");
+    assert_eq!(int(&sts, "spec.replicas"), 3);
+    assert_eq!(text(&sts, "spec.serviceName"), "squall");
+    let pod = at(&sts, "spec.template");
+    let c = at(pod, "spec.containers.0");
+    assert_eq!(text(c, "readinessProbe.httpGet.path"), "/readyz");
+    assert_eq!(text(c, "livenessProbe.httpGet.path"), "/healthz");
+    assert_eq!(text(c, "readinessProbe.httpGet.port"), "http");
+    assert!(at(c, "resources.requests.memory").is_string());
+    assert!(at(c, "resources.limits.memory").is_string());
+    assert_eq!(
+        at(c, "securityContext.allowPrivilegeEscalation").as_bool(),
+        Some(false)
+    );
+
+    let sec = at(pod, "spec.securityContext");
+    assert_eq!(at(sec, "runAsNonRoot").as_bool(), Some(true));
+    assert!(int(sec, "runAsUser") > 0);
+
+    // One claim per pod, mounted where the broker keeps its data.
+    let claim = at(&sts, "spec.volumeClaimTemplates.0");
+    let claim_name = text(claim, "metadata.name");
+    assert_eq!(text(claim, "spec.accessModes.0"), "ReadWriteOnce");
+    let mounts = at(c, "volumeMounts").as_sequence().unwrap();
+    let data = mounts
+        .iter()
+        .find(|m| text(m, "name") == claim_name)
+        .expect("the claim is mounted");
+    let settings = configmap_settings();
+    assert_eq!(Path::new(text(data, "mountPath")), settings.server.data_dir);
+
+    // Kubernetes' SIGKILL comes after the broker's own drain.
+    let grace = int(pod, "spec.terminationGracePeriodSeconds");
+    assert!(
+        grace > settings.server.shutdown_grace.as_secs(),
+        "terminationGracePeriodSeconds {grace} must exceed shutdown_grace {:?}",
+        settings.server.shutdown_grace
+    );
+
+    // Prometheus finds /metrics on the HTTP port the broker listens on.
+    let ann = at(pod, "metadata.annotations");
+    assert_eq!(text(ann, "prometheus.io/scrape"), "true");
+    assert_eq!(text(ann, "prometheus.io/path"), "/metrics");
+    let http = settings.server.http.expect("http enabled");
+    assert_eq!(text(ann, "prometheus.io/port"), http.port().to_string());
+    assert_eq!(settings.server.listen.port(), 7600);
+    assert!(
+        settings.server.listen.ip().is_unspecified(),
+        "reachable from other pods"
+    );
+}
+
+#[test]
+fn service_is_headless_and_budget_keeps_two_nodes() {
+    let svc = yaml("k8s/service.yaml");
+    assert_eq!(text(&svc, "kind"), "Service");
+    assert_eq!(text(&svc, "spec.clusterIP"), "None");
+    let ports: Vec<u64> = at(&svc, "spec.ports")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| int(p, "port"))
+        .collect();
+    assert_eq!(ports, [7600, 7601]);
+    let pdb = yaml("k8s/pdb.yaml");
+    assert_eq!(text(&pdb, "kind"), "PodDisruptionBudget");
+    assert_eq!(int(&pdb, "spec.maxUnavailable"), 1);
+    let sts = yaml("k8s/statefulset.yaml");
+    for selector in [
+        at(&svc, "spec.selector"),
+        at(&pdb, "spec.selector.matchLabels"),
+    ] {
+        assert_eq!(selector, at(&sts, "spec.template.metadata.labels"));
+    }
+    let kustomization = read("k8s/kustomization.yaml");
+    for file in [
+        "configmap.yaml",
+        "service.yaml",
+        "pdb.yaml",
+        "statefulset.yaml",
+    ] {
+        assert!(kustomization.contains(file), "kustomization lists {file}");
+    }
+}
+
+#[test]
+fn compose_runs_three_nodes_with_their_own_volumes_and_ports() {
+    let compose = yaml("docker-compose.yml");
+    let services = at(&compose, "services").as_mapping().unwrap();
+    assert_eq!(services.len(), 3);
+    let mut volumes = Vec::new();
+    let mut ports = Vec::new();
+    let mut node_ids = Vec::new();
+    for (_, s) in services {
+        volumes.push(text(s, "volumes.0").split(':').next().unwrap().to_owned());
+        for p in at(s, "ports").as_sequence().unwrap() {
+            ports.push(p.as_str().unwrap().rsplit_once(':').unwrap().0.to_owned());
+        }
+        node_ids.push(text(s, "environment.SQUALL_NODE_ID").to_owned());
+        assert!(text(s, "volumes.0").ends_with(":/var/lib/squall"));
+        assert!(secs(text(s, "stop_grace_period")) > dockerfile_grace());
+    }
+    for list in [&mut volumes, &mut ports, &mut node_ids] {
+        let n = list.len();
+        list.sort();
+        list.dedup();
+        assert_eq!(list.len(), n, "distinct: {list:?}");
+    }
+    assert_eq!(at(&compose, "volumes").as_mapping().unwrap().len(), 3);
+}
+
+/// SQUALL_SHUTDOWN_GRACE set by the image, in seconds.
+fn dockerfile_grace() -> u64 {
+    let file = read("Dockerfile");
+    let v = file
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("SQUALL_SHUTDOWN_GRACE="))
+        .expect("the image sets SQUALL_SHUTDOWN_GRACE");
+    secs(v)
+}
+
+#[test]
+fn dockerfile_builds_small_runs_unprivileged_and_stops_within_dockers_timeout() {
+    let file = read("Dockerfile");
+    let instr: Vec<&str> = file
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .collect();
+    let has = |prefix: &str| instr.iter().any(|l| l.starts_with(prefix));
+    assert_eq!(
+        instr.iter().filter(|l| l.starts_with("FROM ")).count(),
+        2,
+        "two stages"
+    );
+    assert!(has("FROM rust:"));
+    assert!(has("COPY --from=build"));
+    assert!(has("USER 65532"), "non-root user");
+    assert!(has("VOLUME [\"/var/lib/squall\"]"));
+    assert!(has("EXPOSE 7600 7601"));
+    assert!(has("STOPSIGNAL SIGTERM"));
+    assert!(file.contains("SQUALL_LISTEN=0.0.0.0:7600"));
+    assert!(file.contains("SQUALL_HTTP=0.0.0.0:7601"));
+    assert!(file.contains("SQUALL_DATA_DIR=/var/lib/squall"));
+    assert!(has("HEALTHCHECK "));
+    assert!(file.contains("\"healthcheck\", \"--http\", \"127.0.0.1:7601\""));
+    // Docker kills 10 s after SIGTERM by default.
+    assert!(dockerfile_grace() < 10);
+    // The build context is the repository root: keep build output out of it.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".dockerignore"))
+            .expect(".dockerignore at the repository root");
+    assert!(ignore.lines().any(|l| l.trim() == "target"));
+}
+
+#[test]
+fn systemd_unit_is_hardened_and_outlasts_the_drain() {
+    let unit = read("systemd/squall.service");
+    let value = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        match value(key).as_slice() {
+            [v] => v,
+            other => panic!("{key}= set {} times", other.len()),
+        }
+    };
+    for (key, want) in [
+        ("DynamicUser", "yes"),
+        ("StateDirectory", "squall"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(one(key), want, "{key}");
+    }
+    assert!(one("RestrictAddressFamilies").contains("AF_INET"));
+    let exec = one("ExecStart");
+    assert!(exec.contains("serve --config /etc/squall/squall.toml"));
+    assert!(exec.contains("--data-dir /var/lib/squall"));
+    let grace = secs(
+        one("Environment")
+            .strip_prefix("SQUALL_SHUTDOWN_GRACE=")
+            .unwrap(),
+    );
+    assert!(secs(one("TimeoutStopSec")) > grace);
+}
+
+fn healthcheck(http: &str, path: &str) -> std::process::ExitStatus {
+    Command::new(env!("CARGO_BIN_EXE_squall"))
+        .args([
+            "healthcheck",
+            "--http",
+            http,
+            "--path",
+            path,
+            "--timeout",
+            "2s",
+        ])
+        .env_remove("SQUALL_HTTP")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run squall healthcheck")
+}
+
+#[tokio::test]
+async fn healthcheck_passes_on_a_live_broker_and_fails_without_one() {
+    let broker = common::TestBroker::start().await;
+    let http = broker.http_addr().to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        (
+            healthcheck(&http, "/healthz"),
+            healthcheck(&http, "/readyz"),
+            healthcheck(&http, "/nope"),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "/healthz: {:?}", status.0);
+    assert!(status.1.success(), "/readyz: {:?}", status.1);
+    assert_eq!(status.2.code(), Some(1), "404 is unhealthy");
+    // Nothing listens on a port just released.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = tokio::task::spawn_blocking(move || healthcheck(&free.to_string(), "/healthz"))
+        .await
+        .unwrap();
+    assert!(!down.success());
+}
