@@ -127,6 +127,9 @@ async fn a_full_disk_fails_publishes_with_storage_and_a_restart_recovers_everyth
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("restart"), "{body}");
     assert_eq!(http_get(http, "/healthz").await.0, 503);
+    let (_, metrics) = http_get(http, "/metrics").await;
+    assert!(metrics.contains("squall_store_failed 1\n"), "{metrics}");
+    assert!(metrics.contains("squall_ready 0\n"), "{metrics}");
     // Reads may fail too (sled keeps reporting the I/O error), but typed, not hung.
     if let Err(e) = c.task(confirmed[0]).await {
         assert_eq!(e.code(), Some(ErrorCode::Storage), "{e}");

@@ -434,9 +434,7 @@ async fn handshake(
         Some(tls) => {
             let name = tls.server_name(addr)?;
             let stream = tls.connector.connect(name, stream).await.map_err(|e| {
-                ClientError::ConnectionLost {
-                    reason: format!("TLS handshake with {addr} failed: {e}"),
-                }
+                std::io::Error::new(e.kind(), format!("TLS handshake with {addr} failed: {e}"))
             })?;
             let (rd, wr) = tokio::io::split(stream);
             (Box::new(rd), Box::new(wr))

@@ -169,7 +169,8 @@ async fn scrape(state: &HttpState) -> Response<Full<Bytes>> {
         None => Vec::new(),
     };
     let writer = live.map(|l| &*l.writer);
-    match metrics::render(&state.metrics, writer, queues) {
+    let store_failed = live.is_some_and(|l| l.store.failure().is_some());
+    match metrics::render(&state.metrics, writer, queues, store_failed) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(

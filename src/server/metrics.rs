@@ -90,6 +90,7 @@ pub(crate) struct QueueSample {
 #[derive(Debug)]
 struct Scrape {
     ready: bool,
+    store_failed: bool,
     connections_open: i64,
     connections_accepted: u64,
     connections_refused: u64,
@@ -116,9 +117,11 @@ pub(crate) fn render(
     metrics: &Metrics,
     writer: Option<&WriterStats>,
     queues: Vec<QueueSample>,
+    store_failed: bool,
 ) -> Result<String, std::fmt::Error> {
     let scrape = Scrape {
-        ready: metrics.is_ready(),
+        ready: metrics.is_ready() && !store_failed,
+        store_failed,
         connections_open: metrics.connections_open.load(Relaxed),
         connections_accepted: metrics.connections_accepted.load(Relaxed),
         connections_refused: metrics.connections_refused.load(Relaxed),
@@ -286,6 +289,12 @@ impl Collector for Scrape {
             "ready",
             "1 once recovery finished and the broker serves; 0 while starting or stopping.",
             i64::from(self.ready),
+        )?;
+        gauge(
+            &mut enc,
+            "store_failed",
+            "1 once a flush to disk failed: nothing is confirmed any more until the broker restarts.",
+            i64::from(self.store_failed),
         )?;
         gauge(
             &mut enc,

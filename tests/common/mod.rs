@@ -90,11 +90,30 @@ impl TestBroker {
     /// Graceful stop, then start again on the same data directory (new port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        let handle = server::start(self.config.clone())
-            .await
-            .expect("broker restarts");
+        let handle = start_again(&self.config).await;
         self.addr = handle.local_addr();
         self.handle = Some(handle);
+    }
+}
+
+/// Starts a broker on a data directory another broker of this process just released.
+/// sled 1.0.0-alpha.124 releases its directory lock from a background thread a moment
+/// after the last handle is dropped (its metadata worker acknowledges the shutdown,
+/// then exits), so an immediate reopen in the same process can find the lock still
+/// held (`WouldBlock`); a new process after an exit never does. Retry briefly.
+async fn start_again(config: &ServerConfig) -> ServerHandle {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match server::start(config.clone()).await {
+            Ok(handle) => return handle,
+            Err(server::ServerError::Store(squall::store::StoreError::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("broker restarts: {e:?}"),
+        }
     }
 }
 

@@ -270,11 +270,16 @@ async fn drive(args: &BenchArgs, addr: &str) -> anyhow::Result<Outcome> {
         .map(|i| format!("bench-{run_id}-{i}"))
         .collect();
 
+    // A spawned broker is plain and open; an external one may want a token and TLS.
+    let spawned = args.spawn;
     let connect = |name: String| {
         let addr = addr.to_owned();
+        let builder = match spawned {
+            true => Client::builder().client_name(name),
+            false => args.server.builder(&name),
+        };
         async move {
-            Client::builder()
-                .client_name(name)
+            builder
                 .connect(&addr)
                 .await
                 .with_context(|| format!("cannot connect to the broker at {addr}"))
