@@ -47,6 +47,7 @@ fn open(dir: &std::path::Path) -> Store {
         path: dir.to_owned(),
         fsync: FsyncMode::Always,
         cache_bytes: 256 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("open store")
 }

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub fsync: FsyncMode,
     /// sled page cache, bytes.
     pub cache_bytes: usize,
+    /// Size of a journal segment file, bytes.
+    pub journal_segment_bytes: u64,
     /// Largest accepted frame body.
     pub max_frame_bytes: usize,
     /// Largest accepted task payload.
@@ -95,6 +97,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncMode::Always,
             cache_bytes: 64 * 1024 * 1024,
+            journal_segment_bytes: crate::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
             max_frame_bytes: squall_proto::DEFAULT_MAX_FRAME_BYTES,
             max_payload_bytes: 4 * 1024 * 1024,
             max_batch: 1_000,
@@ -380,6 +383,7 @@ mod tests {
             data_dir: _,
             fsync: _,
             cache_bytes: _,
+            journal_segment_bytes: _,
             max_frame_bytes: _,
             max_payload_bytes: _,
             max_batch: _,
@@ -414,6 +418,7 @@ mod tests {
             ("data_dir", "/srv/squall"),
             ("fsync", "never"),
             ("cache_bytes", "1 MiB"),
+            ("journal_segment_bytes", "2 MiB"),
             ("max_frame_bytes", "2 MiB"),
             ("max_payload_bytes", "1 MiB"),
             ("max_batch", "7"),

@@ -23,6 +23,7 @@ fn stored_state(broker: &TestBroker, id: u64) -> Option<TaskState> {
         path: broker.data_dir().to_owned(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("open the stopped broker's store");
     store.get_state(id).expect("read task state")
@@ -248,6 +249,7 @@ async fn ack_ack_with_nack_and_nack_after_settle_as_documented() {
         path: broker.data_dir().to_owned(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .unwrap();
     let acked = store.get_record(ids[0]).unwrap().expect("acked: kept");

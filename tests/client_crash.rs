@@ -161,6 +161,7 @@ async fn worker_survives_kill_9_and_restart_of_the_broker() {
         path: dir.clone(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("open the stopped broker's store");
     // Acked tasks are kept as succeeded for the queue's result_ttl: none may be pending.

@@ -23,6 +23,7 @@ fn stored_states(broker: &TestBroker, ids: &[u64]) -> Vec<Option<TaskState>> {
         path: broker.data_dir().to_owned(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("open the stopped broker's store");
     ids.iter()

@@ -289,6 +289,7 @@ async fn kill_9_in_a_loop_loses_no_confirmed_task_and_revives_no_acked_one() {
         path: dir.clone(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("data directory opens");
     let mut left = Vec::new();

@@ -19,6 +19,7 @@ fn stored_state(broker: &TestBroker, id: u64) -> Option<squall::model::TaskState
         path: broker.data_dir().to_owned(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .expect("open stopped store");
     store.get_state(id).expect("read state")

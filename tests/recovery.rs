@@ -172,6 +172,7 @@ async fn kill_9_under_load_loses_no_confirmed_task_and_revives_no_acked_one() {
         path: dir.clone(),
         fsync: FsyncMode::Always,
         cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
     })
     .unwrap();
     let delayed = store

@@ -56,6 +56,10 @@ pub static KEYS: &[Key] = &[
     key!("fsync", |s, v| s.server.fsync =
         string(v)?.parse::<FsyncMode>()?),
     key!("cache_bytes", |s, v| s.server.cache_bytes = size(v)?),
+    key!("journal_segment_bytes", |s, v| s
+        .server
+        .journal_segment_bytes =
+        size(v)? as u64),
     key!("max_frame_bytes", |s, v| s.server.max_frame_bytes =
         size(v)?),
     key!("max_payload_bytes", |s, v| s.server.max_payload_bytes =

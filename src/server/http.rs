@@ -128,11 +128,19 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
-    let failed = state.live.get().and_then(|l| l.store.failure());
-    match (req.uri().path(), failed) {
-        ("/healthz" | "/readyz", Some(failure)) => text(
+    let store = state.live.get().map(|l| &l.store);
+    let failed = store.and_then(|s| s.failure());
+    let unavailable = store.and_then(|s| s.unavailable());
+    match (req.uri().path(), failed, unavailable) {
+        ("/healthz" | "/readyz", Some(failure), _) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store failed, restart the broker: {failure}\n"),
+        ),
+        // Not ready while nothing can be stored, but healthy: a restart would not
+        // bring disk space back, and the broker resumes by itself.
+        ("/readyz", None, Some(reason)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
         ),
         _ => route_path(state, req).await,
     }
@@ -169,8 +177,12 @@ async fn scrape(state: &HttpState) -> Response<Full<Bytes>> {
         None => Vec::new(),
     };
     let writer = live.map(|l| &*l.writer);
-    let store_failed = live.is_some_and(|l| l.store.failure().is_some());
-    match metrics::render(&state.metrics, writer, queues, store_failed) {
+    let store = live.map_or(metrics::StoreHealth::default(), |l| metrics::StoreHealth {
+        failed: l.store.failure().is_some(),
+        unavailable: l.store.unavailable().is_some(),
+        journal_bytes: l.store.journal_disk_bytes(),
+    });
+    match metrics::render(&state.metrics, writer, queues, store) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(

@@ -31,6 +31,10 @@ pub(crate) type HubTx = mpsc::UnboundedSender<HubCmd>;
 /// Most commands handled per wakeup before dispatching.
 const BATCH: usize = 1024;
 
+/// While the store cannot record attempts, how often the hub looks whether it can
+/// deliver again.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+
 /// What connections and the writer ask of the hub.
 #[derive(Debug)]
 pub(crate) enum HubCmd {
@@ -172,9 +176,13 @@ impl Hub {
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
-            let dispatching = self.store.failure().is_none();
+            // Nothing is delivered while attempts cannot be recorded.
+            let dispatching = self.store.unavailable().is_none();
             let wake = if dispatching && self.engine.needs_dispatch() {
                 Some(Instant::now())
+            } else if self.engine.needs_dispatch() {
+                // Look again soon: the store resumes by itself once space returns.
+                Some(Instant::now() + STORE_RETRY)
             } else {
                 let next = self.engine.next_wakeup().unwrap_or(u64::MAX);
                 Some(deadline_instant(next.min(self.rates.next_due())))

@@ -90,7 +90,7 @@ pub(crate) struct QueueSample {
 #[derive(Debug)]
 struct Scrape {
     ready: bool,
-    store_failed: bool,
+    store: StoreHealth,
     connections_open: i64,
     connections_accepted: u64,
     connections_refused: u64,
@@ -106,9 +106,22 @@ struct WriterSample {
     jobs: u64,
     mutations: u64,
     flushes: u64,
+    checkpoints: u64,
+    checkpoint_micros: u64,
     commit_latency: HistogramSnapshot,
     batch_jobs: HistogramSnapshot,
     flush_latency: HistogramSnapshot,
+}
+
+/// The store's condition at a scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct StoreHealth {
+    /// A checkpoint failed: a restart is needed.
+    pub(crate) failed: bool,
+    /// Changes cannot be stored now (failed, or the journal cannot write).
+    pub(crate) unavailable: bool,
+    /// Bytes of journal segment files.
+    pub(crate) journal_bytes: u64,
 }
 
 /// Encodes one scrape as OpenMetrics text. `writer` and `queues` are absent while the
@@ -117,11 +130,11 @@ pub(crate) fn render(
     metrics: &Metrics,
     writer: Option<&WriterStats>,
     queues: Vec<QueueSample>,
-    store_failed: bool,
+    store: StoreHealth,
 ) -> Result<String, std::fmt::Error> {
     let scrape = Scrape {
-        ready: metrics.is_ready() && !store_failed,
-        store_failed,
+        ready: metrics.is_ready() && !store.unavailable,
+        store,
         connections_open: metrics.connections_open.load(Relaxed),
         connections_accepted: metrics.connections_accepted.load(Relaxed),
         connections_refused: metrics.connections_refused.load(Relaxed),
@@ -132,6 +145,8 @@ pub(crate) fn render(
             jobs: w.jobs.load(Relaxed),
             mutations: w.mutations.load(Relaxed),
             flushes: w.flushes.load(Relaxed),
+            checkpoints: w.checkpoints.load(Relaxed),
+            checkpoint_micros: w.checkpoint_micros.load(Relaxed),
             commit_latency: w.commit_latency_micros.snapshot(),
             batch_jobs: w.batch_jobs.snapshot(),
             flush_latency: w.flush_latency_micros.snapshot(),
@@ -293,8 +308,20 @@ impl Collector for Scrape {
         gauge(
             &mut enc,
             "store_failed",
-            "1 once a flush to disk failed: nothing is confirmed any more until the broker restarts.",
-            i64::from(self.store_failed),
+            "1 once a checkpoint (index flush) failed: nothing is confirmed any more until the broker restarts.",
+            i64::from(self.store.failed),
+        )?;
+        gauge(
+            &mut enc,
+            "store_unavailable",
+            "1 while changes cannot be stored (the journal cannot write, e.g. a full disk, or the store failed); clears by itself once a write succeeds.",
+            i64::from(self.store.unavailable),
+        )?;
+        gauge(
+            &mut enc,
+            "journal_bytes",
+            "Bytes of journal (write-ahead log) segment files on disk.",
+            i64::try_from(self.store.journal_bytes).unwrap_or(i64::MAX),
         )?;
         gauge(
             &mut enc,
@@ -354,7 +381,19 @@ impl Scrape {
             "Store mutations applied.",
             w.mutations,
         )?;
-        counter(enc, "store_flushes", "fsyncs of the store.", w.flushes)?;
+        counter(enc, "store_flushes", "fsyncs of the journal.", w.flushes)?;
+        counter(
+            enc,
+            "store_checkpoints",
+            "Checkpoints: index flushes that let old journal segments go.",
+            w.checkpoints,
+        )?;
+        counter(
+            enc,
+            "store_checkpoint_microseconds",
+            "Time spent in checkpoints.",
+            w.checkpoint_micros,
+        )?;
         histogram(
             enc,
             "group_commit",

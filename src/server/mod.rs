@@ -484,6 +484,7 @@ async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         path: config.data_dir.clone(),
         fsync: config.fsync,
         cache_bytes: config.cache_bytes,
+        journal_segment_bytes: config.journal_segment_bytes,
     };
     let engine_config = EngineConfig {
         queue_defaults: config.queue_defaults.clone(),

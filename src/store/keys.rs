@@ -46,6 +46,10 @@ pub(crate) const EXPIRY_DEDUP: u8 = b'D';
 /// The key of the id watermark: the next id never handed out before a restart.
 pub(crate) const WATERMARK: &[u8] = b"Mnext_id";
 
+/// The key of the journal floor: every journal record below it is in sled (written
+/// by the writer before each checkpoint, made durable by the checkpoint's flush).
+pub(crate) const JOURNAL_FLOOR: &[u8] = b"Mjournal_floor";
+
 /// Length of a task key: prefix + big-endian id.
 pub(crate) const TASK_KEY_LEN: usize = 9;
 

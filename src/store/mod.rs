@@ -1,6 +1,7 @@
-//! The store: Squall's only use of sled. Key layout, record encoding, the single
-//! group-commit writer and the recovery scan live here. It knows nothing of sockets,
-//! protobuf or the broker's in-memory indexes.
+//! The store: Squall's only use of sled and of the journal (its write-ahead log). Key
+//! layout, record encoding, the single group-commit writer, checkpoints, journal
+//! replay and the recovery scan live here. It knows nothing of sockets, protobuf or
+//! the broker's in-memory indexes.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use crossbeam_channel::SendError;
 use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
 use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
 
+mod checkpoint;
+mod journal;
 mod keys;
 mod policy;
 mod pool;
@@ -27,6 +30,7 @@ mod status;
 mod tests;
 mod writer;
 
+pub use journal::TEST_DISK_FULL_ENV;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
 
@@ -36,11 +40,17 @@ use writer::{Done, Job, Msg, WriterLoop};
 /// sled's leaf fanout: the default, measured fastest for this workload.
 const LEAF_FANOUT: usize = 1024;
 
-/// sled's own background flush period in `Never` mode, so that an idle broker still
-/// reaches the disk eventually; the other modes flush from the writer and run no
-/// background flusher. (sled's flusher aborts the process if a flush fails; the
-/// writer's own flushes report the error instead.)
-const NEVER_MODE_BACKGROUND_FLUSH_MS: usize = 1_000;
+/// sled's background flush period: a year, i.e. never while running. sled is flushed
+/// only by checkpoints (`checkpoint.rs`), which check the free space first and report
+/// an error instead of aborting as sled's flusher does. Some period must be set: with
+/// none, sled flushes whenever any tree handle is dropped, iterators included.
+const SLED_BACKGROUND_FLUSH_MS: usize = 365 * 24 * 3600 * 1000;
+
+/// Name of the journal's directory inside the data directory.
+const JOURNAL_DIR: &str = "journal";
+
+/// The default size of a journal segment.
+pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How the writer makes a batch durable before confirming it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +73,27 @@ pub struct StoreConfig {
     pub fsync: FsyncMode,
     /// sled cache size in bytes.
     pub cache_bytes: usize,
+    /// Size of a journal segment file (preallocated). A checkpoint follows each full
+    /// segment; the free space a checkpoint needs is twice this.
+    pub journal_segment_bytes: u64,
+}
+
+impl StoreConfig {
+    /// Settings with the default cache and journal segment size.
+    pub fn new(path: impl Into<PathBuf>, fsync: FsyncMode) -> StoreConfig {
+        StoreConfig {
+            path: path.into(),
+            fsync,
+            cache_bytes: 64 * 1024 * 1024,
+            journal_segment_bytes: DEFAULT_JOURNAL_SEGMENT_BYTES,
+        }
+    }
 }
 
 /// Store failures.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// An I/O error from sled (disk full, permission, ...).
+    /// An I/O error of the journal or sled (disk full, permission, ...).
     #[error("storage I/O error: {0}")]
     Io(Arc<std::io::Error>),
     /// A record could not be decoded.
@@ -82,7 +107,11 @@ pub enum StoreError {
     /// The writer has shut down.
     #[error("the store writer has shut down")]
     Closed,
-    /// An earlier flush failed; the store accepts no change until the broker restarts.
+    /// The journal cannot write now (a full disk); the broker retries by itself.
+    #[error("storage unavailable: {0}")]
+    Unavailable(Arc<str>),
+    /// A checkpoint (sled flush) failed; the store accepts no change until the broker
+    /// restarts.
     #[error("the store failed earlier and accepts no changes until the broker is restarted ({0})")]
     Failed(Arc<str>),
 }
@@ -113,16 +142,20 @@ pub struct WriterStats {
     pub jobs: std::sync::atomic::AtomicU64,
     /// Mutations applied.
     pub mutations: std::sync::atomic::AtomicU64,
-    /// fsyncs (sled flushes) performed.
+    /// fsyncs of the journal performed.
     pub flushes: std::sync::atomic::AtomicU64,
-    /// Total microseconds spent in flush.
+    /// Total microseconds spent in them.
     pub flush_micros: std::sync::atomic::AtomicU64,
+    /// Checkpoints done (sled flushes that let journal segments go).
+    pub checkpoints: std::sync::atomic::AtomicU64,
+    /// Total microseconds spent in checkpoints.
+    pub checkpoint_micros: std::sync::atomic::AtomicU64,
     /// Per batch: microseconds from the first job taken to the last job completed
     /// (stage, apply, fsync, confirm).
     pub commit_latency_micros: Histogram,
     /// Per batch: jobs it confirmed together (the group-commit batch size).
     pub batch_jobs: Histogram,
-    /// Per flush: microseconds spent in fsync.
+    /// Per journal fsync: microseconds spent in it.
     pub flush_latency_micros: Histogram,
 }
 
@@ -134,6 +167,8 @@ impl Default for WriterStats {
             mutations: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             flush_micros: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_micros: AtomicU64::new(0),
             commit_latency_micros: Histogram::new(LATENCY_MICROS),
             batch_jobs: Histogram::new(BATCH_SIZES),
             flush_latency_micros: Histogram::new(LATENCY_MICROS),
@@ -145,6 +180,8 @@ impl Default for WriterStats {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// What `open` replayed from the journal.
+    replayed: journal::Replayed,
 }
 
 /// The open database, shared by every `Store` clone and the writer thread. sled's
@@ -159,25 +196,26 @@ pub(crate) struct Inner {
     watermark: AtomicU64,
     /// Queue retention and idempotency settings; only the writer changes them.
     policies: parking_lot::RwLock<policy::Policies>,
-    /// Why the store failed, once a flush failed (see [`Store::failure`]).
+    /// Why the store failed, once a checkpoint failed (see [`Store::failure`]).
     failure: parking_lot::Mutex<Option<Arc<str>>>,
     failed: std::sync::atomic::AtomicBool,
-    /// Test hook: flushes that succeed before every flush fails (environment variable
-    /// `SQUALL_TEST_FAIL_FLUSH_AFTER`, for tests that cannot fill a real disk).
-    fail_flush_after: Option<AtomicU64>,
+    /// Why the journal cannot write now (a full disk), until a write succeeds again.
+    degraded: parking_lot::Mutex<Option<Arc<str>>>,
+    is_degraded: std::sync::atomic::AtomicBool,
+    /// The journal opened and replayed by `open`, until the writer takes it.
+    journal: parking_lot::Mutex<Option<journal::Journal>>,
+    journal_dir: PathBuf,
+    /// Free bytes a checkpoint needs.
+    checkpoint_reserve: u64,
 }
-
-/// Environment variable of the test-only flush failure (a number of flushes that
-/// succeed first).
-pub const TEST_FAIL_FLUSH_ENV: &str = "SQUALL_TEST_FAIL_FLUSH_AFTER";
 
 impl Inner {
     /// Marks the store failed (once): after a failed flush, sled 1.0.0-alpha.124 cannot
     /// flush again in this process (its next flush waits forever for the failed
     /// epoch), so nothing may be confirmed any more, and its handles must never be
-    /// dropped (dropping a handle flushes). The broker reports not ready and fails
-    /// every change with `Failed` until it is restarted; recovery at the restart
-    /// reads what the last successful flush made durable.
+    /// dropped (dropping the last one flushes). The broker reports unhealthy and fails
+    /// every change with `Failed` until it is restarted; the restart replays the
+    /// journal, which holds every confirmed change.
     pub(crate) fn fail(&self, error: &StoreError) {
         let mut failure = self.failure.lock();
         if failure.is_some() {
@@ -188,10 +226,11 @@ impl Inner {
         self.dbs.leak_on_drop();
         tracing::error!(
             %error,
-            "STORE FAILED: a flush to disk failed. Nothing is confirmed from now on \
-             (publishes and acks answer STORAGE) and /readyz says 503. Everything confirmed \
-             before is on disk and safe. Free disk space (or fix the I/O error), then \
-             RESTART the broker: the store cannot recover in this process."
+            "STORE FAILED: a checkpoint (sled flush) failed. Nothing is confirmed from now \
+             on (publishes and acks answer STORAGE) and /healthz and /readyz say 503. \
+             Everything confirmed before is in the journal and safe. Fix the I/O error or \
+             free disk space, then RESTART the broker: the index cannot recover in this \
+             process, and the restart replays the journal."
         );
     }
 
@@ -203,14 +242,49 @@ impl Inner {
         self.failure.lock().clone().map(StoreError::Failed)
     }
 
-    /// The test hook: whether this flush must fail.
-    pub(crate) fn injected_flush_failure(&self) -> bool {
-        match &self.fail_flush_after {
-            None => false,
-            Some(left) => left
-                .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-                .is_err(),
+    /// The journal cannot write (a full disk): changes answer STORAGE and the
+    /// broker is not ready until a write succeeds again. Logged once per episode.
+    pub(crate) fn degrade(&self, error: &std::io::Error) {
+        let mut degraded = self.degraded.lock();
+        if degraded.is_none() {
+            tracing::error!(
+                %error,
+                "STORE UNAVAILABLE: the journal cannot write (disk full?). Changes answer \
+                 STORAGE and /readyz says 503; everything confirmed is safe. The broker \
+                 retries every second and resumes by itself once space returns."
+            );
         }
+        *degraded = Some(Arc::from(format!(
+            "the journal cannot write, retrying every second: {error}"
+        )));
+        self.is_degraded.store(true, Relaxed);
+    }
+
+    /// A journal write succeeded: the store is available again.
+    pub(crate) fn undegrade(&self) {
+        if !self.is_degraded.load(Relaxed) {
+            return;
+        }
+        self.is_degraded.store(false, Relaxed);
+        if self.degraded.lock().take().is_some() {
+            tracing::info!("store available again: the journal writes");
+        }
+    }
+
+    pub(crate) fn degraded(&self) -> bool {
+        self.is_degraded.load(Relaxed)
+    }
+
+    /// Why changes cannot be stored now: the store failed, or the journal cannot write.
+    pub(crate) fn unavailable(&self) -> Option<StoreError> {
+        if let Some(failure) = self.failure() {
+            return Some(failure);
+        }
+        if !self.is_degraded.load(Relaxed) {
+            return None;
+        }
+        let reason = self.degraded.lock().clone()?;
+        Some(StoreError::Unavailable(reason))
     }
 }
 
@@ -219,22 +293,24 @@ impl Inner {
 pub struct RecoveryStats {
     /// State records read.
     pub tasks: u64,
+    /// Journal records replayed into sled at open.
+    pub journal_records: u64,
+    /// Bytes of those records.
+    pub journal_bytes: u64,
 }
 
 impl Store {
-    /// Opens (or creates) the data directory.
+    /// Opens (or creates) the data directory and replays the journal into sled.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         std::fs::create_dir_all(&config.path).map_err(io_error)?;
-        let background_flush = match config.fsync {
-            FsyncMode::Never => Some(NEVER_MODE_BACKGROUND_FLUSH_MS),
-            FsyncMode::Always | FsyncMode::Interval(_) => None,
-        };
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity_bytes(config.cache_bytes)
-            .flush_every_ms(background_flush)
+            .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open::<LEAF_FANOUT>()
             .map_err(io_error)?;
+        let journal_dir = config.path.join(JOURNAL_DIR);
+        let (journal, replayed) = replay(&db, &journal_dir, config.journal_segment_bytes)?;
         let watermark = read_watermark(&db)?;
         let policies = policy::Policies::load(&db, QueueConfig::default())?;
         let next_id = match watermark {
@@ -242,7 +318,14 @@ impl Store {
             None => highest_task_id(&db)?.map_or(1, |id| id.saturating_add(1)),
         }
         .max(1);
-        tracing::debug!(path = %config.path.display(), next_id, fsync = ?config.fsync, "store opened");
+        tracing::debug!(
+            path = %config.path.display(),
+            next_id,
+            fsync = ?config.fsync,
+            journal_records = replayed.records,
+            journal_segments = replayed.segments,
+            "store opened"
+        );
         Ok(Store {
             inner: Arc::new(Inner {
                 dbs: DbPool::new(db),
@@ -252,11 +335,16 @@ impl Store {
                 policies: parking_lot::RwLock::new(policies),
                 failure: parking_lot::Mutex::new(None),
                 failed: std::sync::atomic::AtomicBool::new(false),
-                fail_flush_after: std::env::var(TEST_FAIL_FLUSH_ENV)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(AtomicU64::new),
+                degraded: parking_lot::Mutex::new(None),
+                is_degraded: std::sync::atomic::AtomicBool::new(false),
+                journal: parking_lot::Mutex::new(Some(journal)),
+                journal_dir,
+                checkpoint_reserve: config
+                    .journal_segment_bytes
+                    .saturating_mul(2)
+                    .max(4 * 1024 * 1024),
             }),
+            replayed,
         })
     }
 
@@ -267,7 +355,11 @@ impl Store {
     ) -> Result<RecoveryStats, StoreError> {
         // A million tasks of one queue share one allocation of its name.
         let mut names: HashSet<Arc<str>> = HashSet::new();
-        let mut stats = RecoveryStats::default();
+        let mut stats = RecoveryStats {
+            journal_records: self.replayed.records,
+            journal_bytes: self.replayed.bytes,
+            ..RecoveryStats::default()
+        };
         let mut highest = None;
         for item in self.inner.dbs.get().range(keys::prefix_range(keys::STATE)) {
             let (key, value) = item.map_err(io_error)?;
@@ -308,13 +400,24 @@ impl Store {
         Ok(queues)
     }
 
-    /// Reserves `n` consecutive new task ids and returns the first.
-    /// Why the store failed, if it did (a flush failed: disk full, I/O error). Once
-    /// failed it stays failed until the process restarts.
+    /// Why the store failed, if it did (a checkpoint failed). Once failed it stays
+    /// failed until the process restarts.
     pub fn failure(&self) -> Option<StoreError> {
         self.inner.failure()
     }
 
+    /// Why changes cannot be stored now, if they cannot: the store failed, or the
+    /// journal cannot write (a full disk; this passes once a write succeeds).
+    pub fn unavailable(&self) -> Option<StoreError> {
+        self.inner.unavailable()
+    }
+
+    /// Bytes of journal segment files on disk.
+    pub fn journal_disk_bytes(&self) -> u64 {
+        journal::disk_bytes(&self.inner.journal_dir)
+    }
+
+    /// Reserves `n` consecutive new task ids and returns the first.
     pub fn allocate_ids(&self, n: u64) -> TaskId {
         self.inner.next_id.fetch_add(n, Relaxed)
     }
@@ -341,12 +444,35 @@ impl Store {
         Ok(Some(view.to_state(Arc::from(view.queue))))
     }
 
-    /// Starts the single writer thread.
+    /// Starts the single writer thread (and the checkpoint thread). A store has one
+    /// writer: a second call gets a writer that fails every job with `Closed`.
     pub fn start_writer<C: Completion>(&self) -> Writer<C> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(WriterStats::default());
+        let Some(journal) = self.inner.journal.lock().take() else {
+            tracing::error!("the store's writer was started twice");
+            return Writer {
+                handle: WriterHandle { tx },
+                thread: None,
+                stats,
+            };
+        };
+        let checkpointer = checkpoint::Checkpointer::start(
+            self.inner.dbs.detach(),
+            self.inner.clone(),
+            stats.clone(),
+            self.inner.journal_dir.clone(),
+            self.inner.checkpoint_reserve,
+        );
         let db = self.inner.dbs.detach();
-        let writer = WriterLoop::new(db, self.inner.clone(), rx, stats.clone());
+        let writer = WriterLoop::new(
+            db,
+            journal,
+            checkpointer,
+            self.inner.clone(),
+            rx,
+            stats.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name("squall-writer".into())
             .spawn(move || writer.run());
@@ -364,6 +490,49 @@ impl Store {
             stats,
         }
     }
+}
+
+/// Replays the journal from sled's floor into sled. Records are applied in batches (a
+/// replay is not made durable here: the journal still holds it until the first
+/// checkpoint).
+fn replay(
+    db: &Db,
+    dir: &std::path::Path,
+    segment_bytes: u64,
+) -> Result<(journal::Journal, journal::Replayed), StoreError> {
+    const REPLAY_BATCH_WRITES: usize = 16_384;
+    let floor = match db.get(keys::JOURNAL_FLOOR).map_err(io_error)? {
+        Some(v) => record::decode_watermark(&v).map_err(|e| corrupt(keys::JOURNAL_FLOOR, e))?,
+        None => 0,
+    };
+    let mut batch = sled::Batch::default();
+    let mut writes = 0;
+    let (journal, replayed) = journal::Journal::open(dir, segment_bytes, floor, |entry| {
+        match entry {
+            journal::Entry::Put(k, v) => batch.insert(k, v),
+            journal::Entry::Remove(k) => batch.remove(k),
+            journal::Entry::End => {
+                if writes >= REPLAY_BATCH_WRITES {
+                    db.apply_batch(std::mem::take(&mut batch))?;
+                    writes = 0;
+                }
+                return Ok(());
+            }
+        }
+        writes += 1;
+        Ok(())
+    })
+    .map_err(io_error)?;
+    db.apply_batch(batch).map_err(io_error)?;
+    if replayed.records > 0 {
+        tracing::info!(
+            records = replayed.records,
+            bytes = replayed.bytes,
+            segments = replayed.segments,
+            "journal replayed"
+        );
+    }
+    Ok((journal, replayed))
 }
 
 /// Reads the persisted id watermark. A damaged one is not fatal: the caller falls

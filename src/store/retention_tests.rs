@@ -79,6 +79,7 @@ impl Fixture {
             path: dir.path().join("data"),
             fsync: FsyncMode::Never,
             cache_bytes: 16 << 20,
+            journal_segment_bytes: crate::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
         };
         let (store, writer) = Self::open(&config);
         Fixture {

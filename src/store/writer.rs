@@ -1,13 +1,16 @@
-//! The group-commit writer: the one thread that ever writes to sled. It gathers every
-//! job queued since its last batch, stages their mutations into one `sled::Batch`,
-//! applies it, makes it durable per the fsync mode and then completes the jobs in
-//! submission order. Key layout and record encoding live in `keys.rs`/`record.rs`;
-//! the public `Writer`/`WriterHandle` types are declared in `mod.rs`.
+//! The group-commit writer: the one thread that ever writes to sled or the journal. It
+//! gathers every job queued since its last batch, stages their mutations into one
+//! `sled::Batch` and one journal record, appends the record (one `fdatasync` in
+//! `always` mode), applies the batch to sled (memory only) and then completes the jobs
+//! in submission order. It decides when a checkpoint is due and hands it to
+//! `checkpoint.rs`. Key layout and record encoding live in `keys.rs`/`record.rs`; the
+//! public `Writer`/`WriterHandle` types are declared in `mod.rs`.
 //!
 //! Architecture Invariant: only this thread mutates the tree, so a `Patch` can read
 //! the stored state and write it back without compare-and-swap, and an idempotency key
 //! can be checked and claimed without a race (see `retention.rs`, which also holds the
-//! retention records and the sweep).
+//! retention records and the sweep). A batch reaches sled only after its journal record
+//! is written, so sled never holds a change the journal lacks.
 
 mod retention;
 
@@ -19,6 +22,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use sled::InlineArray;
 
+use super::checkpoint::Checkpointer;
+use super::journal::Journal;
 use super::record::{self, StateView};
 use super::{
     keys, Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
@@ -31,6 +36,14 @@ use crate::model::{Mutation, TaskId, TaskStatus};
 /// the job that opened it, without costing throughput (a batch this size already
 /// amortises its flush over thousands of jobs).
 const MAX_BATCH_MUTATIONS: usize = 16_384;
+
+/// A journal segment holding records is checkpointed after this long even if it is not
+/// full, so that an idle broker's journal shrinks back and its restart replays little.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(30);
+
+/// While the journal cannot write (a full disk), how often the writer tries again on
+/// its own, so that the broker becomes ready again without waiting for a client.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the channel carries.
 pub(crate) enum Msg<C: Completion> {
@@ -87,6 +100,9 @@ type Write = (InlineArray, Option<InlineArray>);
 pub(crate) struct WriterLoop<C: Completion> {
     /// The writer's own sled handle.
     db: Db,
+    journal: Journal,
+    /// `None` only while stopping.
+    checkpointer: Option<Checkpointer>,
     store: Arc<Inner>,
     rx: Receiver<Msg<C>>,
     stats: Arc<WriterStats>,
@@ -108,9 +124,8 @@ pub(crate) struct WriterLoop<C: Completion> {
     stage: Vec<Write>,
     /// Encoding buffer, reused for every record.
     scratch: Vec<u8>,
-    /// Applied since the last successful flush.
-    dirty: bool,
-    last_flush: Instant,
+    /// When the journal was last synced (interval mode).
+    last_sync: Instant,
 }
 
 /// The staged batch of one group.
@@ -124,12 +139,16 @@ struct Staged {
 impl<C: Completion> WriterLoop<C> {
     pub(crate) fn new(
         db: Db,
+        journal: Journal,
+        checkpointer: Checkpointer,
         store: Arc<Inner>,
         rx: Receiver<Msg<C>>,
         stats: Arc<WriterStats>,
     ) -> Self {
         WriterLoop {
             db,
+            journal,
+            checkpointer: Some(checkpointer),
             mode: store.fsync,
             store,
             rx,
@@ -142,19 +161,23 @@ impl<C: Completion> WriterLoop<C> {
             job_sweep: None,
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
-            dirty: false,
-            last_flush: Instant::now(),
+            last_sync: Instant::now(),
         }
     }
 
-    /// Runs until shutdown or until every handle is gone; returns the final flush.
+    /// Runs until shutdown or until every handle is gone; returns the final sync and
+    /// checkpoint.
     pub(crate) fn run(mut self) -> Result<(), StoreError> {
+        // The first segment is created before any job waits for it.
+        if let Err(error) = self.journal.ensure_segment() {
+            self.store.degrade(&error);
+        }
         loop {
             let first = match self.next_message() {
                 Wake::Msg(Msg::Job(job)) => job,
                 Wake::Msg(Msg::Shutdown) | Wake::Disconnected => break,
-                Wake::FlushDue => {
-                    let _ = self.flush();
+                Wake::Timer => {
+                    self.on_timer();
                     continue;
                 }
             };
@@ -167,33 +190,96 @@ impl<C: Completion> WriterLoop<C> {
         if let Some(failure) = self.store.failure() {
             // Dropping the handle would flush, and a flush never returns after a
             // failed one: leak the writer's state instead (the process is stopping).
-            tracing::warn!("store writer stopping without a final flush: the store failed");
+            tracing::warn!("store writer stopping without a checkpoint: the store failed");
             std::mem::forget(self);
             return Err(failure);
         }
-        tracing::debug!("store writer stopping: final flush");
+        tracing::debug!("store writer stopping: last sync and checkpoint");
         // Jobs still queued behind a shutdown are dropped with `rx` after this
         // returns, and `Done` completes them with `Closed`.
-        self.flush()
+        let synced = self.sync_journal();
+        let floor = self.seal();
+        let checkpointed = match self.checkpointer.take() {
+            Some(checkpointer) => checkpointer.stop(floor),
+            None => Ok(()),
+        };
+        synced.and(checkpointed)
     }
 
-    /// Blocks for the next message; in interval mode with unflushed data, only until
-    /// the flush is due.
+    /// Blocks for the next message, or until a timer is due: the interval sync, a
+    /// checkpoint of an old segment, or a retry of the journal after a failure.
     fn next_message(&self) -> Wake<C> {
-        let flush_by = match self.mode {
-            FsyncMode::Interval(every) if self.dirty => Some(self.last_flush + every),
-            _ => None,
-        };
-        match flush_by {
+        let mut due: Option<Instant> = None;
+        if let FsyncMode::Interval(every) = self.mode {
+            if self.journal.unsynced() {
+                due = Some(self.last_sync + every);
+            }
+        }
+        if let Some(since) = self.journal.current_since() {
+            due = Some(due.map_or(since + CHECKPOINT_AFTER, |d| {
+                d.min(since + CHECKPOINT_AFTER)
+            }));
+        }
+        if self.store.degraded() {
+            let probe = Instant::now() + PROBE_EVERY;
+            due = Some(due.map_or(probe, |d| d.min(probe)));
+        }
+        match due {
             Some(deadline) => match self.rx.recv_deadline(deadline) {
                 Ok(msg) => Wake::Msg(msg),
-                Err(RecvTimeoutError::Timeout) => Wake::FlushDue,
+                Err(RecvTimeoutError::Timeout) => Wake::Timer,
                 Err(RecvTimeoutError::Disconnected) => Wake::Disconnected,
             },
             _ => match self.rx.recv() {
                 Ok(msg) => Wake::Msg(msg),
                 Err(_) => Wake::Disconnected,
             },
+        }
+    }
+
+    /// Does whatever timer is due.
+    fn on_timer(&mut self) {
+        if let FsyncMode::Interval(every) = self.mode {
+            if self.journal.unsynced() && self.last_sync.elapsed() >= every {
+                let _ = self.sync_journal();
+            }
+        }
+        if self
+            .journal
+            .current_since()
+            .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER)
+        {
+            let floor = self.seal();
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.request(floor);
+            }
+        }
+        if self.store.failure().is_none() {
+            match self.journal.ensure_segment() {
+                Ok(()) => self.store.undegrade(),
+                Err(error) => self.store.degrade(&error),
+            }
+        }
+    }
+
+    /// Seals the journal's current segment and records the checkpoint floor in sled,
+    /// where the next flush makes it durable together with everything below it.
+    fn seal(&mut self) -> u64 {
+        let floor = match self.journal.seal() {
+            Ok(floor) => floor,
+            Err(error) => {
+                // Its records were not all synced: only a checkpoint makes them safe.
+                self.store.degrade(&error);
+                self.journal.next_seq()
+            }
+        };
+        self.record_floor(floor);
+        floor
+    }
+
+    fn record_floor(&mut self, floor: u64) {
+        if let Err(error) = self.db.insert(keys::JOURNAL_FLOOR, floor.to_be_bytes()) {
+            tracing::error!(%error, "could not record the journal floor");
         }
     }
 
@@ -229,14 +315,11 @@ impl<C: Completion> WriterLoop<C> {
         let jobs = self.group.len() as u64;
         let staged = self.stage_group();
         let writes = staged.writes;
-        let mut outcome = self.apply(staged);
-        let applied = started.elapsed();
         // Every group is fsynced, including those nobody waits for (attempt counts):
-        // flushing them at once keeps "a leased task comes back with its attempt
+        // syncing them at once keeps "a leased task comes back with its attempt
         // counted" true for all but the deliveries of the last group before a crash.
-        if outcome.is_ok() && self.mode == FsyncMode::Always && self.dirty {
-            outcome = self.flush();
-        }
+        let outcome = self.apply(staged);
+        let applied = started.elapsed();
         tracing::trace!(
             jobs,
             writes,
@@ -250,8 +333,8 @@ impl<C: Completion> WriterLoop<C> {
             .commit_latency_micros
             .observe(micros(started.elapsed()));
         if let FsyncMode::Interval(every) = self.mode {
-            if self.dirty && self.last_flush.elapsed() >= every {
-                let _ = self.flush();
+            if self.journal.unsynced() && self.last_sync.elapsed() >= every {
+                let _ = self.sync_journal();
             }
         }
     }
@@ -266,6 +349,7 @@ impl<C: Completion> WriterLoop<C> {
             max_inserted: None,
         };
         let group = std::mem::take(&mut self.group);
+        self.journal.begin();
         self.failed.clear();
         self.reports.clear();
         self.duplicates.clear();
@@ -285,6 +369,7 @@ impl<C: Completion> WriterLoop<C> {
                     staged.mutations += job.muts.as_slice().len() as u64;
                     staged.writes += self.stage.len();
                     for (key, value) in self.stage.drain(..) {
+                        self.journal.put(&key, value.as_deref());
                         match value {
                             Some(value) => staged.batch.insert(key, value),
                             None => staged.batch.remove(key),
@@ -306,12 +391,13 @@ impl<C: Completion> WriterLoop<C> {
 
     /// Persists a new id watermark when this batch inserts an id at or past the last
     /// persisted one, so ids are never reused after a restart.
-    fn stage_watermark(&self, staged: &mut Staged) {
+    fn stage_watermark(&mut self, staged: &mut Staged) {
         let Some(max) = staged.max_inserted else {
             return;
         };
         let next = max.saturating_add(1);
         if next > self.store.watermark.load(Relaxed) {
+            self.journal.put(keys::WATERMARK, Some(&next.to_be_bytes()));
             staged.batch.insert(keys::WATERMARK, next.to_be_bytes());
             staged.writes += 1;
         }
@@ -422,20 +508,48 @@ impl<C: Completion> WriterLoop<C> {
         self.db.get(key).map_err(super::io_error)
     }
 
-    /// Applies the staged batch; an empty one is a no-op.
+    /// Journals the staged batch (synced in `always` mode), then applies it to sled;
+    /// an empty one is a no-op.
     fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
         if staged.writes == 0 {
             return Ok(());
         }
-        if let Err(error) = self.db.apply_batch(staged.batch) {
-            tracing::error!(%error, jobs = self.group.len(), "store batch failed; its jobs fail");
-            // Queue settings staged by the failed batch did not happen.
-            if let Err(e) = self.store.policies.write().reload(&self.db) {
-                tracing::error!(error = %e, "could not reload queue settings");
+        let sync = self.mode == FsyncMode::Always;
+        let start = Instant::now();
+        let sealed = match self.journal.append(sync) {
+            Ok(sealed) => sealed,
+            Err(error) => {
+                tracing::error!(%error, jobs = self.group.len(), "journal write failed; the group's jobs fail");
+                self.store.degrade(&error);
+                // Queue settings staged by the failed batch did not happen.
+                if let Err(e) = self.store.policies.write().reload(&self.db) {
+                    tracing::error!(error = %e, "could not reload queue settings");
+                }
+                return Err(self
+                    .store
+                    .unavailable()
+                    .unwrap_or_else(|| super::io_error(error)));
             }
-            return Err(super::io_error(error));
+        };
+        if sync {
+            self.count_sync(start.elapsed());
         }
-        self.dirty = true;
+        self.store.undegrade();
+        if let Some(floor) = sealed {
+            // Every record below the floor is applied: check it in before this one.
+            self.record_floor(floor);
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.request(floor);
+            }
+        }
+        if let Err(error) = self.db.apply_batch(staged.batch) {
+            // The journal has the batch but sled does not: only a restart (which
+            // replays the journal) makes them agree again.
+            tracing::error!(%error, jobs = self.group.len(), "store batch failed after it was journaled");
+            let error = super::io_error(error);
+            self.store.fail(&error);
+            return Err(error);
+        }
         if let Some(max) = staged.max_inserted {
             self.store
                 .watermark
@@ -468,43 +582,38 @@ impl<C: Completion> WriterLoop<C> {
         }
     }
 
-    /// fsyncs everything applied so far.
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if let Some(failure) = self.store.failure() {
-            return Err(failure);
+    /// `fdatasync`s the journal if anything is unsynced (interval mode, shutdown).
+    fn sync_journal(&mut self) -> Result<(), StoreError> {
+        if !self.journal.unsynced() {
+            return Ok(());
         }
         let start = Instant::now();
-        let result = if self.store.injected_flush_failure() {
-            Err(std::io::Error::other(
-                "injected flush failure (test hook SQUALL_TEST_FAIL_FLUSH_AFTER)",
-            ))
-        } else {
-            self.db.flush().map(|_| ())
-        };
-        let took = start.elapsed();
-        self.last_flush = Instant::now();
-        self.stats.flushes.fetch_add(1, Relaxed);
-        self.stats.flush_micros.fetch_add(micros(took), Relaxed);
-        self.stats.flush_latency_micros.observe(micros(took));
+        let result = self.journal.sync();
+        self.last_sync = Instant::now();
         match result {
-            Ok(_) => {
-                self.dirty = false;
+            Ok(()) => {
+                self.count_sync(start.elapsed());
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(%error, "store flush failed");
-                let error = super::io_error(error);
-                self.store.fail(&error);
-                Err(error)
+                tracing::error!(%error, "journal sync failed");
+                self.store.degrade(&error);
+                Err(super::io_error(error))
             }
         }
+    }
+
+    fn count_sync(&self, took: Duration) {
+        self.stats.flushes.fetch_add(1, Relaxed);
+        self.stats.flush_micros.fetch_add(micros(took), Relaxed);
+        self.stats.flush_latency_micros.observe(micros(took));
     }
 }
 
 /// Why the writer woke up.
 enum Wake<C: Completion> {
     Msg(Msg<C>),
-    FlushDue,
+    Timer,
     Disconnected,
 }
 

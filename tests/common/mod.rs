@@ -146,7 +146,10 @@ pub fn spawn_squall(
     }
     let mut child = cmd
         .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("SQUALL_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

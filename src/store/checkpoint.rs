@@ -1,0 +1,231 @@
+//! The checkpointer: the one thread that flushes sled. A checkpoint makes sled's copy of
+//! the journal durable (one sled flush) and then removes the journal segments that
+//! copy covers. It never appends to the journal or applies a write; the writer decides
+//! when a checkpoint is due and records its floor in sled first (see `writer.rs`).
+//!
+//! Architecture Invariant: a sled flush runs only here (and in sled's own drop at
+//! exit, which then finds nothing to write), and never when the file system has less
+//! than the reserve free: in this sled alpha a failed flush leaves the tree unable to
+//! flush again in the process, so the store then fails for good (`Inner::fail`).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::pool::Db;
+use super::{journal, Inner, StoreError, WriterStats};
+
+/// How long a checkpoint postponed for lack of space waits before it looks again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the last checkpoint. Past it the broker exits anyway:
+/// the journal holds everything and the next start replays it.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+
+enum Req {
+    /// Checkpoint every record below this floor.
+    Floor(u64),
+    /// A last checkpoint, then exit and say how it went.
+    Stop(u64, Sender<Result<(), StoreError>>),
+}
+
+/// The handle of the checkpointer thread.
+pub(crate) struct Checkpointer {
+    tx: Sender<Req>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Worker {
+    db: Db,
+    store: Arc<Inner>,
+    stats: Arc<WriterStats>,
+    dir: PathBuf,
+    /// Free bytes below which no flush is attempted.
+    reserve: u64,
+    /// Set while checkpoints wait for space, so that the warning is logged once.
+    short_of_space: bool,
+}
+
+enum Outcome {
+    Done,
+    Postponed,
+    Failed,
+}
+
+impl Checkpointer {
+    pub(crate) fn start(
+        db: Db,
+        store: Arc<Inner>,
+        stats: Arc<WriterStats>,
+        dir: PathBuf,
+        reserve: u64,
+    ) -> Checkpointer {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let worker = Worker {
+            db,
+            store,
+            stats,
+            dir,
+            reserve,
+            short_of_space: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("squall-checkpoint".into())
+            .spawn(move || worker.run(rx));
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(error) => {
+                tracing::error!(%error, "could not start the checkpoint thread; the journal will only grow");
+                None
+            }
+        };
+        Checkpointer { tx, thread }
+    }
+
+    /// Asks for a checkpoint of every record below `floor` (the writer has recorded
+    /// the floor in sled already).
+    pub(crate) fn request(&self, floor: u64) {
+        let _ = self.tx.send(Req::Floor(floor));
+    }
+
+    /// A last checkpoint and the thread's end, waiting at most [`STOP_WAIT`].
+    pub(crate) fn stop(mut self, floor: u64) -> Result<(), StoreError> {
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        if self.tx.send(Req::Stop(floor, reply_tx)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        match reply_rx.recv_timeout(STOP_WAIT) {
+            Ok(result) => {
+                if let Some(thread) = self.thread.take() {
+                    let _ = thread.join();
+                }
+                result
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the last checkpoint did not finish in {STOP_WAIT:?}; exiting without it \
+                     (the journal holds every confirmed change and is replayed at the next start)"
+                );
+                Err(StoreError::Closed)
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Req>) {
+        let mut pending: Option<u64> = None;
+        loop {
+            let first = if pending.is_some() {
+                rx.recv_timeout(RETRY)
+            } else {
+                rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            };
+            let first = match first {
+                Ok(req) => Some(req),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Later requests supersede earlier ones.
+            for req in first.into_iter().chain(rx.try_iter()) {
+                match req {
+                    Req::Floor(floor) => pending = pending.max(Some(floor)),
+                    Req::Stop(floor, reply) => {
+                        let floor = pending.max(Some(floor)).unwrap_or(floor);
+                        return self.finish(floor, reply);
+                    }
+                }
+            }
+            let Some(floor) = pending else { continue };
+            match self.checkpoint(floor) {
+                Outcome::Done => pending = None,
+                Outcome::Postponed => {}
+                Outcome::Failed => {
+                    // sled cannot flush again: never drop its handle.
+                    std::mem::forget(self);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The last checkpoint, at shutdown.
+    fn finish(mut self, floor: u64, reply: Sender<Result<(), StoreError>>) {
+        let result = match self.checkpoint(floor) {
+            Outcome::Done => {
+                // The writer sealed its last segment: sled now holds everything.
+                if let Err(error) = journal::remove_all(&self.dir) {
+                    tracing::warn!(%error, "the journal could not be removed after the last checkpoint");
+                }
+                Ok(())
+            }
+            Outcome::Postponed => {
+                // Dropping sled's handles would flush on a full disk: leave them,
+                // the journal covers everything.
+                self.store.dbs.leak_on_drop();
+                std::mem::forget(self);
+                tracing::warn!("no last checkpoint (too little disk space): the journal holds every change and is replayed at the next start");
+                Ok(())
+            }
+            Outcome::Failed => {
+                std::mem::forget(self);
+                Err(StoreError::Closed)
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    fn checkpoint(&mut self, floor: u64) -> Outcome {
+        if self.store.failure().is_some() {
+            return Outcome::Failed;
+        }
+        match journal::free_bytes(&self.dir) {
+            Ok(free) if free < self.reserve => {
+                if !self.short_of_space {
+                    self.short_of_space = true;
+                    tracing::warn!(
+                        free,
+                        reserve = self.reserve,
+                        "checkpoint postponed: too little disk space to flush the index safely; \
+                         the journal keeps every change meanwhile and grows"
+                    );
+                }
+                return Outcome::Postponed;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not read the free disk space"),
+        }
+        if std::mem::take(&mut self.short_of_space) {
+            tracing::info!("disk space is back: checkpoints resume");
+        }
+        let start = Instant::now();
+        if let Err(error) = self.db.flush() {
+            tracing::error!(%error, floor, "checkpoint flush failed");
+            self.store.fail(&super::io_error(error));
+            return Outcome::Failed;
+        }
+        let took = start.elapsed();
+        self.stats.checkpoints.fetch_add(1, Relaxed);
+        self.stats
+            .checkpoint_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        match journal::remove_below(&self.dir, floor) {
+            Ok(removed) => {
+                tracing::debug!(
+                    floor,
+                    removed,
+                    took_ms = took.as_millis() as u64,
+                    "checkpoint"
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, floor, "checkpoint done, but old journal segments could not be removed")
+            }
+        }
+        Outcome::Done
+    }
+}

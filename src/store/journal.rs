@@ -1,0 +1,667 @@
+//! The journal: the store's write-ahead log of segment files. The writer appends every
+//! group it commits as one checksummed record of the sled writes it makes and makes it
+//! durable with one `fdatasync` of one file before confirming the group; sled is then
+//! only the indexed copy of the journal's effect, flushed at checkpoints
+//! (`checkpoint.rs`). This file knows segment files and the record format. It knows
+//! nothing of sled, keys, tasks or threads.
+//!
+//! Format. A directory of segment files, each named by the sequence number of its
+//! first record (`{seq:016x}.log`) and preallocated to its capacity, so that an append
+//! needs no new blocks: a full disk shows when a segment is created, never in the
+//! middle of a record. A record is
+//!
+//! ```text
+//! len: u32 LE (of the body) | crc32: u32 LE (of seq + body) | seq: u64 LE | body
+//! body = entry*   entry = 1 | klen: u32 | key | vlen: u32 | value     (put)
+//!                       | 2 | klen: u32 | key                         (remove)
+//! ```
+//!
+//! A segment's records have consecutive sequence numbers; it ends at a zero length
+//! (preallocated space reads as zeros), at a record that does not fit, whose checksum
+//! fails or whose number is not the next. The next segment may start past the number
+//! expected (a record whose write failed used its number and was never confirmed).
+//! Writes are whole values, so replaying a record whose effect sled already holds
+//! changes nothing.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Bytes of a record header: length, checksum, sequence number.
+const HEADER: usize = 16;
+const PUT: u8 = 1;
+const REMOVE: u8 = 2;
+/// Extension of segment files.
+const EXT: &str = "log";
+
+/// One write found by replay, or the end of the record holding the writes before it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Entry<'a> {
+    /// Set `key` to `value`.
+    Put(&'a [u8], &'a [u8]),
+    /// Remove `key`.
+    Remove(&'a [u8]),
+    /// The writes since the previous `End` form one record.
+    End,
+}
+
+/// What replay found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    /// Segment files read (those below the floor are not read, only removed).
+    pub(crate) segments: usize,
+    /// Records applied.
+    pub(crate) records: u64,
+    /// Bytes of the records applied.
+    pub(crate) bytes: u64,
+}
+
+/// The open journal: appends to the current segment.
+pub(crate) struct Journal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    current: Option<Segment>,
+    /// Number of the next record.
+    next_seq: u64,
+    /// The record being built: header space, then entries.
+    buf: Vec<u8>,
+    /// Written since the last sync.
+    unsynced: bool,
+    /// Test hook: while this file exists, creating a segment fails as if the disk were
+    /// full (`SQUALL_TEST_DISK_FULL_FILE`, for tests that cannot fill a real disk).
+    full_while: Option<PathBuf>,
+}
+
+struct Segment {
+    file: File,
+    first_seq: u64,
+    offset: u64,
+    capacity: u64,
+    created: Instant,
+}
+
+/// Environment variable of the test-only disk-full switch: the path of a file whose
+/// existence makes segment creation fail with "no space left".
+pub const TEST_DISK_FULL_ENV: &str = "SQUALL_TEST_DISK_FULL_FILE";
+
+impl Journal {
+    /// Opens the journal in `dir` (creating it), replaying through `apply` every record
+    /// numbered `floor` or later, in order. Segments holding only records below the
+    /// floor (already in sled) and segments with no valid record are removed. No
+    /// segment is created until the first append or [`Journal::ensure_segment`].
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        floor: u64,
+        mut apply: impl FnMut(Entry<'_>) -> io::Result<()>,
+    ) -> io::Result<(Journal, Replayed)> {
+        std::fs::create_dir_all(dir)?;
+        let segments = list(dir)?;
+        let mut replayed = Replayed::default();
+        let mut next_seq = floor;
+        let mut useless = Vec::new();
+        for (i, (first_seq, path)) in segments.iter().enumerate() {
+            let last_seq = segments.get(i + 1).map(|(s, _)| s.saturating_sub(1));
+            if last_seq.is_some_and(|last| last < floor) {
+                useless.push(path.clone());
+                continue;
+            }
+            if *first_seq < next_seq && *first_seq >= floor {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "journal segment {} starts at record {first_seq}, before record \
+                         {next_seq} that an earlier segment holds",
+                        path.display()
+                    ),
+                ));
+            }
+            let data = std::fs::read(path)?;
+            replayed.segments += 1;
+            let mut seq = *first_seq;
+            let mut pos = 0;
+            let mut valid = 0u64;
+            while let Some((body, len)) = record_at(&data, pos, seq) {
+                if seq >= floor {
+                    for entry in Entries(body) {
+                        apply(entry?)?;
+                    }
+                    apply(Entry::End)?;
+                    replayed.records += 1;
+                    replayed.bytes += len as u64;
+                }
+                valid += 1;
+                pos += len;
+                seq += 1;
+            }
+            if valid == 0 {
+                useless.push(path.clone());
+            }
+            next_seq = next_seq.max(seq);
+        }
+        for path in useless {
+            std::fs::remove_file(&path)?;
+        }
+        let full_while = std::env::var_os(TEST_DISK_FULL_ENV).map(PathBuf::from);
+        let journal = Journal {
+            dir: dir.to_owned(),
+            segment_bytes: segment_bytes.max(HEADER as u64 * 4),
+            current: None,
+            next_seq,
+            buf: Vec::with_capacity(64 * 1024),
+            unsynced: false,
+            full_while,
+        };
+        Ok((journal, replayed))
+    }
+
+    /// The number the next record gets: every record below it is in a segment that
+    /// is sealed or current.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Starts a new record (dropping any entries of an unfinished one).
+    pub(crate) fn begin(&mut self) {
+        self.buf.clear();
+        self.buf.resize(HEADER, 0);
+    }
+
+    /// Adds a write to the record being built.
+    pub(crate) fn put(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.buf.push(if value.is_some() { PUT } else { REMOVE });
+        put_bytes(&mut self.buf, key);
+        if let Some(value) = value {
+            put_bytes(&mut self.buf, value);
+        }
+    }
+
+    /// Writes the record being built, in the current segment or a new one, and
+    /// `fdatasync`s it when `sync`. Returns the checkpoint floor when a segment holding
+    /// records was sealed to make room (every record below the floor is in a sealed
+    /// segment; this record is not). On an error nothing is confirmed: the segment is sealed where it
+    /// is (a torn or unsynced record at its end is never replayed after a later one)
+    /// and the next append starts a new segment.
+    pub(crate) fn append(&mut self, sync: bool) -> io::Result<Option<u64>> {
+        let body_len = self.buf.len() - HEADER;
+        let body_len32 = u32::try_from(body_len).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a group of {body_len} bytes is over the 4 GiB record limit"),
+            )
+        })?;
+        let len = self.buf.len() as u64;
+        let sealed = self.make_room(len)?;
+        let seq = self.next_seq;
+        self.buf[0..4].copy_from_slice(&body_len32.to_le_bytes());
+        self.buf[8..16].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf[8..]);
+        self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
+        // The number is used even if the write fails: the record may be on disk.
+        self.next_seq += 1;
+        let segment = self.current.as_mut().expect("make_room left a segment");
+        let mut result = segment.file.write_all_at(&self.buf, segment.offset);
+        if result.is_ok() {
+            segment.offset += len;
+            self.unsynced = true;
+            if sync {
+                result = self.sync();
+            }
+        }
+        if let Err(e) = result {
+            self.current = None;
+            self.unsynced = false;
+            return Err(e);
+        }
+        Ok(sealed)
+    }
+
+    /// `fdatasync`s what was appended since the last sync.
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let Some(segment) = &self.current else {
+            return Ok(());
+        };
+        if let Err(e) = segment.file.sync_data() {
+            self.current = None;
+            self.unsynced = false;
+            return Err(e);
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether anything is appended but not yet synced.
+    pub(crate) fn unsynced(&self) -> bool {
+        self.unsynced
+    }
+
+    /// When the current segment was created, if it holds records.
+    pub(crate) fn current_since(&self) -> Option<Instant> {
+        self.current
+            .as_ref()
+            .filter(|s| s.first_seq < self.next_seq)
+            .map(|s| s.created)
+    }
+
+    /// Seals the current segment if it holds records (syncing what is unsynced).
+    /// Returns the checkpoint floor: every record below it is in a sealed segment.
+    pub(crate) fn seal(&mut self) -> io::Result<u64> {
+        if self.current_since().is_some() {
+            let synced = self.sync();
+            self.current = None;
+            synced?;
+        }
+        Ok(self.next_seq)
+    }
+
+    /// Creates the next segment now if there is none (after a seal or an error), so
+    /// that the next append does not pay for it. An error means no space or an I/O
+    /// fault: appends fail until this succeeds.
+    pub(crate) fn ensure_segment(&mut self) -> io::Result<()> {
+        if self.current.is_none() {
+            self.current = Some(self.create(self.segment_bytes)?);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the current segment has `len` bytes free; returns the floor if it
+    /// sealed a segment that held records.
+    fn make_room(&mut self, len: u64) -> io::Result<Option<u64>> {
+        let mut sealed = None;
+        if let Some(segment) = &self.current {
+            if segment.offset + len <= segment.capacity {
+                return Ok(None);
+            }
+            if segment.first_seq < self.next_seq {
+                // Interval and never modes: what it holds is synced before it is left.
+                self.sync()?;
+                sealed = Some(self.next_seq);
+            } else {
+                // Empty but too small for this record: replaced by a larger one.
+                std::fs::remove_file(segment_path(&self.dir, segment.first_seq))?;
+            }
+            self.current = None;
+        }
+        self.current = Some(self.create(len.max(self.segment_bytes))?);
+        Ok(sealed)
+    }
+
+    /// Creates, preallocates and syncs a segment starting at the next number, and
+    /// syncs the directory, so that records synced into it cannot vanish with it.
+    fn create(&self, capacity: u64) -> io::Result<Segment> {
+        if self.full_while.as_ref().is_some_and(|p| p.exists()) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("no space left on device (injected by {TEST_DISK_FULL_ENV})"),
+            ));
+        }
+        let path = segment_path(&self.dir, self.next_seq);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let prepared = preallocate(&file, capacity)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| sync_dir(&self.dir));
+        if let Err(e) = prepared {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        tracing::debug!(
+            first_seq = self.next_seq,
+            capacity,
+            "journal segment created"
+        );
+        Ok(Segment {
+            file,
+            first_seq: self.next_seq,
+            offset: 0,
+            capacity,
+            created: Instant::now(),
+        })
+    }
+}
+
+/// Removes every segment that holds only records below `floor`: called once sled holds
+/// their effect durably. Returns how many it removed.
+pub(crate) fn remove_below(dir: &Path, floor: u64) -> io::Result<usize> {
+    let segments = list(dir)?;
+    let mut removed = 0;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let next_first = segments.get(i + 1).map(|(s, _)| *s);
+        if next_first.is_some_and(|next| next <= floor) {
+            std::fs::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Removes every segment: at shutdown, after the last checkpoint, when the writer has
+/// sealed its last segment and appends no more.
+pub(crate) fn remove_all(dir: &Path) -> io::Result<usize> {
+    let segments = list(dir)?;
+    for (_, path) in &segments {
+        std::fs::remove_file(path)?;
+    }
+    if !segments.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(segments.len())
+}
+
+/// Bytes of every segment file (their allocated capacity).
+pub(crate) fn disk_bytes(dir: &Path) -> u64 {
+    list(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is written by statvfs on success.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The segment files of `dir`, by first sequence number.
+fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut segments = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(EXT) {
+            continue;
+        }
+        let first = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| s.len() == 16)
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        if let Some(first) = first {
+            segments.push((first, path));
+        }
+    }
+    segments.sort_unstable_by_key(|(first, _)| *first);
+    Ok(segments)
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:016x}.{EXT}"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(target_os = "linux")]
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+    // SAFETY: a valid open descriptor; fallocate only reads its arguments.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // A file system without fallocate: reserve by writing zeros.
+        Some(libc::EOPNOTSUPP) => write_zeros(file, len as u64),
+        _ => Err(err),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    write_zeros(file, len)
+}
+
+fn write_zeros(file: &File, len: u64) -> io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Keys and values are bounded far below 4 GiB by the record encoding.
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The body and total length of the record at `pos` if it is valid and numbered `seq`.
+fn record_at(data: &[u8], pos: usize, seq: u64) -> Option<(&[u8], usize)> {
+    let header = data.get(pos..pos + HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    if len == 0 {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let found_seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
+    let end = pos.checked_add(HEADER)?.checked_add(len)?;
+    let checked = data.get(pos + 8..end)?;
+    if found_seq != seq || crc32fast::hash(checked) != crc {
+        return None;
+    }
+    Some((&checked[8..], HEADER + len))
+}
+
+/// The entries of a record body whose checksum matched.
+struct Entries<'a>(&'a [u8]);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = io::Result<Entry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (&op, rest) = self.0.split_first()?;
+        self.0 = rest;
+        let entry = match op {
+            PUT => self
+                .bytes()
+                .and_then(|k| Some(Entry::Put(k, self.bytes()?))),
+            REMOVE => self.bytes().map(Entry::Remove),
+            _ => None,
+        };
+        match entry {
+            Some(entry) => Some(Ok(entry)),
+            None => {
+                self.0 = &[];
+                Some(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a journal record with a valid checksum does not parse",
+                )))
+            }
+        }
+    }
+}
+
+impl<'a> Entries<'a> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.0.get(..4)?.try_into().ok()?) as usize;
+        let bytes = self.0.get(4..4 + len)?;
+        self.0 = &self.0[4 + len..];
+        Some(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+    fn replay(dir: &Path, floor: u64) -> (Journal, Vec<Writes>) {
+        let mut records = vec![Vec::new()];
+        let (journal, _) = Journal::open(dir, 4096, floor, |e| {
+            match e {
+                Entry::Put(k, v) => records
+                    .last_mut()
+                    .unwrap()
+                    .push((k.to_vec(), Some(v.to_vec()))),
+                Entry::Remove(k) => records.last_mut().unwrap().push((k.to_vec(), None)),
+                Entry::End => records.push(Vec::new()),
+            }
+            Ok(())
+        })
+        .unwrap();
+        records.pop();
+        (journal, records)
+    }
+
+    fn append(j: &mut Journal, writes: &[(&[u8], Option<&[u8]>)]) -> Option<u64> {
+        j.begin();
+        for (k, v) in writes {
+            j.put(k, *v);
+        }
+        j.append(true).unwrap()
+    }
+
+    #[test]
+    fn records_come_back_in_order_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, none) = replay(dir.path(), 0);
+        assert!(none.is_empty());
+        let big = vec![7u8; 1500];
+        let mut sealed = Vec::new();
+        for i in 0u8..10 {
+            sealed.push(append(&mut j, &[(&[i], Some(&big)), (b"gone", None)]));
+        }
+        assert!(sealed.iter().any(Option::is_some), "4 KiB segments filled");
+        drop(j);
+        let (j, records) = replay(dir.path(), 0);
+        assert_eq!(records.len(), 10);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r[0], (vec![i as u8], Some(big.clone())));
+            assert_eq!(r[1], (b"gone".to_vec(), None));
+        }
+        assert_eq!(j.next_seq(), 10);
+        // A floor skips what sled already holds, and those segments are removed.
+        let before = list(dir.path()).unwrap().len();
+        let (_, records) = replay(dir.path(), 6);
+        assert_eq!(records.len(), 4);
+        assert_eq!(records[0][0].0, vec![6]);
+        assert!(list(dir.path()).unwrap().len() < before);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_ends_the_journal_and_appends_go_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = replay(dir.path(), 0);
+        for i in 0u8..3 {
+            append(&mut j, &[(&[i], Some(b"value"))]);
+        }
+        drop(j);
+        // Flip a byte of the last record's body.
+        let (_, path) = list(dir.path()).unwrap().pop().unwrap();
+        let mut data = std::fs::read(&path).unwrap();
+        let third = 2 * (HEADER + 1 + 4 + 1 + 4 + 5);
+        data[third + HEADER + 2] ^= 0xff;
+        std::fs::write(&path, &data).unwrap();
+        let (mut j, records) = replay(dir.path(), 0);
+        assert_eq!(records.len(), 2, "the corrupt record is not replayed");
+        // Its number was used: the next record goes to a new segment after it.
+        assert_eq!(j.next_seq(), 2);
+        append(&mut j, &[(b"after", Some(b"x"))]);
+        drop(j);
+        let (_, records) = replay(dir.path(), 0);
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[2][0].0, b"after".to_vec());
+    }
+
+    #[test]
+    fn a_failed_write_is_never_replayed_before_later_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = replay(dir.path(), 0);
+        append(&mut j, &[(b"a", Some(b"1"))]);
+        // Simulate a record whose write failed: its number is used, the segment sealed.
+        j.begin();
+        j.put(b"lost", Some(b"?"));
+        j.next_seq += 1;
+        j.current = None;
+        append(&mut j, &[(b"b", Some(b"2"))]);
+        drop(j);
+        let (_, records) = replay(dir.path(), 0);
+        let keys: Vec<_> = records.iter().map(|r| r[0].0.clone()).collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+
+    #[test]
+    fn remove_below_keeps_the_segment_holding_the_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = replay(dir.path(), 0);
+        let big = vec![1u8; 3000];
+        for i in 0u8..5 {
+            append(&mut j, &[(&[i], Some(&big))]);
+        }
+        assert_eq!(list(dir.path()).unwrap().len(), 5, "one record per segment");
+        let floor = j.seal().unwrap();
+        assert_eq!(floor, 5);
+        assert_eq!(remove_below(dir.path(), 3).unwrap(), 3);
+        drop(j);
+        let (_, records) = replay(dir.path(), 3);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            remove_below(dir.path(), floor).unwrap(),
+            1,
+            "the newest stays"
+        );
+    }
+
+    #[test]
+    fn the_disk_full_hook_fails_segment_creation_until_the_file_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = replay(dir.path(), 0);
+        let flag = dir.path().join("full");
+        j.full_while = Some(flag.clone());
+        std::fs::write(&flag, b"").unwrap();
+        j.begin();
+        j.put(b"k", Some(b"v"));
+        let err = j.append(true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert_eq!(j.next_seq(), 0, "no number used when nothing was written");
+        std::fs::remove_file(&flag).unwrap();
+        j.ensure_segment().unwrap();
+        append(&mut j, &[(b"k", Some(b"v"))]);
+        drop(j);
+        assert_eq!(replay(dir.path(), 0).1.len(), 1);
+    }
+
+    #[test]
+    fn free_bytes_reads_the_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+    }
+}
