@@ -384,6 +384,35 @@ fn dropping_the_writer_without_shutdown_still_persists() {
     assert_eq!(store.get_body(3).unwrap(), Some(body(b"payload 3")));
 }
 
+/// A group nobody waits for (attempt counts) is not synced on its own at once, but it
+/// is synced within milliseconds, and a later awaited group's sync covers it.
+#[test]
+fn unawaited_groups_are_synced_late_but_soon() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    let stats = writer.stats();
+    commit(&h, Muts::One(insert(1, "q"))).unwrap();
+    let synced = stats.flushes.load(Relaxed);
+    let attempt = StatePatch {
+        attempts: Some(1),
+        ..StatePatch::default()
+    };
+    h.submit(Muts::One(patch(1, attempt)), None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while stats.flushes.load(Relaxed) == synced {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred sync came"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(stats.flushes.load(Relaxed), synced + 1);
+    assert_eq!(store.get_state(1).unwrap().unwrap().attempts, 1);
+    writer.shutdown().unwrap();
+}
+
 /// Copies a data directory as a crash would leave it: whatever the files hold now.
 fn snapshot(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -45,6 +45,12 @@ const CHECKPOINT_AFTER: Duration = Duration::from_secs(30);
 /// its own, so that the broker becomes ready again without waiting for a client.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// In `always` mode, a group nobody waits for (only attempt counts) is written to the
+/// journal but synced by the next group that is waited for, or after this long at the
+/// latest. A killed process loses nothing of it (it is in the page cache); a power
+/// loss within this window can lose an attempt count, never a confirmed change.
+const DEFERRED_SYNC: Duration = Duration::from_millis(5);
+
 /// What the channel carries.
 pub(crate) enum Msg<C: Completion> {
     /// Mutations to apply, and who to tell.
@@ -76,6 +82,11 @@ pub(crate) struct Done<C: Completion>(Option<C>);
 impl<C: Completion> Done<C> {
     pub(crate) fn new(done: Option<C>) -> Done<C> {
         Done(done)
+    }
+
+    /// Whether someone waits for this job's outcome.
+    fn awaited(&self) -> bool {
+        self.0.is_some()
     }
 
     pub(crate) fn complete(mut self, result: Result<(), StoreError>, report: JobReport<'_>) {
@@ -126,6 +137,8 @@ pub(crate) struct WriterLoop<C: Completion> {
     scratch: Vec<u8>,
     /// When the journal was last synced (interval mode).
     last_sync: Instant,
+    /// When unsynced records of groups nobody waited for must be synced (always mode).
+    sync_by: Option<Instant>,
 }
 
 /// The staged batch of one group.
@@ -162,6 +175,7 @@ impl<C: Completion> WriterLoop<C> {
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
             last_sync: Instant::now(),
+            sync_by: None,
         }
     }
 
@@ -215,6 +229,11 @@ impl<C: Completion> WriterLoop<C> {
                 due = Some(self.last_sync + every);
             }
         }
+        if self.journal.unsynced() {
+            if let Some(by) = self.sync_by {
+                due = Some(due.map_or(by, |d| d.min(by)));
+            }
+        }
         if let Some(since) = self.journal.current_since() {
             due = Some(due.map_or(since + CHECKPOINT_AFTER, |d| {
                 d.min(since + CHECKPOINT_AFTER)
@@ -243,6 +262,9 @@ impl<C: Completion> WriterLoop<C> {
             if self.journal.unsynced() && self.last_sync.elapsed() >= every {
                 let _ = self.sync_journal();
             }
+        }
+        if self.sync_by.is_some_and(|by| Instant::now() >= by) {
+            let _ = self.sync_journal();
         }
         if self
             .journal
@@ -315,9 +337,10 @@ impl<C: Completion> WriterLoop<C> {
         let jobs = self.group.len() as u64;
         let staged = self.stage_group();
         let writes = staged.writes;
-        // Every group is fsynced, including those nobody waits for (attempt counts):
-        // syncing them at once keeps "a leased task comes back with its attempt
-        // counted" true for all but the deliveries of the last group before a crash.
+        // A group nobody waits for (attempt counts) is synced with the next awaited
+        // one or within DEFERRED_SYNC: a killed process loses none of it, and "a
+        // leased task comes back with its attempt counted" holds after a power loss
+        // for all but the deliveries of the last few milliseconds.
         let outcome = self.apply(staged);
         let applied = started.elapsed();
         tracing::trace!(
@@ -514,7 +537,8 @@ impl<C: Completion> WriterLoop<C> {
         if staged.writes == 0 {
             return Ok(());
         }
-        let sync = self.mode == FsyncMode::Always;
+        let awaited = self.group.iter().any(|job| job.done.awaited());
+        let sync = self.mode == FsyncMode::Always && awaited;
         let start = Instant::now();
         let sealed = match self.journal.append(sync) {
             Ok(sealed) => sealed,
@@ -533,6 +557,9 @@ impl<C: Completion> WriterLoop<C> {
         };
         if sync {
             self.count_sync(start.elapsed());
+            self.sync_by = None;
+        } else if self.mode == FsyncMode::Always && self.sync_by.is_none() {
+            self.sync_by = Some(Instant::now() + DEFERRED_SYNC);
         }
         self.store.undegrade();
         if let Some(floor) = sealed {
@@ -585,11 +612,13 @@ impl<C: Completion> WriterLoop<C> {
     /// `fdatasync`s the journal if anything is unsynced (interval mode, shutdown).
     fn sync_journal(&mut self) -> Result<(), StoreError> {
         if !self.journal.unsynced() {
+            self.sync_by = None;
             return Ok(());
         }
         let start = Instant::now();
         let result = self.journal.sync();
         self.last_sync = Instant::now();
+        self.sync_by = None;
         match result {
             Ok(()) => {
                 self.count_sync(start.elapsed());
