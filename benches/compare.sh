@@ -101,6 +101,9 @@ RTT_US=${PROBE#* }
 
 COMMON=(--producers "$PRODUCERS" --consumers "$CONSUMERS" --messages "$MESSAGES" --size "$SIZE"
         --window "$WINDOW" --prefetch "$PREFETCH" --json)
+# The fixed-rate latency run, the same for every broker.
+RATED=(--producers 1 --consumers 1 --messages "$RATE_MESSAGES" --size "$SIZE" --rate "$RATE"
+       --prefetch "$PREFETCH" --json)
 
 echo "squall (--fsync always)..." >&2
 $SQUALL bench --spawn --fsync always "${COMMON[@]}" > "$OUT/squall.json"
@@ -110,6 +113,8 @@ PORT=$(free_port); mkdir -p "$WORK/beanstalkd"
 beanstalkd -l 127.0.0.1 -p "$PORT" -b "$WORK/beanstalkd" -f 0 & PIDS+=($!); BS=$!
 wait_port "$PORT"
 $SQUALL bench --target beanstalkd --server "127.0.0.1:$PORT" "${COMMON[@]}" > "$OUT/beanstalkd.json"
+echo "beanstalkd latency at a fixed $RATE msgs/s..." >&2
+$SQUALL bench --target beanstalkd --server "127.0.0.1:$PORT" "${RATED[@]}" > "$OUT/beanstalkd-rate.json"
 kill "$BS"; wait "$BS" 2>/dev/null || true
 
 echo "redis (appendfsync always)..." >&2
@@ -118,11 +123,12 @@ redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly ye
   --appendfsync always --save '' --daemonize no >"$WORK/redis.log" 2>&1 & PIDS+=($!); RD=$!
 wait_port "$PORT"
 $SQUALL bench --target redis --server "127.0.0.1:$PORT" "${COMMON[@]}" > "$OUT/redis.json"
+echo "redis latency at a fixed $RATE msgs/s..." >&2
+$SQUALL bench --target redis --server "127.0.0.1:$PORT" "${RATED[@]}" > "$OUT/redis-rate.json"
 kill "$RD"; wait "$RD" 2>/dev/null || true
 
 echo "squall latency at a fixed $RATE msgs/s..." >&2
-$SQUALL bench --spawn --fsync always --producers 1 --consumers 1 --messages "$RATE_MESSAGES" \
-  --size "$SIZE" --rate "$RATE" --prefetch "$PREFETCH" --json > "$OUT/squall-rate.json"
+$SQUALL bench --spawn --fsync always "${RATED[@]}" > "$OUT/squall-rate.json"
 
 python3 - "$OUT" "$FSYNC_RATE" "$RTT_US" <<'PY'
 import json, os, platform, sys, datetime
@@ -144,8 +150,16 @@ for name, r in rows:
           f"| {ms(e['p50_us'])} / {ms(e['p99_us'])} | {r['lost']} | {r['duplicates']} |")
 best = max(r["msgs_per_s"] for n, r in rows[1:])
 print(f"\nSquall / fastest peer: {rows[0][1]['msgs_per_s'] / best:.2f}×")
-r = load("squall-rate")
-e = r["end_to_end"]
-print(f"\nSquall at a fixed {r['rate']} msgs/s ({r['confirmed']} messages): end-to-end p50 {ms(e['p50_us'])} ms, "
-      f"p99 {ms(e['p99_us'])} ms, p99.9 {ms(e['p999_us'])} ms, max {ms(e['max_us'])} ms; lost {r['lost']}.")
+rated = [(n, load(f)) for n, f in (("Squall (--fsync always)", "squall-rate"),
+                                   ("beanstalkd (-f 0)", "beanstalkd-rate"),
+                                   ("Redis (AOF always)", "redis-rate"))]
+r0 = rated[0][1]
+print(f"\nAt a fixed {r0['rate']} msgs/s (1 producer, 1 consumer, {r0['confirmed']} × {r0['size_bytes']} B; "
+      "latency counted from each message's scheduled send time):\n")
+print("| broker | publish p50 / p99 (ms) | end-to-end p50 / p90 / p99 / p99.9 / max (ms) | lost |")
+print("| --- | ---: | ---: | ---: |")
+for name, r in rated:
+    p, e = r["publish_confirm"], r["end_to_end"]
+    print(f"| {name} | {ms(p['p50_us'])} / {ms(p['p99_us'])} | {ms(e['p50_us'])} / {ms(e['p90_us'])} / "
+          f"{ms(e['p99_us'])} / {ms(e['p999_us'])} / {ms(e['max_us'])} | {r['lost']} |")
 PY

@@ -471,8 +471,10 @@ async fn produce(
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(args.producers as f64 * batch as f64 / r as f64));
-    let epoch_nanos = unix_nanos();
+    // Unix time of `started`, so that a scheduled instant maps to the wall clock.
+    let epoch_nanos = unix_nanos().saturating_sub(started.elapsed().as_nanos() as u64);
     let mut next_send = tokio::time::Instant::from_std(started);
+    let pacer = interval.map(|iv| Pacer::start(started, iv));
     let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut done = false;
     loop {
@@ -518,7 +520,7 @@ async fn produce(
         }
         tokio::select! {
             Some(c) = inflight.next(), if !inflight.is_empty() => confirm(&shared, &mut hist, &queue, c)?,
-            _ = tokio::time::sleep_until(next_send), if can_send => {}
+            _ = wait_until(pacer.as_ref(), next_send.into_std()), if can_send => {}
             _ = shared.abort.cancelled() => break,
         }
     }
@@ -527,6 +529,71 @@ async fn produce(
     }
     client.close().await;
     Ok(hist)
+}
+
+/// Wakes a fixed-rate producer at each scheduled send time from a thread of its own,
+/// with a precision of tens of microseconds. tokio's timer rounds sleeps up to whole
+/// milliseconds, and latency counts from the schedule, so on a 1,000 msgs/s run it
+/// would add up to a millisecond of the harness's own lateness to every sample.
+pub(crate) struct Pacer {
+    notify: Arc<Notify>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pacer {
+    pub(crate) fn start(started: Instant, interval: Duration) -> Pacer {
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (n, st) = (notify.clone(), stop.clone());
+        let spawned = std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || {
+                #[cfg(target_os = "linux")]
+                // SAFETY: PR_SET_TIMERSLACK only sets this thread's timer slack (1 ns).
+                unsafe {
+                    libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+                }
+                let mut next = started;
+                while !st.load(Relaxed) {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                        continue;
+                    }
+                    n.notify_one();
+                    next += interval;
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread, `until` would wait forever: fall back to tokio's timer.
+            tracing::warn!(error = %e, "no pacer thread; fixed-rate sends use tokio's timer");
+            stop.store(true, Relaxed);
+        }
+        Pacer { notify, stop }
+    }
+
+    async fn until(&self, at: Instant) {
+        if self.stop.load(Relaxed) {
+            return tokio::time::sleep_until(at.into()).await;
+        }
+        while Instant::now() < at {
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
+
+/// Waits for a scheduled send time: precisely with a pacer, else with tokio's timer.
+pub(crate) async fn wait_until(pacer: Option<&Pacer>, at: Instant) {
+    match pacer {
+        Some(p) => p.until(at).await,
+        None => tokio::time::sleep_until(at.into()).await,
+    }
 }
 
 /// Records one received payload: end-to-end latency, and first delivery or duplicate.

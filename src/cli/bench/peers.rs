@@ -153,8 +153,10 @@ pub(crate) async fn produce(
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(args.producers as f64 / r as f64));
-    let epoch_nanos = unix_nanos();
+    // Unix time of `started`, so that a scheduled instant maps to the wall clock.
+    let epoch_nanos = unix_nanos().saturating_sub(started.elapsed().as_nanos() as u64);
     let mut next_send = started;
+    let pacer = interval.map(|iv| super::Pacer::start(started, iv));
     let mut outstanding: VecDeque<(u64, Instant)> = VecDeque::new();
     let mut done = false;
     loop {
@@ -198,7 +200,7 @@ pub(crate) async fn produce(
             if done {
                 break;
             }
-            tokio::time::sleep_until(next_send.into()).await;
+            super::wait_until(pacer.as_ref(), next_send).await;
             continue;
         };
         match target {
