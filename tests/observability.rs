@@ -116,6 +116,15 @@ async fn metrics_reflect_traffic() {
         metric(&m, "squall_group_commit_batch_jobs_sum") >= 9.0,
         "5 publishes, 3 acks, 1 nack"
     );
+    // The journal: one preallocated segment, no checkpoint yet, the store available.
+    assert!(metric(&m, "squall_journal_bytes") > 0.0);
+    assert_eq!(metric(&m, "squall_store_checkpoints_total"), 0.0);
+    assert_eq!(
+        metric(&m, "squall_store_checkpoint_microseconds_total"),
+        0.0
+    );
+    assert_eq!(metric(&m, "squall_store_unavailable"), 0.0);
+    assert_eq!(metric(&m, "squall_store_failed"), 0.0);
 
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".to_owned()));
