@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +68,20 @@ async fn client(broker: &ChildBroker) -> Client {
         .connect(broker.addr)
         .await
         .unwrap()
+}
+
+/// Consumes and acks tasks of "keep" until `seen` holds `n` distinct ids.
+async fn consume_until(c: &Client, seen: &mut HashSet<u64>, n: usize) {
+    let mut sub = c.subscribe("keep").prefetch(64).await.unwrap();
+    while seen.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("delivery")
+            .unwrap()
+            .unwrap();
+        seen.insert(d.id());
+        d.ack().await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,38 +177,18 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     for i in 200..220 {
         confirmed.push(c.publish("keep", random_payload(i)).await.unwrap().id);
     }
-    let mut sub = c.subscribe("keep").prefetch(64).await.unwrap();
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < confirmed.len() / 2 {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("delivery")
-            .unwrap()
-            .unwrap();
-        seen.insert(d.id());
-        d.ack().await.unwrap();
-    }
-    drop(sub);
+    let mut seen = HashSet::new();
+    consume_until(&c, &mut seen, confirmed.len() / 2).await;
     c.close().await;
     assert!(broker.terminate().success(), "a clean stop");
 
     // And a restart keeps exactly the rest.
     let broker = ChildBroker::spawn_env(&data, &[], &env);
     let c = client(&broker).await;
-    let mut sub = c.subscribe("keep").prefetch(64).await.unwrap();
-    while seen.len() < confirmed.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("delivery")
-            .unwrap()
-            .unwrap();
-        seen.insert(d.id());
-        d.ack().await.unwrap();
-    }
+    consume_until(&c, &mut seen, confirmed.len()).await;
     for id in &confirmed {
         assert!(seen.contains(id), "confirmed task {id} lost");
     }
-    drop(sub);
     c.close().await;
     assert!(broker.terminate().success());
     drop(tmpfs);
