@@ -193,3 +193,54 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     assert!(broker.terminate().success());
     drop(tmpfs);
 }
+
+/// The rare failure the broker cannot get over in-process: a checkpoint (sled's flush)
+/// fails (injected here with `SQUALL_TEST_FAIL_CHECKPOINT`). Changes then answer
+/// STORAGE, the broker stops by itself with exit code 75 so that its supervisor
+/// restarts it, and the restart replays the journal: nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_checkpoint_stops_the_broker_with_75_and_the_restart_loses_nothing_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // 64 KiB segments: the first checkpoint comes after about fifteen 4 KiB tasks.
+    let segments = ("SQUALL_JOURNAL_SEGMENT_BYTES", "64 KiB");
+    let broker = ChildBroker::spawn_env(
+        &data,
+        &[],
+        &[segments, ("SQUALL_TEST_FAIL_CHECKPOINT", "1")],
+    );
+    let c = client(&broker).await;
+    let mut confirmed = Vec::new();
+    let started = Instant::now();
+    let err = loop {
+        match c.publish("keep", vec![7u8; 4096]).await {
+            Ok(p) => confirmed.push(p.id),
+            Err(e) => break e,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the failed checkpoint stopped nothing"
+        );
+    };
+    // STORAGE while the broker is still up, or the connection closing as it stops.
+    if let Some(code) = err.code() {
+        assert!(
+            matches!(code, ErrorCode::Storage | ErrorCode::ShuttingDown),
+            "{err}"
+        );
+    }
+    assert!(confirmed.len() >= 10, "{} confirmed", confirmed.len());
+    c.close().await;
+    let status = broker.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(75), "{status}");
+
+    let broker = ChildBroker::spawn_env(&data, &[], &[segments]);
+    let c = client(&broker).await;
+    let mut seen = HashSet::new();
+    consume_until(&c, &mut seen, confirmed.len()).await;
+    for id in &confirmed {
+        assert!(seen.contains(id), "confirmed task {id} lost");
+    }
+    c.close().await;
+    assert!(broker.terminate().success());
+}

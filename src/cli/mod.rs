@@ -31,6 +31,9 @@ pub const EXIT_NOT_FOUND: u8 = 66;
 pub const EXIT_NOPERM: u8 = 77;
 /// Exit code when the broker cannot be reached (sysexits EX_UNAVAILABLE).
 pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `squall serve`: the store failed (a checkpoint could not be written) and the broker
+/// stopped so that its supervisor restarts it (EX_TEMPFAIL).
+pub const EXIT_STORE_FAILED: u8 = 75;
 
 /// Squall: a durable task broker.
 #[derive(Debug, Parser)]
@@ -213,6 +216,11 @@ pub struct Exit {
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     if let Some(x) = e.downcast_ref::<Exit>() {
         return x.code;
+    }
+    if let Some(squall::server::ServerError::Store(squall::store::StoreError::Failed(_))) =
+        e.downcast_ref::<squall::server::ServerError>()
+    {
+        return EXIT_STORE_FAILED;
     }
     use squall_client::{ClientError, ErrorCode};
     match e.downcast_ref::<ClientError>() {

@@ -537,6 +537,14 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            failure = store_failed(&shared.store) => {
+                error!(
+                    %failure,
+                    "the store failed: shutting down so that a supervisor restarts the broker \
+                     (the restart replays the journal, which holds every confirmed change)"
+                );
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
@@ -604,6 +612,20 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     info!("shutdown complete");
     Ok(())
 }
+
+/// Resolves once the store has failed for good (a checkpoint failed): the broker then
+/// stops, and `run` returns the failure, which `squall serve` turns into exit code 75.
+async fn store_failed(store: &Store) -> StoreError {
+    loop {
+        if let Some(failure) = store.failure() {
+            return failure;
+        }
+        tokio::time::sleep(STORE_FAILURE_POLL).await;
+    }
+}
+
+/// How often the accept loop looks whether the store failed.
+const STORE_FAILURE_POLL: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

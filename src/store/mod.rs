@@ -30,6 +30,7 @@ mod status;
 mod tests;
 mod writer;
 
+pub use checkpoint::TEST_FAIL_CHECKPOINT_ENV;
 pub use journal::TEST_DISK_FULL_ENV;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
@@ -229,8 +230,9 @@ impl Inner {
             "STORE FAILED: a checkpoint (sled flush) failed. Nothing is confirmed from now \
              on (publishes and acks answer STORAGE) and /healthz and /readyz say 503. \
              Everything confirmed before is in the journal and safe. Fix the I/O error or \
-             free disk space, then RESTART the broker: the index cannot recover in this \
-             process, and the restart replays the journal."
+             free disk space; the broker stops by itself (exit code 75) for its supervisor to \
+             restart it: the index cannot recover in this process, and the restart \
+             replays the journal."
         );
     }
 

@@ -237,6 +237,21 @@ impl ChildBroker {
     }
 
     /// SIGTERM, then waits for the exit status.
+    /// Waits for the broker to exit by itself, failing the test after `within`.
+    pub fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for broker") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the broker did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .arg("-TERM")
