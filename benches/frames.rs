@@ -32,6 +32,25 @@ fn ack() -> v1::Request {
     }
 }
 
+fn request(op: Op) -> v1::Request {
+    v1::Request {
+        id: 44,
+        op: Some(op),
+    }
+}
+
+/// A publish of `n` tasks of 256 B (a producer's batch).
+fn publish_batch(n: usize) -> v1::Request {
+    let task = v1::TaskSpec {
+        queue: "jobs".into(),
+        payload: Bytes::from(vec![b'x'; 256]),
+        ..Default::default()
+    };
+    request(Op::Publish(v1::Publish {
+        tasks: vec![task; n],
+    }))
+}
+
 fn delivery(payload: usize) -> v1::ServerMessage {
     v1::ServerMessage {
         kind: Some(Kind::Delivery(v1::Delivery {
@@ -75,7 +94,59 @@ fn round_trip<M: Message + Default>(c: &mut Criterion, name: &str, msg: M) {
 
 fn frames(c: &mut Criterion) {
     round_trip(c, "publish_256B", publish(256));
+    round_trip(c, "publish_64x256B", publish_batch(64));
     round_trip(c, "ack", ack());
+    round_trip(
+        c,
+        "hello",
+        request(Op::Hello(v1::Hello {
+            protocol_version: 1,
+            client_name: "worker-17".into(),
+            token: "sq_0123456789abcdef0123456789abcdef".into(),
+        })),
+    );
+    round_trip(
+        c,
+        "subscribe",
+        request(Op::Subscribe(v1::Subscribe {
+            queue: "jobs".into(),
+            prefetch: 64,
+        })),
+    );
+    round_trip(
+        c,
+        "nack",
+        request(Op::Nack(v1::Nack {
+            task_id: 123_456,
+            lease_token: 987_654_321,
+            delay_ms: Some(5_000),
+            reason: "upstream timed out".into(),
+            ..Default::default()
+        })),
+    );
+    round_trip(
+        c,
+        "extend",
+        request(Op::Extend(v1::Extend {
+            task_id: 123_456,
+            lease_token: 987_654_321,
+            extend_ms: 30_000,
+        })),
+    );
+    round_trip(
+        c,
+        "get_task",
+        request(Op::GetTask(v1::GetTask { task_id: 123_456 })),
+    );
+    round_trip(
+        c,
+        "peek",
+        request(Op::Peek(v1::Peek {
+            queue: "jobs".into(),
+            limit: 20,
+            ..Default::default()
+        })),
+    );
     round_trip(c, "delivery_256B", delivery(256));
     round_trip(c, "delivery_64KiB", delivery(64 * 1024));
 }
