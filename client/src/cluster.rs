@@ -697,7 +697,7 @@ impl ClusterWorker {
 
     /// Lease extension step; see [`Worker::lease_extension`].
     pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.lease_extension = Some(by);
+        self.lease_extension = Some(by.max(crate::worker::MIN_LEASE_EXTENSION));
         self
     }
 

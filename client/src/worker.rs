@@ -26,6 +26,9 @@ use crate::subscription::Subscription;
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Default time running handlers get to finish after shutdown is requested.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// The smallest lease extension step a worker uses (an extension every third of it).
+pub(crate) const MIN_LEASE_EXTENSION: Duration = Duration::from_millis(3);
 /// Longest failure reason sent to the broker; longer texts are cut.
 const MAX_REASON_BYTES: usize = 4096;
 /// Shortest lease the auto-extension assumes (guards against clock skew making the
@@ -310,7 +313,7 @@ impl Worker {
     /// agree to within a fraction of the lease. Set it to the queue's lease to rely on
     /// no clock at all.
     pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.lease_extension = Some(by.max(Duration::from_millis(3)));
+        self.lease_extension = Some(by.max(MIN_LEASE_EXTENSION));
         self
     }
 
