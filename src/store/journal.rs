@@ -33,6 +33,8 @@ use std::time::Instant;
 const HEADER: usize = 16;
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
+/// Capacity of the record buffer kept between groups.
+const BUF_KEEP_BYTES: usize = 4 * 1024 * 1024;
 /// Extension of segment files.
 const EXT: &str = "log";
 
@@ -166,6 +168,10 @@ impl Journal {
     /// Starts a new record (dropping any entries of an unfinished one).
     pub(crate) fn begin(&mut self) {
         self.buf.clear();
+        // A group of large payloads does not keep its buffer for good.
+        if self.buf.capacity() > BUF_KEEP_BYTES {
+            self.buf.shrink_to(BUF_KEEP_BYTES);
+        }
         self.buf.resize(HEADER, 0);
     }
 

@@ -180,6 +180,42 @@ fn group_commit_flushes_far_less_than_once_per_job() {
     assert_eq!(recovered, THREADS * PER_THREAD);
 }
 
+/// Large payloads close a group early: three 9 MiB publishes queued together take two
+/// group commits, so no journal record grows past a segment.
+#[test]
+fn a_group_stops_gathering_past_its_payload_bytes() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    let stats = writer.stats();
+    let release = hold_writer(&h);
+    let before = stats.batches.load(Relaxed);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let big = vec![0x42u8; 9 << 20];
+    for id in 1..=3u64 {
+        let task = Mutation::Insert(Box::new(NewTask {
+            id,
+            state: state("q", 1_000),
+            body: body(&big),
+        }));
+        h.submit(Muts::One(task), Some(TestDone::Tx(Tx(tx.clone(), id))));
+    }
+    release.send(()).unwrap();
+    for id in 1..=3u64 {
+        let (done, result) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(done, id);
+        result.unwrap();
+    }
+    assert_eq!(
+        stats.batches.load(Relaxed) - before,
+        2,
+        "9 + 9 MiB, then 9 MiB"
+    );
+    writer.shutdown().unwrap();
+    assert_eq!(store.get_body(3).unwrap().unwrap().payload.len(), 9 << 20);
+}
+
 #[test]
 fn patches_see_earlier_mutations_of_the_same_batch() {
     let dir = TempDir::new().unwrap();

@@ -37,6 +37,11 @@ use crate::model::{Mutation, TaskId, TaskStatus};
 /// amortises its flush over thousands of jobs).
 const MAX_BATCH_MUTATIONS: usize = 16_384;
 
+/// Payload bytes past which the writer commits what it has gathered: bounds the
+/// journal record (and the memory) of one group. One publish request is bounded by
+/// the frame limit, so a record stays well under a default segment.
+const MAX_BATCH_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+
 /// A journal segment holding records is checkpointed after this long even if it is not
 /// full, so that an idle broker's journal shrinks back and its restart replays little.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(30);
@@ -306,14 +311,17 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     /// The group commit: takes `first` and every job already queued behind it, up to
-    /// [`MAX_BATCH_MUTATIONS`]. Returns whether a shutdown came in behind them.
+    /// [`MAX_BATCH_MUTATIONS`] mutations or [`MAX_BATCH_PAYLOAD_BYTES`] of payloads.
+    /// Returns whether a shutdown came in behind them.
     fn gather(&mut self, first: Job<C>) -> bool {
         let mut mutations = first.muts.as_slice().len();
+        let mut bytes = payload_bytes(&first.muts);
         self.group.push(first);
-        while mutations < MAX_BATCH_MUTATIONS {
+        while mutations < MAX_BATCH_MUTATIONS && bytes < MAX_BATCH_PAYLOAD_BYTES {
             match self.rx.try_recv() {
                 Ok(Msg::Job(job)) => {
                     mutations += job.muts.as_slice().len();
+                    bytes += payload_bytes(&job.muts);
                     self.group.push(job);
                 }
                 Ok(Msg::Shutdown) => return true,
@@ -644,6 +652,17 @@ enum Wake<C: Completion> {
     Msg(Msg<C>),
     Timer,
     Disconnected,
+}
+
+/// Payload bytes a job inserts.
+fn payload_bytes(muts: &Muts) -> usize {
+    muts.as_slice()
+        .iter()
+        .map(|m| match m {
+            Mutation::Insert(task) => task.body.payload.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn micros(d: Duration) -> u64 {
