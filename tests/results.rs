@@ -582,3 +582,38 @@ async fn a_publish_with_a_key_is_sent_again_after_a_lost_connection_and_one_with
     let keys: Vec<&str> = seen.iter().map(|t| t.idempotency_key.as_str()).collect();
     assert_eq!(keys, ["", "k", "k"]);
 }
+
+/// An operator's purge or delete-queue ends the result waits of the tasks it removes
+/// at once (with "unknown": the task is gone), instead of leaving them to their timeout.
+#[tokio::test]
+async fn purge_and_delete_queue_end_the_waits_of_the_tasks_they_remove() {
+    let broker = TestBroker::start().await;
+    let c = client(broker.addr, "waiter").await;
+    let purged = c.publish("purged", "x").await.unwrap().id;
+    let deleted = c.publish("deleted", "y").await.unwrap().id;
+    let waits: Vec<_> = [purged, deleted]
+        .into_iter()
+        .map(|id| {
+            let c = c.clone();
+            tokio::spawn(async move { c.wait_result(id, Duration::from_secs(30)).await })
+        })
+        .collect();
+    // The waits are registered before the removals.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    assert_eq!(c.purge("purged", None).await.unwrap(), 1);
+    assert_eq!(c.delete_queue("deleted").await.unwrap(), 1);
+    for w in waits {
+        let outcome = tokio::time::timeout(WAIT, w)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(matches!(outcome, TaskOutcome::Unknown), "{outcome:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the removal, not the 30 s timeout: {:?}",
+        started.elapsed()
+    );
+}

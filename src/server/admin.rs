@@ -386,8 +386,10 @@ impl Hub {
             AdminOp::Purge { queue, state } => self.engine.purge(&queue, state).map(|ids| {
                 info!(queue = %queue, ?state, tasks = ids.len(), "queue purged");
                 let count = ids.len() as u64;
+                let removed = self.waiters.waited_among(&ids);
                 let muts = ids.into_iter().map(|id| Mutation::Remove { id });
                 self.persist_then_count(conn, req, muts, count);
+                self.wake_removed(removed);
             }),
             AdminOp::Redrive { queue, limit } => {
                 self.engine.redrive(&queue, limit, now).map(|muts| {
@@ -401,12 +403,14 @@ impl Hub {
                 self.rates.forget(&name);
                 self.end_subscriptions(&deleted.name, &deleted.ended);
                 let count = deleted.tasks.len() as u64;
+                let removed = self.waiters.waited_among(&deleted.tasks);
                 let muts = deleted
                     .tasks
                     .into_iter()
                     .map(|id| Mutation::Remove { id })
                     .chain(std::iter::once(Mutation::RemoveQueue { name: deleted.name }));
                 self.persist_then_count(conn, req, muts, count);
+                self.wake_removed(removed);
             }),
         };
         if let Err(e) = result {
@@ -511,6 +515,19 @@ impl Hub {
             self.writer.submit(Muts::Many(chunk), job);
         }
         // With nothing to persist, dropping the last handle answers at once.
+    }
+
+    /// Wakes the result waiters of removed tasks once the removals are durable: an
+    /// empty job queued behind the removal chunks completes after them.
+    fn wake_removed(&self, removed: Vec<TaskId>) {
+        if removed.is_empty() {
+            return;
+        }
+        let done = Done::Removed {
+            tasks: removed,
+            waiters: self.waiters.clone(),
+        };
+        self.writer.submit(Muts::Many(Vec::new()), Some(done));
     }
 
     /// Tells the connections of ended subscriptions that they are over.

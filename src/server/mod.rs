@@ -130,6 +130,11 @@ pub(crate) enum Done {
     },
     /// A barrier for a wait that found no record (see `wait.rs`): look again.
     Recheck { out: OutTx, req: u64, task: TaskId },
+    /// Operator removals (purge, delete-queue) are durable: wake their result waiters.
+    Removed {
+        tasks: Vec<TaskId>,
+        waiters: Arc<Waiters>,
+    },
     /// A retention sweep finished.
     Swept {
         tx: tokio::sync::oneshot::Sender<Result<SweepStats, StoreError>>,
@@ -144,6 +149,7 @@ impl std::fmt::Debug for Done {
             Done::Reply { .. } => "Reply",
             Done::Finished { .. } => "Finished",
             Done::Recheck { .. } => "Recheck",
+            Done::Removed { .. } => "Removed",
             Done::Swept { .. } => "Swept",
         };
         f.debug_tuple("Done").field(&kind).finish()
@@ -217,6 +223,14 @@ impl Completion for Done {
             }
             (Done::Recheck { out, req, task }, _) => {
                 let _ = out.send(Outbound::Recheck { req, task });
+                return;
+            }
+            (Done::Removed { tasks, waiters }, _) => {
+                // Each waiter reads the store for its answer: "unknown" once removed,
+                // the task's real state if a removal failed.
+                for task in tasks {
+                    waiters.wake(task, Final::Removed);
+                }
                 return;
             }
             (Done::Swept { tx }, result) => {

@@ -35,7 +35,7 @@ pub(crate) fn task_info(
         let state = match finished {
             Some(Final::Succeeded) => WireState::Succeeded,
             Some(Final::Dead) => WireState::Dead,
-            None => WireState::Unknown,
+            Some(Final::Removed) | None => WireState::Unknown,
         };
         return Ok(v1::TaskInfo {
             task_id: task,

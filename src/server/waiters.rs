@@ -23,6 +23,8 @@ use crate::model::{Mutation, TaskId, TaskStatus};
 pub(crate) enum Final {
     Succeeded,
     Dead,
+    /// Removed by an operator (purge, delete-queue): its waiters learn the task is gone.
+    Removed,
 }
 
 impl Final {
@@ -107,6 +109,18 @@ impl Waiters {
                 });
             }
         }
+    }
+
+    /// The tasks of `ids` that someone waits for.
+    pub(crate) fn waited_among(&self, ids: &[TaskId]) -> Vec<TaskId> {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let by_task = self.by_task.lock();
+        ids.iter()
+            .copied()
+            .filter(|id| by_task.contains_key(id))
+            .collect()
     }
 
     /// Registered waiters.

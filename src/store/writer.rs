@@ -542,10 +542,15 @@ impl<C: Completion> WriterLoop<C> {
     /// Journals the staged batch (synced in `always` mode), then applies it to sled;
     /// an empty one is a no-op.
     fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
+        let awaited = self.group.iter().any(|job| job.done.awaited());
         if staged.writes == 0 {
+            // An awaited job confirms everything before it, including groups whose
+            // sync was deferred (a barrier with nothing to write still waits for them).
+            if awaited && self.mode == FsyncMode::Always && self.journal.unsynced() {
+                return self.sync_journal();
+            }
             return Ok(());
         }
-        let awaited = self.group.iter().any(|job| job.done.awaited());
         let sync = self.mode == FsyncMode::Always && awaited;
         let start = Instant::now();
         let sealed = match self.journal.append(sync) {
