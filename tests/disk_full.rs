@@ -6,7 +6,7 @@
 //! everything confirmed is delivered, then and after a restart.
 //!
 //! Where `mount` is not permitted (not root), the same scenario runs with the
-//! test-only hook `SQUALL_TEST_DISK_FULL_FILE`: while the named file exists, creating
+//! test-only hook `SQUALL_TEST_DISK_FULL_FILE`: while the named file exists, appending or creating
 //! a journal segment fails with "no space left", as it does on a full disk.
 
 mod common;
@@ -241,6 +241,49 @@ async fn a_failed_checkpoint_stops_the_broker_with_75_and_the_restart_loses_noth
     for id in &confirmed {
         assert!(seen.contains(id), "confirmed task {id} lost");
     }
+    c.close().await;
+    assert!(broker.terminate().success());
+}
+
+/// An ack refused with STORAGE while the journal cannot write leaves the task pending
+/// in the store; once space returns, the broker delivers it again by itself (no
+/// restart), and the second ack sticks. Runs with the test-only hook, which fails
+/// appends at once (a full real disk would first fill the preallocated segment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flag = dir.path().join("disk-is-full");
+    let broker = ChildBroker::spawn_env(
+        &data,
+        &[],
+        &[("SQUALL_TEST_DISK_FULL_FILE", flag.to_str().unwrap())],
+    );
+    let c = client(&broker).await;
+    let id = c.publish("acks", "work").await.unwrap().id;
+    let mut sub = c.subscribe("acks").prefetch(1).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.id(), first.attempt()), (id, 1));
+
+    std::fs::write(&flag, b"").unwrap();
+    let err = first.ack().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
+    std::fs::remove_file(&flag).unwrap();
+
+    let again = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("the task comes back without a restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.id(), again.attempt()), (id, 2));
+    again.ack().await.unwrap();
+    let status = c.task(id).await.unwrap();
+    assert_eq!(status.state.to_string(), "succeeded");
+    drop(sub);
     c.close().await;
     assert!(broker.terminate().success());
 }

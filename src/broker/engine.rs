@@ -512,6 +512,25 @@ impl Engine {
         None
     }
 
+    /// Puts back a task whose ack could not be stored: the engine dropped it when the
+    /// ack came in, but the store still has it pending, as `state` says. It becomes
+    /// ready (or delayed) again as stored, even on its last attempt: its handler ran,
+    /// so what is owed is one more delivery, not a death.
+    pub fn restore_task(&mut self, id: TaskId, state: &TaskState, now: Millis) {
+        if state.status != TaskStatus::Pending {
+            return;
+        }
+        let idx = self.queue_idx(&state.queue);
+        let entry = Entry {
+            id,
+            priority: state.priority,
+            attempts: state.attempts,
+            max_attempts: state.max_attempts,
+            lease_ms: clamp_lease(state.lease_ms),
+        };
+        self.enqueue(idx, entry, state.not_before_ms, now);
+    }
+
     /// Makes newly durable tasks deliverable (or delayed).
     pub fn publish_committed(&mut self, tasks: &[Committed], now: Millis) {
         for t in tasks {

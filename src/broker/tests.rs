@@ -452,3 +452,46 @@ fn a_full_delivery_window_pauses_a_connection_until_it_reports_progress() {
     e.written(1, 50);
     assert_eq!(step(&mut e, T0).0.len(), 2);
 }
+
+/// An ack the store refused: the task, dropped from the engine by the ack, comes back
+/// as stored (here on its last attempt, which must not make it dead) and is delivered
+/// again with the next attempt.
+#[test]
+fn a_task_whose_ack_was_not_stored_is_restored_and_delivered_again() {
+    let mut e = engine();
+    e.publish_committed(&[task(1, 0)], T0);
+    e.subscribe(1, 1, "q", 1).unwrap();
+    let (d, _) = step(&mut e, T0);
+    e.ack(1, 1, d[0].token, Bytes::new(), T0).unwrap();
+    assert_eq!(e.lease_count(), 0);
+    assert!(
+        step(&mut e, T0 + 1).0.is_empty(),
+        "acked: nothing to deliver"
+    );
+
+    let stored = TaskState {
+        queue: Arc::from("q"),
+        status: TaskStatus::Pending,
+        priority: 0,
+        attempts: 3,
+        max_attempts: 0,
+        lease_ms: 0,
+        not_before_ms: 0,
+        created_ms: T0,
+        updated_ms: T0,
+        last_error: None,
+    };
+    e.restore_task(1, &stored, T0 + 2);
+    let (d, _) = step(&mut e, T0 + 2);
+    assert_eq!(ids(&d), vec![1]);
+    assert_eq!(d[0].attempt, 4);
+    assert_eq!(snapshot(&e).dead, 0);
+
+    // Anything but a pending task is left alone.
+    let done = TaskState {
+        status: TaskStatus::Succeeded,
+        ..stored
+    };
+    e.restore_task(2, &done, T0 + 3);
+    assert_eq!(snapshot(&e).ready, 0);
+}

@@ -123,6 +123,11 @@ pub(crate) enum HubCmd {
     },
     /// The retention sweep removed dead tasks (queue, task).
     DeadSwept(Vec<(Arc<str>, TaskId)>),
+    /// An ack was not stored: the task, pending in the store, is deliverable again.
+    Restore {
+        task: TaskId,
+        state: crate::model::TaskState,
+    },
     /// Stop dispatching, hand pending persistence to the writer, and exit.
     Shutdown,
 }
@@ -144,8 +149,12 @@ pub(crate) struct Hub {
     /// Room reserved in bounded queues by publishes not yet durable.
     reservations: Reservations,
     /// Only asked whether it failed (then nothing is dispatched: a delivery's body
-    /// could not be read, and its requeue would spin). Never read.
+    /// could not be read, and its requeue would spin). Never read here: handed to ack
+    /// completions, which read a task back on the writer thread if the ack failed.
     store: crate::store::Store,
+    /// This hub's own command channel, for those completions (weak: the hub still
+    /// ends when every other sender is gone).
+    me: mpsc::WeakUnboundedSender<HubCmd>,
 }
 
 impl Hub {
@@ -156,9 +165,11 @@ impl Hub {
         bounded: Arc<Bounded>,
         default_max_length: u64,
         store: crate::store::Store,
+        me: mpsc::WeakUnboundedSender<HubCmd>,
     ) -> Hub {
         Hub {
             store,
+            me,
             bounded,
             default_max_length,
             reservations: Reservations::default(),
@@ -256,12 +267,21 @@ impl Hub {
         finished: Option<(TaskId, Final)>,
     ) {
         let out = self.outboxes.get(&conn);
+        // Only an ack passes `finished`; it is the settle that drops the task from
+        // the engine, so only it needs giving back if it is not stored.
+        let restore = finished.map(|_| {
+            Box::new(super::Restore {
+                store: self.store.clone(),
+                hub: self.me.clone(),
+            })
+        });
         let done = match finished.or_else(|| Final::of(&m)) {
             Some((task, state)) => Some(Done::Finished {
                 reply: out.map(|out| (out.clone(), req)),
                 task,
                 state,
                 waiters: self.waiters.clone(),
+                restore,
             }),
             None => out.map(|out| Done::Reply {
                 out: out.clone(),
@@ -279,6 +299,7 @@ impl Hub {
             task,
             state,
             waiters: self.waiters.clone(),
+            restore: None,
         });
         self.writer.submit(Muts::One(m), done);
     }
@@ -393,6 +414,10 @@ impl Hub {
                 for (queue, id) in removed {
                     self.engine.forget_dead(&queue, id);
                 }
+            }
+            HubCmd::Restore { task, state } => {
+                info!(task, queue = %state.queue, "an ack was not stored: the task is deliverable again");
+                self.engine.restore_task(task, &state, now);
             }
             HubCmd::Shutdown => {}
         }

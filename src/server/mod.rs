@@ -127,6 +127,8 @@ pub(crate) enum Done {
         task: TaskId,
         state: Final,
         waiters: Arc<Waiters>,
+        /// For an ack: how to give the task back to the hub if the ack is not stored.
+        restore: Option<Box<Restore>>,
     },
     /// A barrier for a wait that found no record (see `wait.rs`): look again.
     Recheck { out: OutTx, req: u64, task: TaskId },
@@ -210,6 +212,7 @@ impl Completion for Done {
                     task,
                     state,
                     waiters,
+                    restore: _,
                 },
                 Ok(()),
             ) => {
@@ -237,20 +240,53 @@ impl Completion for Done {
                 let _ = tx.send(result.map(|()| report.sweep.cloned().unwrap_or_default()));
                 return;
             }
-            (Done::Finished { reply: None, .. }, Err(_)) => return,
             (
-                Done::Reply { out, req, .. }
-                | Done::Finished {
-                    reply: Some((out, req)),
+                Done::Finished {
+                    reply,
+                    task,
+                    restore,
                     ..
                 },
                 Err(e),
             ) => {
+                if let Some(restore) = restore {
+                    restore.give_back(task);
+                }
+                let Some((out, req)) = reply else { return };
+                let msg = format!("not persisted: {e}");
+                (out, error_response(req, ErrorCode::Storage, msg))
+            }
+            (Done::Reply { out, req, .. }, Err(e)) => {
                 let msg = format!("not persisted: {e}");
                 (out, error_response(req, ErrorCode::Storage, msg))
             }
         };
         let _ = out.send(Outbound::Response(response));
+    }
+}
+
+/// An ack that could not be stored (the journal could not write) left the task in the
+/// store as pending, but the engine dropped it when the ack came in: without this it
+/// would be delivered again only after a restart. Runs on the writer thread, which may
+/// read the store, and hands the stored state back to the hub.
+pub(crate) struct Restore {
+    pub(crate) store: Store,
+    pub(crate) hub: mpsc::WeakUnboundedSender<HubCmd>,
+}
+
+impl Restore {
+    fn give_back(&self, task: TaskId) {
+        let state = match self.store.get_state(task) {
+            Ok(Some(state)) if state.status == crate::model::TaskStatus::Pending => state,
+            Ok(_) => return,
+            Err(error) => {
+                warn!(task, %error, "an unstored ack's task could not be read back; it returns at the next restart");
+                return;
+            }
+        };
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.send(HubCmd::Restore { task, state });
+        }
     }
 }
 
@@ -419,6 +455,7 @@ async fn start_broker(
         bounded.clone(),
         default_max_length,
         store.clone(),
+        hub_tx.downgrade(),
     );
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);

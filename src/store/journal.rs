@@ -71,8 +71,8 @@ pub(crate) struct Journal {
     buf: Vec<u8>,
     /// Written since the last sync.
     unsynced: bool,
-    /// Test hook: while this file exists, creating a segment fails as if the disk were
-    /// full (`SQUALL_TEST_DISK_FULL_FILE`, for tests that cannot fill a real disk).
+    /// Test hook: while this file exists, appends and segment creation fail as on a
+    /// full disk (`SQUALL_TEST_DISK_FULL_FILE`, for tests that cannot fill a real disk).
     full_while: Option<PathBuf>,
 }
 
@@ -85,7 +85,7 @@ struct Segment {
 }
 
 /// Environment variable of the test-only disk-full switch: the path of a file whose
-/// existence makes segment creation fail with "no space left".
+/// existence makes appends and segment creation fail with "no space left".
 pub const TEST_DISK_FULL_ENV: &str = "SQUALL_TEST_DISK_FULL_FILE";
 
 impl Journal {
@@ -198,6 +198,12 @@ impl Journal {
                 format!("a group of {body_len} bytes is over the 4 GiB record limit"),
             )
         })?;
+        if let Some(e) = self.injected_full() {
+            // As a write that failed: the segment is left where it is.
+            self.current = None;
+            self.unsynced = false;
+            return Err(e);
+        }
         let len = self.buf.len() as u64;
         let sealed = self.make_room(len)?;
         let seq = self.next_seq;
@@ -297,14 +303,21 @@ impl Journal {
         Ok(sealed)
     }
 
+    /// The test hook's error, while its file exists.
+    fn injected_full(&self) -> Option<io::Error> {
+        self.full_while.as_ref().filter(|p| p.exists()).map(|_| {
+            io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("no space left on device (injected by {TEST_DISK_FULL_ENV})"),
+            )
+        })
+    }
+
     /// Creates, preallocates and syncs a segment starting at the next number, and
     /// syncs the directory, so that records synced into it cannot vanish with it.
     fn create(&self, capacity: u64) -> io::Result<Segment> {
-        if self.full_while.as_ref().is_some_and(|p| p.exists()) {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("no space left on device (injected by {TEST_DISK_FULL_ENV})"),
-            ));
+        if let Some(e) = self.injected_full() {
+            return Err(e);
         }
         let path = segment_path(&self.dir, self.next_seq);
         let file = OpenOptions::new()
