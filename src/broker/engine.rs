@@ -85,6 +85,19 @@ pub struct Entry {
     pub lease_ms: u32,
 }
 
+impl Entry {
+    /// The index entry of a task as the store holds it.
+    fn stored(id: TaskId, state: &TaskState) -> Entry {
+        Entry {
+            id,
+            priority: state.priority,
+            attempts: state.attempts,
+            max_attempts: state.max_attempts,
+            lease_ms: clamp_lease(state.lease_ms),
+        }
+    }
+}
+
 impl Ord for Entry {
     /// Max-heap order: higher priority, then lower id (FIFO within a priority).
     fn cmp(&self, other: &Self) -> Ordering {
@@ -488,13 +501,7 @@ impl Engine {
     /// mutation records that.
     pub fn recover_task(&mut self, id: TaskId, state: &TaskState, now: Millis) -> Option<Mutation> {
         let idx = self.queue_idx(&state.queue);
-        let entry = Entry {
-            id,
-            priority: state.priority,
-            attempts: state.attempts,
-            max_attempts: state.max_attempts,
-            lease_ms: clamp_lease(state.lease_ms),
-        };
+        let entry = Entry::stored(id, state);
         match state.status {
             TaskStatus::Pending => {
                 let max = self.queues[idx as usize].effective_max_attempts(&entry);
@@ -521,13 +528,7 @@ impl Engine {
             return;
         }
         let idx = self.queue_idx(&state.queue);
-        let entry = Entry {
-            id,
-            priority: state.priority,
-            attempts: state.attempts,
-            max_attempts: state.max_attempts,
-            lease_ms: clamp_lease(state.lease_ms),
-        };
+        let entry = Entry::stored(id, state);
         self.enqueue(idx, entry, state.not_before_ms, now);
     }
 
