@@ -30,8 +30,7 @@ use crate::publish::{Message, PublishOptions, Published, TaskId};
 use crate::rendezvous::rendezvous_owner;
 use crate::status::{TaskOutcome, TaskStatus};
 use crate::subscription::SubscribeBuilder;
-use crate::worker::{HandlerOutput, TaskError, Worker, WorkerReport};
-use crate::{DEFAULT_CONCURRENCY, DEFAULT_GRACE_PERIOD};
+use crate::worker::{HandlerOutput, Settings, TaskError, Worker, WorkerReport};
 
 /// Several independent Squall brokers used as one: each queue lives on one node,
 /// chosen by rendezvous hashing of the queue name over the node names (see
@@ -639,10 +638,7 @@ impl std::fmt::Debug for ClusterClient {
 pub struct ClusterWorker {
     cluster: ClusterClient,
     queues: Vec<String>,
-    concurrency: usize,
-    prefetch: Option<u32>,
-    grace_period: Duration,
-    lease_extension: Option<Duration>,
+    settings: Settings,
     shutdown: CancellationToken,
 }
 
@@ -650,7 +646,7 @@ impl std::fmt::Debug for ClusterWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterWorker")
             .field("queues", &self.queues)
-            .field("concurrency", &self.concurrency)
+            .field("concurrency", &self.settings.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -669,35 +665,32 @@ impl ClusterWorker {
         ClusterWorker {
             cluster,
             queues: queues.into_iter().map(Into::into).collect(),
-            concurrency: DEFAULT_CONCURRENCY,
-            prefetch: None,
-            grace_period: DEFAULT_GRACE_PERIOD,
-            lease_extension: None,
+            settings: Settings::default(),
             shutdown: CancellationToken::new(),
         }
     }
 
     /// Handlers running at once **per queue** (default 8); see [`Worker::concurrency`].
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.settings.set_concurrency(n);
         self
     }
 
     /// Prefetch of each queue's subscription; see [`Worker::prefetch`].
     pub fn prefetch(mut self, n: u32) -> Self {
-        self.prefetch = Some(n);
+        self.settings.prefetch = Some(n);
         self
     }
 
     /// Time running handlers get at shutdown; see [`Worker::grace_period`].
     pub fn grace_period(mut self, d: Duration) -> Self {
-        self.grace_period = d;
+        self.settings.grace_period = d;
         self
     }
 
     /// Lease extension step; see [`Worker::lease_extension`].
     pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.lease_extension = Some(by.max(crate::worker::MIN_LEASE_EXTENSION));
+        self.settings.set_lease_extension(by);
         self
     }
 
@@ -777,10 +770,7 @@ impl ClusterWorker {
     fn plan_for(&self, queue: String, shutdown: CancellationToken) -> QueuePlan {
         QueuePlan {
             queue,
-            concurrency: self.concurrency,
-            prefetch: self.prefetch,
-            grace_period: self.grace_period,
-            lease_extension: self.lease_extension,
+            settings: self.settings.clone(),
             shutdown,
         }
     }
@@ -789,26 +779,18 @@ impl ClusterWorker {
 /// One queue's share of a `ClusterWorker`'s settings.
 struct QueuePlan {
     queue: String,
-    concurrency: usize,
-    prefetch: Option<u32>,
-    grace_period: Duration,
-    lease_extension: Option<Duration>,
+    settings: Settings,
     shutdown: CancellationToken,
 }
 
 impl QueuePlan {
     fn worker(&self, client: Client) -> Worker {
-        let mut w = Worker::new(client, self.queue.clone())
-            .concurrency(self.concurrency)
-            .grace_period(self.grace_period)
-            .shutdown_token(self.shutdown.clone());
-        if let Some(p) = self.prefetch {
-            w = w.prefetch(p);
-        }
-        if let Some(by) = self.lease_extension {
-            w = w.lease_extension(by);
-        }
-        w
+        Worker::with_settings(
+            client,
+            self.queue.clone(),
+            self.settings.clone(),
+            self.shutdown.clone(),
+        )
     }
 }
 

@@ -28,7 +28,38 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
 /// The smallest lease extension step a worker uses (an extension every third of it).
-pub(crate) const MIN_LEASE_EXTENSION: Duration = Duration::from_millis(3);
+const MIN_LEASE_EXTENSION: Duration = Duration::from_millis(3);
+
+/// The tuning a [`Worker`] runs with, set through its builder (or a
+/// [`ClusterWorker`](crate::ClusterWorker)'s, which hands it to each queue's worker).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: Option<u32>,
+    pub(crate) grace_period: Duration,
+    pub(crate) lease_extension: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+            lease_extension: None,
+        }
+    }
+}
+
+impl Settings {
+    pub(crate) fn set_concurrency(&mut self, n: usize) {
+        self.concurrency = n.max(1);
+    }
+
+    pub(crate) fn set_lease_extension(&mut self, by: Duration) {
+        self.lease_extension = Some(by.max(MIN_LEASE_EXTENSION));
+    }
+}
 /// Longest failure reason sent to the broker; longer texts are cut.
 const MAX_REASON_BYTES: usize = 4096;
 /// Shortest lease the auto-extension assumes (guards against clock skew making the
@@ -253,10 +284,7 @@ impl Counters {
 pub struct Worker {
     client: Client,
     queue: String,
-    concurrency: usize,
-    prefetch: Option<u32>,
-    grace_period: Duration,
-    lease_extension: Option<Duration>,
+    settings: Settings,
     shutdown: CancellationToken,
 }
 
@@ -264,9 +292,9 @@ impl fmt::Debug for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
             .field("queue", &self.queue)
-            .field("concurrency", &self.concurrency)
-            .field("prefetch", &self.prefetch)
-            .field("grace_period", &self.grace_period)
+            .field("concurrency", &self.settings.concurrency)
+            .field("prefetch", &self.settings.prefetch)
+            .field("grace_period", &self.settings.grace_period)
             .finish_non_exhaustive()
     }
 }
@@ -274,20 +302,32 @@ impl fmt::Debug for Worker {
 impl Worker {
     /// A worker for `queue` with the defaults (concurrency 8, grace period 30 s).
     pub fn new(client: Client, queue: impl Into<String>) -> Self {
+        Self::with_settings(
+            client,
+            queue.into(),
+            Settings::default(),
+            CancellationToken::new(),
+        )
+    }
+
+    /// A worker with settings made elsewhere (a `ClusterWorker`'s, for one queue).
+    pub(crate) fn with_settings(
+        client: Client,
+        queue: String,
+        settings: Settings,
+        shutdown: CancellationToken,
+    ) -> Self {
         Worker {
             client,
-            queue: queue.into(),
-            concurrency: DEFAULT_CONCURRENCY,
-            prefetch: None,
-            grace_period: DEFAULT_GRACE_PERIOD,
-            lease_extension: None,
-            shutdown: CancellationToken::new(),
+            queue,
+            settings,
+            shutdown,
         }
     }
 
     /// Handlers running at once (at least 1; default 8).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.settings.set_concurrency(n);
         self
     }
 
@@ -295,13 +335,13 @@ impl Worker {
     /// `max_prefetch`). More than the concurrency lets tasks wait locally with their
     /// lease running, un-extended.
     pub fn prefetch(mut self, n: u32) -> Self {
-        self.prefetch = Some(n);
+        self.settings.prefetch = Some(n);
         self
     }
 
     /// Time running handlers get to finish once shutdown is requested (default 30 s).
     pub fn grace_period(mut self, d: Duration) -> Self {
-        self.grace_period = d;
+        self.settings.grace_period = d;
         self
     }
 
@@ -313,7 +353,7 @@ impl Worker {
     /// agree to within a fraction of the lease. Set it to the queue's lease to rely on
     /// no clock at all.
     pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.lease_extension = Some(by.max(MIN_LEASE_EXTENSION));
+        self.settings.set_lease_extension(by);
         self
     }
 
@@ -364,14 +404,14 @@ impl Worker {
             sub = self.client.subscribe(self.queue.clone()).prefetch(prefetch) => sub?,
             _ = self.shutdown.cancelled() => return Ok(WorkerReport::default()),
         };
-        info!(queue = %self.queue, concurrency = self.concurrency, prefetch, "worker started");
+        info!(queue = %self.queue, concurrency = self.settings.concurrency, prefetch, "worker started");
         let ctx = Arc::new(DriveContext {
             handler,
             hard_stop: CancellationToken::new(),
-            lease_extension: self.lease_extension,
+            lease_extension: self.settings.lease_extension,
             counters: Counters::default(),
         });
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut running = JoinSet::new();
         let ended = self.dispatch(&mut sub, &ctx, &slots, &mut running).await;
         self.drain(sub, &ctx, &mut running).await;
@@ -384,10 +424,10 @@ impl Worker {
     }
 
     fn effective_prefetch(&self) -> u32 {
-        if let Some(p) = self.prefetch {
+        if let Some(p) = self.settings.prefetch {
             return p;
         }
-        let wanted = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let wanted = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
         match self.client.server_info().limits.max_prefetch {
             0 => wanted,
             max => wanted.min(max),
@@ -465,9 +505,9 @@ impl Worker {
         }
         drop(sub);
         if !running.is_empty() {
-            info!(queue = %self.queue, running = running.len(), grace = ?self.grace_period, "waiting for running handlers");
+            info!(queue = %self.queue, running = running.len(), grace = ?self.settings.grace_period, "waiting for running handlers");
         }
-        let waited = tokio::time::timeout(self.grace_period, async {
+        let waited = tokio::time::timeout(self.settings.grace_period, async {
             while let Some(done) = running.join_next().await {
                 log_join(done);
             }
