@@ -149,12 +149,11 @@ pub(crate) struct Hub {
     /// Room reserved in bounded queues by publishes not yet durable.
     reservations: Reservations,
     /// Only asked whether it failed (then nothing is dispatched: a delivery's body
-    /// could not be read, and its requeue would spin). Never read here: handed to ack
-    /// completions, which read a task back on the writer thread if the ack failed.
+    /// could not be read, and its requeue would spin). Never read here.
     store: crate::store::Store,
-    /// This hub's own command channel, for those completions (weak: the hub still
-    /// ends when every other sender is gone).
-    me: mpsc::WeakUnboundedSender<HubCmd>,
+    /// Shared by every ack's completion (one reference count each, no allocation):
+    /// how to give a task back if its ack is not stored.
+    restore: Arc<super::Restore>,
 }
 
 impl Hub {
@@ -168,8 +167,11 @@ impl Hub {
         me: mpsc::WeakUnboundedSender<HubCmd>,
     ) -> Hub {
         Hub {
+            restore: Arc::new(super::Restore {
+                store: store.clone(),
+                hub: me,
+            }),
             store,
-            me,
             bounded,
             default_max_length,
             reservations: Reservations::default(),
@@ -269,12 +271,7 @@ impl Hub {
         let out = self.outboxes.get(&conn);
         // Only an ack passes `finished`; it is the settle that drops the task from
         // the engine, so only it needs giving back if it is not stored.
-        let restore = finished.map(|_| {
-            Box::new(super::Restore {
-                store: self.store.clone(),
-                hub: self.me.clone(),
-            })
-        });
+        let restore = finished.map(|_| self.restore.clone());
         let done = match finished.or_else(|| Final::of(&m)) {
             Some((task, state)) => Some(Done::Finished {
                 reply: out.map(|out| (out.clone(), req)),

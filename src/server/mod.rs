@@ -128,7 +128,7 @@ pub(crate) enum Done {
         state: Final,
         waiters: Arc<Waiters>,
         /// For an ack: how to give the task back to the hub if the ack is not stored.
-        restore: Option<Box<Restore>>,
+        restore: Option<Arc<Restore>>,
     },
     /// A barrier for a wait that found no record (see `wait.rs`): look again.
     Recheck { out: OutTx, req: u64, task: TaskId },
