@@ -228,26 +228,12 @@ impl<C: Completion> WriterLoop<C> {
     /// Blocks for the next message, or until a timer is due: the interval sync, a
     /// checkpoint of an old segment, or a retry of the journal after a failure.
     fn next_message(&self) -> Wake<C> {
-        let mut due: Option<Instant> = None;
-        if let FsyncMode::Interval(every) = self.mode {
-            if self.journal.unsynced() {
-                due = Some(self.last_sync + every);
-            }
-        }
-        if self.journal.unsynced() {
-            if let Some(by) = self.sync_by {
-                due = Some(due.map_or(by, |d| d.min(by)));
-            }
-        }
-        if let Some(since) = self.journal.current_since() {
-            due = Some(due.map_or(since + CHECKPOINT_AFTER, |d| {
-                d.min(since + CHECKPOINT_AFTER)
-            }));
-        }
-        if self.store.degraded() {
-            let probe = Instant::now() + PROBE_EVERY;
-            due = Some(due.map_or(probe, |d| d.min(probe)));
-        }
+        let checkpoint = self.journal.current_since().map(|s| s + CHECKPOINT_AFTER);
+        let probe = self.store.degraded().then(|| Instant::now() + PROBE_EVERY);
+        let due = [self.sync_due(), checkpoint, probe]
+            .into_iter()
+            .flatten()
+            .min();
         match due {
             Some(deadline) => match self.rx.recv_deadline(deadline) {
                 Ok(msg) => Wake::Msg(msg),
@@ -261,16 +247,28 @@ impl<C: Completion> WriterLoop<C> {
         }
     }
 
-    /// Does whatever timer is due.
-    fn on_timer(&mut self) {
-        if let FsyncMode::Interval(every) = self.mode {
-            if self.journal.unsynced() && self.last_sync.elapsed() >= every {
-                let _ = self.sync_journal();
-            }
+    /// When unsynced journal records must be synced: the interval in interval mode,
+    /// the deferred sync of unawaited groups in always mode.
+    fn sync_due(&self) -> Option<Instant> {
+        if !self.journal.unsynced() {
+            return None;
         }
-        if self.sync_by.is_some_and(|by| Instant::now() >= by) {
+        match self.mode {
+            FsyncMode::Interval(every) => Some(self.last_sync + every),
+            _ => self.sync_by,
+        }
+    }
+
+    /// Syncs the journal if its sync is due.
+    fn sync_if_due(&mut self) {
+        if self.sync_due().is_some_and(|at| Instant::now() >= at) {
             let _ = self.sync_journal();
         }
+    }
+
+    /// Does whatever timer is due.
+    fn on_timer(&mut self) {
+        self.sync_if_due();
         if self
             .journal
             .current_since()
@@ -363,11 +361,7 @@ impl<C: Completion> WriterLoop<C> {
         self.stats
             .commit_latency_micros
             .observe(micros(started.elapsed()));
-        if let FsyncMode::Interval(every) = self.mode {
-            if self.journal.unsynced() && self.last_sync.elapsed() >= every {
-                let _ = self.sync_journal();
-            }
-        }
+        self.sync_if_due();
     }
 
     /// Stages every job of the group into one batch; a job that fails is recorded in
