@@ -142,7 +142,7 @@ impl Worker {
                 match req {
                     Req::Floor(floor) => pending = pending.max(Some(floor)),
                     Req::Stop(floor, reply) => {
-                        let floor = pending.max(Some(floor)).unwrap_or(floor);
+                        let floor = pending.map_or(floor, |p| p.max(floor));
                         return self.finish(floor, reply);
                     }
                 }
