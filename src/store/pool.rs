@@ -20,8 +20,10 @@ pub(crate) struct DbPool {
     /// Cloned when the pool is empty; cloning reads its `RefCell`, hence the lock.
     /// `None` only once leaked on drop.
     template: Mutex<Option<Db>>,
-    idle_tx: Sender<Db>,
-    idle_rx: Receiver<Db>,
+    /// Idle handles, boxed: a `Db` is about 20 KiB, and moving one through the
+    /// channel by value cost two copies of that (and a zeroed channel block) per read.
+    idle_tx: Sender<Box<Db>>,
+    idle_rx: Receiver<Box<Db>>,
     /// Set when the store failed: the handles are leaked instead of dropped, because
     /// dropping a sled handle flushes, and after a failed flush sled's next flush
     /// waits forever (see `Store::fail`).
@@ -56,7 +58,7 @@ impl DbPool {
     pub(crate) fn get(&self) -> PooledDb<'_> {
         let db = match self.idle_rx.try_recv() {
             Ok(db) => db,
-            Err(_) => self.detach(),
+            Err(_) => Box::new(self.detach()),
         };
         PooledDb {
             pool: self,
@@ -68,7 +70,7 @@ impl DbPool {
 /// A borrowed handle; returns to the pool on drop.
 pub(crate) struct PooledDb<'a> {
     pool: &'a DbPool,
-    db: Option<Db>,
+    db: Option<Box<Db>>,
 }
 
 impl Deref for PooledDb<'_> {
