@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{http_get, ChildBroker};
-use squall_client::{Client, ErrorCode};
+use squall_client::{Client, Delivery, ErrorCode, Subscription};
 
 /// A tmpfs mounted for the test; unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -70,15 +70,20 @@ async fn client(broker: &ChildBroker) -> Client {
         .unwrap()
 }
 
+/// The next delivery of `sub`, within 10 s (`what` says what the wait was for).
+async fn next(sub: &mut Subscription, what: &str) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap()
+}
+
 /// Consumes and acks tasks of "keep" until `seen` holds `n` distinct ids.
 async fn consume_until(c: &Client, seen: &mut HashSet<u64>, n: usize) {
     let mut sub = c.subscribe("keep").prefetch(64).await.unwrap();
     while seen.len() < n {
-        let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-            .await
-            .expect("delivery")
-            .unwrap()
-            .unwrap();
+        let d = next(&mut sub, "delivery").await;
         seen.insert(d.id());
         d.ack().await.unwrap();
     }
@@ -262,11 +267,7 @@ async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns(
     let c = client(&broker).await;
     let id = c.publish("acks", "work").await.unwrap().id;
     let mut sub = c.subscribe("acks").prefetch(1).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-        .await
-        .expect("delivery")
-        .unwrap()
-        .unwrap();
+    let first = next(&mut sub, "delivery").await;
     assert_eq!((first.id(), first.attempt()), (id, 1));
 
     std::fs::write(&flag, b"").unwrap();
@@ -274,11 +275,7 @@ async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns(
     assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
     std::fs::remove_file(&flag).unwrap();
 
-    let again = tokio::time::timeout(Duration::from_secs(10), sub.recv())
-        .await
-        .expect("the task comes back without a restart")
-        .unwrap()
-        .unwrap();
+    let again = next(&mut sub, "the task comes back without a restart").await;
     assert_eq!((again.id(), again.attempt()), (id, 2));
     again.ack().await.unwrap();
     let status = c.task(id).await.unwrap();

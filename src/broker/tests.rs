@@ -469,29 +469,13 @@ fn a_task_whose_ack_was_not_stored_is_restored_and_delivered_again() {
         "acked: nothing to deliver"
     );
 
-    let stored = TaskState {
-        queue: Arc::from("q"),
-        status: TaskStatus::Pending,
-        priority: 0,
-        attempts: 3,
-        max_attempts: 0,
-        lease_ms: 0,
-        not_before_ms: 0,
-        created_ms: T0,
-        updated_ms: T0,
-        last_error: None,
-    };
-    e.restore_task(1, &stored, T0 + 2);
+    e.restore_task(1, &stored(TaskStatus::Pending, 3, 0), T0 + 2);
     let (d, _) = step(&mut e, T0 + 2);
     assert_eq!(ids(&d), vec![1]);
     assert_eq!(d[0].attempt, 4);
     assert_eq!(snapshot(&e).dead, 0);
 
     // Anything but a pending task is left alone.
-    let done = TaskState {
-        status: TaskStatus::Succeeded,
-        ..stored
-    };
-    e.restore_task(2, &done, T0 + 3);
+    e.restore_task(2, &stored(TaskStatus::Succeeded, 3, 0), T0 + 3);
     assert_eq!(snapshot(&e).ready, 0);
 }
