@@ -9,6 +9,7 @@ plain asyncio); `squall.sync.Client` is a small blocking facade.
             await d.ack(result=b"ok")
 """
 
+from . import sync
 from ._conn import PROTOCOL_VERSION
 from .backoff import ReconnectPolicy
 from .client import Client, Message, __version__, connect
@@ -122,5 +123,6 @@ __all__ = [
     "Worker",
     "WorkerReport",
     "__version__",
+    "sync",
     "connect",
 ]
