@@ -252,7 +252,12 @@ class _Node:
         policy = self.config.reconnect
         failures = 0
         last_error = self.down_reason
+        me = asyncio.current_task()
         while not self.closed:
+            if me is not None and me.cancelling():
+                # A cancellation that landed as a dial finished was turned into its
+                # error; honour it here rather than dial forever.
+                raise asyncio.CancelledError
             if policy.gives_up_after(failures):
                 log.error(
                     "giving up reconnecting to %s after %d attempts: %s", self.addr, failures, last_error
