@@ -165,9 +165,7 @@ async def client(broker: Broker) -> AsyncIterator[squall.Client]:
 
 def cli(binary: str, *args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
     """Runs the `squall` CLI (the Rust client) and returns its result."""
-    return subprocess.run(
-        [binary, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")

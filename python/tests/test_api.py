@@ -18,7 +18,9 @@ async def next_delivery(sub: squall.Subscription) -> squall.Delivery:
     return d
 
 
-async def test_hello_sends_the_exact_protocol_version(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hello_sends_the_exact_protocol_version(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = await squall.connect(broker.addr)
     assert c.server_info.protocol_version == squall.PROTOCOL_VERSION == 1
     assert c.server_info.limits.max_batch == 100

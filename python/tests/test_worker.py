@@ -119,9 +119,7 @@ async def test_worker_ends_with_the_subscription(client: squall.Client, q: str) 
         await asyncio.wait_for(run, 10)
 
 
-async def test_worker_of_a_second_connection_gets_what_the_first_returned(
-    broker: Broker, q: str
-) -> None:
+async def test_worker_of_a_second_connection_gets_what_the_first_returned(broker: Broker, q: str) -> None:
     a = await squall.connect(broker.addr)
     b = await squall.connect(broker.addr)
     t = await a.publish(q, b"handed over")
