@@ -12,54 +12,14 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::disk::{noise, FullableDisk};
 use common::{http_get, ChildBroker};
 use squall_client::{Client, Delivery, ErrorCode, Subscription};
 
-/// A tmpfs mounted for the test; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes zeros into `path` until the file system is full.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap();
-    let chunk = vec![0u8; 256 * 1024];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-}
-
 fn random_payload(i: u64) -> Vec<u8> {
-    // Incompressible, so that sled cannot squeeze it into no space.
-    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..32 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    noise(i, 32 * 1024)
 }
 
 async fn client(broker: &ChildBroker) -> Client {
@@ -92,24 +52,10 @@ async fn consume_until(c: &Client, seen: &mut HashSet<u64>, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    // SQUALL_TEST_NO_MOUNT=1 runs the hook variant even as root.
-    let tmpfs = match std::env::var_os("SQUALL_TEST_NO_MOUNT") {
-        Some(_) => None,
-        None => Tmpfs::mount(&mnt, "24m"),
-    };
-    let data = mnt.join("data");
-    let filler = mnt.join("filler");
-    let flag = dir.path().join("disk-is-full");
-    let flag_str = flag.to_str().unwrap().to_owned();
     // Small segments, so that the preallocated one fills within the test.
-    let mut env = vec![("SQUALL_JOURNAL_SEGMENT_BYTES", "1 MiB")];
-    if tmpfs.is_none() {
-        eprintln!("mount not permitted here: injecting 'no space left' instead of filling a disk");
-        env.push(("SQUALL_TEST_DISK_FULL_FILE", flag_str.as_str()));
-    }
-    let broker = ChildBroker::spawn_env(&data, &["--sweep-interval", "1h"], &env);
+    let disk = FullableDisk::new(dir.path(), "24m", "1 MiB");
+    let (data, env) = (&disk.data, disk.env());
+    let broker = ChildBroker::spawn_env(data, &["--sweep-interval", "1h"], &env);
     let c = client(&broker).await;
 
     // Confirmed before the fault.
@@ -119,11 +65,7 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     }
 
     // The fault: the disk fills up (or the hook says it did).
-    if tmpfs.is_some() {
-        fill(&filler);
-    } else {
-        std::fs::write(&flag, b"").unwrap();
-    }
+    disk.fill();
     let started = Instant::now();
     let mut failed = None;
     for i in 10..200 {
@@ -166,11 +108,7 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     assert_eq!(s.state.to_string(), "ready");
 
     // Space returns: the broker resumes by itself, without a restart.
-    if tmpfs.is_some() {
-        std::fs::remove_file(&filler).unwrap();
-    } else {
-        std::fs::remove_file(&flag).unwrap();
-    }
+    disk.free();
     let t = Instant::now();
     while http_get(http, "/readyz").await.0 != 200 {
         assert!(
@@ -188,7 +126,7 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     assert!(broker.terminate().success(), "a clean stop");
 
     // And a restart keeps exactly the rest.
-    let broker = ChildBroker::spawn_env(&data, &[], &env);
+    let broker = ChildBroker::spawn_env(data, &[], &env);
     let c = client(&broker).await;
     consume_until(&c, &mut seen, confirmed.len()).await;
     for id in &confirmed {
@@ -196,7 +134,6 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
     }
     c.close().await;
     assert!(broker.terminate().success());
-    drop(tmpfs);
 }
 
 /// The rare failure the broker cannot get over in-process: a checkpoint (sled's flush)

@@ -5,7 +5,7 @@
 //! caller removes.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::Arc;
 
 use super::engine::{Engine, Entry, Queue, QueueIdx, QueueSnapshot};
@@ -108,6 +108,88 @@ pub struct DeletedQueue {
     pub ended: Vec<(ConnId, SubId)>,
 }
 
+/// What an administrative change does, decided by a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Install this configuration (configure, pause, resume).
+    Config(QueueConfig),
+    /// Remove the plan's tasks.
+    Purge,
+    /// Move the plan's dead tasks back to ready, attempts reset, at `now`.
+    Redrive {
+        /// When the redrive was planned (the stored update time).
+        now: Millis,
+    },
+    /// Remove the plan's tasks, then the queue and its subscriptions.
+    Delete,
+}
+
+/// An administrative change decided by the engine (`Engine::plan_*`, which change
+/// nothing) and applied by [`Engine::apply_admin`] once its mutations are durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPlan {
+    /// The queue it changes.
+    pub queue: Arc<str>,
+    /// What it does.
+    pub change: AdminChange,
+    /// The tasks it touches, ascending (empty for a configuration).
+    pub tasks: Vec<TaskId>,
+}
+
+impl AdminPlan {
+    fn config(name: &str, config: QueueConfig) -> AdminPlan {
+        AdminPlan {
+            queue: Arc::from(name),
+            change: AdminChange::Config(config),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Whether it removes or moves tasks (then their queue is held while it is in
+    /// flight).
+    pub fn is_destructive(&self) -> bool {
+        !matches!(self.change, AdminChange::Config(_))
+    }
+
+    /// The mutations that persist it, in the order of `tasks` (a delete ends with
+    /// its `RemoveQueue`).
+    pub fn mutations(&self) -> impl Iterator<Item = Mutation> + '_ {
+        let per_task = self.tasks.iter().map(move |&id| match &self.change {
+            AdminChange::Redrive { now } => Mutation::Patch {
+                id,
+                patch: StatePatch {
+                    status: Some(TaskStatus::Pending),
+                    attempts: Some(0),
+                    not_before_ms: Some(0),
+                    updated_ms: *now,
+                    ..StatePatch::default()
+                },
+            },
+            _ => Mutation::Remove { id },
+        });
+        let last = match &self.change {
+            AdminChange::Config(config) => Some(Mutation::PutQueue {
+                name: self.queue.clone(),
+                config: config.clone(),
+            }),
+            AdminChange::Delete => Some(Mutation::RemoveQueue {
+                name: self.queue.clone(),
+            }),
+            _ => None,
+        };
+        per_task.chain(last)
+    }
+}
+
+/// What applying a plan did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Tasks removed or redriven.
+    pub tasks: u64,
+    /// Subscriptions that ended with a deleted queue: tell their connections.
+    pub ended: Vec<(ConnId, SubId)>,
+}
+
 impl Engine {
     fn existing(&self, name: &str) -> Result<QueueIdx, AdminError> {
         self.by_name
@@ -198,13 +280,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// Applies a configuration change (creating the queue if needed) after checking the
-    /// result as a whole. Returns the mutation that persists it.
-    pub fn configure_queue(
-        &mut self,
+    /// Plans a configuration change (creating the queue if needed) after checking the
+    /// result as a whole. Nothing changes until [`Engine::apply_admin`].
+    pub fn plan_configure(
+        &self,
         name: &str,
         update: &QueueConfigUpdate,
-    ) -> Result<Mutation, AdminError> {
+    ) -> Result<AdminPlan, AdminError> {
         let current = self
             .queue_config(name)
             .cloned()
@@ -229,35 +311,26 @@ impl Engine {
                 ),
             });
         }
-        Ok(self.install_config(name, next))
+        Ok(AdminPlan::config(name, next))
     }
 
-    /// Pauses (nothing is delivered; publishes are still accepted) or resumes a queue,
-    /// creating it if needed. Returns the mutation that persists it.
-    pub fn set_paused(&mut self, name: &str, paused: bool) -> Mutation {
+    /// Plans pausing (nothing is delivered; publishes are still accepted) or resuming
+    /// a queue, creating it if needed.
+    pub fn plan_pause(&self, name: &str, paused: bool) -> AdminPlan {
         let mut config = self
             .queue_config(name)
             .cloned()
             .unwrap_or_else(|| self.config.queue_defaults.clone());
         config.paused = paused;
-        self.install_config(name, config)
+        AdminPlan::config(name, config)
     }
 
-    fn install_config(&mut self, name: &str, config: QueueConfig) -> Mutation {
-        self.set_queue_config(name, config.clone());
-        let name = self.intern_queue(name);
-        Mutation::PutQueue { name, config }
-    }
-
-    /// Removes the queue's tasks in `state`, or, with `None`, every task that is not
-    /// leased. Purging leased tasks ends their leases (a later settlement is
-    /// `LEASE_EXPIRED`) and frees the holders' credit. Returns the removed ids.
-    pub fn purge(
-        &mut self,
-        name: &str,
-        state: Option<TaskView>,
-    ) -> Result<Vec<TaskId>, AdminError> {
+    /// Plans removing the queue's tasks in `state`, or, with `None`, every task that
+    /// is not leased. Purging leased tasks ends their leases (a later settlement is
+    /// `LEASE_EXPIRED`) and frees the holders' credit.
+    pub fn plan_purge(&self, name: &str, state: Option<TaskView>) -> Result<AdminPlan, AdminError> {
         let idx = self.existing(name)?;
+        let q = &self.queues[idx as usize];
         let mut ids = Vec::new();
         let states: &[TaskView] = match &state {
             Some(s) => std::slice::from_ref(s),
@@ -265,120 +338,248 @@ impl Engine {
         };
         for s in states {
             match s {
-                TaskView::Ready => {
-                    let ready = std::mem::take(&mut self.queues[idx as usize].ready);
-                    ids.extend(ready.into_iter().map(|e| e.id));
+                TaskView::Ready => ids.extend(q.ready.iter().map(|e| e.id)),
+                TaskView::Delayed => ids.extend(self.delayed_ids(idx)),
+                TaskView::Leased => ids.extend(self.leased_ids(idx)),
+                TaskView::Dead => ids.extend(q.dead.keys().copied()),
+            }
+        }
+        ids.sort_unstable();
+        Ok(AdminPlan {
+            queue: q.name.clone(),
+            change: AdminChange::Purge,
+            tasks: ids,
+        })
+    }
+
+    /// Plans moving up to `limit` dead tasks (oldest first; `None` = all) back to
+    /// ready with their attempts reset. The last error is kept for the record.
+    pub fn plan_redrive(
+        &self,
+        name: &str,
+        limit: Option<usize>,
+        now: Millis,
+    ) -> Result<AdminPlan, AdminError> {
+        let idx = self.existing(name)?;
+        let q = &self.queues[idx as usize];
+        let limit = limit.unwrap_or(usize::MAX);
+        Ok(AdminPlan {
+            queue: q.name.clone(),
+            change: AdminChange::Redrive { now },
+            tasks: q.dead.keys().copied().take(limit).collect(),
+        })
+    }
+
+    /// Plans deleting a queue: its tasks in every state, its subscriptions and its
+    /// configuration. Using the name again creates a fresh queue.
+    pub fn plan_delete(&self, name: &str) -> Result<AdminPlan, AdminError> {
+        let idx = self.existing(name)?;
+        let q = &self.queues[idx as usize];
+        let mut tasks: Vec<TaskId> = q.ready.iter().map(|e| e.id).collect();
+        tasks.extend(self.delayed_ids(idx));
+        tasks.extend(self.leased_ids(idx));
+        tasks.extend(q.dead.keys().copied());
+        tasks.sort_unstable();
+        Ok(AdminPlan {
+            queue: q.name.clone(),
+            change: AdminChange::Delete,
+            tasks,
+        })
+    }
+
+    /// Stops (or resumes) dispatching a queue while a destructive change of it is in
+    /// flight, so that none of the tasks it removes is handed out meanwhile.
+    pub fn hold_queue(&mut self, name: &str, held: bool) {
+        if let Some(&idx) = self.by_name.get(name) {
+            self.queues[idx as usize].held = held;
+            if !held {
+                self.mark_dirty(idx);
+            }
+        }
+    }
+
+    /// Applies a planned change once (part of) it is durable: `durable` says which
+    /// of the plan's tasks are stored as changed (a prefix of `plan.tasks` when a
+    /// chunk failed), `complete` whether the whole plan is. A configuration is applied
+    /// only when complete; a removal or redrive applies to the durable tasks wherever
+    /// they are now (a lease may have expired meanwhile); a delete ends the queue only
+    /// when complete (else it was a partial purge). Tasks that went away meanwhile
+    /// (settled, swept) are skipped.
+    pub fn apply_admin(&mut self, plan: &AdminPlan, durable: &[TaskId], complete: bool) -> Applied {
+        let mut applied = Applied::default();
+        match &plan.change {
+            AdminChange::Config(config) => {
+                if complete {
+                    self.set_queue_config(&plan.queue, config.clone());
+                    applied.tasks = 0;
                 }
-                TaskView::Delayed => {
-                    self.take_delayed(idx, &mut ids);
+            }
+            AdminChange::Purge => {
+                if let Some(&idx) = self.by_name.get(&*plan.queue) {
+                    applied.tasks = self.remove_tasks(idx, durable);
                 }
-                TaskView::Leased => {
-                    for lease in self.take_leases(idx) {
-                        let q = &mut self.queues[idx as usize];
-                        q.leased = q.leased.saturating_sub(1);
-                        q.release_credit(lease.1);
-                        ids.push(lease.2);
+            }
+            AdminChange::Redrive { now } => {
+                if let Some(&idx) = self.by_name.get(&*plan.queue) {
+                    for &id in durable {
+                        let Some(mut entry) = self.queues[idx as usize].dead.remove(&id) else {
+                            continue;
+                        };
+                        entry.attempts = 0;
+                        self.enqueue(idx, entry, 0, *now);
+                        applied.tasks += 1;
                     }
-                    self.mark_dirty(idx);
                 }
-                TaskView::Dead => {
-                    let dead = std::mem::take(&mut self.queues[idx as usize].dead);
-                    ids.extend(dead.into_keys());
+            }
+            AdminChange::Delete => {
+                if let Some(&idx) = self.by_name.get(&*plan.queue) {
+                    applied.tasks = self.remove_tasks(idx, durable);
+                    if complete {
+                        applied.ended = self.end_queue(idx);
+                    }
                 }
             }
         }
+        applied
+    }
+
+    /// Applies a configuration change at once (for callers that persist nothing).
+    pub fn configure_queue(
+        &mut self,
+        name: &str,
+        update: &QueueConfigUpdate,
+    ) -> Result<Mutation, AdminError> {
+        let plan = self.plan_configure(name, update)?;
+        Ok(self.apply_now(plan).0.remove(0))
+    }
+
+    /// Pauses or resumes a queue at once (for callers that persist nothing).
+    pub fn set_paused(&mut self, name: &str, paused: bool) -> Mutation {
+        let plan = self.plan_pause(name, paused);
+        self.apply_now(plan).0.remove(0)
+    }
+
+    /// Purges at once (for callers that persist nothing); returns the removed ids.
+    pub fn purge(
+        &mut self,
+        name: &str,
+        state: Option<TaskView>,
+    ) -> Result<Vec<TaskId>, AdminError> {
+        let plan = self.plan_purge(name, state)?;
+        let ids = plan.tasks.clone();
+        self.apply_now(plan);
         Ok(ids)
     }
 
-    /// Moves up to `limit` dead tasks (oldest first; `None` = all) back to ready with
-    /// their attempts reset. The last error is kept for the record.
+    /// Redrives at once (for callers that persist nothing); returns the mutations.
     pub fn redrive(
         &mut self,
         name: &str,
         limit: Option<usize>,
         now: Millis,
     ) -> Result<Vec<Mutation>, AdminError> {
-        let idx = self.existing(name)?;
-        let limit = limit.unwrap_or(usize::MAX);
-        let mut out = Vec::new();
-        while out.len() < limit {
-            let Some((id, mut entry)) = self.queues[idx as usize].dead.pop_first() else {
-                break;
-            };
-            entry.attempts = 0;
-            self.enqueue(idx, entry, 0, now);
-            out.push(Mutation::Patch {
-                id,
-                patch: StatePatch {
-                    status: Some(TaskStatus::Pending),
-                    attempts: Some(0),
-                    not_before_ms: Some(0),
-                    updated_ms: now,
-                    ..StatePatch::default()
-                },
-            });
-        }
-        Ok(out)
+        let plan = self.plan_redrive(name, limit, now)?;
+        Ok(self.apply_now(plan).0)
     }
 
-    /// Deletes a queue: its tasks in every state, its subscriptions and its
-    /// configuration. Using the name again creates a fresh queue.
+    /// Deletes a queue at once (for callers that persist nothing).
     pub fn delete_queue(&mut self, name: &str) -> Result<DeletedQueue, AdminError> {
-        let idx = self.existing(name)?;
-        let mut tasks = Vec::new();
-        self.take_delayed(idx, &mut tasks);
-        tasks.extend(self.take_leases(idx).into_iter().map(|(_, _, id)| id));
-        let defaults = self.config.queue_defaults.clone();
-        let q = std::mem::replace(
-            &mut self.queues[idx as usize],
-            Queue::new(Arc::from(""), defaults),
-        );
-        tasks.extend(q.ready.into_iter().map(|e| e.id));
-        tasks.extend(q.dead.into_keys());
-        let mut ended = Vec::with_capacity(q.subs.len());
-        for slot in &q.subs {
-            if let Some(subs) = self.conn_subs.get_mut(&slot.conn) {
-                subs.retain(|&(i, s)| !(i == idx && s == slot.sub));
-            }
-            ended.push((slot.conn, slot.sub));
-        }
-        self.by_name.remove(name);
-        self.free_slots.push(idx);
-        tasks.sort_unstable();
+        let plan = self.plan_delete(name)?;
+        let (_, applied, plan) = self.apply_now(plan);
         Ok(DeletedQueue {
-            name: q.name,
-            tasks,
-            ended,
+            name: plan.queue,
+            tasks: plan.tasks,
+            ended: applied.ended,
         })
     }
 
-    /// Takes the queue's delayed tasks out of the global delay index.
-    fn take_delayed(&mut self, idx: QueueIdx, ids: &mut Vec<TaskId>) {
-        self.delayed.retain(|_, (i, e)| {
-            if *i == idx {
-                ids.push(e.id);
-                false
-            } else {
-                true
-            }
-        });
-        self.queues[idx as usize].delayed = 0;
+    fn apply_now(&mut self, plan: AdminPlan) -> (Vec<Mutation>, Applied, AdminPlan) {
+        let muts = plan.mutations().collect();
+        let applied = self.apply_admin(&plan, &plan.tasks, true);
+        (muts, applied, plan)
     }
 
-    /// Takes the queue's leases out of the lease table: (conn, subscription slot, task)
-    /// each. Their deadline entries go stale and are skipped by `tick`.
-    fn take_leases(&mut self, idx: QueueIdx) -> Vec<(ConnId, u64, TaskId)> {
-        let mut taken = Vec::new();
-        self.leases.retain(|&id, l| {
-            if l.queue == idx {
-                taken.push((l.conn, l.slot, id));
-                false
-            } else {
-                true
+    fn delayed_ids(&self, idx: QueueIdx) -> impl Iterator<Item = TaskId> + '_ {
+        self.delayed
+            .values()
+            .filter(move |(i, _)| *i == idx)
+            .map(|(_, e)| e.id)
+    }
+
+    fn leased_ids(&self, idx: QueueIdx) -> impl Iterator<Item = TaskId> + '_ {
+        self.leases
+            .iter()
+            .filter(move |(_, l)| l.queue == idx)
+            .map(|(&id, _)| id)
+    }
+
+    /// Removes the given tasks of a queue from wherever they are (ready, delayed,
+    /// leased: the lease ends and its credit returns, dead). Returns how many it found.
+    fn remove_tasks(&mut self, idx: QueueIdx, ids: &[TaskId]) -> u64 {
+        if ids.is_empty() {
+            return 0;
+        }
+        let set: HashSet<TaskId> = ids.iter().copied().collect();
+        let mut removed = 0u64;
+        let q = &mut self.queues[idx as usize];
+        let before = q.ready.len();
+        q.ready.retain(|e| !set.contains(&e.id));
+        removed += (before - q.ready.len()) as u64;
+        for id in ids {
+            if q.dead.remove(id).is_some() {
+                removed += 1;
             }
+        }
+        let mut delayed = 0u64;
+        self.delayed.retain(|_, (i, e)| {
+            let gone = *i == idx && set.contains(&e.id);
+            delayed += u64::from(gone);
+            !gone
         });
-        taken.sort_unstable_by_key(|t| t.2);
-        taken
+        let q = &mut self.queues[idx as usize];
+        q.delayed = q.delayed.saturating_sub(delayed);
+        removed += delayed;
+        for id in ids {
+            if self.leases.get(id).is_some_and(|l| l.queue == idx) {
+                if let Some(lease) = self.leases.remove(id) {
+                    let q = &mut self.queues[idx as usize];
+                    q.leased = q.leased.saturating_sub(1);
+                    q.release_credit(lease.slot);
+                    removed += 1;
+                }
+            }
+        }
+        self.mark_dirty(idx);
+        removed
+    }
+
+    /// Ends a queue whose tasks were removed: its subscriptions end, its configuration
+    /// returns to the defaults, and its slot is freed unless tasks published while the
+    /// delete was in flight are left (they stay, in a fresh queue of the same name).
+    fn end_queue(&mut self, idx: QueueIdx) -> Vec<(ConnId, SubId)> {
+        let defaults = self.config.queue_defaults.clone();
+        let q = &mut self.queues[idx as usize];
+        let subs = std::mem::take(&mut q.subs);
+        q.rr = 0;
+        q.config = defaults.clone();
+        q.held = false;
+        q.counters = super::engine::QueueCounters::default();
+        let mut ended = Vec::with_capacity(subs.len());
+        for slot in &subs {
+            if let Some(list) = self.conn_subs.get_mut(&slot.conn) {
+                list.retain(|&(i, s)| !(i == idx && s == slot.sub));
+            }
+            ended.push((slot.conn, slot.sub));
+        }
+        let q = &self.queues[idx as usize];
+        let empty = q.ready.is_empty() && q.delayed == 0 && q.leased == 0 && q.dead.is_empty();
+        if empty {
+            let name = q.name.clone();
+            self.queues[idx as usize] = Queue::new(Arc::from(""), defaults);
+            self.by_name.remove(&name);
+            self.free_slots.push(idx);
+        }
+        ended
     }
 }
 

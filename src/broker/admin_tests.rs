@@ -304,3 +304,112 @@ fn measure_admin_scans() {
     );
     println!("purge {n} ready (in memory): {:?}", t.elapsed());
 }
+
+fn all_views(e: &Engine) -> Vec<Vec<u64>> {
+    [
+        TaskView::Ready,
+        TaskView::Delayed,
+        TaskView::Leased,
+        TaskView::Dead,
+    ]
+    .into_iter()
+    .map(|s| ids(&e.peek("q", s, 100).unwrap()))
+    .collect()
+}
+
+#[test]
+fn plans_change_nothing_until_applied() {
+    let mut e = every_state();
+    let before = (e.snapshot(), all_views(&e));
+    let plans = [
+        e.plan_configure(
+            "q",
+            &QueueConfigUpdate {
+                lease_ms: Some(5_000),
+                ..QueueConfigUpdate::default()
+            },
+        )
+        .unwrap(),
+        e.plan_pause("q", true),
+        e.plan_purge("q", None).unwrap(),
+        e.plan_purge("q", Some(TaskView::Leased)).unwrap(),
+        e.plan_redrive("q", None, T0).unwrap(),
+        e.plan_delete("q").unwrap(),
+    ];
+    assert_eq!((e.snapshot(), all_views(&e)), before, "planning is pure");
+    assert_eq!(plans[2].tasks, vec![1, 2, 3, 5]);
+    assert_eq!(plans[3].tasks, vec![4]);
+    assert_eq!(plans[4].tasks, vec![5]);
+    assert_eq!(plans[5].tasks, vec![1, 2, 3, 4, 5]);
+    let muts: Vec<Mutation> = plans[5].mutations().collect();
+    assert_eq!(muts.len(), 6);
+    assert!(matches!(muts[5], Mutation::RemoveQueue { .. }));
+    // A plan that did not become durable is never applied: the hub just drops it.
+    // One that did is applied, and only then is it visible.
+    e.apply_admin(&plans[2], &plans[2].tasks, true);
+    assert_eq!(all_views(&e), vec![vec![], vec![], vec![4], vec![]]);
+}
+
+#[test]
+fn a_partly_durable_plan_applies_only_its_durable_tasks_and_no_queue_change() {
+    let mut e = every_state();
+    let plan = e.plan_delete("q").unwrap();
+    // Only the first chunk (tasks 1 and 2) was stored: the queue is not deleted.
+    let applied = e.apply_admin(&plan, &plan.tasks[..2], false);
+    assert_eq!(applied.tasks, 2);
+    assert!(applied.ended.is_empty());
+    assert_eq!(all_views(&e), vec![vec![], vec![3], vec![4], vec![5]]);
+    let config = e.plan_configure(
+        "q",
+        &QueueConfigUpdate {
+            max_attempts: Some(9),
+            ..QueueConfigUpdate::default()
+        },
+    );
+    e.apply_admin(&config.unwrap(), &[], false);
+    assert_eq!(e.queue_snapshot("q").unwrap().config.max_attempts, 2);
+}
+
+#[test]
+fn a_held_queue_dispatches_nothing_and_apply_finds_tasks_that_moved() {
+    let mut e = every_state();
+    let plan = e.plan_purge("q", None).unwrap();
+    e.hold_queue("q", true);
+    e.subscribe(8, 1, "q", 10).unwrap();
+    assert!(step(&mut e, T0).is_empty(), "nothing dispatched while held");
+    // Meanwhile task 3's delay passes and task 4's lease expires: both move.
+    assert!(step(&mut e, T0 + 10_000).is_empty(), "still held");
+    // A task published meanwhile is not part of the plan.
+    publish(&mut e, "q", 6, 0, 0);
+    let applied = e.apply_admin(&plan, &plan.tasks, true);
+    assert_eq!(applied.tasks, 4, "1, 2, 3 and 5 wherever they are now");
+    e.hold_queue("q", false);
+    let got: Vec<u64> = step(&mut e, T0 + 20_000).iter().map(|d| d.task).collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&6) && got.contains(&4), "{got:?}");
+}
+
+#[test]
+fn a_delete_applied_after_a_publish_keeps_the_new_task_in_a_fresh_queue() {
+    let mut e = every_state();
+    e.subscribe(8, 1, "q", 10).unwrap();
+    let plan = e.plan_delete("q").unwrap();
+    e.hold_queue("q", true);
+    publish(&mut e, "q", 6, 0, 0);
+    let applied = e.apply_admin(&plan, &plan.tasks, true);
+    assert_eq!(applied.tasks, 5);
+    assert_eq!(applied.ended, vec![(8, 1)]);
+    let s = e.queue_snapshot("q").unwrap();
+    assert_eq!((s.ready, s.consumers, s.dead), (1, 0, 0));
+    assert_eq!(ids(&e.peek("q", TaskView::Ready, 10).unwrap()), vec![6]);
+}
+
+#[test]
+fn a_redrive_plan_skips_tasks_swept_meanwhile() {
+    let mut e = every_state();
+    let plan = e.plan_redrive("q", None, T0).unwrap();
+    assert_eq!(plan.tasks, vec![5]);
+    e.forget_dead("q", 5);
+    assert_eq!(e.apply_admin(&plan, &plan.tasks, true).tasks, 0);
+    assert_eq!(e.queue_snapshot("q").unwrap().ready, 2);
+}

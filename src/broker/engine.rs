@@ -243,6 +243,8 @@ pub(super) struct Queue {
     pub(super) rr: usize,
     pub(super) dirty: bool,
     pub(super) counters: QueueCounters,
+    /// A destructive admin change of this queue is in flight: nothing is dispatched.
+    pub(super) held: bool,
 }
 
 impl Queue {
@@ -258,6 +260,7 @@ impl Queue {
             rr: 0,
             dirty: false,
             counters: QueueCounters::default(),
+            held: false,
         }
     }
 
@@ -851,7 +854,7 @@ impl Engine {
         let window = self.delivery_window;
         let q = &mut self.queues[idx as usize];
         q.dirty = false;
-        if q.config.paused {
+        if q.config.paused || q.held {
             return;
         }
         while !q.ready.is_empty() {

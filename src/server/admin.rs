@@ -1,26 +1,30 @@
 //! Queue administration in the server, in three steps that follow the data:
 //! 1. the connection reader validates an admin request into an [`AdminOp`] (`parse`);
 //! 2. the hub, which owns the engine, answers it (`impl Hub` below): reads come from
-//!    the engine, changes are applied to the engine and persisted through the store
-//!    writer, and the answer is sent only once they are durable ([`AdminDone`]);
+//!    the engine at once; a change is planned by the engine without changing it,
+//!    persisted through the store writer, and applied to the engine and answered only
+//!    once durable ([`AdminDone`]), one change at a time;
 //! 3. answers that need task data on disk (peek payloads, the age of the oldest ready
 //!    task) travel as an [`AdminReply`] to the connection's writer half, which reads
 //!    the store and encodes the response. The hub never reads the store.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use squall_proto::v1::{self, request::Op, response};
 use squall_proto::ErrorCode;
+use tokio::sync::mpsc;
 use tracing::info;
 
-use super::connection::{error_response, OutTx, Outbound};
-use super::hub::Hub;
+use super::connection::{error_response, Outbound};
+use super::hub::{Hub, HubCmd};
 use super::now_ms;
 use super::rates::RateView;
 use super::Done;
 use crate::broker::{
-    AdminError, ConnId, Peeked, QueueConfigUpdate, QueueSnapshot, SubId, TaskView,
+    AdminChange, AdminError, AdminPlan, ConnId, Peeked, QueueConfigUpdate, QueueSnapshot, SubId,
+    TaskView,
 };
 use crate::model::{Millis, Mutation, QueueConfig, TaskId};
 use crate::store::{Muts, Store, StoreError};
@@ -289,86 +293,279 @@ fn peeked_task(item: PeekItem, store: &Store) -> Result<Option<v1::PeekedTask>, 
     }))
 }
 
-/// The completion of an admin change that may span several store jobs: each job holds
-/// a clone, records a failure if it had one, and when the last clone is dropped (every
-/// job completed) the answer, or the first failure, goes to the connection.
+/// The completion of an admin change that may span several store jobs (chunks): each
+/// job holds a clone and records its outcome; when the last clone is dropped (every
+/// job completed) the outcome goes back to the hub, which applies what is durable to
+/// the engine and answers ([`Hub::admin_durable`]).
 pub(crate) struct AdminDone {
-    out: OutTx,
-    reply: Mutex<Option<Outbound>>,
+    hub: mpsc::WeakUnboundedSender<HubCmd>,
+    outcome: Mutex<Option<AdminOutcome>>,
+}
+
+/// A planned admin change and how its store jobs went.
+#[derive(Debug)]
+pub(crate) struct AdminOutcome {
+    conn: ConnId,
     req: u64,
-    failure: Mutex<Option<StoreError>>,
+    plan: AdminPlan,
+    /// Per chunk of `CHUNK` tasks: whether it is durable.
+    durable: Vec<bool>,
+    /// The first failure, if any.
+    failure: Option<StoreError>,
 }
 
 impl AdminDone {
-    fn new(out: OutTx, req: u64, reply: Outbound) -> Arc<AdminDone> {
+    fn new(
+        hub: mpsc::WeakUnboundedSender<HubCmd>,
+        conn: ConnId,
+        req: u64,
+        plan: AdminPlan,
+        chunks: usize,
+    ) -> Arc<AdminDone> {
         Arc::new(AdminDone {
-            out,
-            reply: Mutex::new(Some(reply)),
-            req,
-            failure: Mutex::new(None),
+            hub,
+            outcome: Mutex::new(Some(AdminOutcome {
+                conn,
+                req,
+                plan,
+                durable: vec![false; chunks],
+                failure: None,
+            })),
         })
     }
 
     /// Called by the store writer for each job.
-    pub(crate) fn record(&self, result: Result<(), StoreError>) {
-        if let Err(e) = result {
-            self.failure.lock().get_or_insert(e);
+    pub(crate) fn record(&self, chunk: usize, result: Result<(), StoreError>) {
+        let mut outcome = self.outcome.lock();
+        let Some(o) = outcome.as_mut() else { return };
+        match result {
+            Ok(()) => {
+                if let Some(d) = o.durable.get_mut(chunk) {
+                    *d = true;
+                }
+            }
+            Err(e) => {
+                o.failure.get_or_insert(e);
+            }
         }
     }
 }
 
 impl Drop for AdminDone {
     fn drop(&mut self) {
-        let msg = match self.failure.lock().take() {
-            Some(e) => Outbound::Response(error_response(
-                self.req,
-                ErrorCode::Storage,
-                format!("not persisted: {e}"),
-            )),
-            None => match self.reply.lock().take() {
-                Some(reply) => reply,
-                None => return,
-            },
+        let Some(outcome) = self.outcome.lock().take() else {
+            return;
         };
-        let _ = self.out.send(msg);
+        // With the hub gone (shutdown) there is nobody to apply or answer: what is
+        // durable comes back at the next start.
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.send(HubCmd::AdminDurable(Box::new(outcome)));
+        }
     }
 }
 
 impl std::fmt::Debug for AdminDone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminDone").field("req", &self.req).finish()
+        f.debug_struct("AdminDone").finish_non_exhaustive()
+    }
+}
+
+mod req_kind {
+    pub(super) const CHANGE: &str = "change";
+    pub(super) const READ: &str = "read";
+}
+
+/// Routing error: `admin` sends reads and changes their own ways, so this is a bug.
+fn not_a(kind: &str) -> AdminError {
+    debug_assert!(false, "admin request routed as a {kind}");
+    AdminError::Invalid {
+        field: "operation",
+        reason: format!("not a {kind}"),
+    }
+}
+
+/// The admin changes waiting for the one in flight, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct AdminQueue {
+    waiting: VecDeque<(ConnId, u64, AdminOp)>,
+    busy: bool,
+}
+
+impl AdminOp {
+    /// Whether it changes anything (then it is durable before it is applied, one at a
+    /// time); reads are answered at once from the engine.
+    fn is_change(&self) -> bool {
+        !matches!(self, AdminOp::List | AdminOp::Get(_) | AdminOp::Peek { .. })
     }
 }
 
 impl Hub {
-    /// Answers one admin request from connection `conn`.
+    /// Answers one admin request from connection `conn`: a read at once, a change
+    /// once the changes before it are done (at most one is in flight, so that plans
+    /// never interleave).
     pub(super) fn admin(&mut self, conn: ConnId, req: u64, op: AdminOp, now: Millis) {
+        if !op.is_change() {
+            return self.admin_read(conn, req, op, now);
+        }
+        self.admin_queue.waiting.push_back((conn, req, op));
+        self.next_admin_change(now);
+    }
+
+    /// Starts the oldest waiting change if none is in flight.
+    fn next_admin_change(&mut self, now: Millis) {
+        while !self.admin_queue.busy {
+            let Some((conn, req, op)) = self.admin_queue.waiting.pop_front() else {
+                return;
+            };
+            match self.plan(op, now) {
+                Ok(plan) => self.submit_plan(conn, req, plan),
+                Err(e) => self.admin_error(conn, req, e),
+            }
+        }
+    }
+
+    fn plan(&self, op: AdminOp, now: Millis) -> Result<AdminPlan, AdminError> {
+        match op {
+            AdminOp::Configure(name, update) => self.engine.plan_configure(&name, &update),
+            AdminOp::SetPaused(name, paused) => Ok(self.engine.plan_pause(&name, paused)),
+            AdminOp::Purge { queue, state } => self.engine.plan_purge(&queue, state),
+            AdminOp::Redrive { queue, limit } => self.engine.plan_redrive(&queue, limit, now),
+            AdminOp::Delete(name) => self.engine.plan_delete(&name),
+            AdminOp::List | AdminOp::Get(_) | AdminOp::Peek { .. } => Err(not_a(req_kind::CHANGE)),
+        }
+    }
+
+    /// Persists a plan in chunks; the engine is not touched until they are durable.
+    /// A destructive plan holds its queue (nothing is dispatched from it) meanwhile.
+    fn submit_plan(&mut self, conn: ConnId, req: u64, plan: AdminPlan) {
+        self.admin_queue.busy = true;
+        if plan.is_destructive() {
+            self.engine.hold_queue(&plan.queue, true);
+        }
+        let muts: Vec<Mutation> = plan.mutations().collect();
+        let chunks = muts.len().div_ceil(CHUNK);
+        let done = AdminDone::new(self.me.clone(), conn, req, plan, chunks);
+        let mut muts = muts.into_iter();
+        for chunk in 0..chunks {
+            let part: Vec<Mutation> = muts.by_ref().take(CHUNK).collect();
+            self.writer
+                .submit(Muts::Many(part), Some(Done::Admin(done.clone(), chunk)));
+        }
+        // With nothing to persist, dropping the last handle reports at once.
+    }
+
+    /// A change's store jobs completed: applies what is durable, answers, and starts
+    /// the next change.
+    pub(super) fn admin_durable(&mut self, outcome: AdminOutcome, now: Millis) {
+        let AdminOutcome {
+            conn,
+            req,
+            plan,
+            durable,
+            failure,
+        } = outcome;
+        let complete = durable.iter().all(|&d| d);
+        // The tasks of the durable chunks (the last chunk of a delete also holds its
+        // RemoveQueue; a configuration has no tasks).
+        let done_tasks: Vec<TaskId> = plan
+            .tasks
+            .chunks(CHUNK)
+            .zip(&durable)
+            .filter(|(_, &d)| d)
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        let removes = matches!(plan.change, AdminChange::Purge | AdminChange::Delete);
+        let removed = if removes {
+            self.waiters.waited_among(&done_tasks)
+        } else {
+            Vec::new()
+        };
+        let applied = self.engine.apply_admin(&plan, &done_tasks, complete);
+        if plan.is_destructive() {
+            self.engine.hold_queue(&plan.queue, false);
+        }
+        let planned = plan.tasks.len();
+        match (&plan.change, complete) {
+            (AdminChange::Config(c), true) => {
+                info!(queue = %plan.queue, paused = c.paused, "queue configuration changed")
+            }
+            (AdminChange::Delete, true) => {
+                info!(queue = %plan.queue, tasks = applied.tasks, subscriptions = applied.ended.len(), "queue deleted");
+                self.rates.forget(&plan.queue);
+                self.end_subscriptions(&plan.queue, &applied.ended);
+            }
+            (change, _) => {
+                info!(queue = %plan.queue, ?change, planned, durable = done_tasks.len(), applied = applied.tasks, "admin change applied")
+            }
+        }
+        self.wake_removed(removed);
+        self.bounded.refresh(&self.engine, self.default_max_length);
+        let reply = match failure.filter(|_| !complete) {
+            Some(e) => {
+                let what = if done_tasks.is_empty() {
+                    "nothing was changed".to_owned()
+                } else {
+                    format!(
+                        "{} of the {planned} tasks were changed before the failure (the rest were not)",
+                        done_tasks.len()
+                    )
+                };
+                Outbound::Response(error_response(
+                    req,
+                    ErrorCode::Storage,
+                    format!("not persisted: {e}; {what}"),
+                ))
+            }
+            None => match &plan.change {
+                AdminChange::Config(_) => match self.engine.queue_snapshot(&plan.queue) {
+                    Ok(s) => Outbound::Admin(self.single(req, s, now)),
+                    Err(e) => {
+                        Outbound::Response(error_response(req, ErrorCode::Internal, e.to_string()))
+                    }
+                },
+                _ => Outbound::Response(v1::Response {
+                    id: req,
+                    result: Some(response::Result::Count(v1::CountOk {
+                        count: done_tasks.len() as u64,
+                    })),
+                }),
+            },
+        };
+        if let Some(out) = self.outboxes.get(&conn) {
+            let _ = out.send(reply);
+        }
+        self.admin_queue.busy = false;
+        self.next_admin_change(now);
+    }
+
+    fn admin_error(&self, conn: ConnId, req: u64, e: AdminError) {
+        let code = match e {
+            AdminError::NoSuchQueue(_) => ErrorCode::NotFound,
+            AdminError::Invalid { .. } => ErrorCode::BadRequest,
+        };
+        if let Some(out) = self.outboxes.get(&conn) {
+            let _ = out.send(Outbound::Response(error_response(req, code, e.to_string())));
+        }
+    }
+
+    fn admin_read(&mut self, conn: ConnId, req: u64, op: AdminOp, now: Millis) {
         let result = match op {
             AdminOp::List => {
                 let queues = self.queue_statuses(now);
-                self.send_admin(conn, AdminReply::Queues {
-                    req,
-                    single: false,
-                    queues,
-                });
+                self.send_admin(
+                    conn,
+                    AdminReply::Queues {
+                        req,
+                        single: false,
+                        queues,
+                    },
+                );
                 Ok(())
             }
             AdminOp::Get(name) => self.engine.queue_snapshot(&name).map(|s| {
                 let reply = self.single(req, s, now);
                 self.send_admin(conn, reply);
             }),
-            AdminOp::Configure(name, update) => {
-                self.engine.configure_queue(&name, &update).map(|m| {
-                    info!(queue = %name, ?update, "queue configuration changed");
-                    self.persist_then_report(conn, req, &name, vec![m], now);
-                })
-            }
-            AdminOp::SetPaused(name, paused) => {
-                let m = self.engine.set_paused(&name, paused);
-                info!(queue = %name, paused, "queue {}", if paused { "paused" } else { "resumed" });
-                self.persist_then_report(conn, req, &name, vec![m], now);
-                Ok(())
-            }
             AdminOp::Peek {
                 queue,
                 state,
@@ -383,44 +580,10 @@ impl Hub {
                     .collect();
                 self.send_admin(conn, AdminReply::Peek { req, items });
             }),
-            AdminOp::Purge { queue, state } => self.engine.purge(&queue, state).map(|ids| {
-                info!(queue = %queue, ?state, tasks = ids.len(), "queue purged");
-                let count = ids.len() as u64;
-                let removed = self.waiters.waited_among(&ids);
-                let muts = ids.into_iter().map(|id| Mutation::Remove { id });
-                self.persist_then_count(conn, req, muts, count);
-                self.wake_removed(removed);
-            }),
-            AdminOp::Redrive { queue, limit } => {
-                self.engine.redrive(&queue, limit, now).map(|muts| {
-                    info!(queue = %queue, tasks = muts.len(), "dead tasks redriven");
-                    let count = muts.len() as u64;
-                    self.persist_then_count(conn, req, muts.into_iter(), count);
-                })
-            }
-            AdminOp::Delete(name) => self.engine.delete_queue(&name).map(|deleted| {
-                info!(queue = %name, tasks = deleted.tasks.len(), subscriptions = deleted.ended.len(), "queue deleted");
-                self.rates.forget(&name);
-                self.end_subscriptions(&deleted.name, &deleted.ended);
-                let count = deleted.tasks.len() as u64;
-                let removed = self.waiters.waited_among(&deleted.tasks);
-                let muts = deleted
-                    .tasks
-                    .into_iter()
-                    .map(|id| Mutation::Remove { id })
-                    .chain(std::iter::once(Mutation::RemoveQueue { name: deleted.name }));
-                self.persist_then_count(conn, req, muts, count);
-                self.wake_removed(removed);
-            }),
+            _ => Err(not_a(req_kind::READ)),
         };
         if let Err(e) = result {
-            let code = match e {
-                AdminError::NoSuchQueue(_) => ErrorCode::NotFound,
-                AdminError::Invalid { .. } => ErrorCode::BadRequest,
-            };
-            if let Some(out) = self.outboxes.get(&conn) {
-                let _ = out.send(Outbound::Response(error_response(req, code, e.to_string())));
-            }
+            self.admin_error(conn, req, e);
         }
     }
 
@@ -458,63 +621,6 @@ impl Hub {
         if let Some(out) = self.outboxes.get(&conn) {
             let _ = out.send(Outbound::Admin(reply));
         }
-    }
-
-    /// Persists `muts`, then answers with the queue as it is now.
-    fn persist_then_report(
-        &self,
-        conn: ConnId,
-        req: u64,
-        name: &str,
-        muts: Vec<Mutation>,
-        now: Millis,
-    ) {
-        let reply = self
-            .engine
-            .queue_snapshot(name)
-            .map(|s| Outbound::Admin(self.single(req, s, now)))
-            .unwrap_or_else(|e| {
-                Outbound::Response(error_response(req, ErrorCode::Internal, e.to_string()))
-            });
-        self.persist_then(conn, req, muts.into_iter(), reply);
-    }
-
-    /// Persists `muts`, then answers with `count`.
-    fn persist_then_count(
-        &self,
-        conn: ConnId,
-        req: u64,
-        muts: impl Iterator<Item = Mutation>,
-        count: u64,
-    ) {
-        let reply = Outbound::Response(v1::Response {
-            id: req,
-            result: Some(response::Result::Count(v1::CountOk { count })),
-        });
-        self.persist_then(conn, req, muts, reply);
-    }
-
-    /// Submits `muts` in chunks; `reply` goes out once every chunk is durable.
-    fn persist_then(
-        &self,
-        conn: ConnId,
-        req: u64,
-        mut muts: impl Iterator<Item = Mutation>,
-        reply: Outbound,
-    ) {
-        let done = self
-            .outboxes
-            .get(&conn)
-            .map(|out| AdminDone::new(out.clone(), req, reply));
-        loop {
-            let chunk: Vec<Mutation> = muts.by_ref().take(CHUNK).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let job = done.as_ref().map(|d| Done::Admin(d.clone()));
-            self.writer.submit(Muts::Many(chunk), job);
-        }
-        // With nothing to persist, dropping the last handle answers at once.
     }
 
     /// Wakes the result waiters of removed tasks once the removals are durable: an

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::admin::{AdminOp, QueueStatus};
+use super::admin::{AdminOp, AdminOutcome, AdminQueue, QueueStatus};
 use super::admission::{Bounded, Reservation, Reservations};
 use super::connection::{error_response, OutTx, Outbound};
 use super::rates::Rates;
@@ -113,6 +113,8 @@ pub(crate) enum HubCmd {
         req: u64,
         op: AdminOp,
     },
+    /// The store jobs of an admin change completed (`admin.rs`).
+    AdminDurable(Box<AdminOutcome>),
     /// Every queue's status, for a metrics scrape.
     Scrape(oneshot::Sender<Vec<QueueStatus>>),
     /// Status of a task: the hub adds its lease and the connection reads the rest.
@@ -144,8 +146,8 @@ pub(crate) struct Hub {
     /// Per-queue rates over the last minute (`rates.rs`).
     pub(super) rates: Rates,
     /// Which queues are bounded, for the connections; refreshed after admin changes.
-    bounded: Arc<Bounded>,
-    default_max_length: u64,
+    pub(super) bounded: Arc<Bounded>,
+    pub(super) default_max_length: u64,
     /// Room reserved in bounded queues by publishes not yet durable.
     reservations: Reservations,
     /// Only asked whether it failed (then nothing is dispatched: a delivery's body
@@ -154,6 +156,10 @@ pub(crate) struct Hub {
     /// Shared by every ack's completion (one reference count each, no allocation):
     /// how to give a task back if its ack is not stored.
     restore: Arc<super::Restore>,
+    /// Admin changes: the one in flight and those waiting for it (`admin.rs`).
+    pub(super) admin_queue: AdminQueue,
+    /// The hub's own command channel, for completions that report back.
+    pub(super) me: mpsc::WeakUnboundedSender<HubCmd>,
 }
 
 impl Hub {
@@ -169,8 +175,10 @@ impl Hub {
         Hub {
             restore: Arc::new(super::Restore {
                 store: store.clone(),
-                hub: me,
+                hub: me.clone(),
             }),
+            admin_queue: AdminQueue::default(),
+            me,
             store,
             bounded,
             default_max_length,
@@ -399,10 +407,8 @@ impl Hub {
                 token,
                 requeue,
             } => self.engine.undeliverable(conn, task, token, requeue, now),
-            HubCmd::Admin { conn, req, op } => {
-                self.admin(conn, req, op, now);
-                self.bounded.refresh(&self.engine, self.default_max_length);
-            }
+            HubCmd::Admin { conn, req, op } => self.admin(conn, req, op, now),
+            HubCmd::AdminDurable(outcome) => self.admin_durable(*outcome, now),
             HubCmd::Scrape(reply) => {
                 let _ = reply.send(self.queue_statuses(now));
             }

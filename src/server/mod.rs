@@ -112,8 +112,9 @@ pub(crate) enum Done {
         /// Room the hub reserved in bounded queues, released on completion.
         reservation: Option<admission::Reservation>,
     },
-    /// One of the store jobs of an admin change; the answer goes out when all are done.
-    Admin(Arc<AdminDone>),
+    /// One of the store jobs (chunk number) of an admin change; the hub applies and
+    /// answers it when all are done.
+    Admin(Arc<AdminDone>, usize),
     /// Confirm a settlement.
     Reply {
         out: OutTx,
@@ -147,7 +148,7 @@ impl std::fmt::Debug for Done {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
             Done::Publish { .. } => "Publish",
-            Done::Admin(_) => "Admin",
+            Done::Admin(..) => "Admin",
             Done::Reply { .. } => "Reply",
             Done::Finished { .. } => "Finished",
             Done::Recheck { .. } => "Recheck",
@@ -165,7 +166,7 @@ impl Completion for Done {
 
     fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
         let (out, response) = match (self, result) {
-            (Done::Admin(done), result) => return done.record(result),
+            (Done::Admin(done, chunk), result) => return done.record(chunk, result),
             (
                 Done::Publish {
                     out,

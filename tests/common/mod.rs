@@ -4,6 +4,8 @@
 //! client crate.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
