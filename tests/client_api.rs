@@ -644,3 +644,43 @@ async fn invalid_requests_get_typed_errors_locally_and_from_the_broker() {
         .unwrap_err();
     assert!(matches!(err, ClientError::Config(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn dropping_a_subscription_gives_back_its_buffered_deliveries_without_an_attempt() {
+    // One attempt each: a buffered delivery given back as an attempt would die.
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let options = PublishOptions::new().max_attempts(1);
+    for i in 0..4 {
+        client
+            .publish_with("unseen", format!("t{i}"), options.clone())
+            .await
+            .unwrap();
+    }
+    let mut sub = client.subscribe("unseen").prefetch(4).await.unwrap();
+    let first = next(&mut sub).await;
+    // Wait until all four are out, so that three sit in the subscription's buffer.
+    let started = Instant::now();
+    while client.queue("unseen").await.unwrap().leased < 4 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the broker did not deliver all four"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(sub);
+    first.ack().await.unwrap();
+    let mut sub = client.subscribe("unseen").prefetch(4).await.unwrap();
+    for _ in 0..3 {
+        let d = next(&mut sub).await;
+        assert_eq!(
+            d.attempt(),
+            1,
+            "task {} lost an attempt it never used",
+            d.id()
+        );
+        d.ack().await.unwrap();
+    }
+    let q = client.queue("unseen").await.unwrap();
+    assert_eq!((q.dead, q.totals.acked), (0, 4), "{q:?}");
+}

@@ -415,10 +415,13 @@ async fn worker_shutdown_returns_unfinished_tasks_for_redelivery() {
             assert_eq!(*attempt, 2, "task {id} was returned by A after it started");
         }
     }
-    // Returned-unstarted (buffered) ones were delivered to A once too: attempt 2.
-    let second_attempts = got_b.iter().filter(|(_, a)| *a == 2).count();
-    assert_eq!(second_attempts as u64, report_a.returned, "{got_b:?}");
-    assert!(got_b.iter().all(|(_, a)| *a <= 2), "{got_b:?}");
+    // Returned-unstarted (buffered) ones never reached a handler: A gave them back
+    // without an attempt counted, so B gets them as a first attempt.
+    for (id, attempt) in &got_b {
+        if !stuck.contains(id) {
+            assert_eq!(*attempt, 1, "task {id} never started in A: {got_b:?}");
+        }
+    }
     broker.stop().await;
     assert!(stored_states(&broker, &ids).iter().all(acked));
 }

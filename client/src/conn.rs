@@ -383,8 +383,9 @@ impl Conn {
                 task = d.id(),
                 "delivery for a closed subscription; releasing it"
             );
+            // Never seen by anyone: back without an attempt counted.
             let (_, mut lease) = d.into_parts();
-            lease.release("subscription closed before the delivery arrived");
+            lease.release_unseen_oneway();
             // Normally already on its way; repeated in case the Subscribe timed out
             // on our side but succeeded on the broker's. Unsubscribe is idempotent.
             self.send_oneway(Op::Unsubscribe(v1::Unsubscribe {

@@ -193,6 +193,29 @@ impl Lease {
         }));
     }
 
+    /// Gives the task back as never started, without waiting for the answer: ready
+    /// again at once, and this delivery does not count as an attempt.
+    pub(crate) fn release_unseen_oneway(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        self.conn.send_oneway(Op::Release(v1::Release {
+            task_id: self.task_id,
+            lease_token: self.token,
+        }));
+    }
+
+    pub(crate) async fn release_unseen(&mut self) -> Result<()> {
+        let op = Op::Release(v1::Release {
+            task_id: self.task_id,
+            lease_token: self.token,
+        });
+        let task_id = self.task_id;
+        let answer = self.take()?.call(op, "release").await;
+        expect_ok("release", answer, task_id)
+    }
+
     pub(crate) fn is_connection_closed(&self) -> bool {
         self.conn.is_closed()
     }
@@ -397,6 +420,18 @@ impl Delivery {
     /// waiting for the broker's answer (a `Nack` with delay 0; counts as an attempt).
     pub fn release(mut self) {
         self.lease.release("released by the consumer");
+    }
+
+    /// Gives the task back as never started: it is ready again at once and this
+    /// delivery does not count as an attempt. Returns once the broker has stored that.
+    ///
+    /// For a delivery that reached the program but never its handler (still buffered
+    /// when the program stopped, or its output was closed before it was shown). A
+    /// consumer that did start on the task must [`nack`](Self::nack) or
+    /// [`release`](Self::release) it instead, so that a task that kills its handler
+    /// still reaches the dead set after `max_attempts`.
+    pub async fn release_unseen(mut self) -> Result<()> {
+        self.lease.release_unseen().await
     }
 }
 

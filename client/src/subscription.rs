@@ -83,7 +83,9 @@ impl IntoFuture for SubscribeBuilder {
 /// or reconnecting gave up), and ends (`None`) after that, after
 /// [`unsubscribe`](Subscription::unsubscribe), or when the client is closed.
 ///
-/// Dropping it unsubscribes and releases the deliveries it still buffers.
+/// Dropping it unsubscribes and gives back the deliveries it still buffers, without
+/// an attempt counted (they were never seen); [`stop_and_release`](Self::stop_and_release)
+/// does the same and waits until the broker has stored it.
 pub struct Subscription {
     client: Client,
     key: u64,
@@ -130,6 +132,37 @@ impl Subscription {
         self.client.close_subscription(self.key).await
     }
 
+    /// Stops new deliveries and gives back every delivery still buffered, unseen: each
+    /// is ready again at once without an attempt counted (see
+    /// [`Delivery::release_unseen`]). Deliveries already taken from the stream are
+    /// untouched. Returns how many were given back, once the broker stored that.
+    ///
+    /// After the broker confirmed the unsubscribe, every delivery it sent to this
+    /// subscription is in the buffer, so none is left behind.
+    pub async fn stop_and_release(&mut self) -> Result<usize> {
+        self.unsubscribe().await?;
+        let mut released = 0;
+        let mut first_error = None;
+        while let Ok(ev) = self.rx.try_recv() {
+            let SubEvent::Delivery(d) = ev else { continue };
+            if d.is_stale() {
+                continue;
+            }
+            match d.release_unseen().await {
+                Ok(()) => released += 1,
+                // Gone already (expired, or its connection ended): nothing to give back.
+                Err(ClientError::LeaseExpired { .. } | ClientError::ConnectionLost { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(released),
+        }
+    }
+
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery>>> {
         loop {
             return match self.rx.poll_recv(cx) {
@@ -171,7 +204,8 @@ impl Drop for Subscription {
                 if !d.is_stale() {
                     released += 1;
                 }
-                d.release();
+                let (_, mut lease) = d.into_parts();
+                lease.release_unseen_oneway();
             }
         }
         if released > 0 {

@@ -494,13 +494,13 @@ impl Worker {
         ctx: &DriveContext<F>,
         running: &mut JoinSet<()>,
     ) {
-        if let Err(e) = sub.unsubscribe().await {
-            debug!(queue = %self.queue, error = %e, "unsubscribe failed; dropping the subscription");
-        }
-        while let Some(item) = sub.recv().await {
-            if let Ok(delivery) = item {
-                delivery.release();
-                ctx.counters.returned.fetch_add(1, Ordering::Relaxed);
+        // Buffered deliveries never reached a handler: they go back without an attempt.
+        match sub.stop_and_release().await {
+            Ok(n) => {
+                ctx.counters.returned.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                debug!(queue = %self.queue, error = %e, "stopping the subscription failed; dropping it (that gives back what it buffers)");
             }
         }
         drop(sub);

@@ -668,6 +668,36 @@ impl Engine {
         Ok(self.retry_or_bury(lease.queue, lease.entry, mode, reason, now))
     }
 
+    /// Gives back a delivery its consumer never started on: the task is ready again at
+    /// once and the attempt counted at delivery is undone. The returned mutation (the
+    /// attempt count as it was before this delivery) must be durable before the
+    /// release is confirmed; until then the store holds the higher count, which only
+    /// errs on the safe side.
+    pub fn release_unseen(
+        &mut self,
+        conn: ConnId,
+        task: TaskId,
+        token: u64,
+        now: Millis,
+    ) -> Result<Mutation, EngineError> {
+        let mut lease = self.take_lease(conn, task, token)?;
+        debug_assert!(
+            lease.entry.attempts > 0,
+            "a leased task was delivered at least once"
+        );
+        lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
+        let attempts = lease.entry.attempts;
+        self.enqueue(lease.queue, lease.entry, 0, now);
+        Ok(Mutation::Patch {
+            id: task,
+            patch: StatePatch {
+                attempts: Some(attempts),
+                updated_ms: now,
+                ..StatePatch::default()
+            },
+        })
+    }
+
     /// Pushes a lease's deadline to `now + extend_ms` (capped). Returns the new deadline.
     pub fn extend(
         &mut self,

@@ -266,6 +266,50 @@ fn disconnect_on_last_attempt_is_dead_with_reason() {
 }
 
 #[test]
+fn release_unseen_undoes_the_attempt_and_keeps_the_order() {
+    // One attempt allowed: a release must not use it up, a disconnect would.
+    let mut e = engine();
+    let (mut t1, mut t2) = (task(1, 0), task(2, 0));
+    t1.max_attempts = 1;
+    t2.max_attempts = 1;
+    e.publish_committed(&[t1, t2], T0);
+    e.subscribe(1, 1, "q", 2).unwrap();
+    let (d, m) = step(&mut e, T0);
+    assert_eq!(ids(&d), vec![1, 2]);
+    assert_eq!(m.len(), 2, "each delivery persists its attempt");
+    assert!(
+        e.release_unseen(1, 2, d[0].token, T0).is_err(),
+        "wrong token"
+    );
+    assert!(
+        e.release_unseen(2, 2, d[1].token, T0).is_err(),
+        "another connection"
+    );
+    let m = e.release_unseen(1, 2, d[1].token, T0 + 5).unwrap();
+    assert_eq!(
+        m,
+        Mutation::Patch {
+            id: 2,
+            patch: StatePatch {
+                attempts: Some(0),
+                updated_ms: T0 + 5,
+                ..StatePatch::default()
+            }
+        }
+    );
+    assert!(
+        e.release_unseen(1, 2, d[1].token, T0 + 5).is_err(),
+        "released once"
+    );
+    let s = snapshot(&e);
+    assert_eq!((s.ready, s.leased, s.dead), (1, 1, 0));
+    e.ack(1, 1, d[0].token, Bytes::new(), T0 + 6).unwrap();
+    let (d, _) = step(&mut e, T0 + 6);
+    assert_eq!(ids(&d), vec![2]);
+    assert_eq!(d[0].attempt, 1, "the released delivery was not an attempt");
+}
+
+#[test]
 fn nack_modes() {
     let mut e = engine();
     e.publish_committed(&[task(1, 0), task(2, 0), task(3, 0)], T0);

@@ -520,6 +520,12 @@ impl Conn {
                     reason,
                 })
             }
+            Op::Release(r) => hub.send(HubCmd::ReleaseUnseen {
+                conn,
+                req: id,
+                task: r.task_id,
+                token: r.lease_token,
+            }),
             Op::Extend(x) => hub.send(HubCmd::Extend {
                 conn,
                 req: id,
@@ -546,7 +552,9 @@ impl Conn {
                 return Ok(());
             }
             Op::Subscribe(s) => (ops::SUBSCRIBE, Some(&s.queue)),
-            Op::Unsubscribe(_) | Op::Ack(_) | Op::Nack(_) | Op::Extend(_) => (ops::SETTLE, None),
+            Op::Unsubscribe(_) | Op::Ack(_) | Op::Nack(_) | Op::Release(_) | Op::Extend(_) => {
+                (ops::SETTLE, None)
+            }
             Op::GetTask(_) | Op::WaitResult(_) => (ops::STATUS, None),
             Op::ListQueues(_) => {
                 self.allow(ops::ADMIN, "queue administration")?;

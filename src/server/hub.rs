@@ -84,6 +84,13 @@ pub(crate) enum HubCmd {
         token: u64,
         extend_ms: u64,
     },
+    /// A delivery its consumer never started on comes back without an attempt.
+    ReleaseUnseen {
+        conn: ConnId,
+        req: u64,
+        task: TaskId,
+        token: u64,
+    },
     /// Published tasks are durable (and the room reserved for them in bounded queues,
     /// if any, is theirs now).
     Committed(Vec<Committed>, Option<Reservation>),
@@ -373,6 +380,17 @@ impl Hub {
                 mode,
                 reason,
             } => match self.engine.nack(conn, task, token, mode, &reason, now) {
+                Ok(m) => {
+                    self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {}), None)
+                }
+                Err(e) => self.reply_err(conn, req, e),
+            },
+            HubCmd::ReleaseUnseen {
+                conn,
+                req,
+                task,
+                token,
+            } => match self.engine.release_unseen(conn, task, token, now) {
                 Ok(m) => {
                     self.persist_then_reply(conn, req, m, response::Result::Ok(v1::Empty {}), None)
                 }

@@ -1,0 +1,243 @@
+//! The `squall` command line as a user meets it, driving the real binary against a real
+//! broker: `consume` stopped by a signal, by `--count`, or by a closed standard output
+//! must not spend attempts of tasks it never showed; and what the commands say.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{TestBroker, WAIT};
+use squall_client::{Client, Message, PublishOptions, QueueInfo};
+
+async fn client(b: &TestBroker) -> Client {
+    Client::connect(b.addr).await.expect("connect")
+}
+
+/// The `squall` binary with no server or token taken from the environment.
+fn squall() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_squall"));
+    cmd.env_remove("SQUALL_SERVER")
+        .env_remove("SQUALL_TOKEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the CLI to completion without blocking the runtime the broker runs on.
+async fn run(args: &[&str]) -> Output {
+    let mut cmd = squall();
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run squall"))
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Publishes `n` tasks to `queue`, each allowed a single attempt: any delivery that
+/// counts as one and is not acked sends the task to the dead set.
+async fn publish_single_attempt(c: &Client, queue: &str, n: usize, payload_len: usize) {
+    let options = PublishOptions::new().max_attempts(1);
+    let mut left = n;
+    while left > 0 {
+        let batch: Vec<Message> = (0..left.min(if payload_len > 1000 { 10 } else { 500 }))
+            .map(|i| {
+                let payload = format!("{i}:{}", "x".repeat(payload_len));
+                Message::new(queue, payload).with_options(options.clone())
+            })
+            .collect();
+        left -= batch.len();
+        c.publish_batch(batch).await.expect("publish");
+    }
+}
+
+async fn queue(c: &Client, name: &str) -> QueueInfo {
+    c.queue(name).await.expect("queue info")
+}
+
+/// Waits until the broker has taken back every lease of `name` (the consumer's
+/// connection may close a moment after its process exits).
+async fn settled(c: &Client, name: &str) -> QueueInfo {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let q = queue(c, name).await;
+        if q.leased == 0 && q.consumers == 0 {
+            return q;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still leased: {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The next delivery of `name` is a first attempt: nothing before spent one.
+async fn next_is_first_attempt(c: &Client, name: &str) {
+    let mut sub = c.subscribe(name).prefetch(1).await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("a delivery")
+        .expect("stream open")
+        .expect("delivery");
+    assert_eq!(d.attempt(), 1, "an attempt was spent before");
+    d.ack().await.unwrap();
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT * 3;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("squall consume did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_a_busy_consume_and_gives_back_what_it_did_not_show() {
+    let b = TestBroker::start().await;
+    let c = client(&b).await;
+    let total = 20_000;
+    publish_single_attempt(&c, "busy", total, 8).await;
+    let server = b.addr.to_string();
+    let mut child = squall()
+        .args(["consume", "busy", "--server", &server, "--prefetch", "64"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consume");
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.take().unwrap();
+    let (status, printed, stderr) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = 0usize;
+        // Busy: tasks keep arriving faster than they are settled.
+        while printed < 20 {
+            lines.next().expect("a task line").expect("read");
+            printed += 1;
+        }
+        // SAFETY: kill(2) with the pid of our own child and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        // Read the rest beside: if the signal were missed, wait_exit kills the child
+        // (and fails the test) rather than the read waiting forever.
+        let rest = std::thread::spawn(move || lines.inspect(|l| assert!(l.is_ok())).count());
+        let status = wait_exit(&mut child);
+        printed += rest.join().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, printed, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(130), "stderr: {stderr}");
+    let q = settled(&c, "busy").await;
+    assert!(
+        (q.totals.acked as usize) < total,
+        "the first Ctrl-C stopped it before the queue was empty"
+    );
+    assert_eq!(
+        q.totals.acked as usize, printed,
+        "every task shown was settled"
+    );
+    assert_eq!(q.dead, 0, "no task lost an attempt it never used: {q:?}");
+    assert_eq!(q.ready as usize, total - printed);
+    next_is_first_attempt(&c, "busy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_count_spends_no_attempt_of_tasks_it_does_not_show() {
+    let b = TestBroker::start().await;
+    let c = client(&b).await;
+    publish_single_attempt(&c, "counted", 10, 4).await;
+    let server = b.addr.to_string();
+    for (count, prefetch) in [("1", "16"), ("2", "2"), ("3", "1")] {
+        let before = queue(&c, "counted").await;
+        let out = run(&[
+            "consume",
+            "counted",
+            "--server",
+            &server,
+            "--count",
+            count,
+            "--prefetch",
+            prefetch,
+        ])
+        .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let n: u64 = count.parse().unwrap();
+        assert_eq!(text(&out.stdout).lines().count() as u64, n);
+        let q = settled(&c, "counted").await;
+        assert_eq!(
+            q.dead, 0,
+            "--count {count}: a task it never showed died: {q:?}"
+        );
+        assert_eq!(q.totals.acked, before.totals.acked + n);
+        assert_eq!(q.ready, before.ready - n);
+    }
+    next_is_first_attempt(&c, "counted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_consume_quietly_without_spending_attempts() {
+    let b = TestBroker::start().await;
+    let c = client(&b).await;
+    publish_single_attempt(&c, "piped", 20, 4).await;
+    let server = b.addr.to_string();
+    let mut child = squall()
+        .args(["consume", "piped", "--server", &server, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consume");
+    // The reader goes away before anything is printed.
+    drop(child.stdout.take());
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(141), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "quiet: {stderr}");
+    let q = settled(&c, "piped").await;
+    assert_eq!((q.ready, q.dead, q.totals.acked), (20, 0, 0), "{q:?}");
+    next_is_first_attempt(&c, "piped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_into_head_exits_quietly() {
+    // The pipeline from the report: a task longer than what `head` reads.
+    let b = TestBroker::start().await;
+    let c = client(&b).await;
+    publish_single_attempt(&c, "head", 20, 200_000).await;
+    let server = b.addr.to_string();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "'{}' consume head --server {server} --json --count 1 | head -c 600 >/dev/null",
+            env!("CARGO_BIN_EXE_squall")
+        ))
+        .env_remove("SQUALL_SERVER");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("error"), "quiet: {stderr}");
+    let q = settled(&c, "head").await;
+    // The task cut short was never shown whole: back, unacked, with no attempt spent.
+    assert_eq!((q.ready, q.dead, q.totals.acked), (20, 0, 0), "{q:?}");
+    next_is_first_attempt(&c, "head").await;
+}
