@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Side-by-side comparison, in one run on one machine: probes the disk (serial fdatasync
-# rate) and loopback (TCP round trip), then runs the identical workload against Squall
-# (--fsync always), beanstalkd (binlog, -f 0: fsync every write) and Redis (AOF,
-# appendfsync always, LPUSH + BLMOVE reliable queue), each started here on 127.0.0.1 and
-# stopped by PID, and prints one markdown table. Then a fixed-rate latency run.
+# rate) and loopback (TCP round trip), then, for each of ROUNDS rounds (brokers in a
+# rotated order each round), runs the identical workload against
+#   - Squall --fsync always (`squall bench --spawn`),
+#   - Redis, AOF with appendfsync always, and again with appendfsync everysec,
+#   - beanstalkd -f 0 (binlog, fsync every write),
+# each started here on 127.0.0.1 with a fresh data directory and stopped by PID. The peers
+# are driven by `squall-peers` (benches/peers: the `redis` crate, pipelined; a pipelined
+# beanstalkd client) with the same load generator as `squall bench`. Each broker does a
+# saturation run (msgs/s, and its CPU per message from /proc/PID/stat utime+stime over the
+# run) and a fixed-rate run (end-to-end p50/p99/p99.9). Prints one table per round, then
+# the median of the rounds, per broker and per column.
 #
 # Usage: benches/compare.sh            (from the repository root or anywhere)
-# Environment: MESSAGES (50000), SIZE (256), PRODUCERS (4), CONSUMERS (4), WINDOW (64),
-#              PREFETCH (64), RATE (1000), RATE_MESSAGES (10000), OUT (dir for JSON).
+# Environment: ROUNDS (3), MESSAGES (300000), BEANSTALKD_MESSAGES (50000), SIZE (256),
+#              PRODUCERS (4), CONSUMERS (4), WINDOW (64), PREFETCH (64), RATE (1000),
+#              RATE_MESSAGES (10000), OUT (dir for the JSON reports).
 # Needs: beanstalkd and redis-server (installed with apt-get when missing and root),
-#        python3 (probes and table).
+#        python3 (probes and tables).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MESSAGES=${MESSAGES:-50000}
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-300000}
+BEANSTALKD_MESSAGES=${BEANSTALKD_MESSAGES:-50000}
 SIZE=${SIZE:-256}
 PRODUCERS=${PRODUCERS:-4}
 CONSUMERS=${CONSUMERS:-4}
@@ -37,12 +47,14 @@ need beanstalkd beanstalkd
 need redis-server redis-server
 need python3 python3
 
-echo "building squall (release)..." >&2
-cargo build --release --quiet
+echo "building squall and squall-peers (release)..." >&2
+cargo build --release --quiet -p squall -p squall-peers
 SQUALL=target/release/squall
+PEERS=target/release/squall-peers
 
 WORK=$(mktemp -d)
 OUT=${OUT:-$WORK}
+mkdir -p "$OUT"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
@@ -98,68 +110,125 @@ PY
 )
 FSYNC_RATE=${PROBE% *}
 RTT_US=${PROBE#* }
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-COMMON=(--producers "$PRODUCERS" --consumers "$CONSUMERS" --messages "$MESSAGES" --size "$SIZE"
+# The saturation workload (messages per broker added below) and the fixed-rate one.
+COMMON=(--producers "$PRODUCERS" --consumers "$CONSUMERS" --size "$SIZE"
         --window "$WINDOW" --prefetch "$PREFETCH" --json)
-# The fixed-rate latency run, the same for every broker.
 RATED=(--producers 1 --consumers 1 --messages "$RATE_MESSAGES" --size "$SIZE" --rate "$RATE"
        --prefetch "$PREFETCH" --json)
 
-echo "squall (--fsync always)..." >&2
-$SQUALL bench --spawn --fsync always "${COMMON[@]}" > "$OUT/squall.json"
+run_squall() { # $1 = round
+  echo "round $1: squall (--fsync always)..." >&2
+  $SQUALL bench --spawn --fsync always "${COMMON[@]}" --messages "$MESSAGES" > "$OUT/$1-squall.json"
+  $SQUALL bench --spawn --fsync always "${RATED[@]}" > "$OUT/$1-squall-rate.json"
+}
 
-echo "beanstalkd (-f 0)..." >&2
-PORT=$(free_port); mkdir -p "$WORK/beanstalkd"
-beanstalkd -l 127.0.0.1 -p "$PORT" -b "$WORK/beanstalkd" -f 0 & PIDS+=($!); BS=$!
-wait_port "$PORT"
-$SQUALL bench --target beanstalkd --server "127.0.0.1:$PORT" "${COMMON[@]}" > "$OUT/beanstalkd.json"
-echo "beanstalkd latency at a fixed $RATE msgs/s..." >&2
-$SQUALL bench --target beanstalkd --server "127.0.0.1:$PORT" "${RATED[@]}" > "$OUT/beanstalkd-rate.json"
-kill "$BS"; wait "$BS" 2>/dev/null || true
+run_redis() { # $1 = round, $2 = appendfsync mode
+  echo "round $1: redis (appendfsync $2)..." >&2
+  local port dir pid
+  port=$(free_port); dir="$WORK/redis-$1-$2"; mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+    --appendfsync "$2" --save '' --daemonize no >"$dir.log" 2>&1 & pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+    --messages "$MESSAGES" > "$OUT/$1-redis-$2.json"
+  $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+    > "$OUT/$1-redis-$2-rate.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 
-echo "redis (appendfsync always)..." >&2
-PORT=$(free_port); mkdir -p "$WORK/redis"
-redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK/redis" --appendonly yes \
-  --appendfsync always --save '' --daemonize no >"$WORK/redis.log" 2>&1 & PIDS+=($!); RD=$!
-wait_port "$PORT"
-$SQUALL bench --target redis --server "127.0.0.1:$PORT" "${COMMON[@]}" > "$OUT/redis.json"
-echo "redis latency at a fixed $RATE msgs/s..." >&2
-$SQUALL bench --target redis --server "127.0.0.1:$PORT" "${RATED[@]}" > "$OUT/redis-rate.json"
-kill "$RD"; wait "$RD" 2>/dev/null || true
+run_beanstalkd() { # $1 = round
+  echo "round $1: beanstalkd (-f 0)..." >&2
+  local port dir pid
+  port=$(free_port); dir="$WORK/beanstalkd-$1"; mkdir -p "$dir"
+  beanstalkd -l 127.0.0.1 -p "$port" -b "$dir" -f 0 & pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+    --messages "$BEANSTALKD_MESSAGES" > "$OUT/$1-beanstalkd.json"
+  $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+    > "$OUT/$1-beanstalkd-rate.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 
-echo "squall latency at a fixed $RATE msgs/s..." >&2
-$SQUALL bench --spawn --fsync always "${RATED[@]}" > "$OUT/squall-rate.json"
+BROKERS=(squall "redis always" "redis everysec" beanstalkd)
+for round in $(seq 1 "$ROUNDS"); do
+  # Rotate the order, so that no broker always runs first or right after another.
+  for k in 0 1 2 3; do
+    b=${BROKERS[$(( (k + round - 1) % 4 ))]}
+    case $b in
+      squall) run_squall "$round" ;;
+      "redis always") run_redis "$round" always ;;
+      "redis everysec") run_redis "$round" everysec ;;
+      beanstalkd) run_beanstalkd "$round" ;;
+    esac
+  done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$OUT" "$FSYNC_RATE" "$RTT_US" <<'PY'
-import json, os, platform, sys, datetime
-out, fsync_rate, rtt = sys.argv[1], sys.argv[2], sys.argv[3]
-def load(n): return json.load(open(os.path.join(out, n + ".json")))
-rows = [("Squall (--fsync always)", load("squall")), ("beanstalkd (-f 0)", load("beanstalkd")),
-        ("Redis (AOF always)", load("redis"))]
+python3 - "$OUT" "$ROUNDS" "$FSYNC_RATE" "$RTT_US" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
+import json, os, platform, statistics, sys, datetime
+out, rounds, fsync_rate, rtt, load_before, load_after = sys.argv[1:7]
+rounds = int(rounds)
+brokers = [("Squall (--fsync always)", "squall"), ("Redis (AOF always)", "redis-always"),
+           ("Redis (AOF everysec)", "redis-everysec"), ("beanstalkd (-f 0)", "beanstalkd")]
+def load(r, f): return json.load(open(os.path.join(out, f"{r}-{f}.json")))
 ms = lambda us: f"{us/1000:.2f}"
-print(f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, {platform.release()}); "
-      f"serial fdatasync {fsync_rate}/s, loopback round trip {rtt} µs.\n")
-print(f"Workload: {rows[0][1]['producers']} producers, {rows[0][1]['consumers']} consumers, "
-      f"{rows[0][1]['confirmed']} × {rows[0][1]['size_bytes']} B, window {rows[0][1]['window']}, "
-      f"prefetch {rows[0][1]['prefetch']}, per-message ack.\n")
-print("| broker | msgs/s | MiB/s | publish p50 / p99 (ms) | end-to-end p50 / p99 (ms) | lost | duplicates |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for name, r in rows:
+def cpu_us(r): return r.get("broker_cpu_us_per_msg")
+def cores(r): return r["broker_cpu_s"] / r["elapsed_s"] if r.get("broker_cpu_s") is not None else None
+fmt = lambda v, f: "n/a" if v is None else format(v, f)
+
+def sat_row(name, r):
     p, e = r["publish_confirm"], r["end_to_end"]
-    print(f"| {name} | {r['msgs_per_s']:,.0f} | {r['mib_per_s']:.2f} | {ms(p['p50_us'])} / {ms(p['p99_us'])} "
-          f"| {ms(e['p50_us'])} / {ms(e['p99_us'])} | {r['lost']} | {r['duplicates']} |")
-best = max(r["msgs_per_s"] for n, r in rows[1:])
-print(f"\nSquall / fastest peer: {rows[0][1]['msgs_per_s'] / best:.2f}×")
-rated = [(n, load(f)) for n, f in (("Squall (--fsync always)", "squall-rate"),
-                                   ("beanstalkd (-f 0)", "beanstalkd-rate"),
-                                   ("Redis (AOF always)", "redis-rate"))]
-r0 = rated[0][1]
-print(f"\nAt a fixed {r0['rate']} msgs/s (1 producer, 1 consumer, {r0['confirmed']} × {r0['size_bytes']} B; "
-      "latency counted from each message's scheduled send time):\n")
-print("| broker | publish p50 / p99 (ms) | end-to-end p50 / p90 / p99 / p99.9 / max (ms) | lost |")
-print("| --- | ---: | ---: | ---: |")
-for name, r in rated:
-    p, e = r["publish_confirm"], r["end_to_end"]
-    print(f"| {name} | {ms(p['p50_us'])} / {ms(p['p99_us'])} | {ms(e['p50_us'])} / {ms(e['p90_us'])} / "
-          f"{ms(e['p99_us'])} / {ms(e['p999_us'])} / {ms(e['max_us'])} | {r['lost']} |")
+    return (f"| {name} | {r['msgs_per_s']:,.0f} | {fmt(cpu_us(r), '.1f')} | {fmt(cores(r), '.2f')} "
+            f"| {ms(p['p50_us'])} / {ms(p['p99_us'])} | {ms(e['p50_us'])} / {ms(e['p99_us'])} "
+            f"| {r['delivered']:,} | {r['lost']} | {r['duplicates']} |")
+def rate_row(name, r):
+    e = r["end_to_end"]
+    return (f"| {name} | {ms(e['p50_us'])} | {ms(e['p99_us'])} | {ms(e['p999_us'])} | {ms(e['max_us'])} "
+            f"| {fmt(cpu_us(r), '.1f')} | {r['lost']} |")
+SAT_HEAD = ("| broker | msgs/s | broker CPU µs/msg | broker cores | publish p50 / p99 (ms) "
+            "| end-to-end p50 / p99 (ms) | delivered | lost | dup |\n"
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+RATE_HEAD = ("| broker | end-to-end p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) | broker CPU µs/msg | lost |\n"
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+first = load(1, "squall")
+print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+      f"({os.cpu_count()} cores, {platform.release()}); serial fdatasync {fsync_rate}/s, loopback round "
+      f"trip {rtt} µs; load average (1/5/15 min) {load_before} before, {load_after} after.\n")
+print(f"Saturation: {first['producers']} producers, {first['consumers']} consumers, {first['size_bytes']} B, "
+      f"window {first['window']}, prefetch {first['prefetch']}, one ack per message; "
+      f"{first['confirmed']:,} messages (beanstalkd: {load(1, 'beanstalkd')['confirmed']:,}). "
+      f"Fixed rate: {first and load(1, 'squall-rate')['rate']} msgs/s, 1 producer, 1 consumer, "
+      f"{load(1, 'squall-rate')['confirmed']:,} messages, latency from each message's scheduled send time.\n")
+for rd in range(1, rounds + 1):
+    print(f"Round {rd}, saturation:\n\n{SAT_HEAD}")
+    for name, f in brokers:
+        print(sat_row(name, load(rd, f)))
+    print(f"\nRound {rd}, fixed rate:\n\n{RATE_HEAD}")
+    for name, f in brokers:
+        print(rate_row(name, load(rd, f + "-rate")))
+    print()
+
+med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else None
+print(f"Median of the {rounds} rounds (each column separately):\n")
+print("| broker | msgs/s | broker CPU µs/msg | broker cores | fixed-rate e2e p50 (ms) | p99 (ms) | p99.9 (ms) | lost (all rounds) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+medians = {}
+for name, f in brokers:
+    sat = [load(rd, f) for rd in range(1, rounds + 1)]
+    rate = [load(rd, f + "-rate") for rd in range(1, rounds + 1)]
+    m = dict(rate=med([r["msgs_per_s"] for r in sat]), cpu=med([cpu_us(r) for r in sat]),
+             cores=med([cores(r) for r in sat]),
+             p50=med([r["end_to_end"]["p50_us"] for r in rate]),
+             p99=med([r["end_to_end"]["p99_us"] for r in rate]),
+             p999=med([r["end_to_end"]["p999_us"] for r in rate]),
+             lost=sum(r["lost"] for r in sat + rate))
+    medians[f] = m
+    print(f"| {name} | {m['rate']:,.0f} | {fmt(m['cpu'], '.1f')} | {fmt(m['cores'], '.2f')} | {ms(m['p50'])} "
+          f"| {ms(m['p99'])} | {ms(m['p999'])} | {m['lost']} |")
+s = medians["squall"]["rate"]
+print("\nSquall's median msgs/s over each peer's: " + ", ".join(
+    f"{name} {s / medians[f]['rate']:.2f}×" for name, f in brokers[1:]))
 PY

@@ -9,9 +9,6 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Clock ticks per second of /proc CPU times (USER_HZ, 100 on Linux).
-const CLOCK_TICKS: u64 = 100;
-
 pub(crate) struct SpawnedBroker {
     pub(crate) addr: SocketAddr,
     child: Child,
@@ -58,13 +55,7 @@ impl SpawnedBroker {
 
     /// User + system CPU time the broker process has used so far.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
-        let pid = self.child.id()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Duration::from_millis(ticks * 1000 / CLOCK_TICKS))
+        squall_loadgen::cpu_time(self.child.id()?)
     }
 
     pub(crate) async fn stop(mut self) {

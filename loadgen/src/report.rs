@@ -1,5 +1,5 @@
-//! What `squall bench` prints: the text report, the `--json` object, and the progress bar
-//! shown while it runs. No measuring happens here.
+//! What a run prints: the text report, the `--json` object, and the progress bar shown
+//! while it runs. No measuring happens here.
 
 use std::time::Duration;
 
@@ -7,11 +7,11 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use super::{BenchArgs, Outcome};
+use super::{LoadArgs, Outcome};
 
 /// Percentiles of one latency distribution, in microseconds.
 #[derive(Debug, Serialize)]
-pub(crate) struct Latency {
+pub struct Latency {
     p50_us: u64,
     p90_us: u64,
     p99_us: u64,
@@ -56,7 +56,8 @@ fn us(v: u64) -> String {
 
 /// The whole result of a run.
 #[derive(Debug, Serialize)]
-pub(crate) struct Report {
+pub struct Report {
+    target: String,
     server: String,
     producers: usize,
     consumers: usize,
@@ -76,11 +77,15 @@ pub(crate) struct Report {
     publish_confirm: Latency,
     end_to_end: Latency,
     broker_cpu_s: Option<f64>,
+    broker_cpu_us_per_msg: Option<f64>,
 }
 
 impl Report {
-    pub(crate) fn new(
-        args: &BenchArgs,
+    /// `target` names the broker (squall, redis, ...); `server` says where it ran;
+    /// `broker_cpu` is the CPU time its process used during the run, where known.
+    pub fn new(
+        args: &LoadArgs,
+        target: &str,
         server: &str,
         o: &Outcome,
         broker_cpu: Option<Duration>,
@@ -94,11 +99,8 @@ impl Report {
         };
         let rate = done as f64 / secs;
         Report {
-            server: if args.spawn {
-                format!("{server} (spawned, --fsync {})", args.fsync)
-            } else {
-                server.to_owned()
-            },
+            target: target.to_owned(),
+            server: server.to_owned(),
             producers: args.producers,
             consumers: args.consumers,
             size_bytes: args.size,
@@ -117,13 +119,27 @@ impl Report {
             publish_confirm: Latency::of(&o.publish),
             end_to_end: Latency::of(&o.end_to_end),
             broker_cpu_s: broker_cpu.map(|d| d.as_secs_f64()),
+            broker_cpu_us_per_msg: broker_cpu
+                .filter(|_| done > 0)
+                .map(|d| d.as_secs_f64() * 1e6 / done as f64),
         }
     }
 
-    pub(crate) fn text(&self) -> String {
+    /// Prints the report on standard output: one JSON object, or the text.
+    pub fn print(&self, json: bool) -> Result<(), serde_json::Error> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            print!("{}", self.text());
+        }
+        Ok(())
+    }
+
+    pub fn text(&self) -> String {
         let mut s = String::new();
         s.push_str(&format!(
-            "squall bench against {}: {} producers, {} consumers, {} B payloads, window {}, batch {}, prefetch {}, {} queue(s){}\n",
+            "{} bench against {}: {} producers, {} consumers, {} B payloads, window {}, batch {}, prefetch {}, {} queue(s){}\n",
+            self.target,
             self.server,
             self.producers,
             self.consumers,
@@ -161,9 +177,12 @@ impl Report {
         ));
         if let Some(cpu) = self.broker_cpu_s {
             s.push_str(&format!(
-                "  broker cpu       {:.2} s ({:.0}% of one core)\n",
+                "  broker cpu       {:.2} s ({:.0}% of one core{})\n",
                 cpu,
-                100.0 * cpu / self.elapsed_s
+                100.0 * cpu / self.elapsed_s,
+                self.broker_cpu_us_per_msg
+                    .map(|us| format!(", {us:.1} µs per message"))
+                    .unwrap_or_default()
             ));
         }
         s
@@ -171,7 +190,7 @@ impl Report {
 }
 
 /// A bar of delivered messages on standard error; hidden for --json or without a terminal.
-pub(crate) fn progress_bar(args: &BenchArgs, total: u64) -> ProgressBar {
+pub(crate) fn progress_bar(args: &LoadArgs, total: u64) -> ProgressBar {
     if args.json {
         return ProgressBar::hidden();
     }
