@@ -266,3 +266,18 @@ def test_sync_facade(broker: Broker, q: str) -> None:
 
         asyncio.run(consume())
         assert c.wait_result(t.id, timeout=5) == b"from async"
+
+
+async def test_inflight_limit_from_hello_is_respected(binary: str, q: str) -> None:
+    b = Broker(binary, ["--max-inflight-requests", "16"])
+    b.start()
+    try:
+        c = await squall.connect(b.addr)
+        assert c.server_info.limits.max_inflight_requests == 16
+        # 300 concurrent calls over one connection: the client holds back what the
+        # broker would refuse with TOO_MANY_REQUESTS.
+        published = await asyncio.gather(*(c.publish(q, b"x") for _ in range(300)))
+        assert len({p.id for p in published}) == 300
+        await c.close()
+    finally:
+        b.close()

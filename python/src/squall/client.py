@@ -50,8 +50,22 @@ MAX_QUEUE_NAME_LEN = 200
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9._:-]+")
 
 
+#: Queue names already checked (bounded: cleared when it grows past this many).
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_NAMES_MAX = 4096
+
+
 def check_queue_name(queue: str) -> None:
     """Refuses a queue name the broker would refuse (INVALID_QUEUE_NAME)."""
+    if queue in _CHECKED_NAMES:
+        return
+    _check_queue_name(queue)
+    if len(_CHECKED_NAMES) >= _CHECKED_NAMES_MAX:
+        _CHECKED_NAMES.clear()
+    _CHECKED_NAMES.add(queue)
+
+
+def _check_queue_name(queue: str) -> None:
     if not isinstance(queue, str):
         raise TypeError(f"queue name must be str, not {type(queue).__name__}")
     if not queue:
