@@ -143,8 +143,11 @@ class Delivery(Task):
         a.task_id = self.id
         a.lease_token = self.lease_token
         if result:
-            a.result = _as_bytes(result, "result")
-        await self._settle(req, "ack", conn)
+            a.result = result if isinstance(result, bytes) else _as_bytes(result, "result")
+        try:
+            await conn.call(req, "ack")
+        except errors.LeaseExpired as e:
+            raise errors.LeaseExpired(e.message, task_id=self.id) from None
 
     async def nack(self, delay: Duration | None = None, reason: str = "") -> None:
         """Gives the task back for another attempt: after `delay`, or after the queue's
