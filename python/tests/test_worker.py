@@ -96,6 +96,8 @@ async def test_worker_shutdown_returns_unfinished_tasks(client: squall.Client, q
     run = asyncio.create_task(worker.run(handler, signals=(signal.SIGTERM,)))
     await wait_until(lambda: started == 2, "two handlers running")
     await wait_until(lambda: len(worker._running) == 2, "two jobs tracked")
+    await asyncio.sleep(0.3)
+    assert started == 2, "no more handlers at once than the concurrency"
     os.kill(os.getpid(), signal.SIGTERM)  # the worker's own handler catches it
     report = await asyncio.wait_for(run, 10)
     # 2 running (returned after the grace period) + 2 prefetched but never started.

@@ -11,14 +11,12 @@ import collections
 import logging
 import ssl as _ssl
 import struct
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from . import errors
 from ._proto import squall_pb2 as pb
+from .delivery import Delivery
 from .types import ServerInfo
-
-if TYPE_CHECKING:
-    from .delivery import Delivery
 
 log = logging.getLogger("squall")
 
@@ -334,8 +332,6 @@ class Conn(asyncio.Protocol):
                     log.warning("the broker ended the subscription to %s: %s", ended.queue, ended.reason)
                     route._on_ended(errors.SubscriptionEnded(ended.queue, ended.reason))
         elif kind == "delivery":
-            from .delivery import Delivery
-
             d = msg.delivery
             delivery = Delivery(d, self)
             route = self.routes.get(d.subscription_id)

@@ -80,7 +80,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m squall.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--server", default="127.0.0.1:7600")
     p.add_argument("--publishes", type=int, default=50_000)
-    p.add_argument("--publishers", type=int, default=256, help="concurrent publish coroutines")
+    p.add_argument("--publishers", type=int, default=1024, help="concurrent publish coroutines")
     p.add_argument("--tasks", type=int, default=50_000)
     p.add_argument("--concurrency", type=int, default=256, help="worker concurrency")
     p.add_argument("--prefetch", type=int, default=1024, help="worker prefetch")

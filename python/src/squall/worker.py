@@ -95,7 +95,9 @@ class Worker:
         self.report = WorkerReport()
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
+        #: Every job not yet settled; `_handlers` of them are still in their handler.
         self._running: dict[asyncio.Task[None], _Job] = {}
+        self._handlers = 0
         self._slot_free = asyncio.Event()
 
     def stop(self) -> None:
@@ -162,7 +164,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                if len(self._running) >= self.concurrency:
+                if self._handlers >= self.concurrency:
                     slot_free.clear()
                     freed = loop.create_task(slot_free.wait())
                     await asyncio.wait([stop_wait, freed], return_when=asyncio.FIRST_COMPLETED)
@@ -189,6 +191,7 @@ class Worker:
                     if d is None:
                         return errors.Closed("subscription closed; worker stopping")
                 job = _Job(d, self._extension_ms(d))
+                self._handlers += 1
                 t = loop.create_task(self._drive(job, handler))
                 self._running[t] = job
                 t.add_done_callback(self._finished)
@@ -198,7 +201,6 @@ class Worker:
 
     def _finished(self, t: asyncio.Task[None]) -> None:
         self._running.pop(t, None)
-        self._slot_free.set()
 
     def _extension_ms(self, d: Delivery) -> int:
         return self.lease_extension_ms if self.lease_extension_ms is not None else d._lease_ms
@@ -207,7 +209,14 @@ class Worker:
         d = job.delivery
         r = self.report
         try:
-            result = await handler(d)
+            try:
+                result = await handler(d)
+            finally:
+                # The slot is the handler's: settling (bounded by the prefetch the
+                # broker grants) goes on while the next handler starts.
+                job.handler_done = True
+                self._handlers -= 1
+                self._slot_free.set()
         except asyncio.CancelledError:
             # Hard stop after the grace period: give the task back at once.
             try:
@@ -257,7 +266,7 @@ class Worker:
             await asyncio.sleep(EXTEND_TICK)
             now = time.monotonic()
             for job in list(self._running.values()):
-                if job.extending and now >= job.next_extend and not job.busy:
+                if job.extending and now >= job.next_extend and not job.busy and not job.handler_done:
                     job.busy = True
                     asyncio.get_running_loop().create_task(self._extend(job))
 
@@ -297,7 +306,9 @@ class Worker:
                     self.queue,
                 )
                 for t in pending:
-                    t.cancel()
+                    job = self._running.get(t)
+                    if job is not None and not job.handler_done:
+                        t.cancel()
                 await asyncio.wait(pending)
 
     def __repr__(self) -> str:
@@ -305,7 +316,7 @@ class Worker:
 
 
 class _Job:
-    __slots__ = ("busy", "delivery", "extending", "extension_ms", "next_extend")
+    __slots__ = ("busy", "delivery", "extending", "extension_ms", "handler_done", "next_extend")
 
     def __init__(self, delivery: Delivery, extension_ms: int) -> None:
         self.delivery = delivery
@@ -314,3 +325,4 @@ class _Job:
         self.next_extend = time.monotonic() + min(remaining_ms, extension_ms) / 3000.0
         self.extending = True
         self.busy = False
+        self.handler_done = False
