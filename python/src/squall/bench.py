@@ -22,7 +22,7 @@ from .delivery import Task
 from .worker import Worker
 
 
-async def bench_publish(server: str, total: int, publishers: int, size: int) -> float:
+async def bench_publish(server: str, total: int, publishers: int, size: int) -> tuple[float, float]:
     client = await connect(server, name="squall-bench-publish")
     queue = "bench-pub-" + uuid.uuid4().hex[:8]
     payload = b"x" * size
@@ -36,16 +36,18 @@ async def bench_publish(server: str, total: int, publishers: int, size: int) -> 
             await publish(queue, payload)
         done += per
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(publisher() for _ in range(publishers)))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     await client.purge(queue)
     await client.delete_queue(queue)
     await client.close()
-    return done / elapsed
+    return done / elapsed, cpu / done
 
 
-async def bench_worker(server: str, total: int, concurrency: int, prefetch: int, size: int) -> float:
+async def bench_worker(
+    server: str, total: int, concurrency: int, prefetch: int, size: int
+) -> tuple[float, float]:
     client = await connect(server, name="squall-bench-worker")
     queue = "bench-work-" + uuid.uuid4().hex[:8]
     payload = b"x" * size
@@ -57,23 +59,23 @@ async def bench_worker(server: str, total: int, concurrency: int, prefetch: int,
         left -= n
     worker = Worker(client, queue, concurrency=concurrency, prefetch=prefetch)
     acked = 0
-    start = 0.0
+    start = cpu = 0.0
 
     async def handler(task: Task) -> None:
-        nonlocal acked, start
+        nonlocal acked, start, cpu
         if acked == 0 and start == 0.0:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
         acked += 1
         if acked == total:
             worker.stop()
 
     run = asyncio.create_task(worker.run(handler, signals=()))
     report = await run
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.acked == total, report
     await client.delete_queue(queue)
     await client.close()
-    return total / elapsed
+    return total / elapsed, cpu / total
 
 
 def main() -> None:
@@ -91,16 +93,20 @@ def main() -> None:
 
     async def run() -> None:
         if args.only in (None, "publish"):
-            rate = await bench_publish(args.server, args.publishes, args.publishers, args.size)
+            rate, cpu = await bench_publish(args.server, args.publishes, args.publishers, args.size)
             print(
                 f"publish: {rate:,.0f} confirmed publishes/s "
-                f"({args.publishes} x {args.size} B, {args.publishers} publishers, one connection)"
+                f"({args.publishes} x {args.size} B, {args.publishers} publishers, one connection); "
+                f"client CPU {cpu * 1e6:.1f} us per publish = {1 / cpu:,.0f}/s on a core of its own"
             )
         if args.only in (None, "worker"):
-            rate = await bench_worker(args.server, args.tasks, args.concurrency, args.prefetch, args.size)
+            rate, cpu = await bench_worker(
+                args.server, args.tasks, args.concurrency, args.prefetch, args.size
+            )
             print(
                 f"worker: {rate:,.0f} no-op tasks/s acked ({args.tasks} tasks, concurrency "
-                f"{args.concurrency}, prefetch {args.prefetch}, one worker process)"
+                f"{args.concurrency}, prefetch {args.prefetch}, one worker process); "
+                f"client CPU {cpu * 1e6:.1f} us per task = {1 / cpu:,.0f}/s on a core of its own"
             )
 
     if args.profile:
