@@ -218,6 +218,8 @@ async def test_subscription_close_releases_buffered_deliveries(client: squall.Cl
             break
         await asyncio.sleep(0.05)
     assert (info.ready, info.leased) == (2, 0)
+    # Given back unseen: the delivery did not count as an attempt.
+    assert [x.attempts for x in await client.peek(q, "ready")] == [0, 0]
 
 
 async def test_prefetch_over_the_broker_limit_is_refused(client: squall.Client, q: str) -> None:

@@ -338,7 +338,7 @@ class Conn(asyncio.Protocol):
             if route is not None:
                 route._on_delivery(delivery)
             else:
-                delivery._release("subscription closed before the delivery arrived")
+                delivery._release_unseen_oneway()  # never seen by anyone
                 unsub = pb.Request()
                 unsub.unsubscribe.subscription_id = d.subscription_id
                 self.send_oneway(unsub)

@@ -196,6 +196,29 @@ class Delivery(Task):
         if not self._settled:
             self._release(reason)
 
+    async def release_unseen(self) -> None:
+        """Gives back a delivery this consumer never started on: the task is ready again
+        at once and this delivery does not count as an attempt. A consumer that did
+        start on the task must `nack` it instead (so that a task that kills its handler
+        still reaches the dead set)."""
+        conn = self._take()
+        req = pb.Request()
+        r = req.release
+        r.task_id = self.id
+        r.lease_token = self.lease_token
+        try:
+            await conn.call(req, "release")
+        except errors.LeaseExpired as e:
+            raise errors.LeaseExpired(e.message, task_id=self.id) from None
+
+    def _release_unseen_oneway(self) -> None:
+        self._settled = True
+        req = pb.Request()
+        r = req.release
+        r.task_id = self.id
+        r.lease_token = self.lease_token
+        self._conn.send_oneway(req)
+
     def _release(self, reason: str) -> None:
         self._settled = True
         req = pb.Request()
@@ -238,12 +261,24 @@ class Subscription:
         return self
 
     async def close(self) -> None:
-        """Unsubscribes and releases buffered deliveries. Idempotent."""
+        """Unsubscribes, then gives back the deliveries received but never handed out,
+        unseen (no attempt counted). Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self._node.close_subscription(self)
-        self.released_on_close = self._release_buffer()
+        unseen = [d for d in self._buffer if not d.is_stale and not d._settled]
+        self._buffer.clear()
+        results = await asyncio.gather(*(d.release_unseen() for d in unseen), return_exceptions=True)
+        released = 0
+        for d, r in zip(unseen, results, strict=True):
+            if r is None:
+                released += 1
+            elif not isinstance(r, (errors.LeaseExpired, errors.ConnectionLost)):
+                log.warning("giving back task %d unseen failed: %s", d.id, r)
+        if released:
+            log.info("subscription to %s closed; gave back %d buffered deliveries", self.queue, released)
+        self.released_on_close = released
         self._wake()
 
     async def __aenter__(self) -> Subscription:
@@ -257,17 +292,6 @@ class Subscription:
     ) -> None:
         await self.close()
 
-    def _release_buffer(self) -> int:
-        released = 0
-        while self._buffer:
-            d = self._buffer.popleft()
-            if not d.is_stale and not d._settled:
-                released += 1
-                d._release("released: the subscription was closed")
-        if released:
-            log.info("subscription to %s closed; released %d buffered deliveries", self.queue, released)
-        return released
-
     # --- events from the connection -------------------------------------------------
 
     def _wake(self) -> None:
@@ -277,7 +301,7 @@ class Subscription:
 
     def _on_delivery(self, delivery: Delivery) -> None:
         if self._closed:
-            delivery._release("released: the subscription was closed")
+            delivery._release_unseen_oneway()
             return
         self._buffer.append(delivery)
         self._wake()

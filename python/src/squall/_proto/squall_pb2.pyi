@@ -89,7 +89,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue")
+    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "release", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class Request(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     GET_TASK_FIELD_NUMBER: _ClassVar[int]
     WAIT_RESULT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     LIST_QUEUES_FIELD_NUMBER: _ClassVar[int]
     GET_QUEUE_FIELD_NUMBER: _ClassVar[int]
     SET_QUEUE_CONFIG_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +121,7 @@ class Request(_message.Message):
     ping: Ping
     get_task: GetTask
     wait_result: WaitResult
+    release: Release
     list_queues: ListQueues
     get_queue: GetQueue
     set_queue_config: SetQueueConfig
@@ -128,7 +130,7 @@ class Request(_message.Message):
     set_paused: SetPaused
     redrive: Redrive
     delete_queue: DeleteQueue
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("response", "delivery")
@@ -337,6 +339,14 @@ class Nack(_message.Message):
     dead: bool
     reason: str
     def __init__(self, task_id: _Optional[int] = ..., lease_token: _Optional[int] = ..., delay_ms: _Optional[int] = ..., dead: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Release(_message.Message):
+    __slots__ = ("task_id", "lease_token")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    lease_token: int
+    def __init__(self, task_id: _Optional[int] = ..., lease_token: _Optional[int] = ...) -> None: ...
 
 class Extend(_message.Message):
     __slots__ = ("task_id", "lease_token", "extend_ms")
