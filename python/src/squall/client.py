@@ -160,6 +160,7 @@ class _Node:
     generation: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _supervisor: asyncio.Task[None] | None = None
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- connection ---------------------------------------------------------------
 
@@ -248,7 +249,10 @@ class _Node:
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), keepalive)
             except TimeoutError:
-                asyncio.get_running_loop().create_task(self._ping(conn))
+                ping = asyncio.get_running_loop().create_task(self._ping(conn))
+                # Held until done: the loop keeps only weak references to tasks.
+                self._background.add(ping)
+                ping.add_done_callback(self._background.discard)
 
     async def _ping(self, conn: Conn) -> None:
         req = pb.Request()

@@ -98,6 +98,7 @@ class Worker:
         #: Every job not yet settled; `_handlers` of them are still in their handler.
         self._running: dict[asyncio.Task[None], _Job] = {}
         self._handlers = 0
+        self._background: set[asyncio.Task[None]] = set()
         self._slot_free = asyncio.Event()
 
     def stop(self) -> None:
@@ -268,7 +269,10 @@ class Worker:
             for job in list(self._running.values()):
                 if job.extending and now >= job.next_extend and not job.busy and not job.handler_done:
                     job.busy = True
-                    asyncio.get_running_loop().create_task(self._extend(job))
+                    t = asyncio.get_running_loop().create_task(self._extend(job))
+                    # Held until done: the loop keeps only weak references to tasks.
+                    self._background.add(t)
+                    t.add_done_callback(self._background.discard)
 
     async def _extend(self, job: _Job) -> None:
         try:
