@@ -4,7 +4,7 @@
 //! the broker's in-memory indexes.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -301,6 +301,20 @@ pub struct RecoveryStats {
     pub journal_bytes: u64,
 }
 
+/// Makes what opening created in `dir` durable before anything is confirmed: sled
+/// writes its settings file (`durability_cookie`) without syncing it, and neither it
+/// nor the journal directory syncs `dir`. Without this a power loss before the first
+/// checkpoint leaves the settings file empty (sled then cannot open the store) or the
+/// journal directory gone (found by `tests/power_loss.rs`).
+fn sync_created(dir: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(dir.join("durability_cookie")) {
+        Ok(cookie) => cookie.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    journal::sync_dir(dir)
+}
+
 impl Store {
     /// Opens (or creates) the data directory and replays the journal into sled.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -313,6 +327,7 @@ impl Store {
             .map_err(io_error)?;
         let journal_dir = config.path.join(JOURNAL_DIR);
         let (journal, replayed) = replay(&db, &journal_dir, config.journal_segment_bytes)?;
+        sync_created(&config.path).map_err(io_error)?;
         let watermark = read_watermark(&db)?;
         let policies = policy::Policies::load(&db, QueueConfig::default())?;
         let next_id = match watermark {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod fault_disk;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
