@@ -54,7 +54,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Test hook: start-up sleeps this long inside recovery, so that tests can watch
     /// `/readyz` say "not ready". Only the environment variable
-    /// `SQUALL_TEST_RECOVERY_DELAY_MS` sets it; it is not a documented setting.
+    /// `SQUALL_TEST_RECOVERY_DELAY_MS` sets it, and only in a build with the
+    /// `test-hooks` feature (the tests'); it is not a documented setting.
     pub test_recovery_delay: Duration,
     /// How often the retention sweep removes expired results, dead tasks and
     /// idempotency keys.

@@ -1,8 +1,7 @@
 //! Admin changes on a full disk (issue 19, fault 2): purge, delete-queue, redrive,
 //! configure and pause refused with STORAGE have not happened (`queues` and `peek`
-//! show the queue unchanged), and each succeeds, durably, once space returns. The data directory is on a small tmpfs the test fills (as root); where
-//! mounting is not permitted, the test-only hook `SQUALL_TEST_DISK_FULL_FILE` fails
-//! the journal instead.
+//! show the queue unchanged), and each succeeds, durably, once space returns. The data directory is on a small tmpfs the test fills (as root; skipped,
+//! loudly, where mounting is not permitted, and failed under CI).
 
 mod common;
 
@@ -44,7 +43,9 @@ fn assert_storage<T: std::fmt::Debug>(what: &str, r: Result<T, squall_client::Cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_refused_with_storage_change_nothing_and_succeed_once_space_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let disk = FullableDisk::new(dir.path(), "24m", "1 MiB");
+    let Some(disk) = FullableDisk::new(dir.path(), "24m", "1 MiB") else {
+        return;
+    };
     let (data, env) = (&disk.data, disk.env());
     let broker = ChildBroker::spawn_env(data, &["--sweep-interval", "1h"], &env);
     let c = client(&broker).await;

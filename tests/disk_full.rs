@@ -5,9 +5,10 @@
 //! space returns it must resume by itself: publishes succeed, deliveries go on, and
 //! everything confirmed is delivered, then and after a restart.
 //!
-//! Where `mount` is not permitted (not root), the same scenario runs with the
-//! test-only hook `SQUALL_TEST_DISK_FULL_FILE`: while the named file exists, appending or creating
-//! a journal segment fails with "no space left", as it does on a full disk.
+//! Where `mount` is not permitted (not root) the tmpfs test is skipped, loudly (under CI,
+//! which runs as root, it fails instead). The other two tests inject the fault with the
+//! fault filesystem (`tests/faultfs`): a failed sled flush, and "no space left" on
+//! journal writes.
 
 mod common;
 
@@ -15,8 +16,10 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::disk::{noise, FullableDisk};
+use common::fault_disk::FaultDisk;
 use common::{http_get, ChildBroker};
 use squall_client::{Client, Delivery, ErrorCode, Subscription};
+use squall_faultfs::Op;
 
 fn random_payload(i: u64) -> Vec<u8> {
     noise(i, 32 * 1024)
@@ -53,7 +56,9 @@ async fn consume_until(c: &Client, seen: &mut HashSet<u64>, n: usize) {
 async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     // Small segments, so that the preallocated one fills within the test.
-    let disk = FullableDisk::new(dir.path(), "24m", "1 MiB");
+    let Some(disk) = FullableDisk::new(dir.path(), "24m", "1 MiB") else {
+        return;
+    };
     let (data, env) = (&disk.data, disk.env());
     let broker = ChildBroker::spawn_env(data, &["--sweep-interval", "1h"], &env);
     let c = client(&broker).await;
@@ -64,7 +69,7 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
         confirmed.push(c.publish("keep", random_payload(i)).await.unwrap().id);
     }
 
-    // The fault: the disk fills up (or the hook says it did).
+    // The fault: the disk fills up.
     disk.fill();
     let started = Instant::now();
     let mut failed = None;
@@ -137,20 +142,20 @@ async fn a_full_disk_fails_publishes_with_storage_and_the_broker_resumes_when_sp
 }
 
 /// The rare failure the broker cannot get over in-process: a checkpoint (sled's flush)
-/// fails (injected here with `SQUALL_TEST_FAIL_CHECKPOINT`). Changes then answer
-/// STORAGE, the broker stops by itself with exit code 75 so that its supervisor
-/// restarts it, and the restart replays the journal: nothing confirmed is lost.
+/// fails (here: the fault filesystem fails every sync of sled's data files with EIO).
+/// Changes then answer STORAGE, the broker stops by itself with exit code 75 so that
+/// its supervisor restarts it, and the restart replays the journal: nothing confirmed
+/// is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_checkpoint_stops_the_broker_with_75_and_the_restart_loses_nothing_confirmed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let Some(disk) = FaultDisk::new("disk_full::failed_checkpoint") else {
+        return;
+    };
+    let data = disk.data_dir();
     // 64 KiB segments: the first checkpoint comes after about fifteen 4 KiB tasks.
     let segments = ("SQUALL_JOURNAL_SEGMENT_BYTES", "64 KiB");
-    let broker = ChildBroker::spawn_env(
-        &data,
-        &[],
-        &[segments, ("SQUALL_TEST_FAIL_CHECKPOINT", "1")],
-    );
+    let broker = ChildBroker::spawn_env(&data, &[], &[segments]);
+    disk.fs().fail(Op::Sync, "slabs/", libc::EIO, 0);
     let c = client(&broker).await;
     let mut confirmed = Vec::new();
     let started = Instant::now();
@@ -175,7 +180,9 @@ async fn a_failed_checkpoint_stops_the_broker_with_75_and_the_restart_loses_noth
     c.close().await;
     let status = broker.wait_exit(Duration::from_secs(30));
     assert_eq!(status.code(), Some(75), "{status}");
+    assert!(disk.fs().stats().injected > 0, "the fault was what failed");
 
+    disk.fs().clear_faults();
     let broker = ChildBroker::spawn_env(&data, &[], &[segments]);
     let c = client(&broker).await;
     let mut seen = HashSet::new();
@@ -189,28 +196,34 @@ async fn a_failed_checkpoint_stops_the_broker_with_75_and_the_restart_loses_noth
 
 /// An ack refused with STORAGE while the journal cannot write leaves the task pending
 /// in the store; once space returns, the broker delivers it again by itself (no
-/// restart), and the second ack sticks. Runs with the test-only hook, which fails
-/// appends at once (a full real disk would first fill the preallocated segment).
+/// restart), and the second ack sticks. The fault filesystem fails journal writes
+/// with ENOSPC at once (a full real disk would first fill the preallocated segment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let flag = dir.path().join("disk-is-full");
-    let broker = ChildBroker::spawn_env(
-        &data,
-        &[],
-        &[("SQUALL_TEST_DISK_FULL_FILE", flag.to_str().unwrap())],
-    );
+    let Some(disk) = FaultDisk::new("disk_full::ack_refused") else {
+        return;
+    };
+    let data = disk.data_dir();
+    let broker = ChildBroker::spawn(&data, &[]);
     let c = client(&broker).await;
     let id = c.publish("acks", "work").await.unwrap().id;
     let mut sub = c.subscribe("acks").prefetch(1).await.unwrap();
     let first = next(&mut sub, "delivery").await;
     assert_eq!((first.id(), first.attempt()), (id, 1));
+    // The delivery's attempt is persisted in a later group commit: let it land first.
+    let t = Instant::now();
+    while c.task(id).await.unwrap().attempts < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "attempt never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
-    std::fs::write(&flag, b"").unwrap();
+    disk.fs().fail(Op::Write, "journal/", libc::ENOSPC, 0);
     let err = first.ack().await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
-    std::fs::remove_file(&flag).unwrap();
+    disk.fs().clear_faults();
 
     let again = next(&mut sub, "the task comes back without a restart").await;
     assert_eq!((again.id(), again.attempt()), (id, 2));

@@ -14,7 +14,8 @@ use super::{ConfigError, LogFormat, Settings};
 use crate::auth::{Role, TokenEntry, TokenHash};
 use crate::store::FsyncMode;
 
-/// Environment variable of the test-only recovery delay (milliseconds).
+/// Environment variable of the test-only recovery delay (milliseconds); read only by a
+/// build with the `test-hooks` feature.
 pub const TEST_RECOVERY_DELAY_ENV: &str = "SQUALL_TEST_RECOVERY_DELAY_MS";
 
 type Apply = fn(&mut Settings, &Value) -> Result<(), String>;
@@ -169,6 +170,7 @@ impl Settings {
         I: IntoIterator<Item = (String, String)>,
     {
         for (var, value) in vars {
+            #[cfg(feature = "test-hooks")]
             if var == TEST_RECOVERY_DELAY_ENV {
                 let ms = value.parse::<u64>().map_err(|_| ConfigError {
                     key: "test_recovery_delay".to_owned(),

@@ -548,10 +548,13 @@ async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let recovered = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_config)?;
         store.set_queue_defaults(queue_defaults);
+        #[cfg(feature = "test-hooks")]
         if !test_delay.is_zero() {
             tracing::warn!(?test_delay, "test hook: recovery delayed on purpose");
             std::thread::sleep(test_delay);
         }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = test_delay;
         let now = now_ms();
         let mut engine = Engine::new(engine_config, now);
         for (name, cfg) in store.queues()? {

@@ -19,10 +19,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::pool::Db;
 use super::{journal, Inner, StoreError, WriterStats};
 
-/// Environment variable of a test-only fault: when set, every checkpoint fails as a
-/// sled flush on a broken disk would (without calling sled), and the store fails.
-pub const TEST_FAIL_CHECKPOINT_ENV: &str = "SQUALL_TEST_FAIL_CHECKPOINT";
-
 /// How long a checkpoint postponed for lack of space waits before it looks again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -52,8 +48,6 @@ struct Worker {
     reserve: u64,
     /// Set while checkpoints wait for space, so that the warning is logged once.
     short_of_space: bool,
-    /// The test-only fault (`TEST_FAIL_CHECKPOINT_ENV`).
-    injected_failure: bool,
 }
 
 enum Outcome {
@@ -78,7 +72,6 @@ impl Checkpointer {
             dir,
             reserve,
             short_of_space: false,
-            injected_failure: std::env::var_os(TEST_FAIL_CHECKPOINT_ENV).is_some(),
         };
         let thread = std::thread::Builder::new()
             .name("squall-checkpoint".into())
@@ -210,13 +203,7 @@ impl Worker {
             tracing::info!("disk space is back: checkpoints resume");
         }
         let start = Instant::now();
-        let flushed = if self.injected_failure {
-            Err(std::io::Error::other(format!(
-                "injected checkpoint failure ({TEST_FAIL_CHECKPOINT_ENV})"
-            )))
-        } else {
-            self.db.flush().map(|_| ())
-        };
+        let flushed = self.db.flush().map(|_| ());
         if let Err(error) = flushed {
             tracing::error!(%error, floor, "checkpoint flush failed");
             self.store.fail(&super::io_error(error));

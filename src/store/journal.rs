@@ -71,9 +71,6 @@ pub(crate) struct Journal {
     buf: Vec<u8>,
     /// Written since the last sync.
     unsynced: bool,
-    /// Test hook: while this file exists, appends and segment creation fail as on a
-    /// full disk (`SQUALL_TEST_DISK_FULL_FILE`, for tests that cannot fill a real disk).
-    full_while: Option<PathBuf>,
 }
 
 struct Segment {
@@ -83,10 +80,6 @@ struct Segment {
     capacity: u64,
     created: Instant,
 }
-
-/// Environment variable of the test-only disk-full switch: the path of a file whose
-/// existence makes appends and segment creation fail with "no space left".
-pub const TEST_DISK_FULL_ENV: &str = "SQUALL_TEST_DISK_FULL_FILE";
 
 impl Journal {
     /// Opens the journal in `dir` (creating it), replaying through `apply` every record
@@ -146,7 +139,6 @@ impl Journal {
         for path in useless {
             std::fs::remove_file(&path)?;
         }
-        let full_while = std::env::var_os(TEST_DISK_FULL_ENV).map(PathBuf::from);
         let journal = Journal {
             dir: dir.to_owned(),
             segment_bytes: segment_bytes.max(HEADER as u64 * 4),
@@ -154,7 +146,6 @@ impl Journal {
             next_seq,
             buf: Vec::with_capacity(64 * 1024),
             unsynced: false,
-            full_while,
         };
         Ok((journal, replayed))
     }
@@ -198,12 +189,6 @@ impl Journal {
                 format!("a group of {body_len} bytes is over the 4 GiB record limit"),
             )
         })?;
-        if let Some(e) = self.injected_full() {
-            // As a write that failed: the segment is left where it is.
-            self.current = None;
-            self.unsynced = false;
-            return Err(e);
-        }
         let len = self.buf.len() as u64;
         let sealed = self.make_room(len)?;
         let seq = self.next_seq;
@@ -303,22 +288,9 @@ impl Journal {
         Ok(sealed)
     }
 
-    /// The test hook's error, while its file exists.
-    fn injected_full(&self) -> Option<io::Error> {
-        self.full_while.as_ref().filter(|p| p.exists()).map(|_| {
-            io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!("no space left on device (injected by {TEST_DISK_FULL_ENV})"),
-            )
-        })
-    }
-
     /// Creates, preallocates and syncs a segment starting at the next number, and
     /// syncs the directory, so that records synced into it cannot vanish with it.
     fn create(&self, capacity: u64) -> io::Result<Segment> {
-        if let Some(e) = self.injected_full() {
-            return Err(e);
-        }
         let path = segment_path(&self.dir, self.next_seq);
         let file = OpenOptions::new()
             .read(true)
@@ -657,25 +629,6 @@ mod tests {
             1,
             "the newest stays"
         );
-    }
-
-    #[test]
-    fn the_disk_full_hook_fails_segment_creation_until_the_file_goes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = replay(dir.path(), 0);
-        let flag = dir.path().join("full");
-        j.full_while = Some(flag.clone());
-        std::fs::write(&flag, b"").unwrap();
-        j.begin();
-        j.put(b"k", Some(b"v"));
-        let err = j.append(true).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
-        assert_eq!(j.next_seq(), 0, "no number used when nothing was written");
-        std::fs::remove_file(&flag).unwrap();
-        j.ensure_segment().unwrap();
-        append(&mut j, &[(b"k", Some(b"v"))]);
-        drop(j);
-        assert_eq!(replay(dir.path(), 0).1.len(), 1);
     }
 
     proptest::proptest! {

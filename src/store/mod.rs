@@ -30,8 +30,6 @@ mod status;
 mod tests;
 mod writer;
 
-pub use checkpoint::TEST_FAIL_CHECKPOINT_ENV;
-pub use journal::TEST_DISK_FULL_ENV;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
 

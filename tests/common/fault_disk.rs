@@ -217,7 +217,10 @@ impl Load {
                         }
                         Err(e) => match e.code() {
                             Some(code) => {
-                                ledger.lock().ack_refused.insert(id, code);
+                                // Refused: the ack has not happened, the task must stay.
+                                let mut l = ledger.lock();
+                                l.ack_refused.insert(id, code);
+                                l.ack_sent.remove(&id);
                             }
                             None => break,
                         },
