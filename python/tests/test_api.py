@@ -283,3 +283,19 @@ async def test_inflight_limit_from_hello_is_respected(binary: str, q: str) -> No
         await c.close()
     finally:
         b.close()
+
+
+async def test_a_request_over_the_frame_limit_is_refused_before_sending(binary: str, q: str) -> None:
+    b = Broker(binary, ["--max-frame-bytes", "16384", "--max-payload-bytes", "8192"])
+    b.start()
+    try:
+        c = await squall.connect(b.addr)
+        assert c.server_info.limits.max_frame_bytes == 16384
+        with pytest.raises(squall.FrameTooLarge) as e:
+            await c.publish_batch(q, [b"x" * 8000] * 3)
+        assert e.value.local
+        # The connection is still the same healthy one: nothing was sent.
+        assert c.is_connected and len(await c.publish_batch(q, [b"x" * 8000] * 2)) == 2
+        await c.close()
+    finally:
+        b.close()

@@ -190,7 +190,9 @@ class Conn(asyncio.Protocol):
     # --- writing -----------------------------------------------------------------
 
     def _write(self, req: pb.Request) -> None:
-        data = req.SerializeToString()
+        self._write_data(req.SerializeToString())
+
+    def _write_data(self, data: bytes) -> None:
         self._wbuf.append(_LEN.pack(len(data)))
         self._wbuf.append(data)
         if not self._flush_scheduled:
@@ -235,9 +237,19 @@ class Conn(asyncio.Protocol):
             rid = self.next_id
             self.next_id = rid + 1
         req.id = rid
+        data = req.SerializeToString()
+        limit = self.info.limits.max_frame_bytes
+        if limit and len(data) > limit:
+            # The broker would close the connection on it: refuse it here instead.
+            self._release_slot()
+            raise errors.invalid(
+                errors.FrameTooLarge,
+                f"{name} request of {len(data)} bytes exceeds the broker's max_frame_bytes of "
+                f"{limit}; send fewer or smaller tasks at once",
+            )
         fut: asyncio.Future[pb.Response] = self.loop.create_future()
         self.pending[rid] = fut
-        self._write(req)
+        self._write_data(data)
         timer = None
         if timeout is None:
             self._deadlines.append((self.loop.time() + self.request_timeout, rid, name))
@@ -249,14 +261,17 @@ class Conn(asyncio.Protocol):
             self.pending.pop(rid, None)
             if timer is not None:
                 timer.cancel()
-            self._free += 1
-            if self._slot_waiters:
-                w = self._slot_waiters.popleft()
-                if not w.done():
-                    w.set_result(None)
+            self._release_slot()
         if resp.WhichOneof("result") == "error":
             raise errors.from_wire(resp.error.code, resp.error.message)
         return resp
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        if self._slot_waiters:
+            w = self._slot_waiters.popleft()
+            if not w.done():
+                w.set_result(None)
 
     def _expire(self, rid: int, name: str, after: float) -> None:
         fut = self.pending.pop(rid, None)
