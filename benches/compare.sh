@@ -13,7 +13,7 @@
 # the median of the rounds, per broker and per column.
 #
 # Usage: benches/compare.sh            (from the repository root or anywhere)
-# Environment: ROUNDS (3), MESSAGES (300000), BEANSTALKD_MESSAGES (50000), SIZE (256),
+# Environment: ROUNDS (3), MESSAGES (300000), BEANSTALKD_MESSAGES (10000), SIZE (256),
 #              PRODUCERS (4), CONSUMERS (4), WINDOW (64), PREFETCH (64), RATE (1000),
 #              RATE_MESSAGES (10000), OUT (dir for the JSON reports).
 # Needs: beanstalkd and redis-server (installed with apt-get when missing and root),
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 MESSAGES=${MESSAGES:-300000}
-BEANSTALKD_MESSAGES=${BEANSTALKD_MESSAGES:-50000}
+BEANSTALKD_MESSAGES=${BEANSTALKD_MESSAGES:-10000}
 SIZE=${SIZE:-256}
 PRODUCERS=${PRODUCERS:-4}
 CONSUMERS=${CONSUMERS:-4}
