@@ -367,7 +367,8 @@ impl State {
                 let _ = file.write_all_at(old, page * PAGE);
             }
             let _ = file.set_len(u.durable_len);
-            if let (Some(rng), Some((off, data))) = (rng.as_mut(), u.last_write) {
+            let last = u.last_write.filter(|(_, data)| !data.is_empty());
+            if let (Some(rng), Some((off, data))) = (rng.as_mut(), last) {
                 let keep = rng.random_range(0..data.len());
                 if keep > 0 {
                     let _ = file.write_all_at(&data[..keep], off);
