@@ -299,3 +299,18 @@ async def test_a_request_over_the_frame_limit_is_refused_before_sending(binary: 
         await c.close()
     finally:
         b.close()
+
+
+async def test_release_and_release_unseen(client: squall.Client, q: str) -> None:
+    t = await client.publish(q, b"back and forth")
+    async with client.subscribe(q, prefetch=1) as sub:
+        d = await next_delivery(sub)
+        await d.release_unseen()  # never started: no attempt counted
+        with pytest.raises(squall.LeaseExpired):
+            await d.release_unseen()
+        d = await next_delivery(sub)
+        assert (d.id, d.attempt) == (t.id, 1)
+        d.release()  # started: counts as an attempt, back at once without backoff
+        d = await next_delivery(sub)
+        assert (d.id, d.attempt) == (t.id, 2)
+        await d.ack()
