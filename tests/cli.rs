@@ -101,6 +101,14 @@ fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
 }
 
+/// Waits for the child's exit (see [`wait_exit`]) and returns it with its stderr.
+fn finish(child: &mut std::process::Child) -> (std::process::ExitStatus, String) {
+    let status = wait_exit(child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_a_busy_consume_and_gives_back_what_it_did_not_show() {
     let b = TestBroker::start().await;
@@ -129,10 +137,8 @@ async fn ctrl_c_stops_a_busy_consume_and_gives_back_what_it_did_not_show() {
         // Read the rest beside: if the signal were missed, wait_exit kills the child
         // (and fails the test) rather than the read waiting forever.
         let rest = std::thread::spawn(move || lines.inspect(|l| assert!(l.is_ok())).count());
-        let status = wait_exit(&mut child);
+        let (status, stderr) = finish(&mut child);
         printed += rest.join().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         (status, printed, stderr)
     })
     .await
@@ -199,14 +205,9 @@ async fn a_closed_stdout_ends_consume_quietly_without_spending_attempts() {
         .expect("spawn consume");
     // The reader goes away before anything is printed.
     drop(child.stdout.take());
-    let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child);
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status, stderr)
-    })
-    .await
-    .unwrap();
+    let (status, stderr) = tokio::task::spawn_blocking(move || finish(&mut child))
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(141), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!stderr.contains("Broken pipe"), "quiet: {stderr}");
@@ -240,4 +241,246 @@ async fn consume_into_head_exits_quietly() {
     // The task cut short was never shown whole: back, unacked, with no attempt spent.
     assert_eq!((q.ready, q.dead, q.totals.acked), (20, 0, 0), "{q:?}");
     next_is_first_attempt(&c, "head").await;
+}
+
+/// `squall serve` on `data_dir` with both ports on 127.0.0.1:0, run to its exit.
+fn serve_on(data_dir: &std::path::Path, as_nobody: bool) -> Output {
+    let mut cmd = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_squall"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_squall"))
+    };
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdin(Stdio::null());
+    // Only refusals are run here; a broker that starts would not exit by itself.
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let (status, stderr) = finish(&mut child);
+    Output {
+        status,
+        stdout: Vec::new(),
+        stderr: stderr.into_bytes(),
+    }
+}
+
+/// [`serve_on`] off the runtime's threads.
+async fn serve(data_dir: &std::path::Path, as_nobody: bool) -> Output {
+    let data_dir = data_dir.to_owned();
+    tokio::task::spawn_blocking(move || serve_on(&data_dir, as_nobody))
+        .await
+        .unwrap()
+}
+
+/// One start-up refusal: its exit code, the path named, the reason, once, in plain words.
+fn assert_refused(out: &Output, code: i32, path: &std::path::Path, reason: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    let path = path.display().to_string();
+    assert!(stderr.contains(&path), "names {path}: {stderr}");
+    assert!(stderr.contains(reason), "says {reason:?}: {stderr}");
+    assert_eq!(stderr.matches(reason).count(), 1, "said once: {stderr}");
+    for noise in ["sled:", ".rs:", "os error", "panicked"] {
+        assert!(!stderr.contains(noise), "no {noise:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_says_which_data_directory_it_cannot_use_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    assert_refused(
+        &serve(&file, false).await,
+        73,
+        &file,
+        "exists and is not a directory",
+    );
+    let below = file.join("data");
+    assert_refused(&serve(&below, false).await, 73, &below, "is a file");
+
+    // A second broker on a directory a running one holds (this process).
+    let running = TestBroker::start().await;
+    let data = running.data_dir().to_owned();
+    let pid = std::process::id();
+    assert_refused(
+        &serve(&data, false).await,
+        78,
+        &data,
+        &format!("is already in use by another squall process (pid {pid})"),
+    );
+    drop(running);
+
+    // Unwritable: checked as an unprivileged user (root may write anywhere).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let locked = dir.path().join("locked");
+        std::fs::create_dir(&locked).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = serve(&locked, true).await;
+        assert_refused(&out, 73, &locked, "is not writable by uid 65534");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_names_the_setting_of_a_port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    for (flag, other, named) in [
+        ("--listen", "--http", "the protocol port, --listen"),
+        ("--http", "--listen", "the HTTP port, --http"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let port = port.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = squall()
+                .args(["serve", flag, &port, other, "127.0.0.1:0", "--data-dir"])
+                .arg(&data)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            finish(&mut child)
+        })
+        .await
+        .unwrap();
+        let (status, stderr) = out;
+        assert!(!status.success());
+        assert!(
+            stderr.contains(&format!(
+                "cannot listen on {} ({named})",
+                taken.local_addr().unwrap()
+            )),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+    }
+}
+
+#[test]
+fn listen_accepts_a_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, events) = common::spawn_squall(
+        &[
+            "--listen",
+            "localhost:0",
+            "--http",
+            "localhost:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let listening = loop {
+        match events.recv_timeout(WAIT) {
+            Ok(common::LogEvent::Listening(a)) => break Some(a),
+            Ok(common::LogEvent::Http(_)) => continue,
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = listening.expect("serve --listen localhost:0 starts");
+    assert!(addr.ip().is_loopback(), "{addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_says_when_it_is_pointed_at_the_http_port_or_given_no_port() {
+    let b = TestBroker::start().await;
+    let http = b.http_addr().to_string();
+    let out = run(&["queues", "--server", &http]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("HTTP port"), "{stderr}");
+    assert!(stderr.contains("7600"), "names the protocol port: {stderr}");
+    assert!(!stderr.contains("bytes exceeds"), "{stderr}");
+
+    // No port: the default one. Nothing listens on 127.0.0.2:7600 here.
+    let out = run(&["queues", "--server", "127.0.0.2"]).await;
+    let stderr = text(&out.stderr);
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(stderr.contains("127.0.0.2:7600"), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_say_what_they_did() {
+    let b = TestBroker::start().await;
+    let c = client(&b).await;
+    let server = b.addr.to_string();
+    let s = server.as_str();
+
+    // Publishing an empty standard input says so.
+    let out = run(&["publish", "said", "--server", s]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("nothing was published"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // consume on a queue that does not exist says that subscribing created it.
+    c.publish("jobs", "x").await.unwrap();
+    let mut child = squall()
+        .args(["consume", "jbos", "--server", s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let note = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr).lines().next().map(|l| l.unwrap())
+    });
+    let note = tokio::time::timeout(WAIT, note).await;
+    // SAFETY: kill(2) on our own child with a valid signal.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child))
+        .await
+        .unwrap();
+    let note = note
+        .expect("a note on standard error")
+        .unwrap()
+        .unwrap_or_default();
+    assert!(
+        note.contains("queue jbos did not exist (queues that exist: jobs)"),
+        "{note}"
+    );
+    assert!(note.contains("subscribing created it"), "{note}");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "an idle consume stops on Ctrl-C too"
+    );
+
+    for (args, says) in [
+        (vec!["--nack"], "nacked: retried after the queue's backoff"),
+        (
+            vec!["--fail", "bad input"],
+            "failed: moved to the dead set (reason: bad input)",
+        ),
+    ] {
+        c.publish("said", "x").await.unwrap();
+        let mut full = vec!["consume", "said", "--server", s, "--count", "1"];
+        full.extend(args);
+        let out = run(&full).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+
+    let out = run(&["purge", "said", "--server", s, "--yes", "--state", "dead"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "purged 1 task from said");
 }

@@ -425,3 +425,48 @@ async fn worker_shutdown_returns_unfinished_tasks_for_redelivery() {
     broker.stop().await;
     assert!(stored_states(&broker, &ids).iter().all(acked));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stops_after_max_tasks_or_when_its_condition_holds() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    publish_n(&client, "stops", 20).await;
+
+    // Prefetch above the limit: what it buffered beyond it goes back unseen.
+    let report = tokio::time::timeout(
+        WAIT,
+        client
+            .worker("stops")
+            .concurrency(2)
+            .prefetch(8)
+            .max_tasks(3)
+            .run(|_task: Task| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .expect("stops by itself")
+    .unwrap();
+    assert_eq!(report.acked, 3, "{report:?}");
+
+    let report = tokio::time::timeout(
+        WAIT,
+        client
+            .worker("stops")
+            .concurrency(1)
+            .stop_when(|r: &WorkerReport| r.acked >= 5)
+            .run(|_task: Task| async { Ok::<_, TaskError>(()) }),
+    )
+    .await
+    .expect("stops by itself")
+    .unwrap();
+    assert_eq!(
+        report.acked, 5,
+        "one handler at a time stops exactly there: {report:?}"
+    );
+
+    let q = client.queue("stops").await.unwrap();
+    assert_eq!((q.ready, q.leased, q.totals.acked), (12, 0, 8), "{q:?}");
+    assert_eq!(
+        q.totals.redelivered, 0,
+        "nothing handed back spent an attempt"
+    );
+}

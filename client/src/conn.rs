@@ -454,6 +454,15 @@ async fn handshake(
     wr.write_all(&buf).await?;
     buf.clear();
     let answer: v1::ServerMessage = loop {
+        if buf.starts_with(b"HTTP") {
+            // An HTTP server answering the Hello frame as a bad request: the address
+            // is a broker's metrics port (or another web server), read as a length.
+            return Err(ClientError::Config(format!(
+                "{addr} answers in HTTP: that is a broker's HTTP port (metrics and health, \
+                 7601 by default), not its protocol port (7600 by default, set by \
+                 `squall serve --listen`)"
+            )));
+        }
         if let Some(msg) = decode_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES)? {
             break msg;
         }

@@ -286,7 +286,12 @@ pub struct Worker {
     queue: String,
     settings: Settings,
     shutdown: CancellationToken,
+    max_tasks: Option<u64>,
+    stop_when: Option<StopWhen>,
 }
+
+/// A condition on what the worker did so far that ends its run.
+type StopWhen = Arc<dyn Fn(&WorkerReport) -> bool + Send + Sync>;
 
 impl fmt::Debug for Worker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -322,7 +327,30 @@ impl Worker {
             queue,
             settings,
             shutdown,
+            max_tasks: None,
+            stop_when: None,
         }
+    }
+
+    /// Stops after taking `n` tasks: no delivery is taken after the `n`-th, the
+    /// running handlers finish (within the grace period) and are settled, then
+    /// [`run`](Self::run) returns. Deliveries still buffered go back without an
+    /// attempt counted.
+    pub fn max_tasks(mut self, n: u64) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
+    /// Stops once `done` says so, asked after each task is settled with what the
+    /// worker did so far (for example `|r| r.acked >= 100`, or `|r| r.dead > 0`). The
+    /// stop is graceful, as for [`max_tasks`](Self::max_tasks); handlers already
+    /// running when it becomes true still finish, so the report may go past it.
+    pub fn stop_when(
+        mut self,
+        done: impl Fn(&WorkerReport) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.stop_when = Some(Arc::new(done));
+        self
     }
 
     /// Handlers running at once (at least 1; default 8).
@@ -410,6 +438,8 @@ impl Worker {
             hard_stop: CancellationToken::new(),
             lease_extension: self.settings.lease_extension,
             counters: Counters::default(),
+            stop_when: self.stop_when.clone(),
+            stopped: CancellationToken::new(),
         });
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut running = JoinSet::new();
@@ -424,6 +454,15 @@ impl Worker {
     }
 
     fn effective_prefetch(&self) -> u32 {
+        let p = self.configured_prefetch();
+        // Never hold more than will be taken.
+        match self.max_tasks {
+            Some(n) => p.min(u32::try_from(n.max(1)).unwrap_or(u32::MAX)),
+            None => p,
+        }
+    }
+
+    fn configured_prefetch(&self) -> u32 {
         if let Some(p) = self.settings.prefetch {
             return p;
         }
@@ -448,10 +487,16 @@ impl Worker {
         Fut: Future<Output = std::result::Result<R, TaskError>> + Send + 'static,
         R: HandlerOutput,
     {
+        let mut taken = 0u64;
         loop {
+            if self.max_tasks.is_some_and(|n| taken >= n) {
+                debug!(queue = %self.queue, taken, "worker took its max_tasks; stopping");
+                return None;
+            }
             let slot = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
+                _ = ctx.stopped.cancelled() => return None,
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     log_join(done);
                     continue;
@@ -464,10 +509,12 @@ impl Worker {
             let next = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return None,
+                _ = ctx.stopped.cancelled() => return None,
                 next = sub.recv() => next,
             };
             match next {
                 Some(Ok(delivery)) => {
+                    taken += 1;
                     let ctx = ctx.clone();
                     running.spawn(async move {
                         ctx.drive(delivery).await;
@@ -543,6 +590,10 @@ struct DriveContext<F> {
     hard_stop: CancellationToken,
     lease_extension: Option<Duration>,
     counters: Counters,
+    /// The worker's stop condition, asked after each settle.
+    stop_when: Option<StopWhen>,
+    /// Cancelled once `stop_when` held: the worker takes no more tasks.
+    stopped: CancellationToken,
 }
 
 impl<F, Fut, R> DriveContext<F>
@@ -589,6 +640,11 @@ where
             }
         };
         self.settle(lease, task_id, outcome).await;
+        if let Some(done) = &self.stop_when {
+            if done(&self.counters.report()) {
+                self.stopped.cancel();
+            }
+        }
     }
 
     async fn settle(

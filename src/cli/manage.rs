@@ -74,7 +74,7 @@ pub async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         confirm(&format!("Remove {what} tasks from queue {}?", q.name))?;
     }
     let removed = client.purge(&args.queue, args.state).await?;
-    println!("purged {removed} tasks from {}", args.queue);
+    println!("purged {} from {}", tasks(removed), args.queue);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -89,8 +89,9 @@ pub async fn pause(args: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
     } else {
         let q = client.resume(&args.queue).await?;
         println!(
-            "resumed {}: {} ready tasks can be delivered",
-            q.name, q.ready
+            "resumed {}: {} ready to be delivered",
+            q.name,
+            tasks(q.ready)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -100,7 +101,8 @@ pub async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     let client = connect_for(&args.server, "squall-redrive", &args.queue).await?;
     let moved = client.redrive(&args.queue, args.limit).await?;
     println!(
-        "redrove {moved} dead tasks of {} to ready (attempts reset)",
+        "redrove {} of {} from dead to ready (attempts reset)",
+        tasks(moved),
         args.queue
     );
     Ok(ExitCode::SUCCESS)
@@ -122,8 +124,17 @@ pub async fn delete_queue(args: DeleteQueueArgs) -> anyhow::Result<ExitCode> {
         ))?;
     }
     let removed = client.delete_queue(&args.queue).await?;
-    println!("deleted queue {} and its {removed} tasks", args.queue);
+    println!("deleted queue {} and {}", args.queue, tasks(removed));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 task`, `2 tasks`.
+pub(super) fn tasks(n: u64) -> String {
+    if n == 1 {
+        "1 task".to_owned()
+    } else {
+        format!("{n} tasks")
+    }
 }
 
 fn count_in(q: &QueueInfo, state: StateFilter) -> u64 {

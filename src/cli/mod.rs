@@ -34,6 +34,14 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 /// `squall serve`: the store failed (a checkpoint could not be written) and the broker
 /// stopped so that its supervisor restarts it (EX_TEMPFAIL).
 pub const EXIT_STORE_FAILED: u8 = 75;
+/// `squall serve`: the data directory cannot be created, is not a directory, or is not
+/// writable (EX_CANTCREAT).
+pub const EXIT_DATA_DIR_UNUSABLE: u8 = 73;
+/// `squall serve`: the data directory's contents could not be opened (EX_IOERR).
+pub const EXIT_DATA_DIR_UNREADABLE: u8 = 74;
+/// `squall serve`: another squall process holds the data directory (EX_CONFIG: two
+/// brokers are configured with one directory).
+pub const EXIT_DATA_DIR_IN_USE: u8 = 78;
 
 /// Squall: a durable task broker.
 #[derive(Debug, Parser)]
@@ -217,10 +225,18 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     if let Some(x) = e.downcast_ref::<Exit>() {
         return x.code;
     }
-    if let Some(squall::server::ServerError::Store(squall::store::StoreError::Failed(_))) =
-        e.downcast_ref::<squall::server::ServerError>()
-    {
-        return EXIT_STORE_FAILED;
+    use squall::server::ServerError;
+    use squall::store::{DataDirProblem, StoreError};
+    match e.downcast_ref::<ServerError>() {
+        Some(ServerError::Store(StoreError::Failed(_))) => return EXIT_STORE_FAILED,
+        Some(ServerError::Store(StoreError::DataDir { problem, .. })) => {
+            return match problem {
+                DataDirProblem::InUse => EXIT_DATA_DIR_IN_USE,
+                DataDirProblem::Unusable => EXIT_DATA_DIR_UNUSABLE,
+                DataDirProblem::Unreadable => EXIT_DATA_DIR_UNREADABLE,
+            }
+        }
+        _ => {}
     }
     use squall_client::{ClientError, ErrorCode};
     match e.downcast_ref::<ClientError>() {
@@ -358,12 +374,34 @@ pub async fn connect_for(
     dial(args, addr, name, &why).await
 }
 
+/// `addr` with the default protocol port added when it names only a host
+/// (`10.0.0.5`, `broker.internal`, `::1` or `[::1]`).
+fn with_default_port(addr: &str) -> String {
+    const PORT: u16 = 7600;
+    debug_assert!(squall::config::DEFAULT_LISTEN.ends_with(":7600"));
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_owned();
+    }
+    if let Ok(v6) = addr.parse::<std::net::Ipv6Addr>() {
+        return format!("[{v6}]:{PORT}");
+    }
+    if addr.starts_with('[') && addr.ends_with(']') {
+        return format!("{addr}:{PORT}");
+    }
+    match addr.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => addr.to_owned(),
+        _ if addr.contains(':') => addr.to_owned(),
+        _ => format!("{addr}:{PORT}"),
+    }
+}
+
 async fn dial(
     args: &ServerArgs,
     addr: &str,
     name: &str,
     why: &str,
 ) -> anyhow::Result<squall_client::Client> {
+    let addr = &with_default_port(addr);
     let client = args
         .builder(name)
         .connect(addr)
@@ -421,6 +459,20 @@ pub fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_without_a_port_gets_the_default_one() {
+        assert_eq!(with_default_port("127.0.0.1"), "127.0.0.1:7600");
+        assert_eq!(with_default_port("broker.internal"), "broker.internal:7600");
+        assert_eq!(with_default_port("::1"), "[::1]:7600");
+        assert_eq!(with_default_port("[::1]"), "[::1]:7600");
+        assert_eq!(with_default_port("[::1]:7700"), "[::1]:7700");
+        assert_eq!(with_default_port("127.0.0.1:7700"), "127.0.0.1:7700");
+        assert_eq!(
+            with_default_port("broker.internal:7700"),
+            "broker.internal:7700"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -105,6 +105,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    let mut published = 0usize;
     loop {
         let mut batch = Vec::with_capacity(STDIN_BATCH);
         for line in lines.by_ref() {
@@ -118,10 +119,16 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if batch.is_empty() {
+            if published == 0 {
+                eprintln!(
+                    "standard input held no task (one task per non-empty line): nothing was published"
+                );
+            }
             return Ok(ExitCode::SUCCESS);
         }
         for p in client.publish_batch(batch).await? {
             println!("{}", p.id);
+            published += 1;
         }
     }
 }

@@ -35,9 +35,11 @@ pub struct ServeArgs {
     /// Data directory, created if missing [default: ./squall-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
-    /// Durability: `always` (fsync before every confirm), `interval:<ms>` (confirm at
-    /// once, fsync at most every <ms>: a crash loses up to <ms> of confirmed work), or
-    /// `never` [default: always].
+    /// Durability: `always` (fsync before every confirm), `interval:<ms>` (confirm once
+    /// written to the journal, fsync at most every <ms>: a killed process loses
+    /// nothing, a power loss up to <ms> of confirmed work), or `never` (no fsync while
+    /// running: a killed process loses nothing, a power loss everything since the last
+    /// checkpoint) [default: always].
     #[arg(long)]
     fsync: Option<String>,
     /// sled page cache, e.g. `64 MiB` [default: 64 MiB].

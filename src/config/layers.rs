@@ -294,10 +294,30 @@ fn string(v: &Value) -> Result<&str, String> {
         .ok_or_else(|| format!("expected a string, found {}", v.type_str()))
 }
 
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` with a host name resolved now
+/// (its first IPv4 address, else its first address).
 fn addr(v: &Value) -> Result<SocketAddr, String> {
     let s = string(v)?;
-    s.parse()
-        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:7600"))
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let not_an_address =
+        || format!("`{s}` is not an address like 127.0.0.1:7600 or localhost:7600");
+    let (host, port) = s.rsplit_once(':').ok_or_else(not_an_address)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(not_an_address());
+    }
+    use std::net::ToSocketAddrs;
+    let found: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("`{s}`: cannot resolve {host}: {e}"))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("`{s}`: {host} has no address"))
 }
 
 fn http_addr(v: &Value) -> Result<Option<SocketAddr>, String> {

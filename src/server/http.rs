@@ -66,8 +66,15 @@ impl HttpState {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Bind { addr, source })
+        .map_err(|cause| ServerError::Bind {
+            addr,
+            setting: HTTP_SETTING,
+            cause,
+        })
 }
+
+/// How a bind error names the HTTP port's setting.
+const HTTP_SETTING: &str = "the HTTP port, --http";
 
 /// Serves until `stop` is cancelled, then gives in-flight requests a moment.
 async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
@@ -250,9 +257,11 @@ impl HttpServer {
             });
         };
         let listener = bind(addr).await?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|cause| ServerError::Bind {
+            addr,
+            setting: HTTP_SETTING,
+            cause,
+        })?;
         tracing::info!(http = %local, "metrics and health checks at http://{local} (/metrics, /healthz, /readyz)");
         let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
         Ok(HttpServer {

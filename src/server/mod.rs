@@ -64,20 +64,33 @@ pub enum ServerError {
     /// A setting is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The data directory could not be opened, recovered or flushed.
+    /// The data directory could not be opened, recovered or flushed. (Not a `source`:
+    /// the message already holds it, and a chain would print it twice.)
     #[error("store: {0}")]
-    Store(#[from] StoreError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    Store(StoreError),
+    /// A listen address could not be bound. (The cause is not a `source`: the message
+    /// holds it, and a chain would print it twice.)
+    #[error("cannot listen on {addr} ({setting}): {cause}")]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// Which setting chose it: `--listen` or `--http`.
+        setting: &'static str,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A background task panicked.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// How a bind error names the protocol port's setting.
+const LISTEN_SETTING: &str = "the protocol port, --listen";
+
+impl From<StoreError> for ServerError {
+    fn from(e: StoreError) -> Self {
+        ServerError::Store(e)
+    }
 }
 
 /// State every connection shares.
@@ -426,13 +439,15 @@ async fn start_broker(
     let (store, engine, fixes, tasks) = recover(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServerError::Bind {
+        .map_err(|cause| ServerError::Bind {
             addr: config.listen,
-            source,
+            setting: LISTEN_SETTING,
+            cause,
         })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+    let local_addr = listener.local_addr().map_err(|cause| ServerError::Bind {
         addr: config.listen,
-        source,
+        setting: LISTEN_SETTING,
+        cause,
     })?;
     let writer = store.start_writer::<Done>();
     let writer_stats = writer.stats();

@@ -17,6 +17,7 @@ use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
 use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
 
 mod checkpoint;
+mod datadir;
 mod journal;
 mod keys;
 mod policy;
@@ -30,6 +31,7 @@ mod status;
 mod tests;
 mod writer;
 
+pub use datadir::DataDirProblem;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
 
@@ -56,7 +58,8 @@ pub const DEFAULT_JOURNAL_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 pub enum FsyncMode {
     /// fsync every batch before confirming any of it (the default).
     Always,
-    /// Confirm once applied; fsync at most every interval. A crash can lose the
+    /// Confirm once written to the journal; fsync at most every interval. A killed
+    /// process loses nothing (the kernel has the writes); a power loss can lose the
     /// confirmations of the last interval.
     Interval(Duration),
     /// Confirm once applied; never fsync on the hot path (only on shutdown).
@@ -101,6 +104,17 @@ pub enum StoreError {
         /// Hex of the key.
         key: String,
         /// What was wrong.
+        reason: String,
+    },
+    /// The data directory cannot be used: missing rights, not a directory, held by
+    /// another broker, or its contents could not be opened.
+    #[error("data directory {} {reason}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What kind of problem (decides the exit code).
+        problem: DataDirProblem,
+        /// What is wrong, in words, starting with a verb ("is not writable ...").
         reason: String,
     },
     /// The writer has shut down.
@@ -204,6 +218,8 @@ pub(crate) struct Inner {
     /// The journal opened and replayed by `open`, until the writer takes it.
     journal: parking_lot::Mutex<Option<journal::Journal>>,
     journal_dir: PathBuf,
+    /// Keeps other brokers out of the data directory while this store lives.
+    _lock: datadir::DirLock,
     /// Free bytes a checkpoint needs.
     checkpoint_reserve: u64,
 }
@@ -316,13 +332,19 @@ fn sync_created(dir: &Path) -> std::io::Result<()> {
 impl Store {
     /// Opens (or creates) the data directory and replays the journal into sled.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(io_error)?;
+        let lock = datadir::prepare(&config.path)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity_bytes(config.cache_bytes)
             .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open::<LEAF_FANOUT>()
-            .map_err(io_error)?;
+            .map_err(|e| {
+                datadir::data_dir_error(
+                    &config.path,
+                    DataDirProblem::Unreadable,
+                    format!("cannot be opened: {}", datadir::plain(&e)),
+                )
+            })?;
         let journal_dir = config.path.join(JOURNAL_DIR);
         let (journal, replayed) = replay(&db, &journal_dir, config.journal_segment_bytes)?;
         sync_created(&config.path).map_err(io_error)?;
@@ -354,6 +376,7 @@ impl Store {
                 is_degraded: std::sync::atomic::AtomicBool::new(false),
                 journal: parking_lot::Mutex::new(Some(journal)),
                 journal_dir,
+                _lock: lock,
                 checkpoint_reserve: config
                     .journal_segment_bytes
                     .saturating_mul(2)
