@@ -323,3 +323,242 @@ async fn healthcheck_passes_on_a_live_broker_and_fails_without_one() {
         .unwrap();
     assert!(!down.success());
 }
+
+/// `KEY=value` settings of a unit file, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .collect()
+}
+
+#[test]
+fn systemd_template_runs_distinct_nodes_off_loopback() {
+    let single = read("systemd/squall.service");
+    let template = read("systemd/squall@.service");
+    // As hardened as the single-node unit, line for line, apart from what names the node.
+    for line in single
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
+        let key = line.split('=').next().unwrap();
+        if [
+            "Description",
+            "ExecStart",
+            "EnvironmentFile",
+            "Environment",
+            "StateDirectory",
+        ]
+        .contains(&key)
+        {
+            continue;
+        }
+        assert!(
+            template.lines().any(|l| l == line),
+            "squall@.service lacks {line}"
+        );
+    }
+    assert_eq!(unit_values(&template, "StateDirectory"), ["squall/%i"]);
+    let exec = unit_values(&template, "ExecStart");
+    assert!(
+        exec[0].ends_with("--data-dir /var/lib/squall/%i"),
+        "{exec:?}"
+    );
+    // The node's own listen addresses are required (no leading `-`).
+    assert_eq!(
+        unit_values(&template, "EnvironmentFile"),
+        ["/etc/squall/%i.env"]
+    );
+    let env = unit_values(&template, "Environment");
+    assert!(env.contains(&"SQUALL_NODE_ID=%i"), "{env:?}");
+
+    // Two instances with the example's addresses: distinct ids and directories, and a
+    // listen address other machines can reach, accepted by the broker's loader.
+    let example: Vec<(String, String)> = read("systemd/node.env.example")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("KEY=value");
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let mut vars = example.clone();
+        vars.push(("SQUALL_NODE_ID".to_owned(), node.to_owned()));
+        let s = squall::config::Settings::load(
+            Some(&deploy("squall.toml")),
+            vars,
+            [("data_dir", format!("/var/lib/squall/{node}"))],
+        )
+        .unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert!(!s.server.listen.ip().is_loopback(), "{}", s.server.listen);
+        seen.push((s.server.node_id.clone(), s.server.data_dir.clone()));
+    }
+    assert_ne!(seen[0].0, seen[1].0);
+    assert_ne!(seen[0].1, seen[1].1);
+}
+
+/// Every `squall_*` series the rules read, from their expressions.
+fn squall_series(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("squall_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.push(name);
+    }
+    out
+}
+
+#[tokio::test]
+async fn prometheus_rules_cover_the_documented_alerts_with_real_series() {
+    let rules = yaml("prometheus/squall-rules.yml");
+    let mut alerts = Vec::new();
+    let mut series = Vec::new();
+    for group in at(&rules, "groups").as_sequence().expect("groups") {
+        for rule in at(group, "rules").as_sequence().expect("rules") {
+            alerts.push(text(rule, "alert").to_owned());
+            series.extend(squall_series(text(rule, "expr")));
+            assert!(!text(rule, "annotations.summary").is_empty());
+        }
+    }
+    // One rule per row of docs/operations.md, "What to alert on".
+    let ops =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .unwrap();
+    let table = ops.split("## What to alert on").nth(1).unwrap();
+    let rows = table
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| alert") && !l.starts_with("| ---"))
+        .count();
+    assert_eq!(alerts.len(), rows, "{alerts:?}");
+
+    // Every series read is one a broker exposes (with a queue, so per-queue ones exist).
+    let broker = common::TestBroker::start().await;
+    let client = squall_client::Client::connect(broker.addr).await.unwrap();
+    client.publish("jobs", "x").await.unwrap();
+    let (status, body) = common::http_get(broker.http_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    for name in series {
+        let exposed = body
+            .lines()
+            .any(|l| !l.starts_with('#') && l.split(['{', ' ']).next() == Some(name.as_str()));
+        assert!(
+            exposed,
+            "the rules read {name}, which /metrics does not have"
+        );
+    }
+}
+
+#[test]
+fn compose_secure_override_gives_every_node_its_tokens_and_certificate() {
+    let base = yaml("docker-compose.yml");
+    let secure = yaml("docker-compose.secure.yml");
+    let nodes = at(&base, "services").as_mapping().expect("services");
+    for (name, _) in nodes {
+        let name = name.as_str().unwrap();
+        let service = at(&secure, &format!("services.{name}"));
+        let command: Vec<&str> = at(service, "command")
+            .as_sequence()
+            .expect("command")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            command,
+            ["serve", "--config", "/run/secrets/squall_config"],
+            "{name}"
+        );
+        let secrets: Vec<&str> = at(service, "secrets")
+            .as_sequence()
+            .expect("secrets")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for (var, secret) in [
+            ("SQUALL_TLS_CERT", "squall_tls_cert"),
+            ("SQUALL_TLS_KEY", "squall_tls_key"),
+        ] {
+            assert_eq!(
+                text(service, &format!("environment.{var}")),
+                format!("/run/secrets/{secret}")
+            );
+            assert!(secrets.contains(&secret), "{name} mounts {secret}");
+        }
+        assert!(secrets.contains(&"squall_config"), "{name}");
+    }
+    for secret in ["squall_config", "squall_tls_cert", "squall_tls_key"] {
+        let file = text(&secure, &format!("secrets.{secret}.file"));
+        assert!(file.starts_with("./secrets/"), "{secret}: {file}");
+    }
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l == "/deploy/secrets"),
+        "secrets stay out of git"
+    );
+}
+
+#[test]
+fn kubernetes_secure_overlay_mounts_the_secrets_the_broker_reads() {
+    let kustomization = yaml("k8s/secure/kustomization.yaml");
+    assert_eq!(at(&kustomization, "resources")[0].as_str(), Some("../"));
+    let patch = yaml("k8s/secure/statefulset-secure.yaml");
+    let container = &at(&patch, "spec.template.spec.containers")[0];
+    assert_eq!(text(container, "name"), "squall");
+    let mount = &at(container, "volumeMounts")[0];
+    assert_eq!(text(mount, "name"), "tls");
+    let dir = text(mount, "mountPath");
+    let env: Vec<(&str, &str)> = at(container, "env")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (text(e, "name"), text(e, "value")))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("SQUALL_TLS_CERT", format!("{dir}/tls.crt").as_str()),
+            ("SQUALL_TLS_KEY", format!("{dir}/tls.key").as_str())
+        ]
+    );
+    let volumes = at(&patch, "spec.template.spec.volumes")
+        .as_sequence()
+        .unwrap();
+    let secret_of = |name: &str| {
+        let v = volumes
+            .iter()
+            .find(|v| text(v, "name") == name)
+            .expect(name);
+        text(v, "secret.secretName").to_owned()
+    };
+    assert_eq!(secret_of("config"), "squall-config");
+    assert_eq!(secret_of("tls"), "squall-tls");
+
+    // The example Secrets: the right types and keys, and a squall.toml the broker loads
+    // with a token in it.
+    let docs: Vec<Value> =
+        serde_norway::Deserializer::from_str(&read("k8s/secure/secrets.example.yaml"))
+            .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+            .collect();
+    let secret = |name: &str| {
+        docs.iter()
+            .find(|d| text(d, "metadata.name") == name)
+            .expect(name)
+    };
+    let tls = secret("squall-tls");
+    assert_eq!(text(tls, "type"), "kubernetes.io/tls");
+    assert!(text(tls, "stringData.tls.crt").contains("BEGIN CERTIFICATE"));
+    assert!(text(tls, "stringData.tls.key").contains("PRIVATE KEY"));
+    let toml = text(secret("squall-config"), "stringData.squall.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("squall.toml");
+    std::fs::write(&file, toml).unwrap();
+    let s = squall::config::Settings::load(Some(&file), Vec::new(), Vec::<(&str, String)>::new())
+        .unwrap_or_else(|e| panic!("the example Secret's squall.toml is refused: {e}"));
+    assert_eq!(s.server.auth.tokens.len(), 1);
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::{http_get, spawn_squall, temp_data_dir, LogEvent, TestBroker, WAIT};
 use squall_client::Client;
 
-/// Parses OpenMetrics text into `name{labels}` → value (labels as written).
+/// Parses exposition text (either format: samples are written alike) into
+/// `name{labels}` → value (labels as written).
 fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in text.lines() {
@@ -25,11 +26,33 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
             "duplicate {series}"
         );
     }
-    assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF"
-    );
     out
+}
+
+/// GET /metrics with `accept`, returning the content type and the body.
+async fn scrape_as(addr: std::net::SocketAddr, accept: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .expect("a content type");
+    (content_type, body.to_owned())
 }
 
 fn metric(m: &HashMap<String, f64>, series: &str) -> f64 {
@@ -119,12 +142,24 @@ async fn metrics_reflect_traffic() {
     // The journal: one preallocated segment, no checkpoint yet, the store available.
     assert!(metric(&m, "squall_journal_bytes") > 0.0);
     assert_eq!(metric(&m, "squall_store_checkpoints_total"), 0.0);
-    assert_eq!(
-        metric(&m, "squall_store_checkpoint_microseconds_total"),
-        0.0
-    );
+    assert_eq!(metric(&m, "squall_store_checkpoint_seconds_total"), 0.0);
     assert_eq!(metric(&m, "squall_store_unavailable"), 0.0);
     assert_eq!(metric(&m, "squall_store_failed"), 0.0);
+
+    // Which build, and the process's own figures.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        metric(&m, &format!("squall_build_info{{version=\"{version}\"}}")),
+        1.0
+    );
+    assert!(metric(&m, "process_resident_memory_bytes") > 1e6);
+    assert!(
+        metric(&m, "process_virtual_memory_bytes") >= metric(&m, "process_resident_memory_bytes")
+    );
+    assert!(metric(&m, "process_cpu_seconds_total") > 0.0);
+    assert!(metric(&m, "process_open_fds") >= 3.0);
+    assert!(metric(&m, "process_max_fds") >= metric(&m, "process_open_fds"));
+    assert!(metric(&m, "process_start_time_seconds") > 1.6e9);
 
     assert_eq!(http_get(http, "/healthz").await.0, 200);
     assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".to_owned()));
@@ -183,4 +218,36 @@ impl Drop for Reap {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+#[tokio::test]
+async fn metrics_are_plain_text_unless_openmetrics_is_asked_for() {
+    let b = TestBroker::start().await;
+    let c = Client::connect(b.addr).await.unwrap();
+    c.publish("m", "x").await.unwrap();
+    let http = b.http_addr();
+
+    // What curl sends, and what Prometheus sends when it wants OpenMetrics.
+    let (kind, text) = scrape_as(http, "*/*").await;
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    assert!(!text.contains("# EOF"), "no OpenMetrics end marker");
+    assert!(!text.contains("# UNIT"), "no OpenMetrics units");
+    assert!(text.contains("# TYPE squall_queue_published_total counter\n"));
+    assert!(text.contains("# HELP squall_queue_published_total "));
+    assert!(text.contains("# TYPE squall_publish_confirm_seconds histogram\n"));
+    let (kind, om) = scrape_as(
+        http,
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    )
+    .await;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(om.ends_with("# EOF\n"));
+    assert!(om.contains("# TYPE squall_queue_published counter\n"));
+    // The same samples either way.
+    let (a, b) = (parse_metrics(&text), parse_metrics(&om));
+    assert_eq!(
+        metric(&a, r#"squall_queue_published_total{queue="m"}"#),
+        metric(&b, r#"squall_queue_published_total{queue="m"}"#)
+    );
+    assert_eq!(a.len(), b.len());
 }

@@ -289,6 +289,10 @@ fn tls(ca: CaSource, server_name: Option<String>) -> Result<Tls> {
             "{what}: no PEM certificate in it"
         )));
     }
+    // ring, not aws-lc-rs: it builds without cmake or nasm. rustls 0.23.48 deprecates
+    // ring's provider for its lack of post-quantum key exchange; that is the
+    // trade-off taken, so the warning is silenced here, where it is made.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

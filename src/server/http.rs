@@ -161,7 +161,7 @@ async fn route_path(state: &HttpState, req: Request<Incoming>) -> Response<Full<
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: recovering or shutting down\n",
         ),
-        "/metrics" => scrape(state).await,
+        "/metrics" => scrape(state, wants_openmetrics(&req)).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz or /readyz\n",
@@ -169,7 +169,17 @@ async fn route_path(state: &HttpState, req: Request<Incoming>) -> Response<Full<
     }
 }
 
-async fn scrape(state: &HttpState) -> Response<Full<Bytes>> {
+/// True when the scraper's `Accept` header asks for OpenMetrics (Prometheus does);
+/// anything else (curl, a browser, older scrapers) gets the plain text format.
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
+async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
     let live = state.live.get();
     let queues = match live {
         Some(live) => match queue_samples(live).await {
@@ -189,13 +199,16 @@ async fn scrape(state: &HttpState) -> Response<Full<Bytes>> {
         unavailable: l.store.unavailable().is_some(),
         journal_bytes: l.store.journal_disk_bytes(),
     });
-    match metrics::render(&state.metrics, writer, queues, store) {
+    match metrics::render(&state.metrics, writer, queues, store, openmetrics) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(metrics::CONTENT_TYPE),
-            );
+            let content_type = if openmetrics {
+                metrics::CONTENT_TYPE
+            } else {
+                metrics::TEXT_CONTENT_TYPE
+            };
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             resp
         }
         Err(_) => text(

@@ -1,7 +1,9 @@
 //! Process-wide metrics (`Metrics`: atomics and atomic histograms updated on hot paths
 //! without locks) and the Prometheus exposition of one scrape: the per-queue view the
-//! hub hands over, the store writer's statistics and `Metrics`, encoded by the
-//! `prometheus-client` crate as OpenMetrics text. Serving it over HTTP is `http.rs`.
+//! hub hands over, the store writer's statistics, `Metrics` and the process's own
+//! figures (`process_*`, from /proc), encoded by the `prometheus-client` crate as
+//! OpenMetrics text, or as Prometheus' plain text format for scrapers that do not ask
+//! for OpenMetrics. Serving it over HTTP is `http.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -18,8 +20,10 @@ use super::admin::QueueStatus;
 use crate::histogram::{Histogram, HistogramSnapshot, LATENCY_MICROS};
 use crate::store::WriterStats;
 
-/// The content type of [`render`]'s output.
+/// The content type of [`render`]'s output in OpenMetrics.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`render`]'s output in Prometheus' text format.
+pub(crate) const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Process-wide counters, shared by the accept loop, connections and the HTTP server.
 #[derive(Debug)]
@@ -124,13 +128,14 @@ pub(crate) struct StoreHealth {
     pub(crate) journal_bytes: u64,
 }
 
-/// Encodes one scrape as OpenMetrics text. `writer` and `queues` are absent while the
-/// broker is still recovering.
+/// Encodes one scrape as OpenMetrics text, or (`openmetrics` false) as Prometheus'
+/// text format. `writer` and `queues` are absent while the broker is still recovering.
 pub(crate) fn render(
     metrics: &Metrics,
     writer: Option<&WriterStats>,
     queues: Vec<QueueSample>,
     store: StoreHealth,
+    openmetrics: bool,
 ) -> Result<String, std::fmt::Error> {
     let scrape = Scrape {
         ready: metrics.is_ready() && !store.unavailable,
@@ -156,8 +161,186 @@ pub(crate) fn render(
     let mut registry = Registry::with_prefix("squall");
     registry.register_collector(Box::new(scrape));
     let mut out = String::with_capacity(8 * 1024);
+    // process_* carry no prefix (the names every exporter uses): a registry of their
+    // own, encoded first and without its end marker.
+    let mut process = Registry::default();
+    process.register_collector(Box::new(ProcessSample::read()));
+    prometheus_client::encoding::text::encode(&mut out, &process)?;
+    out.truncate(out.strip_suffix(EOF).map_or(out.len(), str::len));
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    if !openmetrics {
+        out = to_prometheus_text(&out);
+    }
     Ok(out)
+}
+
+/// OpenMetrics' end-of-exposition line.
+const EOF: &str = "# EOF\n";
+
+/// OpenMetrics text to Prometheus' text format (0.0.4): counters are named with their
+/// `_total` in `# HELP` and `# TYPE`, `# UNIT` and `# EOF` lines go; samples are equal.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == EOF.trim_end() {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match described {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{prefix}{name}{total} {tail}"));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The process's own figures, read from /proc at each scrape (Linux; elsewhere the
+/// ones that cannot be read are left out).
+#[derive(Debug, Default)]
+struct ProcessSample {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<u64>,
+    virtual_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+    start_time_seconds: Option<f64>,
+    threads: Option<u64>,
+}
+
+impl ProcessSample {
+    fn read() -> ProcessSample {
+        let mut p = ProcessSample::default();
+        // SAFETY: sysconf has no preconditions.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // Numbered as in proc(5) from field 3 (state) on: index = number - 3.
+            let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+            if ticks > 0 {
+                let ticks = ticks as f64;
+                if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+                    p.cpu_seconds = Some((utime + stime) as f64 / ticks);
+                }
+                if let (Some(start), Some(boot)) = (field(22), boot_time()) {
+                    p.start_time_seconds = Some(boot as f64 + start as f64 / ticks);
+                }
+            }
+            p.threads = field(20);
+            p.virtual_bytes = field(23);
+            if page > 0 {
+                p.resident_bytes = field(24).map(|pages| pages * page as u64);
+            }
+        }
+        p.open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            p.max_fds = Some(limit.rlim_cur);
+        }
+        p
+    }
+}
+
+/// The system's boot time, unix seconds (`btime` in /proc/stat).
+fn boot_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+impl Collector for ProcessSample {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(v) = self.cpu_seconds {
+            ConstCounter::new(v).encode(enc.encode_descriptor(
+                "process_cpu",
+                "User and system CPU time spent.",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?)?;
+        }
+        let gauges = [
+            (
+                "process_resident_memory",
+                "Resident memory size.",
+                Some(Unit::Bytes),
+                self.resident_bytes,
+            ),
+            (
+                "process_virtual_memory",
+                "Virtual memory size.",
+                Some(Unit::Bytes),
+                self.virtual_bytes,
+            ),
+            (
+                "process_open_fds",
+                "Open file descriptors.",
+                None,
+                self.open_fds,
+            ),
+            (
+                "process_max_fds",
+                "Most open file descriptors allowed (soft limit).",
+                None,
+                self.max_fds,
+            ),
+            (
+                "process_threads",
+                "Operating-system threads.",
+                None,
+                self.threads,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            if let Some(v) = value {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                ConstGauge::new(v).encode(enc.encode_descriptor(
+                    name,
+                    help,
+                    unit.as_ref(),
+                    MetricType::Gauge,
+                )?)?;
+            }
+        }
+        if let Some(v) = self.start_time_seconds {
+            ConstGauge::new(v).encode(enc.encode_descriptor(
+                "process_start_time",
+                "Start time of the process since the unix epoch.",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// A histogram snapshot as a Prometheus histogram, its values divided into the
@@ -299,6 +482,16 @@ const QUEUE_METRICS: &[QueueMetric] = &[
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = enc.encode_descriptor(
+                "build_info",
+                "Always 1; the labels say which build of squall this is.",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [("version", env!("CARGO_PKG_VERSION"))];
+            ConstGauge::new(1).encode(family.encode_family(&labels)?)?;
+        }
         gauge(
             &mut enc,
             "ready",
@@ -388,12 +581,12 @@ impl Scrape {
             "Checkpoints: index flushes that let old journal segments go.",
             w.checkpoints,
         )?;
-        counter(
-            enc,
-            "store_checkpoint_microseconds",
+        ConstCounter::new(w.checkpoint_micros as f64 / MICROS).encode(enc.encode_descriptor(
+            "store_checkpoint",
             "Time spent in checkpoints.",
-            w.checkpoint_micros,
-        )?;
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?)?;
         histogram(
             enc,
             "group_commit",
