@@ -11,14 +11,6 @@ use common::disk::{noise, FullableDisk};
 use common::{http_get, ChildBroker};
 use squall_client::{Client, ErrorCode, QueueConfigUpdate, StateFilter};
 
-async fn client(broker: &ChildBroker) -> Client {
-    Client::builder()
-        .request_timeout(Duration::from_secs(20))
-        .connect(broker.addr)
-        .await
-        .unwrap()
-}
-
 /// What an operator sees of queue "q": counts, pause, configuration, and the ids in
 /// each state.
 async fn seen(c: &Client) -> (String, Vec<Vec<u64>>) {
@@ -48,7 +40,7 @@ async fn admin_changes_refused_with_storage_change_nothing_and_succeed_once_spac
     };
     let (data, env) = (&disk.data, disk.env());
     let broker = ChildBroker::spawn_env(data, &["--sweep-interval", "1h"], &env);
-    let c = client(&broker).await;
+    let c = broker.patient_client().await;
 
     // Queue "q": 3 dead tasks and 7 ready ones.
     for i in 0..10 {
@@ -73,7 +65,18 @@ async fn admin_changes_refused_with_storage_change_nothing_and_succeed_once_spac
     assert_eq!(before.1[0].len(), 7, "{before:?}");
     assert_eq!(before.1[1].len(), 3, "{before:?}");
 
-    // The disk fills up: publish until the journal cannot write.
+    // A task held by a consumer, whose ack will need a journal segment of its own.
+    c.publish("sink", "x").await.unwrap();
+    let mut sink = c.subscribe("sink").prefetch(1).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), sink.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // The disk fills up: publishes are refused (the free space is below the reserve),
+    // and an ack whose 2 MiB result needs a new journal segment finds no space: the
+    // journal cannot write.
     disk.fill();
     let mut i = 0;
     loop {
@@ -84,6 +87,8 @@ async fn admin_changes_refused_with_storage_change_nothing_and_succeed_once_spac
             break;
         }
     }
+    assert_storage("a 2 MiB ack", held.ack_with(vec![1u8; 2 << 20]).await);
+    drop(sink);
 
     // Every admin change is refused, and none of them happened.
     assert_storage("purge", c.purge("q", None).await);
@@ -126,7 +131,7 @@ async fn admin_changes_refused_with_storage_change_nothing_and_succeed_once_spac
 
     // The restart agrees: the deletion is durable.
     let broker = ChildBroker::spawn_env(data, &[], &env);
-    let c = client(&broker).await;
+    let c = broker.patient_client().await;
     assert!(!c.queues().await.unwrap().iter().any(|q| q.name == "q"));
     c.close().await;
     assert!(broker.terminate().success());

@@ -137,7 +137,7 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes
     }
     let store = state.live.get().map(|l| &l.store);
     let failed = store.and_then(|s| s.failure());
-    let unavailable = store.and_then(|s| s.unavailable());
+    let unavailable = store.and_then(|s| s.refusing_publishes());
     match (req.uri().path(), failed, unavailable) {
         ("/healthz" | "/readyz", Some(failure), _) => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -196,7 +196,7 @@ async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
     let writer = live.map(|l| &*l.writer);
     let store = live.map_or(metrics::StoreHealth::default(), |l| metrics::StoreHealth {
         failed: l.store.failure().is_some(),
-        unavailable: l.store.unavailable().is_some(),
+        unavailable: l.store.refusing_publishes().is_some(),
         journal_bytes: l.store.journal_disk_bytes(),
     });
     match metrics::render(&state.metrics, writer, queues, store, openmetrics) {

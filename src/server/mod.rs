@@ -584,7 +584,16 @@ async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
         Ok::<_, StoreError>((store, engine, fixes, stats.tasks))
     })
     .await
-    .map_err(|e| ServerError::Internal(e.to_string()))??;
+    .map_err(|e| ServerError::Internal(e.to_string()))?
+    .map_err(|e| match e {
+        // The configuration asks for more than the volume holds: exit 64, as for any
+        // setting the broker cannot run with.
+        StoreError::VolumeTooSmall(e) => ServerError::Config(ConfigError {
+            key: "data_dir".to_owned(),
+            reason: e.to_string(),
+        }),
+        e => ServerError::Store(e),
+    })?;
     Ok(recovered)
 }
 

@@ -364,6 +364,16 @@ pub(crate) fn disk_bytes(dir: &Path) -> u64 {
 
 /// Bytes available to this process on the file system holding `dir`.
 pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    statvfs(dir).map(|st| st.0)
+}
+
+/// Bytes of the file system holding `dir` (its size, used or not).
+pub(crate) fn volume_bytes(dir: &Path) -> io::Result<u64> {
+    statvfs(dir).map(|st| st.1)
+}
+
+/// (available, total) bytes of the file system holding `dir`.
+fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -376,7 +386,10 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
     // SAFETY: statvfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok((
+        (st.f_bavail as u64).saturating_mul(st.f_frsize as u64),
+        (st.f_blocks as u64).saturating_mul(st.f_frsize as u64),
+    ))
 }
 
 /// The segment files of `dir`, by first sequence number.

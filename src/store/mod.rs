@@ -29,11 +29,13 @@ mod retention_tests;
 mod status;
 #[cfg(test)]
 mod tests;
+mod volume;
 mod writer;
 
 pub use datadir::DataDirProblem;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
+pub use volume::{Sizing, VolumeTooSmall, MIN_SEGMENT_BYTES};
 
 use pool::{Db, DbPool};
 use writer::{Done, Job, Msg, WriterLoop};
@@ -76,7 +78,9 @@ pub struct StoreConfig {
     /// sled cache size in bytes.
     pub cache_bytes: usize,
     /// Size of a journal segment file (preallocated). A checkpoint follows each full
-    /// segment; the free space a checkpoint needs is twice this.
+    /// segment; the free space a checkpoint needs is twice this. On a small volume the
+    /// store uses smaller segments (a 32nd of the volume, 1 MiB at least:
+    /// [`Sizing`]).
     pub journal_segment_bytes: u64,
 }
 
@@ -123,6 +127,9 @@ pub enum StoreError {
     /// The journal cannot write now (a full disk); the broker retries by itself.
     #[error("storage unavailable: {0}")]
     Unavailable(Arc<str>),
+    /// The volume holding the data directory is too small for the store (at open).
+    #[error(transparent)]
+    VolumeTooSmall(#[from] VolumeTooSmall),
     /// A checkpoint (sled flush) failed; the store accepts no change until the broker
     /// restarts.
     #[error("the store failed earlier and accepts no changes until the broker is restarted ({0})")]
@@ -221,7 +228,10 @@ pub(crate) struct Inner {
     /// Keeps other brokers out of the data directory while this store lives.
     _lock: datadir::DirLock,
     /// Free bytes a checkpoint needs.
-    checkpoint_reserve: u64,
+    /// How the store uses its volume (segment size, reserves).
+    sizing: Sizing,
+    /// Why publishes are refused, while free space is below the publish reserve.
+    low_space: parking_lot::Mutex<Option<Arc<str>>>,
 }
 
 impl Inner {
@@ -333,6 +343,26 @@ impl Store {
     /// Opens (or creates) the data directory and replays the journal into sled.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let lock = datadir::prepare(&config.path)?;
+        let sizing =
+            Sizing::for_dir(&config.path, config.journal_segment_bytes).map_err(io_error)??;
+        if sizing.segment_bytes < config.journal_segment_bytes {
+            tracing::warn!(
+                volume_bytes = sizing.volume_bytes,
+                configured = config.journal_segment_bytes,
+                segment_bytes = sizing.segment_bytes,
+                "the data volume is small: journal segments shrunk to a 32nd of it"
+            );
+        }
+        if let Ok(free) = journal::free_bytes(&config.path) {
+            if free < sizing.publish_reserve {
+                tracing::warn!(
+                    free,
+                    reserve = sizing.publish_reserve,
+                    "little free disk space: publishes are refused with STORAGE until there \
+                     is more than the reserve; settlements and purges work"
+                );
+            }
+        }
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity_bytes(config.cache_bytes)
@@ -346,7 +376,7 @@ impl Store {
                 )
             })?;
         let journal_dir = config.path.join(JOURNAL_DIR);
-        let (journal, replayed) = replay(&db, &journal_dir, config.journal_segment_bytes)?;
+        let (journal, replayed) = replay(&db, &journal_dir, sizing.segment_bytes)?;
         sync_created(&config.path).map_err(io_error)?;
         let watermark = read_watermark(&db)?;
         let policies = policy::Policies::load(&db, QueueConfig::default())?;
@@ -377,10 +407,8 @@ impl Store {
                 journal: parking_lot::Mutex::new(Some(journal)),
                 journal_dir,
                 _lock: lock,
-                checkpoint_reserve: config
-                    .journal_segment_bytes
-                    .saturating_mul(2)
-                    .max(4 * 1024 * 1024),
+                sizing,
+                low_space: parking_lot::Mutex::new(None),
             }),
             replayed,
         })
@@ -450,6 +478,21 @@ impl Store {
         self.inner.unavailable()
     }
 
+    /// Why publishes are refused now, if they are: the store cannot store anything
+    /// ([`Store::unavailable`]), or the free disk space is below the reserve kept for
+    /// settlements and purges. Readiness reports this; dispatching goes on.
+    pub fn refusing_publishes(&self) -> Option<StoreError> {
+        self.unavailable().or_else(|| {
+            let reason = self.inner.low_space.lock().clone()?;
+            Some(StoreError::Unavailable(reason))
+        })
+    }
+
+    /// How the store uses its volume.
+    pub fn sizing(&self) -> Sizing {
+        self.inner.sizing
+    }
+
     /// Bytes of journal segment files on disk.
     pub fn journal_disk_bytes(&self) -> u64 {
         journal::disk_bytes(&self.inner.journal_dir)
@@ -500,7 +543,7 @@ impl Store {
             self.inner.clone(),
             stats.clone(),
             self.inner.journal_dir.clone(),
-            self.inner.checkpoint_reserve,
+            self.inner.sizing.checkpoint_reserve,
         );
         let db = self.inner.dbs.detach();
         let writer = WriterLoop::new(

@@ -25,6 +25,7 @@ use sled::InlineArray;
 use super::checkpoint::Checkpointer;
 use super::journal::Journal;
 use super::record::{self, StateView};
+use super::volume::SpaceGuard;
 use super::{
     keys, Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
     WriterStats,
@@ -144,6 +145,10 @@ pub(crate) struct WriterLoop<C: Completion> {
     last_sync: Instant,
     /// When unsynced records of groups nobody waited for must be synced (always mode).
     sync_by: Option<Instant>,
+    /// Whether the free space is below the publish reserve.
+    space: SpaceGuard,
+    /// When the last checkpoint to give space back was asked for.
+    space_checkpoint: Instant,
 }
 
 /// The staged batch of one group.
@@ -164,6 +169,7 @@ impl<C: Completion> WriterLoop<C> {
         stats: Arc<WriterStats>,
     ) -> Self {
         WriterLoop {
+            space: SpaceGuard::new(store.journal_dir.clone(), store.sizing.publish_reserve),
             db,
             journal,
             checkpointer: Some(checkpointer),
@@ -181,6 +187,7 @@ impl<C: Completion> WriterLoop<C> {
             scratch: Vec::with_capacity(256),
             last_sync: Instant::now(),
             sync_by: None,
+            space_checkpoint: Instant::now(),
         }
     }
 
@@ -229,7 +236,8 @@ impl<C: Completion> WriterLoop<C> {
     /// checkpoint of an old segment, or a retry of the journal after a failure.
     fn next_message(&self) -> Wake<C> {
         let checkpoint = self.journal.current_since().map(|s| s + CHECKPOINT_AFTER);
-        let probe = self.store.degraded().then(|| Instant::now() + PROBE_EVERY);
+        let probe =
+            (self.store.degraded() || self.space.is_low()).then(|| Instant::now() + PROBE_EVERY);
         let due = [self.sync_due(), checkpoint, probe]
             .into_iter()
             .flatten()
@@ -269,6 +277,10 @@ impl<C: Completion> WriterLoop<C> {
     /// Does whatever timer is due.
     fn on_timer(&mut self) {
         self.sync_if_due();
+        if self.space.is_low() {
+            self.check_space();
+            self.checkpoint_for_space();
+        }
         if self
             .journal
             .current_since()
@@ -284,6 +296,25 @@ impl<C: Completion> WriterLoop<C> {
                 Ok(()) => self.store.undegrade(),
                 Err(error) => self.store.degrade(&error),
             }
+        }
+    }
+
+    /// While publishes are refused for lack of space, a checkpoint every probe gives
+    /// back what settlements and purges freed: the journal segments it covers, and
+    /// sled's emptied slabs (sled truncates them at a flush after the one that wrote
+    /// their last live object, so one checkpoint after the change is not enough).
+    fn checkpoint_for_space(&mut self) {
+        if !self.space.is_low() || self.space_checkpoint.elapsed() < PROBE_EVERY {
+            return;
+        }
+        self.space_checkpoint = Instant::now();
+        let floor = if self.journal.current_since().is_some() {
+            self.seal()
+        } else {
+            self.journal.next_seq()
+        };
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.request(floor);
         }
     }
 
@@ -357,6 +388,9 @@ impl<C: Completion> WriterLoop<C> {
             "group committed"
         );
         self.complete_group(outcome);
+        // Publishes refused for space: give back what can be given back (also done by
+        // the timer, which steady traffic may keep from firing).
+        self.checkpoint_for_space();
         self.stats.batch_jobs.observe(jobs);
         self.stats
             .commit_latency_micros
@@ -381,7 +415,15 @@ impl<C: Completion> WriterLoop<C> {
         for job in &group {
             self.job_duplicates.clear();
             self.job_sweep = None;
-            let staged_job = self.stage_job(&job.muts, &staged.batch);
+            let staged_job = match self.refuse_publish(&job.muts) {
+                Some(refused) => {
+                    self.reports
+                        .push((self.duplicates.len()..self.duplicates.len(), None));
+                    self.failed.push(Some(refused));
+                    continue;
+                }
+                None => self.stage_job(&job.muts, &staged.batch),
+            };
             let start = self.duplicates.len();
             if staged_job.is_ok() {
                 self.duplicates.append(&mut self.job_duplicates);
@@ -412,6 +454,41 @@ impl<C: Completion> WriterLoop<C> {
         self.group = group;
         self.stage_watermark(&mut staged);
         staged
+    }
+
+    /// A job that inserts tasks is refused while the free space is below the publish
+    /// reserve: the reserve is for settlements, purges and checkpoints, which give
+    /// space back.
+    fn refuse_publish(&mut self, muts: &Muts) -> Option<StoreError> {
+        let inserts = muts
+            .as_slice()
+            .iter()
+            .any(|m| matches!(m, Mutation::Insert(_)));
+        if !inserts {
+            return None;
+        }
+        let free = self.check_space()?;
+        let reason = self.store.low_space.lock().clone();
+        Some(StoreError::Unavailable(reason.unwrap_or_else(|| {
+            Arc::from(format!(
+                "free disk space ({free} bytes) is below the reserve"
+            ))
+        })))
+    }
+
+    /// Reads the free space (at most every 10 ms) and records in the store why
+    /// publishes are refused, if they are. Returns the free bytes when short.
+    fn check_space(&mut self) -> Option<u64> {
+        let short = self.space.short();
+        let mut low = self.store.low_space.lock();
+        *low = short.map(|free| {
+            Arc::from(format!(
+                "free disk space ({free} bytes) is below the reserve of {} bytes kept for \
+                 settlements and purges; publishes are refused until space returns",
+                self.space.reserve()
+            ))
+        });
+        short
     }
 
     /// Persists a new id watermark when this batch inserts an id at or past the last

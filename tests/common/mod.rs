@@ -181,6 +181,16 @@ pub fn spawn_squall(
 }
 
 impl ChildBroker {
+    /// A client of it with a 20 s request timeout (for tests whose broker is slow on
+    /// purpose: full disks, small volumes).
+    pub async fn patient_client(&self) -> squall_client::Client {
+        squall_client::Client::builder()
+            .request_timeout(Duration::from_secs(20))
+            .connect(self.addr)
+            .await
+            .unwrap()
+    }
+
     /// Starts `squall serve` on 127.0.0.1:0 with `data_dir` and waits for its listen line.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> ChildBroker {
         Self::spawn_env(data_dir, extra, &[])
