@@ -94,7 +94,7 @@ async fn a_64_mib_volume_refuses_publishes_in_reserve_and_settlements_purges_and
     // Space an operator can free later, twice.
     let ballast = [mnt.join("ballast-1"), mnt.join("ballast-2")];
     for b in &ballast {
-        fill_bytes(b, 4 * MIB);
+        fill_bytes(b, 8 * MIB);
     }
     // The default configuration (32 MiB segments).
     let broker = ChildBroker::spawn(&data, &[]);
