@@ -74,6 +74,18 @@ pub struct ServerConfig {
     /// Bytes waiting to be written to one connection past which deliveries to it pause
     /// (they resume when half of it is written).
     pub max_unsent_bytes: usize,
+    /// Largest frame accepted before `Hello` (a Hello is small; the full
+    /// `max_frame_bytes` applies after it).
+    pub max_hello_frame_bytes: usize,
+    /// Read-buffer memory all connections that have not completed `Hello` may hold
+    /// together; a connection that would go past it is closed.
+    pub handshake_memory_bytes: usize,
+    /// Backlog of the protocol port's listen queue (connections the kernel completes
+    /// before the broker accepts them).
+    pub listen_backlog: u32,
+    /// Queues exported one by one on `/metrics` (the deepest ones); the rest are summed
+    /// into one series labelled `queue="(other)"`.
+    pub metrics_queue_limit: usize,
     /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
     pub auth: AuthConfig,
     /// TLS on the protocol port (off unless both files are set).
@@ -114,6 +126,10 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_inflight_requests: 4_096,
             max_unsent_bytes: 8 * 1024 * 1024,
+            max_hello_frame_bytes: 16 * 1024,
+            handshake_memory_bytes: 64 * 1024 * 1024,
+            listen_backlog: 1024,
+            metrics_queue_limit: 100,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -290,6 +306,30 @@ impl ServerConfig {
                 format!("{} is below the minimum of 64 KiB", self.max_unsent_bytes),
             );
         }
+        if self.max_hello_frame_bytes < 1024 || self.max_hello_frame_bytes > self.max_frame_bytes {
+            return bad(
+                "max_hello_frame_bytes",
+                format!(
+                    "{} must be within 1 KiB..=max_frame_bytes ({})",
+                    self.max_hello_frame_bytes, self.max_frame_bytes
+                ),
+            );
+        }
+        if self.handshake_memory_bytes < self.max_hello_frame_bytes {
+            return bad(
+                "handshake_memory_bytes",
+                format!(
+                    "{} is below max_hello_frame_bytes ({}): no connection could say Hello",
+                    self.handshake_memory_bytes, self.max_hello_frame_bytes
+                ),
+            );
+        }
+        if self.listen_backlog == 0 || self.listen_backlog > 65_535 {
+            return bad(
+                "listen_backlog",
+                format!("{} is outside 1..=65535", self.listen_backlog),
+            );
+        }
         if self.max_inflight_requests == 0 {
             return bad("max_inflight_requests", "must be at least 1".into());
         }
@@ -399,6 +439,10 @@ mod tests {
             idle_timeout: _,
             max_inflight_requests: _,
             max_unsent_bytes: _,
+            max_hello_frame_bytes: _,
+            handshake_memory_bytes: _,
+            listen_backlog: _,
+            metrics_queue_limit: _,
             auth: _,
             tls: TlsConfig { cert: _, key: _ },
             test_recovery_delay: _, // test hook: environment only
@@ -433,6 +477,10 @@ mod tests {
             ("idle_timeout", "7s"),
             ("max_inflight_requests", "7"),
             ("max_unsent_bytes", "7 MiB"),
+            ("max_hello_frame_bytes", "7 KiB"),
+            ("handshake_memory_bytes", "7 MiB"),
+            ("listen_backlog", "7"),
+            ("metrics_queue_limit", "7"),
             ("tls.cert", "/etc/squall/cert.pem"),
             ("tls.key", "/etc/squall/key.pem"),
             (

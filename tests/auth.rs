@@ -90,7 +90,11 @@ async fn roles_allow_their_operations_and_refuse_the_rest_with_forbidden() {
             }))
             .await,
     );
-    forbidden(producer.call(Op::ListQueues(v1::ListQueues {})).await);
+    forbidden(
+        producer
+            .call(Op::ListQueues(v1::ListQueues::default()))
+            .await,
+    );
     // Still open and usable after a refusal; status is allowed.
     assert!(matches!(
         producer
@@ -114,7 +118,7 @@ async fn roles_allow_their_operations_and_refuse_the_rest_with_forbidden() {
     consumer.ack(&d).await.unwrap();
 
     assert!(matches!(
-        admin.call(Op::ListQueues(v1::ListQueues {})).await,
+        admin.call(Op::ListQueues(v1::ListQueues::default())).await,
         Ok(response::Result::Queues(_))
     ));
     admin.publish("jobs", "admin may publish").await;
@@ -147,7 +151,11 @@ async fn queue_prefixes_limit_every_queue_a_token_names() {
         other => panic!("{other:?}"),
     }
     let mut billing_admin = login(&broker, "ba-secret").await;
-    forbidden(billing_admin.call(Op::ListQueues(v1::ListQueues {})).await);
+    forbidden(
+        billing_admin
+            .call(Op::ListQueues(v1::ListQueues::default()))
+            .await,
+    );
     forbidden(
         billing_admin
             .call(Op::DeleteQueue(v1::DeleteQueue {

@@ -293,9 +293,28 @@ pub struct PeekedTask {
     pub lease_deadline: Option<SystemTime>,
     /// Reason of the last failed attempt.
     pub last_error: Option<String>,
-    /// Payload.
+    /// The payload's first bytes (the broker's preview, 1 KiB by default), or all of
+    /// it when `truncated` is false; [`Client::payload`] reads the whole of it.
     pub payload: Bytes,
-    /// Headers.
+    /// Headers (left out, and `truncated` set, when larger than the preview).
+    pub headers: BTreeMap<String, Bytes>,
+    /// The payload was cut to the preview, or the headers left out.
+    pub truncated: bool,
+    /// Size of the whole payload.
+    pub payload_bytes: u64,
+}
+
+/// A task's whole payload and headers, from [`Client::payload`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TaskPayload {
+    /// Task id.
+    pub id: u64,
+    /// Its queue.
+    pub queue: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The headers.
     pub headers: BTreeMap<String, Bytes>,
 }
 
@@ -304,13 +323,55 @@ pub const MAX_PEEK: u32 = 1000;
 
 impl Client {
     /// Every queue with its counts, totals, rates and configuration, sorted by name.
+    /// The broker answers a page at a time; this asks for pages until the last.
     pub async fn queues(&self) -> Result<Vec<QueueInfo>> {
-        match self
-            .call(Op::ListQueues(v1::ListQueues {}), "list queues")
-            .await?
-        {
-            response::Result::Queues(list) => list.queues.into_iter().map(queue_info).collect(),
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (page, more) = self.queue_page(&after, 0).await?;
+            match (more, page.last()) {
+                (true, Some(last)) => after = last.name.clone(),
+                _ => {
+                    all.extend(page);
+                    return Ok(all);
+                }
+            }
+            all.extend(page);
+        }
+    }
+
+    /// One page of queues sorted by name: those after `after` ("" = from the first),
+    /// at most `limit` (0 = the broker's default of 1000), and whether more follow.
+    pub async fn queue_page(&self, after: &str, limit: u32) -> Result<(Vec<QueueInfo>, bool)> {
+        let op = Op::ListQueues(v1::ListQueues {
+            after: after.to_owned(),
+            limit,
+        });
+        match self.call(op, "list queues").await? {
+            response::Result::Queues(list) => {
+                let page = list
+                    .queues
+                    .into_iter()
+                    .map(queue_info)
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((page, list.more))
+            }
             other => Err(unexpected("list queues", other)),
+        }
+    }
+
+    /// A task's whole payload and headers ([`Client::peek`] carries previews). A task
+    /// that is gone is `ClientError::Server` with [`ErrorCode::NotFound`].
+    pub async fn payload(&self, id: u64) -> Result<TaskPayload> {
+        let op = Op::GetPayload(v1::GetPayload { task_id: id });
+        match self.call(op, "get payload").await? {
+            response::Result::Payload(p) => Ok(TaskPayload {
+                id: p.task_id,
+                queue: p.queue,
+                payload: p.payload,
+                headers: p.headers.into_iter().collect(),
+            }),
+            other => Err(unexpected("get payload", other)),
         }
     }
 
@@ -359,10 +420,11 @@ impl Client {
         self.queue_answer(op, "pause or resume").await
     }
 
-    /// Up to `limit` tasks of a queue in `state` (1..=[`MAX_PEEK`]) with their
-    /// payloads, without changing anything: no lease, no attempt, no counter. Ready
-    /// tasks come in delivery order, delayed ones by due time, leased ones by
-    /// deadline, dead ones oldest first.
+    /// Up to `limit` tasks of a queue in `state` (1..=[`MAX_PEEK`]) with a preview of
+    /// their payloads, without changing anything: no lease, no attempt, no counter.
+    /// Ready tasks come in delivery order, delayed ones by due time, leased ones by
+    /// deadline, dead ones oldest first. Fewer come when they would not fit in one
+    /// frame of the broker's.
     pub async fn peek(
         &self,
         queue: impl Into<String>,
@@ -380,6 +442,7 @@ impl Client {
             queue,
             state: StateFilter::to_wire(Some(state)),
             limit,
+            preview_bytes: 0,
         });
         match self.call(op, "peek").await? {
             response::Result::Peek(ok) => ok.tasks.into_iter().map(peeked_task).collect(),
@@ -510,6 +573,8 @@ fn peeked_task(t: v1::PeekedTask) -> Result<PeekedTask> {
         last_error: nonempty(t.last_error),
         payload: t.payload,
         headers: t.headers.into_iter().collect(),
+        truncated: t.truncated,
+        payload_bytes: t.payload_bytes,
     })
 }
 

@@ -204,7 +204,7 @@ mod worker;
 
 pub use admin::{
     PeekedTask, QueueConfigUpdate, QueueInfo, QueueRates, QueueSettings, QueueTotals, StateFilter,
-    MAX_PEEK,
+    TaskPayload, MAX_PEEK,
 };
 pub use backoff::ReconnectPolicy;
 pub use client::Client;

@@ -70,7 +70,9 @@ pub fn encode_frame<M: Message>(msg: &M, dst: &mut BytesMut) {
 /// Splits the next complete frame body off `src`.
 ///
 /// Returns `Ok(None)` when more bytes are needed. A length above `max` is refused as
-/// soon as the 4-byte prefix is read, before any buffer is reserved for the body.
+/// soon as the 4-byte prefix is read. Nothing is reserved for the body: a peer's
+/// declared length is only a claim, and the caller grows its buffer with the bytes
+/// that actually arrive (the broker does; see [`FrameCodec`] for the client).
 pub fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<Bytes>, FrameError> {
     if src.len() < LENGTH_PREFIX_BYTES {
         return Ok(None);
@@ -80,8 +82,6 @@ pub fn split_frame(src: &mut BytesMut, max: usize) -> Result<Option<Bytes>, Fram
         return Err(FrameError::TooLarge { len, max });
     }
     if src.len() < LENGTH_PREFIX_BYTES + len {
-        // Reserve only what this (bounded) frame still needs.
-        src.reserve(LENGTH_PREFIX_BYTES + len - src.len());
         return Ok(None);
     }
     src.advance(LENGTH_PREFIX_BYTES);
@@ -139,7 +139,13 @@ impl<Out, In: Message + Default> tokio_util::codec::Decoder for FrameCodec<Out, 
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
-        decode_frame(src, self.max_frame)
+        let frame = decode_frame(src, self.max_frame)?;
+        if frame.is_none() && src.len() >= LENGTH_PREFIX_BYTES {
+            // A client trusts its broker: room for the whole (bounded) frame at once.
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            src.reserve((LENGTH_PREFIX_BYTES + len).saturating_sub(src.len()));
+        }
+        Ok(frame)
     }
 }
 
@@ -212,15 +218,18 @@ mod tests {
             (ErrorCode::TooManyConnections, 18),
             (ErrorCode::TooManyRequests, 19),
             (ErrorCode::Timeout, 20),
+            (ErrorCode::AnswerTooLarge, 40),
         ];
         for (code, number) in pinned {
             assert_eq!(code as i32, number, "{code:?} changed its wire number");
             assert_eq!(ErrorCode::try_from(number).ok(), Some(code));
         }
-        assert!(
-            ErrorCode::try_from(21).is_err(),
-            "a new code was added: pin it here"
-        );
+        for unused in [21, 41] {
+            assert!(
+                ErrorCode::try_from(unused).is_err(),
+                "a new code was added: pin it here"
+            );
+        }
     }
 
     #[test]
@@ -258,6 +267,19 @@ mod tests {
             cap_before,
             "no buffer was grown for the body"
         );
+    }
+
+    /// A declared length within the limit reserves nothing either: the buffer grows
+    /// only with bytes that arrive.
+    #[test]
+    fn a_declared_length_reserves_nothing() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.put_u32(DEFAULT_MAX_FRAME_BYTES as u32);
+        buf.put_slice(b"partial");
+        assert!(split_frame(&mut buf, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap()
+            .is_none());
+        assert_eq!(buf.capacity(), 64, "nothing reserved for the declared body");
     }
 
     #[test]

@@ -577,6 +577,7 @@ impl Engine {
             let name = q.name.clone();
             self.queues[idx as usize] = Queue::new(Arc::from(""), defaults);
             self.by_name.remove(&name);
+            self.sorted.remove(&name);
             self.free_slots.push(idx);
         }
         ended
@@ -625,7 +626,7 @@ fn top_in_delivery_order(heap: &BinaryHeap<Entry>, limit: usize) -> Vec<Entry> {
         .collect()
 }
 
-fn snapshot_of(q: &Queue) -> QueueSnapshot {
+pub(super) fn snapshot_of(q: &Queue) -> QueueSnapshot {
     QueueSnapshot {
         name: q.name.clone(),
         ready: q.ready.len() as u64,

@@ -7,7 +7,7 @@
 //! with `impl` blocks of their own (one file per concern).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -319,6 +319,8 @@ pub struct Engine {
     pub(super) config: EngineConfig,
     pub(super) queues: Vec<Queue>,
     pub(super) by_name: HashMap<Arc<str>, QueueIdx>,
+    /// The names of `by_name` in order, for paged listings.
+    pub(super) sorted: BTreeSet<Arc<str>>,
     /// Delayed tasks across all queues, by (not-before, id).
     pub(super) delayed: BTreeMap<(Millis, TaskId), (QueueIdx, Entry)>,
     pub(super) leases: HashMap<TaskId, Lease>,
@@ -351,6 +353,7 @@ impl Engine {
             config,
             queues: Vec::new(),
             by_name: HashMap::new(),
+            sorted: BTreeSet::new(),
             delayed: BTreeMap::new(),
             leases: HashMap::new(),
             deadlines: BinaryHeap::new(),
@@ -382,7 +385,9 @@ impl Engine {
                 (self.queues.len() - 1) as QueueIdx
             }
         };
+        self.sorted.insert(name.clone());
         self.by_name.insert(name, idx);
+        debug_assert_eq!(self.sorted.len(), self.by_name.len());
         idx
     }
 
@@ -987,6 +992,42 @@ impl Engine {
             .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Slots of the queue table (live queues and freed ones): walks that visit the
+    /// queues a slice at a time read slots `0..queue_slots()` with [`Engine::counters_at`].
+    pub fn queue_slots(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The name and counters of the queue living in `slot`, if any.
+    pub fn counters_at(&self, slot: usize) -> Option<(&Arc<str>, QueueCounters)> {
+        let q = self.queues.get(slot)?;
+        // A freed slot holds a queue without a name (`delete_queue`).
+        (!q.name.is_empty()).then_some((&q.name, q.counters))
+    }
+
+    /// Every queue's tasks and counters, in no order: one pass over the queue table.
+    pub fn queue_views(&self) -> impl Iterator<Item = QueueSnapshot> + '_ {
+        self.by_name
+            .values()
+            .map(|&i| super::admin::snapshot_of(&self.queues[i as usize]))
+    }
+
+    /// Up to `limit` queues whose names sort after `after`, in name order, and whether
+    /// more follow: O(log queues + limit).
+    pub fn queue_page(&self, after: &str, limit: usize) -> (Vec<QueueSnapshot>, bool) {
+        use std::ops::Bound;
+        let mut names = self
+            .sorted
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        let page = names
+            .by_ref()
+            .take(limit)
+            .filter_map(|name| self.by_name.get(name))
+            .map(|&i| super::admin::snapshot_of(&self.queues[i as usize]))
+            .collect();
+        (page, names.next().is_some())
     }
 
     /// True when some queue changed since the last dispatch.

@@ -27,12 +27,32 @@ pub struct PeekArgs {
     /// One JSON object per task instead of a table.
     #[arg(long)]
     json: bool,
+    /// Whole payloads and headers instead of the broker's previews (one more request
+    /// per task whose preview was cut).
+    #[arg(long)]
+    full: bool,
 }
 
 pub async fn run(args: PeekArgs) -> anyhow::Result<ExitCode> {
     let client = connect_for(&args.server, "squall-peek", &args.queue).await?;
     let tasks = client.peek(&args.queue, args.state, args.limit).await?;
-    let rows: Vec<TaskRow> = tasks.iter().map(TaskRow::from).collect();
+    let mut rows: Vec<TaskRow> = tasks.iter().map(TaskRow::from).collect();
+    if args.full {
+        for (row, task) in rows.iter_mut().zip(&tasks) {
+            if !task.truncated {
+                continue;
+            }
+            match client.payload(task.id).await {
+                Ok(whole) => row.set_payload(&whole.payload, &whole.headers),
+                // Settled or removed since the peek: keep the preview.
+                Err(squall_client::ClientError::Server {
+                    code: squall_client::ErrorCode::NotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
     if args.json {
         print!("{}", render::peek_json(&rows));
     } else {

@@ -373,6 +373,29 @@ pub struct TaskRow {
     pub payload_bytes: u64,
     /// Values as UTF-8 text, or `base64:<data>`.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// `payload` is the broker's preview of a larger payload, or the headers were
+    /// left out (`squall peek --full` fetches whole payloads).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+impl TaskRow {
+    /// Replaces a preview with the whole payload and headers.
+    pub fn set_payload(
+        &mut self,
+        payload: &[u8],
+        headers: &std::collections::BTreeMap<String, bytes::Bytes>,
+    ) {
+        let (text, encoding) = super::consume::text_or_base64(payload);
+        self.payload = text;
+        self.payload_encoding = encoding;
+        self.payload_bytes = payload.len() as u64;
+        self.headers = headers
+            .iter()
+            .map(|(k, v)| (k.clone(), super::consume::header_value(v)))
+            .collect();
+        self.truncated = false;
+    }
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -398,12 +421,13 @@ impl From<&PeekedTask> for TaskRow {
             last_error: t.last_error.clone(),
             payload,
             payload_encoding,
-            payload_bytes: t.payload.len() as u64,
+            payload_bytes: t.payload_bytes,
             headers: t
                 .headers
                 .iter()
                 .map(|(k, v)| (k.clone(), super::consume::header_value(v)))
                 .collect(),
+            truncated: t.truncated,
         }
     }
 }
@@ -701,6 +725,7 @@ squall-2                   reports.daily      0        3      12     1          
             payload_encoding: "utf8",
             payload_bytes: 11,
             headers: [("tenant".to_owned(), "acme".to_owned())].into(),
+            truncated: false,
         };
         let rows = [
             base.clone(),

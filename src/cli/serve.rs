@@ -86,6 +86,20 @@ pub struct ServeArgs {
     /// [default: 8 MiB].
     #[arg(long, value_name = "SIZE")]
     max_unsent_bytes: Option<String>,
+    /// Largest frame accepted before Hello [default: 16 KiB].
+    #[arg(long, value_name = "SIZE")]
+    max_hello_frame_bytes: Option<String>,
+    /// Read-buffer memory all connections not past Hello may hold together
+    /// [default: 64 MiB].
+    #[arg(long, value_name = "SIZE")]
+    handshake_memory_bytes: Option<String>,
+    /// Backlog of the protocol port's listen queue [default: 1024].
+    #[arg(long, value_name = "N")]
+    listen_backlog: Option<String>,
+    /// Queues exported one by one on /metrics, the deepest first; the rest are summed
+    /// as queue="(other)" [default: 100].
+    #[arg(long, value_name = "N")]
+    metrics_queue_limit: Option<String>,
     /// PEM certificate chain: with --tls-key, the protocol port speaks TLS only.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<String>,
@@ -140,6 +154,10 @@ impl ServeArgs {
         add("idle_timeout", &self.idle_timeout);
         add("max_inflight_requests", &self.max_inflight_requests);
         add("max_unsent_bytes", &self.max_unsent_bytes);
+        add("max_hello_frame_bytes", &self.max_hello_frame_bytes);
+        add("handshake_memory_bytes", &self.handshake_memory_bytes);
+        add("listen_backlog", &self.listen_backlog);
+        add("metrics_queue_limit", &self.metrics_queue_limit);
         add("tls.cert", &self.tls_cert);
         add("tls.key", &self.tls_key);
         add("queue.lease", &self.queue_lease);

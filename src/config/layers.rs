@@ -83,6 +83,17 @@ pub static KEYS: &[Key] = &[
         int(v)?),
     key!("max_unsent_bytes", |s, v| s.server.max_unsent_bytes =
         size(v)?),
+    key!("max_hello_frame_bytes", |s, v| s
+        .server
+        .max_hello_frame_bytes =
+        size(v)?),
+    key!("handshake_memory_bytes", |s, v| s
+        .server
+        .handshake_memory_bytes =
+        size(v)?),
+    key!("listen_backlog", |s, v| s.server.listen_backlog = int(v)?),
+    key!("metrics_queue_limit", |s, v| s.server.metrics_queue_limit =
+        int(v)?),
     key!("tls.cert", |s, v| s.server.tls.cert = optional_path(v)?),
     key!("tls.key", |s, v| s.server.tls.key = optional_path(v)?),
     key!("auth.tokens", |s, v| s.server.auth.tokens = tokens(v)?),

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use prost::Message;
 use squall_proto::v1::{self, request::Op, response};
 use squall_proto::ErrorCode;
 use tokio::sync::mpsc;
@@ -31,6 +32,16 @@ use crate::store::{Muts, Store, StoreError};
 
 /// Peek size when the request names none.
 pub(crate) const DEFAULT_PEEK: usize = 20;
+/// Payload bytes a peeked task shows when the request names no preview size.
+pub(crate) const DEFAULT_PREVIEW: usize = 1024;
+/// Largest payload preview of a peeked task.
+pub(crate) const MAX_PREVIEW: usize = 64 * 1024;
+/// Queues per ListQueues page, by default and at most.
+pub(crate) const MAX_LIST_PAGE: usize = 1000;
+/// What one listed queue or peeked task costs an answer at most beyond its name,
+/// payload preview and headers: counted against the connection's unsent budget
+/// before the request goes to the hub (`answer_cost`).
+const ITEM_OVERHEAD: usize = 512;
 /// Most mutations per store job when an admin change touches many tasks: bounds the
 /// memory of one batch; the answer waits for every chunk.
 const CHUNK: usize = 8_192;
@@ -40,7 +51,10 @@ const REASON_DELETED: &str = "the queue was deleted by an operator";
 /// A validated administrative request.
 #[derive(Debug)]
 pub(crate) enum AdminOp {
-    List,
+    List {
+        after: String,
+        limit: usize,
+    },
     Get(String),
     Configure(String, QueueConfigUpdate),
     SetPaused(String, bool),
@@ -48,6 +62,7 @@ pub(crate) enum AdminOp {
         queue: String,
         state: TaskView,
         limit: usize,
+        preview: usize,
     },
     Purge {
         queue: String,
@@ -60,11 +75,45 @@ pub(crate) enum AdminOp {
     Delete(String),
 }
 
+impl AdminOp {
+    /// The most bytes the answer can take while it waits to be written, counted
+    /// against the connection's unsent budget before the hub builds it.
+    pub(crate) fn answer_cost(&self) -> usize {
+        match self {
+            AdminOp::List { limit, .. } => {
+                limit * (ITEM_OVERHEAD + squall_proto::MAX_QUEUE_NAME_LEN)
+            }
+            AdminOp::Peek { limit, preview, .. } => {
+                limit.min(&crate::broker::MAX_PEEK) * (ITEM_OVERHEAD + 2 * preview)
+            }
+            _ => ITEM_OVERHEAD,
+        }
+    }
+}
+
 /// Validates an admin request on the connection reader (cheap checks only: names and
 /// enums; the hub checks configuration values against the queue's current ones).
 pub(crate) fn parse(op: Op) -> Result<AdminOp, (ErrorCode, String)> {
     let op = match op {
-        Op::ListQueues(_) => AdminOp::List,
+        Op::ListQueues(l) => {
+            if l.after.len() > squall_proto::MAX_QUEUE_NAME_LEN {
+                return Err((
+                    ErrorCode::BadRequest,
+                    format!(
+                        "`after` is {} bytes long; queue names have at most {}",
+                        l.after.len(),
+                        squall_proto::MAX_QUEUE_NAME_LEN
+                    ),
+                ));
+            }
+            AdminOp::List {
+                after: l.after,
+                limit: match l.limit {
+                    0 => MAX_LIST_PAGE,
+                    n => (n as usize).min(MAX_LIST_PAGE),
+                },
+            }
+        }
         Op::GetQueue(g) => AdminOp::Get(queue_name(g.queue)?),
         Op::SetQueueConfig(c) => AdminOp::Configure(
             queue_name(c.queue)?,
@@ -85,6 +134,10 @@ pub(crate) fn parse(op: Op) -> Result<AdminOp, (ErrorCode, String)> {
             limit: match p.limit {
                 0 => DEFAULT_PEEK,
                 n => n as usize,
+            },
+            preview: match p.preview_bytes {
+                0 => DEFAULT_PREVIEW,
+                n => (n as usize).min(MAX_PREVIEW),
             },
         },
         Op::Purge(p) => AdminOp::Purge {
@@ -172,36 +225,68 @@ pub(crate) enum AdminReply {
         req: u64,
         single: bool,
         queues: Vec<QueueStatus>,
+        /// A list page that is not the last.
+        more: bool,
     },
     Peek {
         req: u64,
         items: Vec<PeekItem>,
+        preview: usize,
     },
 }
 
 impl AdminReply {
-    /// Reads what the answer needs from the store and builds the response.
-    pub(crate) fn into_response(self, store: &Store) -> v1::Response {
+    /// Reads what the answer needs from the store and builds the response: lists and
+    /// peeks stop before they grow past `max_bytes` (and say that more follow).
+    pub(crate) fn into_response(self, store: &Store, max_bytes: usize) -> v1::Response {
         let now = now_ms();
         let (id, result) = match self {
             AdminReply::Queues {
                 req,
                 single: true,
                 mut queues,
+                ..
             } => match queues.pop() {
                 Some(q) => (req, response::Result::Queue(queue_info(&q, store, now))),
                 None => return error_response(req, ErrorCode::Internal, "no queue to report"),
             },
-            AdminReply::Queues { req, queues, .. } => (
+            AdminReply::Queues {
                 req,
-                response::Result::Queues(v1::QueueList {
-                    queues: queues.iter().map(|q| queue_info(q, store, now)).collect(),
-                }),
-            ),
-            AdminReply::Peek { req, items } => {
+                queues: statuses,
+                more,
+                ..
+            } => {
+                let mut size = Budget::new(max_bytes);
+                let mut queues = Vec::with_capacity(statuses.len());
+                let mut cut = false;
+                for q in &statuses {
+                    let info = queue_info(q, store, now);
+                    if !size.admit(info.encoded_len()) {
+                        cut = true;
+                        break;
+                    }
+                    queues.push(info);
+                }
+                let more = more || cut;
+                (
+                    req,
+                    response::Result::Queues(v1::QueueList { queues, more }),
+                )
+            }
+            AdminReply::Peek {
+                req,
+                items,
+                preview,
+            } => {
+                let mut size = Budget::new(max_bytes);
                 let mut tasks = Vec::with_capacity(items.len());
+                let mut more = false;
                 for item in items {
-                    match peeked_task(item, store) {
+                    match peeked_task(item, store, preview) {
+                        Ok(Some(t)) if !size.admit(t.encoded_len()) => {
+                            more = true;
+                            break;
+                        }
                         Ok(Some(t)) => tasks.push(t),
                         // Settled or removed since the hub looked: skip it.
                         Ok(None) => {}
@@ -214,12 +299,33 @@ impl AdminReply {
                         }
                     }
                 }
-                (req, response::Result::Peek(v1::PeekOk { tasks }))
+                (req, response::Result::Peek(v1::PeekOk { tasks, more }))
             }
         };
         v1::Response {
             id,
             result: Some(result),
+        }
+    }
+}
+
+/// Bytes left for the items of one answer.
+struct Budget(usize);
+
+impl Budget {
+    fn new(max_bytes: usize) -> Budget {
+        Budget(max_bytes)
+    }
+
+    /// Counts an item of `len` bytes (plus its tag and length prefix) if it fits.
+    fn admit(&mut self, len: usize) -> bool {
+        let cost = len + 1 + prost::length_delimiter_len(len);
+        match self.0.checked_sub(cost) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -269,12 +375,28 @@ fn settings(c: &QueueConfig) -> v1::QueueSettings {
     }
 }
 
-fn peeked_task(item: PeekItem, store: &Store) -> Result<Option<v1::PeekedTask>, StoreError> {
+/// A peeked task with at most `preview` payload bytes, and its headers only if they
+/// take no more than that either.
+fn peeked_task(
+    item: PeekItem,
+    store: &Store,
+    preview: usize,
+) -> Result<Option<v1::PeekedTask>, StoreError> {
     let p = item.peeked;
     let Some(state) = store.get_state(p.id)? else {
         return Ok(None);
     };
     let body = store.get_body(p.id)?.unwrap_or_default();
+    let payload_bytes = body.payload.len() as u64;
+    let mut truncated = body.payload.len() > preview;
+    let payload = body.payload.slice(..body.payload.len().min(preview));
+    let header_bytes: usize = body.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let headers = if header_bytes > preview {
+        truncated = true;
+        Default::default()
+    } else {
+        body.headers.into_iter().collect()
+    };
     let lease = p.lease;
     Ok(Some(v1::PeekedTask {
         task_id: p.id,
@@ -288,8 +410,10 @@ fn peeked_task(item: PeekItem, store: &Store) -> Result<Option<v1::PeekedTask>, 
         lease_holder: item.holder.map(|h| h.to_string()).unwrap_or_default(),
         lease_deadline_ms: lease.map_or(0, |l| l.deadline_ms),
         last_error: state.last_error.unwrap_or_default(),
-        payload: body.payload,
-        headers: body.headers.into_iter().collect(),
+        payload,
+        headers,
+        truncated,
+        payload_bytes,
     }))
 }
 
@@ -395,7 +519,10 @@ impl AdminOp {
     /// Whether it changes anything (then it is durable before it is applied, one at a
     /// time); reads are answered at once from the engine.
     fn is_change(&self) -> bool {
-        !matches!(self, AdminOp::List | AdminOp::Get(_) | AdminOp::Peek { .. })
+        !matches!(
+            self,
+            AdminOp::List { .. } | AdminOp::Get(_) | AdminOp::Peek { .. }
+        )
     }
 }
 
@@ -431,7 +558,9 @@ impl Hub {
             AdminOp::Purge { queue, state } => self.engine.plan_purge(&queue, state),
             AdminOp::Redrive { queue, limit } => self.engine.plan_redrive(&queue, limit, now),
             AdminOp::Delete(name) => self.engine.plan_delete(&name),
-            AdminOp::List | AdminOp::Get(_) | AdminOp::Peek { .. } => Err(not_a(req_kind::CHANGE)),
+            AdminOp::List { .. } | AdminOp::Get(_) | AdminOp::Peek { .. } => {
+                Err(not_a(req_kind::CHANGE))
+            }
         }
     }
 
@@ -499,7 +628,10 @@ impl Hub {
             }
         }
         self.wake_removed(removed);
-        self.bounded.refresh(&self.engine, self.default_max_length);
+        // Re-reading the bounds walks every queue: only after changes that can move them.
+        if matches!(plan.change, AdminChange::Config(_) | AdminChange::Delete) {
+            self.bounded.refresh(&self.engine, self.default_max_length);
+        }
         let reply = match failure.filter(|_| !complete) {
             Some(e) => {
                 let what = if done_tasks.is_empty() {
@@ -550,14 +682,16 @@ impl Hub {
 
     fn admin_read(&mut self, conn: ConnId, req: u64, op: AdminOp, now: Millis) {
         let result = match op {
-            AdminOp::List => {
-                let queues = self.queue_statuses(now);
+            AdminOp::List { after, limit } => {
+                let (page, more) = self.engine.queue_page(&after, limit);
+                let queues = page.into_iter().map(|s| self.status(s, now)).collect();
                 self.send_admin(
                     conn,
                     AdminReply::Queues {
                         req,
                         single: false,
                         queues,
+                        more,
                     },
                 );
                 Ok(())
@@ -570,6 +704,7 @@ impl Hub {
                 queue,
                 state,
                 limit,
+                preview,
             } => self.engine.peek(&queue, state, limit).map(|peeked| {
                 let items = peeked
                     .into_iter()
@@ -578,22 +713,20 @@ impl Hub {
                         peeked,
                     })
                     .collect();
-                self.send_admin(conn, AdminReply::Peek { req, items });
+                self.send_admin(
+                    conn,
+                    AdminReply::Peek {
+                        req,
+                        items,
+                        preview,
+                    },
+                );
             }),
             _ => Err(not_a(req_kind::READ)),
         };
         if let Err(e) = result {
             self.admin_error(conn, req, e);
         }
-    }
-
-    /// Every queue's status, sorted by name.
-    pub(super) fn queue_statuses(&self, now: Millis) -> Vec<QueueStatus> {
-        self.engine
-            .snapshot()
-            .into_iter()
-            .map(|s| self.status(s, now))
-            .collect()
     }
 
     fn status(&self, snapshot: QueueSnapshot, now: Millis) -> QueueStatus {
@@ -609,6 +742,7 @@ impl Hub {
             req,
             single: true,
             queues: vec![self.status(snapshot, now)],
+            more: false,
         }
     }
 

@@ -4,10 +4,10 @@
 //! outbox and writes every pending frame with one syscall per wakeup, reading the store
 //! for deliveries and task status on the way. Only this file touches client sockets.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,14 +18,14 @@ use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{encode_frame, split_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::admin::{self, AdminReply};
 use super::hub::HubCmd;
 use super::metrics::{Metrics, PublishTimer};
-use super::status::{task_info, LeaseHolder};
+use super::status::{task_info, task_payload, LeaseHolder};
 use super::wait::{task_response, ConnWaits};
 use super::waiters::Final;
 use super::{now_ms, Done, Shared};
@@ -55,6 +55,12 @@ pub(crate) const DELIVERY_WINDOW: u32 = 64;
 const REPORT_EVERY: u32 = 16;
 /// Read buffer headroom kept before each read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Bytes of an answer frame outside its list of items (response id, wrappers, flags):
+/// lists and peeks fill at most the frame limit minus this.
+const ANSWER_ENVELOPE: usize = 1024;
+/// Read buffer headroom before Hello: a Hello is small, and until it is accepted the
+/// buffer counts against the broker-wide `handshake_memory_bytes`.
+const HELLO_CHUNK: usize = 1024;
 
 /// What the writer half sends. The outbox is unbounded, but what can be in it is bounded
 /// by the protocol: deliveries by the subscriptions' credit, responses by requests.
@@ -90,6 +96,11 @@ pub(crate) enum Outbound {
         req: u64,
         task: TaskId,
     },
+    /// Read a task's whole payload from the store and answer request `req` with it.
+    Payload {
+        req: u64,
+        task: TaskId,
+    },
 }
 
 pub(crate) fn error_response(id: u64, code: ErrorCode, message: impl Into<String>) -> v1::Response {
@@ -115,9 +126,39 @@ pub(crate) struct Flow {
     /// The queue prefixes the connection's token is limited to, set at Hello: task
     /// status answers about other queues are sent as "unknown".
     prefixes: std::sync::OnceLock<Arc<[String]>>,
+    /// Bytes that admin answers not yet written may take (`AdminOp::answer_cost`),
+    /// counted against `max_unsent_bytes`: the reader stops reading while they exceed
+    /// it, so a client that asks for answers without reading them cannot make the
+    /// broker build them without bound.
+    reserved: AtomicUsize,
+    /// The reservations by request id, released when the answer is encoded.
+    reservations: parking_lot::Mutex<HashMap<u64, usize>>,
 }
 
 impl Flow {
+    /// Counts `bytes` for the answer to request `req`.
+    fn reserve(&self, req: u64, bytes: usize) {
+        if let Some(old) = self.reservations.lock().insert(req, bytes) {
+            // A repeated request id: its first reservation goes.
+            self.reserved.fetch_sub(old, Relaxed);
+        }
+        self.reserved.fetch_add(bytes, Relaxed);
+    }
+
+    /// The answer to `req` is encoded: its reservation, if any, is free again.
+    fn release(&self, req: u64) {
+        if self.reserved.load(Relaxed) == 0 {
+            return;
+        }
+        let Some(bytes) = self.reservations.lock().remove(&req) else {
+            return;
+        };
+        self.reserved.fetch_sub(bytes, Relaxed);
+        if self.reader_waiting.load(Relaxed) {
+            self.drained.notify_one();
+        }
+    }
+
     /// The writer wrote `answers` answers.
     fn answered(&self, answers: u32, max: u32) {
         if answers == 0 {
@@ -260,9 +301,16 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 impl Conn {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, handshake_deadline: Instant) {
         let max_frame = self.shared.config.max_frame_bytes;
+        let max_hello_frame = self.shared.config.max_hello_frame_bytes;
         let idle = self.shared.config.idle_timeout;
         let max_inflight = self.shared.config.max_inflight_requests;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Until Hello the buffer starts small, grows only with bytes that arrive, and
+        // is charged to the budget every unauthenticated connection shares.
+        let mut buf = BytesMut::with_capacity(HELLO_CHUNK);
+        let mut charge = HandshakeCharge::new(self.shared.handshake_budget.clone());
+        if !charge.cover(buf.capacity()) {
+            return self.over_handshake_budget();
+        }
         // One timer: the handshake deadline until Hello, then the idle deadline. It is
         // not reset per frame: when it fires, it is re-armed from the last frame's time.
         let timer = tokio::time::sleep_until(handshake_deadline);
@@ -272,7 +320,20 @@ impl Conn {
         loop {
             let mut frames = 0u32;
             loop {
-                match split_frame(&mut buf, max_frame) {
+                let unsent = self.shared.config.max_unsent_bytes;
+                if self.flow.reserved.load(Relaxed) > unsent
+                    && !self
+                        .wait_for(|f| f.reserved.load(Relaxed) <= unsent, "answers too large")
+                        .await
+                {
+                    return;
+                }
+                let max = if self.registered {
+                    max_frame
+                } else {
+                    max_hello_frame
+                };
+                match split_frame(&mut buf, max) {
                     Ok(Some(body)) => match v1::Request::decode(body) {
                         Ok(req) => {
                             frames += 1;
@@ -301,8 +362,19 @@ impl Conn {
             {
                 return;
             }
-            if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                buf.reserve(READ_CHUNK);
+            let chunk = if self.registered {
+                charge.release();
+                READ_CHUNK
+            } else {
+                HELLO_CHUNK
+            };
+            // `reserve` grows the buffer by at least its size (amortised doubling), so a
+            // large frame costs reads, not copies, and never more than twice its bytes.
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
+            }
+            if !self.registered && !charge.cover(buf.capacity()) {
+                return self.over_handshake_budget();
             }
             tokio::select! {
                 r = rd.read_buf(&mut buf) => match r {
@@ -337,17 +409,36 @@ impl Conn {
         }
     }
 
+    /// Closes a connection that would take the read buffers of connections without
+    /// Hello past `handshake_memory_bytes`.
+    fn over_handshake_budget(&self) {
+        let budget = self.shared.config.handshake_memory_bytes;
+        warn!(conn = self.id, peer = %self.peer, budget, "connections without Hello hold the whole handshake memory budget: closing one");
+        self.close(
+            0,
+            ErrorCode::TooManyConnections,
+            format!("connections that have not sent Hello hold the broker's handshake memory budget of {budget} bytes; retry later"),
+        );
+    }
+
     /// A client that sends requests without reading the answers: stop reading until
     /// the writer has written enough of them (or the connection ends: false).
     async fn wait_for_answers(&self, max_inflight: u32) -> bool {
-        debug!(
-            conn = self.id,
-            "too many unanswered requests: reading paused"
-        );
+        self.wait_for(
+            |f| f.inflight.load(Relaxed) <= max_inflight,
+            "too many unanswered requests",
+        )
+        .await
+    }
+
+    /// Stops reading until the writer has written enough for `ready` to hold (or the
+    /// connection ends: false).
+    async fn wait_for(&self, ready: impl Fn(&Flow) -> bool, why: &str) -> bool {
+        debug!(conn = self.id, why, "reading paused");
         self.flow.reader_waiting.store(true, Relaxed);
         let resumed = loop {
             let drained = self.flow.drained.notified();
-            if self.flow.inflight.load(Relaxed) <= max_inflight {
+            if ready(&self.flow) {
                 break true;
             }
             tokio::select! {
@@ -443,7 +534,10 @@ impl Conn {
             | Op::SetPaused(_)
             | Op::Redrive(_)
             | Op::DeleteQueue(_)) => match admin::parse(op) {
-                Ok(op) => hub.send(HubCmd::Admin { conn, req: id, op }),
+                Ok(op) => {
+                    self.flow.reserve(id, op.answer_cost());
+                    hub.send(HubCmd::Admin { conn, req: id, op })
+                }
                 Err((code, msg)) => return self.error(id, code, msg),
             },
             Op::Subscribe(s) => {
@@ -495,6 +589,13 @@ impl Conn {
                 req: id,
                 task: g.task_id,
             }),
+            Op::GetPayload(g) => {
+                let _ = self.out.send(Outbound::Payload {
+                    req: id,
+                    task: g.task_id,
+                });
+                return Next::Continue;
+            }
             Op::WaitResult(w) => {
                 let _ = self.out.send(Outbound::Wait {
                     req: id,
@@ -566,6 +667,8 @@ impl Conn {
                 }
                 return Ok(());
             }
+            // The task's queue is checked against the prefixes when it is read.
+            Op::GetPayload(_) => (ops::ADMIN, None),
             Op::GetQueue(q) => (ops::ADMIN, Some(&q.queue)),
             Op::SetQueueConfig(q) => (ops::ADMIN, Some(&q.queue)),
             Op::Peek(q) => (ops::ADMIN, Some(&q.queue)),
@@ -838,6 +941,50 @@ impl Conn {
     }
 }
 
+/// Read-buffer bytes a connection holds before Hello, counted against the budget all
+/// such connections share (`handshake_memory_bytes`); given back at Hello or close.
+struct HandshakeCharge {
+    budget: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl HandshakeCharge {
+    fn new(budget: Arc<Semaphore>) -> HandshakeCharge {
+        HandshakeCharge {
+            budget,
+            held: None,
+            bytes: 0,
+        }
+    }
+
+    /// Raises the charge to `bytes`; false if the shared budget cannot cover it.
+    fn cover(&mut self, bytes: usize) -> bool {
+        let Some(more) = bytes.checked_sub(self.bytes).filter(|&m| m > 0) else {
+            return true;
+        };
+        let Ok(more) = u32::try_from(more) else {
+            return false;
+        };
+        match self.budget.clone().try_acquire_many_owned(more) {
+            Ok(permit) => {
+                match &mut self.held {
+                    Some(held) => held.merge(permit),
+                    None => self.held = Some(permit),
+                }
+                self.bytes = bytes;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn release(&mut self) {
+        self.held = None;
+        self.bytes = 0;
+    }
+}
+
 /// Counts a connection open, and holds its place under `max_connections`, for as long
 /// as it lives.
 struct OpenConnection(Arc<Metrics>, #[allow(dead_code)] OwnedSemaphorePermit);
@@ -1039,13 +1186,30 @@ impl<W: AsyncWrite + Unpin> WriterHalf<'_, W> {
         let mut answers = 0u32;
         let prefixes = self.flow.prefixes.get();
         let shared = self.shared;
+        let flow = self.flow;
+        let max_frame = shared.config.max_frame_bytes;
         let pending = &mut self.pending;
         let mut response = |mut r: v1::Response, buf: &mut BytesMut| {
             answers += u32::from(is_answer(&r));
+            flow.release(r.id);
             if let Some(prefixes) = prefixes {
                 hide_other_queues(&mut r, prefixes);
             }
+            let (id, start) = (r.id, buf.len());
             encode_frame(&server_message(r), buf);
+            let len = buf.len() - start - squall_proto::LENGTH_PREFIX_BYTES;
+            if len > max_frame {
+                // Never a frame the protocol's own limit refuses.
+                buf.truncate(start);
+                let too_large = error_response(
+                    id,
+                    ErrorCode::AnswerTooLarge,
+                    format!(
+                        "the answer is {len} bytes, above the frame limit of {max_frame} bytes"
+                    ),
+                );
+                encode_frame(&server_message(too_large), buf);
+            }
         };
         for r in self.timed_out.drain(..) {
             response(r, pending);
@@ -1060,7 +1224,10 @@ impl<W: AsyncWrite + Unpin> WriterHalf<'_, W> {
                     self.unreported += 1;
                     encode_delivery(shared, self.conn, d, pending)
                 }
-                Outbound::Admin(reply) => response(reply.into_response(&shared.store), pending),
+                Outbound::Admin(reply) => {
+                    let room = max_frame.saturating_sub(ANSWER_ENVELOPE);
+                    response(reply.into_response(&shared.store, room), pending)
+                }
                 Outbound::Close(r) => {
                     response(r, pending);
                     self.ending = true;
@@ -1176,6 +1343,18 @@ fn answer_status(shared: &Shared, waits: &mut ConnWaits, msg: Outbound) -> Optio
         } => waits.start(shared, req, task, timeout_ms),
         Outbound::WaitDone { req, task, state } => Some(waits.woken(shared, req, task, state)),
         Outbound::Recheck { req, task } => waits.recheck(shared, req, task),
+        Outbound::Payload { req, task } => Some(match task_payload(&shared.store, task) {
+            Ok(Some(p)) => v1::Response {
+                id: req,
+                result: Some(response::Result::Payload(p)),
+            },
+            Ok(None) => error_response(req, ErrorCode::NotFound, format!("no task {task}")),
+            Err(e) => error_response(
+                req,
+                ErrorCode::Storage,
+                format!("cannot read task {task}: {e}"),
+            ),
+        }),
         Outbound::Response(_) | Outbound::Deliver(_) | Outbound::Admin(_) | Outbound::Close(_) => {
             None
         }
@@ -1185,6 +1364,13 @@ fn answer_status(shared: &Shared, waits: &mut ConnWaits, msg: Outbound) -> Optio
 /// A task status answer about a queue outside the token's prefixes says "unknown",
 /// as if the task did not exist.
 fn hide_other_queues(r: &mut v1::Response, prefixes: &[String]) {
+    let allowed = |queue: &str| prefixes.iter().any(|p| queue.starts_with(p.as_str()));
+    if let Some(response::Result::Payload(p)) = &r.result {
+        if !allowed(&p.queue) {
+            *r = error_response(r.id, ErrorCode::NotFound, format!("no task {}", p.task_id));
+        }
+        return;
+    }
     if let Some(response::Result::Task(info)) = &mut r.result {
         if !info.queue.is_empty() && !prefixes.iter().any(|p| info.queue.starts_with(p.as_str())) {
             *info = v1::TaskInfo {

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::hub::{HubCmd, HubTx};
 use super::metrics::{self, Metrics, QueueSample};
+use super::scrape;
 use super::{now_ms, ServerError};
 use crate::store::{Store, WriterStats};
 
@@ -47,6 +48,8 @@ pub(crate) struct Live {
     pub(crate) hub: HubTx,
     pub(crate) store: Store,
     pub(crate) writer: Arc<WriterStats>,
+    /// Queues exported one by one (`metrics_queue_limit`).
+    pub(crate) queue_limit: usize,
 }
 
 impl HttpState {
@@ -191,7 +194,7 @@ async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
                 )
             }
         },
-        None => Vec::new(),
+        None => metrics::ScrapedQueues::default(),
     };
     let writer = live.map(|l| &*l.writer);
     let store = live.map_or(metrics::StoreHealth::default(), |l| metrics::StoreHealth {
@@ -218,21 +221,33 @@ async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
     }
 }
 
-/// Asks the hub for every queue's status, then reads each oldest ready task's age.
-async fn queue_samples(live: &Live) -> Option<Vec<QueueSample>> {
+/// Asks the hub for the deepest queues' status (and the others' sum), then reads each
+/// exported queue's oldest ready task's age.
+async fn queue_samples(live: &Live) -> Option<metrics::ScrapedQueues> {
     let (tx, rx) = oneshot::channel();
-    live.hub.send(HubCmd::Scrape(tx)).ok()?;
-    let statuses = tokio::time::timeout(SCRAPE_TIMEOUT, rx).await.ok()?.ok()?;
+    live.hub
+        .send(HubCmd::Scrape {
+            limit: live.queue_limit,
+            reply: tx,
+        })
+        .ok()?;
+    let scraped = tokio::time::timeout(SCRAPE_TIMEOUT, rx).await.ok()?.ok()?;
     let now = now_ms();
-    Some(
-        statuses
+    Some(metrics::ScrapedQueues {
+        top: scraped
+            .top
             .into_iter()
             .map(|status| QueueSample {
                 oldest_ready_age_ms: status.oldest_ready_age_ms(&live.store, now),
                 status,
             })
             .collect(),
-    )
+        others: scraped.others.map(|sum| QueueSample {
+            status: scrape::sum_status(sum),
+            oldest_ready_age_ms: None,
+        }),
+        count: scraped.queues,
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -14,10 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::admin::{AdminOp, AdminOutcome, AdminQueue, QueueStatus};
+use super::admin::{AdminOp, AdminOutcome, AdminQueue};
 use super::admission::{Bounded, Reservation, Reservations};
 use super::connection::{error_response, OutTx, Outbound};
 use super::rates::Rates;
+use super::scrape::QueueScrape;
 use super::status::LeaseHolder;
 use super::waiters::{Final, Waiters};
 use super::{now_ms, Done, Writer};
@@ -122,8 +123,12 @@ pub(crate) enum HubCmd {
     },
     /// The store jobs of an admin change completed (`admin.rs`).
     AdminDurable(Box<AdminOutcome>),
-    /// Every queue's status, for a metrics scrape.
-    Scrape(oneshot::Sender<Vec<QueueStatus>>),
+    /// The deepest queues' status and the sum of the others, for a metrics scrape:
+    /// at most `limit` queues one by one.
+    Scrape {
+        limit: usize,
+        reply: oneshot::Sender<QueueScrape>,
+    },
     /// Status of a task: the hub adds its lease and the connection reads the rest.
     GetTask {
         conn: ConnId,
@@ -237,7 +242,8 @@ impl Hub {
             }
             self.apply_effects(now);
             let engine = &self.engine;
-            self.rates.maybe_sample(|| engine.snapshot(), now);
+            self.rates
+                .maybe_sample(now, engine.queue_slots(), |slot| engine.counters_at(slot));
             if stop {
                 info!(
                     leases = self.engine.lease_count(),
@@ -427,8 +433,8 @@ impl Hub {
             } => self.engine.undeliverable(conn, task, token, requeue, now),
             HubCmd::Admin { conn, req, op } => self.admin(conn, req, op, now),
             HubCmd::AdminDurable(outcome) => self.admin_durable(*outcome, now),
-            HubCmd::Scrape(reply) => {
-                let _ = reply.send(self.queue_statuses(now));
+            HubCmd::Scrape { limit, reply } => {
+                let _ = reply.send(self.scrape(limit, now));
             }
             HubCmd::GetTask { conn, req, task } => self.task_status(conn, req, task),
             HubCmd::DeadSwept(removed) => {

@@ -101,7 +101,16 @@ struct Scrape {
     paused_connections: i64,
     publish_confirm: HistogramSnapshot,
     writer: Option<WriterSample>,
-    queues: Vec<QueueSample>,
+    queues: ScrapedQueues,
+}
+
+/// The queues of one scrape: the deepest one by one, the others summed
+/// (`scrape.rs`), and how many there are.
+#[derive(Debug, Default)]
+pub(crate) struct ScrapedQueues {
+    pub(crate) top: Vec<QueueSample>,
+    pub(crate) others: Option<QueueSample>,
+    pub(crate) count: u64,
 }
 
 #[derive(Debug)]
@@ -133,7 +142,7 @@ pub(crate) struct StoreHealth {
 pub(crate) fn render(
     metrics: &Metrics,
     writer: Option<&WriterStats>,
-    queues: Vec<QueueSample>,
+    queues: ScrapedQueues,
     store: StoreHealth,
     openmetrics: bool,
 ) -> Result<String, std::fmt::Error> {
@@ -415,12 +424,14 @@ fn histogram(
     )?)
 }
 
-/// A per-queue metric: its name, help, type and how to read it from a sample.
+/// A per-queue metric: its name, help, type, how to read it from a sample, and
+/// whether the sum of the queues not exported one by one has it.
 type QueueMetric = (
     &'static str,
     &'static str,
     MetricType,
     fn(&QueueSample) -> i64,
+    bool,
 );
 
 const QUEUE_METRICS: &[QueueMetric] = &[
@@ -429,54 +440,63 @@ const QUEUE_METRICS: &[QueueMetric] = &[
         "Subscriptions of the queue.",
         MetricType::Gauge,
         |q| q.status.snapshot.consumers as i64,
+        true,
     ),
     (
         "queue_paused",
         "1 when the queue is paused (nothing is delivered).",
         MetricType::Gauge,
         |q| i64::from(q.status.snapshot.config.paused),
+        false,
     ),
     (
         "queue_published",
         "Tasks published since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.published as i64,
+        true,
     ),
     (
         "queue_delivered",
         "Deliveries since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.delivered as i64,
+        true,
     ),
     (
         "queue_redelivered",
         "Deliveries of tasks delivered before (retries).",
         MetricType::Counter,
         |q| q.status.snapshot.counters.redelivered as i64,
+        true,
     ),
     (
         "queue_acked",
         "Acks since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.acked as i64,
+        true,
     ),
     (
         "queue_nacked",
         "Nacks since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.nacked as i64,
+        true,
     ),
     (
         "queue_lease_expired",
         "Leases that ran out since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.expired as i64,
+        true,
     ),
     (
         "queue_dead_lettered",
         "Tasks moved to the dead set since the broker started.",
         MetricType::Counter,
         |q| q.status.snapshot.counters.dead_lettered as i64,
+        true,
     ),
 ];
 
@@ -551,6 +571,12 @@ impl Collector for Scrape {
         if let Some(w) = &self.writer {
             self.encode_writer(&mut enc, w)?;
         }
+        gauge(
+            &mut enc,
+            "queues",
+            "Queues that exist (the deepest metrics_queue_limit are exported one by one, the rest summed as queue=\"(other)\").",
+            i64::try_from(self.queues.count).unwrap_or(i64::MAX),
+        )?;
         self.encode_queues(&mut enc)
     }
 }
@@ -621,7 +647,7 @@ impl Scrape {
                 None,
                 MetricType::Gauge,
             )?;
-            for q in &self.queues {
+            for q in self.queues.top.iter().chain(&self.queues.others) {
                 let s = &q.status.snapshot;
                 for (state, value) in [
                     ("ready", s.ready),
@@ -641,15 +667,16 @@ impl Scrape {
                 Some(&Unit::Seconds),
                 MetricType::Gauge,
             )?;
-            for q in &self.queues {
+            for q in &self.queues.top {
                 let labels = [("queue", &*q.status.snapshot.name)];
                 let age = q.oldest_ready_age_ms.unwrap_or(0) as f64 / 1000.0;
                 ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
             }
         }
-        for &(name, help, kind, read) in QUEUE_METRICS {
+        for &(name, help, kind, read, summed) in QUEUE_METRICS {
             let mut family = enc.encode_descriptor(name, help, None, kind)?;
-            for q in &self.queues {
+            let others = self.queues.others.iter().filter(|_| summed);
+            for q in self.queues.top.iter().chain(others) {
                 let labels = [("queue", &*q.status.snapshot.name)];
                 let value = read(q);
                 let metric = family.encode_family(&labels)?;

@@ -10,6 +10,7 @@ mod http;
 mod hub;
 mod metrics;
 mod rates;
+mod scrape;
 mod status;
 mod sweeper;
 mod tls;
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -106,6 +107,9 @@ pub(crate) struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// Which queues have a `max_length` (publishes to them go through the hub).
     bounded: Arc<admission::Bounded>,
+    /// Read-buffer bytes that connections without Hello may still take, together
+    /// (`handshake_memory_bytes`).
+    handshake_budget: Arc<Semaphore>,
     /// Cancelled at shutdown: readers stop reading.
     conn_cancel: CancellationToken,
     /// Connection writer halves; they end after the store writer has confirmed
@@ -437,9 +441,8 @@ async fn start_broker(
 ) -> Result<Running, ServerError> {
     let started = std::time::Instant::now();
     let (store, engine, fixes, tasks) = recover(&config).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|cause| ServerError::Bind {
+    let listener =
+        bind_protocol(config.listen, config.listen_backlog).map_err(|cause| ServerError::Bind {
             addr: config.listen,
             setting: LISTEN_SETTING,
             cause,
@@ -479,6 +482,7 @@ async fn start_broker(
         hub: hub_tx.clone(),
         store: store.clone(),
         writer: writer_stats,
+        queue_limit: config.metrics_queue_limit,
     });
     metrics.ready.store(true, Ordering::Relaxed);
     // Logged only now: whoever waits for this line may rely on /readyz saying ready.
@@ -494,6 +498,9 @@ async fn start_broker(
         config.data_dir.display()
     );
 
+    let handshake_budget = Arc::new(Semaphore::new(
+        config.handshake_memory_bytes.min(Semaphore::MAX_PERMITS),
+    ));
     let shared = Arc::new(Shared {
         config,
         store,
@@ -503,6 +510,7 @@ async fn start_broker(
         waiters,
         bounded,
         tls,
+        handshake_budget,
         conn_cancel: CancellationToken::new(),
         writers: TaskTracker::new(),
     });
@@ -515,6 +523,19 @@ async fn start_broker(
         writer,
         stop: CancellationToken::new(),
     })
+}
+
+/// Binds the protocol port with a listen queue of `backlog` connections (the kernel
+/// caps it at `net.core.somaxconn`).
+fn bind_protocol(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As std's `TcpListener::bind` does on Unix: a restart may bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Warns when the protocol port is reachable from other machines without
@@ -709,6 +730,23 @@ const STORE_FAILURE_POLL: Duration = Duration::from_millis(250);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel completes connections up to the backlog while nobody accepts: with
+    /// std's fixed 128 only about 129 of these would connect, the rest waiting on SYN
+    /// retransmits until their timeout.
+    #[tokio::test]
+    async fn the_listen_backlog_is_applied() {
+        const CLIENTS: usize = 400;
+        let listener = bind_protocol("127.0.0.1:0".parse().unwrap(), 512).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..CLIENTS).map(|_| {
+            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, CLIENTS, "connections completed without accept");
+        drop(listener);
+    }
 
     #[test]
     fn only_a_non_loopback_address_without_auth_is_flagged() {

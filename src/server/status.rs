@@ -81,6 +81,26 @@ pub(crate) fn task_info(
     })
 }
 
+/// A task's whole payload and headers (`None` once it is gone). Bounded by the
+/// publish that stored them, which fitted in one frame.
+pub(crate) fn task_payload(
+    store: &Store,
+    task: TaskId,
+) -> Result<Option<v1::TaskPayload>, StoreError> {
+    let Some(state) = store.get_state(task)? else {
+        return Ok(None);
+    };
+    let Some(body) = store.get_body(task)? else {
+        return Ok(None);
+    };
+    Ok(Some(v1::TaskPayload {
+        task_id: task,
+        queue: state.queue.to_string(),
+        payload: body.payload,
+        headers: body.headers.into_iter().collect(),
+    }))
+}
+
 /// Whether a wait for this task is over: it finished, or the broker does not know it.
 pub(crate) fn wait_is_over(info: &v1::TaskInfo) -> bool {
     matches!(

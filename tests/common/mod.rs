@@ -243,6 +243,19 @@ impl ChildBroker {
         }
     }
 
+    /// The broker's resident memory (VmRSS of /proc/PID/status), bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the broker's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc status");
+        kib * 1024
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -263,6 +276,15 @@ impl ChildBroker {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGTERM, then waits for the exit, failing the test after `within`.
+    pub fn terminate_within(self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.wait_exit(within)
     }
 
     pub fn terminate(mut self) -> std::process::ExitStatus {
