@@ -75,7 +75,7 @@ pub struct ServerConfig {
     /// (they resume when half of it is written).
     pub max_unsent_bytes: usize,
     /// Largest frame accepted before `Hello` (a Hello is small; the full
-    /// `max_frame_bytes` applies after it).
+    /// `max_frame_bytes` applies after it, and also caps this).
     pub max_hello_frame_bytes: usize,
     /// Read-buffer memory all connections that have not completed `Hello` may hold
     /// together; a connection that would go past it is closed.
@@ -306,21 +306,22 @@ impl ServerConfig {
                 format!("{} is below the minimum of 64 KiB", self.max_unsent_bytes),
             );
         }
-        if self.max_hello_frame_bytes < 1024 || self.max_hello_frame_bytes > self.max_frame_bytes {
+        if self.max_hello_frame_bytes < 1024 {
             return bad(
                 "max_hello_frame_bytes",
                 format!(
-                    "{} must be within 1 KiB..=max_frame_bytes ({})",
-                    self.max_hello_frame_bytes, self.max_frame_bytes
+                    "{} is below the minimum of 1 KiB",
+                    self.max_hello_frame_bytes
                 ),
             );
         }
-        if self.handshake_memory_bytes < self.max_hello_frame_bytes {
+        let hello = self.max_hello_frame_bytes.min(self.max_frame_bytes);
+        if self.handshake_memory_bytes < hello {
             return bad(
                 "handshake_memory_bytes",
                 format!(
-                    "{} is below max_hello_frame_bytes ({}): no connection could say Hello",
-                    self.handshake_memory_bytes, self.max_hello_frame_bytes
+                    "{} is below max_hello_frame_bytes ({hello}): no connection could say Hello",
+                    self.handshake_memory_bytes
                 ),
             );
         }

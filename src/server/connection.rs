@@ -301,7 +301,7 @@ const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 impl Conn {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, mut rd: R, handshake_deadline: Instant) {
         let max_frame = self.shared.config.max_frame_bytes;
-        let max_hello_frame = self.shared.config.max_hello_frame_bytes;
+        let max_hello_frame = self.shared.config.max_hello_frame_bytes.min(max_frame);
         let idle = self.shared.config.idle_timeout;
         let max_inflight = self.shared.config.max_inflight_requests;
         // Until Hello the buffer starts small, grows only with bytes that arrive, and
