@@ -314,3 +314,31 @@ async def test_release_and_release_unseen(client: squall.Client, q: str) -> None
         d = await next_delivery(sub)
         assert (d.id, d.attempt) == (t.id, 2)
         await d.ack()
+
+
+async def test_queues_follows_the_brokers_pages(client: squall.Client, q: str) -> None:
+    # The broker answers ListQueues in pages of at most 1,000 queues.
+    names = [f"{q}.{i:04}" for i in range(1_100)]
+    for start in range(0, len(names), 100):
+        await client.publish_batch(
+            q, [squall.Message(b"x", queue=name) for name in names[start : start + 100]]
+        )
+    listed = [x.name for x in await client.queues()]
+    assert set(names) <= set(listed), "every page is read"
+    assert listed == sorted(listed) and len(listed) == len(set(listed))
+
+
+async def test_peek_shows_previews_and_payload_fetches_the_whole_task(client: squall.Client, q: str) -> None:
+    big = bytes(range(256)) * 20
+    t = await client.publish(q, big, headers={"k": b"v"})
+    [p] = await client.peek(q, "ready", preview_bytes=100)
+    assert (p.truncated, p.payload_bytes, p.payload) == (True, len(big), big[:100])
+    whole = await client.payload(t.id)
+    assert (whole.id, whole.queue, whole.payload, whole.headers) == (t.id, q, big, {"k": b"v"})
+    [small] = await client.peek(q, "ready")
+    assert small.truncated and len(small.payload) == 1024, "the broker's default preview"
+    with pytest.raises(squall.BadRequest):
+        await client.peek(q, preview_bytes=-1)
+    await client.purge(q)
+    with pytest.raises(squall.NotFound):
+        await client.payload(t.id)

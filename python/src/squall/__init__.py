@@ -15,6 +15,7 @@ from .backoff import ReconnectPolicy
 from .client import Client, Message, __version__, connect
 from .delivery import Delivery, Subscription, Task
 from .errors import (
+    AnswerTooLarge,
     BadRequest,
     BrokerError,
     Closed,
@@ -62,10 +63,12 @@ from .types import (
     QueueTotals,
     ServerInfo,
     TaskInfo,
+    TaskPayload,
 )
 from .worker import Dead, Retry, Worker, WorkerReport
 
 __all__ = [
+    "AnswerTooLarge",
     "PROTOCOL_VERSION",
     "BadRequest",
     "BrokerError",
@@ -111,6 +114,7 @@ __all__ = [
     "Task",
     "TaskDead",
     "TaskInfo",
+    "TaskPayload",
     "TaskUnknown",
     "Timeout",
     "TooManyConnections",

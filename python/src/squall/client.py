@@ -29,6 +29,7 @@ from .types import (
     QueueInfo,
     ServerInfo,
     TaskInfo,
+    TaskPayload,
     duration_ms,
     seconds,
 )
@@ -778,10 +779,17 @@ class Client:
         configuration, sorted by name (of every node, with several addresses)."""
         out: list[QueueInfo] = []
         for node in self._nodes:
-            req = pb.Request()
-            req.list_queues.SetInParent()
-            resp = await node.call(req, "list queues")
-            out.extend(QueueInfo.from_wire(q) for q in resp.queues.queues)
+            # The broker answers in pages (each within its frame limit); follow them.
+            after = ""
+            while True:
+                req = pb.Request()
+                req.list_queues.after = after
+                resp = await node.call(req, "list queues")
+                page = resp.queues
+                out.extend(QueueInfo.from_wire(q) for q in page.queues)
+                if not page.more or not page.queues:
+                    break
+                after = page.queues[-1].name
         out.sort(key=lambda q: q.name)
         return out
 
@@ -848,9 +856,14 @@ class Client:
         req.set_paused.paused = paused
         return QueueInfo.from_wire((await self._queue_call(queue, req, "pause or resume")).queue)
 
-    async def peek(self, queue: str, state: str = "ready", limit: int = 20) -> list[PeekedTask]:
+    async def peek(
+        self, queue: str, state: str = "ready", limit: int = 20, preview_bytes: int = 0
+    ) -> list[PeekedTask]:
         """Shows up to `limit` tasks in `state` ("ready", "delayed", "leased", "dead")
-        without changing them."""
+        without changing them. Payloads are previews of at most `preview_bytes` (0: the
+        broker's default, 1 KiB; at most 64 KiB): `truncated` says when a task's was cut,
+        and `payload()` fetches a whole one. The broker may return fewer tasks than
+        `limit` when they would not fit in one answer."""
         wire_state = STATE_FILTERS.get(state)
         if wire_state is None:
             raise errors.invalid(
@@ -862,8 +875,19 @@ class Client:
         req.peek.queue = queue
         req.peek.state = wire_state
         req.peek.limit = limit
+        if preview_bytes < 0:
+            raise errors.invalid(errors.BadRequest, f"preview_bytes {preview_bytes} is negative")
+        req.peek.preview_bytes = preview_bytes
         resp = await self._queue_call(queue, req, "peek")
         return [PeekedTask.from_wire(t) for t in resp.peek.tasks]
+
+    async def payload(self, task_id: int, *, queue: str | None = None) -> TaskPayload:
+        """A task's whole payload and headers (`NotFound` once it is gone). With several
+        addresses pass the task's `queue` (task ids are per node)."""
+        req = pb.Request()
+        req.get_payload.task_id = task_id
+        resp = await self._node_for_task(queue).call(req, "get payload")
+        return TaskPayload.from_wire(resp.payload)
 
     async def purge(self, queue: str, state: str | None = None) -> int:
         """Removes the queue's tasks in `state` (None: ready, delayed and dead);

@@ -221,6 +221,13 @@ class ServerTimeout(BrokerError):
     code = 20
 
 
+class AnswerTooLarge(BrokerError):
+    """ANSWER_TOO_LARGE (code 40): the answer would exceed the frame limit; nothing was
+    sent. Ask for less (a smaller page, limit or preview)."""
+
+    code = 40
+
+
 #: Wire code -> class. A code this client does not know becomes a plain `BrokerError`
 #: whose `code` is the number received.
 BY_CODE: dict[int, type[BrokerError]] = {
@@ -246,6 +253,7 @@ BY_CODE: dict[int, type[BrokerError]] = {
         TooManyConnections,
         TooManyRequests,
         ServerTimeout,
+        AnswerTooLarge,
     )
 }
 
@@ -271,6 +279,7 @@ _NAMES: dict[int, str] = {
     18: "TOO_MANY_CONNECTIONS",
     19: "TOO_MANY_REQUESTS",
     20: "TIMEOUT",
+    40: "ANSWER_TOO_LARGE",
 }
 
 

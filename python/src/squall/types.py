@@ -227,6 +227,11 @@ class PeekedTask:
     last_error: str | None
     payload: bytes
     headers: dict[str, bytes] = field(default_factory=dict)
+    #: The payload is a preview (cut to the peek's preview_bytes) or the headers were
+    #: left out; `Client.payload(id)` has the whole task.
+    truncated: bool = False
+    #: Size of the whole payload.
+    payload_bytes: int = 0
 
     @classmethod
     def from_wire(cls, t: pb.PeekedTask) -> PeekedTask:
@@ -242,6 +247,27 @@ class PeekedTask:
             lease_holder=t.lease_holder or None,
             lease_deadline=from_ms(t.lease_deadline_ms),
             last_error=t.last_error or None,
+            payload=bytes(t.payload),
+            headers={k: bytes(v) for k, v in t.headers.items()},
+            truncated=t.truncated,
+            payload_bytes=t.payload_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPayload:
+    """A task's whole payload and headers (`Client.payload`)."""
+
+    id: int
+    queue: str
+    payload: bytes
+    headers: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def from_wire(cls, t: pb.TaskPayload) -> TaskPayload:
+        return cls(
+            id=t.task_id,
+            queue=t.queue,
             payload=bytes(t.payload),
             headers={k: bytes(v) for k, v in t.headers.items()},
         )

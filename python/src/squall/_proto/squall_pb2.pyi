@@ -30,6 +30,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_MANY_CONNECTIONS: _ClassVar[ErrorCode]
     TOO_MANY_REQUESTS: _ClassVar[ErrorCode]
     TIMEOUT: _ClassVar[ErrorCode]
+    ANSWER_TOO_LARGE: _ClassVar[ErrorCode]
 
 class TaskStateFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -68,6 +69,7 @@ EMPTY_PAYLOAD: ErrorCode
 TOO_MANY_CONNECTIONS: ErrorCode
 TOO_MANY_REQUESTS: ErrorCode
 TIMEOUT: ErrorCode
+ANSWER_TOO_LARGE: ErrorCode
 TASK_STATE_FILTER_UNSPECIFIED: TaskStateFilter
 TASK_STATE_FILTER_READY: TaskStateFilter
 TASK_STATE_FILTER_DELAYED: TaskStateFilter
@@ -89,7 +91,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "release", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue")
+    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "release", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue", "get_payload")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class Request(_message.Message):
     SET_PAUSED_FIELD_NUMBER: _ClassVar[int]
     REDRIVE_FIELD_NUMBER: _ClassVar[int]
     DELETE_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    GET_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     publish: Publish
@@ -130,7 +133,8 @@ class Request(_message.Message):
     set_paused: SetPaused
     redrive: Redrive
     delete_queue: DeleteQueue
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ...) -> None: ...
+    get_payload: GetPayload
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ..., get_payload: _Optional[_Union[GetPayload, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("response", "delivery")
@@ -141,7 +145,7 @@ class ServerMessage(_message.Message):
     def __init__(self, response: _Optional[_Union[Response, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("id", "error", "hello", "publish", "subscribe", "ok", "extend", "pong", "task", "queues", "queue", "peek", "count", "subscription_ended")
+    __slots__ = ("id", "error", "hello", "publish", "subscribe", "ok", "extend", "pong", "task", "queues", "queue", "peek", "count", "subscription_ended", "payload")
     ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +160,7 @@ class Response(_message.Message):
     PEEK_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ENDED_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: int
     error: Error
     hello: HelloOk
@@ -170,7 +175,8 @@ class Response(_message.Message):
     peek: PeekOk
     count: CountOk
     subscription_ended: SubscriptionEnded
-    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[HelloOk, _Mapping]] = ..., publish: _Optional[_Union[PublishOk, _Mapping]] = ..., subscribe: _Optional[_Union[SubscribeOk, _Mapping]] = ..., ok: _Optional[_Union[Empty, _Mapping]] = ..., extend: _Optional[_Union[ExtendOk, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., task: _Optional[_Union[TaskInfo, _Mapping]] = ..., queues: _Optional[_Union[QueueList, _Mapping]] = ..., queue: _Optional[_Union[QueueInfo, _Mapping]] = ..., peek: _Optional[_Union[PeekOk, _Mapping]] = ..., count: _Optional[_Union[CountOk, _Mapping]] = ..., subscription_ended: _Optional[_Union[SubscriptionEnded, _Mapping]] = ...) -> None: ...
+    payload: TaskPayload
+    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[HelloOk, _Mapping]] = ..., publish: _Optional[_Union[PublishOk, _Mapping]] = ..., subscribe: _Optional[_Union[SubscribeOk, _Mapping]] = ..., ok: _Optional[_Union[Empty, _Mapping]] = ..., extend: _Optional[_Union[ExtendOk, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., task: _Optional[_Union[TaskInfo, _Mapping]] = ..., queues: _Optional[_Union[QueueList, _Mapping]] = ..., queue: _Optional[_Union[QueueInfo, _Mapping]] = ..., peek: _Optional[_Union[PeekOk, _Mapping]] = ..., count: _Optional[_Union[CountOk, _Mapping]] = ..., subscription_ended: _Optional[_Union[SubscriptionEnded, _Mapping]] = ..., payload: _Optional[_Union[TaskPayload, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -373,8 +379,12 @@ class Pong(_message.Message):
     def __init__(self) -> None: ...
 
 class ListQueues(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    limit: int
+    def __init__(self, after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class GetQueue(_message.Message):
     __slots__ = ("queue",)
@@ -457,10 +467,12 @@ class QueueInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., consumers: _Optional[int] = ..., published: _Optional[int] = ..., delivered: _Optional[int] = ..., acked: _Optional[int] = ..., nacked: _Optional[int] = ..., expired: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., redelivered: _Optional[int] = ..., rates: _Optional[_Union[QueueRates, _Mapping]] = ..., oldest_ready_age_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., config: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
 
 class QueueList(_message.Message):
-    __slots__ = ("queues",)
+    __slots__ = ("queues", "more")
     QUEUES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     queues: _containers.RepeatedCompositeFieldContainer[QueueInfo]
-    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SetQueueConfig(_message.Message):
     __slots__ = ("queue", "lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms")
@@ -491,17 +503,19 @@ class SetPaused(_message.Message):
     def __init__(self, queue: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class Peek(_message.Message):
-    __slots__ = ("queue", "state", "limit")
+    __slots__ = ("queue", "state", "limit", "preview_bytes")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_BYTES_FIELD_NUMBER: _ClassVar[int]
     queue: str
     state: TaskStateFilter
     limit: int
-    def __init__(self, queue: _Optional[str] = ..., state: _Optional[_Union[TaskStateFilter, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    preview_bytes: int
+    def __init__(self, queue: _Optional[str] = ..., state: _Optional[_Union[TaskStateFilter, str]] = ..., limit: _Optional[int] = ..., preview_bytes: _Optional[int] = ...) -> None: ...
 
 class PeekedTask(_message.Message):
-    __slots__ = ("task_id", "state", "priority", "attempts", "max_attempts", "created_at_ms", "updated_at_ms", "not_before_ms", "lease_holder", "lease_deadline_ms", "last_error", "payload", "headers")
+    __slots__ = ("task_id", "state", "priority", "attempts", "max_attempts", "created_at_ms", "updated_at_ms", "not_before_ms", "lease_holder", "lease_deadline_ms", "last_error", "payload", "headers", "truncated", "payload_bytes")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -522,6 +536,8 @@ class PeekedTask(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     state: TaskStateFilter
     priority: int
@@ -535,13 +551,17 @@ class PeekedTask(_message.Message):
     last_error: str
     payload: bytes
     headers: _containers.ScalarMap[str, bytes]
-    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[TaskStateFilter, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., not_before_ms: _Optional[int] = ..., lease_holder: _Optional[str] = ..., lease_deadline_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    truncated: bool
+    payload_bytes: int
+    def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[TaskStateFilter, str]] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., not_before_ms: _Optional[int] = ..., lease_holder: _Optional[str] = ..., lease_deadline_ms: _Optional[int] = ..., last_error: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ..., truncated: _Optional[bool] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
 
 class PeekOk(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "more")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[PeekedTask]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[PeekedTask, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[PeekedTask, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class Purge(_message.Message):
     __slots__ = ("queue", "state")
@@ -578,6 +598,31 @@ class SubscriptionEnded(_message.Message):
     queue: str
     reason: str
     def __init__(self, queue: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetPayload(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    def __init__(self, task_id: _Optional[int] = ...) -> None: ...
+
+class TaskPayload(_message.Message):
+    __slots__ = ("task_id", "queue", "payload", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    queue: str
+    payload: bytes
+    headers: _containers.ScalarMap[str, bytes]
+    def __init__(self, task_id: _Optional[int] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class GetTask(_message.Message):
     __slots__ = ("task_id",)
