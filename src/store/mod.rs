@@ -369,11 +369,17 @@ impl Store {
             .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open::<LEAF_FANOUT>()
             .map_err(|e| {
-                datadir::data_dir_error(
-                    &config.path,
-                    DataDirProblem::Unreadable,
-                    format!("cannot be opened: {}", datadir::plain(&e)),
-                )
+                // sled's own lock: held a moment longer than ours within one process
+                // (its metadata thread releases it); another process is stopped by ours.
+                let (problem, reason) = if e.kind() == std::io::ErrorKind::WouldBlock {
+                    (DataDirProblem::InUse, "is still held by sled".to_owned())
+                } else {
+                    (
+                        DataDirProblem::Unreadable,
+                        format!("cannot be opened: {}", datadir::plain(&e)),
+                    )
+                };
+                datadir::data_dir_error(&config.path, problem, reason)
             })?;
         let journal_dir = config.path.join(JOURNAL_DIR);
         let (journal, replayed) = replay(&db, &journal_dir, sizing.segment_bytes)?;

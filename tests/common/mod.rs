@@ -103,15 +103,22 @@ impl TestBroker {
 /// sled 1.0.0-alpha.124 releases its directory lock from a background thread a moment
 /// after the last handle is dropped (its metadata worker acknowledges the shutdown,
 /// then exits), so an immediate reopen in the same process can find the lock still
-/// held (`WouldBlock`); a new process after an exit never does. Retry briefly.
+/// held (`WouldBlock`); a new process after an exit never does. Squall's own lock file
+/// (`store/datadir.rs`) is likewise released when the last store handle, held by the
+/// writer and checkpoint threads until they end, is dropped (`InUse`). Retry briefly.
 async fn start_again(config: &ServerConfig) -> ServerHandle {
+    use squall::store::{DataDirProblem, StoreError};
     let deadline = std::time::Instant::now() + WAIT;
     loop {
+        let still_held = |e: &StoreError| match e {
+            StoreError::Io(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            StoreError::DataDir { problem, .. } => *problem == DataDirProblem::InUse,
+            _ => false,
+        };
         match server::start(config.clone()).await {
             Ok(handle) => return handle,
-            Err(server::ServerError::Store(squall::store::StoreError::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    && std::time::Instant::now() < deadline =>
+            Err(server::ServerError::Store(e))
+                if still_held(&e) && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
