@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::hub::{HubCmd, HubTx};
-use super::{now_ms, Done, Writer};
+use super::clock::now_ms;
+use super::done::{Done, StoreWriter};
+use super::msg::{HubCmd, HubTx};
 use crate::model::Mutation;
 use crate::store::Muts;
 
@@ -31,7 +32,7 @@ pub(crate) struct Sweeper {
 }
 
 impl Sweeper {
-    pub(crate) fn start(writer: Writer, hub: HubTx, interval: Duration) -> Sweeper {
+    pub(crate) fn start(writer: StoreWriter, hub: HubTx, interval: Duration) -> Sweeper {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(writer, hub, interval, stop.clone()));
         Sweeper { stop, task }
@@ -46,7 +47,7 @@ impl Sweeper {
     }
 }
 
-async fn run(writer: Writer, hub: HubTx, interval: Duration, stop: CancellationToken) {
+async fn run(writer: StoreWriter, hub: HubTx, interval: Duration, stop: CancellationToken) {
     let mut pause = interval;
     loop {
         tokio::select! {

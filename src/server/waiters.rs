@@ -11,21 +11,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc::WeakUnboundedSender;
 
-use super::connection::Outbound;
+use super::msg::{Final, Outbound, WeakOutTx};
 use crate::broker::ConnId;
 use crate::model::{Mutation, TaskId, TaskStatus};
-
-/// The final state a task reached, as the finishing mutation says (the record itself
-/// may be gone already: an ack on a queue that keeps no results).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Final {
-    Succeeded,
-    Dead,
-    /// Removed by an operator (purge, delete-queue): its waiters learn the task is gone.
-    Removed,
-}
 
 impl Final {
     /// The task a mutation finishes, and how.
@@ -45,7 +34,7 @@ impl Final {
 struct Waiter {
     conn: ConnId,
     req: u64,
-    out: WeakUnboundedSender<Outbound>,
+    out: WeakOutTx,
 }
 
 /// The registry of waits, by task.
@@ -59,13 +48,7 @@ pub(crate) struct Waiters {
 
 impl Waiters {
     /// Registers request `req` of connection `conn` as waiting for `task`.
-    pub(crate) fn register(
-        &self,
-        task: TaskId,
-        conn: ConnId,
-        req: u64,
-        out: WeakUnboundedSender<Outbound>,
-    ) {
+    pub(crate) fn register(&self, task: TaskId, conn: ConnId, req: u64, out: WeakOutTx) {
         self.by_task
             .lock()
             .entry(task)

@@ -1,32 +1,20 @@
 //! What a metrics scrape takes from the hub: the `metrics_queue_limit` deepest queues
 //! one by one and the sum of all the others, chosen in one pass over the queues with a
 //! heap of `limit` entries (O(queues · log limit)), so that `/metrics` stays bounded
-//! and cheap with any number of queues. Encoding is `metrics.rs`.
+//! and cheap with any number of queues. Encoding is `http/exposition.rs`.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::admin::QueueStatus;
-use super::hub::Hub;
-use super::rates::RateView;
+use super::state::Hub;
 use crate::broker::{QueueCounters, QueueSnapshot};
 use crate::model::{Millis, QueueConfig};
+use crate::server::msg::{QueueScrape, QueueStatus};
 
 /// The label value of the series summing the queues not exported one by one. Not a
 /// valid queue name (parentheses), so it cannot clash with one.
 pub(crate) const OTHER_QUEUES: &str = "(other)";
-
-/// The queues of one scrape.
-#[derive(Debug, Default)]
-pub(crate) struct QueueScrape {
-    /// The deepest queues (ready + delayed + leased + dead), sorted by name.
-    pub(crate) top: Vec<QueueStatus>,
-    /// The sum of every other queue, if there is any.
-    pub(crate) others: Option<QueueSnapshot>,
-    /// How many queues exist.
-    pub(crate) queues: u64,
-}
 
 /// A queue ranked by depth, deeper first, then by name.
 struct Ranked(u64, QueueSnapshot);
@@ -135,16 +123,6 @@ impl Hub {
             others,
             queues,
         }
-    }
-}
-
-/// Rates are not summed: the sum's are zero (per-queue rates are for operators, the
-/// counters are what Prometheus computes rates from).
-pub(crate) fn sum_status(others: QueueSnapshot) -> QueueStatus {
-    QueueStatus {
-        snapshot: others,
-        rates: RateView::default(),
-        oldest_ready: None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The HTTP listener for operators: `/metrics` (Prometheus / OpenMetrics text),
 //! `/healthz` (the process is alive and its store works) and `/readyz` (200 only
 //! between the end of recovery and the start of shutdown, and while the store works). It comes up before recovery starts, so a
-//! readiness probe can watch a long recovery. The only code that serves HTTP.
+//! readiness probe can watch a long recovery. The only code that serves HTTP; the
+//! exposition format is `exposition.rs`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,11 +22,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::hub::{HubCmd, HubTx};
-use super::metrics::{self, Metrics, QueueSample};
-use super::scrape;
-use super::{now_ms, ServerError};
+use self::exposition::{QueueSample, ScrapedQueues, StoreHealth};
+use crate::server::clock::now_ms;
+use crate::server::error::ServerError;
+use crate::server::metrics::Metrics;
+use crate::server::msg::{HubCmd, HubTx, QueueStatus, RateView};
+use crate::server::reads;
 use crate::store::{Store, WriterStats};
+
+mod exposition;
 
 /// Most HTTP connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
@@ -194,21 +199,21 @@ async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
                 )
             }
         },
-        None => metrics::ScrapedQueues::default(),
+        None => ScrapedQueues::default(),
     };
     let writer = live.map(|l| &*l.writer);
-    let store = live.map_or(metrics::StoreHealth::default(), |l| metrics::StoreHealth {
+    let store = live.map_or(StoreHealth::default(), |l| StoreHealth {
         failed: l.store.failure().is_some(),
         unavailable: l.store.refusing_publishes().is_some(),
         journal_bytes: l.store.journal_disk_bytes(),
     });
-    match metrics::render(&state.metrics, writer, queues, store, openmetrics) {
+    match exposition::render(&state.metrics, writer, queues, store, openmetrics) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             let content_type = if openmetrics {
-                metrics::CONTENT_TYPE
+                exposition::CONTENT_TYPE
             } else {
-                metrics::TEXT_CONTENT_TYPE
+                exposition::TEXT_CONTENT_TYPE
             };
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -223,7 +228,7 @@ async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
 
 /// Asks the hub for the deepest queues' status (and the others' sum), then reads each
 /// exported queue's oldest ready task's age.
-async fn queue_samples(live: &Live) -> Option<metrics::ScrapedQueues> {
+async fn queue_samples(live: &Live) -> Option<ScrapedQueues> {
     let (tx, rx) = oneshot::channel();
     live.hub
         .send(HubCmd::Scrape {
@@ -233,17 +238,23 @@ async fn queue_samples(live: &Live) -> Option<metrics::ScrapedQueues> {
         .ok()?;
     let scraped = tokio::time::timeout(SCRAPE_TIMEOUT, rx).await.ok()?.ok()?;
     let now = now_ms();
-    Some(metrics::ScrapedQueues {
+    Some(ScrapedQueues {
         top: scraped
             .top
             .into_iter()
             .map(|status| QueueSample {
-                oldest_ready_age_ms: status.oldest_ready_age_ms(&live.store, now),
+                oldest_ready_age_ms: reads::oldest_ready_age_ms(&status, &live.store, now),
                 status,
             })
             .collect(),
         others: scraped.others.map(|sum| QueueSample {
-            status: scrape::sum_status(sum),
+            // Rates are not summed: the sum's are zero (per-queue rates are for
+            // operators, the counters are what Prometheus computes rates from).
+            status: QueueStatus {
+                snapshot: sum,
+                rates: RateView::default(),
+                oldest_ready: None,
+            },
             oldest_ready_age_ms: None,
         }),
         count: scraped.queues,

@@ -1,8 +1,8 @@
 //! The waits (`WaitResult`) of one connection, kept by its writer half: registering
 //! in the shared [`Waiters`] registry, checking the store after registering (so a task
 //! that finished before the wait began is answered at once), answering wake-ups, and
-//! timing out. Produces responses; the writer half encodes and sends them. No socket
-//! I/O here.
+//! timing out. Produces domain replies; the writer half encodes and sends them. No
+//! socket I/O here.
 //!
 //! Order matters for correctness: a wait registers *before* it reads the store, and the
 //! store writer wakes waiters only *after* the finishing mutation is durable, so a wait
@@ -11,19 +11,17 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use squall_proto::v1::{self, response};
 use squall_proto::ErrorCode;
-use tokio::sync::mpsc::WeakUnboundedSender;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::connection::{error_response, Outbound};
-use super::hub::HubCmd;
-use super::status::{task_info, wait_is_over};
-use super::waiters::Final;
-use super::{now_ms, Done, Shared};
+use super::shared::Shared;
 use crate::broker::ConnId;
 use crate::model::TaskId;
+use crate::server::clock::now_ms;
+use crate::server::done::Done;
+use crate::server::msg::{Failure, Final, HubCmd, Reply, ReqId, TaskPhase, WeakOutTx};
+use crate::server::reads::{task_report, wait_is_over};
 use crate::store::Muts;
 
 /// Longest wait the broker holds; a longer one answers with the current status when
@@ -33,16 +31,16 @@ pub(crate) const MAX_WAIT_MS: u64 = 3_600_000;
 pub(crate) const MAX_WAITS_PER_CONNECTION: usize = 10_000;
 
 /// The outstanding waits of one connection.
-pub(crate) struct ConnWaits {
+pub(crate) struct Waits {
     conn: ConnId,
-    out: WeakUnboundedSender<Outbound>,
+    out: WeakOutTx,
     pending: HashMap<u64, (TaskId, Instant)>,
     timers: BTreeSet<(Instant, u64)>,
 }
 
-impl ConnWaits {
-    pub(crate) fn new(conn: ConnId, out: WeakUnboundedSender<Outbound>) -> ConnWaits {
-        ConnWaits {
+impl Waits {
+    pub(crate) fn new(conn: ConnId, out: WeakOutTx) -> Waits {
+        Waits {
             conn,
             out,
             pending: HashMap::new(),
@@ -58,20 +56,18 @@ impl ConnWaits {
         req: u64,
         task: TaskId,
         timeout_ms: u64,
-    ) -> Option<v1::Response> {
+    ) -> Option<Reply> {
         if self.pending.len() >= MAX_WAITS_PER_CONNECTION {
-            return Some(error_response(
-                req,
+            return Some(Reply::Refused(Failure::Protocol(
                 ErrorCode::TooManyRequests,
                 format!("this connection already waits for {MAX_WAITS_PER_CONNECTION} results; wait for fewer at once"),
-            ));
+            )));
         }
         if self.pending.contains_key(&req) {
-            return Some(error_response(
-                req,
+            return Some(Reply::Refused(Failure::Protocol(
                 ErrorCode::BadRequest,
                 format!("request id {req} is already waiting on this connection"),
-            ));
+            )));
         }
         let deadline = Instant::now() + Duration::from_millis(timeout_ms.min(MAX_WAIT_MS));
         shared
@@ -86,29 +82,17 @@ impl ConnWaits {
     /// claims the waiter); an unknown one is looked at again once everything the
     /// writer had in hand is completed, since an ack that removes the task may have
     /// applied but not woken its waiters yet.
-    fn check(
-        &mut self,
-        shared: &Shared,
-        req: u64,
-        task: TaskId,
-        first: bool,
-    ) -> Option<v1::Response> {
-        let info = match task_info(&shared.store, task, None, None, now_ms()) {
-            Ok(info) => info,
+    fn check(&mut self, shared: &Shared, req: u64, task: TaskId, first: bool) -> Option<Reply> {
+        let report = match task_report(&shared.store, task, None, None, now_ms()) {
+            Ok(report) => report,
             Err(e) => {
-                return self.claim(shared, req, task).then(|| {
-                    error_response(
-                        req,
-                        ErrorCode::Storage,
-                        format!("cannot read task {task}: {e}"),
-                    )
-                });
+                return self.claim(shared, req, task).then(|| unreadable(task, &e));
             }
         };
-        if !wait_is_over(&info) {
+        if !wait_is_over(&report) {
             return None;
         }
-        let unknown = info.state == v1::TaskState::Unknown as i32;
+        let unknown = report.state == TaskPhase::Unknown;
         if unknown && first {
             if let Some(out) = self.out.upgrade() {
                 let done = Done::Recheck { out, req, task };
@@ -117,16 +101,11 @@ impl ConnWaits {
             }
         }
         self.claim(shared, req, task)
-            .then(|| task_response(req, info))
+            .then(|| Reply::Task(Box::new(report)))
     }
 
     /// The barrier submitted by [`check`](Self::check) completed.
-    pub(crate) fn recheck(
-        &mut self,
-        shared: &Shared,
-        req: u64,
-        task: TaskId,
-    ) -> Option<v1::Response> {
+    pub(crate) fn recheck(&mut self, shared: &Shared, req: u64, task: TaskId) -> Option<Reply> {
         if !self.pending.contains_key(&req) {
             return None;
         }
@@ -134,21 +113,11 @@ impl ConnWaits {
     }
 
     /// The store writer woke this wait: the task is final and durable.
-    pub(crate) fn woken(
-        &mut self,
-        shared: &Shared,
-        req: u64,
-        task: TaskId,
-        state: Final,
-    ) -> v1::Response {
+    pub(crate) fn woken(&mut self, shared: &Shared, req: u64, task: TaskId, state: Final) -> Reply {
         self.forget(req);
-        match task_info(&shared.store, task, None, Some(state), now_ms()) {
-            Ok(info) => task_response(req, info),
-            Err(e) => error_response(
-                req,
-                ErrorCode::Storage,
-                format!("cannot read task {task}: {e}"),
-            ),
+        match task_report(&shared.store, task, None, Some(state), now_ms()) {
+            Ok(report) => Reply::Task(Box::new(report)),
+            Err(e) => unreadable(task, &e),
         }
     }
 
@@ -163,7 +132,7 @@ impl ConnWaits {
         &mut self,
         shared: &Shared,
         now: Instant,
-        answers: &mut Vec<v1::Response>,
+        answers: &mut Vec<(ReqId, Reply)>,
     ) {
         while let Some(&(at, req)) = self.timers.first() {
             if at > now {
@@ -182,10 +151,11 @@ impl ConnWaits {
                 task,
             });
             if asked.is_err() {
-                answers.push(match task_info(&shared.store, task, None, None, now_ms()) {
-                    Ok(info) => task_response(req, info),
-                    Err(e) => error_response(req, ErrorCode::Storage, e.to_string()),
-                });
+                let reply = match task_report(&shared.store, task, None, None, now_ms()) {
+                    Ok(report) => Reply::Task(Box::new(report)),
+                    Err(e) => Reply::Refused(Failure::Storage(e.to_string())),
+                };
+                answers.push((req, reply));
             }
         }
     }
@@ -218,10 +188,7 @@ impl ConnWaits {
     }
 }
 
-/// A `TaskInfo` answer.
-pub(crate) fn task_response(req: u64, info: v1::TaskInfo) -> v1::Response {
-    v1::Response {
-        id: req,
-        result: Some(response::Result::Task(info)),
-    }
+/// The answer when the task's record cannot be read.
+pub(crate) fn unreadable(task: TaskId, e: &crate::store::StoreError) -> Reply {
+    Reply::Refused(Failure::Storage(format!("cannot read task {task}: {e}")))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::broker::QueueCounters;
 use crate::model::Millis;
+use crate::server::msg::RateView;
 
 /// How often counters are sampled.
 pub(crate) const SAMPLE_EVERY_MS: Millis = 5_000;
@@ -22,17 +23,6 @@ pub(crate) const WINDOW_MS: Millis = 60_000;
 const MIN_SPAN_MS: Millis = 1_000;
 /// Queue slots sampled per hub turn at most.
 pub(crate) const SAMPLE_SLICE: usize = 4_096;
-
-/// Events per second over the window.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct RateView {
-    pub(crate) published: f64,
-    pub(crate) delivered: f64,
-    pub(crate) acked: f64,
-    pub(crate) nacked: f64,
-    pub(crate) expired: f64,
-    pub(crate) dead_lettered: f64,
-}
 
 /// One queue's samples and the pass that last saw the queue.
 #[derive(Debug)]

@@ -1,0 +1,506 @@
+//! The wire edge: the one module of the server that reads and builds
+//! `squall_proto::v1` types. Requests are decoded into domain [`Request`]s; domain
+//! replies, failures, deliveries and admin answers are encoded into frames. The
+//! mapping of every failure to its fixed wire error code lives here, once ([`code`]).
+//! No I/O, no store access, no decisions: what to answer is decided elsewhere.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use squall_proto::v1::{self, request::Op, response, server_message::Kind};
+use squall_proto::{encode_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
+
+use crate::broker::{AdminError, Dispatch, EngineError, QueueConfigUpdate, TaskView};
+use crate::model::{QueueConfig, TaskBody};
+use crate::server::msg::{
+    AdminRequest, Failure, Hello, PeekedTask, QueueStatus, Reply, ReqId, Request, StateFilter,
+    TaskPayload, TaskPhase, TaskReport, TaskSpec, Welcome,
+};
+
+// ---------------------------------------------------------------------------------
+// Requests.
+
+/// Decodes one request frame: its id and its operation (`None`: the request carries
+/// none).
+pub(crate) fn decode_request(body: Bytes) -> Result<(ReqId, Option<Request>), FrameError> {
+    let req = v1::Request::decode(body).map_err(FrameError::from)?;
+    Ok((req.id, req.op.map(request)))
+}
+
+fn request(op: Op) -> Request {
+    match op {
+        Op::Hello(h) => Request::Hello(Hello {
+            protocol_version: h.protocol_version,
+            client_name: h.client_name,
+            token: h.token,
+        }),
+        Op::Ping(_) => Request::Ping,
+        Op::Publish(p) => Request::Publish(p.tasks.into_iter().map(task_spec).collect()),
+        Op::Subscribe(s) => Request::Subscribe {
+            queue: s.queue,
+            prefetch: s.prefetch,
+        },
+        Op::Unsubscribe(u) => Request::Unsubscribe {
+            sub: u.subscription_id,
+        },
+        Op::Ack(a) => Request::Ack {
+            task: a.task_id,
+            token: a.lease_token,
+            result: a.result,
+        },
+        Op::Nack(n) => Request::Nack {
+            task: n.task_id,
+            token: n.lease_token,
+            dead: n.dead,
+            delay_ms: n.delay_ms,
+            reason: n.reason,
+        },
+        Op::Release(r) => Request::Release {
+            task: r.task_id,
+            token: r.lease_token,
+        },
+        Op::Extend(x) => Request::Extend {
+            task: x.task_id,
+            token: x.lease_token,
+            extend_ms: x.extend_ms,
+        },
+        Op::GetTask(g) => Request::GetTask { task: g.task_id },
+        Op::GetPayload(g) => Request::GetPayload { task: g.task_id },
+        Op::WaitResult(w) => Request::WaitResult {
+            task: w.task_id,
+            timeout_ms: w.timeout_ms,
+        },
+        Op::ListQueues(l) => Request::Admin(AdminRequest::ListQueues {
+            after: l.after,
+            limit: l.limit,
+        }),
+        Op::GetQueue(g) => Request::Admin(AdminRequest::GetQueue { queue: g.queue }),
+        Op::SetQueueConfig(c) => Request::Admin(AdminRequest::SetQueueConfig {
+            queue: c.queue,
+            update: QueueConfigUpdate {
+                lease_ms: c.lease_ms,
+                max_attempts: c.max_attempts,
+                backoff_min_ms: c.backoff_min_ms,
+                backoff_max_ms: c.backoff_max_ms,
+                max_length: c.max_length,
+                result_ttl_ms: c.result_ttl_ms,
+                dedup_window_ms: c.dedup_window_ms,
+            },
+        }),
+        Op::SetPaused(p) => Request::Admin(AdminRequest::SetPaused {
+            queue: p.queue,
+            paused: p.paused,
+        }),
+        Op::Peek(p) => Request::Admin(AdminRequest::Peek {
+            queue: p.queue,
+            state: state_filter(p.state),
+            limit: p.limit,
+            preview_bytes: p.preview_bytes,
+        }),
+        Op::Purge(p) => Request::Admin(AdminRequest::Purge {
+            queue: p.queue,
+            state: state_filter(p.state),
+        }),
+        Op::Redrive(r) => Request::Admin(AdminRequest::Redrive {
+            queue: r.queue,
+            limit: r.limit,
+        }),
+        Op::DeleteQueue(d) => Request::Admin(AdminRequest::DeleteQueue { queue: d.queue }),
+    }
+}
+
+fn task_spec(t: v1::TaskSpec) -> TaskSpec {
+    TaskSpec {
+        queue: t.queue,
+        payload: t.payload,
+        headers: t.headers.into_iter().collect(),
+        priority: t.priority,
+        delay_ms: t.delay_ms,
+        run_at_ms: t.run_at_ms,
+        max_attempts: t.max_attempts,
+        lease_ms: t.lease_ms,
+        idempotency_key: t.idempotency_key,
+    }
+}
+
+fn state_filter(raw: i32) -> StateFilter {
+    use v1::TaskStateFilter as F;
+    match F::try_from(raw) {
+        Ok(F::Unspecified) => StateFilter::Known(None),
+        Ok(F::Ready) => StateFilter::Known(Some(TaskView::Ready)),
+        Ok(F::Delayed) => StateFilter::Known(Some(TaskView::Delayed)),
+        Ok(F::Leased) => StateFilter::Known(Some(TaskView::Leased)),
+        Ok(F::Dead) => StateFilter::Known(Some(TaskView::Dead)),
+        Err(_) => StateFilter::Unknown(raw),
+    }
+}
+
+fn wire_state(s: TaskView) -> v1::TaskStateFilter {
+    match s {
+        TaskView::Ready => v1::TaskStateFilter::Ready,
+        TaskView::Delayed => v1::TaskStateFilter::Delayed,
+        TaskView::Leased => v1::TaskStateFilter::Leased,
+        TaskView::Dead => v1::TaskStateFilter::Dead,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Failures: the one mapping from a refusal to its wire error code.
+
+/// The fixed wire code of a failure.
+pub(crate) fn code(f: &Failure) -> ErrorCode {
+    match f {
+        Failure::Engine(EngineError::LeaseExpired { .. }) => ErrorCode::LeaseExpired,
+        Failure::Engine(EngineError::DuplicateSubscription(_)) => ErrorCode::BadRequest,
+        Failure::Engine(EngineError::NoSuchSubscription(_)) => ErrorCode::NotFound,
+        Failure::Admin(AdminError::NoSuchQueue(_)) => ErrorCode::NotFound,
+        Failure::Admin(AdminError::Invalid { .. }) => ErrorCode::BadRequest,
+        Failure::QueueFull(_) => ErrorCode::QueueFull,
+        Failure::Storage(_) => ErrorCode::Storage,
+        Failure::Internal(_) => ErrorCode::Internal,
+        Failure::Protocol(code, _) => *code,
+    }
+}
+
+fn error(f: Failure) -> v1::Error {
+    let code = code(&f) as i32;
+    let message = match f {
+        Failure::Engine(e) => e.to_string(),
+        Failure::Admin(e) => e.to_string(),
+        Failure::QueueFull(full) => full.to_string(),
+        Failure::Storage(m) | Failure::Internal(m) | Failure::Protocol(_, m) => m,
+    };
+    v1::Error { code, message }
+}
+
+// ---------------------------------------------------------------------------------
+// Answers.
+
+/// One answer (or connection-level error) ready to be encoded.
+#[derive(Debug)]
+pub(crate) struct Answer(v1::Response);
+
+impl Answer {
+    /// The answer to request `req`.
+    pub(crate) fn reply(req: ReqId, reply: Reply) -> Answer {
+        Answer(response(req, result(reply)))
+    }
+
+    /// The end of subscription `sub`, not asked for by the client.
+    pub(crate) fn subscription_ended(sub: u64, queue: String, reason: &str) -> Answer {
+        Answer(response(
+            sub,
+            response::Result::SubscriptionEnded(v1::SubscriptionEnded {
+                queue,
+                reason: reason.to_owned(),
+            }),
+        ))
+    }
+
+    /// The request it answers (0 for a connection-level error).
+    pub(crate) fn id(&self) -> ReqId {
+        self.0.id
+    }
+
+    /// Whether it answers a request (and so counts against `max_inflight_requests`):
+    /// everything but connection-level errors (id 0) and the unrequested end of a
+    /// subscription.
+    pub(crate) fn is_answer(&self) -> bool {
+        self.0.id != 0 && !matches!(self.0.result, Some(response::Result::SubscriptionEnded(_)))
+    }
+
+    /// Appends the answer as one frame; an answer above `max_frame` bytes is replaced by
+    /// ANSWER_TOO_LARGE (never a frame the protocol's own limit refuses).
+    pub(crate) fn put(self, buf: &mut BytesMut, max_frame: usize) {
+        let (id, start) = (self.0.id, buf.len());
+        encode_frame(&server_message(self.0), buf);
+        let len = buf.len() - start - squall_proto::LENGTH_PREFIX_BYTES;
+        if len > max_frame {
+            buf.truncate(start);
+            let too_large = Reply::Refused(Failure::Protocol(
+                ErrorCode::AnswerTooLarge,
+                format!("the answer is {len} bytes, above the frame limit of {max_frame} bytes"),
+            ));
+            encode_frame(&server_message(response(id, result(too_large))), buf);
+        }
+    }
+}
+
+/// Appends an error frame (`req` 0: about the connection) without a size check.
+pub(crate) fn put_error(req: ReqId, code: ErrorCode, message: String, buf: &mut BytesMut) {
+    let r = response(
+        req,
+        result(Reply::Refused(Failure::Protocol(code, message))),
+    );
+    encode_frame(&server_message(r), buf);
+}
+
+fn response(id: ReqId, result: response::Result) -> v1::Response {
+    v1::Response {
+        id,
+        result: Some(result),
+    }
+}
+
+fn server_message(r: v1::Response) -> v1::ServerMessage {
+    v1::ServerMessage {
+        kind: Some(Kind::Response(r)),
+    }
+}
+
+fn result(reply: Reply) -> response::Result {
+    match reply {
+        Reply::Ok => response::Result::Ok(v1::Empty {}),
+        Reply::Pong => response::Result::Pong(v1::Pong {}),
+        Reply::Hello(w) => response::Result::Hello(hello_ok(*w)),
+        Reply::Published(tasks) => response::Result::Publish(v1::PublishOk {
+            // Same layout: collected in place, without a new allocation.
+            tasks: tasks
+                .into_iter()
+                .map(|p| v1::Published {
+                    task_id: p.task_id,
+                    duplicate: p.duplicate,
+                })
+                .collect(),
+        }),
+        Reply::Subscribed(sub) => response::Result::Subscribe(v1::SubscribeOk {
+            subscription_id: sub,
+        }),
+        Reply::Extended { deadline_ms } => response::Result::Extend(v1::ExtendOk { deadline_ms }),
+        Reply::Count(count) => response::Result::Count(v1::CountOk { count }),
+        Reply::Task(report) => response::Result::Task(task_info(*report)),
+        Reply::Payload(p) => response::Result::Payload(task_payload(*p)),
+        Reply::Refused(f) => response::Result::Error(error(f)),
+    }
+}
+
+fn hello_ok(w: Welcome) -> v1::HelloOk {
+    v1::HelloOk {
+        protocol_version: PROTOCOL_VERSION,
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        node_id: w.node_id,
+        limits: Some(v1::Limits {
+            max_frame_bytes: w.max_frame_bytes,
+            max_payload_bytes: w.max_payload_bytes,
+            max_batch: w.max_batch,
+            max_prefetch: w.max_prefetch,
+            max_lease_ms: w.max_lease_ms,
+            max_inflight_requests: w.max_inflight_requests,
+        }),
+    }
+}
+
+fn task_info(r: TaskReport) -> v1::TaskInfo {
+    let state = match r.state {
+        TaskPhase::Unknown => v1::TaskState::Unknown,
+        TaskPhase::Ready => v1::TaskState::Ready,
+        TaskPhase::Delayed => v1::TaskState::Delayed,
+        TaskPhase::Leased => v1::TaskState::Leased,
+        TaskPhase::Succeeded => v1::TaskState::Succeeded,
+        TaskPhase::Dead => v1::TaskState::Dead,
+    };
+    v1::TaskInfo {
+        task_id: r.task_id,
+        state: state as i32,
+        queue: r.queue,
+        priority: r.priority,
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        last_error: r.last_error,
+        lease: r.lease.map(|l| v1::LeaseHolder {
+            connection_id: l.conn,
+            consumer: l.consumer.to_string(),
+            deadline_ms: l.deadline_ms,
+        }),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+        not_before_ms: r.not_before_ms,
+        result: r.result,
+        expires_at_ms: r.expires_at_ms,
+    }
+}
+
+fn task_payload(p: TaskPayload) -> v1::TaskPayload {
+    v1::TaskPayload {
+        task_id: p.task_id,
+        queue: p.queue,
+        payload: p.payload,
+        headers: p.headers.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Deliveries.
+
+/// Appends one delivery frame.
+pub(crate) fn put_delivery(d: Dispatch, body: TaskBody, buf: &mut BytesMut) {
+    let msg = v1::ServerMessage {
+        kind: Some(Kind::Delivery(v1::Delivery {
+            subscription_id: d.sub,
+            task_id: d.task,
+            lease_token: d.token,
+            attempt: d.attempt,
+            max_attempts: d.max_attempts,
+            deadline_ms: d.deadline_ms,
+            priority: d.priority,
+            payload: body.payload,
+            headers: body.headers.into_iter().collect(),
+            created_at_ms: body.created_ms,
+            queue: d.queue.to_string(),
+        })),
+    };
+    encode_frame(&msg, buf);
+}
+
+// ---------------------------------------------------------------------------------
+// Admin answers: lists and peeks stop before they grow past the room they have.
+
+/// One queue (GetQueue, SetQueueConfig, SetPaused), with its oldest ready task's age.
+pub(crate) fn queue_answer(req: ReqId, queue: Option<(&QueueStatus, Option<u64>)>) -> Answer {
+    match queue {
+        Some((q, age)) => Answer(response(req, response::Result::Queue(queue_info(q, age)))),
+        None => Answer::reply(
+            req,
+            Reply::Refused(Failure::Internal("no queue to report".into())),
+        ),
+    }
+}
+
+/// A page of queues, cut where it would grow past `room` bytes (and then saying that
+/// more follow, as it does when the page is not the last: `more`).
+pub(crate) fn queue_list_answer<'a>(
+    req: ReqId,
+    statuses: impl Iterator<Item = (&'a QueueStatus, Option<u64>)>,
+    more: bool,
+    room: usize,
+) -> Answer {
+    let mut size = Budget(room);
+    let mut queues = Vec::new();
+    let mut cut = false;
+    for (q, age) in statuses {
+        let info = queue_info(q, age);
+        if !size.admit(info.encoded_len()) {
+            cut = true;
+            break;
+        }
+        queues.push(info);
+    }
+    let more = more || cut;
+    Answer(response(
+        req,
+        response::Result::Queues(v1::QueueList { queues, more }),
+    ))
+}
+
+/// Peeked tasks, cut where they would grow past `room` bytes. Items read as `None`
+/// (settled or removed since the hub looked) are skipped; a read error answers STORAGE.
+pub(crate) fn peek_answer<E: std::fmt::Display>(
+    req: ReqId,
+    items: impl Iterator<Item = Result<Option<PeekedTask>, E>>,
+    room: usize,
+) -> Answer {
+    let mut size = Budget(room);
+    let mut tasks = Vec::new();
+    let mut more = false;
+    for item in items {
+        match item.map(|t| t.map(peeked_task)) {
+            Ok(Some(t)) if !size.admit(t.encoded_len()) => {
+                more = true;
+                break;
+            }
+            Ok(Some(t)) => tasks.push(t),
+            Ok(None) => {}
+            Err(e) => {
+                let failure = Failure::Storage(format!("cannot read a peeked task: {e}"));
+                return Answer::reply(req, Reply::Refused(failure));
+            }
+        }
+    }
+    Answer(response(
+        req,
+        response::Result::Peek(v1::PeekOk { tasks, more }),
+    ))
+}
+
+/// Bytes left for the items of one answer.
+struct Budget(usize);
+
+impl Budget {
+    /// Counts an item of `len` bytes (plus its tag and length prefix) if it fits.
+    fn admit(&mut self, len: usize) -> bool {
+        let cost = len + 1 + prost::length_delimiter_len(len);
+        match self.0.checked_sub(cost) {
+            Some(left) => {
+                self.0 = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn queue_info(q: &QueueStatus, oldest_ready_age_ms: Option<u64>) -> v1::QueueInfo {
+    let s = &q.snapshot;
+    let c = &s.counters;
+    let r = &q.rates;
+    v1::QueueInfo {
+        name: s.name.to_string(),
+        ready: s.ready,
+        delayed: s.delayed,
+        leased: s.leased,
+        dead: s.dead,
+        consumers: s.consumers,
+        published: c.published,
+        delivered: c.delivered,
+        acked: c.acked,
+        nacked: c.nacked,
+        expired: c.expired,
+        dead_lettered: c.dead_lettered,
+        redelivered: c.redelivered,
+        rates: Some(v1::QueueRates {
+            published: r.published,
+            delivered: r.delivered,
+            acked: r.acked,
+            nacked: r.nacked,
+            expired: r.expired,
+            dead_lettered: r.dead_lettered,
+        }),
+        oldest_ready_age_ms,
+        paused: s.config.paused,
+        config: Some(settings(&s.config)),
+    }
+}
+
+fn settings(c: &QueueConfig) -> v1::QueueSettings {
+    v1::QueueSettings {
+        lease_ms: c.lease_ms,
+        max_attempts: c.max_attempts,
+        backoff_min_ms: c.backoff_min_ms,
+        backoff_max_ms: c.backoff_max_ms,
+        max_length: c.max_length,
+        result_ttl_ms: c.result_ttl_ms,
+        dedup_window_ms: c.dedup_window_ms,
+        paused: c.paused,
+    }
+}
+
+fn peeked_task(p: PeekedTask) -> v1::PeekedTask {
+    v1::PeekedTask {
+        task_id: p.task_id,
+        state: wire_state(p.state) as i32,
+        priority: p.priority,
+        attempts: p.attempts,
+        max_attempts: p.max_attempts,
+        created_at_ms: p.created_at_ms,
+        updated_at_ms: p.updated_at_ms,
+        not_before_ms: p.not_before_ms,
+        lease_holder: p.lease_holder,
+        lease_deadline_ms: p.lease_deadline_ms,
+        last_error: p.last_error,
+        payload: p.payload,
+        headers: p.headers.into_iter().collect(),
+        truncated: p.truncated,
+        payload_bytes: p.payload_bytes,
+    }
+}

@@ -1,0 +1,285 @@
+//! What the store writer does once a job is durable (or failed): [`Done`], the
+//! completion every server store job carries. It runs on the store writer's thread:
+//! it confirms to the connection's outbox, tells the hub what is durable, wakes result
+//! waiters, and for an ack that could not be stored, reads the task back ([`Restore`]).
+//! It never touches a socket and never encodes protobuf: it sends domain replies.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tracing::warn;
+
+use super::msg::{
+    AdminOutcome, Failure, Final, HubCmd, OutTx, Outbound, PublishJob, Published, Reply, ReqId,
+    WeakHubTx,
+};
+use super::waiters::Waiters;
+use crate::broker::{AdminPlan, Committed, ConnId};
+use crate::model::{TaskId, TaskStatus};
+use crate::store::{Completion, JobReport, Store, StoreError, SweepStats, WriterHandle};
+
+/// The store writer as the server uses it.
+pub(crate) type StoreWriter = WriterHandle<Done>;
+
+/// What the store writer does once a job is durable.
+pub(crate) enum Done {
+    /// Tell the hub the tasks exist, then confirm the publish.
+    Publish(PublishJob),
+    /// One of the store jobs (chunk number) of an admin change; the hub applies and
+    /// answers it when all are done.
+    Admin(Arc<AdminProgress>, usize),
+    /// Confirm a change with `ok`.
+    Reply { out: OutTx, req: ReqId, ok: Reply },
+    /// A task reached its final state: confirm the settlement that did it (if a
+    /// client waits for that), then wake whoever waits for the task's result.
+    Finished {
+        reply: Option<(OutTx, ReqId)>,
+        task: TaskId,
+        state: Final,
+        waiters: Arc<Waiters>,
+        /// For an ack: how to give the task back to the hub if the ack is not stored.
+        restore: Option<Arc<Restore>>,
+    },
+    /// A barrier for a wait that found no record (see `conn/wait.rs`): look again.
+    Recheck {
+        out: OutTx,
+        req: ReqId,
+        task: TaskId,
+    },
+    /// Operator removals (purge, delete-queue) are durable: wake their result waiters.
+    Removed {
+        tasks: Vec<TaskId>,
+        waiters: Arc<Waiters>,
+    },
+    /// A retention sweep finished.
+    Swept {
+        tx: tokio::sync::oneshot::Sender<Result<SweepStats, StoreError>>,
+    },
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Done::Publish(_) => "Publish",
+            Done::Admin(..) => "Admin",
+            Done::Reply { .. } => "Reply",
+            Done::Finished { .. } => "Finished",
+            Done::Recheck { .. } => "Recheck",
+            Done::Removed { .. } => "Removed",
+            Done::Swept { .. } => "Swept",
+        };
+        f.debug_tuple("Done").field(&kind).finish()
+    }
+}
+
+/// The refusal of a change the store could not persist.
+fn not_persisted(e: &StoreError) -> Reply {
+    Reply::Refused(Failure::Storage(format!("not persisted: {e}")))
+}
+
+impl Completion for Done {
+    fn complete(self, result: Result<(), StoreError>) {
+        self.complete_with(result, JobReport::default());
+    }
+
+    fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
+        let (out, req, reply) = match (self, result) {
+            (Done::Admin(done, chunk), result) => return done.record(chunk, result),
+            (Done::Publish(job), Ok(())) => {
+                let PublishJob {
+                    out,
+                    req,
+                    hub,
+                    committed,
+                    timer,
+                    reservation,
+                } = job;
+                timer.observe();
+                let reply = confirm_publish(&hub, committed, reservation, report);
+                (out, req, reply)
+            }
+            (Done::Publish(job), Err(e)) => {
+                if let Some(r) = job.reservation {
+                    let _ = job.hub.send(HubCmd::Release(r));
+                }
+                (job.out, job.req, not_persisted(&e))
+            }
+            (Done::Reply { out, req, ok }, Ok(())) => (out, req, ok),
+            (
+                Done::Finished {
+                    reply,
+                    task,
+                    state,
+                    waiters,
+                    restore: _,
+                },
+                Ok(()),
+            ) => {
+                waiters.wake(task, state);
+                let Some((out, req)) = reply else { return };
+                (out, req, Reply::Ok)
+            }
+            (Done::Recheck { out, req, task }, _) => {
+                let _ = out.send(Outbound::Recheck { req, task });
+                return;
+            }
+            (Done::Removed { tasks, waiters }, _) => {
+                // Each waiter reads the store for its answer: "unknown" once removed,
+                // the task's real state if a removal failed.
+                for task in tasks {
+                    waiters.wake(task, Final::Removed);
+                }
+                return;
+            }
+            (Done::Swept { tx }, result) => {
+                let _ = tx.send(result.map(|()| report.sweep.cloned().unwrap_or_default()));
+                return;
+            }
+            (
+                Done::Finished {
+                    reply,
+                    task,
+                    restore,
+                    ..
+                },
+                Err(e),
+            ) => {
+                if let Some(restore) = restore {
+                    restore.give_back(task);
+                }
+                let Some((out, req)) = reply else { return };
+                (out, req, not_persisted(&e))
+            }
+            (Done::Reply { out, req, .. }, Err(e)) => (out, req, not_persisted(&e)),
+        };
+        let _ = out.send(Outbound::Reply { req, reply });
+    }
+}
+
+/// Tells the hub which published tasks exist (not the duplicates, which the store did
+/// not insert) and builds the publish confirmation.
+fn confirm_publish(
+    hub: &super::msg::HubTx,
+    mut committed: Vec<Committed>,
+    reservation: Option<super::msg::Reservation>,
+    report: JobReport<'_>,
+) -> Reply {
+    let mut dups = report.duplicates.iter().peekable();
+    let tasks = committed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match dups.next_if(|d| d.index == i) {
+            Some(d) => Published {
+                task_id: d.original,
+                duplicate: true,
+            },
+            None => Published {
+                task_id: c.id,
+                duplicate: false,
+            },
+        })
+        .collect();
+    if !report.duplicates.is_empty() {
+        let mut i = 0;
+        let mut dups = report.duplicates.iter().peekable();
+        committed.retain(|_| {
+            let dup = dups.next_if(|d| d.index == i).is_some();
+            i += 1;
+            !dup
+        });
+    }
+    if !committed.is_empty() || reservation.is_some() {
+        let _ = hub.send(HubCmd::Committed(committed, reservation));
+    }
+    Reply::Published(tasks)
+}
+
+/// An ack that could not be stored (the journal could not write) left the task in the
+/// store as pending, but the engine dropped it when the ack came in: without this it
+/// would be delivered again only after a restart. Runs on the writer thread, which may
+/// read the store, and hands the stored state back to the hub.
+pub(crate) struct Restore {
+    pub(crate) store: Store,
+    pub(crate) hub: WeakHubTx,
+}
+
+impl Restore {
+    fn give_back(&self, task: TaskId) {
+        let state = match self.store.get_state(task) {
+            Ok(Some(state)) if state.status == TaskStatus::Pending => state,
+            Ok(_) => return,
+            Err(error) => {
+                warn!(task, %error, "an unstored ack's task could not be read back; it returns at the next restart");
+                return;
+            }
+        };
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.send(HubCmd::Restore { task, state });
+        }
+    }
+}
+
+/// The completion of an admin change that may span several store jobs (chunks): each
+/// job holds a clone and records its outcome; when the last clone is dropped (every
+/// job completed) the outcome goes back to the hub, which applies what is durable to
+/// the engine and answers (`hub/admin.rs`).
+pub(crate) struct AdminProgress {
+    hub: WeakHubTx,
+    outcome: Mutex<Option<AdminOutcome>>,
+}
+
+impl AdminProgress {
+    pub(crate) fn new(
+        hub: WeakHubTx,
+        conn: ConnId,
+        req: ReqId,
+        plan: AdminPlan,
+        chunks: usize,
+    ) -> Arc<AdminProgress> {
+        Arc::new(AdminProgress {
+            hub,
+            outcome: Mutex::new(Some(AdminOutcome {
+                conn,
+                req,
+                plan,
+                durable: vec![false; chunks],
+                failure: None,
+            })),
+        })
+    }
+
+    /// Called by the store writer for each job.
+    fn record(&self, chunk: usize, result: Result<(), StoreError>) {
+        let mut outcome = self.outcome.lock();
+        let Some(o) = outcome.as_mut() else { return };
+        match result {
+            Ok(()) => {
+                if let Some(d) = o.durable.get_mut(chunk) {
+                    *d = true;
+                }
+            }
+            Err(e) => {
+                o.failure.get_or_insert(e);
+            }
+        }
+    }
+}
+
+impl Drop for AdminProgress {
+    fn drop(&mut self) {
+        let Some(outcome) = self.outcome.lock().take() else {
+            return;
+        };
+        // With the hub gone (shutdown) there is nobody to apply or answer: what is
+        // durable comes back at the next start.
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.send(HubCmd::AdminDurable(Box::new(outcome)));
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminProgress").finish_non_exhaustive()
+    }
+}

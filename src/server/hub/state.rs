@@ -1,0 +1,177 @@
+//! What the hub owns ([`Hub`]: the engine, the connections' outboxes, the store
+//! writer's handle, rates, reservations, the admin queue) and the few things every
+//! handler does with it: answer a connection, persist a change and answer once it is
+//! durable, carry out the engine's effects. The handlers themselves are in the sibling
+//! files, one function per command.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::rates::Rates;
+use crate::broker::{ConnId, Effect, Engine};
+use crate::model::{Millis, Mutation, TaskId};
+use crate::server::bounded::Bounded;
+use crate::server::done::{Done, Restore, StoreWriter};
+use crate::server::msg::{AdminOp, Failure, Final, OutTx, Outbound, Reply, ReqId, WeakHubTx};
+use crate::server::waiters::Waiters;
+use crate::store::{Muts, Store};
+
+/// The hub's state. Only the hub task touches it; nothing here is shared but the
+/// handles it was given.
+pub(crate) struct Hub {
+    pub(super) engine: Engine,
+    pub(super) writer: StoreWriter,
+    pub(super) outboxes: HashMap<ConnId, OutTx>,
+    /// Client name (or peer address) and peer address of each connection, for lease
+    /// holders in task status and peek.
+    pub(super) names: HashMap<ConnId, (Arc<str>, SocketAddr)>,
+    pub(super) waiters: Arc<Waiters>,
+    pub(super) effects: Vec<Effect>,
+    /// Per-queue rates over the last minute (`rates.rs`).
+    pub(super) rates: Rates,
+    /// Which queues are bounded, for the connections; refreshed after admin changes.
+    pub(super) bounded: Arc<Bounded>,
+    pub(super) default_max_length: u64,
+    /// Room reserved in bounded queues by publishes not yet durable.
+    pub(super) reservations: Reservations,
+    /// Only asked whether it failed (then nothing is dispatched: a delivery's body
+    /// could not be read, and its requeue would spin). Never read here.
+    pub(super) store: Store,
+    /// Shared by every ack's completion (one reference count each, no allocation):
+    /// how to give a task back if its ack is not stored.
+    pub(super) restore: Arc<Restore>,
+    /// Admin changes: the one in flight and those waiting for it (`admin.rs`).
+    pub(super) admin_queue: AdminQueue,
+    /// The hub's own command channel, for completions that report back.
+    pub(super) me: WeakHubTx,
+}
+
+/// The hub's count of admitted, not yet durable tasks per bounded queue
+/// (`admission.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Reservations {
+    pub(super) held: HashMap<Arc<str>, u64>,
+}
+
+/// The admin changes waiting for the one in flight, oldest first (`admin.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct AdminQueue {
+    pub(super) waiting: VecDeque<(ConnId, ReqId, AdminOp)>,
+    pub(super) busy: bool,
+}
+
+impl Hub {
+    pub(crate) fn new(
+        engine: Engine,
+        writer: StoreWriter,
+        waiters: Arc<Waiters>,
+        bounded: Arc<Bounded>,
+        default_max_length: u64,
+        store: Store,
+        me: WeakHubTx,
+    ) -> Hub {
+        Hub {
+            restore: Arc::new(Restore {
+                store: store.clone(),
+                hub: me.clone(),
+            }),
+            admin_queue: AdminQueue::default(),
+            me,
+            store,
+            bounded,
+            default_max_length,
+            reservations: Reservations::default(),
+            engine,
+            writer,
+            outboxes: HashMap::new(),
+            names: HashMap::new(),
+            waiters,
+            effects: Vec::new(),
+            rates: Rates::default(),
+        }
+    }
+
+    /// Sends `msg` to connection `conn`, if it is still registered.
+    pub(super) fn send(&self, conn: ConnId, msg: Outbound) {
+        if let Some(out) = self.outboxes.get(&conn) {
+            let _ = out.send(msg);
+        }
+    }
+
+    /// Answers request `req` of connection `conn`.
+    pub(super) fn reply(&self, conn: ConnId, req: ReqId, reply: Reply) {
+        self.send(conn, Outbound::Reply { req, reply });
+    }
+
+    /// Refuses request `req` of connection `conn`.
+    pub(super) fn refuse(&self, conn: ConnId, req: ReqId, failure: Failure) {
+        self.reply(conn, req, Reply::Refused(failure));
+    }
+
+    /// Persists `m`, then confirms request `req` on `conn` once it is durable (and
+    /// wakes the task's result waiters if `m` finishes the task: `finished`, else as
+    /// [`Final::of`] reads `m`).
+    pub(super) fn persist_then_reply(
+        &self,
+        conn: ConnId,
+        req: ReqId,
+        m: Mutation,
+        ok: Reply,
+        finished: Option<(TaskId, Final)>,
+    ) {
+        let out = self.outboxes.get(&conn);
+        // Only an ack passes `finished`; it is the settle that drops the task from
+        // the engine, so only it needs giving back if it is not stored.
+        let restore = finished.map(|_| self.restore.clone());
+        let done = match finished.or_else(|| Final::of(&m)) {
+            Some((task, state)) => Some(Done::Finished {
+                reply: out.map(|out| (out.clone(), req)),
+                task,
+                state,
+                waiters: self.waiters.clone(),
+                restore,
+            }),
+            None => out.map(|out| Done::Reply {
+                out: out.clone(),
+                req,
+                ok,
+            }),
+        };
+        self.writer.submit(Muts::One(m), done);
+    }
+
+    /// Persists a change nobody waits for, except result waiters when it finishes a task.
+    pub(super) fn persist(&self, m: Mutation) {
+        let done = Final::of(&m).map(|(task, state)| Done::Finished {
+            reply: None,
+            task,
+            state,
+            waiters: self.waiters.clone(),
+            restore: None,
+        });
+        self.writer.submit(Muts::One(m), done);
+    }
+
+    /// Carries out what the engine decided: store jobs and deliveries.
+    pub(super) fn apply_effects(&mut self, now: Millis) {
+        let mut effects = std::mem::take(&mut self.effects);
+        for effect in effects.drain(..) {
+            match effect {
+                Effect::Persist(m) => self.persist(m),
+                Effect::Deliver(d) => match self.outboxes.get(&d.conn) {
+                    Some(out) => {
+                        // A closed outbox means the connection is going away; its
+                        // Disconnect will release the lease.
+                        let _ = out.send(Outbound::Deliver(d));
+                    }
+                    None => self
+                        .engine
+                        .undeliverable(d.conn, d.task, d.token, true, now),
+                },
+            }
+        }
+        // Keep the allocation.
+        self.effects = effects;
+    }
+}
