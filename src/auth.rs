@@ -2,7 +2,7 @@
 //! salted SHA-256 hashes, `sha256$<salt-hex>$<hash-hex>`), their roles and queue-name
 //! prefixes, and the [`Grant`] a connection holds once its `Hello` is accepted.
 //! Tokens are compared in constant time. No sockets and no file reading here: the
-//! configuration loader parses entries, `server/connection.rs` asks for a grant once
+//! configuration loader parses entries, `server/conn/requests.rs` asks for a grant once
 //! per connection and then checks each request against it with integer compares
 //! (plus a prefix compare for tokens limited to some queues).
 

@@ -1,6 +1,6 @@
 //! `Histogram`: fixed buckets of atomic counters, cheap enough for hot paths (two
 //! relaxed adds per observation, no lock, no allocation). The store writer and the
-//! server observe into it; `server/metrics.rs` exports it to Prometheus. Nothing here
+//! server observe into it; `server/http/exposition.rs` exports it to Prometheus. Nothing here
 //! knows about Prometheus or about what is measured.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

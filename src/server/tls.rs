@@ -2,7 +2,7 @@
 //! `tls.cert` and `tls.key` into a rustls server configuration, with the `ring`
 //! crypto provider passed explicitly (no process-wide default is installed or needed).
 //! The handshake itself runs in the connection task, under the handshake timeout
-//! (`connection.rs`). Nothing else here touches sockets.
+//! (`conn/`). Nothing else here touches sockets.
 
 use std::path::Path;
 use std::sync::Arc;
