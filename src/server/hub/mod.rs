@@ -16,6 +16,8 @@ mod rates;
 mod scrape;
 mod settle;
 mod state;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
