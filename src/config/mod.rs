@@ -394,7 +394,7 @@ mod tests {
     /// exactly the built-in default.
     #[test]
     fn shipped_example_sets_every_key_to_its_default() {
-        let text = include_str!("../deploy/squall.toml");
+        let text = include_str!("../../deploy/squall.toml");
         let mut parsed = Settings::default();
         parsed.apply_toml(text).expect("deploy/squall.toml parses");
         assert_eq!(parsed, Settings::default());
