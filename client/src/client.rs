@@ -21,7 +21,8 @@ use crate::conn::{unexpected, Conn};
 use crate::error::{ClientError, Result};
 use crate::info::ServerInfo;
 use crate::publish::{
-    check_batch_len, check_spec, duration_ms_ceil, Message, PublishOptions, Published, TaskId,
+    check_batch_len, check_spec, confirmed, duration_ms_ceil, Message, PublishOptions, Published,
+    TaskId,
 };
 use crate::status::{TaskOutcome, TaskStatus};
 use crate::subscription::{SubEvent, SubscribeBuilder, Subscription};
@@ -243,18 +244,9 @@ impl Client {
             }
         };
         match answer {
-            response::Result::Publish(ok) if ok.tasks.len() == expected => Ok(ok
-                .tasks
-                .into_iter()
-                .map(|p| Published {
-                    id: p.task_id,
-                    duplicate: p.duplicate,
-                })
-                .collect()),
-            response::Result::Publish(ok) => Err(ClientError::Protocol(format!(
-                "published {expected} tasks but the broker confirmed {}",
-                ok.tasks.len()
-            ))),
+            response::Result::Publish(ok) => {
+                confirmed(ok.tasks.into_iter().map(Published::from), expected)
+            }
             other => Err(unexpected("publish", other)),
         }
     }

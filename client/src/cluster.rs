@@ -26,7 +26,7 @@ use crate::client::Client;
 use crate::config::ClientBuilder;
 use crate::delivery::Task;
 use crate::error::{ClientError, Result};
-use crate::publish::{Message, PublishOptions, Published, TaskId};
+use crate::publish::{confirmed, Message, PublishOptions, Published, TaskId};
 use crate::rendezvous::rendezvous_owner;
 use crate::status::{TaskOutcome, TaskStatus};
 use crate::subscription::SubscribeBuilder;
@@ -438,15 +438,16 @@ impl ClusterClient {
         let mut out: Vec<Option<Published>> = vec![None; total];
         for (node, positions, result) in futures_util::future::join_all(sends).await {
             let published = result.map_err(|e| node.name_error(e))?;
+            let published = confirmed(published.into_iter(), positions.len())?;
             for (pos, p) in positions.into_iter().zip(published) {
                 out[pos] = Some(p);
             }
         }
-        out.into_iter()
-            .map(|p| {
-                p.ok_or_else(|| ClientError::Protocol("a node confirmed too few tasks".into()))
-            })
-            .collect()
+        // Every position belongs to exactly one part, each confirmed in full.
+        confirmed(
+            out.into_iter().flatten().collect::<Vec<_>>().into_iter(),
+            total,
+        )
     }
 
     /// Starts a subscription on the queue's node: `cluster.subscribe(q)?.prefetch(8).await?`.
@@ -670,40 +671,7 @@ impl ClusterWorker {
         }
     }
 
-    /// Handlers running at once **per queue** (default 8); see [`Worker::concurrency`].
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.settings.set_concurrency(n);
-        self
-    }
-
-    /// Prefetch of each queue's subscription; see [`Worker::prefetch`].
-    pub fn prefetch(mut self, n: u32) -> Self {
-        self.settings.prefetch = Some(n);
-        self
-    }
-
-    /// Time running handlers get at shutdown; see [`Worker::grace_period`].
-    pub fn grace_period(mut self, d: Duration) -> Self {
-        self.settings.grace_period = d;
-        self
-    }
-
-    /// Lease extension step; see [`Worker::lease_extension`].
-    pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.settings.set_lease_extension(by);
-        self
-    }
-
-    /// Use `token` as the shutdown trigger for every queue.
-    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
-        self.shutdown = token;
-        self
-    }
-
-    /// The token that shuts every queue's worker down when cancelled.
-    pub fn shutdown_handle(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
+    crate::worker::settings_builder!();
 
     /// Runs until `signal` resolves, then shuts down gracefully; see [`run`](Self::run).
     pub async fn run_until<F, Fut, R, S>(self, handler: F, signal: S) -> Result<WorkerReport>

@@ -228,6 +228,31 @@ pub(crate) fn check_batch_len(len: usize, info: &ServerInfo) -> Result<(), Clien
     Ok(())
 }
 
+/// The confirmation of a publish of `expected` tasks: one [`Published`] per task, in
+/// order. Used by [`Client`](crate::Client) for its answer and by
+/// [`ClusterClient`](crate::ClusterClient) for each node's part of a batch.
+pub(crate) fn confirmed(
+    tasks: impl ExactSizeIterator<Item = Published>,
+    expected: usize,
+) -> Result<Vec<Published>, ClientError> {
+    if tasks.len() != expected {
+        return Err(ClientError::Protocol(format!(
+            "published {expected} tasks but the broker confirmed {}",
+            tasks.len()
+        )));
+    }
+    Ok(tasks.collect())
+}
+
+impl From<v1::Published> for Published {
+    fn from(p: v1::Published) -> Self {
+        Published {
+            id: p.task_id,
+            duplicate: p.duplicate,
+        }
+    }
+}
+
 /// Milliseconds, rounded up so that a non-zero duration never becomes 0 ("default").
 pub(crate) fn duration_ms_ceil(d: Duration) -> u64 {
     let ms = d.as_millis();

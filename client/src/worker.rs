@@ -60,6 +60,59 @@ impl Settings {
         self.lease_extension = Some(by.max(MIN_LEASE_EXTENSION));
     }
 }
+/// The builder methods [`Worker`] and [`ClusterWorker`](crate::ClusterWorker) share,
+/// written once: both hold their tuning in `settings: Settings` and their shutdown
+/// trigger in `shutdown: CancellationToken`. (A `ClusterWorker` hands its settings to
+/// each queue's `Worker`; its concurrency and prefetch are per queue.)
+macro_rules! settings_builder {
+    () => {
+        /// Handlers running at once (at least 1; default 8; for a `ClusterWorker`, per queue).
+        pub fn concurrency(mut self, n: usize) -> Self {
+            self.settings.set_concurrency(n);
+            self
+        }
+
+        /// The subscription's prefetch (default: the concurrency, capped at the broker's
+        /// `max_prefetch`). More than the concurrency lets tasks wait locally with their
+        /// lease running, un-extended.
+        pub fn prefetch(mut self, n: u32) -> Self {
+            self.settings.prefetch = Some(n);
+            self
+        }
+
+        /// Time running handlers get to finish once shutdown is requested (default 30 s).
+        pub fn grace_period(mut self, d: Duration) -> Self {
+            self.settings.grace_period = d;
+            self
+        }
+
+        /// How far each automatic extension pushes the lease, and so (a third of it) how
+        /// often it is extended.
+        ///
+        /// By default it is the lease length observed on each delivery (its deadline minus
+        /// the local time at receipt), which assumes the client's and the broker's clocks
+        /// agree to within a fraction of the lease. Set it to the queue's lease to rely on
+        /// no clock at all.
+        pub fn lease_extension(mut self, by: Duration) -> Self {
+            self.settings.set_lease_extension(by);
+            self
+        }
+
+        /// Use `token` as the shutdown trigger: cancelling it starts the graceful shutdown
+        /// (of every queue, for a `ClusterWorker`).
+        pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+            self.shutdown = token;
+            self
+        }
+
+        /// The token that triggers this worker's graceful shutdown when cancelled.
+        pub fn shutdown_handle(&self) -> CancellationToken {
+            self.shutdown.clone()
+        }
+    };
+}
+pub(crate) use settings_builder;
+
 /// Longest failure reason sent to the broker; longer texts are cut.
 const MAX_REASON_BYTES: usize = 4096;
 /// Shortest lease the auto-extension assumes (guards against clock skew making the
@@ -353,48 +406,7 @@ impl Worker {
         self
     }
 
-    /// Handlers running at once (at least 1; default 8).
-    pub fn concurrency(mut self, n: usize) -> Self {
-        self.settings.set_concurrency(n);
-        self
-    }
-
-    /// The subscription's prefetch (default: the concurrency, capped at the broker's
-    /// `max_prefetch`). More than the concurrency lets tasks wait locally with their
-    /// lease running, un-extended.
-    pub fn prefetch(mut self, n: u32) -> Self {
-        self.settings.prefetch = Some(n);
-        self
-    }
-
-    /// Time running handlers get to finish once shutdown is requested (default 30 s).
-    pub fn grace_period(mut self, d: Duration) -> Self {
-        self.settings.grace_period = d;
-        self
-    }
-
-    /// How far each automatic extension pushes the lease, and so (a third of it) how
-    /// often it is extended.
-    ///
-    /// By default it is the lease length observed on each delivery (its deadline minus
-    /// the local time at receipt), which assumes the client's and the broker's clocks
-    /// agree to within a fraction of the lease. Set it to the queue's lease to rely on
-    /// no clock at all.
-    pub fn lease_extension(mut self, by: Duration) -> Self {
-        self.settings.set_lease_extension(by);
-        self
-    }
-
-    /// Use `token` as the shutdown trigger: cancelling it starts the graceful shutdown.
-    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
-        self.shutdown = token;
-        self
-    }
-
-    /// The token that triggers this worker's graceful shutdown when cancelled.
-    pub fn shutdown_handle(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
+    settings_builder!();
 
     /// Runs until `signal` resolves (for example `tokio::signal::ctrl_c()`), then shuts
     /// down gracefully. See [`run`](Worker::run).
