@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod histogram;
 pub mod model;

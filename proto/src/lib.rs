@@ -1,6 +1,6 @@
-//! Squall's wire protocol: the generated protobuf types (`v1`), the length-prefixed
-//! frame codec, the protocol constants and the queue-name rule shared by the broker
-//! and its clients. No I/O lives here beyond the `tokio_util` codec adapter.
+//! Squall's wire protocol: the generated protobuf types (`v1`; `cluster` for node to
+//! node), the length-prefixed frame codec, the protocol constants and the queue-name
+//! rule shared by the broker and its clients. No I/O lives here beyond the `tokio_util` codec adapter.
 
 use std::marker::PhantomData;
 
@@ -11,6 +11,13 @@ use prost::Message;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/squall.v1.rs"));
+}
+
+/// Generated protobuf types of the node-to-node protocol (`cluster.proto`): what the
+/// members of a cluster say to each other on the cluster port. Clients never use them.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/squall.cluster.v1.rs"));
 }
 
 pub use v1::ErrorCode;

@@ -3,6 +3,7 @@
 //! binary's edge, the only place that uses `anyhow`.
 
 mod bench;
+mod cluster;
 mod consume;
 mod healthcheck;
 mod manage;
@@ -105,6 +106,8 @@ pub enum Command {
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Authentication tokens: `squall token hash` prints a configuration entry.
     Token(token::TokenArgs),
+    /// Cluster members and roles (`squall cluster status [--json]`).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -179,6 +182,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::Task(args) => task::run(args).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Token(args) => token::run(args),
+        Command::Cluster(args) => cluster::run(args).await,
     }
 }
 

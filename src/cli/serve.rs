@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
+use squall::cluster::Node;
 use squall::config::{ConfigError, Settings};
 use squall::server::{self, ServerError};
 use tracing::info;
@@ -125,6 +126,18 @@ pub struct ServeArgs {
     /// Default idempotency-key window of new queues [default: 5m].
     #[arg(long, alias = "default-dedup-window", value_name = "DURATION")]
     queue_dedup_window: Option<String>,
+    /// Cluster port (node-to-node traffic); with it this node is a cluster member and
+    /// --node-id its number. In progress: only the membership is replicated and a
+    /// leader elected, queues are not [default: off].
+    #[arg(long, value_name = "ADDR|off")]
+    cluster_listen: Option<String>,
+    /// Members of a new cluster, this node included: ID@HOST:PORT of their cluster
+    /// ports, comma-separated. They form the cluster once a majority is up.
+    #[arg(long, value_name = "ID@ADDR,...")]
+    peers: Option<String>,
+    /// The protocol address the other members hand to clients [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
 }
 
 impl ServeArgs {
@@ -165,6 +178,9 @@ impl ServeArgs {
         add("queue.max_length", &self.queue_max_length);
         add("queue.result_ttl", &self.queue_result_ttl);
         add("queue.dedup_window", &self.queue_dedup_window);
+        add("cluster.listen", &self.cluster_listen);
+        add("cluster.peers", &self.peers);
+        add("cluster.advertise", &self.advertise);
         add("log.format", &log_format.map(str::to_owned));
         if let Some(range) = &self.queue_backoff {
             let (lo, hi) = range.split_once("..").ok_or_else(|| ConfigError {
@@ -209,10 +225,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     // Installed before anything is bound: a SIGTERM that arrives as soon as the broker
     // says it listens must shut it down gracefully, not kill it.
     let signalled = shutdown_signal();
+    let cluster = settings.cluster.clone();
+    let node_id = cluster.node_id(&settings.server);
+    let client_addr = cluster.client_addr(&settings.server);
+    let data_dir = settings.server.data_dir.clone();
     let handle = match server::start(settings.server).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
         Err(e) => return Err(e.into()),
+    };
+    // The cluster member starts once the broker holds its data directory (the lock).
+    let node = match node_id {
+        Some(id) => match Node::start(id, &cluster, client_addr, &data_dir).await {
+            Ok(node) => Some(node),
+            Err(e) => {
+                let _ = handle.shutdown().await;
+                return Err(e.into());
+            }
+        },
+        None => None,
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
@@ -220,7 +251,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
-    handle.wait().await?;
+    let served = handle.wait().await;
+    if let Some(node) = node {
+        node.shutdown().await;
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

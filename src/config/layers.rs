@@ -127,6 +127,19 @@ pub static KEYS: &[Key] = &[
     key!("log.format", |s, v| s.log.format =
         string(v)?.parse::<LogFormat>()?),
     key!("log.filter", |s, v| s.log.filter = string(v)?.to_owned()),
+    key!("cluster.listen", |s, v| s.cluster.listen =
+        optional_addr(v)?),
+    key!("cluster.peers", |s, v| s.cluster.peers = peers(v)?),
+    key!("cluster.advertise", |s, v| s.cluster.advertise =
+        optional_string(v)?),
+    key!("cluster.max_connections", |s, v| s
+        .cluster
+        .max_connections =
+        int(v)?),
+    key!("cluster.max_frame_bytes", |s, v| s
+        .cluster
+        .max_frame_bytes =
+        size(v)?),
 ];
 
 /// The key named `name`, if it exists.
@@ -329,6 +342,33 @@ fn addr(v: &Value) -> Result<SocketAddr, String> {
         .or(found.first())
         .copied()
         .ok_or_else(|| format!("`{s}`: {host} has no address"))
+}
+
+/// An address, or `off` / "" for none (the cluster port).
+fn optional_addr(v: &Value) -> Result<Option<SocketAddr>, String> {
+    match string(v)? {
+        "off" | "" => Ok(None),
+        _ => addr(v).map(Some),
+    }
+}
+
+fn optional_string(v: &Value) -> Result<Option<String>, String> {
+    let s = string(v)?;
+    Ok((!s.is_empty()).then(|| s.to_owned()))
+}
+
+/// `cluster.peers`: "1@host:7700,2@host:7701" or an array of such strings.
+fn peers(v: &Value) -> Result<Vec<super::Peer>, String> {
+    match v {
+        Value::Array(items) => {
+            let items: Vec<&str> = items
+                .iter()
+                .map(|i| i.as_str().ok_or("peers must be strings like 1@host:7700"))
+                .collect::<Result<_, _>>()?;
+            super::cluster::parse_peers(&items)
+        }
+        _ => super::cluster::parse_peers(&[string(v)?]),
+    }
 }
 
 fn http_addr(v: &Value) -> Result<Option<SocketAddr>, String> {

@@ -2,6 +2,7 @@
 //! bound. The layering of defaults, the TOML file, `SQUALL_*` variables and flags is
 //! in `config/layers.rs`; parsing of the command line lives in `cli/`.
 
+mod cluster;
 mod layers;
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use self::cluster::{ClusterConfig, Peer};
 pub use self::layers::{key, Key, KEYS, TEST_RECOVERY_DELAY_ENV};
 use crate::auth::AuthConfig;
 use crate::model::QueueConfig;
@@ -186,13 +188,16 @@ impl Default for LogConfig {
     }
 }
 
-/// Everything `squall serve` is configured with: the broker and its logging.
+/// Everything `squall serve` is configured with: the broker, its logging and its
+/// cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     /// The broker.
     pub server: ServerConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Replication (`[cluster]`); off by default.
+    pub cluster: ClusterConfig,
 }
 
 impl Settings {
@@ -220,6 +225,7 @@ impl Settings {
             s.set(key, &toml::Value::String(value))?;
         }
         s.server.validate()?;
+        s.cluster.validate(&s.server)?;
         Ok(s)
     }
 }
@@ -497,6 +503,11 @@ mod tests {
             ("queue.dedup_window", "7s"),
             ("log.format", "json"),
             ("log.filter", "debug"),
+            ("cluster.listen", "127.0.0.1:7700"),
+            ("cluster.peers", "1@127.0.0.1:7700"),
+            ("cluster.advertise", "broker-1:7600"),
+            ("cluster.max_connections", "7"),
+            ("cluster.max_frame_bytes", "7 MiB"),
         ];
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {

@@ -3,7 +3,10 @@
 //! durable with one `fdatasync` of one file before confirming the group; sled is then
 //! only the indexed copy of the journal's effect, flushed at checkpoints
 //! (`checkpoint.rs`). This file knows segment files and the record format. It knows
-//! nothing of sled, keys, tasks or threads.
+//! nothing of sled, keys, tasks or threads. The cluster's Raft log (`cluster/log.rs`)
+//! is a second journal of the same format whose records are opaque bodies numbered by
+//! their Raft index (`open_records`, `append_record`, `read_record`, `truncate_from`,
+//! `reset`); the store's own journal never uses those.
 //!
 //! Format. A directory of segment files, each named by the sequence number of its
 //! first record (`{seq:016x}.log`) and preallocated to its capacity, so that an append
@@ -60,6 +63,44 @@ pub(crate) struct Replayed {
     pub(crate) bytes: u64,
 }
 
+/// Where a record is: the segment holding it (named by its first record's number), the
+/// record's offset in it and its length with the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    /// The segment's first record number.
+    pub(crate) segment: u64,
+    /// Byte offset of the record's header.
+    pub(crate) offset: u64,
+    /// Bytes of header and body.
+    pub(crate) len: u64,
+}
+
+/// Reads the body of record `seq` at `at` in `file` (its segment), checking its length,
+/// number and checksum.
+pub(crate) fn read_record(file: &File, seq: u64, at: Location) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(at.len)
+        .ok()
+        .filter(|&len| len > HEADER)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad record location"))?;
+    let mut data = vec![0u8; len];
+    file.read_exact_at(&mut data, at.offset)?;
+    match record_at(&data, 0, seq) {
+        Some((body, found)) if found == len => Ok(body.to_vec()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "journal record {seq} at offset {} of segment {:016x} is not valid",
+                at.offset, at.segment
+            ),
+        )),
+    }
+}
+
+/// Opens segment `first_seq` of `dir` for reading.
+pub(crate) fn open_segment(dir: &Path, first_seq: u64) -> io::Result<File> {
+    File::open(segment_path(dir, first_seq))
+}
+
 /// The open journal: appends to the current segment.
 pub(crate) struct Journal {
     dir: PathBuf,
@@ -92,6 +133,24 @@ impl Journal {
         floor: u64,
         mut apply: impl FnMut(Entry<'_>) -> io::Result<()>,
     ) -> io::Result<(Journal, Replayed)> {
+        Journal::open_records(dir, segment_bytes, floor, |_, body, _| {
+            for entry in Entries(body) {
+                apply(entry?)?;
+            }
+            apply(Entry::End)
+        })
+    }
+
+    /// [`Journal::open`] for a journal of opaque records (the cluster's Raft log):
+    /// `record` gets each record numbered `floor` or later with its number, its body
+    /// and where it is, in order. A record appended with [`Journal::append_record`]
+    /// comes back byte for byte.
+    pub(crate) fn open_records(
+        dir: &Path,
+        segment_bytes: u64,
+        floor: u64,
+        mut record: impl FnMut(u64, &[u8], Location) -> io::Result<()>,
+    ) -> io::Result<(Journal, Replayed)> {
         std::fs::create_dir_all(dir)?;
         let segments = list(dir)?;
         let mut replayed = Replayed::default();
@@ -120,10 +179,12 @@ impl Journal {
             let mut valid = 0u64;
             while let Some((body, len)) = record_at(&data, pos, seq) {
                 if seq >= floor {
-                    for entry in Entries(body) {
-                        apply(entry?)?;
-                    }
-                    apply(Entry::End)?;
+                    let at = Location {
+                        segment: *first_seq,
+                        offset: pos as u64,
+                        len: len as u64,
+                    };
+                    record(seq, body, at)?;
                     replayed.records += 1;
                     replayed.bytes += len as u64;
                 }
@@ -148,6 +209,64 @@ impl Journal {
             unsynced: false,
         };
         Ok((journal, replayed))
+    }
+
+    /// Appends one opaque record (see [`Journal::open_records`]) numbered
+    /// [`Journal::next_seq`], `fdatasync`ing it when `sync`; returns where it is. Errors
+    /// as [`Journal::append`].
+    pub(crate) fn append_record(&mut self, body: &[u8], sync: bool) -> io::Result<Location> {
+        self.begin();
+        self.buf.extend_from_slice(body);
+        let len = self.buf.len() as u64;
+        self.append(sync)?;
+        let segment = self
+            .current
+            .as_ref()
+            .expect("a successful append leaves its segment");
+        debug_assert!(segment.offset >= len);
+        Ok(Location {
+            segment: segment.first_seq,
+            offset: segment.offset - len,
+            len,
+        })
+    }
+
+    /// Removes record `seq`, found at `at`, and every record after it, durably: the
+    /// next append is numbered `seq` again (Raft truncating a conflicting suffix).
+    /// Segments after `at`'s are deleted; inside `at`'s segment the record's header is
+    /// zeroed and synced, which ends the segment there for replay.
+    pub(crate) fn truncate_from(&mut self, seq: u64, at: Location) -> io::Result<()> {
+        debug_assert!(at.segment <= seq && seq < self.next_seq.max(seq + 1));
+        let synced = self.sync();
+        self.current = None;
+        self.unsynced = false;
+        synced?;
+        for (first, path) in list(&self.dir)? {
+            if first > at.segment {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let path = segment_path(&self.dir, at.segment);
+        if at.segment == seq {
+            std::fs::remove_file(path)?;
+        } else {
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.write_all_at(&[0u8; HEADER], at.offset)?;
+            file.sync_data()?;
+        }
+        sync_dir(&self.dir)?;
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    /// Removes every segment; the next append is numbered `next_seq` (a Raft log
+    /// purged past its last entry, after a snapshot was installed).
+    pub(crate) fn reset(&mut self, next_seq: u64) -> io::Result<()> {
+        self.current = None;
+        self.unsynced = false;
+        remove_all(&self.dir)?;
+        self.next_seq = next_seq;
+        Ok(())
     }
 
     /// The number the next record gets: every record below it is in a segment that
@@ -522,184 +641,4 @@ impl<'a> Entries<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-    fn replay(dir: &Path, floor: u64) -> (Journal, Vec<Writes>) {
-        let mut records = vec![Vec::new()];
-        let (journal, _) = Journal::open(dir, 4096, floor, |e| {
-            match e {
-                Entry::Put(k, v) => records
-                    .last_mut()
-                    .unwrap()
-                    .push((k.to_vec(), Some(v.to_vec()))),
-                Entry::Remove(k) => records.last_mut().unwrap().push((k.to_vec(), None)),
-                Entry::End => records.push(Vec::new()),
-            }
-            Ok(())
-        })
-        .unwrap();
-        records.pop();
-        (journal, records)
-    }
-
-    fn append(j: &mut Journal, writes: &[(&[u8], Option<&[u8]>)]) -> Option<u64> {
-        j.begin();
-        for (k, v) in writes {
-            j.put(k, *v);
-        }
-        j.append(true).unwrap()
-    }
-
-    #[test]
-    fn records_come_back_in_order_across_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, none) = replay(dir.path(), 0);
-        assert!(none.is_empty());
-        let big = vec![7u8; 1500];
-        let mut sealed = Vec::new();
-        for i in 0u8..10 {
-            sealed.push(append(&mut j, &[(&[i], Some(&big)), (b"gone", None)]));
-        }
-        assert!(sealed.iter().any(Option::is_some), "4 KiB segments filled");
-        drop(j);
-        let (j, records) = replay(dir.path(), 0);
-        assert_eq!(records.len(), 10);
-        for (i, r) in records.iter().enumerate() {
-            assert_eq!(r[0], (vec![i as u8], Some(big.clone())));
-            assert_eq!(r[1], (b"gone".to_vec(), None));
-        }
-        assert_eq!(j.next_seq(), 10);
-        // A floor skips what sled already holds, and those segments are removed.
-        let before = list(dir.path()).unwrap().len();
-        let (_, records) = replay(dir.path(), 6);
-        assert_eq!(records.len(), 4);
-        assert_eq!(records[0][0].0, vec![6]);
-        assert!(list(dir.path()).unwrap().len() < before);
-    }
-
-    #[test]
-    fn a_torn_or_corrupt_tail_ends_the_journal_and_appends_go_on_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = replay(dir.path(), 0);
-        for i in 0u8..3 {
-            append(&mut j, &[(&[i], Some(b"value"))]);
-        }
-        drop(j);
-        // Flip a byte of the last record's body.
-        let (_, path) = list(dir.path()).unwrap().pop().unwrap();
-        let mut data = std::fs::read(&path).unwrap();
-        let third = 2 * (HEADER + 1 + 4 + 1 + 4 + 5);
-        data[third + HEADER + 2] ^= 0xff;
-        std::fs::write(&path, &data).unwrap();
-        let (mut j, records) = replay(dir.path(), 0);
-        assert_eq!(records.len(), 2, "the corrupt record is not replayed");
-        // Its number was used: the next record goes to a new segment after it.
-        assert_eq!(j.next_seq(), 2);
-        append(&mut j, &[(b"after", Some(b"x"))]);
-        drop(j);
-        let (_, records) = replay(dir.path(), 0);
-        assert_eq!(records.len(), 3);
-        assert_eq!(records[2][0].0, b"after".to_vec());
-    }
-
-    #[test]
-    fn a_failed_write_is_never_replayed_before_later_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = replay(dir.path(), 0);
-        append(&mut j, &[(b"a", Some(b"1"))]);
-        // Simulate a record whose write failed: its number is used, the segment sealed.
-        j.begin();
-        j.put(b"lost", Some(b"?"));
-        j.next_seq += 1;
-        j.current = None;
-        append(&mut j, &[(b"b", Some(b"2"))]);
-        drop(j);
-        let (_, records) = replay(dir.path(), 0);
-        let keys: Vec<_> = records.iter().map(|r| r[0].0.clone()).collect();
-        assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
-    }
-
-    #[test]
-    fn remove_below_keeps_the_segment_holding_the_floor() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = replay(dir.path(), 0);
-        let big = vec![1u8; 3000];
-        for i in 0u8..5 {
-            append(&mut j, &[(&[i], Some(&big))]);
-        }
-        assert_eq!(list(dir.path()).unwrap().len(), 5, "one record per segment");
-        let floor = j.seal().unwrap();
-        assert_eq!(floor, 5);
-        assert_eq!(remove_below(dir.path(), 3).unwrap(), 3);
-        drop(j);
-        let (_, records) = replay(dir.path(), 3);
-        assert_eq!(records.len(), 2);
-        assert_eq!(
-            remove_below(dir.path(), floor).unwrap(),
-            1,
-            "the newest stays"
-        );
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-
-        /// Whatever a crash or a bad disk leaves in a segment, replay never panics and
-        /// applies exactly a prefix of the records that were written.
-        #[test]
-        fn damaged_segments_replay_a_prefix_and_never_panic(
-            values in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), 1..12),
-            cut in proptest::prelude::any::<proptest::sample::Index>(),
-            flips in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 1u8..=255), 0..4),
-            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
-        ) {
-            let dir = tempfile::tempdir().unwrap();
-            let (mut j, _) = Journal::open(dir.path(), 1 << 20, 0, |_| Ok(())).unwrap();
-            for (i, v) in values.iter().enumerate() {
-                j.begin();
-                j.put(&(i as u32).to_be_bytes(), Some(v));
-                j.append(true).unwrap();
-            }
-            drop(j);
-            let (_, path) = list(dir.path()).unwrap().pop().unwrap();
-            let mut data = std::fs::read(&path).unwrap();
-            let written: usize = values.iter().map(|v| HEADER + 1 + 4 + 4 + 4 + v.len()).sum();
-            // A torn tail, flipped bytes, and garbage where the preallocated zeros were.
-            let cut = cut.index(written + 1);
-            data.truncate(cut);
-            for (at, x) in &flips {
-                if !data.is_empty() {
-                    let i = at.index(data.len());
-                    data[i] ^= x;
-                }
-            }
-            data.extend_from_slice(&garbage);
-            std::fs::write(&path, &data).unwrap();
-            let mut got = Vec::new();
-            let opened = Journal::open(dir.path(), 1 << 20, 0, |e| {
-                if let Entry::Put(k, v) = e {
-                    got.push((k.to_vec(), v.to_vec()));
-                }
-                Ok(())
-            });
-            // A record whose checksum matches but does not parse is reported, never
-            // applied half (it cannot happen without a checksum collision).
-            if opened.is_ok() {
-                proptest::prop_assert!(got.len() <= values.len());
-                for (i, (k, v)) in got.iter().enumerate() {
-                    proptest::prop_assert_eq!(k, &(i as u32).to_be_bytes().to_vec());
-                    proptest::prop_assert_eq!(v, &values[i]);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn free_bytes_reads_the_file_system() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(free_bytes(dir.path()).unwrap() > 0);
-    }
-}
+mod tests;

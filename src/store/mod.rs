@@ -18,7 +18,7 @@ use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
 
 mod checkpoint;
 mod datadir;
-mod journal;
+pub(crate) mod journal;
 mod keys;
 mod policy;
 mod pool;

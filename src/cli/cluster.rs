@@ -1,0 +1,171 @@
+//! `squall cluster status [--json]`: the members of a cluster, each one's role, term,
+//! last log and applied index and replication lag, asked over the cluster port (the
+//! node named by `--node`, then every member it knows).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use squall::cluster::net::NodeClient;
+use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
+
+/// Cluster membership and roles.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The members, each one's role, term, log and applied index and lag.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The cluster port of any member.
+    #[arg(
+        long,
+        env = "SQUALL_CLUSTER_NODE",
+        default_value = "127.0.0.1:7700",
+        value_name = "ADDR"
+    )]
+    node: String,
+    /// Print JSON: {"leader": ID, "term": T, "nodes": [{"id", "role", "addr", ...}]}.
+    #[arg(long)]
+    json: bool,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+async fn ask(addr: &str) -> anyhow::Result<pb::StatusReply> {
+    let mut client = NodeClient::new(addr, MAX_FRAME);
+    match client
+        .call(Op::Status(pb::StatusRequest {}), TIMEOUT)
+        .await?
+    {
+        Reply::Status(s) => Ok(s),
+        other => anyhow::bail!("{addr} answered {other:?} to a status request"),
+    }
+}
+
+/// Runs `squall cluster ...`.
+pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ClusterCommand::Status(a) => status(a).await,
+    }
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let first = ask(&args.node)
+        .await
+        .map_err(|e| anyhow::anyhow!("cluster node {}: {e}", args.node))?;
+    let membership = first.membership.clone().unwrap_or_default();
+    let voters: std::collections::BTreeSet<u64> = membership
+        .configs
+        .iter()
+        .flat_map(|c| c.ids.iter().copied())
+        .collect();
+    // The leader's view gives the lag; ask it if it is not the node asked.
+    let leader_view = match first.leader {
+        Some(l) if l == first.node_id => Some(first.clone()),
+        Some(l) => match membership.nodes.get(&l) {
+            Some(m) => ask(&m.cluster_addr).await.ok(),
+            None => None,
+        },
+        None => None,
+    };
+    let leader_last = leader_view
+        .as_ref()
+        .and_then(|v| v.last_log.as_ref())
+        .map(|l| l.index);
+    let mut nodes = Vec::new();
+    for (id, member) in &membership.nodes {
+        let own = if *id == first.node_id {
+            Ok(first.clone())
+        } else {
+            ask(&member.cluster_addr).await
+        };
+        let matched = leader_view
+            .as_ref()
+            .and_then(|v| v.matched.get(id))
+            .map(|l| l.index);
+        let lag = match (leader_last, matched) {
+            (Some(last), Some(m)) => Some(last.saturating_sub(m)),
+            _ => None,
+        };
+        let node = match own {
+            Ok(s) => json!({
+                "id": id,
+                "role": s.role,
+                "voter": voters.contains(id),
+                "addr": member.client_addr,
+                "cluster_addr": member.cluster_addr,
+                "term": s.term,
+                "last_log_index": s.last_log.map(|l| l.index),
+                "applied_index": s.applied.map(|l| l.index),
+                "lag": lag,
+                "reachable": true,
+            }),
+            Err(e) => json!({
+                "id": id,
+                "role": "unreachable",
+                "voter": voters.contains(id),
+                "addr": member.client_addr,
+                "cluster_addr": member.cluster_addr,
+                "lag": lag,
+                "reachable": false,
+                "error": e.to_string(),
+            }),
+        };
+        nodes.push(node);
+    }
+    let report = json!({
+        "leader": first.leader,
+        "term": first.term,
+        "asked": first.node_id,
+        "nodes": nodes,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(report: &serde_json::Value) {
+    let leader = report["leader"]
+        .as_u64()
+        .map_or("none".to_owned(), |l| l.to_string());
+    println!(
+        "leader: {leader}   term: {}   (as node {} sees it)",
+        report["term"], report["asked"]
+    );
+    println!(
+        "{:<6} {:<12} {:<6} {:>9} {:>9} {:>6}  {:<22} CLUSTER ADDR",
+        "ID", "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "CLIENT ADDR"
+    );
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) if s.is_empty() => "?".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for n in report["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<6} {:<12} {:<6} {:>9} {:>9} {:>6}  {:<22} {}",
+            text(&n["id"]),
+            text(&n["role"]),
+            text(&n["term"]),
+            text(&n["last_log_index"]),
+            text(&n["applied_index"]),
+            text(&n["lag"]),
+            text(&n["addr"]),
+            text(&n["cluster_addr"]),
+        );
+    }
+}

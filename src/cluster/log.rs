@@ -1,0 +1,402 @@
+//! The Raft log: openraft's `RaftLogStorage` on the store's journal format
+//! (`store/journal.rs`, opaque records numbered by their Raft index, in
+//! `<data_dir>/raft/log/`), plus the vote and the purge point in `<data_dir>/raft/meta`
+//! (replaced whole and synced on every change). An entry on disk is its protobuf
+//! encoding (`codec.rs`). What lives in memory is an index of where each entry is
+//! (24 bytes an entry), never the entries. The state machine is in `state.rs`.
+//!
+//! Durability: an append returns (and confirms to openraft) only after one
+//! `fdatasync` of the whole batch; a truncation is synced before the next append; the
+//! vote is synced before `save_vote` returns; the purge point is synced before any
+//! segment is deleted.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Debug;
+use std::fs::File;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use squall_proto::cluster as pb;
+
+use super::codec;
+use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::store::journal::{self, Journal, Location};
+
+/// Size of a Raft log segment file (preallocated).
+pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
+const META: &str = "meta";
+
+/// The log storage handed to openraft. Cheap to clone (it is one node's log).
+#[derive(Clone)]
+pub struct LogStore {
+    writer: Arc<Mutex<LogWriter>>,
+    index: Arc<RwLock<Index>>,
+}
+
+/// The reader handed to replication tasks and the state machine worker.
+#[derive(Clone)]
+pub struct LogReader {
+    index: Arc<RwLock<Index>>,
+}
+
+struct LogWriter {
+    dir: PathBuf,
+    journal: Journal,
+    meta: pb::LogMeta,
+}
+
+/// Where each entry is. `entries[i]` is the entry of index `first + i`.
+struct Index {
+    dir: PathBuf,
+    first: u64,
+    entries: VecDeque<(LogId, Location)>,
+    purged: Option<LogId>,
+    files: HashMap<u64, Arc<File>>,
+}
+
+impl Index {
+    fn last(&self) -> Option<LogId> {
+        self.entries.back().map(|(id, _)| *id).or(self.purged)
+    }
+
+    fn next_index(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    fn get(&self, index: u64) -> Option<(LogId, Location)> {
+        let i = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.entries.get(i).copied()
+    }
+
+    /// An open handle of segment `first_seq` (opened once, shared by readers).
+    fn file(&mut self, segment: u64) -> io::Result<Arc<File>> {
+        if let Some(f) = self.files.get(&segment) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(journal::open_segment(&self.dir, segment)?);
+        self.files.insert(segment, f.clone());
+        Ok(f)
+    }
+
+    /// Forgets open handles of segments at or after `segment` (they were cut or
+    /// deleted; a segment of the same name may be created again).
+    fn forget_files_from(&mut self, segment: u64) {
+        self.files.retain(|&first, _| first < segment);
+    }
+}
+
+fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &io::Error) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
+}
+
+fn write_logs(e: &io::Error) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+fn write_vote(e: &io::Error) -> StorageError {
+    io_err(ErrorSubject::Vote, ErrorVerb::Write, e)
+}
+
+fn read_logs(e: &io::Error) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+impl LogStore {
+    /// Opens (creating) the log in `dir` (`<data_dir>/raft`): reads the meta file and
+    /// indexes every entry after the purge point. An entry that does not decode, or a
+    /// gap in the indexes, is an error (the log is not used).
+    pub fn open(dir: &Path) -> io::Result<LogStore> {
+        std::fs::create_dir_all(dir)?;
+        let meta = read_meta(dir)?;
+        let floor = meta.purged.map_or(0, |p| p.index + 1);
+        let log_dir = dir.join("log");
+        let mut entries = VecDeque::new();
+        // Without a purge the log starts at its first entry; after one, right after it.
+        let mut first = meta.purged.map(|p| p.index + 1);
+        let (journal, _) =
+            Journal::open_records(&log_dir, SEGMENT_BYTES, floor, |seq, body, at| {
+                let entry = pb::Entry::decode(body)
+                    .map_err(|e| invalid(format!("raft log entry {seq} does not decode: {e}")))?;
+                let id = codec::log_id_from(entry.log_id.unwrap_or_default());
+                let expected = *first.get_or_insert(seq) + entries.len() as u64;
+                if id.index != seq || seq != expected {
+                    return Err(invalid(format!(
+                    "raft log entry numbered {seq} holds index {} where {expected} was expected",
+                    id.index
+                )));
+                }
+                entries.push_back((id, at));
+                Ok(())
+            })?;
+        let first = first.unwrap_or(floor);
+        debug_assert_eq!(journal.next_seq(), first + entries.len() as u64);
+        let index = Index {
+            dir: log_dir.clone(),
+            first,
+            entries,
+            purged: meta.purged.map(codec::log_id_from),
+            files: HashMap::new(),
+        };
+        tracing::debug!(
+            first = index.first,
+            entries = index.entries.len(),
+            purged = ?index.purged,
+            "raft log opened"
+        );
+        Ok(LogStore {
+            writer: Arc::new(Mutex::new(LogWriter {
+                dir: dir.to_owned(),
+                journal,
+                meta,
+            })),
+            index: Arc::new(RwLock::new(index)),
+        })
+    }
+
+    /// Runs `f` on the writer on a blocking thread (appends and syncs block); an
+    /// error is reported to openraft through `err`.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        err: fn(&io::Error) -> StorageError,
+        f: impl FnOnce(&mut LogWriter, &RwLock<Index>) -> io::Result<T> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let writer = self.writer.clone();
+        let index = self.index.clone();
+        match tokio::task::spawn_blocking(move || f(&mut writer.lock(), &index)).await {
+            Ok(result) => result.map_err(|e| err(&e)),
+            Err(e) => Err(err(&io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+impl LogWriter {
+    fn save_meta(&self) -> io::Result<()> {
+        let tmp = self.dir.join("meta.tmp");
+        std::fs::write(&tmp, self.meta.encode_to_vec())?;
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(META))?;
+        journal::sync_dir(&self.dir)
+    }
+
+    fn append(&mut self, entries: Vec<Entry>, index: &RwLock<Index>) -> io::Result<()> {
+        let start = entries.first().map(|e| e.log_id.index);
+        {
+            let mut index = index.write();
+            let pristine = index.entries.is_empty() && index.purged.is_none();
+            if let Some(start) = start.filter(|&s| pristine && s != self.journal.next_seq()) {
+                // An empty log never purged begins where its first entry is.
+                self.journal.reset(start)?;
+                index.first = start;
+                index.files.clear();
+            }
+        }
+        let mut written = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let seq = self.journal.next_seq();
+            if entry.log_id.index != seq {
+                return Err(invalid(format!(
+                    "raft log append of index {} where {seq} is next",
+                    entry.log_id.index
+                )));
+            }
+            let body = codec::entry_to(entry).encode_to_vec();
+            written.push((entry.log_id, self.journal.append_record(&body, false)?));
+        }
+        self.journal.sync()?;
+        let mut index = index.write();
+        debug_assert_eq!(
+            index.next_index() + written.len() as u64,
+            self.journal.next_seq()
+        );
+        index.entries.extend(written);
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64, index: &RwLock<Index>) -> io::Result<()> {
+        let Some((_, at)) = index.read().get(from) else {
+            return Ok(()); // nothing at or after it
+        };
+        self.journal.truncate_from(from, at)?;
+        let mut index = index.write();
+        let keep = (from - index.first) as usize;
+        index.entries.truncate(keep);
+        index.forget_files_from(at.segment);
+        Ok(())
+    }
+
+    fn purge(&mut self, upto: LogId, index: &RwLock<Index>) -> io::Result<()> {
+        self.meta.purged = Some(codec::log_id_to(&upto));
+        self.save_meta()?;
+        let next = upto.index + 1;
+        let (first, last) = {
+            let index = index.read();
+            (index.first, index.next_index())
+        };
+        if next <= first {
+            // Already gone (purged before, or never held).
+        } else if next >= last {
+            self.journal.reset(next)?;
+            let mut index = index.write();
+            index.entries.clear();
+            index.first = next;
+            index.files.clear();
+        } else {
+            journal::remove_below(&index.read().dir, next)?;
+            let mut index = index.write();
+            while index.first < next {
+                index.entries.pop_front();
+                index.first += 1;
+            }
+            let oldest = index.entries.front().map_or(u64::MAX, |(_, at)| at.segment);
+            index.files.retain(|&first, _| first >= oldest);
+        }
+        index.write().purged = Some(upto);
+        Ok(())
+    }
+}
+
+fn read_meta(dir: &Path) -> io::Result<pb::LogMeta> {
+    match std::fs::read(dir.join(META)) {
+        Ok(bytes) => pb::LogMeta::decode(&bytes[..])
+            .map_err(|e| invalid(format!("{} does not decode: {e}", dir.join(META).display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(pb::LogMeta::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, Option<u64>) {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => Some(e.saturating_add(1)),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    (start, end)
+}
+
+impl LogReader {
+    fn read_range(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
+        let (start, end) = bounds(&range);
+        let mut out = Vec::new();
+        // What exists of the range: purged entries are skipped, as openraft expects.
+        let mut at = start.max(self.index.read().first);
+        loop {
+            if end.is_some_and(|e| at >= e) {
+                break;
+            }
+            let found = {
+                let mut index = self.index.write();
+                match index.get(at) {
+                    Some((id, loc)) => Some((id, loc, index.file(loc.segment)?)),
+                    None => None,
+                }
+            };
+            let Some((id, loc, file)) = found else { break };
+            let body = journal::read_record(&file, at, loc)?;
+            let entry = pb::Entry::decode(&body[..])
+                .map_err(|e| invalid(format!("raft log entry {at} does not decode: {e}")))?;
+            let entry = codec::entry_from(entry).map_err(|e| invalid(e.to_string()))?;
+            debug_assert_eq!(entry.log_id, id);
+            out.push(entry);
+            at += 1;
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_range(range).map_err(|e| read_logs(&e))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.get_log_reader().await.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let index = self.index.read();
+        Ok(LogState {
+            last_purged_log_id: index.purged,
+            last_log_id: index.last(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            index: self.index.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote = codec::vote_to(vote);
+        self.blocking(write_vote, move |w, _| {
+            let old = w.meta.vote.replace(vote);
+            w.save_meta().inspect_err(|_| w.meta.vote = old)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let vote = self.writer.lock().meta.vote;
+        vote.map(|v| codec::vote_from(Some(v)))
+            .transpose()
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, &invalid(e.to_string())))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let result = self
+            .blocking(write_logs, move |w, index| w.append(entries, index))
+            .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(write_logs, move |w, index| w.truncate(log_id.index, index))
+            .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(write_logs, move |w, index| w.purge(log_id, index))
+            .await
+    }
+}

@@ -1,0 +1,284 @@
+//! Replication on openraft (issue 15, in progress): one Raft group per cluster. Here
+//! live the type configuration (`types.rs`), the conversion to the node-to-node
+//! protocol (`codec.rs`), the Raft log on the journal's segment format (`log.rs`), the
+//! state machine (`state.rs`), the cluster port (`net.rs`), and the node that ties
+//! them together and forms a new cluster by itself (this file).
+//!
+//! What this version replicates: the membership (who the members are, their client
+//! and cluster addresses) and the leader's term. What it does NOT replicate yet: the
+//! queues. Each node still serves its own queues from its own store, as a single node
+//! does; `types::Command` is empty. Sockets of the client port and the broker's state
+//! are not touched here.
+
+pub mod codec;
+pub mod log;
+pub mod net;
+pub mod state;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use squall_proto::cluster as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ClusterConfig, Peer};
+use types::{Member, NodeId, Raft};
+
+/// Name of the cluster's directory inside the data directory.
+pub const RAFT_DIR: &str = "raft";
+
+/// How often a pristine node probes its peers while it waits for a majority.
+const FORMATION_PROBE_INTERVAL: Duration = Duration::from_millis(300);
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The Raft log, vote or state could not be read or created.
+    #[error("raft data in {path}: {source}")]
+    Storage {
+        /// The directory.
+        path: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The cluster port could not be bound.
+    #[error("cannot listen on the cluster port {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// openraft refused to start (a configuration it rejects or a storage error).
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// The openraft settings of a Squall cluster: heartbeats and election timeouts for a
+/// LAN (a new leader within about a second of the old one's death), a snapshot every
+/// 1,000 entries so that the log is purged behind it.
+pub fn raft_config() -> openraft::Config {
+    openraft::Config {
+        cluster_name: "squall".to_owned(),
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 100,
+        ..openraft::Config::default()
+    }
+}
+
+/// A running cluster member: the Raft node, its cluster port, and the formation task.
+pub struct Node {
+    id: NodeId,
+    raft: Raft,
+    local_addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Node {
+    /// Opens the Raft data in `data_dir/raft`, binds the cluster port and starts the
+    /// node. A node whose log is empty forms the cluster with `cluster.peers` once a
+    /// majority of them answers, unless one of them already belongs to a cluster.
+    pub async fn start(
+        id: NodeId,
+        config: &ClusterConfig,
+        client_addr: String,
+        data_dir: &Path,
+    ) -> Result<Node, ClusterError> {
+        let listen = config
+            .listen
+            .ok_or_else(|| ClusterError::Raft("cluster.listen is not set".into()))?;
+        let dir = data_dir.join(RAFT_DIR);
+        let storage = |source| ClusterError::Storage {
+            path: dir.display().to_string(),
+            source,
+        };
+        let log = log::LogStore::open(&dir).map_err(storage)?;
+        let machine = state::StateMachine::open(&dir).map_err(storage)?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ClusterError::Bind {
+            addr: listen,
+            source,
+        })?;
+        let raft_config = Arc::new(
+            raft_config()
+                .validate()
+                .map_err(|e| ClusterError::Raft(e.to_string()))?,
+        );
+        let network = net::Network {
+            max_frame: config.max_frame_bytes,
+        };
+        let raft = Raft::new(id, raft_config, network, log, machine)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ctx = net::ServerContext {
+            raft: raft.clone(),
+            id,
+            client_addr: client_addr.clone(),
+            max_frame: config.max_frame_bytes,
+            connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+        };
+        tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
+        let formation = Formation {
+            id,
+            client_addr,
+            peers: config.peers.clone(),
+            max_frame: config.max_frame_bytes,
+        };
+        tasks.spawn(formation.run(raft.clone(), stop.clone()));
+        tracing::info!(
+            node = id,
+            cluster_addr = %local_addr,
+            peers = config.peers.len(),
+            "cluster node started (membership and leader election only: queues are not replicated yet)"
+        );
+        Ok(Node {
+            id,
+            raft,
+            local_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The bound address of the cluster port.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The Raft node.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> pb::StatusReply {
+        net::status(&self.raft)
+    }
+
+    /// Stops the cluster port and the formation task, then the Raft node.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft node did not stop cleanly");
+        }
+        tracing::info!(node = self.id, "cluster node stopped");
+    }
+}
+
+/// Forms a new cluster from `peers` once a majority of them answers.
+struct Formation {
+    id: NodeId,
+    client_addr: String,
+    peers: Vec<Peer>,
+    max_frame: usize,
+}
+
+impl Formation {
+    async fn run(self, raft: Raft, stop: CancellationToken) {
+        let mut clients: BTreeMap<NodeId, net::NodeClient> = self
+            .peers
+            .iter()
+            .filter(|p| p.id != self.id)
+            .map(|p| (p.id, net::NodeClient::new(p.addr.clone(), self.max_frame)))
+            .collect();
+        let majority = self.peers.len() / 2 + 1;
+        loop {
+            match raft.is_initialized().await {
+                Ok(false) => {}
+                Ok(true) | Err(_) => return,
+            }
+            let mut members = BTreeMap::new();
+            let mut initialized_peer = None;
+            for peer in &self.peers {
+                let client_addr = if peer.id == self.id {
+                    Some(self.client_addr.clone())
+                } else {
+                    let client = clients.get_mut(&peer.id).expect("a client per peer");
+                    match client
+                        .call(
+                            pb::node_request::Op::Probe(pb::Probe {}),
+                            Duration::from_secs(1),
+                        )
+                        .await
+                    {
+                        Ok(pb::node_response::Result::Probe(p)) if p.node_id == peer.id => {
+                            if p.initialized {
+                                initialized_peer = Some(peer.id);
+                            }
+                            Some(p.client_addr)
+                        }
+                        Ok(pb::node_response::Result::Probe(p)) => {
+                            tracing::warn!(peer = peer.id, answered = p.node_id, addr = %peer.addr, "a peer answers with another node id");
+                            None
+                        }
+                        _ => None,
+                    }
+                };
+                let up = client_addr.is_some();
+                members.insert(
+                    peer.id,
+                    (
+                        up,
+                        Member {
+                            client_addr: client_addr.unwrap_or_default(),
+                            cluster_addr: peer.addr.clone(),
+                        },
+                    ),
+                );
+            }
+            if let Some(peer) = initialized_peer {
+                tracing::info!(
+                    peer,
+                    "a peer already belongs to a cluster: waiting to be contacted by its leader"
+                );
+                return;
+            }
+            let up = members.values().filter(|(up, _)| *up).count();
+            if up >= majority {
+                let members: BTreeMap<NodeId, Member> =
+                    members.into_iter().map(|(id, (_, m))| (id, m)).collect();
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(node = self.id, up, "cluster formed"),
+                    Err(e) => tracing::debug!(error = %e, "cluster already formed"),
+                }
+                return;
+            }
+            tracing::debug!(
+                up,
+                majority,
+                "waiting for a majority of the peers to form the cluster"
+            );
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(FORMATION_PROBE_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

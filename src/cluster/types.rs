@@ -1,0 +1,60 @@
+//! The openraft type configuration of a Squall cluster: node ids, what a member is,
+//! the replicated commands and the snapshot's carrier. No behaviour lives here.
+
+use std::fmt;
+
+/// A node's id in the Raft group: `node_id` of its configuration, a number.
+pub type NodeId = u64;
+
+/// A member of the cluster as every node knows it (carried in the replicated
+/// membership).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Member {
+    /// Where clients reach it: its advertised protocol address (`cluster.advertise`,
+    /// default `listen`). Empty while not yet known: a peer that was down when the
+    /// cluster formed.
+    pub client_addr: String,
+    /// Where the other nodes reach it: its cluster port.
+    pub cluster_addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (clients: {})", self.cluster_addr, self.client_addr)
+    }
+}
+
+/// A replicated command. None exists yet: the queue state (publishes, settlements,
+/// queue administration) is not replicated by this version, only the cluster's
+/// membership is (issue 15 continues). An empty enum, so that no code can pretend to
+/// replicate something.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {}
+
+openraft::declare_raft_types!(
+    /// Squall's Raft types.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The running Raft node.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log id (leader term and node, index).
+pub type LogId = openraft::LogId<NodeId>;
+/// A vote (term, node, committed).
+pub type Vote = openraft::Vote<NodeId>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A membership (voter sets and every member's addresses).
+pub type Membership = openraft::Membership<NodeId, Member>;
+/// A membership with the log id of the entry that set it.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+/// A storage failure as openraft wants it.
+pub type StorageError = openraft::StorageError<NodeId>;

@@ -1,0 +1,183 @@
+//! The `[cluster]` settings (replication, issue 15): the cluster port, the peers, the
+//! address handed to clients, and the cluster port's bounds; their parsing and their
+//! validation against the rest. Off unless `cluster.listen` is set.
+
+use std::net::SocketAddr;
+
+use super::{ConfigError, ServerConfig};
+
+/// One member named in `cluster.peers`: `ID@HOST:PORT` (its cluster port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its `node_id`, a number.
+    pub id: u64,
+    /// Its cluster address.
+    pub addr: String,
+}
+
+/// Replication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Address of the cluster port (node-to-node traffic); `None` = a single node.
+    pub listen: Option<SocketAddr>,
+    /// Every member of a new cluster, this node included. The members form the
+    /// cluster by themselves once a majority of them is up.
+    pub peers: Vec<Peer>,
+    /// The protocol address other members hand to clients; `None` = `listen`.
+    pub advertise: Option<String>,
+    /// Most connections open at once on the cluster port.
+    pub max_connections: usize,
+    /// Largest frame on the cluster port.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: None,
+            peers: Vec::new(),
+            advertise: None,
+            max_connections: 64,
+            max_frame_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Parses `1@127.0.0.1:7700,2@127.0.0.1:7701` (also a TOML array of such strings).
+pub(super) fn parse_peers(items: &[&str]) -> Result<Vec<Peer>, String> {
+    let mut peers = Vec::new();
+    for item in items.iter().flat_map(|s| s.split(',')) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("`{item}` is not ID@HOST:PORT"))?;
+        let id = id
+            .parse::<u64>()
+            .map_err(|_| format!("`{item}`: the node id `{id}` is not a number"))?;
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!("`{item}`: `{addr}` is not HOST:PORT"));
+        }
+        if peers.iter().any(|p: &Peer| p.id == id) {
+            return Err(format!("node id {id} is named twice"));
+        }
+        peers.push(Peer {
+            id,
+            addr: addr.to_owned(),
+        });
+    }
+    Ok(peers)
+}
+
+impl ClusterConfig {
+    /// This node's Raft id when clustered: `node_id` as a number.
+    pub fn node_id(&self, server: &ServerConfig) -> Option<u64> {
+        self.listen?;
+        server.node_id.parse().ok()
+    }
+
+    /// The address clients are told to use for this node.
+    pub fn client_addr(&self, server: &ServerConfig) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| server.listen.to_string())
+    }
+
+    /// Checks the settings against each other and the server's.
+    pub fn validate(&self, server: &ServerConfig) -> Result<(), ConfigError> {
+        let bad = |key: &str, reason: String| {
+            Err(ConfigError {
+                key: key.to_owned(),
+                reason,
+            })
+        };
+        if self.max_connections == 0 {
+            return bad("cluster.max_connections", "must be at least 1".into());
+        }
+        if self.max_frame_bytes < 64 * 1024 || self.max_frame_bytes > u32::MAX as usize {
+            return bad(
+                "cluster.max_frame_bytes",
+                format!("{} is outside 64 KiB..4 GiB", self.max_frame_bytes),
+            );
+        }
+        let Some(listen) = self.listen else {
+            if !self.peers.is_empty() || self.advertise.is_some() {
+                return bad(
+                    "cluster.listen",
+                    "is required when cluster.peers or cluster.advertise is set".into(),
+                );
+            }
+            return Ok(());
+        };
+        if listen == server.listen && listen.port() != 0 {
+            return bad(
+                "cluster.listen",
+                format!("{listen} is also the protocol address (listen)"),
+            );
+        }
+        let Ok(id) = server.node_id.parse::<u64>() else {
+            return bad(
+                "node_id",
+                format!(
+                    "`{}` must be a number in a cluster (the id of this node in cluster.peers)",
+                    server.node_id
+                ),
+            );
+        };
+        if !self.peers.iter().any(|p| p.id == id) {
+            return bad(
+                "cluster.peers",
+                format!("must name this node ({id}@<its cluster address>)"),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_bad_ones_are_named() {
+        let peers = parse_peers(&["1@127.0.0.1:7700, 2@node-b:7701", "3@[::1]:7702"]).unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(
+            peers[1],
+            Peer {
+                id: 2,
+                addr: "node-b:7701".into()
+            }
+        );
+        assert!(parse_peers(&["127.0.0.1:7700"])
+            .unwrap_err()
+            .contains("ID@HOST:PORT"));
+        assert!(parse_peers(&["x@a:1"])
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_peers(&["1@a"]).unwrap_err().contains("HOST:PORT"));
+        assert!(parse_peers(&["1@a:1,1@b:2"]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_cluster_needs_a_numeric_node_id_named_in_its_peers() {
+        let mut server = ServerConfig::default();
+        let mut c = ClusterConfig::default();
+        assert_eq!(c.validate(&server), Ok(()), "off by default");
+        c.peers = parse_peers(&["1@127.0.0.1:7700,2@127.0.0.1:7701"]).unwrap();
+        assert_eq!(c.validate(&server).unwrap_err().key, "cluster.listen");
+        c.listen = Some("127.0.0.1:7700".parse().unwrap());
+        assert_eq!(c.validate(&server).unwrap_err().key, "node_id");
+        server.node_id = "3".into();
+        assert_eq!(c.validate(&server).unwrap_err().key, "cluster.peers");
+        server.node_id = "2".into();
+        assert_eq!(c.validate(&server), Ok(()));
+        assert_eq!(c.node_id(&server), Some(2));
+        assert_eq!(c.client_addr(&server), server.listen.to_string());
+    }
+}

@@ -1,0 +1,180 @@
+//! Replication (issue 15) as far as this version goes: three brokers started with
+//! cluster flags form a Raft group by themselves, agree on one leader, elect a new one
+//! after the leader is killed with -9, and take the killed node back as a follower
+//! when it restarts with its data. `squall cluster status --json` reports the same.
+//! Queues are not replicated yet, so nothing here publishes.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::ChildBroker;
+use squall::cluster::net::NodeClient;
+use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
+
+const NODES: u64 = 3;
+/// Generous: elections take about a second; the machine running CI is loaded.
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// A port that is free now (bound to 0 and released).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+struct Member {
+    id: u64,
+    client: SocketAddr,
+    cluster: SocketAddr,
+    dir: PathBuf,
+}
+
+fn args(m: &Member, peers: &str) -> Vec<String> {
+    vec![
+        "--node-id".into(),
+        m.id.to_string(),
+        "--cluster-listen".into(),
+        m.cluster.to_string(),
+        "--peers".into(),
+        peers.into(),
+    ]
+}
+
+fn start(m: &Member, peers: &str) -> ChildBroker {
+    let args = args(m, peers);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ChildBroker::spawn_on(&m.dir, m.client, &args)
+}
+
+async fn status(addr: SocketAddr) -> Option<pb::StatusReply> {
+    let mut client = NodeClient::new(addr.to_string(), 1 << 20);
+    match client
+        .call(Op::Status(pb::StatusRequest {}), Duration::from_secs(1))
+        .await
+    {
+        Ok(Reply::Status(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Waits until every node in `members` reports the same leader (one of them) in the
+/// same term, with all `NODES` voters in its membership; returns (leader, term).
+async fn agreed_leader(members: &[&Member]) -> (u64, u64) {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let mut views = Vec::new();
+        for m in members {
+            views.push(status(m.cluster).await);
+        }
+        let agreed = views.iter().all(|v| {
+            v.as_ref().is_some_and(|v| {
+                v.leader.is_some()
+                    && v.leader == views[0].as_ref().and_then(|f| f.leader)
+                    && v.term == views[0].as_ref().map_or(0, |f| f.term)
+                    && v.membership.as_ref().is_some_and(|m| {
+                        m.configs.len() == 1 && m.configs[0].ids.len() == NODES as usize
+                    })
+            })
+        });
+        if agreed {
+            let first = views[0].as_ref().expect("checked");
+            let leader = first.leader.expect("checked");
+            if members.iter().any(|m| m.id == leader) {
+                let roles: Vec<&str> = views.iter().flatten().map(|v| v.role.as_str()).collect();
+                assert_eq!(
+                    roles.iter().filter(|r| **r == "leader").count(),
+                    1,
+                    "{roles:?}"
+                );
+                return (leader, first.term);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader within {WITHIN:?}: {views:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cli_status(node: SocketAddr) -> serde_json::Value {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+        .args(["cluster", "status", "--json", "--node", &node.to_string()])
+        .output()
+        .await
+        .expect("run squall cluster status");
+    assert!(
+        out.status.success(),
+        "squall cluster status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
+    let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let members: Vec<Member> = (1..=NODES)
+        .map(|id| Member {
+            id,
+            client: free_addr(),
+            cluster: free_addr(),
+            dir: dirs[id as usize - 1].path().to_owned(),
+        })
+        .collect();
+    let peers = members
+        .iter()
+        .map(|m| format!("{}@{}", m.id, m.cluster))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut brokers: Vec<Option<ChildBroker>> =
+        members.iter().map(|m| Some(start(m, &peers))).collect();
+
+    // Formed by themselves: no init step.
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, term) = agreed_leader(&all).await;
+
+    // The CLI reports the same, asked through any member.
+    let report = cli_status(members[(leader as usize) % members.len()].cluster).await;
+    assert_eq!(report["leader"], leader, "{report:#}");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), NODES as usize, "{report:#}");
+    for n in nodes {
+        let id = n["id"].as_u64().unwrap();
+        let want = if id == leader { "leader" } else { "follower" };
+        assert_eq!(n["role"], want, "{report:#}");
+        let m = &members[id as usize - 1];
+        assert_eq!(n["cluster_addr"], m.cluster.to_string());
+        if n["addr"] != "" {
+            assert_eq!(n["addr"], m.client.to_string(), "client address handed out");
+        }
+    }
+
+    // Kill the leader with -9: the two others elect one of themselves, in a later term.
+    brokers[leader as usize - 1]
+        .take()
+        .expect("running")
+        .kill9();
+    let survivors: Vec<&Member> = members.iter().filter(|m| m.id != leader).collect();
+    let (new_leader, new_term) = agreed_leader(&survivors).await;
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term, "term {new_term} after {term}");
+
+    // The killed node comes back with its data and follows the new leader.
+    let old = &members[leader as usize - 1];
+    brokers[leader as usize - 1] = Some(start(old, &peers));
+    let (again, again_term) = agreed_leader(&all).await;
+    assert_ne!(
+        again, leader,
+        "a restarted node with an older log does not lead at once"
+    );
+    assert!(again_term >= new_term);
+    let view = status(old.cluster)
+        .await
+        .expect("the restarted node answers");
+    assert_eq!(view.role, "follower");
+    assert!(view.applied.is_some(), "it applied the cluster's entries");
+}
