@@ -206,10 +206,18 @@ impl Formation {
             .map(|p| (p.id, net::NodeClient::new(p.addr.clone(), self.max_frame)))
             .collect();
         let majority = self.peers.len() / 2 + 1;
+        let mut rounds = 0u32;
         loop {
             match raft.is_initialized().await {
                 Ok(false) => {}
-                Ok(true) | Err(_) => return,
+                Ok(true) => {
+                    tracing::debug!("formation: this node belongs to a cluster");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "formation: the raft node stopped");
+                    return;
+                }
             }
             let mut members = BTreeMap::new();
             let mut initialized_peer = None;
@@ -267,11 +275,14 @@ impl Formation {
                 }
                 return;
             }
-            tracing::debug!(
-                up,
-                majority,
-                "waiting for a majority of the peers to form the cluster"
-            );
+            if rounds % 10 == 0 {
+                tracing::info!(
+                    up,
+                    majority,
+                    "waiting for a majority of the peers to form the cluster"
+                );
+            }
+            rounds = rounds.wrapping_add(1);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(FORMATION_PROBE_INTERVAL) => {}
