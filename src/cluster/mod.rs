@@ -33,6 +33,9 @@ use types::{Member, NodeId, Raft};
 /// Name of the cluster's directory inside the data directory.
 pub const RAFT_DIR: &str = "raft";
 
+/// How long a formation probe waits for a peer's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often a pristine node probes its peers while it waits for a majority.
 const FORMATION_PROBE_INTERVAL: Duration = Duration::from_millis(300);
 
@@ -219,44 +222,34 @@ impl Formation {
                     return;
                 }
             }
+            // Every peer at once: one slow or silent peer costs one timeout, not one each.
+            let probes = clients.iter_mut().map(|(id, client)| async move {
+                let probe = pb::node_request::Op::Probe(pb::Probe {});
+                (*id, client.call(probe, PROBE_TIMEOUT).await)
+            });
+            let answers = futures_util::future::join_all(probes).await;
             let mut members = BTreeMap::new();
             let mut initialized_peer = None;
-            for peer in &self.peers {
-                let client_addr = if peer.id == self.id {
-                    Some(self.client_addr.clone())
-                } else {
-                    let client = clients.get_mut(&peer.id).expect("a client per peer");
-                    match client
-                        .call(
-                            pb::node_request::Op::Probe(pb::Probe {}),
-                            Duration::from_secs(1),
-                        )
-                        .await
-                    {
-                        Ok(pb::node_response::Result::Probe(p)) if p.node_id == peer.id => {
-                            if p.initialized {
-                                initialized_peer = Some(peer.id);
-                            }
-                            Some(p.client_addr)
+            members.insert(self.id, Some(self.client_addr.clone()));
+            for (id, answer) in answers {
+                let client_addr = match answer {
+                    Ok(pb::node_response::Result::Probe(p)) if p.node_id == id => {
+                        if p.initialized {
+                            initialized_peer = Some(id);
                         }
-                        Ok(pb::node_response::Result::Probe(p)) => {
-                            tracing::warn!(peer = peer.id, answered = p.node_id, addr = %peer.addr, "a peer answers with another node id");
-                            None
-                        }
-                        _ => None,
+                        Some(p.client_addr)
                     }
+                    Ok(pb::node_response::Result::Probe(p)) => {
+                        tracing::warn!(
+                            peer = id,
+                            answered = p.node_id,
+                            "a peer answers with another node id"
+                        );
+                        None
+                    }
+                    _ => None,
                 };
-                let up = client_addr.is_some();
-                members.insert(
-                    peer.id,
-                    (
-                        up,
-                        Member {
-                            client_addr: client_addr.unwrap_or_default(),
-                            cluster_addr: peer.addr.clone(),
-                        },
-                    ),
-                );
+                members.insert(id, client_addr);
             }
             if let Some(peer) = initialized_peer {
                 tracing::info!(
@@ -265,10 +258,20 @@ impl Formation {
                 );
                 return;
             }
-            let up = members.values().filter(|(up, _)| *up).count();
+            let up = members.values().filter(|addr| addr.is_some()).count();
             if up >= majority {
-                let members: BTreeMap<NodeId, Member> =
-                    members.into_iter().map(|(id, (_, m))| (id, m)).collect();
+                let addrs: BTreeMap<NodeId, &str> =
+                    self.peers.iter().map(|p| (p.id, p.addr.as_str())).collect();
+                let members: BTreeMap<NodeId, Member> = members
+                    .into_iter()
+                    .map(|(id, client_addr)| {
+                        let member = Member {
+                            client_addr: client_addr.unwrap_or_default(),
+                            cluster_addr: addrs.get(&id).copied().unwrap_or_default().to_owned(),
+                        };
+                        (id, member)
+                    })
+                    .collect();
                 match raft.initialize(members).await {
                     Ok(()) => tracing::info!(node = self.id, up, "cluster formed"),
                     Err(e) => tracing::debug!(error = %e, "cluster already formed"),
