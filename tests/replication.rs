@@ -2,6 +2,7 @@
 //! cluster flags form a Raft group by themselves, agree on one leader, elect a new one
 //! after the leader is killed with -9, and take the killed node back as a follower
 //! when it restarts with its data. `squall cluster status --json` reports the same.
+//! The members share a cluster token: a request without it is refused.
 //! Queues are not replicated yet, so nothing here publishes.
 
 mod common;
@@ -11,10 +12,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::ChildBroker;
-use squall::cluster::net::NodeClient;
+use squall::cluster::net::{CallError, NodeClient};
 use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
 
 const NODES: u64 = 3;
+const TOKEN: &str = "cluster-secret";
 /// Generous: elections take about a second; the machine running CI is loaded.
 const WITHIN: Duration = Duration::from_secs(30);
 
@@ -33,7 +35,12 @@ struct Member {
 }
 
 fn args(m: &Member, peers: &str) -> Vec<String> {
+    // The token from a file, as an operator would give it (never on a command line).
+    let config = m.dir.join("cluster.toml");
+    std::fs::write(&config, format!("[cluster]\ntoken = \"{TOKEN}\"\n")).unwrap();
     vec![
+        "--config".into(),
+        config.to_str().unwrap().into(),
         "--node-id".into(),
         m.id.to_string(),
         "--cluster-listen".into(),
@@ -50,7 +57,8 @@ fn start(m: &Member, peers: &str) -> ChildBroker {
 }
 
 async fn status(addr: SocketAddr) -> Option<pb::StatusReply> {
-    let mut client = NodeClient::new(addr.to_string(), 1 << 20);
+    let token = bytes::Bytes::from_static(TOKEN.as_bytes());
+    let mut client = NodeClient::new(addr.to_string(), 1 << 20).with_token(token);
     match client
         .call(Op::Status(pb::StatusRequest {}), Duration::from_secs(1))
         .await
@@ -103,6 +111,7 @@ async fn agreed_leader(members: &[&Member]) -> (u64, u64) {
 async fn cli_status(node: SocketAddr) -> serde_json::Value {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
         .args(["cluster", "status", "--json", "--node", &node.to_string()])
+        .env("SQUALL_CLUSTER_TOKEN", TOKEN)
         .output()
         .await
         .expect("run squall cluster status");
@@ -136,6 +145,18 @@ async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
     // Formed by themselves: no init step.
     let all: Vec<&Member> = members.iter().collect();
     let (leader, term) = agreed_leader(&all).await;
+
+    // Without the token: refused, and the connection closed.
+    let mut stranger = NodeClient::new(members[0].cluster.to_string(), 1 << 20);
+    match stranger
+        .call(Op::Status(pb::StatusRequest {}), Duration::from_secs(5))
+        .await
+    {
+        Err(CallError::Remote(e)) => {
+            assert_eq!(e.kind(), pb::node_error::Kind::Unauthenticated, "{e:?}")
+        }
+        other => panic!("a request without the token was answered: {other:?}"),
+    }
 
     // The CLI reports the same, asked through any member.
     let report = cli_status(members[(leader as usize) % members.len()].cluster).await;

@@ -36,13 +36,22 @@ struct StatusArgs {
     /// Print JSON: {"leader": ID, "term": T, "nodes": [{"id", "role", "addr", ...}]}.
     #[arg(long)]
     json: bool,
+    /// The cluster token (`cluster.token` of the members), if they have one.
+    #[arg(
+        long,
+        env = "SQUALL_CLUSTER_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-async fn ask(addr: &str) -> anyhow::Result<pb::StatusReply> {
-    let mut client = NodeClient::new(addr, MAX_FRAME);
+async fn ask(addr: &str, token: &str) -> anyhow::Result<pb::StatusReply> {
+    let token = bytes::Bytes::from(token.to_owned().into_bytes());
+    let mut client = NodeClient::new(addr, MAX_FRAME).with_token(token);
     match client
         .call(Op::Status(pb::StatusRequest {}), TIMEOUT)
         .await?
@@ -60,7 +69,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let first = ask(&args.node)
+    let first = ask(&args.node, &args.token)
         .await
         .map_err(|e| anyhow::anyhow!("cluster node {}: {e}", args.node))?;
     let membership = first.membership.clone().unwrap_or_default();
@@ -73,7 +82,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let leader_view = match first.leader {
         Some(l) if l == first.node_id => Some(first.clone()),
         Some(l) => match membership.nodes.get(&l) {
-            Some(m) => ask(&m.cluster_addr).await.ok(),
+            Some(m) => ask(&m.cluster_addr, &args.token).await.ok(),
             None => None,
         },
         None => None,
@@ -87,7 +96,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let own = if *id == first.node_id {
             Ok(first.clone())
         } else {
-            ask(&member.cluster_addr).await
+            ask(&member.cluster_addr, &args.token).await
         };
         let matched = leader_view
             .as_ref()

@@ -122,8 +122,10 @@ impl Node {
                 .validate()
                 .map_err(|e| ClusterError::Raft(e.to_string()))?,
         );
+        let token = bytes::Bytes::from(config.token.clone().into_bytes());
         let network = net::Network {
             max_frame: config.max_frame_bytes,
+            token: token.clone(),
         };
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
@@ -136,6 +138,7 @@ impl Node {
             client_addr: client_addr.clone(),
             max_frame: config.max_frame_bytes,
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
+            token: token.clone(),
         };
         tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
         let formation = Formation {
@@ -143,6 +146,7 @@ impl Node {
             client_addr,
             peers: config.peers.clone(),
             max_frame: config.max_frame_bytes,
+            token,
         };
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
         tracing::info!(
@@ -198,6 +202,7 @@ struct Formation {
     client_addr: String,
     peers: Vec<Peer>,
     max_frame: usize,
+    token: bytes::Bytes,
 }
 
 impl Formation {
@@ -206,7 +211,11 @@ impl Formation {
             .peers
             .iter()
             .filter(|p| p.id != self.id)
-            .map(|p| (p.id, net::NodeClient::new(p.addr.clone(), self.max_frame)))
+            .map(|p| {
+                let client = net::NodeClient::new(p.addr.clone(), self.max_frame)
+                    .with_token(self.token.clone());
+                (p.id, client)
+            })
             .collect();
         let majority = self.peers.len() / 2 + 1;
         let mut rounds = 0u32;

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
@@ -21,6 +22,7 @@ use openraft::raft::{
 use openraft::{ServerState, SnapshotSegmentId};
 use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
 use squall_proto::FrameCodec;
+use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +63,7 @@ pub enum CallError {
 pub struct NodeClient {
     addr: String,
     max_frame: usize,
+    token: Bytes,
     conn: Option<ClientConn>,
     next_id: u64,
 }
@@ -71,9 +74,16 @@ impl NodeClient {
         NodeClient {
             addr: addr.into(),
             max_frame,
+            token: Bytes::new(),
             conn: None,
             next_id: 1,
         }
+    }
+
+    /// Sends `token` (`cluster.token`) with every request.
+    pub fn with_token(mut self, token: Bytes) -> NodeClient {
+        self.token = token;
+        self
     }
 
     /// Sends `op` and waits for its answer, within `timeout` (connecting included).
@@ -115,7 +125,11 @@ impl NodeClient {
         let conn = self.conn.as_mut().expect("connected above");
         let id = self.next_id;
         self.next_id += 1;
-        let request = pb::NodeRequest { id, op: Some(op) };
+        let request = pb::NodeRequest {
+            id,
+            token: self.token.clone(),
+            op: Some(op),
+        };
         conn.send(request)
             .await
             .map_err(|e| CallError::Network(std::io::Error::other(e.to_string())))?;
@@ -144,6 +158,8 @@ impl NodeClient {
 pub struct Network {
     /// Largest frame sent or accepted.
     pub max_frame: usize,
+    /// The cluster token sent with every request.
+    pub token: Bytes,
 }
 
 /// openraft's view of one peer.
@@ -158,7 +174,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         PeerClient {
             target,
-            client: NodeClient::new(node.cluster_addr.clone(), self.max_frame),
+            client: NodeClient::new(node.cluster_addr.clone(), self.max_frame)
+                .with_token(self.token.clone()),
         }
     }
 }
@@ -244,6 +261,8 @@ pub struct ServerContext {
     pub max_frame: usize,
     /// Connections open at once; past it a new one is closed at once.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// The cluster token every request must carry; empty = none.
+    pub token: Bytes,
 }
 
 /// Accepts cluster connections until `stop`; each is served in `tracker`.
@@ -294,6 +313,18 @@ async fn serve_connection(
 ) -> Result<(), squall_proto::FrameError> {
     while let Some(request) = conn.next().await {
         let request = request?;
+        if !bool::from(request.token.as_ref().ct_eq(ctx.token.as_ref())) {
+            let e = node_error(
+                pb::node_error::Kind::Unauthenticated,
+                "wrong or missing cluster token",
+            );
+            let response = pb::NodeResponse {
+                id: request.id,
+                result: Some(Reply::Error(e)),
+            };
+            conn.send(response).await?;
+            return Ok(()); // closes the connection
+        }
         let result = match request.op {
             Some(op) => handle(op, ctx).await,
             None => Reply::Error(node_error(

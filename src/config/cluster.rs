@@ -29,6 +29,9 @@ pub struct ClusterConfig {
     pub max_connections: usize,
     /// Largest frame on the cluster port.
     pub max_frame_bytes: usize,
+    /// Shared secret every node-to-node request carries; empty = none. Required when
+    /// client authentication (`auth.tokens`) is configured.
+    pub token: String,
 }
 
 impl Default for ClusterConfig {
@@ -39,6 +42,7 @@ impl Default for ClusterConfig {
             advertise: None,
             max_connections: 64,
             max_frame_bytes: 64 * 1024 * 1024,
+            token: String::new(),
         }
     }
 }
@@ -114,6 +118,12 @@ impl ClusterConfig {
             }
             return Ok(());
         };
+        if self.token.is_empty() && !server.auth.tokens.is_empty() {
+            return bad(
+                "cluster.token",
+                "is required when auth.tokens is set (the cluster port would be open)".into(),
+            );
+        }
         if listen == server.listen && listen.port() != 0 {
             return bad(
                 "cluster.listen",
@@ -142,6 +152,7 @@ impl ClusterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Settings;
 
     #[test]
     fn peers_parse_and_bad_ones_are_named() {
@@ -176,6 +187,19 @@ mod tests {
         server.node_id = "3".into();
         assert_eq!(c.validate(&server).unwrap_err().key, "cluster.peers");
         server.node_id = "2".into();
+        assert_eq!(c.validate(&server), Ok(()));
+        let entry = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000";
+        let mut file = Settings::default();
+        let tokens =
+            format!("[[auth.tokens]]\nname = \"w\"\nrole = \"admin\"\nhash = \"{entry}\"\n");
+        file.apply_toml(&tokens).unwrap();
+        server.auth = file.server.auth;
+        assert_eq!(
+            c.validate(&server).unwrap_err().key,
+            "cluster.token",
+            "client auth without a cluster token would leave the cluster port open"
+        );
+        c.token = "s3cret".into();
         assert_eq!(c.validate(&server), Ok(()));
         assert_eq!(c.node_id(&server), Some(2));
         assert_eq!(c.client_addr(&server), server.listen.to_string());

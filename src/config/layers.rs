@@ -140,6 +140,8 @@ pub static KEYS: &[Key] = &[
         .cluster
         .max_frame_bytes =
         size(v)?),
+    key!("cluster.token", |s, v| s.cluster.token =
+        string(v)?.to_owned()),
 ];
 
 /// The key named `name`, if it exists.

@@ -508,6 +508,7 @@ mod tests {
             ("cluster.advertise", "broker-1:7600"),
             ("cluster.max_connections", "7"),
             ("cluster.max_frame_bytes", "7 MiB"),
+            ("cluster.token", "s3cret"),
         ];
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {
