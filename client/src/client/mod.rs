@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use squall_proto::ErrorCode;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{ClientBuilder, Config};
 use crate::conn::{unexpected, Conn};
@@ -25,8 +25,12 @@ use crate::publish::{
     TaskId,
 };
 use crate::status::{TaskOutcome, TaskStatus};
-use crate::subscription::{SubEvent, SubscribeBuilder, Subscription};
+use crate::subscription::{SubscribeBuilder, Subscription};
 use crate::worker::Worker;
+
+mod link;
+
+use self::link::{supervise, Link, Shared, SubRecord};
 
 /// How many times a publish whose every task carries an idempotency key is sent again
 /// after a timeout or a lost connection.
@@ -61,35 +65,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
     }
-}
-
-/// The connection state callers look at.
-enum Link {
-    Up(Arc<Conn>),
-    Down { reason: String },
-    Closed,
-}
-
-/// What the supervisor needs to re-subscribe a subscription after a reconnect.
-struct SubRecord {
-    queue: String,
-    prefetch: u32,
-    tx: mpsc::UnboundedSender<SubEvent>,
-    /// The connection and subscription id it is currently attached to.
-    current: Option<(Weak<Conn>, u64)>,
-}
-
-/// State shared by the handles and the supervisor task (which must not keep the
-/// handles alive, so it holds this and not `Inner`).
-struct Shared {
-    addr: Arc<str>,
-    config: Config,
-    link: watch::Sender<Link>,
-    info: Mutex<Arc<ServerInfo>>,
-    subs: Mutex<HashMap<u64, SubRecord>>,
-    next_sub_key: AtomicU64,
-    generation: AtomicU64,
-    shutdown: CancellationToken,
 }
 
 impl Client {
@@ -495,260 +470,6 @@ fn check_prefetch(prefetch: u32, info: &ServerInfo) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-impl Shared {
-    fn info(&self) -> Arc<ServerInfo> {
-        self.info.lock().clone()
-    }
-
-    /// The live connection, waiting (bounded) while reconnecting.
-    async fn conn(&self) -> Result<Arc<Conn>> {
-        match &*self.link.borrow() {
-            Link::Up(conn) if !conn.is_closed() => return Ok(conn.clone()),
-            Link::Closed => return Err(ClientError::Closed),
-            _ => {}
-        }
-        let wait = self.config.wait_for_connection;
-        let mut rx = self.link.subscribe();
-        let ready = |link: &Link| match link {
-            Link::Up(conn) => !conn.is_closed(),
-            Link::Down { .. } => false,
-            Link::Closed => true,
-        };
-        let waited = tokio::time::timeout(wait, async {
-            match rx.wait_for(ready).await {
-                Ok(link) => match &*link {
-                    Link::Up(conn) => Ok(conn.clone()),
-                    _ => Err(ClientError::Closed),
-                },
-                Err(_) => Err(ClientError::Closed),
-            }
-        })
-        .await;
-        match waited {
-            Ok(result) => result,
-            Err(_) => {
-                let reason = match &*self.link.borrow() {
-                    Link::Down { reason } => reason.clone(),
-                    Link::Up(conn) => conn.close_reason(),
-                    Link::Closed => return Err(ClientError::Closed),
-                };
-                Err(ClientError::Unavailable {
-                    waited: wait,
-                    reason,
-                })
-            }
-        }
-    }
-
-    /// Subscribes record `key` on `conn`. The route is registered before the request
-    /// is sent, since a delivery can follow the `SubscribeOk` immediately.
-    async fn attach(
-        &self,
-        conn: &Arc<Conn>,
-        key: u64,
-        queue: &str,
-        prefetch: u32,
-        tx: mpsc::UnboundedSender<SubEvent>,
-    ) -> Result<()> {
-        let id = conn.next_id();
-        conn.add_route(id, tx)?;
-        {
-            let mut subs = self.subs.lock();
-            match subs.get_mut(&key) {
-                Some(record) => record.current = Some((Arc::downgrade(conn), id)),
-                None => {
-                    drop(subs);
-                    conn.remove_route(id);
-                    return Err(ClientError::Closed);
-                }
-            }
-        }
-        let op = Op::Subscribe(v1::Subscribe {
-            queue: queue.to_owned(),
-            prefetch,
-        });
-        let result = match conn.call_with_id(id, op, "subscribe").await {
-            Ok(response::Result::Subscribe(ok)) if ok.subscription_id == id => Ok(()),
-            Ok(response::Result::Subscribe(ok)) => Err(ClientError::Protocol(format!(
-                "broker named subscription {} for Subscribe request {id}; they must be equal",
-                ok.subscription_id
-            ))),
-            Ok(other) => Err(unexpected("subscribe", other)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &result {
-            conn.remove_route(id);
-            if matches!(e, ClientError::Timeout { .. }) {
-                // The broker may have subscribed after all: stop it, or it would keep
-                // pushing deliveries that nobody takes.
-                conn.send_oneway(Op::Unsubscribe(v1::Unsubscribe {
-                    subscription_id: id,
-                }));
-            }
-            if let Some(record) = self.subs.lock().get_mut(&key) {
-                // Only if still attached here: the supervisor may have re-attached it
-                // to a newer connection meanwhile (ids repeat across connections).
-                let here = Arc::downgrade(conn);
-                if matches!(&record.current, Some((c, cur)) if *cur == id && c.ptr_eq(&here)) {
-                    record.current = None;
-                }
-            }
-        }
-        result
-    }
-
-    /// Re-subscribes every live subscription on a fresh connection (pipelined).
-    async fn resubscribe(&self, conn: &Arc<Conn>) {
-        let todo: Vec<(u64, String, u32, mpsc::UnboundedSender<SubEvent>)> = self
-            .subs
-            .lock()
-            .iter()
-            .map(|(key, r)| (*key, r.queue.clone(), r.prefetch, r.tx.clone()))
-            .collect();
-        if todo.is_empty() {
-            return;
-        }
-        let attaches = todo
-            .into_iter()
-            .map(|(key, queue, prefetch, tx)| async move {
-                let result = self.attach(conn, key, &queue, prefetch, tx.clone()).await;
-                (key, queue, tx, result)
-            });
-        for (key, queue, tx, result) in futures_util::future::join_all(attaches).await {
-            match result {
-                Ok(()) => info!(queue = %queue, "re-subscribed after reconnect"),
-                Err(
-                    e @ (ClientError::Server { .. }
-                    | ClientError::Invalid { .. }
-                    | ClientError::Protocol(_)),
-                ) => {
-                    error!(queue = %queue, error = %e, "broker refused to re-subscribe; ending the subscription");
-                    let _ = tx.send(SubEvent::Failed(e));
-                    self.subs.lock().remove(&key);
-                }
-                // The new connection failed too; the next reconnect tries again.
-                Err(e) => debug!(queue = %queue, error = %e, "re-subscribe interrupted"),
-            }
-        }
-    }
-
-    /// Final state: no connection, every subscription ended (with `failure`, if given).
-    fn close_all(&self, failure: Option<String>) {
-        self.link.send_replace(Link::Closed);
-        let records = std::mem::take(&mut *self.subs.lock());
-        if let Some(reason) = failure {
-            for record in records.values() {
-                let _ = record
-                    .tx
-                    .send(SubEvent::Failed(ClientError::ConnectionLost {
-                        reason: reason.clone(),
-                    }));
-            }
-        }
-    }
-}
-
-/// Keeps the client connected until shutdown: waits for the connection to end,
-/// reconnects with backoff, re-subscribes, publishes the new connection.
-async fn supervise(shared: Arc<Shared>, mut conn: Arc<Conn>) {
-    let failure = loop {
-        if !watch_connection(&shared, &conn).await {
-            conn.shutdown("client closed");
-            break None;
-        }
-        let reason = conn.close_reason();
-        if shared.shutdown.is_cancelled() {
-            break None;
-        }
-        warn!(addr = %shared.addr, reason = %reason, "connection to the broker lost; reconnecting");
-        shared.link.send_replace(Link::Down { reason });
-        match reconnect(&shared).await {
-            Ok(next) => conn = next,
-            Err(failure) => break failure,
-        }
-    };
-    shared.close_all(failure);
-    debug!(addr = %shared.addr, "client supervisor stopped");
-}
-
-/// Waits until `conn` ends (true) or the client shuts down (false), pinging the
-/// broker every keepalive interval meanwhile.
-async fn watch_connection(shared: &Shared, conn: &Arc<Conn>) -> bool {
-    let keepalive = shared.config.keepalive;
-    let period = keepalive.unwrap_or_default();
-    loop {
-        tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return false,
-            _ = conn.closed() => return true,
-            _ = tokio::time::sleep(period), if keepalive.is_some() => {
-                // In its own task so that shutdown and loss stay observed meanwhile;
-                // it ends within the request timeout, or at once if the connection ends.
-                let conn = conn.clone();
-                tokio::spawn(async move {
-                    match conn.call(Op::Ping(v1::Ping {}), "keepalive ping").await {
-                        Ok(_) => {}
-                        Err(e @ ClientError::Timeout { .. }) => {
-                            warn!(error = %e, "broker did not answer a keepalive ping; dropping the connection");
-                            conn.shutdown("keepalive ping unanswered");
-                        }
-                        Err(e) => debug!(error = %e, "keepalive ping failed"),
-                    }
-                });
-            }
-        }
-    }
-}
-
-/// Dials until it succeeds, the policy gives up (`Err(Some(reason))`), or the client
-/// shuts down (`Err(None)`).
-async fn reconnect(shared: &Shared) -> std::result::Result<Arc<Conn>, Option<String>> {
-    let policy = &shared.config.reconnect;
-    let mut failures = 0u32;
-    let mut last_error = String::from("connection lost");
-    loop {
-        if policy.gives_up_after(failures) {
-            error!(addr = %shared.addr, failures, last_error = %last_error, "giving up reconnecting; the client is closed");
-            return Err(Some(format!(
-                "gave up reconnecting after {failures} attempts: {last_error}"
-            )));
-        }
-        let delay = policy.delay(failures, rand::random::<f64>());
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return Err(None),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let dialed = tokio::select! {
-            _ = shared.shutdown.cancelled() => return Err(None),
-            dialed = Conn::dial(&shared.addr, &shared.config, generation) => dialed,
-        };
-        match dialed {
-            Ok(conn) => {
-                *shared.info.lock() = conn.info().clone();
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => {
-                        conn.shutdown("client closed");
-                        return Err(None);
-                    }
-                    _ = shared.resubscribe(&conn) => {}
-                }
-                info!(addr = %shared.addr, generation = conn.generation(), after_failures = failures, "reconnected to squall broker");
-                shared.link.send_replace(Link::Up(conn.clone()));
-                return Ok(conn);
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(addr = %shared.addr, attempt = failures, error = %e, "reconnect failed");
-                last_error = e.to_string();
-                shared.link.send_replace(Link::Down {
-                    reason: last_error.clone(),
-                });
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -21,6 +20,11 @@ use crate::delivery::{log_settle_error, Lease, Task};
 use crate::error::{ClientError, Result};
 use crate::publish::unix_ms;
 use crate::subscription::Subscription;
+
+mod handler;
+
+use self::handler::Action;
+pub use self::handler::{HandlerOutput, TaskError};
 
 /// Default number of handlers running at once.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -118,137 +122,6 @@ const MAX_REASON_BYTES: usize = 4096;
 /// Shortest lease the auto-extension assumes (guards against clock skew making the
 /// observed lease look tiny and the worker extend in a tight loop).
 const MIN_ASSUMED_LEASE: Duration = Duration::from_secs(1);
-
-/// Why a handler did not finish its task, and what should happen to it.
-///
-/// Any `std::error::Error` converts into a `TaskError` that retries with the queue's
-/// backoff, so `?` works in handlers. Use [`TaskError::dead`] for input that will never
-/// succeed and [`TaskError::retry_after`] to choose the delay.
-///
-/// `TaskError` deliberately does not implement `std::error::Error` (that would collide
-/// with the blanket conversion); it implements `Display` and `Debug`.
-pub struct TaskError {
-    action: Action,
-    message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    Retry(Option<Duration>),
-    Dead,
-}
-
-impl TaskError {
-    /// Retry after the queue's exponential backoff, recording `reason`.
-    pub fn retry(reason: impl fmt::Display) -> Self {
-        TaskError {
-            action: Action::Retry(None),
-            message: reason.to_string(),
-        }
-    }
-
-    /// Retry after `delay`, recording `reason`.
-    pub fn retry_after(delay: Duration, reason: impl fmt::Display) -> Self {
-        TaskError {
-            action: Action::Retry(Some(delay)),
-            message: reason.to_string(),
-        }
-    }
-
-    /// Send the task to the dead set now, whatever its attempts, with `reason`.
-    pub fn dead(reason: impl fmt::Display) -> Self {
-        TaskError {
-            action: Action::Dead,
-            message: reason.to_string(),
-        }
-    }
-
-    /// The reason recorded as the task's last error.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// True for [`TaskError::dead`].
-    pub fn is_dead(&self) -> bool {
-        self.action == Action::Dead
-    }
-
-    /// The explicit retry delay, if one was chosen.
-    pub fn retry_delay(&self) -> Option<Duration> {
-        match self.action {
-            Action::Retry(delay) => delay,
-            Action::Dead => None,
-        }
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
-    fn from(err: E) -> Self {
-        // Keep the source chain: "decode failed: invalid utf-8 at byte 3".
-        let mut message = err.to_string();
-        let mut source = err.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        TaskError {
-            action: Action::Retry(None),
-            message,
-        }
-    }
-}
-
-impl fmt::Display for TaskError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl fmt::Debug for TaskError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskError")
-            .field("action", &self.action)
-            .field("message", &self.message)
-            .finish()
-    }
-}
-
-/// What a handler may return on success: nothing, or a result payload for the ack.
-pub trait HandlerOutput: Send + 'static {
-    /// The result payload to ack with (empty = none).
-    fn into_result(self) -> Bytes;
-}
-
-impl HandlerOutput for () {
-    fn into_result(self) -> Bytes {
-        Bytes::new()
-    }
-}
-
-impl HandlerOutput for Bytes {
-    fn into_result(self) -> Bytes {
-        self
-    }
-}
-
-impl HandlerOutput for Vec<u8> {
-    fn into_result(self) -> Bytes {
-        Bytes::from(self)
-    }
-}
-
-impl HandlerOutput for String {
-    fn into_result(self) -> Bytes {
-        Bytes::from(self)
-    }
-}
-
-impl<T: HandlerOutput> HandlerOutput for Option<T> {
-    fn into_result(self) -> Bytes {
-        self.map(HandlerOutput::into_result).unwrap_or_default()
-    }
-}
 
 /// What a worker did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -749,83 +622,4 @@ fn truncate_reason(mut reason: String) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::UNIX_EPOCH;
-
-    fn at(ms: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn lease_extension_follows_the_observed_lease() {
-        let now = at(1_000_000);
-        assert_eq!(observed_lease(1_030_000, now), Duration::from_secs(30));
-        // A deadline in the past (clock skew) still assumes a sane minimum.
-        assert_eq!(observed_lease(999_000, now), MIN_ASSUMED_LEASE);
-        assert_eq!(
-            first_extend_after(1_030_000, now, Duration::from_secs(30)),
-            Duration::from_secs(10)
-        );
-        // A configured extension shorter than the lease wins.
-        assert_eq!(
-            first_extend_after(1_030_000, now, Duration::from_secs(3)),
-            Duration::from_secs(1)
-        );
-        // Already past the deadline: extend at once.
-        assert_eq!(
-            first_extend_after(999_000, now, Duration::from_secs(30)),
-            Duration::ZERO
-        );
-    }
-
-    #[test]
-    fn task_errors_carry_their_action() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        let e: TaskError = Outer(std::io::Error::other("inner")).into();
-        assert_eq!(e.message(), "outer: inner");
-        assert!(!e.is_dead());
-        assert_eq!(e.retry_delay(), None);
-
-        let e = TaskError::retry_after(Duration::from_secs(5), "busy");
-        assert_eq!(e.retry_delay(), Some(Duration::from_secs(5)));
-        assert_eq!(e.to_string(), "busy");
-
-        let e = TaskError::dead("bad input");
-        assert!(e.is_dead());
-        assert_eq!(e.retry_delay(), None);
-    }
-
-    #[test]
-    fn handler_outputs_become_ack_results() {
-        assert!(().into_result().is_empty());
-        assert_eq!("x".to_owned().into_result(), Bytes::from_static(b"x"));
-        assert_eq!(vec![1u8].into_result(), Bytes::from_static(&[1]));
-        assert_eq!(
-            Some(Bytes::from_static(b"r")).into_result(),
-            Bytes::from_static(b"r")
-        );
-        assert!(None::<String>.into_result().is_empty());
-    }
-
-    #[test]
-    fn long_reasons_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(MAX_REASON_BYTES);
-        let cut = truncate_reason(long);
-        assert!(cut.len() <= MAX_REASON_BYTES);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(truncate_reason("short".into()), "short");
-    }
-
-    #[test]
-    fn panic_messages_are_extracted() {
-        let p: Box<dyn std::any::Any + Send> = Box::new("boom");
-        assert_eq!(panic_message(&*p), "boom");
-        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("bang"));
-        assert_eq!(panic_message(&*p), "bang");
-        let p: Box<dyn std::any::Any + Send> = Box::new(7u8);
-        assert_eq!(panic_message(&*p), "non-string panic payload");
-    }
-}
+mod tests;
