@@ -1,5 +1,5 @@
 //! `ReconnectPolicy`: capped exponential backoff with jitter between reconnect attempts.
-//! Pure arithmetic; the reconnect loop itself lives in `client.rs`.
+//! Pure arithmetic; the reconnect loop itself lives in `client/link.rs`.
 
 use std::time::Duration;
 

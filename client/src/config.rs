@@ -1,6 +1,6 @@
 //! `ClientBuilder` and the validated `Config` it produces. The only I/O is reading the
 //! CA file for TLS when the builder is validated; `connect` hands the config to
-//! `client.rs`, which dials.
+//! `client/link.rs`, which dials.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! (routes answers to waiting calls by request id and deliveries to subscriptions by
 //! subscription id), and `Conn::call`, the pipelined request/answer primitive.
 //!
-//! No reconnect logic and no public API live here: `client.rs` owns the lifecycle and
+//! No reconnect logic and no public API live here: `client/` owns the lifecycle and
 //! decides what a lost connection means for callers and subscriptions.
 
 use std::collections::HashMap;

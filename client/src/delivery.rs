@@ -1,6 +1,6 @@
 //! A received task: `Task` (its data), `Lease` (the right to settle it, bound to the
 //! connection it arrived on) and `Delivery` (both, with the public settle methods).
-//! Receiving deliveries is `subscription.rs`; automatic lease extension is `worker.rs`.
+//! Receiving deliveries is `subscription.rs`; automatic lease extension is `worker/`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

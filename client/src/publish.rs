@@ -1,6 +1,6 @@
 //! Publishing types: `PublishOptions`, `Message` (one task of a batch), `Published`, and
 //! their mapping to the wire `TaskSpec`, with the cheap client-side checks. The
-//! `publish*` methods themselves live on `Client` in `client.rs`.
+//! `publish*` methods themselves live on `Client` in `client/mod.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,7 +1,7 @@
 //! Task status and results as the client sees them: `TaskStatus` (what
 //! [`Client::task`](crate::Client::task) returns), its `TaskState`, the `LeaseInfo` of a
 //! leased task, and `TaskOutcome` (what [`Client::wait_result`](crate::Client::wait_result)
-//! returns). Plain data converted from the wire `TaskInfo`; the calls live in `client.rs`.
+//! returns). Plain data converted from the wire `TaskInfo`; the calls live in `client/mod.rs`.
 
 use std::fmt;
 use std::time::SystemTime;

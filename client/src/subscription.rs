@@ -1,6 +1,6 @@
 //! Consuming: `SubscribeBuilder` (`client.subscribe(q).prefetch(n).await`) and
 //! `Subscription`, a `Stream` of deliveries that survives reconnects. The registry that
-//! re-subscribes after a reconnect lives in `client.rs`; settling lives in `delivery.rs`.
+//! re-subscribes after a reconnect lives in `client/link.rs`; settling lives in `delivery.rs`.
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
