@@ -185,6 +185,8 @@ pub struct TokenEntry {
 pub struct AuthConfig {
     /// The accepted tokens.
     pub tokens: Vec<TokenEntry>,
+    /// Whether the HTTP port's `/metrics` needs a token too (when tokens are set).
+    pub metrics: bool,
 }
 
 impl AuthConfig {
@@ -314,6 +316,7 @@ mod tests {
                 entry("c", Role::Consumer, &[]),
                 entry("a", Role::Admin, &[]),
             ],
+            ..AuthConfig::default()
         };
         assert!(auth.authenticate("").is_none());
         assert!(auth.authenticate("x").is_none());

@@ -73,9 +73,40 @@ impl Histogram {
     }
 }
 
+impl HistogramSnapshot {
+    /// The upper bound of the bucket that holds the `q` quantile (0 < q <= 1): an
+    /// upper estimate. `None` without observations or when it lies past the last
+    /// bound.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        if self.count == 0 {
+            return None;
+        }
+        let rank = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        self.buckets
+            .iter()
+            .find(|&&(_, below)| below >= rank)
+            .map(|&(bound, _)| bound)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        static BOUNDS: &[u64] = &[1, 10, 100];
+        let h = Histogram::new(BOUNDS);
+        assert_eq!(h.snapshot().quantile(0.5), None, "no observations");
+        for v in [1, 5, 5, 50, 50, 50, 50, 50, 50, 5_000] {
+            h.observe(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.quantile(0.1), Some(1));
+        assert_eq!(s.quantile(0.3), Some(10));
+        assert_eq!(s.quantile(0.5), Some(100));
+        assert_eq!(s.quantile(0.99), None, "past the last bound");
+    }
 
     #[test]
     fn buckets_are_inclusive_and_cumulative() {

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod histogram;
+pub mod http;
 pub mod model;
 pub mod server;
 pub mod store;

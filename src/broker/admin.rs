@@ -62,6 +62,19 @@ pub struct Peeked {
     pub lease: Option<LeaseView>,
 }
 
+/// One subscription of a connection, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionView {
+    /// The subscription id (per connection).
+    pub sub: SubId,
+    /// Its queue.
+    pub queue: Arc<str>,
+    /// Its credit.
+    pub prefetch: u32,
+    /// Deliveries it holds now (leased, not yet settled).
+    pub in_flight: u32,
+}
+
 /// A partial configuration change: `None` fields keep their value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueConfigUpdate {
@@ -207,6 +220,26 @@ impl Engine {
     pub fn queue_snapshot(&self, name: &str) -> Result<QueueSnapshot, AdminError> {
         let idx = self.existing(name)?;
         Ok(snapshot_of(&self.queues[idx as usize]))
+    }
+
+    /// The subscriptions of connection `conn`, in the order it made them: O(its
+    /// subscriptions × their queues' subscriptions), asked for only by operators.
+    pub fn subscriptions_of(&self, conn: ConnId) -> Vec<SubscriptionView> {
+        let Some(subs) = self.conn_subs.get(&conn) else {
+            return Vec::new();
+        };
+        subs.iter()
+            .filter_map(|&(idx, sub)| {
+                let q = self.queues.get(idx as usize)?;
+                let slot = q.subs.iter().find(|s| s.conn == conn && s.sub == sub)?;
+                Some(SubscriptionView {
+                    sub,
+                    queue: q.name.clone(),
+                    prefetch: slot.prefetch,
+                    in_flight: slot.in_flight,
+                })
+            })
+            .collect()
     }
 
     /// The oldest ready task of a queue (lowest id, whatever its priority). A scan of

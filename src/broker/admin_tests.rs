@@ -413,3 +413,33 @@ fn a_redrive_plan_skips_tasks_swept_meanwhile() {
     assert_eq!(e.apply_admin(&plan, &plan.tasks, true).tasks, 0);
     assert_eq!(e.queue_snapshot("q").unwrap().ready, 2);
 }
+
+#[test]
+fn a_connections_subscriptions_show_their_credit_and_what_they_hold() {
+    let mut e = engine();
+    assert!(e.subscriptions_of(3).is_empty(), "unknown connection");
+    publish(&mut e, "a", 1, 0, 0);
+    publish(&mut e, "a", 2, 0, 0);
+    e.subscribe(3, 10, "a", 5).unwrap();
+    e.subscribe(3, 11, "b", 1).unwrap();
+    e.subscribe(4, 10, "a", 1).unwrap();
+    let d = step(&mut e, T0);
+    assert_eq!(d.len(), 2);
+    let held_by_3 = d.iter().filter(|d| d.conn == 3).count() as u32;
+    let view = |e: &Engine, conn| {
+        e.subscriptions_of(conn)
+            .into_iter()
+            .map(|s| (s.sub, s.queue.to_string(), s.prefetch, s.in_flight))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        view(&e, 3),
+        vec![
+            (10, "a".to_owned(), 5, held_by_3),
+            (11, "b".to_owned(), 1, 0)
+        ]
+    );
+    assert_eq!(view(&e, 4), vec![(10, "a".to_owned(), 1, 2 - held_by_3)]);
+    e.unsubscribe(3, 11).unwrap();
+    assert_eq!(view(&e, 3).len(), 1);
+}

@@ -96,7 +96,9 @@ pub static KEYS: &[Key] = &[
         int(v)?),
     key!("tls.cert", |s, v| s.server.tls.cert = optional_path(v)?),
     key!("tls.key", |s, v| s.server.tls.key = optional_path(v)?),
+    key!("tls.http", |s, v| s.server.tls.http = boolean(v)?),
     key!("auth.tokens", |s, v| s.server.auth.tokens = tokens(v)?),
+    key!("auth.metrics", |s, v| s.server.auth.metrics = boolean(v)?),
     key!("queue.lease", |s, v| s.server.queue_defaults.lease_ms =
         millis(v)?),
     key!("queue.max_attempts", |s, v| s
@@ -313,6 +315,16 @@ fn optional_path(v: &Value) -> Result<Option<PathBuf>, String> {
     Ok(Some(string(v)?)
         .filter(|s| !s.is_empty())
         .map(PathBuf::from))
+}
+
+/// A TOML boolean, or `true`/`false` as text (environment variables, flags).
+fn boolean(v: &Value) -> Result<bool, String> {
+    match v {
+        Value::Boolean(b) => Ok(*b),
+        Value::String(s) if s == "true" => Ok(true),
+        Value::String(s) if s == "false" => Ok(false),
+        other => Err(format!("expected true or false, found {other}")),
+    }
 }
 
 fn string(v: &Value) -> Result<&str, String> {

@@ -102,6 +102,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
     pub key: Option<PathBuf>,
+    /// Whether the HTTP port (dashboard, API, metrics) speaks TLS too, with the same
+    /// certificate and key.
+    pub http: bool,
 }
 
 impl Default for ServerConfig {
@@ -306,6 +309,12 @@ impl ServerConfig {
             }
             _ => {}
         }
+        if self.tls.http && self.tls.cert.is_none() {
+            return bad(
+                "tls.http",
+                "needs tls.cert and tls.key (the HTTP port uses the same certificate)".into(),
+            );
+        }
         if self.max_unsent_bytes < 64 * 1024 {
             return bad(
                 "max_unsent_bytes",
@@ -451,7 +460,12 @@ mod tests {
             listen_backlog: _,
             metrics_queue_limit: _,
             auth: _,
-            tls: TlsConfig { cert: _, key: _ },
+            tls:
+                TlsConfig {
+                    cert: _,
+                    key: _,
+                    http: _,
+                },
             test_recovery_delay: _, // test hook: environment only
         } = ServerConfig::default();
         let QueueConfig {
@@ -490,6 +504,8 @@ mod tests {
             ("metrics_queue_limit", "7"),
             ("tls.cert", "/etc/squall/cert.pem"),
             ("tls.key", "/etc/squall/key.pem"),
+            ("tls.http", "true"),
+            ("auth.metrics", "true"),
             (
                 "auth.tokens",
                 r#"[{ name = "w", role = "consumer", hash = "sha256$00$0000000000000000000000000000000000000000000000000000000000000000" }]"#,
