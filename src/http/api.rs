@@ -89,6 +89,12 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
+/// A known path asked with a method it does not serve.
+pub(crate) async fn method_not_allowed() -> Response {
+    let e = ApiError::bad_request("this path does not serve that method; see /api/v1/openapi.json");
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e.body())).into_response()
+}
+
 async fn no_such_endpoint() -> ApiError {
     ApiError::new(
         ErrorCode::NotFound,

@@ -77,6 +77,7 @@ fn router(app: Arc<App>) -> Router {
     let router = Router::new()
         .merge(api::routes())
         .merge(pages::routes())
+        .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn(auth::refuse_cross_site));
     pages::with_security_headers(router).with_state(app)
 }

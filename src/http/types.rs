@@ -183,7 +183,8 @@ pub struct TaskPreview {
 pub struct TaskList {
     /// The tasks, in delivery order (dead: oldest first).
     pub tasks: Vec<TaskPreview>,
-    /// Whether more tasks are in this state than shown.
+    /// Whether the answer stopped short of the limit because of its size (ask for
+    /// smaller previews or fewer tasks).
     pub more: bool,
 }
 
