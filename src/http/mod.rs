@@ -111,7 +111,7 @@ impl HttpServer {
         } else {
             "http"
         };
-        info!(http = %local, tls = options.tls.is_some(), "dashboard, API, metrics and health checks at {scheme}://{local}/");
+        info!(http = %local, tls = options.tls.is_some(), "dashboard, API, metrics and health checks at {scheme}://{local} (/, /api/v1, /metrics, /healthz, /readyz)");
         let app = Arc::new(App {
             backend,
             secure_cookies: options.tls.is_some(),

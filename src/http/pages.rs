@@ -52,7 +52,8 @@ pub(crate) fn routes() -> Router<Arc<App>> {
 }
 
 /// Adds the headers every answer carries: only this origin's scripts and styles, no
-/// framing, no MIME sniffing, no referrer.
+/// framing, no MIME sniffing, no referrer to other sites (same-origin: a browser then
+/// sends this origin in `Origin`, which the cross-site check needs).
 pub(crate) fn with_security_headers<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
 ) -> Router<S> {
@@ -71,7 +72,7 @@ pub(crate) fn with_security_headers<S: Clone + Send + Sync + 'static>(
         ))
         .layer(h("x-content-type-options", "nosniff"))
         .layer(h("x-frame-options", "DENY"))
-        .layer(h("referrer-policy", "no-referrer"))
+        .layer(h("referrer-policy", "same-origin"))
 }
 
 async fn app_js() -> Response {

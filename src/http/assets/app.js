@@ -43,7 +43,7 @@
     const c = this.canvas, g = c.getContext("2d");
     g.clearRect(0, 0, c.width, c.height);
     const max = Math.max(1, ...this.values);
-    const step = c.width / 119;
+    const step = c.width / (Math.max(30, this.values.length) - 1);
     g.beginPath();
     this.values.forEach((y, i) => {
       const x = i * step, py = c.height - 2 - (y / max) * (c.height - 6);
