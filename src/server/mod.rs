@@ -107,7 +107,7 @@ pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let tls = tls::acceptor(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let http = http::HttpServer::start(config.http, metrics.clone()).await?;
+    let http = http::HttpServer::start(&config, metrics.clone()).await?;
     match start_broker(config, tls, metrics, &http).await {
         Ok(running) => {
             let handle = ServerHandle {

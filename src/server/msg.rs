@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics::PublishTimer;
 use crate::broker::{
     AdminError, AdminPlan, Committed, ConnId, Dispatch, EngineError, NackMode, Peeked,
-    QueueConfigUpdate, QueueSnapshot, SubId, TaskView,
+    QueueConfigUpdate, QueueSnapshot, SubId, SubscriptionView, TaskView,
 };
 use crate::model::{TaskId, TaskState};
 use crate::store::{Muts, StoreError};
@@ -385,6 +385,20 @@ pub(crate) enum AdminReply {
     },
 }
 
+/// A client connection as operators see it (`HubCmd::Connections`).
+#[derive(Debug)]
+pub(crate) struct ConnectionInfo {
+    pub(crate) conn: ConnId,
+    /// Client name from Hello, else the peer address.
+    pub(crate) name: Arc<str>,
+    pub(crate) peer: SocketAddr,
+    pub(crate) subscriptions: Vec<SubscriptionView>,
+}
+
+/// The connection id under which the HTTP side sends admin requests and task lookups
+/// to the hub, like a client would (client connections are numbered from 1).
+pub(crate) const HTTP_CONN: ConnId = 0;
+
 /// The queues of one metrics scrape.
 #[derive(Debug, Default)]
 pub(crate) struct QueueScrape {
@@ -514,6 +528,12 @@ pub(crate) enum HubCmd {
     Scrape {
         limit: usize,
         reply: oneshot::Sender<QueueScrape>,
+    },
+    /// The client connections (at most `limit`, by id) with their subscriptions, and
+    /// how many more there are, for the HTTP side.
+    Connections {
+        limit: usize,
+        reply: oneshot::Sender<(Vec<ConnectionInfo>, u64)>,
     },
     /// Status of a task: the hub adds its lease and the connection reads the rest.
     GetTask {

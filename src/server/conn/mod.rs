@@ -14,7 +14,7 @@ mod reader;
 mod requests;
 mod shared;
 mod wait;
-mod wire;
+pub(crate) mod wire;
 mod writer;
 
 use std::net::SocketAddr;

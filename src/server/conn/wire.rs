@@ -163,15 +163,24 @@ pub(crate) fn code(f: &Failure) -> ErrorCode {
     }
 }
 
-fn error(f: Failure) -> v1::Error {
-    let code = code(&f) as i32;
+/// A failure's code and message (the wire's `Error`, and the HTTP API's errors).
+pub(crate) fn code_and_message(f: Failure) -> (ErrorCode, String) {
+    let code = code(&f);
     let message = match f {
         Failure::Engine(e) => e.to_string(),
         Failure::Admin(e) => e.to_string(),
         Failure::QueueFull(full) => full.to_string(),
         Failure::Storage(m) | Failure::Internal(m) | Failure::Protocol(_, m) => m,
     };
-    v1::Error { code, message }
+    (code, message)
+}
+
+fn error(f: Failure) -> v1::Error {
+    let (code, message) = code_and_message(f);
+    v1::Error {
+        code: code as i32,
+        message,
+    }
 }
 
 // ---------------------------------------------------------------------------------

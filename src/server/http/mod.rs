@@ -1,52 +1,40 @@
-//! The HTTP listener for operators: `/metrics` (Prometheus / OpenMetrics text),
-//! `/healthz` (the process is alive and its store works) and `/readyz` (200 only
-//! between the end of recovery and the start of shutdown, and while the store works). It comes up before recovery starts, so a
-//! readiness probe can watch a long recovery. The only code that serves HTTP; the
-//! exposition format is `exposition.rs`.
+//! The broker's side of the HTTP port: [`HubBackend`] answers what `crate::http` asks
+//! (its [`Backend`] trait) from the running broker. Queue reads and actions go to the
+//! hub as admin requests of one internal connection (`HTTP_CONN`), the same path as the
+//! protocol's admin requests, so an action is answered only once durable; task data
+//! (payload previews, task status, the oldest ready task's age) is read from the store
+//! here, as a connection's writer half does. Before recovery ends only the probes and
+//! the metrics answer; everything else is `SHUTTING_DOWN` (503). Serving HTTP itself
+//! (routes, auth, pages) is `crate::http`; the Prometheus encoding is `exposition.rs`.
 
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use squall_proto::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use self::exposition::{QueueSample, ScrapedQueues, StoreHealth};
+use crate::broker::{QueueConfigUpdate, TaskView};
+use crate::config::ServerConfig;
+use crate::http::types::*;
+use crate::http::{Action, ActionDone, ApiError, Backend, Health, HttpOptions, MetricsText};
 use crate::server::clock::now_ms;
+use crate::server::conn::wire;
 use crate::server::error::ServerError;
 use crate::server::metrics::Metrics;
-use crate::server::msg::{HubCmd, HubTx, QueueStatus, RateView};
-use crate::server::reads;
+use crate::server::msg::{
+    AdminOp, AdminReply, ConnectionInfo, Failure, HubCmd, HubTx, Outbound, PeekedTask, QueueStatus,
+    RateView, Reply, TaskPhase, TaskReport, HTTP_CONN,
+};
+use crate::server::{reads, tls};
 use crate::store::{Store, WriterStats};
 
 mod exposition;
-
-/// Most HTTP connections served at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 64;
-/// Time allowed for a request's headers to arrive.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a scrape waits for the hub before answering 503.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time in-flight requests get to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(1);
-
-/// What the handlers read: process metrics from the start, the live broker once
-/// recovery is done.
-pub(crate) struct HttpState {
-    metrics: Arc<Metrics>,
-    live: OnceLock<Live>,
-}
 
 /// The running broker, as far as the HTTP side needs it.
 pub(crate) struct Live {
@@ -57,188 +45,521 @@ pub(crate) struct Live {
     pub(crate) queue_limit: usize,
 }
 
-impl HttpState {
-    fn new(metrics: Arc<Metrics>) -> Arc<HttpState> {
-        Arc::new(HttpState {
+/// What one peeked task costs an answer beyond its payload preview (as the protocol's
+/// admin answers count it); a peek stops before `max_frame_bytes`.
+const PEEK_ITEM_OVERHEAD: usize = 512;
+
+/// Answers of the hub to the HTTP side's requests, by request id.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Outbound>>>>;
+
+/// [`Backend`] on the hub and the store.
+pub(crate) struct HubBackend {
+    metrics: Arc<Metrics>,
+    node_id: String,
+    /// Largest answer built from store reads (a list or peek stops before it).
+    max_answer_bytes: usize,
+    live: OnceLock<Live>,
+    pending: Pending,
+    next_req: AtomicU64,
+    /// Routes the hub's answers to `pending`; ends when the hub lets go of its outbox.
+    router: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl HubBackend {
+    fn new(config: &ServerConfig, metrics: Arc<Metrics>) -> HubBackend {
+        HubBackend {
             metrics,
+            node_id: config.node_id.clone(),
+            max_answer_bytes: config.max_frame_bytes,
             live: OnceLock::new(),
-        })
+            pending: Arc::default(),
+            next_req: AtomicU64::new(1),
+            router: Mutex::new(None),
+        }
     }
 
-    fn go_live(&self, live: Live) {
+    /// Registers with the hub as connection `HTTP_CONN` and starts routing its answers.
+    fn go_live(&self, live: Live, addr: SocketAddr) {
+        let (out, rx) = mpsc::unbounded_channel();
+        let _ = live.hub.send(HubCmd::Register {
+            conn: HTTP_CONN,
+            out,
+            name: Arc::from("http"),
+            peer: addr,
+        });
+        *self.router.lock() = Some(tokio::spawn(route_answers(rx, self.pending.clone())));
         let _ = self.live.set(live);
     }
-}
 
-/// Binds the HTTP port (before recovery, after configuration was validated).
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|cause| ServerError::Bind {
-            addr,
-            setting: HTTP_SETTING,
-            cause,
+    fn live(&self) -> Result<&Live, ApiError> {
+        self.live
+            .get()
+            .ok_or_else(|| ApiError::unavailable("the broker is still recovering"))
+    }
+
+    /// Sends the command `make(req)` to the hub and waits for its answer to `req`.
+    async fn ask(&self, make: impl FnOnce(u64) -> HubCmd) -> Result<Outbound, ApiError> {
+        let live = self.live()?;
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(req, tx);
+        // Whether answered, failed or abandoned (the caller timed out), the entry goes.
+        let _forget = Forget(&self.pending, req);
+        live.hub
+            .send(make(req))
+            .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiError::unavailable("the broker is shutting down"))
+    }
+
+    async fn admin(&self, op: AdminOp) -> Result<Outbound, ApiError> {
+        self.ask(|req| HubCmd::Admin {
+            conn: HTTP_CONN,
+            req,
+            op,
         })
+        .await
+    }
 }
 
-/// How a bind error names the HTTP port's setting.
-const HTTP_SETTING: &str = "the HTTP port, --http";
+struct Forget<'a>(&'a Pending, u64);
 
-/// Serves until `stop` is cancelled, then gives in-flight requests a moment.
-async fn serve(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
-    let conns = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "http accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+async fn route_answers(mut rx: mpsc::UnboundedReceiver<Outbound>, pending: Pending) {
+    while let Some(out) = rx.recv().await {
+        let req = match &out {
+            Outbound::Reply { req, .. } | Outbound::Status { req, .. } => *req,
+            Outbound::Admin(AdminReply::Queues { req, .. } | AdminReply::Peek { req, .. }) => *req,
+            _ => continue,
         };
-        if conns.len() >= MAX_CONNECTIONS {
-            debug!(%peer, "too many http connections; closing");
-            continue;
+        if let Some(tx) = pending.lock().remove(&req) {
+            let _ = tx.send(out);
         }
-        conns.spawn(serve_connection(stream, state.clone(), stop.clone()));
-    }
-    drop(listener);
-    conns.close();
-    let _ = tokio::time::timeout(DRAIN * 2, conns.wait()).await;
-}
-
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    state: Arc<HttpState>,
-    stop: CancellationToken,
-) {
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(route(&state, req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(DRAIN, conn.as_mut()).await {
-                Ok(r) => r,
-                Err(_) => Ok(()),
-            }
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "http connection ended with an error");
     }
 }
 
-async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
-    }
-    let store = state.live.get().map(|l| &l.store);
-    let failed = store.and_then(|s| s.failure());
-    let unavailable = store.and_then(|s| s.refusing_publishes());
-    match (req.uri().path(), failed, unavailable) {
-        ("/healthz" | "/readyz", Some(failure), _) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store failed, restart the broker: {failure}\n"),
-        ),
-        // Not ready while nothing can be stored, but healthy: a restart would not
-        // bring disk space back, and the broker resumes by itself.
-        ("/readyz", None, Some(reason)) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
-        _ => route_path(state, req).await,
+/// The API error of a refusal: the broker's code and message, as on the wire.
+fn refused(f: Failure) -> ApiError {
+    let (code, message) = wire::code_and_message(f);
+    ApiError::new(code, message)
+}
+
+/// An answer that is not the one asked for: a refusal, or a bug.
+fn other(out: Outbound, what: &str) -> ApiError {
+    match out {
+        Outbound::Reply {
+            reply: Reply::Refused(f),
+            ..
+        } => refused(f),
+        _ => unexpected(what),
     }
 }
 
-async fn route_path(state: &HttpState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if state.metrics.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: recovering or shutting down\n",
-        ),
-        "/metrics" => scrape(state, wants_openmetrics(&req)).await,
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n",
-        ),
-    }
+fn unexpected(what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected answer from the hub to {what}"),
+    )
 }
 
-/// True when the scraper's `Accept` header asks for OpenMetrics (Prometheus does);
-/// anything else (curl, a browser, older scrapers) gets the plain text format.
-fn wants_openmetrics(req: &Request<Incoming>) -> bool {
-    req.headers()
-        .get_all(hyper::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"))
-}
-
-async fn scrape(state: &HttpState, openmetrics: bool) -> Response<Full<Bytes>> {
-    let live = state.live.get();
-    let queues = match live {
-        Some(live) => match queue_samples(live).await {
-            Some(q) => q,
-            None => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the broker is shutting down\n",
-                )
-            }
+fn queue_view(q: &QueueStatus, store: &Store, now: u64) -> QueueView {
+    let s = &q.snapshot;
+    let c = &s.counters;
+    let r = &q.rates;
+    QueueView {
+        name: s.name.to_string(),
+        ready: s.ready,
+        delayed: s.delayed,
+        leased: s.leased,
+        dead: s.dead,
+        paused: s.config.paused,
+        consumers: s.consumers,
+        oldest_ready_age_ms: reads::oldest_ready_age_ms(q, store, now),
+        publish_rate: r.published,
+        deliver_rate: r.delivered,
+        ack_rate: r.acked,
+        nack_rate: r.nacked,
+        expire_rate: r.expired,
+        dead_rate: r.dead_lettered,
+        totals: QueueTotals {
+            published: c.published,
+            delivered: c.delivered,
+            acked: c.acked,
+            nacked: c.nacked,
+            expired: c.expired,
+            dead_lettered: c.dead_lettered,
+            redelivered: c.redelivered,
         },
-        None => ScrapedQueues::default(),
+        config: QueueSettings {
+            lease_ms: s.config.lease_ms,
+            max_attempts: s.config.max_attempts,
+            backoff_min_ms: s.config.backoff_min_ms,
+            backoff_max_ms: s.config.backoff_max_ms,
+            max_length: s.config.max_length,
+            result_ttl_ms: s.config.result_ttl_ms,
+            dedup_window_ms: s.config.dedup_window_ms,
+        },
+    }
+}
+
+fn task_view(s: PeekState) -> TaskView {
+    match s {
+        PeekState::Ready => TaskView::Ready,
+        PeekState::Delayed => TaskView::Delayed,
+        PeekState::Leased => TaskView::Leased,
+        PeekState::Dead => TaskView::Dead,
+    }
+}
+
+fn peek_state(v: TaskView) -> PeekState {
+    match v {
+        TaskView::Ready => PeekState::Ready,
+        TaskView::Delayed => PeekState::Delayed,
+        TaskView::Leased => PeekState::Leased,
+        TaskView::Dead => PeekState::Dead,
+    }
+}
+
+fn preview_of(t: PeekedTask) -> TaskPreview {
+    let (payload, payload_base64) = text_and_base64(&t.payload);
+    TaskPreview {
+        id: t.task_id,
+        state: peek_state(t.state),
+        priority: t.priority,
+        attempts: t.attempts,
+        max_attempts: t.max_attempts,
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.updated_at_ms,
+        not_before_ms: t.not_before_ms,
+        lease_holder: (!t.lease_holder.is_empty()).then_some(t.lease_holder),
+        lease_deadline_ms: (t.lease_deadline_ms > 0).then_some(t.lease_deadline_ms),
+        last_error: (!t.last_error.is_empty()).then_some(t.last_error),
+        payload,
+        payload_base64,
+        payload_bytes: t.payload_bytes,
+        truncated: t.truncated,
+        headers: t
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect(),
+    }
+}
+
+fn task_detail(t: TaskReport) -> TaskDetail {
+    let name = match t.state {
+        TaskPhase::Ready => "ready",
+        TaskPhase::Delayed => "delayed",
+        TaskPhase::Leased => "leased",
+        TaskPhase::Succeeded => "succeeded",
+        TaskPhase::Dead => "dead",
+        TaskPhase::Unknown => "unknown",
     };
-    let writer = live.map(|l| &*l.writer);
-    let store = live.map_or(StoreHealth::default(), |l| StoreHealth {
-        failed: l.store.failure().is_some(),
-        unavailable: l.store.refusing_publishes().is_some(),
-        journal_bytes: l.store.journal_disk_bytes(),
-    });
-    match exposition::render(&state.metrics, writer, queues, store, openmetrics) {
-        Ok(body) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let finished = matches!(
+        t.state,
+        TaskPhase::Succeeded | TaskPhase::Dead | TaskPhase::Unknown
+    );
+    let result = (t.state == TaskPhase::Succeeded).then(|| text_and_base64(&t.result));
+    TaskDetail {
+        id: t.task_id,
+        state: name.to_owned(),
+        queue: t.queue,
+        priority: t.priority,
+        attempts: t.attempts,
+        max_attempts: t.max_attempts,
+        last_error: t.last_error.filter(|e| !e.is_empty()),
+        lease_holder: t.lease.as_ref().map(|l| l.consumer.to_string()),
+        lease_deadline_ms: t.lease.as_ref().map(|l| l.deadline_ms),
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.updated_at_ms,
+        not_before_ms: t.not_before_ms,
+        result_base64: result.as_ref().map(|(_, b)| b.clone()),
+        result: result.map(|(text, _)| text),
+        expires_at_ms: t.expires_at_ms,
+        finished,
+    }
+}
+
+fn quantiles(h: &crate::histogram::Histogram) -> Quantiles {
+    let s = h.snapshot();
+    Quantiles {
+        count: s.count,
+        p50_us: s.quantile(0.5),
+        p99_us: s.quantile(0.99),
+    }
+}
+
+impl Backend for HubBackend {
+    fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+
+    fn health(&self) -> Health {
+        let store = self.live.get().map(|l| &l.store);
+        Health {
+            ready: self.metrics.is_ready(),
+            failed: store.and_then(|s| s.failure()).map(|e| e.to_string()),
+            unavailable: store
+                .and_then(|s| s.refusing_publishes())
+                .map(|e| e.to_string()),
+        }
+    }
+
+    fn metrics(&self, openmetrics: bool) -> BoxFuture<'_, Result<MetricsText, ApiError>> {
+        Box::pin(async move {
+            let live = self.live.get();
+            let queues = match live {
+                Some(live) => queue_samples(live).await?,
+                None => ScrapedQueues::default(),
+            };
+            let writer = live.map(|l| &*l.writer);
+            let store = live.map_or(StoreHealth::default(), |l| StoreHealth {
+                failed: l.store.failure().is_some(),
+                unavailable: l.store.refusing_publishes().is_some(),
+                journal_bytes: l.store.journal_disk_bytes(),
+            });
+            let body = exposition::render(&self.metrics, writer, queues, store, openmetrics)
+                .map_err(|_| ApiError::new(ErrorCode::Internal, "encoding the metrics failed"))?;
             let content_type = if openmetrics {
                 exposition::CONTENT_TYPE
             } else {
                 exposition::TEXT_CONTENT_TYPE
             };
-            resp.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-            resp
-        }
-        Err(_) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding the metrics failed\n",
-        ),
+            Ok(MetricsText { content_type, body })
+        })
+    }
+
+    fn queues(&self, after: String, limit: usize) -> BoxFuture<'_, Result<QueuePage, ApiError>> {
+        Box::pin(async move {
+            match self.admin(AdminOp::List { after, limit }).await? {
+                Outbound::Admin(AdminReply::Queues { queues, more, .. }) => {
+                    let store = &self.live()?.store;
+                    let now = now_ms();
+                    Ok(QueuePage {
+                        queues: queues.iter().map(|q| queue_view(q, store, now)).collect(),
+                        more,
+                    })
+                }
+                other_answer => Err(other(other_answer, "a queue list")),
+            }
+        })
+    }
+
+    fn queue(&self, name: String) -> BoxFuture<'_, Result<QueueView, ApiError>> {
+        Box::pin(async move {
+            let answer = self.admin(AdminOp::Get(name)).await?;
+            single_queue(answer, &self.live()?.store)
+        })
+    }
+
+    fn peek(
+        &self,
+        queue: String,
+        state: PeekState,
+        limit: usize,
+        preview_bytes: usize,
+    ) -> BoxFuture<'_, Result<TaskList, ApiError>> {
+        Box::pin(async move {
+            let op = AdminOp::Peek {
+                queue,
+                state: task_view(state),
+                limit,
+                preview: preview_bytes,
+            };
+            match self.admin(op).await? {
+                Outbound::Admin(AdminReply::Peek { items, preview, .. }) => {
+                    let store = &self.live()?.store;
+                    let mut tasks = Vec::with_capacity(items.len());
+                    let mut size = 0;
+                    let mut more = false;
+                    for item in items {
+                        let task = reads::peeked_task(item, store, preview).map_err(|e| {
+                            ApiError::new(
+                                ErrorCode::Storage,
+                                format!("cannot read a peeked task: {e}"),
+                            )
+                        })?;
+                        // Settled or removed since the hub looked: skipped.
+                        let Some(task) = task else { continue };
+                        size += task.payload.len() + PEEK_ITEM_OVERHEAD;
+                        if size > self.max_answer_bytes {
+                            more = true;
+                            break;
+                        }
+                        tasks.push(preview_of(task));
+                    }
+                    Ok(TaskList { tasks, more })
+                }
+                other_answer => Err(other(other_answer, "a peek")),
+            }
+        })
+    }
+
+    fn task(&self, id: u64) -> BoxFuture<'_, Result<TaskDetail, ApiError>> {
+        Box::pin(async move {
+            let answer = self
+                .ask(|req| HubCmd::GetTask {
+                    conn: HTTP_CONN,
+                    req,
+                    task: id,
+                })
+                .await?;
+            match answer {
+                Outbound::Status { task, lease, .. } => {
+                    let store = &self.live()?.store;
+                    reads::task_report(store, task, lease.as_ref(), None, now_ms())
+                        .map(task_detail)
+                        .map_err(|e| {
+                            ApiError::new(ErrorCode::Storage, format!("cannot read task {id}: {e}"))
+                        })
+                }
+                other_answer => Err(other(other_answer, "a task lookup")),
+            }
+        })
+    }
+
+    fn connections(&self, limit: usize) -> BoxFuture<'_, Result<ConnectionList, ApiError>> {
+        Box::pin(async move {
+            let live = self.live()?;
+            let (reply, rx) = oneshot::channel();
+            live.hub
+                .send(HubCmd::Connections { limit, reply })
+                .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+            let (conns, more) = rx
+                .await
+                .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+            Ok(ConnectionList {
+                connections: conns.into_iter().map(connection_view).collect(),
+                more,
+            })
+        })
+    }
+
+    fn overview(&self) -> BoxFuture<'_, Result<Overview, ApiError>> {
+        Box::pin(async move {
+            let live = self.live()?;
+            let (reply, rx) = oneshot::channel();
+            live.hub
+                .send(HubCmd::Scrape { limit: 0, reply })
+                .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+            let scraped = rx
+                .await
+                .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+            let sum = scraped.others;
+            let health = self.health();
+            let (state, reason) = match (&health.failed, &health.unavailable) {
+                (Some(f), _) => ("failed", Some(f.clone())),
+                (None, Some(u)) => ("unavailable", Some(u.clone())),
+                (None, None) => ("ok", None),
+            };
+            Ok(Overview {
+                node_id: self.node_id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                health: state.to_owned(),
+                health_reason: reason,
+                ready: health.ready,
+                journal_bytes: live.store.journal_disk_bytes(),
+                queues: scraped.queues,
+                ready_tasks: sum.as_ref().map_or(0, |s| s.ready),
+                delayed_tasks: sum.as_ref().map_or(0, |s| s.delayed),
+                leased_tasks: sum.as_ref().map_or(0, |s| s.leased),
+                dead_tasks: sum.as_ref().map_or(0, |s| s.dead),
+                connections: self.metrics.connections_open.load(Ordering::Relaxed).max(0) as u64,
+                publish_confirm: quantiles(&self.metrics.publish_confirm_micros),
+                commit: quantiles(&live.writer.commit_latency_micros),
+            })
+        })
+    }
+
+    fn act(&self, action: Action) -> BoxFuture<'_, Result<ActionDone, ApiError>> {
+        Box::pin(async move {
+            let op = match action {
+                Action::Pause(q) => AdminOp::SetPaused(q, true),
+                Action::Resume(q) => AdminOp::SetPaused(q, false),
+                Action::Purge { queue, state } => AdminOp::Purge {
+                    queue,
+                    state: state.map(task_view),
+                },
+                Action::Redrive { queue, limit } => AdminOp::Redrive {
+                    queue,
+                    limit: limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX)),
+                },
+                Action::Configure(queue, c) => AdminOp::Configure(
+                    queue,
+                    QueueConfigUpdate {
+                        lease_ms: c.lease_ms,
+                        max_attempts: c.max_attempts,
+                        backoff_min_ms: c.backoff_min_ms,
+                        backoff_max_ms: c.backoff_max_ms,
+                        max_length: c.max_length,
+                        result_ttl_ms: c.result_ttl_ms,
+                        dedup_window_ms: c.dedup_window_ms,
+                    },
+                ),
+                Action::Delete(q) => AdminOp::Delete(q),
+            };
+            match self.admin(op).await? {
+                Outbound::Reply {
+                    reply: Reply::Count(n),
+                    ..
+                } => Ok(ActionDone::Count(n)),
+                answer => single_queue(answer, &self.live()?.store)
+                    .map(|q| ActionDone::Queue(Box::new(q))),
+            }
+        })
+    }
+}
+
+fn single_queue(answer: Outbound, store: &Store) -> Result<QueueView, ApiError> {
+    match answer {
+        Outbound::Admin(AdminReply::Queues { queues, .. }) => queues
+            .first()
+            .map(|q| queue_view(q, store, now_ms()))
+            .ok_or_else(|| unexpected("a queue read")),
+        answer => Err(other(answer, "a queue read")),
+    }
+}
+
+fn connection_view(c: ConnectionInfo) -> ConnectionView {
+    let tasks_held = c.subscriptions.iter().map(|s| u64::from(s.in_flight)).sum();
+    ConnectionView {
+        id: c.conn,
+        client: c.name.to_string(),
+        address: c.peer.to_string(),
+        subscriptions: c
+            .subscriptions
+            .into_iter()
+            .map(|s| SubscriptionView {
+                id: s.sub,
+                queue: s.queue.to_string(),
+                prefetch: s.prefetch,
+                in_flight: s.in_flight,
+            })
+            .collect(),
+        tasks_held,
     }
 }
 
 /// Asks the hub for the deepest queues' status (and the others' sum), then reads each
 /// exported queue's oldest ready task's age.
-async fn queue_samples(live: &Live) -> Option<ScrapedQueues> {
+async fn queue_samples(live: &Live) -> Result<ScrapedQueues, ApiError> {
     let (tx, rx) = oneshot::channel();
     live.hub
         .send(HubCmd::Scrape {
             limit: live.queue_limit,
             reply: tx,
         })
-        .ok()?;
-    let scraped = tokio::time::timeout(SCRAPE_TIMEOUT, rx).await.ok()?.ok()?;
+        .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
+    let scraped = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the broker is shutting down"))?;
     let now = now_ms();
-    Some(ScrapedQueues {
+    Ok(ScrapedQueues {
         top: scraped
             .top
             .into_iter()
@@ -261,73 +582,62 @@ async fn queue_samples(live: &Live) -> Option<ScrapedQueues> {
     })
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
+/// How a bind error names the HTTP port's setting.
+const HTTP_SETTING: &str = "the HTTP port, --http";
 
-/// The HTTP listener's lifecycle: started before recovery, stopped last.
+/// The HTTP port's lifecycle as the server drives it: started before recovery, handed
+/// the live broker after it, stopped last.
 pub(crate) struct HttpServer {
-    addr: Option<SocketAddr>,
-    state: Arc<HttpState>,
-    stop: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: crate::http::HttpServer,
+    backend: Arc<HubBackend>,
 }
 
 impl HttpServer {
-    /// Binds and starts serving, or does nothing when `addr` is `None` (`--http off`).
+    /// Binds and starts serving, or does nothing when `config.http` is `None`.
     pub(crate) async fn start(
-        addr: Option<SocketAddr>,
+        config: &ServerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<HttpServer, ServerError> {
-        let state = HttpState::new(metrics);
-        let stop = CancellationToken::new();
-        let Some(addr) = addr else {
-            return Ok(HttpServer {
-                addr: None,
-                state,
-                stop,
-                task: None,
-            });
+        let tls = if config.tls.http {
+            tls::acceptor(config)?
+        } else {
+            None
         };
-        let listener = bind(addr).await?;
-        let local = listener.local_addr().map_err(|cause| ServerError::Bind {
-            addr,
-            setting: HTTP_SETTING,
-            cause,
-        })?;
-        tracing::info!(http = %local, "metrics and health checks at http://{local} (/metrics, /healthz, /readyz)");
-        let task = tokio::spawn(serve(listener, state.clone(), stop.clone()));
-        Ok(HttpServer {
-            addr: Some(local),
-            state,
-            stop,
-            task: Some(task),
-        })
+        let options = HttpOptions {
+            auth: config.auth.clone(),
+            protect_metrics: config.auth.metrics,
+            tls,
+        };
+        let backend = Arc::new(HubBackend::new(config, metrics));
+        let server = crate::http::HttpServer::start(config.http, options, backend.clone())
+            .await
+            .map_err(|cause| ServerError::Bind {
+                addr: config.http.unwrap_or(([127, 0, 0, 1], 0).into()),
+                setting: HTTP_SETTING,
+                cause,
+            })?;
+        Ok(HttpServer { server, backend })
     }
 
     /// The bound address, if serving.
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Hands over the live broker after recovery.
     pub(crate) fn go_live(&self, live: Live) {
-        self.state.go_live(live);
+        if let Some(addr) = self.local_addr() {
+            self.backend.go_live(live, addr);
+        }
     }
 
-    /// Stops accepting and waits (briefly) for in-flight requests.
+    /// Stops serving; the answer router ends once the hub has let go of its outbox.
     pub(crate) async fn stop(self) {
-        self.stop.cancel();
-        if let Some(task) = self.task {
-            if let Err(e) = task.await {
-                warn!(error = %e, "http server task failed");
-            }
+        self.server.stop().await;
+        let router = self.backend.router.lock().take();
+        if let Some(router) = router {
+            router.abort();
+            let _ = router.await;
         }
     }
 }

@@ -15,7 +15,8 @@ use crate::broker::{AdminChange, AdminError, AdminPlan, ConnId, QueueSnapshot, S
 use crate::model::{Millis, Mutation, TaskId};
 use crate::server::done::{AdminProgress, Done};
 use crate::server::msg::{
-    AdminOp, AdminOutcome, AdminReply, Failure, Outbound, PeekItem, QueueStatus, Reply, ReqId,
+    AdminOp, AdminOutcome, AdminReply, ConnectionInfo, Failure, Outbound, PeekItem, QueueStatus,
+    Reply, ReqId, HTTP_CONN,
 };
 use crate::store::Muts;
 
@@ -239,6 +240,36 @@ impl Hub {
         if let Err(e) = result {
             self.admin_error(conn, req, e);
         }
+    }
+
+    /// Up to `limit` client connections by id (the HTTP side's own is not one), and
+    /// how many more there are: O(connections + limit · log limit).
+    pub(super) fn connections(&self, limit: usize) -> (Vec<ConnectionInfo>, u64) {
+        let mut ids: Vec<ConnId> = self
+            .names
+            .keys()
+            .copied()
+            .filter(|&c| c != HTTP_CONN)
+            .collect();
+        let total = ids.len();
+        if total > limit {
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        let list = ids
+            .into_iter()
+            .filter_map(|conn| {
+                let (name, peer) = self.names.get(&conn)?;
+                Some(ConnectionInfo {
+                    conn,
+                    name: name.clone(),
+                    peer: *peer,
+                    subscriptions: self.engine.subscriptions_of(conn),
+                })
+            })
+            .collect();
+        (list, (total - total.min(limit)) as u64)
     }
 
     fn status(&self, snapshot: QueueSnapshot, now: Millis) -> QueueStatus {

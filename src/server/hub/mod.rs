@@ -144,6 +144,9 @@ impl Hub {
                 extend_ms,
             } => self.extend(conn, req, task, token, extend_ms, now),
             HubCmd::GetTask { conn, req, task } => self.task_status(conn, req, task),
+            HubCmd::Connections { limit, reply } => {
+                let _ = reply.send(self.connections(limit));
+            }
             HubCmd::Committed(tasks, reservation) => self.committed(&tasks, reservation, now),
             HubCmd::Publish { muts, job } => self.admit(muts, *job),
             HubCmd::Release(r) => self.reservations.release(r),
