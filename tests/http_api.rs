@@ -395,6 +395,16 @@ async fn actions_are_answered_once_durable_and_seen_by_the_protocol() {
         .assert_error(404, "NOT_FOUND");
 }
 
+/// A bad request: method, path, headers, body, expected status and error code.
+type Case<'a> = (
+    &'a str,
+    String,
+    &'a [(&'a str, &'a str)],
+    String,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn bad_input_gets_a_4xx_with_the_error_code_never_a_5xx() {
     let broker = TestBroker::start().await;
@@ -406,7 +416,7 @@ async fn bad_input_gets_a_4xx_with_the_error_code_never_a_5xx() {
     let huge = format!("{{\"lease_ms\": 1, \"pad\": \"{}\"}}", "x".repeat(100_000));
     // (Pausing or configuring a queue not used yet is not an error: as with the CLI,
     // it sets the queue up before its first task.)
-    let cases: Vec<(&str, String, &[(&str, &str)], String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/v1/queues/nope".into(),
