@@ -124,8 +124,10 @@ impl PeekState {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// List the queues whose names sort after this one.
+    #[param(max_length = 200)]
     pub after: Option<String>,
     /// Most queues (1..=1000; default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -136,8 +138,10 @@ pub struct PeekQuery {
     /// Which tasks (default `ready`).
     pub state: Option<PeekState>,
     /// Most tasks (1..=1000; default 20).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Payload bytes per task (1..=65536; default 1024).
+    #[param(minimum = 1, maximum = 65536)]
     pub preview_bytes: Option<u32>,
 }
 
