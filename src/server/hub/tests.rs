@@ -264,9 +264,18 @@ async fn publish_admission_reserves_room_until_durable() {
             job: Box::new(job_b),
         },
     ]);
-    // The refusal is immediate; the first publish is confirmed once durable.
-    match reply_to(&mut rx, 11).await {
-        Reply::Refused(Failure::QueueFull(full)) => assert_eq!(
+    // The refusal is immediate, the first publish is confirmed once durable: the two
+    // answers may arrive in either order (the store writer is another thread).
+    let mut answers = vec![next(&mut rx).await, next(&mut rx).await];
+    answers.sort_by_key(|o| match o {
+        Outbound::Reply { req, .. } => *req,
+        _ => 0,
+    });
+    match answers.pop() {
+        Some(Outbound::Reply {
+            req: 11,
+            reply: Reply::Refused(Failure::QueueFull(full)),
+        }) => assert_eq!(
             full,
             QueueFull {
                 queue: Arc::from("q"),
@@ -275,10 +284,13 @@ async fn publish_admission_reserves_room_until_durable() {
                 max_length: 3,
             }
         ),
-        other => panic!("expected QUEUE_FULL, got {other:?}"),
+        other => panic!("expected QUEUE_FULL for 11, got {other:?}"),
     }
-    match reply_to(&mut rx, 10).await {
-        Reply::Published(tasks) => assert_eq!(
+    match answers.pop() {
+        Some(Outbound::Reply {
+            req: 10,
+            reply: Reply::Published(tasks),
+        }) => assert_eq!(
             tasks,
             [
                 Published {
@@ -291,7 +303,7 @@ async fn publish_admission_reserves_room_until_durable() {
                 },
             ]
         ),
-        other => panic!("expected the publish confirmed, got {other:?}"),
+        other => panic!("expected publish 10 confirmed, got {other:?}"),
     }
     // Durable: the engine counts the two tasks, the reservation is gone.
     rig.pump().await;
@@ -546,9 +558,20 @@ async fn waiters_are_woken_once_the_final_state_is_durable() {
     rig.waiters.register(ids[0], 9, 70, wait_tx.downgrade());
     rig.waiters.register(ids[1], 9, 71, wait_tx.downgrade());
     rig.turn(vec![ack(1, 7, &d, d.token)]);
-    // The freed slot takes the next task at once; the ack is confirmed once durable.
-    assert_eq!(delivery(&mut rx).await.task, ids[1]);
-    assert!(matches!(reply_to(&mut rx, 7).await, Reply::Ok));
+    // The freed slot takes the next task at once; the ack is confirmed once durable
+    // (by the store writer's thread: the two may arrive in either order).
+    let (mut delivered, mut confirmed) = (None, false);
+    for _ in 0..2 {
+        match next(&mut rx).await {
+            Outbound::Deliver(d) => delivered = Some(d.task),
+            Outbound::Reply {
+                req: 7,
+                reply: Reply::Ok,
+            } => confirmed = true,
+            other => panic!("expected a delivery and the ack's confirmation, got {other:?}"),
+        }
+    }
+    assert_eq!((delivered, confirmed), (Some(ids[1]), true));
     match next(&mut wait_rx).await {
         Outbound::WaitDone {
             req: 70,
