@@ -127,6 +127,27 @@ pub struct QueueConfig {
     /// How long an idempotency key is remembered after its publish; 0 = keys are
     /// ignored.
     pub dedup_window_ms: u64,
+    /// Most tasks of the queue leased at once, across all consumers; 0 = no cap.
+    pub max_in_flight: u32,
+    /// Most deliveries per second (token bucket); 0 = no limit.
+    pub rate_limit: u32,
+    /// Deliveries the bucket holds when full (0 = one second's worth, `rate_limit`).
+    pub rate_burst: u32,
+    /// A task not started by its expiry is removed instead of moved to the dead set.
+    pub drop_expired: bool,
+}
+
+impl QueueConfig {
+    /// The token bucket's capacity in deliveries (0 when the queue has no rate limit).
+    pub fn effective_burst(&self) -> u32 {
+        if self.rate_limit == 0 {
+            0
+        } else if self.rate_burst == 0 {
+            self.rate_limit
+        } else {
+            self.rate_burst
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -140,6 +161,10 @@ impl Default for QueueConfig {
             paused: false,
             result_ttl_ms: 3_600_000,
             dedup_window_ms: 300_000,
+            max_in_flight: 0,
+            rate_limit: 0,
+            rate_burst: 0,
+            drop_expired: false,
         }
     }
 }
@@ -192,4 +217,80 @@ pub enum Mutation {
         /// Queue name.
         name: Arc<str>,
     },
+    /// Create or replace a periodic schedule (also how a tick records its last run,
+    /// in the same job as the task it publishes).
+    PutSchedule(Box<Schedule>),
+    /// Delete a schedule.
+    RemoveSchedule {
+        /// Schedule name.
+        name: Arc<str>,
+    },
+}
+
+/// What a schedule does with ticks that passed while it could not fire (the broker
+/// was down or stalled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum CatchUp {
+    /// Skip them.
+    None = 0,
+    /// Fire once, for the latest of them.
+    #[default]
+    One = 1,
+    /// Fire each of them, oldest first.
+    All = 2,
+}
+
+impl CatchUp {
+    /// Decodes the persisted tag.
+    pub fn from_u8(tag: u8) -> Option<CatchUp> {
+        match tag {
+            0 => Some(CatchUp::None),
+            1 => Some(CatchUp::One),
+            2 => Some(CatchUp::All),
+            _ => None,
+        }
+    }
+
+    /// The name used by the CLI and the JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::None => "none",
+            CatchUp::One => "one",
+            CatchUp::All => "all",
+        }
+    }
+}
+
+/// A periodic schedule as stored: what to publish, when, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// Unique name (the queue-name alphabet).
+    pub name: Arc<str>,
+    /// Queue its tasks go to.
+    pub queue: Arc<str>,
+    /// Cron expression: six fields (seconds first) or the usual five.
+    pub cron: String,
+    /// IANA time zone the expression is read in ("UTC" by default).
+    pub tz: String,
+    /// Payload of every task it publishes.
+    pub payload: Bytes,
+    /// Headers of every task it publishes, in key order.
+    pub headers: Vec<(String, Bytes)>,
+    /// Priority of its tasks.
+    pub priority: i32,
+    /// Per-task delivery limit (0 = the queue's).
+    pub max_attempts: u32,
+    /// Missed ticks policy.
+    pub catch_up: CatchUp,
+    /// Paused schedules do not fire; ticks that pass while paused are skipped.
+    pub paused: bool,
+    /// No tick at or before this time fires (creation or resume time).
+    pub since_ms: Millis,
+    /// Time of the last tick that published (0 = never).
+    pub last_run_ms: Millis,
+    /// The task the last tick published (0 = none).
+    pub last_task: TaskId,
+    /// When the schedule was created.
+    pub created_ms: Millis,
 }

@@ -246,7 +246,7 @@ impl Engine {
     /// the ready heap: O(ready), asked for only by operators.
     pub fn oldest_ready(&self, name: &str) -> Option<TaskId> {
         let idx = *self.by_name.get(name)?;
-        self.queues[idx as usize].ready.iter().map(|e| e.id).min()
+        self.queues[idx as usize].ready_iter().map(|e| e.id).min()
     }
 
     /// Up to `limit` tasks of a queue in `state`, without changing anything: ready in
@@ -270,7 +270,7 @@ impl Engine {
             lease: None,
         };
         let out = match state {
-            TaskView::Ready => top_in_delivery_order(&q.ready, limit)
+            TaskView::Ready => top_in_delivery_order(q.ready_iter(), limit)
                 .iter()
                 .map(|e| view(e, TaskView::Ready))
                 .collect(),
@@ -371,7 +371,7 @@ impl Engine {
         };
         for s in states {
             match s {
-                TaskView::Ready => ids.extend(q.ready.iter().map(|e| e.id)),
+                TaskView::Ready => ids.extend(q.ready_iter().map(|e| e.id)),
                 TaskView::Delayed => ids.extend(self.delayed_ids(idx)),
                 TaskView::Leased => ids.extend(self.leased_ids(idx)),
                 TaskView::Dead => ids.extend(q.dead.keys().copied()),
@@ -408,7 +408,7 @@ impl Engine {
     pub fn plan_delete(&self, name: &str) -> Result<AdminPlan, AdminError> {
         let idx = self.existing(name)?;
         let q = &self.queues[idx as usize];
-        let mut tasks: Vec<TaskId> = q.ready.iter().map(|e| e.id).collect();
+        let mut tasks: Vec<TaskId> = q.ready_iter().map(|e| e.id).collect();
         tasks.extend(self.delayed_ids(idx));
         tasks.extend(self.leased_ids(idx));
         tasks.extend(q.dead.keys().copied());
@@ -554,10 +554,13 @@ impl Engine {
         }
         let set: HashSet<TaskId> = ids.iter().copied().collect();
         let mut removed = 0u64;
+        self.forget_expiry(ids);
         let q = &mut self.queues[idx as usize];
-        let before = q.ready.len();
+        let before = q.ready_len();
         q.ready.retain(|e| !set.contains(&e.id));
-        removed += (before - q.ready.len()) as u64;
+        // An expired task's old ready entry goes with it (it counts as dead below).
+        q.expired_ready.retain(|id| !set.contains(id));
+        removed += before - q.ready_len();
         for id in ids {
             if q.dead.remove(id).is_some() {
                 removed += 1;
@@ -639,12 +642,12 @@ fn merged(mut c: QueueConfig, u: &QueueConfigUpdate) -> QueueConfig {
 
 /// The first `limit` entries of a ready heap in the order `dispatch` would pop them,
 /// without touching the heap: a bounded selection, O(n log limit).
-fn top_in_delivery_order(heap: &BinaryHeap<Entry>, limit: usize) -> Vec<Entry> {
+fn top_in_delivery_order<'a>(heap: impl Iterator<Item = &'a Entry>, limit: usize) -> Vec<Entry> {
     if limit == 0 {
         return Vec::new();
     }
     let mut best: BinaryHeap<Reverse<Entry>> = BinaryHeap::with_capacity(limit + 1);
-    for e in heap.iter() {
+    for e in heap {
         if best.len() < limit {
             best.push(Reverse(*e));
         } else if best.peek().is_some_and(|Reverse(worst)| e > worst) {
@@ -662,7 +665,7 @@ fn top_in_delivery_order(heap: &BinaryHeap<Entry>, limit: usize) -> Vec<Entry> {
 pub(super) fn snapshot_of(q: &Queue) -> QueueSnapshot {
     QueueSnapshot {
         name: q.name.clone(),
-        ready: q.ready.len() as u64,
+        ready: q.ready_len(),
         delayed: q.delayed,
         leased: q.leased,
         dead: q.dead.len() as u64,

@@ -10,11 +10,12 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use super::backoff::retry_delay_ms;
+use super::expiry::Waiting;
+pub(super) use super::queue::{Lease, Queue, QueueIdx, SubSlot};
+use super::schedule::Schedules;
 use crate::model::{Millis, Mutation, QueueConfig, StatePatch, TaskId, TaskState, TaskStatus};
 
 /// Identifies a client connection inside the broker.
@@ -30,6 +31,11 @@ pub const REASON_DISCONNECTED: &str = "consumer disconnected";
 pub const REASON_RESTARTED: &str = "broker restarted while the task was leased";
 /// Reason recorded for a nack that gives none.
 pub const REASON_NACKED: &str = "nacked";
+/// Most expiry-index entries one `tick` handles; the rest wait for the next turn.
+pub const EXPIRY_BATCH: usize = 4_096;
+
+/// Reason recorded when a task was not started before its expiry.
+pub const REASON_EXPIRED: &str = "expired";
 
 /// Engine-wide limits and defaults.
 #[derive(Debug, Clone)]
@@ -87,7 +93,7 @@ pub struct Entry {
 
 impl Entry {
     /// The index entry of a task as the store holds it.
-    fn stored(id: TaskId, state: &TaskState) -> Entry {
+    pub(super) fn stored(id: TaskId, state: &TaskState) -> Entry {
         Entry {
             id,
             priority: state.priority,
@@ -190,6 +196,8 @@ pub struct QueueCounters {
     pub dead_lettered: u64,
     /// Deliveries of a task that had been delivered before.
     pub redelivered: u64,
+    /// Tasks that expired before their first delivery (dead or dropped).
+    pub expired_tasks: u64,
 }
 
 /// A point-in-time view of a queue.
@@ -211,107 +219,6 @@ pub struct QueueSnapshot {
     pub config: QueueConfig,
     /// Counters.
     pub counters: QueueCounters,
-}
-
-pub(super) type QueueIdx = u32;
-
-#[derive(Debug)]
-pub(super) struct SubSlot {
-    /// Unique per subscription instance: a client may reuse a subscription id after
-    /// unsubscribing, and the old instance's leases must not free the new one's credit.
-    pub(super) uid: u64,
-    pub(super) conn: ConnId,
-    pub(super) sub: SubId,
-    pub(super) prefetch: u32,
-    pub(super) in_flight: u32,
-    /// Its connection reads too slowly: no deliveries until it catches up.
-    pub(super) paused: bool,
-}
-
-#[derive(Debug)]
-pub(super) struct Queue {
-    pub(super) name: Arc<str>,
-    pub(super) config: QueueConfig,
-    pub(super) ready: BinaryHeap<Entry>,
-    pub(super) delayed: u64,
-    pub(super) leased: u64,
-    /// The dead set, oldest first: kept in memory (id and entry, about 40 bytes per
-    /// dead task) so that peek, redrive and purge never scan the store.
-    pub(super) dead: BTreeMap<TaskId, Entry>,
-    pub(super) subs: Vec<SubSlot>,
-    /// Index in `subs` where the next tie-breaking scan starts (round-robin).
-    pub(super) rr: usize,
-    pub(super) dirty: bool,
-    pub(super) counters: QueueCounters,
-    /// A destructive admin change of this queue is in flight: nothing is dispatched.
-    pub(super) held: bool,
-}
-
-impl Queue {
-    pub(super) fn new(name: Arc<str>, config: QueueConfig) -> Queue {
-        Queue {
-            name,
-            config,
-            ready: BinaryHeap::new(),
-            delayed: 0,
-            leased: 0,
-            dead: BTreeMap::new(),
-            subs: Vec::new(),
-            rr: 0,
-            dirty: false,
-            counters: QueueCounters::default(),
-            held: false,
-        }
-    }
-
-    pub(super) fn effective_max_attempts(&self, entry: &Entry) -> u32 {
-        if entry.max_attempts > 0 {
-            entry.max_attempts
-        } else {
-            self.config.max_attempts
-        }
-    }
-
-    /// Least in-flight subscription with free credit; ties go round-robin from `rr`.
-    fn pick_subscriber(&mut self) -> Option<usize> {
-        let n = self.subs.len();
-        let mut best: Option<usize> = None;
-        for k in 0..n {
-            let i = (self.rr + k) % n;
-            let s = &self.subs[i];
-            if s.in_flight >= s.prefetch || s.paused {
-                continue;
-            }
-            match best {
-                Some(b) if self.subs[b].in_flight <= s.in_flight => {}
-                _ => best = Some(i),
-            }
-        }
-        if let Some(i) = best {
-            self.rr = (i + 1) % n;
-        }
-        best
-    }
-
-    pub(super) fn release_credit(&mut self, slot: u64) {
-        if let Some(s) = self.subs.iter_mut().find(|s| s.uid == slot) {
-            s.in_flight = s.in_flight.saturating_sub(1);
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Lease {
-    pub(super) token: u64,
-    pub(super) deadline_ms: Millis,
-    pub(super) conn: ConnId,
-    /// The subscription id it was delivered to (for display: peek shows the holder).
-    pub(super) sub: SubId,
-    /// `SubSlot::uid` of the subscription instance it was delivered to (credit is
-    /// returned by this, since a client may reuse a subscription id).
-    pub(super) slot: u64,
-    pub(super) queue: QueueIdx,
-    pub(super) entry: Entry,
 }
 
 /// The broker's in-memory state machine.
@@ -342,6 +249,15 @@ pub struct Engine {
     pub(super) delivery_window: Option<u32>,
     /// Deliveries per connection not yet reported written (only with a window).
     pub(super) unwritten: HashMap<ConnId, u32>,
+    /// Tasks with an expiry not yet delivered, and where they wait (`expiry.rs`).
+    pub(super) expiring: HashMap<TaskId, Waiting>,
+    /// (expiry, task) of `expiring`; entries of tasks since delivered or removed are
+    /// stale and skipped.
+    pub(super) expiry_index: BTreeSet<(Millis, TaskId)>,
+    /// Rate-limited queues out of tokens, by when the next one is there.
+    pub(super) throttled: BTreeSet<(Millis, QueueIdx)>,
+    /// Periodic schedules (`schedule.rs`).
+    pub(super) schedules: Schedules,
 }
 
 impl Engine {
@@ -366,6 +282,10 @@ impl Engine {
             paused_conns: HashSet::new(),
             delivery_window: None,
             unwritten: HashMap::new(),
+            expiring: HashMap::new(),
+            expiry_index: BTreeSet::new(),
+            throttled: BTreeSet::new(),
+            schedules: Schedules::default(),
         }
     }
 
@@ -400,8 +320,7 @@ impl Engine {
     /// Installs a persisted configuration (at start-up or after a change).
     pub fn set_queue_config(&mut self, name: &str, config: QueueConfig) {
         let idx = self.queue_idx(name);
-        let q = &mut self.queues[idx as usize];
-        q.config = config;
+        self.queues[idx as usize].set_config(config);
         self.mark_dirty(idx);
     }
 
@@ -411,7 +330,7 @@ impl Engine {
     pub fn pending_count(&self, name: &str) -> u64 {
         self.by_name.get(name).map_or(0, |&i| {
             let q = &self.queues[i as usize];
-            q.ready.len() as u64 + q.delayed + q.leased
+            q.ready_len() + q.delayed + q.leased
         })
     }
 
@@ -460,7 +379,7 @@ impl Engine {
 
     /// Pauses (or resumes) deliveries to every subscription of `conn`. Leases it holds
     /// are not affected.
-    fn set_conn_paused(&mut self, conn: ConnId, paused: bool) {
+    pub(super) fn set_conn_paused(&mut self, conn: ConnId, paused: bool) {
         if paused {
             self.paused_conns.insert(conn);
         } else {
@@ -493,11 +412,17 @@ impl Engine {
     }
 
     pub(super) fn enqueue(&mut self, idx: QueueIdx, entry: Entry, not_before: Millis, now: Millis) {
-        if not_before > now {
+        let delayed = not_before > now;
+        if !self.expiring.is_empty() {
+            if let Some(w) = self.expiring.get_mut(&entry.id) {
+                w.not_before = if delayed { not_before } else { 0 };
+            }
+        }
+        if delayed {
             self.queues[idx as usize].delayed += 1;
             self.delayed.insert((not_before, entry.id), (idx, entry));
         } else {
-            self.queues[idx as usize].ready.push(entry);
+            self.queues[idx as usize].push_ready(entry);
             self.mark_dirty(idx);
         }
     }
@@ -607,221 +532,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn take_lease(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-    ) -> Result<Lease, EngineError> {
-        match self.leases.get(&task) {
-            Some(l) if l.token == token && l.conn == conn => {}
-            _ => return Err(EngineError::LeaseExpired { task }),
-        }
-        let lease = self
-            .leases
-            .remove(&task)
-            .ok_or(EngineError::LeaseExpired { task })?;
-        let q = &mut self.queues[lease.queue as usize];
-        q.leased = q.leased.saturating_sub(1);
-        q.release_credit(lease.slot);
-        self.mark_dirty(lease.queue);
-        Ok(lease)
-    }
-
-    /// Settles a lease as done, with the ack's `result` payload (possibly empty). The
-    /// returned mutation must be durable before the ack is confirmed to the client:
-    /// `Succeed` (the store keeps a succeeded record for the queue's result TTL), or
-    /// `Remove` when the queue keeps no results.
-    pub fn ack(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-        result: Bytes,
-        now: Millis,
-    ) -> Result<Mutation, EngineError> {
-        let lease = self.take_lease(conn, task, token)?;
-        let q = &mut self.queues[lease.queue as usize];
-        q.counters.acked += 1;
-        if q.config.result_ttl_ms == 0 {
-            return Ok(Mutation::Remove { id: task });
-        }
-        Ok(Mutation::Succeed {
-            id: task,
-            result,
-            updated_ms: now,
-        })
-    }
-
-    /// Settles a lease as failed: retry (after backoff or a given delay) or dead.
-    pub fn nack(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-        mode: NackMode,
-        reason: &str,
-        now: Millis,
-    ) -> Result<Mutation, EngineError> {
-        let lease = self.take_lease(conn, task, token)?;
-        self.queues[lease.queue as usize].counters.nacked += 1;
-        let reason = if reason.is_empty() {
-            REASON_NACKED
-        } else {
-            reason
-        };
-        Ok(self.retry_or_bury(lease.queue, lease.entry, mode, reason, now))
-    }
-
-    /// Gives back a delivery its consumer never started on: the task is ready again at
-    /// once and the attempt counted at delivery is undone. The returned mutation (the
-    /// attempt count as it was before this delivery) must be durable before the
-    /// release is confirmed; until then the store holds the higher count, which only
-    /// errs on the safe side.
-    pub fn release_unseen(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-        now: Millis,
-    ) -> Result<Mutation, EngineError> {
-        let mut lease = self.take_lease(conn, task, token)?;
-        debug_assert!(
-            lease.entry.attempts > 0,
-            "a leased task was delivered at least once"
-        );
-        lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
-        let attempts = lease.entry.attempts;
-        self.enqueue(lease.queue, lease.entry, 0, now);
-        Ok(Mutation::Patch {
-            id: task,
-            patch: StatePatch {
-                attempts: Some(attempts),
-                updated_ms: now,
-                ..StatePatch::default()
-            },
-        })
-    }
-
-    /// Pushes a lease's deadline to `now + extend_ms` (capped). Returns the new deadline.
-    pub fn extend(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-        extend_ms: u64,
-        now: Millis,
-    ) -> Result<Millis, EngineError> {
-        let max = self.config.max_lease_ms;
-        match self.leases.get_mut(&task) {
-            Some(l) if l.token == token && l.conn == conn && l.deadline_ms > now => {
-                l.deadline_ms = now.saturating_add(extend_ms.min(max));
-                let deadline = l.deadline_ms;
-                self.deadlines.push(Reverse((deadline, task, token)));
-                Ok(deadline)
-            }
-            _ => Err(EngineError::LeaseExpired { task }),
-        }
-    }
-
-    /// Drops a lease whose delivery could not be sent (its task vanished or its body
-    /// could not be read). With `requeue`, the task goes back to ready, and the
-    /// delivery that never left does not count as an attempt (counting it would let
-    /// the next delivery exceed `max_attempts`). The store may keep the higher count
-    /// until the next delivery persists the right one; that only errs on the safe side.
-    pub fn undeliverable(
-        &mut self,
-        conn: ConnId,
-        task: TaskId,
-        token: u64,
-        requeue: bool,
-        now: Millis,
-    ) {
-        if let Ok(mut lease) = self.take_lease(conn, task, token) {
-            if requeue {
-                lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
-                self.enqueue(lease.queue, lease.entry, 0, now);
-            }
-        }
-    }
-
-    /// A connection closed: its subscriptions end and its leases return to ready now
-    /// (or to the dead set if that was their last attempt).
-    pub fn disconnect(&mut self, conn: ConnId, now: Millis, out: &mut Vec<Effect>) {
-        self.paused_conns.remove(&conn);
-        self.unwritten.remove(&conn);
-        if let Some(subs) = self.conn_subs.remove(&conn) {
-            for (idx, sub) in subs {
-                self.remove_slot(idx, conn, sub);
-            }
-        }
-        let mut released: Vec<Lease> = Vec::new();
-        self.leases.retain(|_, l| {
-            if l.conn == conn {
-                released.push(l.clone());
-                false
-            } else {
-                true
-            }
-        });
-        // Oldest first, so the requeued tasks keep their relative order.
-        released.sort_by_key(|l| l.entry.id);
-        for lease in released {
-            let q = &mut self.queues[lease.queue as usize];
-            q.leased = q.leased.saturating_sub(1);
-            self.mark_dirty(lease.queue);
-            let m = self.retry_or_bury(
-                lease.queue,
-                lease.entry,
-                NackMode::After(0),
-                REASON_DISCONNECTED,
-                now,
-            );
-            out.push(Effect::Persist(m));
-        }
-    }
-
-    /// Either schedules the next attempt or moves the task to the dead set.
-    pub(super) fn retry_or_bury(
-        &mut self,
-        idx: QueueIdx,
-        entry: Entry,
-        mode: NackMode,
-        reason: &str,
-        now: Millis,
-    ) -> Mutation {
-        let q = &self.queues[idx as usize];
-        let max = q.effective_max_attempts(&entry);
-        let exhausted = max > 0 && entry.attempts >= max;
-        if mode == NackMode::Dead || exhausted {
-            let q = &mut self.queues[idx as usize];
-            q.dead.insert(entry.id, entry);
-            q.counters.dead_lettered += 1;
-            return dead_patch(entry.id, reason, now);
-        }
-        let delay = match mode {
-            NackMode::After(d) => d,
-            _ => retry_delay_ms(
-                entry.attempts,
-                q.config.backoff_min_ms,
-                q.config.backoff_max_ms,
-                &mut self.rng,
-            ),
-        };
-        let not_before = if delay == 0 { 0 } else { now + delay };
-        self.enqueue(idx, entry, not_before, now);
-        Mutation::Patch {
-            id: entry.id,
-            patch: StatePatch {
-                not_before_ms: Some(not_before),
-                last_error: Some(Some(reason.to_owned())),
-                updated_ms: now,
-                ..StatePatch::default()
-            },
-        }
-    }
-
-    /// Expires leases and releases delayed tasks whose time has come.
+    /// Expires leases, releases delayed tasks whose time has come, expires tasks not
+    /// started by their expiry (at most [`EXPIRY_BATCH`] per call) and wakes
+    /// rate-limited queues whose next token is there.
     pub fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
         while let Some(&Reverse((deadline, task, token))) = self.deadlines.peek() {
             if deadline > now {
@@ -857,120 +570,33 @@ impl Engine {
                 break;
             };
             self.queues[idx as usize].delayed -= 1;
-            self.queues[idx as usize].ready.push(entry);
-            self.mark_dirty(idx);
+            self.enqueue(idx, entry, 0, now);
         }
-    }
-
-    /// Hands ready tasks to subscriptions with free credit.
-    pub fn dispatch(&mut self, now: Millis, out: &mut Vec<Effect>) {
-        let dirty = std::mem::take(&mut self.dirty);
-        let mut full = Vec::new();
-        for idx in dirty.iter().copied() {
-            self.dispatch_queue(idx, now, out, &mut full);
-            // Connections whose window just filled: pause their other subscriptions.
-            for conn in full.drain(..) {
-                self.set_conn_paused(conn, true);
-            }
-        }
-        // Reuse the allocation.
-        self.dirty = dirty;
-        self.dirty.clear();
-    }
-
-    fn dispatch_queue(
-        &mut self,
-        idx: QueueIdx,
-        now: Millis,
-        out: &mut Vec<Effect>,
-        full: &mut Vec<ConnId>,
-    ) {
-        let max_lease = self.config.max_lease_ms;
-        let window = self.delivery_window;
-        let q = &mut self.queues[idx as usize];
-        q.dirty = false;
-        if q.config.paused || q.held {
-            return;
-        }
-        while !q.ready.is_empty() {
-            let Some(slot) = q.pick_subscriber() else {
+        self.expire_due(now, EXPIRY_BATCH, out);
+        while let Some(&(at, idx)) = self.throttled.first() {
+            if at > now {
                 break;
-            };
-            let Some(mut entry) = q.ready.pop() else {
-                break;
-            };
-            entry.attempts += 1;
-            let lease_ms = if entry.lease_ms > 0 {
-                u64::from(entry.lease_ms)
-            } else {
-                q.config.lease_ms
             }
-            .min(max_lease);
-            let deadline_ms = now.saturating_add(lease_ms);
-            let token = self.next_token;
-            self.next_token = self.next_token.wrapping_add(1);
-            let s = &mut q.subs[slot];
-            s.in_flight += 1;
-            let (conn, sub, sub_slot) = (s.conn, s.sub, s.uid);
-            if let Some(window) = window {
-                let count = self.unwritten.entry(conn).or_default();
-                *count += 1;
-                if *count >= window {
-                    for s in q.subs.iter_mut().filter(|s| s.conn == conn) {
-                        s.paused = true;
-                    }
-                    full.push(conn);
-                }
+            self.throttled.pop_first();
+            if (idx as usize) < self.queues.len() {
+                self.mark_dirty(idx);
             }
-            q.leased += 1;
-            q.counters.delivered += 1;
-            if entry.attempts > 1 {
-                q.counters.redelivered += 1;
-            }
-            let max_attempts = q.effective_max_attempts(&entry);
-            self.leases.insert(
-                entry.id,
-                Lease {
-                    token,
-                    deadline_ms,
-                    conn,
-                    sub,
-                    slot: sub_slot,
-                    queue: idx,
-                    entry,
-                },
-            );
-            self.deadlines.push(Reverse((deadline_ms, entry.id, token)));
-            out.push(Effect::Persist(Mutation::Patch {
-                id: entry.id,
-                patch: StatePatch {
-                    attempts: Some(entry.attempts),
-                    updated_ms: now,
-                    ..StatePatch::default()
-                },
-            }));
-            out.push(Effect::Deliver(Dispatch {
-                conn,
-                sub,
-                task: entry.id,
-                token,
-                attempt: entry.attempts,
-                max_attempts,
-                deadline_ms,
-                priority: entry.priority,
-                queue: q.name.clone(),
-            }));
         }
     }
 
-    /// The earliest time at which `tick` has work: a lease deadline or a delayed task.
+    /// The earliest time at which `tick` has work: a lease deadline, a delayed task,
+    /// an expiry, a rate-limited queue's next token. (Schedules have their own:
+    /// [`Engine::next_schedule_run`].)
     pub fn next_wakeup(&self) -> Option<Millis> {
-        let lease = self.deadlines.peek().map(|Reverse((d, _, _))| *d);
-        let delayed = self.delayed.first_key_value().map(|(&(t, _), _)| t);
-        match (lease, delayed) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.deadlines.peek().map(|Reverse((d, _, _))| *d),
+            self.delayed.first_key_value().map(|(&(t, _), _)| t),
+            self.expiry_index.first().map(|&(t, _)| t),
+            self.throttled.first().map(|&(t, _)| t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// A view of every queue, sorted by name.
@@ -981,7 +607,7 @@ impl Engine {
             .map(|&i| &self.queues[i as usize])
             .map(|q| QueueSnapshot {
                 name: q.name.clone(),
-                ready: q.ready.len() as u64,
+                ready: q.ready_len(),
                 delayed: q.delayed,
                 leased: q.leased,
                 dead: q.dead.len() as u64,

@@ -477,6 +477,11 @@ mod tests {
             paused: _, // per queue (`squall pause`), not a default
             result_ttl_ms: _,
             dedup_window_ms: _,
+            // Per queue (`squall queue set`), not defaults:
+            max_in_flight: _,
+            rate_limit: _,
+            rate_burst: _,
+            drop_expired: _,
         } = queue_defaults;
         let samples = [
             ("listen", "127.0.0.1:9"),

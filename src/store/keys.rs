@@ -8,6 +8,7 @@
 //! | key                              | value                         |
 //! |----------------------------------|-------------------------------|
 //! | `b'B'` + id (u64 big-endian)     | task body record              |
+//! | `b'C'` + schedule name bytes     | schedule record               |
 //! | `b'D'` + queue + `0x00` + key    | idempotency key record        |
 //! | `b'M'` + `b"next_id"`            | id watermark (u64 big-endian) |
 //! | `b'Q'` + queue name bytes        | queue config record           |
@@ -30,6 +31,8 @@ pub(crate) const STATE: u8 = b'S';
 pub(crate) const BODY: u8 = b'B';
 /// Prefix of queue configuration records.
 pub(crate) const QUEUE: u8 = b'Q';
+/// Prefix of schedule records ("cron").
+pub(crate) const SCHEDULE: u8 = b'C';
 
 /// Prefix of retention records (the result of a succeeded task, the expiry of a
 /// succeeded or dead one).
@@ -78,6 +81,14 @@ pub(crate) fn queue(name: &str) -> Vec<u8> {
     key
 }
 
+/// Key of a schedule's record.
+pub(crate) fn schedule(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(SCHEDULE);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
 /// The half-open key range `[prefix, prefix + 1)` holding every key of one kind.
 pub(crate) fn prefix_range(prefix: u8) -> std::ops::Range<[u8; 1]> {
     [prefix]..[prefix + 1]
@@ -89,7 +100,7 @@ pub(crate) fn task_id(key: &[u8]) -> Option<TaskId> {
     Some(TaskId::from_be_bytes(id))
 }
 
-/// The queue name of a `Q` key, if it is UTF-8.
+/// The name of a `Q` or `C` key, if it is UTF-8.
 pub(crate) fn queue_name(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key.get(1..)?).ok()
 }

@@ -26,6 +26,8 @@ mod record;
 mod report;
 #[cfg(test)]
 mod retention_tests;
+#[cfg(test)]
+mod schedule_tests;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -470,6 +472,24 @@ impl Store {
             queues.push((Arc::from(name), config));
         }
         Ok(queues)
+    }
+
+    /// Every persisted schedule, in name order.
+    pub fn schedules(&self) -> Result<Vec<crate::model::Schedule>, StoreError> {
+        let mut schedules = Vec::new();
+        for item in self
+            .inner
+            .dbs
+            .get()
+            .range(keys::prefix_range(keys::SCHEDULE))
+        {
+            let (key, value) = item.map_err(io_error)?;
+            let name = keys::queue_name(&key)
+                .ok_or_else(|| corrupt_reason(&key, "schedule name is not UTF-8"))?;
+            let schedule = record::decode_schedule(name, &value).map_err(|e| corrupt(&key, e))?;
+            schedules.push(schedule);
+        }
+        Ok(schedules)
     }
 
     /// Why the store failed, if it did (a checkpoint failed). Once failed it stays

@@ -17,7 +17,9 @@
 //!
 //! Queue record (v1): `version u8, lease_ms u64, max_attempts u32, backoff_min_ms u64,
 //! backoff_max_ms u64, max_length u64, paused bool(u8), result_ttl_ms u64,
-//! dedup_window_ms u64`.
+//! dedup_window_ms u64`, then (written since schedules and flow control; a record
+//! without them reads as their defaults) `max_in_flight u32, rate_limit u32,
+//! rate_burst u32, drop_expired bool(u8)`.
 
 use std::sync::Arc;
 
@@ -26,7 +28,9 @@ use bytes::Bytes;
 use crate::model::{Millis, QueueConfig, StatePatch, TaskBody, TaskState, TaskStatus};
 
 mod retained;
+mod schedule;
 pub(crate) use retained::*;
+pub(crate) use schedule::*;
 
 /// The record format version written by this build.
 pub(crate) const VERSION: u8 = 1;
@@ -215,7 +219,7 @@ pub(crate) fn decode_body(record: Bytes) -> Result<TaskBody, DecodeError> {
 
 /// Appends the queue record of `config` to `out`.
 pub(crate) fn encode_queue(config: &QueueConfig, out: &mut Vec<u8>) {
-    out.reserve(58);
+    out.reserve(71);
     out.push(VERSION);
     out.extend_from_slice(&config.lease_ms.to_le_bytes());
     out.extend_from_slice(&config.max_attempts.to_le_bytes());
@@ -225,12 +229,16 @@ pub(crate) fn encode_queue(config: &QueueConfig, out: &mut Vec<u8>) {
     out.push(u8::from(config.paused));
     out.extend_from_slice(&config.result_ttl_ms.to_le_bytes());
     out.extend_from_slice(&config.dedup_window_ms.to_le_bytes());
+    out.extend_from_slice(&config.max_in_flight.to_le_bytes());
+    out.extend_from_slice(&config.rate_limit.to_le_bytes());
+    out.extend_from_slice(&config.rate_burst.to_le_bytes());
+    out.push(u8::from(config.drop_expired));
 }
 
 /// Decodes a queue record.
 pub(crate) fn decode_queue(record: &[u8]) -> Result<QueueConfig, DecodeError> {
     let mut r = Reader::new(record)?;
-    let config = QueueConfig {
+    let mut config = QueueConfig {
         lease_ms: r.u64("lease_ms")?,
         max_attempts: r.u32("max_attempts")?,
         backoff_min_ms: r.u64("backoff_min_ms")?,
@@ -239,7 +247,15 @@ pub(crate) fn decode_queue(record: &[u8]) -> Result<QueueConfig, DecodeError> {
         paused: r.flag("paused")?,
         result_ttl_ms: r.u64("result_ttl_ms")?,
         dedup_window_ms: r.u64("dedup_window_ms")?,
+        ..QueueConfig::default()
     };
+    // Records written before flow control end here.
+    if r.remaining() > 0 {
+        config.max_in_flight = r.u32("max_in_flight")?;
+        config.rate_limit = r.u32("rate_limit")?;
+        config.rate_burst = r.u32("rate_burst")?;
+        config.drop_expired = r.flag("drop_expired")?;
+    }
     r.finish()?;
     Ok(config)
 }
@@ -518,7 +534,35 @@ mod tests {
         let b = encoded_body(&body());
         check_damage(&b, |r| decode_body(Bytes::copy_from_slice(r)).map(drop));
         let q = encoded_queue(&QueueConfig::default());
-        check_damage(&q, |r| decode_queue(r).map(drop));
+        // A record of the first layout (before flow control) still reads.
+        check_damage(&q[..OLD_QUEUE_LEN], |r| decode_queue(r).map(drop));
+        for len in (OLD_QUEUE_LEN + 1)..q.len() {
+            assert!(
+                decode_queue(&q[..len]).is_err(),
+                "prefix of {len} bytes decoded"
+            );
+        }
+    }
+
+    /// Length of a queue record written before flow control.
+    const OLD_QUEUE_LEN: usize = 54;
+
+    #[test]
+    fn queue_flow_settings_round_trip_and_old_records_read_as_defaults() {
+        let q = QueueConfig {
+            max_in_flight: 3,
+            rate_limit: 50,
+            rate_burst: 5,
+            drop_expired: true,
+            ..QueueConfig::default()
+        };
+        let bytes = encoded_queue(&q);
+        assert_eq!(decode_queue(&bytes).unwrap(), q);
+        let old = decode_queue(&bytes[..OLD_QUEUE_LEN]).unwrap();
+        assert_eq!(old, QueueConfig::default());
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() = 7;
+        assert!(decode_queue(&bad).unwrap_err().0.contains("drop_expired"));
     }
 
     #[test]

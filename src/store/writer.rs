@@ -577,6 +577,15 @@ impl<C: Completion> WriterLoop<C> {
                         .push((InlineArray::from(keys::queue(name)), None));
                     self.store.policies.write().remove(name);
                 }
+                Mutation::PutSchedule(schedule) => {
+                    self.encode_into_stage(keys::schedule(&schedule.name), |out| {
+                        record::encode_schedule(schedule, out)
+                    })?;
+                }
+                Mutation::RemoveSchedule { name } => {
+                    self.stage
+                        .push((InlineArray::from(keys::schedule(name)), None));
+                }
             }
         }
         Ok(max_inserted)
