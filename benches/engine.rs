@@ -20,6 +20,7 @@ fn published() -> Engine {
             not_before_ms: 0,
             max_attempts: 0,
             lease_ms: 0,
+            expires_ms: 0,
         })
         .collect();
     e.publish_committed(&tasks, 1);

@@ -32,6 +32,7 @@ fn task(id: u64, queue: &Arc<str>, payload: &Bytes) -> Mutation {
             created_ms: 1,
             updated_ms: 1,
             last_error: None,
+            expires_ms: 0,
         },
         body: TaskBody {
             created_ms: 1,

@@ -65,6 +65,8 @@ pub struct TaskState {
     pub updated_ms: Millis,
     /// Reason of the last failed attempt, if any.
     pub last_error: Option<String>,
+    /// Not delivered for the first time after this (0 = never expires).
+    pub expires_ms: Millis,
 }
 
 /// The immutable part of a task, read when it is delivered.

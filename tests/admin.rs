@@ -422,7 +422,7 @@ async fn cli_admin_commands_work_against_a_broker() {
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("backoff       100ms..2s"),
+        stdout(&out).contains("backoff        100ms..2s"),
         "{}",
         stdout(&out)
     );

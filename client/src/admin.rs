@@ -64,6 +64,8 @@ pub struct QueueTotals {
     pub expired: u64,
     /// Tasks moved to the dead set.
     pub dead_lettered: u64,
+    /// Tasks that expired before their first delivery.
+    pub expired_tasks: u64,
 }
 
 /// Events per second, averaged over the last minute.
@@ -104,6 +106,14 @@ pub struct QueueSettings {
     pub dedup_window: Duration,
     /// Paused.
     pub paused: bool,
+    /// Most tasks leased at once across all consumers (0 = no cap).
+    pub max_in_flight: u32,
+    /// Most deliveries per second (0 = no limit).
+    pub rate_limit: u32,
+    /// Deliveries the rate limit's bucket holds when full (0 = `rate_limit`).
+    pub rate_burst: u32,
+    /// Tasks not started by their expiry are dropped instead of dead-lettered.
+    pub drop_expired: bool,
 }
 
 /// A configuration change for [`Client::set_queue_config`]: only what is set changes.
@@ -128,6 +138,10 @@ pub struct QueueConfigUpdate {
     max_length: Option<u64>,
     result_ttl: Option<Duration>,
     dedup_window: Option<Duration>,
+    max_in_flight: Option<u32>,
+    rate_limit: Option<u32>,
+    rate_burst: Option<u32>,
+    drop_expired: Option<bool>,
 }
 
 impl QueueConfigUpdate {
@@ -174,6 +188,27 @@ impl QueueConfigUpdate {
         self
     }
 
+    /// Most tasks of the queue leased at once, across all consumers and connections
+    /// (0 = no cap).
+    pub fn max_in_flight(mut self, n: u32) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
+
+    /// Most deliveries per second, a token bucket holding `burst` (0 = `per_second`);
+    /// `per_second` 0 removes the limit.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Self {
+        self.rate_limit = Some(per_second);
+        self.rate_burst = Some(burst);
+        self
+    }
+
+    /// Drop tasks not started by their expiry instead of moving them to the dead set.
+    pub fn drop_expired(mut self, drop: bool) -> Self {
+        self.drop_expired = Some(drop);
+        self
+    }
+
     /// True when nothing would change.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -190,6 +225,10 @@ impl QueueConfigUpdate {
             max_length: self.max_length,
             result_ttl_ms: ms(self.result_ttl),
             dedup_window_ms: ms(self.dedup_window),
+            max_in_flight: self.max_in_flight,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            drop_expired: self.drop_expired,
         }
     }
 }
@@ -506,7 +545,7 @@ impl Client {
     }
 }
 
-fn checked(queue: impl Into<String>) -> Result<String> {
+pub(crate) fn checked(queue: impl Into<String>) -> Result<String> {
     let queue = queue.into();
     crate::check_queue_name(&queue)?;
     Ok(queue)
@@ -532,6 +571,7 @@ fn queue_info(q: v1::QueueInfo) -> Result<QueueInfo> {
             nacked: q.nacked,
             expired: q.expired,
             dead_lettered: q.dead_lettered,
+            expired_tasks: q.expired_tasks,
         },
         rates: QueueRates {
             published: rates.published,
@@ -552,6 +592,10 @@ fn queue_info(q: v1::QueueInfo) -> Result<QueueInfo> {
             result_ttl: Duration::from_millis(config.result_ttl_ms),
             dedup_window: Duration::from_millis(config.dedup_window_ms),
             paused: config.paused,
+            max_in_flight: config.max_in_flight,
+            rate_limit: config.rate_limit,
+            rate_burst: config.rate_burst,
+            drop_expired: config.drop_expired,
         },
     })
 }

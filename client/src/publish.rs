@@ -48,6 +48,7 @@ pub struct PublishOptions {
     lease: Option<Duration>,
     headers: BTreeMap<String, Bytes>,
     idempotency_key: Option<String>,
+    expires_in: Option<Duration>,
 }
 
 impl PublishOptions {
@@ -88,6 +89,14 @@ impl PublishOptions {
         self
     }
 
+    /// The task expires if it is not delivered within `expires_in` of its publish: it
+    /// then goes to the dead set with reason `expired` (or is dropped, per the queue's
+    /// `drop_expired`) without ever reaching a consumer.
+    pub fn expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_in = Some(expires_in);
+        self
+    }
+
     /// Adds a header (a later value for the same name replaces the earlier one).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.headers.insert(name.into(), value.into());
@@ -122,6 +131,7 @@ impl PublishOptions {
             max_attempts: self.max_attempts,
             lease_ms: self.lease.map_or(0, duration_ms_ceil),
             idempotency_key: self.idempotency_key.unwrap_or_default(),
+            expires_in_ms: self.expires_in.map_or(0, duration_ms_ceil),
         }
     }
 }

@@ -92,6 +92,14 @@ pub struct QueueConfigUpdate {
     pub result_ttl_ms: Option<u64>,
     /// Idempotency-key window.
     pub dedup_window_ms: Option<u64>,
+    /// Most tasks leased at once across all consumers (0 = no cap).
+    pub max_in_flight: Option<u32>,
+    /// Most deliveries per second (0 = no limit).
+    pub rate_limit: Option<u32>,
+    /// The rate limit's bucket size (0 = one second's worth).
+    pub rate_burst: Option<u32>,
+    /// Drop tasks not started by their expiry instead of dead-lettering them.
+    pub drop_expired: Option<bool>,
 }
 
 /// Why an administrative change was refused.
@@ -629,6 +637,10 @@ fn merged(mut c: QueueConfig, u: &QueueConfigUpdate) -> QueueConfig {
         max_length,
         result_ttl_ms,
         dedup_window_ms,
+        max_in_flight,
+        rate_limit,
+        rate_burst,
+        drop_expired,
     } = u;
     c.lease_ms = lease_ms.unwrap_or(c.lease_ms);
     c.max_attempts = max_attempts.unwrap_or(c.max_attempts);
@@ -637,6 +649,10 @@ fn merged(mut c: QueueConfig, u: &QueueConfigUpdate) -> QueueConfig {
     c.max_length = max_length.unwrap_or(c.max_length);
     c.result_ttl_ms = result_ttl_ms.unwrap_or(c.result_ttl_ms);
     c.dedup_window_ms = dedup_window_ms.unwrap_or(c.dedup_window_ms);
+    c.max_in_flight = max_in_flight.unwrap_or(c.max_in_flight);
+    c.rate_limit = rate_limit.unwrap_or(c.rate_limit);
+    c.rate_burst = rate_burst.unwrap_or(c.rate_burst);
+    c.drop_expired = drop_expired.unwrap_or(c.drop_expired);
     c
 }
 

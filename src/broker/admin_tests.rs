@@ -33,6 +33,7 @@ fn publish(e: &mut Engine, queue: &str, id: u64, priority: i32, not_before_ms: u
             not_before_ms,
             max_attempts: 0,
             lease_ms: 0,
+            expires_ms: 0,
         }],
         T0,
     );
@@ -286,6 +287,7 @@ fn measure_admin_scans() {
             not_before_ms: 0,
             max_attempts: 0,
             lease_ms: 0,
+            expires_ms: 0,
         })
         .collect();
     e.publish_committed(&tasks, T0);

@@ -64,6 +64,7 @@ impl Engine {
             };
             if entry.attempts == 0 && !self.expiring.is_empty() {
                 if let Some(waiting) = self.expiring.remove(&entry.id) {
+                    self.expiry_index.remove(&(waiting.expires_ms, entry.id));
                     if waiting.expires_ms <= now {
                         out.push(Effect::Persist(expire_entry(q, entry, now)));
                         continue;

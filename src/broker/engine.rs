@@ -134,6 +134,8 @@ pub struct Committed {
     pub max_attempts: u32,
     /// Per-task lease, 0 = queue default.
     pub lease_ms: u64,
+    /// Not delivered for the first time after this (0 = never expires).
+    pub expires_ms: Millis,
 }
 
 /// A delivery decided by the engine, to be sent on `conn`.
@@ -442,6 +444,7 @@ impl Engine {
                     self.queues[idx as usize].dead.insert(id, entry);
                     return Some(dead_patch(id, REASON_RESTARTED, now));
                 }
+                self.watch_expiry(idx, entry, state.expires_ms);
                 self.enqueue(idx, entry, state.not_before_ms, now);
             }
             TaskStatus::Dead => {
@@ -477,6 +480,7 @@ impl Engine {
                 max_attempts: t.max_attempts,
                 lease_ms: clamp_lease(t.lease_ms),
             };
+            self.watch_expiry(idx, entry, t.expires_ms);
             self.enqueue(idx, entry, t.not_before_ms, now);
         }
     }

@@ -24,6 +24,24 @@ pub(super) struct Waiting {
 }
 
 impl Engine {
+    /// Tracks the expiry of a task about to be enqueued (before `enqueue`, which
+    /// records where it waits). Only never-delivered tasks expire.
+    pub(super) fn watch_expiry(&mut self, idx: QueueIdx, entry: Entry, expires_ms: Millis) {
+        if expires_ms == 0 || entry.attempts > 0 {
+            return;
+        }
+        self.expiring.insert(
+            entry.id,
+            Waiting {
+                expires_ms,
+                queue: idx,
+                entry,
+                not_before: 0,
+            },
+        );
+        self.expiry_index.insert((expires_ms, entry.id));
+    }
+
     /// Expires the tasks whose index entries are due, at most `limit` entries.
     pub(super) fn expire_due(&mut self, now: Millis, limit: usize, out: &mut Vec<Effect>) {
         for _ in 0..limit {
@@ -62,7 +80,9 @@ impl Engine {
             return;
         }
         for id in ids {
-            self.expiring.remove(id);
+            if let Some(w) = self.expiring.remove(id) {
+                self.expiry_index.remove(&(w.expires_ms, *id));
+            }
         }
     }
 

@@ -23,6 +23,7 @@ fn publish(e: &mut Engine, first: u64, n: u64, now: u64) {
             not_before_ms: 0,
             max_attempts: 0,
             lease_ms: 0,
+            expires_ms: 0,
         })
         .collect();
     e.publish_committed(&tasks, now);

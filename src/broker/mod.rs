@@ -12,6 +12,8 @@ mod dispatch;
 mod engine;
 mod expiry;
 #[cfg(test)]
+mod expiry_tests;
+#[cfg(test)]
 mod flow_tests;
 #[cfg(test)]
 mod model_test;

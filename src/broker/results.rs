@@ -46,6 +46,7 @@ mod tests {
                 not_before_ms: 0,
                 max_attempts: 0,
                 lease_ms: 0,
+                expires_ms: 0,
             }],
             T0,
         );
@@ -101,6 +102,7 @@ mod tests {
             created_ms: T0,
             updated_ms: T0,
             last_error: None,
+            expires_ms: 0,
         };
         for id in 1..=3 {
             e.recover_task(id, &dead, T0);

@@ -5,7 +5,8 @@
 //!
 //! Exactly one task per tick: a tick's task and the schedule's new last run are one
 //! store job (one journal record), and the task carries the idempotency key
-//! `schedule:NAME:TICK_MS`. A schedule fires again only after its previous fire is
+//! `schedule:NAME:TICK_MS`; its headers name the schedule and the tick
+//! (`squall-schedule`, `squall-tick-ms`). A schedule fires again only after its previous fire is
 //! durable (`Engine::fire_done`), so a restart finds either both or neither.
 //!
 //! Pure like the rest of `broker/`: time is an argument, ids come from the caller,
@@ -23,6 +24,11 @@ use croner::Cron;
 use super::engine::{Committed, Engine};
 use crate::model::TaskStatus;
 use crate::model::{CatchUp, Millis, Mutation, NewTask, Schedule, TaskBody, TaskId, TaskState};
+
+/// Header of a schedule's task: the schedule's name.
+pub const HEADER_SCHEDULE: &str = "squall-schedule";
+/// Header of a schedule's task: its tick, unix milliseconds.
+pub const HEADER_TICK: &str = "squall-tick-ms";
 
 /// Most ticks one fire publishes (catch-up `all` after a long outage goes on in
 /// later turns).
@@ -150,6 +156,17 @@ struct Slot {
 }
 
 impl Slot {
+    fn view(&self) -> ScheduleView {
+        ScheduleView {
+            schedule: self.def.clone(),
+            next_run_ms: if self.def.paused {
+                None
+            } else {
+                self.armed.or_else(|| self.timer.next_after(self.floor))
+            },
+        }
+    }
+
     fn new(def: Schedule, timer: Timer, floor: Millis) -> Slot {
         Slot {
             def,
@@ -371,18 +388,23 @@ impl Engine {
 
     /// Every schedule in name order, with its next tick.
     pub fn schedule_views(&self) -> Vec<ScheduleView> {
-        self.schedules
+        self.schedules.slots.values().map(Slot::view).collect()
+    }
+
+    /// One schedule, with its next tick.
+    pub fn schedule_view(&self, name: &str) -> Option<ScheduleView> {
+        self.schedules.slots.get(name).map(Slot::view)
+    }
+
+    /// Up to `limit` schedules whose names sort after `after`, and whether more follow.
+    pub fn schedule_page(&self, after: &str, limit: usize) -> (Vec<ScheduleView>, bool) {
+        use std::ops::Bound;
+        let mut range = self
+            .schedules
             .slots
-            .values()
-            .map(|slot| ScheduleView {
-                schedule: slot.def.clone(),
-                next_run_ms: if slot.def.paused {
-                    None
-                } else {
-                    slot.armed.or_else(|| slot.timer.next_after(slot.floor))
-                },
-            })
-            .collect()
+            .range::<str, _>((Bound::Excluded(after), Bound::Unbounded));
+        let page = range.by_ref().take(limit).map(|(_, s)| s.view()).collect();
+        (page, range.next().is_some())
     }
 
     /// Number of schedules.
@@ -543,6 +565,13 @@ fn build_fire(
     let mut committed = Vec::with_capacity(ticks.len());
     for (i, &tick) in ticks.iter().enumerate() {
         let id = first + i as u64;
+        let mut headers = def.headers.clone();
+        headers.push((
+            HEADER_SCHEDULE.to_owned(),
+            Bytes::from(def.name.to_string()),
+        ));
+        headers.push((HEADER_TICK.to_owned(), Bytes::from(tick.to_string())));
+        headers.sort_by(|a, b| a.0.cmp(&b.0));
         committed.push(Committed {
             queue: def.queue.clone(),
             id,
@@ -550,6 +579,7 @@ fn build_fire(
             not_before_ms: 0,
             max_attempts: def.max_attempts,
             lease_ms: 0,
+            expires_ms: 0,
         });
         mutations.push(Mutation::Insert(Box::new(NewTask {
             id,
@@ -564,11 +594,12 @@ fn build_fire(
                 created_ms: now,
                 updated_ms: now,
                 last_error: None,
+                expires_ms: 0,
             },
             body: TaskBody {
                 created_ms: now,
                 payload: def.payload.clone(),
-                headers: def.headers.clone(),
+                headers,
                 idempotency_key: Some(tick_key(&def.name, tick)),
             },
         })));

@@ -328,7 +328,13 @@ fn the_task_of_a_tick_carries_the_schedule_and_the_tick_key() {
     );
     assert_eq!(task.body.payload, Bytes::from_static(b"tick"));
     let names: Vec<&str> = task.body.headers.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["a", "b"], "headers in key order");
+    assert_eq!(
+        names,
+        ["a", "b", HEADER_SCHEDULE, HEADER_TICK],
+        "headers in key order"
+    );
+    let tick = &task.body.headers[3].1;
+    assert_eq!(tick, &Bytes::from((T0 + 1_000).to_string()));
     assert_eq!((task.state.priority, task.state.max_attempts), (2, 4));
     let Mutation::PutSchedule(s) = &fires[0].mutations[1] else {
         panic!("the schedule's record is in the same job");

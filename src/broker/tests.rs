@@ -32,6 +32,7 @@ fn task(id: u64, priority: i32) -> Committed {
         not_before_ms: 0,
         max_attempts: 0,
         lease_ms: 0,
+        expires_ms: 0,
     }
 }
 
@@ -437,6 +438,7 @@ fn stored(status: TaskStatus, attempts: u32, not_before_ms: u64) -> TaskState {
         created_ms: T0,
         updated_ms: T0,
         last_error: None,
+        expires_ms: 0,
     }
 }
 

@@ -11,6 +11,7 @@ mod peek;
 mod publish;
 mod queues;
 mod render;
+mod schedule;
 mod serve;
 mod task;
 mod token;
@@ -108,6 +109,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Cluster members and roles (`squall cluster status [--json]`).
     Cluster(cluster::ClusterArgs),
+    /// Periodic schedules kept by the broker.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// A parsed command line, ready to run: `serve` has its settings loaded and validated.
@@ -183,6 +186,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<ExitCode> {
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::Token(args) => token::run(args),
         Command::Cluster(args) => cluster::run(args).await,
+        Command::Schedule(args) => schedule::run(args).await,
     }
 }
 
@@ -255,7 +259,9 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
                 ErrorCode::BadRequest
                 | ErrorCode::InvalidQueueName
                 | ErrorCode::EmptyPayload
-                | ErrorCode::PayloadTooLarge,
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::InvalidSchedule
+                | ErrorCode::ScheduleExists,
             ) => EXIT_DATAERR,
             Some(ErrorCode::NotFound) => EXIT_NOT_FOUND,
             Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden) => EXIT_NOPERM,

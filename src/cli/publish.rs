@@ -39,6 +39,11 @@ pub struct PublishArgs {
     /// Lease of each delivery (default: the queue's), e.g. 10s.
     #[arg(long, value_parser = parse_duration)]
     lease: Option<Duration>,
+    /// Not delivered at all unless started within this time, e.g. 10m: an unstarted
+    /// task then goes to the dead set with reason `expired` (or is dropped, per the
+    /// queue's --drop-expired).
+    #[arg(long, value_parser = parse_duration)]
+    expires_in: Option<Duration>,
     /// Header `name=value`; repeatable.
     #[arg(long = "header", value_parser = parse_header)]
     headers: Vec<(String, String)>,
@@ -60,6 +65,9 @@ impl PublishArgs {
         }
         if let Some(l) = self.lease {
             o = o.lease(l);
+        }
+        if let Some(e) = self.expires_in {
+            o = o.expires_in(e);
         }
         for (k, v) in &self.headers {
             o = o.header(k.clone(), Bytes::from(v.clone()));

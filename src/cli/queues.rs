@@ -77,6 +77,19 @@ struct SetArgs {
     /// Idempotency-key window, e.g. 5m.
     #[arg(long, value_parser = parse_duration)]
     dedup_window: Option<Duration>,
+    /// Most tasks of the queue leased at once, across all consumers (0 = no cap).
+    #[arg(long)]
+    max_in_flight: Option<u32>,
+    /// Most deliveries per second, e.g. 50/s (0 = no limit).
+    #[arg(long, value_parser = parse_rate, value_name = "N/s")]
+    rate_limit: Option<u32>,
+    /// Deliveries the rate limit lets through at once after a pause (default: one
+    /// second's worth).
+    #[arg(long, requires = "rate_limit")]
+    rate_burst: Option<u32>,
+    /// Tasks not started by their expiry are dropped instead of dead-lettered.
+    #[arg(long, value_name = "BOOL")]
+    drop_expired: Option<bool>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -103,8 +116,25 @@ impl SetArgs {
         if let Some(v) = self.dedup_window {
             u = u.dedup_window(v);
         }
+        if let Some(v) = self.max_in_flight {
+            u = u.max_in_flight(v);
+        }
+        if let Some(v) = self.rate_limit {
+            u = u.rate_limit(v, self.rate_burst.unwrap_or(0));
+        }
+        if let Some(v) = self.drop_expired {
+            u = u.drop_expired(v);
+        }
         u
     }
+}
+
+/// Parses a rate like `50/s` (or a bare `50`, per second).
+fn parse_rate(s: &str) -> Result<u32, String> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a rate like 50/s (deliveries per second)"))
 }
 
 pub async fn run_list(args: QueuesArgs) -> anyhow::Result<ExitCode> {

@@ -67,6 +67,7 @@ pub static KEYS: &[Key] = &[
         size(v)?),
     key!("max_batch", |s, v| s.server.max_batch = int(v)?),
     key!("max_prefetch", |s, v| s.server.max_prefetch = int(v)?),
+    key!("max_schedules", |s, v| s.server.max_schedules = int(v)?),
     key!("max_lease", |s, v| s.server.max_lease_ms = millis(v)?),
     key!("node_id", |s, v| s.server.node_id = string(v)?.to_owned()),
     key!("shutdown_grace", |s, v| s.server.shutdown_grace =

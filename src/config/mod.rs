@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub max_batch: usize,
     /// Largest prefetch of a subscription.
     pub max_prefetch: u32,
+    /// Most periodic schedules the broker keeps.
+    pub max_schedules: usize,
     /// Longest lease or extension.
     pub max_lease_ms: u64,
     /// Defaults of queues created on first use.
@@ -120,6 +122,7 @@ impl Default for ServerConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             max_batch: 1_000,
             max_prefetch: 10_000,
+            max_schedules: crate::broker::DEFAULT_MAX_SCHEDULES,
             max_lease_ms: 12 * 3600 * 1000,
             queue_defaults: QueueConfig::default(),
             node_id: "squall-0".to_owned(),
@@ -445,6 +448,7 @@ mod tests {
             max_payload_bytes: _,
             max_batch: _,
             max_prefetch: _,
+            max_schedules: _,
             max_lease_ms: _,
             queue_defaults,
             node_id: _,
@@ -494,6 +498,7 @@ mod tests {
             ("max_payload_bytes", "1 MiB"),
             ("max_batch", "7"),
             ("max_prefetch", "7"),
+            ("max_schedules", "7"),
             ("max_lease", "1h"),
             ("node_id", "n7"),
             ("shutdown_grace", "7s"),

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::msg::{
     AdminOutcome, Failure, Final, HubCmd, OutTx, Outbound, PublishJob, Published, Reply, ReqId,
-    WeakHubTx,
+    ScheduleChange, ScheduleOutcome, WeakHubTx,
 };
 use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
@@ -55,6 +55,19 @@ pub(crate) enum Done {
     Swept {
         tx: tokio::sync::oneshot::Sender<Result<SweepStats, StoreError>>,
     },
+    /// A schedule change (added, paused, resumed, removed): the hub applies and answers.
+    Schedule {
+        hub: WeakHubTx,
+        conn: ConnId,
+        req: ReqId,
+        change: ScheduleChange,
+    },
+    /// A schedule's fire: the hub learns which of its tasks exist and moves it on.
+    Fire {
+        hub: WeakHubTx,
+        schedule: Arc<str>,
+        committed: Vec<Committed>,
+    },
 }
 
 impl std::fmt::Debug for Done {
@@ -67,6 +80,8 @@ impl std::fmt::Debug for Done {
             Done::Recheck { .. } => "Recheck",
             Done::Removed { .. } => "Removed",
             Done::Swept { .. } => "Swept",
+            Done::Schedule { .. } => "Schedule",
+            Done::Fire { .. } => "Fire",
         };
         f.debug_tuple("Done").field(&kind).finish()
     }
@@ -131,6 +146,47 @@ impl Completion for Done {
                 }
                 return;
             }
+            (
+                Done::Schedule {
+                    hub,
+                    conn,
+                    req,
+                    change,
+                },
+                result,
+            ) => {
+                let outcome = ScheduleOutcome {
+                    conn,
+                    req,
+                    change,
+                    result,
+                };
+                if let Some(hub) = hub.upgrade() {
+                    let _ = hub.send(HubCmd::ScheduleDurable(Box::new(outcome)));
+                }
+                return;
+            }
+            (
+                Done::Fire {
+                    hub,
+                    schedule,
+                    mut committed,
+                },
+                result,
+            ) => {
+                let stored = result.is_ok();
+                if stored {
+                    drop_duplicates(&mut committed, report.duplicates);
+                }
+                if let Some(hub) = hub.upgrade() {
+                    let _ = hub.send(HubCmd::FireDone {
+                        schedule,
+                        stored,
+                        committed,
+                    });
+                }
+                return;
+            }
             (Done::Swept { tx }, result) => {
                 let _ = tx.send(result.map(|()| report.sweep.cloned().unwrap_or_default()));
                 return;
@@ -179,19 +235,26 @@ fn confirm_publish(
             },
         })
         .collect();
-    if !report.duplicates.is_empty() {
-        let mut i = 0;
-        let mut dups = report.duplicates.iter().peekable();
-        committed.retain(|_| {
-            let dup = dups.next_if(|d| d.index == i).is_some();
-            i += 1;
-            !dup
-        });
-    }
+    drop_duplicates(&mut committed, report.duplicates);
     if !committed.is_empty() || reservation.is_some() {
         let _ = hub.send(HubCmd::Committed(committed, reservation));
     }
     Reply::Published(tasks)
+}
+
+/// Keeps the tasks the store really inserted: `duplicates` are indexes into the job's
+/// mutations, whose inserts come first, in the order of `committed`.
+fn drop_duplicates(committed: &mut Vec<Committed>, duplicates: &[crate::store::Duplicate]) {
+    if duplicates.is_empty() {
+        return;
+    }
+    let mut i = 0;
+    let mut dups = duplicates.iter().peekable();
+    committed.retain(|_| {
+        let dup = dups.next_if(|d| d.index == i).is_some();
+        i += 1;
+        !dup
+    });
 }
 
 /// An ack that could not be stored (the journal could not write) left the task in the

@@ -172,6 +172,7 @@ async fn start_broker(
     bounded.refresh(&engine, default_max_length);
     let mut engine = engine;
     engine.set_delivery_window(Some(conn::DELIVERY_WINDOW));
+    engine.set_max_schedules(config.max_schedules);
     let hub = Hub::new(
         engine,
         handle.clone(),

@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::metrics::PublishTimer;
 use crate::broker::{
     AdminError, AdminPlan, Committed, ConnId, Dispatch, EngineError, NackMode, Peeked,
-    QueueConfigUpdate, QueueSnapshot, SubId, SubscriptionView, TaskView,
+    QueueConfigUpdate, QueueSnapshot, ScheduleError, ScheduleSpec, ScheduleView, SubId,
+    SubscriptionView, TaskView,
 };
 use crate::model::{TaskId, TaskState};
 use crate::store::{Muts, StoreError};
@@ -104,6 +105,8 @@ pub(crate) struct TaskSpec {
     pub(crate) lease_ms: u64,
     /// Empty for none.
     pub(crate) idempotency_key: String,
+    /// 0 = never expires.
+    pub(crate) expires_in_ms: u64,
 }
 
 /// An administrative request as the client sent it (the reader validates it into an
@@ -142,13 +145,29 @@ pub(crate) enum AdminRequest {
     DeleteQueue {
         queue: String,
     },
+    AddSchedule(ScheduleSpec),
+    ListSchedules {
+        after: String,
+        limit: u32,
+    },
+    RemoveSchedule {
+        name: String,
+    },
+    SetSchedulePaused {
+        name: String,
+        paused: bool,
+    },
 }
 
 impl AdminRequest {
     /// The queue the request names, if it names one.
     pub(crate) fn queue(&self) -> Option<&str> {
         match self {
-            AdminRequest::ListQueues { .. } => None,
+            AdminRequest::ListQueues { .. }
+            | AdminRequest::ListSchedules { .. }
+            | AdminRequest::RemoveSchedule { .. }
+            | AdminRequest::SetSchedulePaused { .. } => None,
+            AdminRequest::AddSchedule(spec) => Some(&spec.queue),
             AdminRequest::GetQueue { queue }
             | AdminRequest::SetQueueConfig { queue, .. }
             | AdminRequest::SetPaused { queue, .. }
@@ -193,6 +212,13 @@ pub(crate) enum AdminOp {
         limit: Option<usize>,
     },
     Delete(String),
+    AddSchedule(ScheduleSpec),
+    ListSchedules {
+        after: String,
+        limit: usize,
+    },
+    RemoveSchedule(String),
+    PauseSchedule(String, bool),
 }
 
 // ---------------------------------------------------------------------------------
@@ -215,6 +241,8 @@ pub(crate) enum Reply {
     Count(u64),
     Task(Box<TaskReport>),
     Payload(Box<TaskPayload>),
+    /// A schedule as it is now (added, paused or resumed).
+    Schedule(Box<ScheduleView>),
     Refused(Failure),
 }
 
@@ -245,6 +273,8 @@ pub(crate) enum Failure {
     Engine(EngineError),
     /// An admin request the engine refused.
     Admin(AdminError),
+    /// A schedule change the engine refused.
+    Schedule(ScheduleError),
     /// A publish to a bounded queue without room: nothing was stored.
     QueueFull(QueueFull),
     /// The store could not write or read (the message says which): a refused change
@@ -383,6 +413,12 @@ pub(crate) enum AdminReply {
         items: Vec<PeekItem>,
         preview: usize,
     },
+    /// A page of schedules (cut at the answer's room).
+    Schedules {
+        req: ReqId,
+        list: Vec<ScheduleView>,
+        more: bool,
+    },
 }
 
 /// A client connection as operators see it (`HubCmd::Connections`).
@@ -420,6 +456,23 @@ pub(crate) struct AdminOutcome {
     pub(crate) durable: Vec<bool>,
     /// The first failure, if any.
     pub(crate) failure: Option<StoreError>,
+}
+
+/// A schedule change and how its store job went.
+#[derive(Debug)]
+pub(crate) struct ScheduleOutcome {
+    pub(crate) conn: ConnId,
+    pub(crate) req: ReqId,
+    pub(crate) change: ScheduleChange,
+    pub(crate) result: Result<(), StoreError>,
+}
+
+/// A planned schedule change (`hub/schedules.rs`).
+#[derive(Debug, Clone)]
+pub(crate) enum ScheduleChange {
+    /// Added, paused or resumed: the new record.
+    Put(Box<crate::model::Schedule>),
+    Remove(Arc<str>),
 }
 
 // ---------------------------------------------------------------------------------
@@ -523,6 +576,15 @@ pub(crate) enum HubCmd {
     },
     /// The store jobs of an admin change completed (`hub/admin.rs`).
     AdminDurable(Box<AdminOutcome>),
+    /// The store job of a schedule change completed (`hub/schedules.rs`).
+    ScheduleDurable(Box<ScheduleOutcome>),
+    /// A schedule's fire (its tick's tasks and its last run, one job) completed:
+    /// `committed` are the tasks really inserted (not duplicates).
+    FireDone {
+        schedule: Arc<str>,
+        stored: bool,
+        committed: Vec<Committed>,
+    },
     /// The deepest queues' status and the sum of the others, for a metrics scrape:
     /// at most `limit` queues one by one.
     Scrape {

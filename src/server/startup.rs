@@ -90,6 +90,14 @@ pub(super) async fn recover(config: &ServerConfig) -> Result<Recovered, ServerEr
                 fixes.push(m);
             }
         })?;
+        for schedule in store.schedules()? {
+            let name = schedule.name.clone();
+            // A record this build cannot read stays stored (and listed nowhere) rather
+            // than stopping the broker; an operator can add it again.
+            if let Err(e) = engine.load_schedule(schedule, now) {
+                tracing::error!(schedule = %name, error = %e, "a stored schedule cannot be loaded; it does not fire");
+            }
+        }
         Ok::<_, StoreError>((store, engine, fixes, stats.tasks))
     })
     .await

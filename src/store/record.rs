@@ -10,7 +10,7 @@
 //!
 //! State record (v1): `version u8, status u8, priority i32, attempts u32,
 //! max_attempts u32, lease_ms u64, not_before_ms u64, created_ms u64, updated_ms u64,
-//! queue str, last_error opt<str>`.
+//! queue str, last_error opt<str>`, then `expires_ms u64` only for a task that expires.
 //!
 //! Body record (v1): `version u8, created_ms u64, payload bytes, header_count u32,
 //! (name str, value bytes)*, idempotency_key opt<str>`.
@@ -70,6 +70,8 @@ pub(crate) struct StateView<'a> {
     pub(crate) updated_ms: Millis,
     pub(crate) queue: &'a str,
     pub(crate) last_error: Option<&'a str>,
+    /// 0 = never expires (then the record carries no expiry field).
+    pub(crate) expires_ms: Millis,
 }
 
 impl<'a> StateView<'a> {
@@ -86,6 +88,7 @@ impl<'a> StateView<'a> {
             updated_ms: state.updated_ms,
             queue: &state.queue,
             last_error: state.last_error.as_deref(),
+            expires_ms: state.expires_ms,
         }
     }
 
@@ -120,6 +123,7 @@ impl<'a> StateView<'a> {
             created_ms: self.created_ms,
             updated_ms: self.updated_ms,
             last_error: self.last_error.map(str::to_owned),
+            expires_ms: self.expires_ms,
         }
     }
 }
@@ -141,7 +145,11 @@ pub(crate) fn encode_state(state: &StateView<'_>, out: &mut Vec<u8>) -> Result<(
         out.extend_from_slice(&n.to_le_bytes());
     }
     put_bytes(out, "queue", state.queue.as_bytes())?;
-    put_opt_str(out, "last_error", state.last_error)
+    put_opt_str(out, "last_error", state.last_error)?;
+    if state.expires_ms != 0 {
+        out.extend_from_slice(&state.expires_ms.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// Decodes a state record; its strings borrow from `record`.
@@ -161,6 +169,12 @@ pub(crate) fn decode_state(record: &[u8]) -> Result<StateView<'_>, DecodeError> 
         updated_ms: r.u64("updated_ms")?,
         queue: r.str("queue")?,
         last_error: r.opt_str("last_error")?,
+        // Written only for tasks that expire.
+        expires_ms: if r.remaining() > 0 {
+            r.u64("expires_ms")?
+        } else {
+            0
+        },
     };
     r.finish()?;
     Ok(view)
@@ -411,6 +425,7 @@ mod tests {
             created_ms: 1_700_000_000_000,
             updated_ms: 1_700_000_000_999,
             last_error: last_error.map(str::to_owned),
+            expires_ms: 0,
         }
     }
 
@@ -481,6 +496,24 @@ mod tests {
             let view = decode_state(&bytes).unwrap();
             assert_eq!(view.to_state(s.queue.clone()), s);
         }
+    }
+
+    #[test]
+    fn an_expiry_is_stored_only_for_tasks_that_expire() {
+        let plain = encoded_state(&state(None));
+        let expiring = TaskState {
+            expires_ms: 1_700_000_600_000,
+            ..state(None)
+        };
+        let bytes = encoded_state(&expiring);
+        assert_eq!(bytes.len(), plain.len() + 8);
+        assert_eq!(
+            decode_state(&bytes)
+                .unwrap()
+                .to_state(expiring.queue.clone()),
+            expiring
+        );
+        assert!(decode_state(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]

@@ -178,6 +178,7 @@ fn insert(id: TaskId, queue: &str, created_ms: u64, key: Option<&str>) -> Mutati
             created_ms,
             updated_ms: created_ms,
             last_error: None,
+            expires_ms: 0,
         },
         body: TaskBody {
             created_ms,

@@ -52,6 +52,7 @@ fn insert(id: TaskId) -> Mutation {
             created_ms: 5_000,
             updated_ms: 5_000,
             last_error: None,
+            expires_ms: 0,
         },
         body: TaskBody::default(),
     }))

@@ -75,6 +75,7 @@ fn state(queue: &str, created_ms: u64) -> TaskState {
         created_ms,
         updated_ms: created_ms,
         last_error: None,
+        expires_ms: 0,
     }
 }
 

@@ -22,11 +22,13 @@ from .backoff import ReconnectPolicy
 from .delivery import Subscription
 from .rendezvous import owner
 from .types import (
+    CATCH_UP,
     STATE_FILTERS,
     Duration,
     PeekedTask,
     Published,
     QueueInfo,
+    ScheduleInfo,
     ServerInfo,
     TaskInfo,
     TaskPayload,
@@ -95,6 +97,7 @@ class Message:
     max_attempts: int | None = None
     lease: Duration | None = None
     queue: str | None = None
+    expires_in: Duration | None = None
 
 
 @dataclass
@@ -121,6 +124,7 @@ def _fill_spec(
     headers: Mapping[str, bytes | str] | None,
     max_attempts: int | None,
     lease: Duration | None,
+    expires_in: Duration | None = None,
 ) -> None:
     spec.queue = queue
     if isinstance(payload, str):
@@ -144,6 +148,8 @@ def _fill_spec(
         spec.max_attempts = max_attempts
     if lease is not None:
         spec.lease_ms = duration_ms(lease, "lease")
+    if expires_in is not None:
+        spec.expires_in_ms = duration_ms(expires_in, "expires_in")
 
 
 @dataclass
@@ -580,15 +586,18 @@ class Client:
         headers: Mapping[str, bytes | str] | None = None,
         max_attempts: int | None = None,
         lease: Duration | None = None,
+        expires_in: Duration | None = None,
     ) -> Published:
         """Publishes one task; returns once it is durable. With an idempotency `key`,
         a publish whose outcome is unknown (timeout, lost connection) is sent again (up
         to twice), and a repeat answers with the first task's id (`duplicate` set);
-        without one it is never repeated by the client."""
+        without one it is never repeated by the client. A task not delivered within
+        `expires_in` of its publish is never delivered: it goes to the dead set with
+        reason "expired" (or is dropped, per the queue's `drop_expired`)."""
         node = self._node_for(queue)
         req = pb.Request()
         spec = req.publish.tasks.add()
-        _fill_spec(spec, queue, payload, priority, delay, key, headers, max_attempts, lease)
+        _fill_spec(spec, queue, payload, priority, delay, key, headers, max_attempts, lease, expires_in)
         if node.config.validate_locally:
             _check_spec(spec, node.info)
         conn = node.conn
@@ -637,6 +646,7 @@ class Client:
                     item.headers,
                     item.max_attempts,
                     item.lease,
+                    item.expires_in,
                 )
                 all_keyed = all_keyed and bool(item.key)
             else:
@@ -816,8 +826,16 @@ class Client:
         max_length: int | None = None,
         result_ttl: Duration | None = None,
         dedup_window: Duration | None = None,
+        max_in_flight: int | None = None,
+        rate_limit: int | None = None,
+        rate_burst: int | None = None,
+        drop_expired: bool | None = None,
     ) -> QueueInfo:
-        """Changes the settings given (the rest stay); creates the queue if needed."""
+        """Changes the settings given (the rest stay); creates the queue if needed.
+        `max_in_flight` caps the queue's leased tasks across all consumers (0 = no
+        cap); `rate_limit` is deliveries per second (0 = none) with a bucket of
+        `rate_burst` (0 = one second's worth); `drop_expired` drops tasks not started
+        by their expiry instead of dead-lettering them."""
         req = pb.Request()
         s = req.set_queue_config
         s.queue = queue
@@ -837,6 +855,17 @@ class Client:
             changed = True
         if max_length is not None:
             s.max_length = max_length
+            changed = True
+        for name, number in (
+            ("max_in_flight", max_in_flight),
+            ("rate_limit", rate_limit),
+            ("rate_burst", rate_burst),
+        ):
+            if number is not None:
+                setattr(s, name, number)
+                changed = True
+        if drop_expired is not None:
+            s.drop_expired = drop_expired
             changed = True
         if not changed:
             raise errors.invalid(errors.BadRequest, "the configuration update changes nothing")
@@ -919,6 +948,95 @@ class Client:
         return int((await self._queue_call(queue, req, "delete queue")).count.count)
 
     # --- closing ----------------------------------------------------------------------
+
+    # --- schedules ---------------------------------------------------------------------
+
+    async def add_schedule(
+        self,
+        name: str,
+        queue: str,
+        cron: str,
+        *,
+        tz: str = "",
+        payload: bytes | str = b"",
+        headers: Mapping[str, bytes | str] | None = None,
+        priority: int = 0,
+        max_attempts: int = 0,
+        catch_up: str = "one",
+    ) -> ScheduleInfo:
+        """Adds a schedule kept by the broker: every tick of `cron` (six fields with
+        seconds first, or five; read in IANA zone `tz`, UTC by default) publishes one
+        task to `queue`, exactly once even across a crash. `catch_up` says what happens
+        to ticks missed while the broker was down: "none", "one" (a single run) or
+        "all". A taken name raises `ScheduleExists`, a bad expression or zone
+        `InvalidSchedule`."""
+        if catch_up not in CATCH_UP:
+            raise errors.invalid(errors.BadRequest, f"catch_up must be none, one or all, not {catch_up!r}")
+        req = pb.Request()
+        spec = req.add_schedule.schedule
+        spec.name = name
+        spec.queue = queue
+        spec.cron = cron
+        spec.tz = tz
+        spec.payload = payload.encode() if isinstance(payload, str) else bytes(payload)
+        for k, v in (headers or {}).items():
+            spec.headers[k] = v.encode() if isinstance(v, str) else bytes(v)
+        spec.priority = priority
+        spec.max_attempts = max_attempts
+        spec.catch_up = CATCH_UP[catch_up]
+        node = self._node_for(queue)
+        if node.config.validate_locally:
+            check_queue_name(name)
+            check_queue_name(queue)
+        return ScheduleInfo.from_wire((await node.call(req, "add schedule")).schedule)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule (of every node), sorted by name."""
+        out: list[ScheduleInfo] = []
+        for node in self._nodes:
+            after = ""
+            while True:
+                req = pb.Request()
+                req.list_schedules.after = after
+                page = (await node.call(req, "list schedules")).schedules
+                out.extend(ScheduleInfo.from_wire(s) for s in page.schedules)
+                if not page.more or not page.schedules:
+                    break
+                after = page.schedules[-1].spec.name
+        out.sort(key=lambda s: s.name)
+        return out
+
+    async def remove_schedule(self, name: str) -> None:
+        """Removes a schedule (`NotFound` if none has that name); its tasks stay."""
+        for node in self._nodes:
+            req = pb.Request()
+            req.remove_schedule.name = name
+            try:
+                await node.call(req, "remove schedule")
+                return
+            except errors.NotFound:
+                if node is self._nodes[-1]:
+                    raise
+
+    async def pause_schedule(self, name: str) -> ScheduleInfo:
+        """Pauses a schedule: it does not fire, and the ticks meanwhile are skipped."""
+        return await self._set_schedule_paused(name, True)
+
+    async def resume_schedule(self, name: str) -> ScheduleInfo:
+        """Resumes a paused schedule from its next tick."""
+        return await self._set_schedule_paused(name, False)
+
+    async def _set_schedule_paused(self, name: str, paused: bool) -> ScheduleInfo:
+        for node in self._nodes:
+            req = pb.Request()
+            req.set_schedule_paused.name = name
+            req.set_schedule_paused.paused = paused
+            try:
+                return ScheduleInfo.from_wire((await node.call(req, "pause schedule")).schedule)
+            except errors.NotFound:
+                if node is self._nodes[-1]:
+                    raise
+        raise errors.invalid(errors.NotFound, f"schedule {name!r} does not exist")
 
     async def close(self) -> None:
         """Closes the connection(s) and stops the background tasks. Calls in flight

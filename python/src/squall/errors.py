@@ -228,6 +228,19 @@ class AnswerTooLarge(BrokerError):
     code = 40
 
 
+class ScheduleExists(BrokerError):
+    """SCHEDULE_EXISTS (code 46): a schedule of that name exists (remove it first)."""
+
+    code = 46
+
+
+class InvalidSchedule(BrokerError):
+    """INVALID_SCHEDULE (code 47): the cron expression does not parse or never fires,
+    or the time zone is unknown."""
+
+    code = 47
+
+
 #: Wire code -> class. A code this client does not know becomes a plain `BrokerError`
 #: whose `code` is the number received.
 BY_CODE: dict[int, type[BrokerError]] = {
@@ -254,6 +267,8 @@ BY_CODE: dict[int, type[BrokerError]] = {
         TooManyRequests,
         ServerTimeout,
         AnswerTooLarge,
+        ScheduleExists,
+        InvalidSchedule,
     )
 }
 
@@ -280,6 +295,8 @@ _NAMES: dict[int, str] = {
     19: "TOO_MANY_REQUESTS",
     20: "TIMEOUT",
     40: "ANSWER_TOO_LARGE",
+    46: "SCHEDULE_EXISTS",
+    47: "INVALID_SCHEDULE",
 }
 
 

@@ -129,6 +129,10 @@ class QueueSettings:
     result_ttl: float
     dedup_window: float
     paused: bool
+    max_in_flight: int = 0
+    rate_limit: int = 0
+    rate_burst: int = 0
+    drop_expired: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,7 @@ class QueueTotals:
     nacked: int = 0
     expired: int = 0
     dead_lettered: int = 0
+    expired_tasks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +188,14 @@ class QueueInfo:
             dead=q.dead,
             consumers=q.consumers,
             totals=QueueTotals(
-                q.published, q.delivered, q.redelivered, q.acked, q.nacked, q.expired, q.dead_lettered
+                q.published,
+                q.delivered,
+                q.redelivered,
+                q.acked,
+                q.nacked,
+                q.expired,
+                q.dead_lettered,
+                q.expired_tasks,
             ),
             rates=QueueRates(r.published, r.delivered, r.acked, r.nacked, r.expired, r.dead_lettered),
             oldest_ready_age=(q.oldest_ready_age_ms / 1000.0 if q.HasField("oldest_ready_age_ms") else None),
@@ -197,7 +209,56 @@ class QueueInfo:
                 result_ttl=c.result_ttl_ms / 1000.0,
                 dedup_window=c.dedup_window_ms / 1000.0,
                 paused=c.paused,
+                max_in_flight=c.max_in_flight,
+                rate_limit=c.rate_limit,
+                rate_burst=c.rate_burst,
+                drop_expired=c.drop_expired,
             ),
+        )
+
+
+CATCH_UP = {"one": pb.CATCH_UP_ONE, "none": pb.CATCH_UP_NONE, "all": pb.CATCH_UP_ALL}
+_CATCH_UP_NAMES = {v: k for k, v in CATCH_UP.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A periodic schedule kept by the broker: each tick of `cron` (read in `tz`)
+    publishes one task to `queue`, exactly once."""
+
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    payload: bytes
+    headers: dict[str, bytes]
+    priority: int
+    max_attempts: int
+    catch_up: str
+    paused: bool
+    next_run: datetime | None
+    last_run: datetime | None
+    last_task: int | None
+    created_at: datetime | None
+
+    @classmethod
+    def from_wire(cls, s: pb.ScheduleInfo) -> ScheduleInfo:
+        spec = s.spec
+        return cls(
+            name=spec.name,
+            queue=spec.queue,
+            cron=spec.cron,
+            tz=spec.tz or "UTC",
+            payload=bytes(spec.payload),
+            headers={k: bytes(v) for k, v in spec.headers.items()},
+            priority=spec.priority,
+            max_attempts=spec.max_attempts,
+            catch_up=_CATCH_UP_NAMES.get(spec.catch_up, "one"),
+            paused=s.paused,
+            next_run=from_ms(s.next_run_ms) if s.HasField("next_run_ms") else None,
+            last_run=from_ms(s.last_run_ms),
+            last_task=s.last_task_id or None,
+            created_at=from_ms(s.created_ms),
         )
 
 

@@ -215,6 +215,7 @@ impl Harness {
             created_ms: now,
             updated_ms: now,
             last_error: None,
+            expires_ms: 0,
         };
         // As the server does: durable first, then handed to the engine.
         let body = TaskBody::default();
@@ -228,6 +229,7 @@ impl Harness {
                 not_before_ms: not_before,
                 max_attempts,
                 lease_ms: lease,
+                expires_ms: 0,
             }],
             now,
         );

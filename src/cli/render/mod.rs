@@ -41,6 +41,7 @@ pub struct Totals {
     pub nacked: u64,
     pub expired: u64,
     pub dead_lettered: u64,
+    pub expired_tasks: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -62,6 +63,10 @@ pub struct Config {
     pub max_length: u64,
     pub result_ttl_ms: u64,
     pub dedup_window_ms: u64,
+    pub max_in_flight: u32,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub drop_expired: bool,
 }
 
 impl From<&QueueInfo> for QueueRow {
@@ -86,6 +91,7 @@ impl From<&QueueInfo> for QueueRow {
                 nacked: q.totals.nacked,
                 expired: q.totals.expired,
                 dead_lettered: q.totals.dead_lettered,
+                expired_tasks: q.totals.expired_tasks,
             },
             rates_per_sec: Rates {
                 published: q.rates.published,
@@ -103,6 +109,10 @@ impl From<&QueueInfo> for QueueRow {
                 max_length: q.config.max_length,
                 result_ttl_ms: ms(q.config.result_ttl),
                 dedup_window_ms: ms(q.config.dedup_window),
+                max_in_flight: q.config.max_in_flight,
+                rate_limit: q.config.rate_limit,
+                rate_burst: q.config.rate_burst,
+                drop_expired: q.config.drop_expired,
             },
         }
     }
@@ -298,14 +308,15 @@ pub fn queue_detail(q: &QueueRow) -> String {
         (
             "totals",
             format!(
-                "published {}, delivered {}, redelivered {}, acked {}, nacked {}, expired {}, dead-lettered {}",
+                "published {}, delivered {}, redelivered {}, acked {}, nacked {}, expired {}, dead-lettered {}, expired unstarted {}",
                 count(t.published),
                 count(t.delivered),
                 count(t.redelivered),
                 count(t.acked),
                 count(t.nacked),
                 count(t.expired),
-                count(t.dead_lettered)
+                count(t.dead_lettered),
+                count(t.expired_tasks)
             ),
         ),
         (
@@ -329,6 +340,12 @@ pub fn queue_detail(q: &QueueRow) -> String {
         ("max length", unbounded(c.max_length, "unbounded")),
         ("result ttl", setting(c.result_ttl_ms)),
         ("dedup window", setting(c.dedup_window_ms)),
+        ("max in flight", unbounded(u64::from(c.max_in_flight), "no cap")),
+        ("rate limit", rate_limit(c)),
+        (
+            "expired tasks",
+            if c.drop_expired { "dropped" } else { "dead-lettered" }.to_owned(),
+        ),
         ("paused", if q.paused { "yes" } else { "no" }.to_owned()),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -337,6 +354,14 @@ pub fn queue_detail(q: &QueueRow) -> String {
         let _ = writeln!(out, "{k:<width$}  {v}");
     }
     out
+}
+
+fn rate_limit(c: &Config) -> String {
+    match (c.rate_limit, c.rate_burst) {
+        (0, _) => "none".to_owned(),
+        (n, 0) => format!("{n}/s (burst {n})"),
+        (n, b) => format!("{n}/s (burst {b})"),
+    }
 }
 
 /// `--json` of `squall queues`: an array, pretty-printed.

@@ -63,15 +63,18 @@ const QUEUE_DETAIL: &str = "\
 QUEUE   READY  DELAYED  LEASED  DEAD  CONSUMERS  PUBLISHED  ACKED  NACKED  EXPIRED  PUB/S  ACK/S  OLDEST  STATE
 emails     42        3      12     1          4       1.2M   1.2M    5.4k       33   1.5k    0.4   2m13s  active
 
-totals        published 1.2M, delivered 1.2M, redelivered 5.4k, acked 1.2M, nacked 5.4k, expired 33, dead-lettered 1
-rates/s (1m)  published 1.5k, delivered 1.5k, acked 0.4, nacked 0, expired 0, dead-lettered 0
-lease         30s
-max attempts  5
-backoff       1s..10m
-max length    unbounded
-result ttl    1h
-dedup window  5m
-paused        no
+totals         published 1.2M, delivered 1.2M, redelivered 5.4k, acked 1.2M, nacked 5.4k, expired 33, dead-lettered 1, expired unstarted 0
+rates/s (1m)   published 1.5k, delivered 1.5k, acked 0.4, nacked 0, expired 0, dead-lettered 0
+lease          30s
+max attempts   5
+backoff        1s..10m
+max length     unbounded
+result ttl     1h
+dedup window   5m
+max in flight  no cap
+rate limit     none
+expired tasks  dead-lettered
+paused         no
 ";
 
 #[test]
@@ -96,7 +99,8 @@ const QUEUES_JSON: &str = r#"[
       "acked": 1230001,
       "nacked": 5400,
       "expired": 33,
-      "dead_lettered": 1
+      "dead_lettered": 1,
+      "expired_tasks": 0
     },
     "rates_per_sec": {
       "published": 1523.4,
@@ -113,7 +117,11 @@ const QUEUES_JSON: &str = r#"[
       "backoff_max_ms": 600000,
       "max_length": 0,
       "result_ttl_ms": 3600000,
-      "dedup_window_ms": 300000
+      "dedup_window_ms": 300000,
+      "max_in_flight": 0,
+      "rate_limit": 0,
+      "rate_burst": 0,
+      "drop_expired": false
     }
   },
   {
@@ -132,7 +140,8 @@ const QUEUES_JSON: &str = r#"[
       "acked": 1230001,
       "nacked": 5400,
       "expired": 33,
-      "dead_lettered": 1
+      "dead_lettered": 1,
+      "expired_tasks": 0
     },
     "rates_per_sec": {
       "published": 1523.4,
@@ -149,7 +158,11 @@ const QUEUES_JSON: &str = r#"[
       "backoff_max_ms": 600000,
       "max_length": 0,
       "result_ttl_ms": 3600000,
-      "dedup_window_ms": 300000
+      "dedup_window_ms": 300000,
+      "max_in_flight": 0,
+      "rate_limit": 0,
+      "rate_burst": 0,
+      "drop_expired": false
     }
   }
 ]

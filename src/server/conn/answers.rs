@@ -68,5 +68,8 @@ pub(super) fn admin(shared: &Shared, reply: AdminReply, room: usize) -> Answer {
                 .map(|item| reads::peeked_task(item, store, preview));
             wire::peek_answer(req, tasks, room)
         }
+        AdminReply::Schedules { req, list, more } => {
+            wire::schedule_list_answer(req, &list, more, room)
+        }
     }
 }

@@ -34,6 +34,22 @@ pub(super) fn authorize(grant: &Grant, req: &Request) -> Result<(), String> {
             }
             return Ok(());
         }
+        // A schedule is named, not its queue: only tokens for every queue may touch
+        // schedules by name. Adding one names its queue (checked below).
+        Request::Admin(
+            AdminRequest::ListSchedules { .. }
+            | AdminRequest::RemoveSchedule { .. }
+            | AdminRequest::SetSchedulePaused { .. },
+        ) => {
+            allow(grant, ops::ADMIN, "schedule administration")?;
+            if grant.prefixes().is_some() {
+                return Err(format!(
+                    "token `{}` is limited to some queues and may not list, pause or remove schedules",
+                    grant.name
+                ));
+            }
+            return Ok(());
+        }
         // The task's queue is checked against the prefixes when it is read.
         Request::GetPayload { .. } => (ops::ADMIN, None),
         Request::Admin(a) => (ops::ADMIN, a.queue()),

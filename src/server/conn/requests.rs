@@ -43,6 +43,10 @@ const MAX_LIST_PAGE: usize = 1000;
 /// payload preview and headers: counted against the connection's unsent budget
 /// before the request goes to the hub (`answer_cost`).
 const ITEM_OVERHEAD: usize = 512;
+/// Longest cron expression or time-zone name accepted.
+const MAX_CRON_BYTES: usize = 256;
+/// Most schedules per list page.
+const MAX_SCHEDULE_PAGE: usize = 100;
 
 /// What a request function decided: a reply to send now, or `None` when someone else
 /// answers later.
@@ -343,6 +347,9 @@ impl Reader {
     /// Validates an admin request, counts its answer against the unsent budget and
     /// hands it to the hub.
     fn admin(&self, id: ReqId, request: AdminRequest) -> Handled {
+        if let AdminRequest::AddSchedule(spec) = &request {
+            self.validate_schedule(spec)?;
+        }
         let op = admin_op(request)?;
         self.flow.reserve(id, answer_cost(&op));
         self.to_hub(HubCmd::Admin {
@@ -391,6 +398,35 @@ impl Reader {
             muts,
             job: Box::new(job),
         })
+    }
+
+    /// What a schedule would publish must be publishable (the cron expression and the
+    /// zone are the engine's to check).
+    fn validate_schedule(&self, spec: &crate::broker::ScheduleSpec) -> Result<(), Failure> {
+        queue_name(&spec.name)?;
+        queue_name(&spec.queue)?;
+        let max = self.shared.config.max_payload_bytes;
+        let size = spec.payload.len()
+            + spec
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if size > max {
+            return Err(refused(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the schedule's payload and headers are {size} bytes; the maximum is {max}"
+                ),
+            ));
+        }
+        if spec.cron.len() > MAX_CRON_BYTES || spec.tz.len() > MAX_CRON_BYTES {
+            return Err(refused(
+                ErrorCode::InvalidSchedule,
+                format!("cron expressions and time zones have at most {MAX_CRON_BYTES} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_task(&self, t: &TaskSpec) -> Result<(), (ErrorCode, String)> {
@@ -448,6 +484,10 @@ impl Reader {
                 0
             };
             let not_before_ms = delayed_until.max(t.run_at_ms);
+            let expires_ms = match t.expires_in_ms {
+                0 => 0,
+                ms => now.saturating_add(ms),
+            };
             committed.push(Committed {
                 queue: queue.clone(),
                 id: task_id,
@@ -455,6 +495,7 @@ impl Reader {
                 not_before_ms,
                 max_attempts: t.max_attempts,
                 lease_ms: t.lease_ms,
+                expires_ms,
             });
             muts.push(Mutation::Insert(Box::new(NewTask {
                 id: task_id,
@@ -469,6 +510,7 @@ impl Reader {
                     created_ms: now,
                     updated_ms: now,
                     last_error: None,
+                    expires_ms,
                 },
                 body: TaskBody {
                     created_ms: now,
@@ -568,6 +610,25 @@ fn admin_op(request: AdminRequest) -> Result<AdminOp, Failure> {
         AdminRequest::DeleteQueue { queue } => {
             queue_name(&queue)?;
             AdminOp::Delete(queue)
+        }
+        AdminRequest::AddSchedule(spec) => AdminOp::AddSchedule(spec),
+        AdminRequest::ListSchedules { after, limit } => {
+            queue_name(&after).or_else(|e| if after.is_empty() { Ok(()) } else { Err(e) })?;
+            AdminOp::ListSchedules {
+                after,
+                limit: match limit {
+                    0 => MAX_SCHEDULE_PAGE,
+                    n => (n as usize).min(MAX_SCHEDULE_PAGE),
+                },
+            }
+        }
+        AdminRequest::RemoveSchedule { name } => {
+            queue_name(&name)?;
+            AdminOp::RemoveSchedule(name)
+        }
+        AdminRequest::SetSchedulePaused { name, paused } => {
+            queue_name(&name)?;
+            AdminOp::PauseSchedule(name, paused)
         }
     };
     Ok(op)

@@ -11,7 +11,11 @@ use prost::Message;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
 use squall_proto::{encode_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 
-use crate::broker::{AdminError, Dispatch, EngineError, QueueConfigUpdate, TaskView};
+use crate::broker::{
+    AdminError, Dispatch, EngineError, QueueConfigUpdate, ScheduleError, ScheduleSpec,
+    ScheduleView, TaskView,
+};
+use crate::model::CatchUp;
 use crate::model::{QueueConfig, TaskBody};
 use crate::server::msg::{
     AdminRequest, Failure, Hello, PeekedTask, QueueStatus, Reply, ReqId, Request, StateFilter,
@@ -86,6 +90,10 @@ fn request(op: Op) -> Request {
                 max_length: c.max_length,
                 result_ttl_ms: c.result_ttl_ms,
                 dedup_window_ms: c.dedup_window_ms,
+                max_in_flight: c.max_in_flight,
+                rate_limit: c.rate_limit,
+                rate_burst: c.rate_burst,
+                drop_expired: c.drop_expired,
             },
         }),
         Op::SetPaused(p) => Request::Admin(AdminRequest::SetPaused {
@@ -107,7 +115,93 @@ fn request(op: Op) -> Request {
             limit: r.limit,
         }),
         Op::DeleteQueue(d) => Request::Admin(AdminRequest::DeleteQueue { queue: d.queue }),
+        Op::AddSchedule(a) => Request::Admin(AdminRequest::AddSchedule(schedule_spec(
+            a.schedule.unwrap_or_default(),
+        ))),
+        Op::ListSchedules(l) => Request::Admin(AdminRequest::ListSchedules {
+            after: l.after,
+            limit: l.limit,
+        }),
+        Op::RemoveSchedule(r) => Request::Admin(AdminRequest::RemoveSchedule { name: r.name }),
+        Op::SetSchedulePaused(p) => Request::Admin(AdminRequest::SetSchedulePaused {
+            name: p.name,
+            paused: p.paused,
+        }),
     }
+}
+
+fn schedule_spec(s: v1::ScheduleSpec) -> ScheduleSpec {
+    let catch_up = match v1::CatchUp::try_from(s.catch_up) {
+        Ok(v1::CatchUp::None) => CatchUp::None,
+        Ok(v1::CatchUp::All) => CatchUp::All,
+        // ONE is the default, and an unknown value from a newer client means it too.
+        _ => CatchUp::One,
+    };
+    ScheduleSpec {
+        name: s.name,
+        queue: s.queue,
+        cron: s.cron,
+        tz: s.tz,
+        payload: s.payload,
+        headers: s.headers.into_iter().collect(),
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        catch_up,
+    }
+}
+
+fn wire_schedule(v: &ScheduleView) -> v1::ScheduleInfo {
+    let s = &v.schedule;
+    let catch_up = match s.catch_up {
+        CatchUp::None => v1::CatchUp::None,
+        CatchUp::One => v1::CatchUp::One,
+        CatchUp::All => v1::CatchUp::All,
+    };
+    v1::ScheduleInfo {
+        spec: Some(v1::ScheduleSpec {
+            name: s.name.to_string(),
+            queue: s.queue.to_string(),
+            cron: s.cron.clone(),
+            tz: s.tz.clone(),
+            payload: s.payload.clone(),
+            headers: s.headers.iter().cloned().collect(),
+            priority: s.priority,
+            max_attempts: s.max_attempts,
+            catch_up: catch_up as i32,
+        }),
+        paused: s.paused,
+        next_run_ms: v.next_run_ms,
+        last_run_ms: s.last_run_ms,
+        last_task_id: s.last_task,
+        created_ms: s.created_ms,
+    }
+}
+
+/// A page of schedules, cut where it would grow past `room` bytes.
+pub(crate) fn schedule_list_answer(
+    req: ReqId,
+    list: &[ScheduleView],
+    more: bool,
+    room: usize,
+) -> Answer {
+    let mut size = Budget(room);
+    let mut schedules = Vec::new();
+    let mut cut = false;
+    for v in list {
+        let info = wire_schedule(v);
+        if !size.admit(info.encoded_len()) {
+            cut = true;
+            break;
+        }
+        schedules.push(info);
+    }
+    Answer(response(
+        req,
+        response::Result::Schedules(v1::ScheduleList {
+            schedules,
+            more: more || cut,
+        }),
+    ))
 }
 
 fn task_spec(t: v1::TaskSpec) -> TaskSpec {
@@ -121,6 +215,7 @@ fn task_spec(t: v1::TaskSpec) -> TaskSpec {
         max_attempts: t.max_attempts,
         lease_ms: t.lease_ms,
         idempotency_key: t.idempotency_key,
+        expires_in_ms: t.expires_in_ms,
     }
 }
 
@@ -156,6 +251,14 @@ pub(crate) fn code(f: &Failure) -> ErrorCode {
         Failure::Engine(EngineError::NoSuchSubscription(_)) => ErrorCode::NotFound,
         Failure::Admin(AdminError::NoSuchQueue(_)) => ErrorCode::NotFound,
         Failure::Admin(AdminError::Invalid { .. }) => ErrorCode::BadRequest,
+        Failure::Schedule(ScheduleError::Exists(_)) => ErrorCode::ScheduleExists,
+        Failure::Schedule(
+            ScheduleError::InvalidCron { .. }
+            | ScheduleError::UnknownTimeZone(_)
+            | ScheduleError::NeverFires(_),
+        ) => ErrorCode::InvalidSchedule,
+        Failure::Schedule(ScheduleError::NotFound(_)) => ErrorCode::NotFound,
+        Failure::Schedule(ScheduleError::TooMany(_)) => ErrorCode::BadRequest,
         Failure::QueueFull(_) => ErrorCode::QueueFull,
         Failure::Storage(_) => ErrorCode::Storage,
         Failure::Internal(_) => ErrorCode::Internal,
@@ -169,6 +272,7 @@ pub(crate) fn code_and_message(f: Failure) -> (ErrorCode, String) {
     let message = match f {
         Failure::Engine(e) => e.to_string(),
         Failure::Admin(e) => e.to_string(),
+        Failure::Schedule(e) => e.to_string(),
         Failure::QueueFull(full) => full.to_string(),
         Failure::Storage(m) | Failure::Internal(m) | Failure::Protocol(_, m) => m,
     };
@@ -280,6 +384,7 @@ fn result(reply: Reply) -> response::Result {
         Reply::Count(count) => response::Result::Count(v1::CountOk { count }),
         Reply::Task(report) => response::Result::Task(task_info(*report)),
         Reply::Payload(p) => response::Result::Payload(task_payload(*p)),
+        Reply::Schedule(v) => response::Result::Schedule(wire_schedule(&v)),
         Reply::Refused(f) => response::Result::Error(error(f)),
     }
 }
@@ -467,6 +572,7 @@ fn queue_info(q: &QueueStatus, oldest_ready_age_ms: Option<u64>) -> v1::QueueInf
         expired: c.expired,
         dead_lettered: c.dead_lettered,
         redelivered: c.redelivered,
+        expired_tasks: c.expired_tasks,
         rates: Some(v1::QueueRates {
             published: r.published,
             delivered: r.delivered,
@@ -491,6 +597,10 @@ fn settings(c: &QueueConfig) -> v1::QueueSettings {
         result_ttl_ms: c.result_ttl_ms,
         dedup_window_ms: c.dedup_window_ms,
         paused: c.paused,
+        max_in_flight: c.max_in_flight,
+        rate_limit: c.rate_limit,
+        rate_burst: c.rate_burst,
+        drop_expired: c.drop_expired,
     }
 }
 

@@ -45,7 +45,10 @@ fn not_a(kind: &str) -> AdminError {
 fn is_change(op: &AdminOp) -> bool {
     !matches!(
         op,
-        AdminOp::List { .. } | AdminOp::Get(_) | AdminOp::Peek { .. }
+        AdminOp::List { .. }
+            | AdminOp::Get(_)
+            | AdminOp::Peek { .. }
+            | AdminOp::ListSchedules { .. }
     )
 }
 
@@ -62,11 +65,15 @@ impl Hub {
     }
 
     /// Starts the oldest waiting change if none is in flight.
-    fn next_admin_change(&mut self, now: Millis) {
+    pub(super) fn next_admin_change(&mut self, now: Millis) {
         while !self.admin_queue.busy {
             let Some((conn, req, op)) = self.admin_queue.waiting.pop_front() else {
                 return;
             };
+            if Self::is_schedule_change(&op) {
+                self.start_schedule_change(conn, req, op, now);
+                continue;
+            }
             match self.plan(op, now) {
                 Ok(plan) => self.submit_plan(conn, req, plan),
                 Err(e) => self.admin_error(conn, req, e),
@@ -81,9 +88,13 @@ impl Hub {
             AdminOp::Purge { queue, state } => self.engine.plan_purge(&queue, state),
             AdminOp::Redrive { queue, limit } => self.engine.plan_redrive(&queue, limit, now),
             AdminOp::Delete(name) => self.engine.plan_delete(&name),
-            AdminOp::List { .. } | AdminOp::Get(_) | AdminOp::Peek { .. } => {
-                Err(not_a(req_kind::CHANGE))
-            }
+            AdminOp::List { .. }
+            | AdminOp::Get(_)
+            | AdminOp::Peek { .. }
+            | AdminOp::ListSchedules { .. }
+            | AdminOp::AddSchedule(_)
+            | AdminOp::RemoveSchedule(_)
+            | AdminOp::PauseSchedule(..) => Err(not_a(req_kind::CHANGE)),
         }
     }
 
@@ -235,6 +246,10 @@ impl Hub {
                     },
                 );
             }),
+            AdminOp::ListSchedules { after, limit } => {
+                self.list_schedules(conn, req, &after, limit);
+                Ok(())
+            }
             _ => Err(not_a(req_kind::READ)),
         };
         if let Err(e) = result {

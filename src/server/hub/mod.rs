@@ -7,12 +7,14 @@
 //!
 //! Here: the loop and the dispatch of each command to its handler. `state.rs` holds
 //! what the hub owns; `settle.rs` the per-request handlers of deliveries and leases,
-//! `admin.rs` queue administration, `admission.rs` publishes to bounded queues,
+//! `admin.rs` queue administration, `schedules.rs` the schedule ticker and schedule
+//! administration, `admission.rs` publishes to bounded queues,
 //! `rates.rs` and `scrape.rs` what operators read.
 
 mod admin;
 mod admission;
 mod rates;
+mod schedules;
 mod scrape;
 mod settle;
 mod state;
@@ -50,7 +52,11 @@ impl Hub {
                 // Look again soon: the store resumes by itself once space returns.
                 Instant::now() + STORE_RETRY
             } else {
-                let next = self.engine.next_wakeup().unwrap_or(u64::MAX);
+                let next = [self.engine.next_wakeup(), self.engine.next_schedule_run()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(u64::MAX);
                 deadline_instant(next.min(self.rates.next_due()))
             };
             let received = tokio::select! {
@@ -86,6 +92,9 @@ impl Hub {
                 continue;
             }
             self.handle(cmd, now);
+        }
+        if !stop {
+            self.fire_schedules(now);
         }
         self.engine.tick(now, &mut self.effects);
         if !stop && dispatching {
@@ -159,6 +168,12 @@ impl Hub {
             } => self.engine.undeliverable(conn, task, token, requeue, now),
             HubCmd::Admin { conn, req, op } => self.admin(conn, req, op, now),
             HubCmd::AdminDurable(outcome) => self.admin_durable(*outcome, now),
+            HubCmd::ScheduleDurable(outcome) => self.schedule_durable(*outcome, now),
+            HubCmd::FireDone {
+                schedule,
+                stored,
+                committed,
+            } => self.fire_done(&schedule, stored, &committed, now),
             HubCmd::Scrape { limit, reply } => {
                 let _ = reply.send(self.scrape(limit, now));
             }

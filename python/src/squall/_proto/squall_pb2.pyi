@@ -31,6 +31,8 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOO_MANY_REQUESTS: _ClassVar[ErrorCode]
     TIMEOUT: _ClassVar[ErrorCode]
     ANSWER_TOO_LARGE: _ClassVar[ErrorCode]
+    SCHEDULE_EXISTS: _ClassVar[ErrorCode]
+    INVALID_SCHEDULE: _ClassVar[ErrorCode]
 
 class TaskStateFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +50,12 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATE_LEASED: _ClassVar[TaskState]
     TASK_STATE_SUCCEEDED: _ClassVar[TaskState]
     TASK_STATE_DEAD: _ClassVar[TaskState]
+
+class CatchUp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CATCH_UP_ONE: _ClassVar[CatchUp]
+    CATCH_UP_NONE: _ClassVar[CatchUp]
+    CATCH_UP_ALL: _ClassVar[CatchUp]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 BAD_REQUEST: ErrorCode
 UNAUTHENTICATED: ErrorCode
@@ -70,6 +78,8 @@ TOO_MANY_CONNECTIONS: ErrorCode
 TOO_MANY_REQUESTS: ErrorCode
 TIMEOUT: ErrorCode
 ANSWER_TOO_LARGE: ErrorCode
+SCHEDULE_EXISTS: ErrorCode
+INVALID_SCHEDULE: ErrorCode
 TASK_STATE_FILTER_UNSPECIFIED: TaskStateFilter
 TASK_STATE_FILTER_READY: TaskStateFilter
 TASK_STATE_FILTER_DELAYED: TaskStateFilter
@@ -81,6 +91,9 @@ TASK_STATE_DELAYED: TaskState
 TASK_STATE_LEASED: TaskState
 TASK_STATE_SUCCEEDED: TaskState
 TASK_STATE_DEAD: TaskState
+CATCH_UP_ONE: CatchUp
+CATCH_UP_NONE: CatchUp
+CATCH_UP_ALL: CatchUp
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -91,7 +104,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "release", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue", "get_payload")
+    __slots__ = ("id", "hello", "publish", "subscribe", "unsubscribe", "ack", "nack", "extend", "ping", "get_task", "wait_result", "release", "list_queues", "get_queue", "set_queue_config", "peek", "purge", "set_paused", "redrive", "delete_queue", "get_payload", "add_schedule", "list_schedules", "remove_schedule", "set_schedule_paused")
     ID_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +126,10 @@ class Request(_message.Message):
     REDRIVE_FIELD_NUMBER: _ClassVar[int]
     DELETE_QUEUE_FIELD_NUMBER: _ClassVar[int]
     GET_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ADD_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    LIST_SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    SET_SCHEDULE_PAUSED_FIELD_NUMBER: _ClassVar[int]
     id: int
     hello: Hello
     publish: Publish
@@ -134,7 +151,11 @@ class Request(_message.Message):
     redrive: Redrive
     delete_queue: DeleteQueue
     get_payload: GetPayload
-    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ..., get_payload: _Optional[_Union[GetPayload, _Mapping]] = ...) -> None: ...
+    add_schedule: AddSchedule
+    list_schedules: ListSchedules
+    remove_schedule: RemoveSchedule
+    set_schedule_paused: SetSchedulePaused
+    def __init__(self, id: _Optional[int] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., publish: _Optional[_Union[Publish, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., nack: _Optional[_Union[Nack, _Mapping]] = ..., extend: _Optional[_Union[Extend, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., get_task: _Optional[_Union[GetTask, _Mapping]] = ..., wait_result: _Optional[_Union[WaitResult, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., list_queues: _Optional[_Union[ListQueues, _Mapping]] = ..., get_queue: _Optional[_Union[GetQueue, _Mapping]] = ..., set_queue_config: _Optional[_Union[SetQueueConfig, _Mapping]] = ..., peek: _Optional[_Union[Peek, _Mapping]] = ..., purge: _Optional[_Union[Purge, _Mapping]] = ..., set_paused: _Optional[_Union[SetPaused, _Mapping]] = ..., redrive: _Optional[_Union[Redrive, _Mapping]] = ..., delete_queue: _Optional[_Union[DeleteQueue, _Mapping]] = ..., get_payload: _Optional[_Union[GetPayload, _Mapping]] = ..., add_schedule: _Optional[_Union[AddSchedule, _Mapping]] = ..., list_schedules: _Optional[_Union[ListSchedules, _Mapping]] = ..., remove_schedule: _Optional[_Union[RemoveSchedule, _Mapping]] = ..., set_schedule_paused: _Optional[_Union[SetSchedulePaused, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
     __slots__ = ("response", "delivery")
@@ -145,7 +166,7 @@ class ServerMessage(_message.Message):
     def __init__(self, response: _Optional[_Union[Response, _Mapping]] = ..., delivery: _Optional[_Union[Delivery, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("id", "error", "hello", "publish", "subscribe", "ok", "extend", "pong", "task", "queues", "queue", "peek", "count", "subscription_ended", "payload")
+    __slots__ = ("id", "error", "hello", "publish", "subscribe", "ok", "extend", "pong", "task", "queues", "queue", "peek", "count", "subscription_ended", "payload", "schedules", "schedule")
     ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +182,8 @@ class Response(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_ENDED_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     id: int
     error: Error
     hello: HelloOk
@@ -176,7 +199,9 @@ class Response(_message.Message):
     count: CountOk
     subscription_ended: SubscriptionEnded
     payload: TaskPayload
-    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[HelloOk, _Mapping]] = ..., publish: _Optional[_Union[PublishOk, _Mapping]] = ..., subscribe: _Optional[_Union[SubscribeOk, _Mapping]] = ..., ok: _Optional[_Union[Empty, _Mapping]] = ..., extend: _Optional[_Union[ExtendOk, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., task: _Optional[_Union[TaskInfo, _Mapping]] = ..., queues: _Optional[_Union[QueueList, _Mapping]] = ..., queue: _Optional[_Union[QueueInfo, _Mapping]] = ..., peek: _Optional[_Union[PeekOk, _Mapping]] = ..., count: _Optional[_Union[CountOk, _Mapping]] = ..., subscription_ended: _Optional[_Union[SubscriptionEnded, _Mapping]] = ..., payload: _Optional[_Union[TaskPayload, _Mapping]] = ...) -> None: ...
+    schedules: ScheduleList
+    schedule: ScheduleInfo
+    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[HelloOk, _Mapping]] = ..., publish: _Optional[_Union[PublishOk, _Mapping]] = ..., subscribe: _Optional[_Union[SubscribeOk, _Mapping]] = ..., ok: _Optional[_Union[Empty, _Mapping]] = ..., extend: _Optional[_Union[ExtendOk, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., task: _Optional[_Union[TaskInfo, _Mapping]] = ..., queues: _Optional[_Union[QueueList, _Mapping]] = ..., queue: _Optional[_Union[QueueInfo, _Mapping]] = ..., peek: _Optional[_Union[PeekOk, _Mapping]] = ..., count: _Optional[_Union[CountOk, _Mapping]] = ..., subscription_ended: _Optional[_Union[SubscriptionEnded, _Mapping]] = ..., payload: _Optional[_Union[TaskPayload, _Mapping]] = ..., schedules: _Optional[_Union[ScheduleList, _Mapping]] = ..., schedule: _Optional[_Union[ScheduleInfo, _Mapping]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -221,7 +246,7 @@ class Limits(_message.Message):
     def __init__(self, max_frame_bytes: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_prefetch: _Optional[int] = ..., max_lease_ms: _Optional[int] = ..., max_inflight_requests: _Optional[int] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("queue", "payload", "headers", "priority", "delay_ms", "run_at_ms", "max_attempts", "lease_ms", "idempotency_key")
+    __slots__ = ("queue", "payload", "headers", "priority", "delay_ms", "run_at_ms", "max_attempts", "lease_ms", "idempotency_key", "expires_in_ms")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +263,7 @@ class TaskSpec(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_MS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     payload: bytes
     headers: _containers.ScalarMap[str, bytes]
@@ -247,7 +273,8 @@ class TaskSpec(_message.Message):
     max_attempts: int
     lease_ms: int
     idempotency_key: str
-    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ..., priority: _Optional[int] = ..., delay_ms: _Optional[int] = ..., run_at_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., lease_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    expires_in_ms: int
+    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ..., priority: _Optional[int] = ..., delay_ms: _Optional[int] = ..., run_at_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., lease_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., expires_in_ms: _Optional[int] = ...) -> None: ...
 
 class Publish(_message.Message):
     __slots__ = ("tasks",)
@@ -393,7 +420,7 @@ class GetQueue(_message.Message):
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "paused")
+    __slots__ = ("lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "paused", "max_in_flight", "rate_limit", "rate_burst", "drop_expired")
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_MIN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +429,10 @@ class QueueSettings(_message.Message):
     RESULT_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     DEDUP_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    DROP_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     lease_ms: int
     max_attempts: int
     backoff_min_ms: int
@@ -410,7 +441,11 @@ class QueueSettings(_message.Message):
     result_ttl_ms: int
     dedup_window_ms: int
     paused: bool
-    def __init__(self, lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
+    max_in_flight: int
+    rate_limit: int
+    rate_burst: int
+    drop_expired: bool
+    def __init__(self, lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ...) -> None: ...
 
 class QueueRates(_message.Message):
     __slots__ = ("published", "delivered", "acked", "nacked", "expired", "dead_lettered")
@@ -429,7 +464,7 @@ class QueueRates(_message.Message):
     def __init__(self, published: _Optional[float] = ..., delivered: _Optional[float] = ..., acked: _Optional[float] = ..., nacked: _Optional[float] = ..., expired: _Optional[float] = ..., dead_lettered: _Optional[float] = ...) -> None: ...
 
 class QueueInfo(_message.Message):
-    __slots__ = ("name", "ready", "delayed", "leased", "dead", "consumers", "published", "delivered", "acked", "nacked", "expired", "dead_lettered", "redelivered", "rates", "oldest_ready_age_ms", "paused", "config")
+    __slots__ = ("name", "ready", "delayed", "leased", "dead", "consumers", "published", "delivered", "acked", "nacked", "expired", "dead_lettered", "redelivered", "rates", "oldest_ready_age_ms", "paused", "config", "expired_tasks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     DELAYED_FIELD_NUMBER: _ClassVar[int]
@@ -447,6 +482,7 @@ class QueueInfo(_message.Message):
     OLDEST_READY_AGE_MS_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_TASKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     ready: int
     delayed: int
@@ -464,7 +500,8 @@ class QueueInfo(_message.Message):
     oldest_ready_age_ms: int
     paused: bool
     config: QueueSettings
-    def __init__(self, name: _Optional[str] = ..., ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., consumers: _Optional[int] = ..., published: _Optional[int] = ..., delivered: _Optional[int] = ..., acked: _Optional[int] = ..., nacked: _Optional[int] = ..., expired: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., redelivered: _Optional[int] = ..., rates: _Optional[_Union[QueueRates, _Mapping]] = ..., oldest_ready_age_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., config: _Optional[_Union[QueueSettings, _Mapping]] = ...) -> None: ...
+    expired_tasks: int
+    def __init__(self, name: _Optional[str] = ..., ready: _Optional[int] = ..., delayed: _Optional[int] = ..., leased: _Optional[int] = ..., dead: _Optional[int] = ..., consumers: _Optional[int] = ..., published: _Optional[int] = ..., delivered: _Optional[int] = ..., acked: _Optional[int] = ..., nacked: _Optional[int] = ..., expired: _Optional[int] = ..., dead_lettered: _Optional[int] = ..., redelivered: _Optional[int] = ..., rates: _Optional[_Union[QueueRates, _Mapping]] = ..., oldest_ready_age_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., config: _Optional[_Union[QueueSettings, _Mapping]] = ..., expired_tasks: _Optional[int] = ...) -> None: ...
 
 class QueueList(_message.Message):
     __slots__ = ("queues", "more")
@@ -475,7 +512,7 @@ class QueueList(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SetQueueConfig(_message.Message):
-    __slots__ = ("queue", "lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms")
+    __slots__ = ("queue", "lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "max_in_flight", "rate_limit", "rate_burst", "drop_expired")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -484,6 +521,10 @@ class SetQueueConfig(_message.Message):
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     RESULT_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     DEDUP_WINDOW_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RATE_BURST_FIELD_NUMBER: _ClassVar[int]
+    DROP_EXPIRED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     lease_ms: int
     max_attempts: int
@@ -492,7 +533,11 @@ class SetQueueConfig(_message.Message):
     max_length: int
     result_ttl_ms: int
     dedup_window_ms: int
-    def __init__(self, queue: _Optional[str] = ..., lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ...) -> None: ...
+    max_in_flight: int
+    rate_limit: int
+    rate_burst: int
+    drop_expired: bool
+    def __init__(self, queue: _Optional[str] = ..., lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ...) -> None: ...
 
 class SetPaused(_message.Message):
     __slots__ = ("queue", "paused")
@@ -677,3 +722,84 @@ class TaskInfo(_message.Message):
     result: bytes
     expires_at_ms: int
     def __init__(self, task_id: _Optional[int] = ..., state: _Optional[_Union[TaskState, str]] = ..., queue: _Optional[str] = ..., priority: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., lease: _Optional[_Union[LeaseHolder, _Mapping]] = ..., created_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., not_before_ms: _Optional[int] = ..., result: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class ScheduleSpec(_message.Message):
+    __slots__ = ("name", "queue", "cron", "tz", "payload", "headers", "priority", "max_attempts", "catch_up")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TZ_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    payload: bytes
+    headers: _containers.ScalarMap[str, bytes]
+    priority: int
+    max_attempts: int
+    catch_up: CatchUp
+    def __init__(self, name: _Optional[str] = ..., queue: _Optional[str] = ..., cron: _Optional[str] = ..., tz: _Optional[str] = ..., payload: _Optional[bytes] = ..., headers: _Optional[_Mapping[str, bytes]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., catch_up: _Optional[_Union[CatchUp, str]] = ...) -> None: ...
+
+class AddSchedule(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleSpec
+    def __init__(self, schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
+
+class ListSchedules(_message.Message):
+    __slots__ = ("after", "limit")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    limit: int
+    def __init__(self, after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class RemoveSchedule(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class SetSchedulePaused(_message.Message):
+    __slots__ = ("name", "paused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class ScheduleInfo(_message.Message):
+    __slots__ = ("spec", "paused", "next_run_ms", "last_run_ms", "last_task_id", "created_ms")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUN_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    spec: ScheduleSpec
+    paused: bool
+    next_run_ms: int
+    last_run_ms: int
+    last_task_id: int
+    created_ms: int
+    def __init__(self, spec: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., paused: _Optional[bool] = ..., next_run_ms: _Optional[int] = ..., last_run_ms: _Optional[int] = ..., last_task_id: _Optional[int] = ..., created_ms: _Optional[int] = ...) -> None: ...
+
+class ScheduleList(_message.Message):
+    __slots__ = ("schedules", "more")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    more: bool
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
