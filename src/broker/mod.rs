@@ -16,7 +16,7 @@ mod expiry_tests;
 #[cfg(test)]
 mod flow_tests;
 #[cfg(test)]
-mod model_test;
+mod model_tests;
 mod queue;
 mod results;
 mod schedule;

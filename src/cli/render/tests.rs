@@ -22,6 +22,7 @@ fn row(name: &str, ready: u64, paused: bool) -> QueueRow {
             nacked: 5_400,
             expired: 33,
             dead_lettered: 1,
+            expired_tasks: 0,
         },
         rates_per_sec: Rates {
             published: 1_523.4,
@@ -39,6 +40,10 @@ fn row(name: &str, ready: u64, paused: bool) -> QueueRow {
             max_length: 0,
             result_ttl_ms: 3_600_000,
             dedup_window_ms: 300_000,
+            max_in_flight: 0,
+            rate_limit: 0,
+            rate_burst: 0,
+            drop_expired: false,
         },
     }
 }

@@ -152,6 +152,7 @@ impl Rig {
                 not_before_ms: 0,
                 max_attempts: 0,
                 lease_ms: 0,
+                expires_ms: 0,
             });
             muts.push(Mutation::Insert(Box::new(NewTask {
                 id,
@@ -166,6 +167,7 @@ impl Rig {
                     created_ms: self.now,
                     updated_ms: self.now,
                     last_error: None,
+                    expires_ms: 0,
                 },
                 body: TaskBody {
                     created_ms: self.now,
@@ -602,4 +604,64 @@ async fn waiters_are_woken_once_the_final_state_is_durable() {
     }
     assert_eq!(rig.waiters.len(), 0);
     rig.finish();
+}
+
+/// The schedule ticker: a tick fires once, as one store job; the schedule does not
+/// fire again while that job is in flight, and once it is durable the next due tick
+/// fires (catch-up `one`: the latest, once). The change itself is answered only once
+/// durable.
+#[tokio::test]
+async fn a_schedule_fires_each_tick_once_and_never_while_its_fire_is_in_flight() {
+    let mut rig = Rig::new(0);
+    let mut rx = rig.connect(1);
+    let spec = crate::broker::ScheduleSpec {
+        name: "tick".into(),
+        queue: "q".into(),
+        cron: "* * * * * *".into(),
+        tz: String::new(),
+        payload: Bytes::from_static(b"t"),
+        headers: Vec::new(),
+        priority: 0,
+        max_attempts: 0,
+        catch_up: crate::model::CatchUp::One,
+    };
+    rig.turn(vec![HubCmd::Admin {
+        conn: 1,
+        req: 7,
+        op: AdminOp::AddSchedule(spec),
+    }]);
+    assert_eq!(rig.hub.engine.schedule_count(), 0, "applied once durable");
+    rig.pump().await;
+    let Reply::Schedule(view) = reply_to(&mut rx, 7).await else {
+        panic!("expected the schedule");
+    };
+    assert_eq!(view.next_run_ms, Some(T0 + 1_000));
+    rig.now = T0 + 1_000;
+    rig.turn(vec![]);
+    rig.now = T0 + 3_000;
+    rig.turn(vec![]);
+    assert_eq!(
+        rig.hub.engine.pending_count("q"),
+        0,
+        "not deliverable before durable"
+    );
+    rig.pump().await; // the first fire is durable
+    assert_eq!(rig.hub.engine.pending_count("q"), 1);
+    rig.turn(vec![]); // ticks 2 s and 3 s are due: one run, for 3 s
+    rig.pump().await;
+    assert_eq!(rig.hub.engine.pending_count("q"), 2);
+    rig.turn(vec![]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rig.hub_rx.recv())
+            .await
+            .is_err(),
+        "nothing more is due at 3 s"
+    );
+    let view = &rig.hub.engine.schedule_views()[0];
+    assert_eq!(view.schedule.last_run_ms, T0 + 3_000);
+    let stored = rig.store.schedules().unwrap();
+    assert_eq!(
+        (stored[0].last_run_ms, stored[0].last_task),
+        (T0 + 3_000, view.schedule.last_task)
+    );
 }

@@ -8,7 +8,7 @@ use super::*;
 impl Harness {
     /// Liveness: with every old connection gone, one consumer that acks everything and
     /// enough time, every task that is neither acked nor dead is delivered and acked.
-    pub(in crate::broker::model_test) fn drain(&mut self) {
+    pub(in crate::broker::model_tests) fn drain(&mut self) {
         for slot in 0..SLOTS as u8 {
             self.disconnect(slot);
         }

@@ -8,7 +8,7 @@
 //! a fresh engine from it with `recover_task`, as `server::start` does.
 //!
 //! Each minimised failure is kept at the bottom as a named regression test with a short
-//! postmortem. `SQUALL_MODEL_CASES=5000 cargo test --lib model_test` runs a longer search.
+//! postmortem. `SQUALL_MODEL_CASES=5000 cargo test --lib model_tests` runs a longer search.
 
 use std::collections::BTreeMap;
 
