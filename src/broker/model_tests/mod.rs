@@ -30,9 +30,12 @@ const STRANGER: ConnId = 1 << 40;
 const HANDED: usize = 16;
 
 /// Queue "a" runs on the engine defaults, "b" on its own persisted configuration:
-/// immediate retries, a short lease and no attempt limit unless the task sets one.
+/// immediate retries, a short lease, no attempt limit unless the task sets one, and at
+/// most [`B_MAX_IN_FLIGHT`] tasks leased at once.
 /// Queues keep no results (`result_ttl` 0), so an ack removes the task: the model's
 /// "acked = gone from the store" invariant. Retention is the store's model test's.
+const B_MAX_IN_FLIGHT: u32 = 2;
+
 fn queue_config(q: usize) -> QueueConfig {
     match q {
         0 => QueueConfig {
@@ -49,6 +52,7 @@ fn queue_config(q: usize) -> QueueConfig {
             backoff_min_ms: 0,
             backoff_max_ms: 0,
             result_ttl_ms: 0,
+            max_in_flight: B_MAX_IN_FLIGHT,
             ..QueueConfig::default()
         },
     }

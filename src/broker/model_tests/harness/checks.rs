@@ -23,7 +23,8 @@ impl Harness {
             .map(|(&id, _)| id)
             .collect();
         let mut delivered = BTreeSet::new();
-        for _ in 0..8 {
+        // The capped queue gives at most its cap per round.
+        for _ in 0..8 + waiting.len() {
             if !self.tasks.values().any(MTask::is_pending) {
                 break;
             }
@@ -56,7 +57,7 @@ impl Harness {
     }
 
     /// After a dispatch, no queue has a ready task while one of its subscriptions has
-    /// free credit.
+    /// free credit, unless the queue's max_in_flight is reached.
     pub(super) fn check_work_conserving(&self) {
         for (q, name) in QUEUES.iter().enumerate() {
             let ready = self
@@ -64,8 +65,9 @@ impl Harness {
                 .values()
                 .filter(|t| t.queue == q && t.is_ready())
                 .count();
-            if ready == 0 {
-                continue;
+            let cap = u64::from(queue_config(q).max_in_flight);
+            if ready == 0 || (cap > 0 && self.leased_in(q) >= cap) {
+                continue; // nothing to give, or the queue's cap holds it back
             }
             for s in self.subs.iter().filter(|s| s.queue == q) {
                 assert!(

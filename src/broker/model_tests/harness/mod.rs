@@ -400,6 +400,14 @@ impl Harness {
         self.check_work_conserving();
     }
 
+    /// Tasks of queue `q` leased in the model.
+    pub(super) fn leased_in(&self, q: usize) -> u64 {
+        self.tasks
+            .values()
+            .filter(|t| t.queue == q && matches!(t.state, MState::Leased { .. }))
+            .count() as u64
+    }
+
     fn in_flight(&self, uid: u64) -> u32 {
         let n = self
             .tasks
@@ -445,6 +453,12 @@ impl Harness {
         assert_eq!(
             sub.queue, t.queue,
             "delivery to another queue's subscription"
+        );
+        let cap = u64::from(queue_config(t.queue).max_in_flight);
+        assert!(
+            cap == 0 || self.leased_in(t.queue) < cap,
+            "queue {} delivered past its max_in_flight {cap}",
+            QUEUES[t.queue]
         );
         let in_flight = self.in_flight(sub.uid);
         assert!(
