@@ -499,6 +499,8 @@ impl Backend for HubBackend {
                         max_length: c.max_length,
                         result_ttl_ms: c.result_ttl_ms,
                         dedup_window_ms: c.dedup_window_ms,
+                        // The HTTP API does not set flow control (yet): unchanged.
+                        ..QueueConfigUpdate::default()
                     },
                 ),
                 Action::Delete(q) => AdminOp::Delete(q),
