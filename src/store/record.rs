@@ -25,7 +25,9 @@ use bytes::Bytes;
 
 use crate::model::{Millis, QueueConfig, StatePatch, TaskBody, TaskState, TaskStatus};
 
+mod body_ref;
 mod retained;
+pub(crate) use body_ref::*;
 pub(crate) use retained::*;
 
 /// The record format version written by this build.
