@@ -1,7 +1,14 @@
-//! The checkpointer: the one thread that flushes sled. A checkpoint makes sled's copy of
-//! the journal durable (one sled flush) and then removes the journal segments that
-//! copy covers. It never appends to the journal or applies a write; the writer decides
-//! when a checkpoint is due and records its floor in sled first (see `writer.rs`).
+//! The checkpointer: the one thread that flushes sled. A checkpoint moves the bodies
+//! sled still points at in the journal segments below its floor into payload files
+//! (and compacts payload files that are mostly dead: `relocate.rs`), records the floor
+//! in sled, makes sled's copy of the journal durable (one sled flush), and then
+//! removes the journal segments and payload files that copy no longer needs. It never
+//! appends to the journal or applies a batch; the writer decides when a checkpoint is
+//! due (see `writer.rs`).
+//!
+//! Why in that order: the floor tells a restart which segments it may drop, so it
+//! must not be durable before the bodies in them have moved; and a file is removed
+//! only after the flush that holds every reference away from it.
 //!
 //! Architecture Invariant: a sled flush runs only here (and in sled's own drop at
 //! exit, which then finds nothing to write), and never when the file system has less
@@ -16,8 +23,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::record::BodyFile;
+
+use super::payload::{self, Appender};
 use super::pool::Db;
-use super::{journal, Inner, StoreError, WriterStats};
+use super::{journal, keys, relocate, Inner, StoreError, WriterStats};
 
 /// How long a checkpoint postponed for lack of space waits before it looks again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -48,6 +58,8 @@ struct Worker {
     reserve: u64,
     /// Set while checkpoints wait for space, so that the warning is logged once.
     short_of_space: bool,
+    /// Where moved bodies go.
+    appender: Appender,
 }
 
 enum Outcome {
@@ -65,6 +77,11 @@ impl Checkpointer {
         reserve: u64,
     ) -> Checkpointer {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let appender = Appender::new(
+            store.bodies.payload_dir().to_owned(),
+            store.next_payload_file,
+            store.sizing.segment_bytes.saturating_mul(2),
+        );
         let worker = Worker {
             db,
             store,
@@ -72,6 +89,7 @@ impl Checkpointer {
             dir,
             reserve,
             short_of_space: false,
+            appender,
         };
         let thread = std::thread::Builder::new()
             .name("squall-checkpoint".into())
@@ -203,6 +221,19 @@ impl Worker {
             tracing::info!("disk space is back: checkpoints resume");
         }
         let start = Instant::now();
+        let emptied = match self.move_bodies(floor) {
+            Ok(emptied) => emptied,
+            Err(error) => {
+                // Nothing is removed and the floor stays where it is: the journal still
+                // holds every body sled points at. Tried again in a second.
+                tracing::warn!(%error, floor, "checkpoint postponed: live bodies could not be moved out of the journal");
+                return Outcome::Postponed;
+            }
+        };
+        if let Err(error) = self.db.insert(keys::JOURNAL_FLOOR, floor.to_be_bytes()) {
+            tracing::error!(%error, floor, "could not record the journal floor");
+            return Outcome::Postponed;
+        }
         let flushed = self.db.flush().map(|_| ());
         if let Err(error) = flushed {
             tracing::error!(%error, floor, "checkpoint flush failed");
@@ -227,6 +258,38 @@ impl Worker {
                 tracing::warn!(%error, floor, "checkpoint done, but old journal segments could not be removed")
             }
         }
+        self.store
+            .bodies
+            .forget(|f| matches!(f, BodyFile::Journal(first) if first < floor));
+        for n in emptied {
+            match payload::remove(self.store.bodies.payload_dir(), n) {
+                Ok(()) => self.store.bodies.removed(n),
+                Err(error) => {
+                    tracing::warn!(%error, file = n, "compacted payload file could not be removed")
+                }
+            }
+        }
         Outcome::Done
+    }
+
+    /// Moves the live bodies of the journal segments below `floor` and compacts
+    /// payload files; returns the payload files emptied.
+    fn move_bodies(&mut self, floor: u64) -> std::io::Result<Vec<u64>> {
+        let bodies = &self.store.bodies;
+        let moved =
+            relocate::journal_bodies(&self.db, bodies, &mut self.appender, &self.dir, floor)?;
+        let (emptied, compacted) = relocate::compact(&self.db, bodies, &mut self.appender)?;
+        if moved.bodies + compacted.bodies > 0 || !emptied.is_empty() {
+            tracing::debug!(
+                floor,
+                moved = moved.bodies,
+                moved_bytes = moved.bytes,
+                compacted = compacted.bodies,
+                compacted_bytes = compacted.bytes,
+                emptied = emptied.len(),
+                "bodies moved"
+            );
+        }
+        Ok(emptied)
     }
 }

@@ -25,6 +25,12 @@
 //! expected (a record whose write failed used its number and was never confirmed).
 //! Writes are whole values, so replaying a record whose effect sled already holds
 //! changes nothing.
+//!
+//! Bodies. A put's value stays where it was written until its segment is removed, so
+//! the store may point at it ([`ValueAt`]: the segment and the value's file offset)
+//! instead of copying it; the store moves what it still points at elsewhere before a
+//! checkpoint removes the store journal's segments ([`scan_below`]). The store's
+//! segments are removed only through its checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -41,11 +47,19 @@ const BUF_KEEP_BYTES: usize = 4 * 1024 * 1024;
 /// Extension of segment files.
 const EXT: &str = "log";
 
+/// Where a put's value lies: the segment (by its first record's number) and the byte
+/// offset of the value in that file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ValueAt {
+    pub(crate) segment: u64,
+    pub(crate) offset: u64,
+}
+
 /// One write found by replay, or the end of the record holding the writes before it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Entry<'a> {
-    /// Set `key` to `value`.
-    Put(&'a [u8], &'a [u8]),
+    /// Set `key` to `value`, which lies at the location.
+    Put(&'a [u8], &'a [u8], ValueAt),
     /// Remove `key`.
     Remove(&'a [u8]),
     /// The writes since the previous `End` form one record.
@@ -61,6 +75,10 @@ pub(crate) struct Replayed {
     pub(crate) records: u64,
     /// Bytes of the records applied.
     pub(crate) bytes: u64,
+    /// Per segment kept (by first record number): the bytes its valid records span.
+    /// A value located past that (in `interval` or `never` mode, a record applied to
+    /// sled but never synced before a power loss) is gone.
+    pub(crate) extents: Vec<(u64, u64)>,
 }
 
 /// Where a record is: the segment holding it (named by its first record's number), the
@@ -112,6 +130,8 @@ pub(crate) struct Journal {
     buf: Vec<u8>,
     /// Written since the last sync.
     unsynced: bool,
+    /// Where the last record appended is.
+    last_record: Option<Location>,
 }
 
 struct Segment {
@@ -133,8 +153,12 @@ impl Journal {
         floor: u64,
         mut apply: impl FnMut(Entry<'_>) -> io::Result<()>,
     ) -> io::Result<(Journal, Replayed)> {
-        Journal::open_records(dir, segment_bytes, floor, |_, body, _| {
-            for entry in Entries(body) {
+        Journal::open_records(dir, segment_bytes, floor, |_, body, at| {
+            let body_at = ValueAt {
+                segment: at.segment,
+                offset: at.offset + HEADER as u64,
+            };
+            for entry in Entries::new(body, body_at) {
                 apply(entry?)?;
             }
             apply(Entry::End)
@@ -194,6 +218,8 @@ impl Journal {
             }
             if valid == 0 {
                 useless.push(path.clone());
+            } else {
+                replayed.extents.push((*first_seq, pos as u64));
             }
             next_seq = next_seq.max(seq);
         }
@@ -207,6 +233,7 @@ impl Journal {
             next_seq,
             buf: Vec::with_capacity(64 * 1024),
             unsynced: false,
+            last_record: None,
         };
         Ok((journal, replayed))
     }
@@ -285,13 +312,32 @@ impl Journal {
         self.buf.resize(HEADER, 0);
     }
 
-    /// Adds a write to the record being built.
-    pub(crate) fn put(&mut self, key: &[u8], value: Option<&[u8]>) {
+    /// Adds a write to the record being built. Returns where the value starts in the
+    /// record: once appended, it lies at [`Journal::last_record`]'s offset plus this.
+    pub(crate) fn put(&mut self, key: &[u8], value: Option<&[u8]>) -> u64 {
         self.buf.push(if value.is_some() { PUT } else { REMOVE });
         put_bytes(&mut self.buf, key);
+        let at = self.buf.len() + 4;
         if let Some(value) = value {
             put_bytes(&mut self.buf, value);
         }
+        at as u64
+    }
+
+    /// The length of the record being built, to [`Journal::rewind`] to.
+    pub(crate) fn mark(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Drops the entries added since `mark` (a job that failed half-way).
+    pub(crate) fn rewind(&mut self, mark: usize) {
+        debug_assert!(mark >= HEADER && mark <= self.buf.len());
+        self.buf.truncate(mark.max(HEADER));
+    }
+
+    /// Where the last record appended is (its segment, header offset and length).
+    pub(crate) fn last_record(&self) -> Option<Location> {
+        self.last_record
     }
 
     /// Writes the record being built, in the current segment or a new one, and
@@ -320,6 +366,11 @@ impl Journal {
         let segment = self.current.as_mut().expect("make_room left a segment");
         let mut result = segment.file.write_all_at(&self.buf, segment.offset);
         if result.is_ok() {
+            self.last_record = Some(Location {
+                segment: segment.first_seq,
+                offset: segment.offset,
+                len,
+            });
             segment.offset += len;
             self.unsynced = true;
             if sync {
@@ -602,26 +653,50 @@ fn record_at(data: &[u8], pos: usize, seq: u64) -> Option<(&[u8], usize)> {
     Some((&checked[8..], HEADER + len))
 }
 
-/// The entries of a record body whose checksum matched.
-struct Entries<'a>(&'a [u8]);
+/// The entries of a record body whose checksum matched; `at` is where the body lies.
+struct Entries<'a> {
+    body: &'a [u8],
+    pos: usize,
+    at: ValueAt,
+}
+
+impl<'a> Entries<'a> {
+    fn new(body: &'a [u8], at: ValueAt) -> Entries<'a> {
+        Entries { body, pos: 0, at }
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len_bytes = self.body.get(self.pos..self.pos + 4)?;
+        let len = u32::from_le_bytes(len_bytes.try_into().ok()?) as usize;
+        let bytes = self
+            .body
+            .get(self.pos + 4..(self.pos + 4).checked_add(len)?)?;
+        self.pos += 4 + len;
+        Some(bytes)
+    }
+}
 
 impl<'a> Iterator for Entries<'a> {
     type Item = io::Result<Entry<'a>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (&op, rest) = self.0.split_first()?;
-        self.0 = rest;
+        let &op = self.body.get(self.pos)?;
+        self.pos += 1;
         let entry = match op {
-            PUT => self
-                .bytes()
-                .and_then(|k| Some(Entry::Put(k, self.bytes()?))),
+            PUT => self.bytes().and_then(|k| {
+                let at = ValueAt {
+                    segment: self.at.segment,
+                    offset: self.at.offset + self.pos as u64 + 4,
+                };
+                Some(Entry::Put(k, self.bytes()?, at))
+            }),
             REMOVE => self.bytes().map(Entry::Remove),
             _ => None,
         };
         match entry {
             Some(entry) => Some(Ok(entry)),
             None => {
-                self.0 = &[];
+                self.pos = self.body.len();
                 Some(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "a journal record with a valid checksum does not parse",
@@ -631,13 +706,69 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
-impl<'a> Entries<'a> {
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = u32::from_le_bytes(self.0.get(..4)?.try_into().ok()?) as usize;
-        let bytes = self.0.get(4..4 + len)?;
-        self.0 = &self.0[4 + len..];
-        Some(bytes)
+/// Calls `f` with every put of every valid record in the segments that start below
+/// `floor`, in order. A floor is always a segment boundary (the number a sealed
+/// segment's successor starts at), so these hold only records below it: everything
+/// [`remove_below`] removes now, and the newest sealed segment, which it removes once
+/// a successor exists, and which a restart removes as soon as the floor passes it.
+/// Reads one record at a time (bounded by the largest record), not whole segments.
+/// This is how a checkpoint finds the bodies it must move before the segments go.
+pub(crate) fn scan_below(
+    dir: &Path,
+    floor: u64,
+    mut f: impl FnMut(&[u8], &[u8], ValueAt) -> io::Result<()>,
+) -> io::Result<()> {
+    let segments = list(dir)?;
+    let mut buf = Vec::new();
+    for (first_seq, path) in &segments {
+        if *first_seq >= floor {
+            continue;
+        }
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let size = file.metadata()?.len();
+        let mut pos = 0u64;
+        let mut seq = *first_seq;
+        loop {
+            let mut header = [0u8; HEADER];
+            if pos + HEADER as u64 > size {
+                break;
+            }
+            file.read_exact_at(&mut header, pos)?;
+            let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+            if len == 0 || pos + HEADER as u64 + len > size {
+                break;
+            }
+            buf.clear();
+            buf.resize(HEADER + len as usize, 0);
+            file.read_exact_at(&mut buf, pos)?;
+            let Some((body, _)) = record_at(&buf, 0, seq) else {
+                break;
+            };
+            let at = ValueAt {
+                segment: *first_seq,
+                offset: pos + HEADER as u64,
+            };
+            for entry in Entries::new(body, at) {
+                if let Entry::Put(key, value, at) = entry? {
+                    f(key, value, at)?;
+                }
+            }
+            pos += HEADER as u64 + len;
+            seq += 1;
+        }
+        // A large record's buffer is not kept between segments.
+        buf = Vec::new();
     }
+    Ok(())
+}
+
+/// The path of the segment whose first record has number `first_seq`.
+pub(crate) fn segment_file(dir: &Path, first_seq: u64) -> PathBuf {
+    segment_path(dir, first_seq)
 }
 
 #[cfg(test)]

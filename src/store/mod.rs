@@ -3,26 +3,31 @@
 //! replay and the recovery scan live here. It knows nothing of sockets, protobuf or
 //! the broker's in-memory indexes.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::SendError;
 
 use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
-use crate::model::{QueueConfig, TaskBody, TaskId, TaskState};
+use crate::model::{TaskBody, TaskId, TaskState};
 
+#[cfg(test)]
+mod body_tests;
 mod checkpoint;
 mod datadir;
+mod handle;
 pub(crate) mod journal;
 mod keys;
+#[cfg(test)]
+mod model_tests;
+mod open;
+mod payload;
 mod policy;
 mod pool;
 mod record;
+mod relocate;
 mod report;
 #[cfg(test)]
 mod retention_tests;
@@ -35,12 +40,13 @@ mod volume;
 mod writer;
 
 pub use datadir::DataDirProblem;
+pub use handle::{Muts, Writer, WriterHandle};
+pub use open::RecoveryStats;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
 pub use volume::{Sizing, VolumeTooSmall, MIN_SEGMENT_BYTES};
 
 use pool::{Db, DbPool};
-use writer::{Done, Job, Msg, WriterLoop};
 
 /// sled's leaf fanout: the default, measured fastest for this workload.
 const LEAF_FANOUT: usize = 1024;
@@ -234,6 +240,10 @@ pub(crate) struct Inner {
     sizing: Sizing,
     /// Why publishes are refused, while free space is below the publish reserve.
     low_space: parking_lot::Mutex<Option<Arc<str>>>,
+    /// Where bodies are read from, and the payload files' live bytes.
+    pub(crate) bodies: payload::Bodies,
+    /// The number of the first payload file this process creates.
+    next_payload_file: u64,
 }
 
 impl Inner {
@@ -316,182 +326,7 @@ impl Inner {
     }
 }
 
-/// What the recovery scan found.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RecoveryStats {
-    /// State records read.
-    pub tasks: u64,
-    /// Journal records replayed into sled at open.
-    pub journal_records: u64,
-    /// Bytes of those records.
-    pub journal_bytes: u64,
-}
-
-/// Makes what opening created in `dir` durable before anything is confirmed: sled
-/// writes its settings file (`durability_cookie`) without syncing it, and neither it
-/// nor the journal directory syncs `dir`. Without this a power loss before the first
-/// checkpoint leaves the settings file empty (sled then cannot open the store) or the
-/// journal directory gone (found by `tests/power_loss.rs`).
-fn sync_created(dir: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(dir.join("durability_cookie")) {
-        Ok(cookie) => cookie.sync_all()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    journal::sync_dir(dir)
-}
-
 impl Store {
-    /// Opens (or creates) the data directory and replays the journal into sled.
-    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        let lock = datadir::prepare(&config.path)?;
-        let sizing =
-            Sizing::for_dir(&config.path, config.journal_segment_bytes).map_err(io_error)??;
-        if sizing.segment_bytes < config.journal_segment_bytes {
-            tracing::warn!(
-                volume_bytes = sizing.volume_bytes,
-                configured = config.journal_segment_bytes,
-                segment_bytes = sizing.segment_bytes,
-                "the data volume is small: journal segments shrunk to a 32nd of it"
-            );
-        }
-        if let Ok(free) = journal::free_bytes(&config.path) {
-            if free < sizing.publish_reserve {
-                tracing::warn!(
-                    free,
-                    reserve = sizing.publish_reserve,
-                    "little free disk space: publishes are refused with STORAGE until there \
-                     is more than the reserve; settlements and purges work"
-                );
-            }
-        }
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity_bytes(config.cache_bytes)
-            .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
-            .open::<LEAF_FANOUT>()
-            .map_err(|e| {
-                // sled's own lock: held a moment longer than ours within one process
-                // (its metadata thread releases it); another process is stopped by ours.
-                let (problem, reason) = if e.kind() == std::io::ErrorKind::WouldBlock {
-                    (DataDirProblem::InUse, "is still held by sled".to_owned())
-                } else {
-                    (
-                        DataDirProblem::Unreadable,
-                        format!("cannot be opened: {}", datadir::plain(&e)),
-                    )
-                };
-                datadir::data_dir_error(&config.path, problem, reason)
-            })?;
-        let journal_dir = config.path.join(JOURNAL_DIR);
-        let (journal, replayed) = replay(&db, &journal_dir, sizing.segment_bytes)?;
-        sync_created(&config.path).map_err(io_error)?;
-        let watermark = read_watermark(&db)?;
-        let policies = policy::Policies::load(&db, QueueConfig::default())?;
-        let next_id = match watermark {
-            Some(w) => w,
-            None => highest_task_id(&db)?.map_or(1, |id| id.saturating_add(1)),
-        }
-        .max(1);
-        tracing::debug!(
-            path = %config.path.display(),
-            next_id,
-            fsync = ?config.fsync,
-            journal_records = replayed.records,
-            journal_segments = replayed.segments,
-            "store opened"
-        );
-        Ok(Store {
-            inner: Arc::new(Inner {
-                dbs: DbPool::new(db),
-                fsync: config.fsync,
-                next_id: AtomicU64::new(next_id),
-                watermark: AtomicU64::new(watermark.unwrap_or(0)),
-                policies: parking_lot::RwLock::new(policies),
-                failure: parking_lot::Mutex::new(None),
-                failed: std::sync::atomic::AtomicBool::new(false),
-                degraded: parking_lot::Mutex::new(None),
-                is_degraded: std::sync::atomic::AtomicBool::new(false),
-                journal: parking_lot::Mutex::new(Some(journal)),
-                journal_dir,
-                _lock: lock,
-                sizing,
-                low_space: parking_lot::Mutex::new(None),
-            }),
-            replayed,
-        })
-    }
-
-    /// Calls `f` for every stored task state, in id order.
-    pub fn recover(
-        &self,
-        mut f: impl FnMut(TaskId, TaskState),
-    ) -> Result<RecoveryStats, StoreError> {
-        // A million tasks of one queue share one allocation of its name.
-        let mut names: HashSet<Arc<str>> = HashSet::new();
-        let mut stats = RecoveryStats {
-            journal_records: self.replayed.records,
-            journal_bytes: self.replayed.bytes,
-            ..RecoveryStats::default()
-        };
-        let mut highest = None;
-        for item in self.inner.dbs.get().range(keys::prefix_range(keys::STATE)) {
-            let (key, value) = item.map_err(io_error)?;
-            let id = keys::task_id(&key)
-                .ok_or_else(|| corrupt_reason(&key, "state key is not 'S' + 8-byte id"))?;
-            let view = record::decode_state(&value).map_err(|e| corrupt(&key, e))?;
-            let queue = match names.get(view.queue) {
-                Some(name) => name.clone(),
-                None => {
-                    let name: Arc<str> = Arc::from(view.queue);
-                    names.insert(name.clone());
-                    name
-                }
-            };
-            f(id, view.to_state(queue));
-            stats.tasks += 1;
-            highest = Some(id);
-        }
-        // Belt and braces: the watermark is written with every insert, but never hand
-        // out an id that is already stored.
-        if let Some(id) = highest {
-            self.inner.next_id.fetch_max(id.saturating_add(1), Relaxed);
-        }
-        tracing::debug!(tasks = stats.tasks, queues = names.len(), "store recovered");
-        Ok(stats)
-    }
-
-    /// Every persisted queue configuration.
-    pub fn queues(&self) -> Result<Vec<(Arc<str>, QueueConfig)>, StoreError> {
-        let mut queues = Vec::new();
-        for item in self.inner.dbs.get().range(keys::prefix_range(keys::QUEUE)) {
-            let (key, value) = item.map_err(io_error)?;
-            let name = keys::queue_name(&key)
-                .ok_or_else(|| corrupt_reason(&key, "queue name is not UTF-8"))?;
-            let config = record::decode_queue(&value).map_err(|e| corrupt(&key, e))?;
-            queues.push((Arc::from(name), config));
-        }
-        Ok(queues)
-    }
-
-    /// Every persisted schedule, in name order.
-    pub fn schedules(&self) -> Result<Vec<crate::model::Schedule>, StoreError> {
-        let mut schedules = Vec::new();
-        for item in self
-            .inner
-            .dbs
-            .get()
-            .range(keys::prefix_range(keys::SCHEDULE))
-        {
-            let (key, value) = item.map_err(io_error)?;
-            let name = keys::queue_name(&key)
-                .ok_or_else(|| corrupt_reason(&key, "schedule name is not UTF-8"))?;
-            let schedule = record::decode_schedule(name, &value).map_err(|e| corrupt(&key, e))?;
-            schedules.push(schedule);
-        }
-        Ok(schedules)
-    }
-
     /// Why the store failed, if it did (a checkpoint failed). Once failed it stays
     /// failed until the process restarts.
     pub fn failure(&self) -> Option<StoreError> {
@@ -529,16 +364,45 @@ impl Store {
         self.inner.next_id.fetch_add(n, Relaxed)
     }
 
-    /// Reads a task's body (payload and headers).
+    /// Bytes of payload files on disk, and how many of them are live.
+    pub fn payload_disk_bytes(&self) -> (u64, u64) {
+        (
+            payload::disk_bytes(self.inner.bodies.payload_dir()),
+            self.inner.bodies.live_bytes(),
+        )
+    }
+
+    /// Reads a task's body (payload and headers) from where its reference points: a
+    /// journal segment or a payload file (or sled itself, for a body stored before
+    /// bodies left sled). One body's bytes in memory, nothing cached.
     pub fn get_body(&self, id: TaskId) -> Result<Option<TaskBody>, StoreError> {
         let key = keys::body(id);
-        let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
-            return Ok(None);
-        };
-        // The payload and header values are slices of sled's own buffer: no copy.
-        record::decode_body(Bytes::from_owner(value))
-            .map(Some)
-            .map_err(|e| corrupt(&key, e))
+        // A checkpoint may move the body and remove its file between reading the
+        // reference and reading the file: then the reference has changed; read again.
+        let mut attempts = 0;
+        loop {
+            let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
+                return Ok(None);
+            };
+            let body = match record::decode_stored_body(&value).map_err(|e| corrupt(&key, e))? {
+                // The payload and header values are slices of sled's own buffer.
+                record::StoredBody::Inline(_) => Bytes::from_owner(value),
+                record::StoredBody::Ref(r) => match self.inner.bodies.read(&r) {
+                    Ok(bytes) => Bytes::from(bytes),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                        attempts += 1;
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        return Err(corrupt_reason(&key, e.to_string()))
+                    }
+                    Err(e) => return Err(io_error(e)),
+                },
+            };
+            return record::decode_body(body)
+                .map(Some)
+                .map_err(|e| corrupt(&key, e));
+        }
     }
 
     /// Reads a task's state.
@@ -550,127 +414,6 @@ impl Store {
         let view = record::decode_state(&value).map_err(|e| corrupt(&key, e))?;
         Ok(Some(view.to_state(Arc::from(view.queue))))
     }
-
-    /// Starts the single writer thread (and the checkpoint thread). A store has one
-    /// writer: a second call gets a writer that fails every job with `Closed`.
-    pub fn start_writer<C: Completion>(&self) -> Writer<C> {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let stats = Arc::new(WriterStats::default());
-        let Some(journal) = self.inner.journal.lock().take() else {
-            tracing::error!("the store's writer was started twice");
-            return Writer {
-                handle: WriterHandle { tx },
-                thread: None,
-                stats,
-            };
-        };
-        let checkpointer = checkpoint::Checkpointer::start(
-            self.inner.dbs.detach(),
-            self.inner.clone(),
-            stats.clone(),
-            self.inner.journal_dir.clone(),
-            self.inner.sizing.checkpoint_reserve,
-        );
-        let db = self.inner.dbs.detach();
-        let writer = WriterLoop::new(
-            db,
-            journal,
-            checkpointer,
-            self.inner.clone(),
-            rx,
-            stats.clone(),
-        );
-        let thread = std::thread::Builder::new()
-            .name("squall-writer".into())
-            .spawn(move || writer.run());
-        let thread = match thread {
-            Ok(thread) => Some(thread),
-            Err(error) => {
-                // The receiver went down with the closure: every job gets `Closed`.
-                tracing::error!(%error, "could not start the store writer thread");
-                None
-            }
-        };
-        Writer {
-            handle: WriterHandle { tx },
-            thread,
-            stats,
-        }
-    }
-}
-
-/// Replays the journal from sled's floor into sled. Records are applied in batches (a
-/// replay is not made durable here: the journal still holds it until the first
-/// checkpoint).
-fn replay(
-    db: &Db,
-    dir: &std::path::Path,
-    segment_bytes: u64,
-) -> Result<(journal::Journal, journal::Replayed), StoreError> {
-    const REPLAY_BATCH_WRITES: usize = 16_384;
-    let floor = match db.get(keys::JOURNAL_FLOOR).map_err(io_error)? {
-        Some(v) => record::decode_watermark(&v).map_err(|e| corrupt(keys::JOURNAL_FLOOR, e))?,
-        None => 0,
-    };
-    let mut batch = sled::Batch::default();
-    let mut writes = 0;
-    let (journal, replayed) = journal::Journal::open(dir, segment_bytes, floor, |entry| {
-        match entry {
-            journal::Entry::Put(k, v) => batch.insert(k, v),
-            journal::Entry::Remove(k) => batch.remove(k),
-            journal::Entry::End => {
-                if writes >= REPLAY_BATCH_WRITES {
-                    db.apply_batch(std::mem::take(&mut batch))?;
-                    writes = 0;
-                }
-                return Ok(());
-            }
-        }
-        writes += 1;
-        Ok(())
-    })
-    .map_err(io_error)?;
-    db.apply_batch(batch).map_err(io_error)?;
-    if replayed.records > 0 {
-        tracing::info!(
-            records = replayed.records,
-            bytes = replayed.bytes,
-            segments = replayed.segments,
-            "journal replayed"
-        );
-    }
-    Ok((journal, replayed))
-}
-
-/// Reads the persisted id watermark. A damaged one is not fatal: the caller falls
-/// back to scanning the stored ids.
-fn read_watermark(db: &Db) -> Result<Option<u64>, StoreError> {
-    let Some(value) = db.get(keys::WATERMARK).map_err(io_error)? else {
-        return Ok(None);
-    };
-    match record::decode_watermark(&value) {
-        Ok(w) => Ok(Some(w)),
-        Err(e) => {
-            tracing::warn!(reason = %e.0, "id watermark unreadable; rescanning task ids");
-            Ok(None)
-        }
-    }
-}
-
-/// The highest id of any state or body record, by a forward scan of their keys
-/// (reverse iteration is avoided in this sled alpha). Only needed when the watermark
-/// is missing: a data directory that predates it, or a damaged one.
-fn highest_task_id(db: &Db) -> Result<Option<TaskId>, StoreError> {
-    let mut highest = None;
-    for prefix in [keys::BODY, keys::STATE] {
-        for key in db.range(keys::prefix_range(prefix)).keys() {
-            let key = key.map_err(io_error)?;
-            if let Some(id) = keys::task_id(&key) {
-                highest = highest.max(Some(id));
-            }
-        }
-    }
-    Ok(highest)
 }
 
 pub(crate) fn io_error(error: std::io::Error) -> StoreError {
@@ -685,80 +428,5 @@ pub(crate) fn corrupt_reason(key: &[u8], reason: impl Into<String>) -> StoreErro
     StoreError::Corrupt {
         key: keys::hex(key),
         reason: reason.into(),
-    }
-}
-
-/// Mutations of one job: almost always one, so that case does not allocate.
-#[derive(Debug)]
-pub enum Muts {
-    /// A single mutation.
-    One(crate::model::Mutation),
-    /// Several, applied in the same batch.
-    Many(Vec<crate::model::Mutation>),
-}
-
-/// The group-commit writer: owns the thread; dropping it without `shutdown` detaches
-/// it, and the thread then exits (after a final flush) once every handle is dropped.
-pub struct Writer<C: Completion> {
-    handle: WriterHandle<C>,
-    thread: Option<JoinHandle<Result<(), StoreError>>>,
-    stats: Arc<WriterStats>,
-}
-
-/// A cloneable sender of jobs to the writer.
-pub struct WriterHandle<C: Completion> {
-    tx: crossbeam_channel::Sender<Msg<C>>,
-}
-
-impl<C: Completion> Clone for WriterHandle<C> {
-    fn clone(&self) -> Self {
-        WriterHandle {
-            tx: self.tx.clone(),
-        }
-    }
-}
-
-impl<C: Completion> Writer<C> {
-    /// A handle to submit jobs from any thread.
-    pub fn handle(&self) -> WriterHandle<C> {
-        self.handle.clone()
-    }
-
-    /// Writer counters.
-    pub fn stats(&self) -> Arc<WriterStats> {
-        self.stats.clone()
-    }
-
-    /// Applies everything submitted so far, flushes, and joins the thread.
-    pub fn shutdown(self) -> Result<(), StoreError> {
-        // If the thread is already gone the send fails, and the join says why.
-        let _ = self.handle.tx.send(Msg::Shutdown);
-        let Some(thread) = self.thread else {
-            return Err(StoreError::Closed);
-        };
-        match thread.join() {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::error!("the store writer thread panicked");
-                Err(io_error(std::io::Error::other(
-                    "the store writer thread panicked",
-                )))
-            }
-        }
-    }
-}
-
-impl<C: Completion> WriterHandle<C> {
-    /// Queues a job; `done` is completed after the batch holding it is durable
-    /// (per the fsync mode). After shutdown, `done` gets `StoreError::Closed`.
-    pub fn submit(&self, muts: Muts, done: Option<C>) {
-        let job = Job {
-            muts,
-            done: Done::new(done),
-        };
-        if let Err(SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
-            job.done
-                .complete(Err(StoreError::Closed), JobReport::default());
-        }
     }
 }

@@ -27,8 +27,10 @@ use bytes::Bytes;
 
 use crate::model::{Millis, QueueConfig, StatePatch, TaskBody, TaskState, TaskStatus};
 
+mod body_ref;
 mod retained;
 mod schedule;
+pub(crate) use body_ref::*;
 pub(crate) use retained::*;
 pub(crate) use schedule::*;
 

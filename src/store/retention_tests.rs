@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use tempfile::TempDir;
 
 use super::*;
-use crate::model::{Mutation, NewTask, StatePatch, TaskStatus};
+use crate::model::{Mutation, NewTask, QueueConfig, StatePatch, TaskStatus};
 
 /// What one job's completion saw.
 #[derive(Debug)]

@@ -13,6 +13,7 @@
 //! is written, so sled never holds a change the journal lacks.
 
 mod retention;
+mod stage;
 
 use std::slice;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,13 +25,13 @@ use sled::InlineArray;
 
 use super::checkpoint::Checkpointer;
 use super::journal::Journal;
-use super::record::{self, StateView};
+use super::record::{self, BodyFile, BodyRef};
 use super::volume::SpaceGuard;
 use super::{
     keys, Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
     WriterStats,
 };
-use crate::model::{Mutation, TaskId, TaskStatus};
+use crate::model::{Mutation, TaskId};
 
 /// Most mutations gathered into one batch. Past it the writer commits what it has and
 /// comes straight back for the rest: this bounds the memory of a batch and the wait of
@@ -141,6 +142,12 @@ pub(crate) struct WriterLoop<C: Completion> {
     stage: Vec<Write>,
     /// Encoding buffer, reused for every record.
     scratch: Vec<u8>,
+    /// Bodies the job being staged wrote into the journal record.
+    job_bodies: Vec<StagedBody>,
+    /// Payload-file bytes whose references the job being staged removes, and those
+    /// of the whole group.
+    job_freed: Vec<(u64, u64)>,
+    freed: Vec<(u64, u64)>,
     /// When the journal was last synced (interval mode).
     last_sync: Instant,
     /// When unsynced records of groups nobody waited for must be synced (always mode).
@@ -157,6 +164,18 @@ struct Staged {
     writes: usize,
     mutations: u64,
     max_inserted: Option<TaskId>,
+    /// Bodies written into the journal record: sled gets their references once the
+    /// record's place in the journal is known.
+    bodies: Vec<StagedBody>,
+}
+
+/// A body in the journal record being built.
+struct StagedBody {
+    id: TaskId,
+    /// Where its bytes start in the record.
+    at: u64,
+    len: u32,
+    crc: u32,
 }
 
 impl<C: Completion> WriterLoop<C> {
@@ -185,6 +204,9 @@ impl<C: Completion> WriterLoop<C> {
             job_sweep: None,
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
+            job_bodies: Vec::new(),
+            job_freed: Vec::new(),
+            freed: Vec::new(),
             last_sync: Instant::now(),
             sync_by: None,
             space_checkpoint: Instant::now(),
@@ -318,24 +340,17 @@ impl<C: Completion> WriterLoop<C> {
         }
     }
 
-    /// Seals the journal's current segment and records the checkpoint floor in sled,
-    /// where the next flush makes it durable together with everything below it.
+    /// Seals the journal's current segment; returns the checkpoint floor (every
+    /// record below it is applied to sled). The checkpoint records it in sled once the
+    /// bodies below it have moved.
     fn seal(&mut self) -> u64 {
-        let floor = match self.journal.seal() {
+        match self.journal.seal() {
             Ok(floor) => floor,
             Err(error) => {
                 // Its records were not all synced: only a checkpoint makes them safe.
                 self.store.degrade(&error);
                 self.journal.next_seq()
             }
-        };
-        self.record_floor(floor);
-        floor
-    }
-
-    fn record_floor(&mut self, floor: u64) {
-        if let Err(error) = self.db.insert(keys::JOURNAL_FLOOR, floor.to_be_bytes()) {
-            tracing::error!(%error, "could not record the journal floor");
         }
     }
 
@@ -398,227 +413,6 @@ impl<C: Completion> WriterLoop<C> {
         self.sync_if_due();
     }
 
-    /// Stages every job of the group into one batch; a job that fails is recorded in
-    /// `failed` and contributes nothing.
-    fn stage_group(&mut self) -> Staged {
-        let mut staged = Staged {
-            batch: sled::Batch::default(),
-            writes: 0,
-            mutations: 0,
-            max_inserted: None,
-        };
-        let group = std::mem::take(&mut self.group);
-        self.journal.begin();
-        self.failed.clear();
-        self.reports.clear();
-        self.duplicates.clear();
-        for job in &group {
-            self.job_duplicates.clear();
-            self.job_sweep = None;
-            let staged_job = match self.refuse_publish(&job.muts) {
-                Some(refused) => {
-                    self.reports
-                        .push((self.duplicates.len()..self.duplicates.len(), None));
-                    self.failed.push(Some(refused));
-                    continue;
-                }
-                None => self.stage_job(&job.muts, &staged.batch),
-            };
-            let start = self.duplicates.len();
-            if staged_job.is_ok() {
-                self.duplicates.append(&mut self.job_duplicates);
-            }
-            self.reports
-                .push((start..self.duplicates.len(), self.job_sweep.take()));
-            match staged_job {
-                Ok(max_inserted) => {
-                    staged.max_inserted = staged.max_inserted.max(max_inserted);
-                    staged.mutations += job.muts.as_slice().len() as u64;
-                    staged.writes += self.stage.len();
-                    for (key, value) in self.stage.drain(..) {
-                        self.journal.put(&key, value.as_deref());
-                        match value {
-                            Some(value) => staged.batch.insert(key, value),
-                            None => staged.batch.remove(key),
-                        }
-                    }
-                    self.failed.push(None);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "store mutation refused; its job fails, the rest of the batch goes on");
-                    self.stage.clear();
-                    self.failed.push(Some(error));
-                }
-            }
-        }
-        self.group = group;
-        self.stage_watermark(&mut staged);
-        staged
-    }
-
-    /// A job that inserts tasks is refused while the free space is below the publish
-    /// reserve: the reserve is for settlements, purges and checkpoints, which give
-    /// space back.
-    fn refuse_publish(&mut self, muts: &Muts) -> Option<StoreError> {
-        let inserts = muts
-            .as_slice()
-            .iter()
-            .any(|m| matches!(m, Mutation::Insert(_)));
-        if !inserts {
-            return None;
-        }
-        let free = self.check_space()?;
-        let reason = self.store.low_space.lock().clone();
-        Some(StoreError::Unavailable(reason.unwrap_or_else(|| {
-            Arc::from(format!(
-                "free disk space ({free} bytes) is below the reserve"
-            ))
-        })))
-    }
-
-    /// Reads the free space (at most every 10 ms) and records in the store why
-    /// publishes are refused, if they are. Returns the free bytes when short.
-    fn check_space(&mut self) -> Option<u64> {
-        let short = self.space.short();
-        let mut low = self.store.low_space.lock();
-        *low = short.map(|free| {
-            Arc::from(format!(
-                "free disk space ({free} bytes) is below the reserve of {} bytes kept for \
-                 settlements and purges; publishes are refused until space returns",
-                self.space.reserve()
-            ))
-        });
-        short
-    }
-
-    /// Persists a new id watermark when this batch inserts an id at or past the last
-    /// persisted one, so ids are never reused after a restart.
-    fn stage_watermark(&mut self, staged: &mut Staged) {
-        let Some(max) = staged.max_inserted else {
-            return;
-        };
-        let next = max.saturating_add(1);
-        if next > self.store.watermark.load(Relaxed) {
-            self.journal.put(keys::WATERMARK, Some(&next.to_be_bytes()));
-            staged.batch.insert(keys::WATERMARK, next.to_be_bytes());
-            staged.writes += 1;
-        }
-    }
-
-    /// Stages one job's mutations into `self.stage`; returns the highest id it inserts.
-    fn stage_job(
-        &mut self,
-        muts: &Muts,
-        batch: &sled::Batch,
-    ) -> Result<Option<TaskId>, StoreError> {
-        let mut max_inserted = None;
-        for (index, mutation) in muts.as_slice().iter().enumerate() {
-            match mutation {
-                Mutation::Insert(task) => {
-                    // Counted even when a duplicate: an id handed out is never reused.
-                    max_inserted = max_inserted.max(Some(task.id));
-                    if let Some(key) = &task.body.idempotency_key {
-                        if let Some(original) = self.stage_idempotency_key(task, key, batch)? {
-                            self.job_duplicates.push(Duplicate { index, original });
-                            continue;
-                        }
-                    }
-                    self.encode_into_stage(keys::state(task.id), |out| {
-                        record::encode_state(&StateView::of(&task.state), out)
-                    })?;
-                    self.encode_into_stage(keys::body(task.id), |out| {
-                        record::encode_body(&task.body, out)
-                    })?;
-                }
-                Mutation::Patch { id, patch } => {
-                    let key = keys::state(*id);
-                    let Some(current) = self.read_staged(&key, batch)? else {
-                        tracing::debug!(task = *id, "patch of a task no longer stored: skipped");
-                        continue;
-                    };
-                    let mut view =
-                        record::decode_state(&current).map_err(|e| super::corrupt(&key, e))?;
-                    view.apply(patch);
-                    self.scratch.clear();
-                    record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
-                    let value = InlineArray::from(self.scratch.as_slice());
-                    self.stage.push((InlineArray::from(key), Some(value)));
-                    if let Some(status @ (TaskStatus::Dead | TaskStatus::Pending)) = patch.status {
-                        self.stage_retention_of_patch(*id, status, view.queue, patch.updated_ms)?;
-                    }
-                }
-                Mutation::Remove { id } => {
-                    self.stage.push((InlineArray::from(keys::state(*id)), None));
-                    self.stage.push((InlineArray::from(keys::body(*id)), None));
-                    self.stage
-                        .push((InlineArray::from(keys::result(*id)), None));
-                }
-                Mutation::Succeed {
-                    id,
-                    result,
-                    updated_ms,
-                } => self.stage_succeed(*id, result, *updated_ms, batch)?,
-                Mutation::Sweep { now, limit } => {
-                    let stats = self.stage_sweep(*now, *limit, batch)?;
-                    self.job_sweep = Some(stats);
-                }
-                Mutation::PutQueue { name, config } => {
-                    self.encode_into_stage(keys::queue(name), |out| {
-                        record::encode_queue(config, out);
-                        Ok(())
-                    })?;
-                    // Visible to the rest of the batch at once. (Were a later mutation of
-                    // this same job to fail, the setting would stay in memory; queue
-                    // changes are submitted as jobs of their own.)
-                    self.store.policies.write().put(name, config);
-                }
-                Mutation::RemoveQueue { name } => {
-                    self.stage
-                        .push((InlineArray::from(keys::queue(name)), None));
-                    self.store.policies.write().remove(name);
-                }
-                Mutation::PutSchedule(schedule) => {
-                    self.encode_into_stage(keys::schedule(&schedule.name), |out| {
-                        record::encode_schedule(schedule, out)
-                    })?;
-                }
-                Mutation::RemoveSchedule { name } => {
-                    self.stage
-                        .push((InlineArray::from(keys::schedule(name)), None));
-                }
-            }
-        }
-        Ok(max_inserted)
-    }
-
-    fn encode_into_stage(
-        &mut self,
-        key: impl Into<InlineArray>,
-        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), record::TooLarge>,
-    ) -> Result<(), StoreError> {
-        self.scratch.clear();
-        encode(&mut self.scratch).map_err(too_large)?;
-        let value = InlineArray::from(self.scratch.as_slice());
-        self.stage.push((key.into(), Some(value)));
-        Ok(())
-    }
-
-    /// The value of `key` as this batch will leave it: the job's own staged writes
-    /// first, then earlier jobs of the batch, then the tree.
-    fn read_staged(
-        &self,
-        key: &[u8],
-        batch: &sled::Batch,
-    ) -> Result<Option<InlineArray>, StoreError> {
-        if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.as_ref() == key) {
-            return Ok(value.clone());
-        }
-        if let Some(value) = batch.get(key) {
-            return Ok(value.cloned());
-        }
-        self.db.get(key).map_err(super::io_error)
-    }
-
     /// Journals the staged batch (synced in `always` mode), then applies it to sled;
     /// an empty one is a no-op.
     fn apply(&mut self, staged: Staged) -> Result<(), StoreError> {
@@ -656,13 +450,14 @@ impl<C: Completion> WriterLoop<C> {
         }
         self.store.undegrade();
         if let Some(floor) = sealed {
-            // Every record below the floor is applied: check it in before this one.
-            self.record_floor(floor);
+            // Every record below the floor is applied (this one is not yet).
             if let Some(checkpointer) = &self.checkpointer {
                 checkpointer.request(floor);
             }
         }
-        if let Err(error) = self.db.apply_batch(staged.batch) {
+        let mut batch = staged.batch;
+        self.reference_bodies(&mut batch, &staged.bodies);
+        if let Err(error) = self.db.apply_batch(batch) {
             // The journal has the batch but sled does not: only a restart (which
             // replays the journal) makes them agree again.
             tracing::error!(%error, jobs = self.group.len(), "store batch failed after it was journaled");
@@ -675,9 +470,34 @@ impl<C: Completion> WriterLoop<C> {
                 .watermark
                 .fetch_max(max.saturating_add(1), Relaxed);
         }
+        for (n, len) in self.freed.drain(..) {
+            self.store.bodies.freed(n, len);
+        }
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.mutations.fetch_add(staged.mutations, Relaxed);
         Ok(())
+    }
+
+    /// Adds to the batch the references of the bodies the record just appended holds.
+    fn reference_bodies(&self, batch: &mut sled::Batch, bodies: &[StagedBody]) {
+        let Some(record) = self.journal.last_record() else {
+            debug_assert!(bodies.is_empty(), "bodies staged but no record appended");
+            return;
+        };
+        for body in bodies {
+            let key = keys::body(body.id);
+            // Removed again later in the same batch: the removal stands.
+            if batch.get(key).is_some() {
+                continue;
+            }
+            let r = BodyRef {
+                file: BodyFile::Journal(record.segment),
+                offset: record.offset + body.at,
+                len: body.len,
+                crc: body.crc,
+            };
+            batch.insert(&key[..], &r.encode()[..]);
+        }
     }
 
     /// Completes every job of the group in submission order: with its own failure if

@@ -1,4 +1,4 @@
-//! Tests of the journal's segment files and record format.
+//! Tests of the journal's segment files and record format (and where values lie).
 
 use super::*;
 
@@ -8,7 +8,7 @@ fn replay(dir: &Path, floor: u64) -> (Journal, Vec<Writes>) {
     let mut records = vec![Vec::new()];
     let (journal, _) = Journal::open(dir, 4096, floor, |e| {
         match e {
-            Entry::Put(k, v) => records
+            Entry::Put(k, v, _) => records
                 .last_mut()
                 .unwrap()
                 .push((k.to_vec(), Some(v.to_vec()))),
@@ -157,7 +157,7 @@ proptest::proptest! {
         std::fs::write(&path, &data).unwrap();
         let mut got = Vec::new();
         let opened = Journal::open(dir.path(), 1 << 20, 0, |e| {
-            if let Entry::Put(k, v) = e {
+            if let Entry::Put(k, v, _) = e {
                 got.push((k.to_vec(), v.to_vec()));
             }
             Ok(())
@@ -239,4 +239,66 @@ fn opaque_records_are_read_by_location_and_truncated_durably() {
 fn free_bytes_reads_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     assert!(free_bytes(dir.path()).unwrap() > 0);
+}
+
+#[test]
+fn a_value_lies_where_put_and_last_record_say_and_scan_below_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = replay(dir.path(), 0);
+    let mut expected = Vec::new();
+    for i in 0u8..6 {
+        j.begin();
+        j.put(b"gone", None);
+        let value = vec![i; 3000 + i as usize]; // one record per 4 KiB segment
+        let at = j.put(&[b'B', i], Some(&value));
+        j.append(true).unwrap();
+        let record = j.last_record().unwrap();
+        let location = ValueAt {
+            segment: record.segment,
+            offset: record.offset + at,
+        };
+        let mut read = vec![0u8; value.len()];
+        File::open(segment_file(dir.path(), location.segment))
+            .unwrap()
+            .read_exact_at(&mut read, location.offset)
+            .unwrap();
+        assert_eq!(read, value);
+        expected.push((vec![b'B', i], value, location));
+    }
+    let floor = j.seal().unwrap();
+    // Replay reports the same locations.
+    let mut replayed = Vec::new();
+    Journal::open(dir.path(), 4096, 0, |e| {
+        if let Entry::Put(k, v, at) = e {
+            replayed.push((k.to_vec(), v.to_vec(), at));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(replayed, expected);
+    // The scan below a floor sees the segments remove_below would remove, no others.
+    let mut scanned = Vec::new();
+    scan_below(dir.path(), floor, |k, v, at| {
+        scanned.push((k.to_vec(), v.to_vec(), at));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        scanned, expected,
+        "every segment below the floor, the newest too"
+    );
+    let mut below_4 = 0;
+    scan_below(dir.path(), 4, |_, _, _| {
+        below_4 += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(below_4, 4);
+    let mut none = 0;
+    scan_below(dir.path(), 0, |_, _, _| {
+        none += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(none, 0);
 }

@@ -153,8 +153,10 @@ struct State {
     faults: Vec<Fault>,
     /// Successful file syncs per path (relative), for tests that count them.
     syncs_by_path: HashMap<PathBuf, u64>,
-    /// A power cut armed to happen at the n-th write from now.
+    /// A power cut armed to happen at the n-th write from now (counting only writes
+    /// to paths containing the pattern, if one is set).
     armed: Option<(u64, Tear)>,
+    armed_pattern: Option<String>,
     /// What the power cut dropped, once it happened.
     cut_report: Option<CutReport>,
 }
@@ -527,7 +529,12 @@ impl Fs {
         u.last_write = Some((offset, data.to_vec()));
         u.bytes += data.len() as u64;
         self.shared.writes.fetch_add(1, Relaxed);
-        if let Some((n, tear)) = st.armed.take() {
+        let counted = st
+            .armed_pattern
+            .as_ref()
+            .is_none_or(|p| rel.to_string_lossy().contains(p.as_str()));
+        let armed = if counted { st.armed.take() } else { None };
+        if let Some((n, tear)) = armed {
             if n <= 1 {
                 // The power fails while this write is in the cache: it never returns.
                 let report = st.cut(tear);
@@ -1073,6 +1080,7 @@ impl FaultFs {
                 faults: Vec::new(),
                 syncs_by_path: HashMap::new(),
                 armed: None,
+                armed_pattern: None,
                 cut_report: None,
             }),
             sync_delay: Mutex::new(Duration::ZERO),
@@ -1126,7 +1134,17 @@ impl FaultFs {
     /// Arms a power cut that happens during the `writes`-th write from now (that write
     /// is the last unsynced one: with [`Tear::Seeded`] a prefix of it may survive).
     pub fn arm_cut(&self, writes: u64, tear: Tear) {
-        self.shared.state.lock().armed = Some((writes.max(1), tear));
+        let mut st = self.shared.state.lock();
+        st.armed = Some((writes.max(1), tear));
+        st.armed_pattern = None;
+    }
+
+    /// Like [`FaultFs::arm_cut`], counting only writes to paths (relative to the
+    /// mount) that contain `pattern`.
+    pub fn arm_cut_matching(&self, pattern: &str, writes: u64, tear: Tear) {
+        let mut st = self.shared.state.lock();
+        st.armed = Some((writes.max(1), tear));
+        st.armed_pattern = Some(pattern.to_owned());
     }
 
     /// What the power cut dropped, once it happened.

@@ -100,6 +100,30 @@ fn a_cut_during_an_armed_write_tears_it_at_most() {
 }
 
 #[test]
+fn a_cut_armed_on_a_pattern_counts_only_writes_to_matching_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ffs) = mount(dir.path()) else { return };
+    let mnt = ffs.path().to_owned();
+    fs::create_dir(mnt.join("payload")).unwrap();
+    let other = File::create(mnt.join("journal.log")).unwrap();
+    let target = File::create(mnt.join("payload/0.dat")).unwrap();
+    ffs.arm_cut_matching("payload/", 2, Tear::Seeded(1));
+    for i in 0..10u64 {
+        other.write_all_at(b"not counted", i * 16).unwrap();
+    }
+    target.write_all_at(b"first", 0).unwrap();
+    assert!(ffs.cut_report().is_none(), "one matching write so far");
+    other.write_all_at(b"still not counted", 512).unwrap();
+    let err = target.write_all_at(b"second", 5).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EIO),
+        "the cut came at the second"
+    );
+    assert!(ffs.cut_report().is_some());
+}
+
+#[test]
 fn faults_fail_matching_operations_from_the_chosen_one_and_syncs_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let Some(ffs) = mount(dir.path()) else { return };

@@ -1,0 +1,149 @@
+//! Tests of where bodies live: sled holds only references; a body stays in the journal
+//! until a checkpoint moves it (if still live) to a payload file; compaction gives
+//! back payload files that are mostly dead; a clean restart and a crash copy both
+//! read every live body back.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::tests::{body, commit, config, reopen, snapshot, state, TestDone};
+use super::*;
+use crate::model::{Mutation, NewTask};
+
+fn insert_with(id: TaskId, payload: &[u8]) -> Muts {
+    Muts::One(Mutation::Insert(Box::new(NewTask {
+        id,
+        state: state("q", 1_000),
+        body: body(payload),
+    })))
+}
+
+fn payload_of(id: TaskId) -> Vec<u8> {
+    vec![(id % 251) as u8; 2000]
+}
+
+/// Every `B` value is a reference (no body in sled), and how many point where.
+fn body_refs(store: &Store) -> (usize, usize) {
+    let (mut journal, mut payload) = (0, 0);
+    for item in store.inner.dbs.get().range(keys::prefix_range(keys::BODY)) {
+        let (key, value) = item.unwrap();
+        assert!(
+            value.len() <= record::BODY_REF_LEN,
+            "sled holds a {}-byte body under {}",
+            value.len(),
+            keys::hex(&key)
+        );
+        match record::decode_stored_body(&value).unwrap() {
+            record::StoredBody::Ref(r) => match r.file {
+                record::BodyFile::Journal(_) => journal += 1,
+                record::BodyFile::Payload(_) => payload += 1,
+            },
+            record::StoredBody::Inline(_) => unreachable!("checked by length"),
+        }
+    }
+    (journal, payload)
+}
+
+/// Waits (bounded) until `done` holds; the checkpoint thread works on its own.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bodies_leave_sled_move_to_payload_files_at_checkpoints_and_compaction_gives_space_back() {
+    let dir = TempDir::new().unwrap();
+    let mut config = config(&dir, FsyncMode::Always);
+    // 64 KiB segments: 2 KiB bodies fill one every ~30 tasks; payload files of 128 KiB.
+    config.journal_segment_bytes = 64 * 1024;
+    let store = Store::open(&config).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    for id in 1..=600 {
+        commit(&h, insert_with(id, &payload_of(id))).unwrap();
+    }
+    eventually("checkpoints moved bodies to payload files", || {
+        body_refs(&store).1 > 400
+    });
+    let (in_journal, in_payload) = body_refs(&store);
+    assert_eq!(in_journal + in_payload, 600);
+    // Nine tenths are consumed; what stays must stay readable, what goes must give
+    // its space back once more checkpoints have run (they compact half-dead files).
+    for id in (1..=600).filter(|id| id % 10 != 0) {
+        commit(&h, Muts::One(Mutation::Remove { id })).unwrap();
+    }
+    let mut next = 601;
+    eventually(
+        "compaction brought the payload files near their live bytes",
+        || {
+            // New publishes (removed at once) roll segments, so checkpoints keep coming.
+            for _ in 0..40 {
+                commit(&h, insert_with(next, &payload_of(next))).unwrap();
+                commit(&h, Muts::One(Mutation::Remove { id: next })).unwrap();
+                next += 1;
+            }
+            let (disk, live) = store.payload_disk_bytes();
+            // Live bytes, twice at most, plus the file being appended to.
+            disk <= 2 * live + 2 * config.journal_segment_bytes
+        },
+    );
+    let (disk, live) = store.payload_disk_bytes();
+    assert!(live >= 60 * 2000, "live {live} bytes, disk {disk}");
+    for id in 1..=600 {
+        let got = store.get_body(id).unwrap();
+        if id % 10 == 0 {
+            assert_eq!(got, Some(body(&payload_of(id))), "body of {id}");
+        } else {
+            assert_eq!(got, None);
+        }
+    }
+    assert!(writer.stats().checkpoints.load(Relaxed) > 2);
+    // A copy taken now (a crash) and a clean restart both read every live body.
+    let copy = dir.path().join("crash");
+    snapshot(&config.path, &copy);
+    writer.shutdown().unwrap();
+    drop(store);
+    let mut copied = config.clone();
+    copied.path = copy;
+    for config in [copied, config.clone()] {
+        let store = reopen(&config);
+        for id in (10..=600).step_by(10) {
+            assert_eq!(store.get_body(id).unwrap(), Some(body(&payload_of(id))));
+        }
+        assert_eq!(body_refs(&store).0 + body_refs(&store).1, 60);
+    }
+    // After the clean stop there is no journal: every live body is in a payload file.
+    let store = reopen(&config);
+    assert_eq!(body_refs(&store), (0, 60));
+    assert_eq!(journal::disk_bytes(&config.path.join(JOURNAL_DIR)), 0);
+}
+
+#[test]
+fn a_body_published_and_removed_between_checkpoints_never_reaches_a_payload_file() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(&config(&dir, FsyncMode::Always)).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    for id in 1..=100 {
+        commit(&h, insert_with(id, &payload_of(id))).unwrap();
+        assert_eq!(store.get_body(id).unwrap(), Some(body(&payload_of(id))));
+        commit(&h, Muts::One(Mutation::Remove { id })).unwrap();
+    }
+    commit(&h, insert_with(101, b"kept")).unwrap();
+    writer.shutdown().unwrap();
+    // The last checkpoint moved the one live body; nothing else was ever copied.
+    let (disk, live) = store.payload_disk_bytes();
+    let expected = u64::try_from(record_len(b"kept")).unwrap();
+    assert_eq!((disk, live), (expected + 16, expected));
+}
+
+fn record_len(payload: &[u8]) -> usize {
+    let mut out = Vec::new();
+    record::encode_body(&body(payload), &mut out).unwrap();
+    out.len()
+}

@@ -1,0 +1,135 @@
+//! The public face of the group-commit writer: [`Writer`] (owns the thread),
+//! [`WriterHandle`] (submits jobs from any thread) and [`Muts`]. The thread's loop is
+//! `writer.rs`.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::SendError;
+
+use super::writer::{Done, Job, Msg, WriterLoop};
+use super::{checkpoint, io_error, Completion, JobReport, Store, StoreError, WriterStats};
+
+impl Store {
+    /// Starts the single writer thread (and the checkpoint thread). A store has one
+    /// writer: a second call gets a writer that fails every job with `Closed`.
+    pub fn start_writer<C: Completion>(&self) -> Writer<C> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stats = Arc::new(WriterStats::default());
+        let Some(journal) = self.inner.journal.lock().take() else {
+            tracing::error!("the store's writer was started twice");
+            return Writer {
+                handle: WriterHandle { tx },
+                thread: None,
+                stats,
+            };
+        };
+        let checkpointer = checkpoint::Checkpointer::start(
+            self.inner.dbs.detach(),
+            self.inner.clone(),
+            stats.clone(),
+            self.inner.journal_dir.clone(),
+            self.inner.sizing.checkpoint_reserve,
+        );
+        let db = self.inner.dbs.detach();
+        let writer = WriterLoop::new(
+            db,
+            journal,
+            checkpointer,
+            self.inner.clone(),
+            rx,
+            stats.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("squall-writer".into())
+            .spawn(move || writer.run());
+        let thread = match thread {
+            Ok(thread) => Some(thread),
+            Err(error) => {
+                // The receiver went down with the closure: every job gets `Closed`.
+                tracing::error!(%error, "could not start the store writer thread");
+                None
+            }
+        };
+        Writer {
+            handle: WriterHandle { tx },
+            thread,
+            stats,
+        }
+    }
+}
+
+/// Mutations of one job: almost always one, so that case does not allocate.
+#[derive(Debug)]
+pub enum Muts {
+    /// A single mutation.
+    One(crate::model::Mutation),
+    /// Several, applied in the same batch.
+    Many(Vec<crate::model::Mutation>),
+}
+
+/// The group-commit writer: owns the thread; dropping it without `shutdown` detaches
+/// it, and the thread then exits (after a final flush) once every handle is dropped.
+pub struct Writer<C: Completion> {
+    handle: WriterHandle<C>,
+    thread: Option<JoinHandle<Result<(), StoreError>>>,
+    stats: Arc<WriterStats>,
+}
+
+/// A cloneable sender of jobs to the writer.
+pub struct WriterHandle<C: Completion> {
+    tx: crossbeam_channel::Sender<Msg<C>>,
+}
+
+impl<C: Completion> Clone for WriterHandle<C> {
+    fn clone(&self) -> Self {
+        WriterHandle {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<C: Completion> Writer<C> {
+    /// A handle to submit jobs from any thread.
+    pub fn handle(&self) -> WriterHandle<C> {
+        self.handle.clone()
+    }
+
+    /// Writer counters.
+    pub fn stats(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    /// Applies everything submitted so far, flushes, and joins the thread.
+    pub fn shutdown(self) -> Result<(), StoreError> {
+        // If the thread is already gone the send fails, and the join says why.
+        let _ = self.handle.tx.send(Msg::Shutdown);
+        let Some(thread) = self.thread else {
+            return Err(StoreError::Closed);
+        };
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!("the store writer thread panicked");
+                Err(io_error(std::io::Error::other(
+                    "the store writer thread panicked",
+                )))
+            }
+        }
+    }
+}
+
+impl<C: Completion> WriterHandle<C> {
+    /// Queues a job; `done` is completed after the batch holding it is durable
+    /// (per the fsync mode). After shutdown, `done` gets `StoreError::Closed`.
+    pub fn submit(&self, muts: Muts, done: Option<C>) {
+        let job = Job {
+            muts,
+            done: Done::new(done),
+        };
+        if let Err(SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
+            job.done
+                .complete(Err(StoreError::Closed), JobReport::default());
+        }
+    }
+}

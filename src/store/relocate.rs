@@ -1,0 +1,146 @@
+//! Moving live bodies, on the checkpoint thread: out of the journal segments a
+//! checkpoint is about to remove, and out of payload files that are mostly dead
+//! (compaction), into the newest payload file. Nothing here flushes sled or removes a
+//! file: the checkpoint does that after, in that order (`checkpoint.rs`).
+//!
+//! Architecture Invariant: a body's reference in sled is changed only by a
+//! compare-and-swap from the exact reference found to one whose bytes are already
+//! synced, so a concurrent removal by the writer (an ack) wins and the copy is just
+//! dead bytes; and a file is removed only after a sled flush that holds every swap
+//! away from it, so the durable index never points into a removed file.
+
+use std::io;
+use std::path::Path;
+
+use super::journal;
+use super::keys;
+use super::payload::{self, Appender, Bodies};
+use super::pool::Db;
+use super::record::{self, BodyFile, BodyRef, StoredBody};
+use crate::model::TaskId;
+
+/// Payload files compacted per checkpoint at most, so that one checkpoint's work is
+/// bounded; the next checkpoint takes the next ones.
+const COMPACT_PER_CHECKPOINT: usize = 2;
+
+/// What a pass moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Moved {
+    pub(crate) bodies: u64,
+    pub(crate) bytes: u64,
+}
+
+/// One planned move: the reference found and the synced copy.
+struct Move {
+    id: TaskId,
+    from: BodyRef,
+    to: BodyRef,
+}
+
+/// Copies every body that sled still points at in a journal segment starting below
+/// `floor` into payload files and swaps the references.
+pub(crate) fn journal_bodies(
+    db: &Db,
+    bodies: &Bodies,
+    appender: &mut Appender,
+    journal_dir: &Path,
+    floor: u64,
+) -> io::Result<Moved> {
+    let mut moves = Vec::new();
+    journal::scan_below(journal_dir, floor, |key, value, at| {
+        if key.first() != Some(&keys::BODY) || !record::is_inline_body(value) {
+            return Ok(());
+        }
+        let Some(id) = keys::task_id(key) else {
+            return Ok(());
+        };
+        let Some(from) = referenced(db, id)? else {
+            return Ok(());
+        };
+        if from.file == BodyFile::Journal(at.segment) && from.offset == at.offset {
+            let to = appender.append(id, value)?;
+            debug_assert_eq!(to.crc, from.crc, "the journal holds the body it was given");
+            moves.push(Move { id, from, to });
+        }
+        Ok(())
+    })?;
+    swap(db, bodies, appender, moves)
+}
+
+/// Compacts up to [`COMPACT_PER_CHECKPOINT`] closed payload files less than half
+/// live: copies their live bodies on and swaps the references. Returns the files
+/// emptied (to be removed after the checkpoint's flush) and what was moved.
+pub(crate) fn compact(
+    db: &Db,
+    bodies: &Bodies,
+    appender: &mut Appender,
+) -> io::Result<(Vec<u64>, Moved)> {
+    let dir = bodies.payload_dir().to_owned();
+    let current = appender.current();
+    let due: Vec<u64> = payload::list(&dir)?
+        .into_iter()
+        .filter(|&(n, size)| Some(n) != current && bodies.live(n).saturating_mul(2) < size)
+        .map(|(n, _)| n)
+        .take(COMPACT_PER_CHECKPOINT)
+        .collect();
+    let mut total = Moved::default();
+    for &n in &due {
+        let mut moves = Vec::new();
+        payload::scan(&dir, n, |id, from, body| {
+            if referenced(db, id)? == Some(from) {
+                let to = appender.append(id, body)?;
+                moves.push(Move { id, from, to });
+            }
+            Ok(())
+        })?;
+        let moved = swap(db, bodies, appender, moves)?;
+        total.bodies += moved.bodies;
+        total.bytes += moved.bytes;
+        tracing::debug!(
+            file = n,
+            bodies = moved.bodies,
+            bytes = moved.bytes,
+            "payload file compacted"
+        );
+    }
+    Ok((due, total))
+}
+
+/// The body reference task `id` holds now, if any.
+fn referenced(db: &Db, id: TaskId) -> io::Result<Option<BodyRef>> {
+    let Some(value) = db.get(keys::body(id))? else {
+        return Ok(None);
+    };
+    Ok(match record::decode_stored_body(&value) {
+        Ok(StoredBody::Ref(r)) => Some(r),
+        // Inline bodies (older data directories) stay where they are; a corrupt
+        // reference is reported when it is read.
+        _ => None,
+    })
+}
+
+/// Syncs the copies, then swaps each reference that still points where it was found.
+fn swap(db: &Db, bodies: &Bodies, appender: &mut Appender, moves: Vec<Move>) -> io::Result<Moved> {
+    if moves.is_empty() {
+        return Ok(Moved::default());
+    }
+    appender.sync()?;
+    let mut moved = Moved::default();
+    for m in moves {
+        let key = keys::body(m.id);
+        let swapped = db.compare_and_swap(key, Some(m.from.encode()), Some(m.to.encode()))?;
+        if swapped.is_err() {
+            continue; // removed (acked, purged) meanwhile: the copy is dead bytes
+        }
+        let len = u64::from(m.to.len);
+        if let BodyFile::Payload(n) = m.to.file {
+            bodies.added(n, len);
+        }
+        if let BodyFile::Payload(n) = m.from.file {
+            bodies.freed(n, len);
+        }
+        moved.bodies += 1;
+        moved.bytes += len;
+    }
+    Ok(moved)
+}

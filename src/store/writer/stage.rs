@@ -1,0 +1,301 @@
+//! The writer's staging of a group: each job's mutations become writes of one
+//! `sled::Batch` and entries of one journal record (bodies go to the journal record
+//! only; sled gets their references after the append, in `writer.rs`). A job that
+//! fails leaves nothing in either. Publishes are refused here while the free space is
+//! below the reserve.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use sled::InlineArray;
+
+use super::{too_large, Completion, Staged, StagedBody, WriterLoop};
+use crate::model::{Mutation, TaskId, TaskStatus};
+use crate::store::keys;
+use crate::store::record::{self, BodyFile, BodyRef, StateView};
+use crate::store::{corrupt, io_error, Duplicate, Muts, StoreError};
+
+impl<C: Completion> WriterLoop<C> {
+    /// Stages every job of the group into one batch; a job that fails is recorded in
+    /// `failed` and contributes nothing.
+    pub(super) fn stage_group(&mut self) -> Staged {
+        let mut staged = Staged {
+            batch: sled::Batch::default(),
+            writes: 0,
+            mutations: 0,
+            max_inserted: None,
+            bodies: Vec::new(),
+        };
+        let group = std::mem::take(&mut self.group);
+        self.journal.begin();
+        self.freed.clear();
+        self.failed.clear();
+        self.reports.clear();
+        self.duplicates.clear();
+        for job in &group {
+            self.job_duplicates.clear();
+            self.job_sweep = None;
+            let staged_job = match self.refuse_publish(&job.muts) {
+                Some(refused) => {
+                    self.reports
+                        .push((self.duplicates.len()..self.duplicates.len(), None));
+                    self.failed.push(Some(refused));
+                    continue;
+                }
+                None => {
+                    let mark = self.journal.mark();
+                    let result = self.stage_job(&job.muts, &staged.batch);
+                    if result.is_err() {
+                        self.journal.rewind(mark);
+                        self.job_bodies.clear();
+                        self.job_freed.clear();
+                    }
+                    result
+                }
+            };
+            let start = self.duplicates.len();
+            if staged_job.is_ok() {
+                self.duplicates.append(&mut self.job_duplicates);
+            }
+            self.reports
+                .push((start..self.duplicates.len(), self.job_sweep.take()));
+            match staged_job {
+                Ok(max_inserted) => {
+                    staged.max_inserted = staged.max_inserted.max(max_inserted);
+                    staged.mutations += job.muts.as_slice().len() as u64;
+                    staged.writes += self.stage.len() + self.job_bodies.len();
+                    staged.bodies.append(&mut self.job_bodies);
+                    self.freed.append(&mut self.job_freed);
+                    for (key, value) in self.stage.drain(..) {
+                        self.journal.put(&key, value.as_deref());
+                        match value {
+                            Some(value) => staged.batch.insert(key, value),
+                            None => staged.batch.remove(key),
+                        }
+                    }
+                    self.failed.push(None);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "store mutation refused; its job fails, the rest of the batch goes on");
+                    self.stage.clear();
+                    self.failed.push(Some(error));
+                }
+            }
+        }
+        self.group = group;
+        self.stage_watermark(&mut staged);
+        staged
+    }
+
+    /// A job that inserts tasks is refused while the free space is below the publish
+    /// reserve: the reserve is for settlements, purges and checkpoints, which give
+    /// space back.
+    fn refuse_publish(&mut self, muts: &Muts) -> Option<StoreError> {
+        let inserts = muts
+            .as_slice()
+            .iter()
+            .any(|m| matches!(m, Mutation::Insert(_)));
+        if !inserts {
+            return None;
+        }
+        let free = self.check_space()?;
+        let reason = self.store.low_space.lock().clone();
+        Some(StoreError::Unavailable(reason.unwrap_or_else(|| {
+            Arc::from(format!(
+                "free disk space ({free} bytes) is below the reserve"
+            ))
+        })))
+    }
+
+    /// Reads the free space (at most every 10 ms) and records in the store why
+    /// publishes are refused, if they are. Returns the free bytes when short.
+    pub(super) fn check_space(&mut self) -> Option<u64> {
+        let short = self.space.short();
+        let mut low = self.store.low_space.lock();
+        *low = short.map(|free| {
+            Arc::from(format!(
+                "free disk space ({free} bytes) is below the reserve of {} bytes kept for \
+                 settlements and purges; publishes are refused until space returns",
+                self.space.reserve()
+            ))
+        });
+        short
+    }
+
+    /// Persists a new id watermark when this batch inserts an id at or past the last
+    /// persisted one, so ids are never reused after a restart.
+    fn stage_watermark(&mut self, staged: &mut Staged) {
+        let Some(max) = staged.max_inserted else {
+            return;
+        };
+        let next = max.saturating_add(1);
+        if next > self.store.watermark.load(Relaxed) {
+            self.journal.put(keys::WATERMARK, Some(&next.to_be_bytes()));
+            staged.batch.insert(keys::WATERMARK, next.to_be_bytes());
+            staged.writes += 1;
+        }
+    }
+
+    /// Stages one job's mutations into `self.stage`; returns the highest id it inserts.
+    fn stage_job(
+        &mut self,
+        muts: &Muts,
+        batch: &sled::Batch,
+    ) -> Result<Option<TaskId>, StoreError> {
+        let mut max_inserted = None;
+        for (index, mutation) in muts.as_slice().iter().enumerate() {
+            match mutation {
+                Mutation::Insert(task) => {
+                    // Counted even when a duplicate: an id handed out is never reused.
+                    max_inserted = max_inserted.max(Some(task.id));
+                    if let Some(key) = &task.body.idempotency_key {
+                        if let Some(original) = self.stage_idempotency_key(task, key, batch)? {
+                            self.job_duplicates.push(Duplicate { index, original });
+                            continue;
+                        }
+                    }
+                    self.encode_into_stage(keys::state(task.id), |out| {
+                        record::encode_state(&StateView::of(&task.state), out)
+                    })?;
+                    self.stage_body(task)?;
+                }
+                Mutation::Patch { id, patch } => {
+                    let key = keys::state(*id);
+                    let Some(current) = self.read_staged(&key, batch)? else {
+                        tracing::debug!(task = *id, "patch of a task no longer stored: skipped");
+                        continue;
+                    };
+                    let mut view = record::decode_state(&current).map_err(|e| corrupt(&key, e))?;
+                    view.apply(patch);
+                    self.scratch.clear();
+                    record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
+                    let value = InlineArray::from(self.scratch.as_slice());
+                    self.stage.push((InlineArray::from(key), Some(value)));
+                    if let Some(status @ (TaskStatus::Dead | TaskStatus::Pending)) = patch.status {
+                        self.stage_retention_of_patch(*id, status, view.queue, patch.updated_ms)?;
+                    }
+                }
+                Mutation::Remove { id } => {
+                    self.stage.push((InlineArray::from(keys::state(*id)), None));
+                    self.stage_body_removal(*id, batch)?;
+                    self.stage
+                        .push((InlineArray::from(keys::result(*id)), None));
+                }
+                Mutation::Succeed {
+                    id,
+                    result,
+                    updated_ms,
+                } => self.stage_succeed(*id, result, *updated_ms, batch)?,
+                Mutation::Sweep { now, limit } => {
+                    let stats = self.stage_sweep(*now, *limit, batch)?;
+                    self.job_sweep = Some(stats);
+                }
+                Mutation::PutQueue { name, config } => {
+                    self.encode_into_stage(keys::queue(name), |out| {
+                        record::encode_queue(config, out);
+                        Ok(())
+                    })?;
+                    // Visible to the rest of the batch at once. (Were a later mutation of
+                    // this same job to fail, the setting would stay in memory; queue
+                    // changes are submitted as jobs of their own.)
+                    self.store.policies.write().put(name, config);
+                }
+                Mutation::RemoveQueue { name } => {
+                    self.stage
+                        .push((InlineArray::from(keys::queue(name)), None));
+                    self.store.policies.write().remove(name);
+                }
+                Mutation::PutSchedule(schedule) => {
+                    self.encode_into_stage(keys::schedule(&schedule.name), |out| {
+                        record::encode_schedule(schedule, out)
+                    })?;
+                }
+                Mutation::RemoveSchedule { name } => {
+                    self.stage
+                        .push((InlineArray::from(keys::schedule(name)), None));
+                }
+            }
+        }
+        Ok(max_inserted)
+    }
+
+    /// Writes a task's body into the journal record only: sled gets a reference to
+    /// it there (after the append), and a checkpoint moves it to a payload file if
+    /// the task outlives the segment.
+    fn stage_body(&mut self, task: &crate::model::NewTask) -> Result<(), StoreError> {
+        self.scratch.clear();
+        record::encode_body(&task.body, &mut self.scratch).map_err(too_large)?;
+        let len = u32::try_from(self.scratch.len()).map_err(|_| {
+            too_large(record::TooLarge {
+                field: "body",
+                len: self.scratch.len(),
+            })
+        })?;
+        let crc = crc32fast::hash(&self.scratch);
+        let at = self.journal.put(&keys::body(task.id), Some(&self.scratch));
+        self.job_bodies.push(StagedBody {
+            id: task.id,
+            at,
+            len,
+            crc,
+        });
+        Ok(())
+    }
+
+    /// Removes a task's body reference; when it pointed into a payload file, that
+    /// file's live bytes drop once the batch is applied.
+    pub(super) fn stage_body_removal(
+        &mut self,
+        id: TaskId,
+        batch: &sled::Batch,
+    ) -> Result<(), StoreError> {
+        let key = keys::body(id);
+        // Not `read_staged`: no job stages a write of a `B` key before this removal
+        // (bodies reach the batch only after the append), and a purge's job removes
+        // thousands of tasks: a scan of its staged writes per removal is quadratic.
+        let current = match batch.get(key) {
+            Some(staged) => staged.cloned(),
+            None => self.db.get(key).map_err(io_error)?,
+        };
+        if let Some(value) = current {
+            if let Ok(record::StoredBody::Ref(BodyRef {
+                file: BodyFile::Payload(n),
+                len,
+                ..
+            })) = record::decode_stored_body(&value)
+            {
+                self.job_freed.push((n, u64::from(len)));
+            }
+        }
+        self.stage.push((InlineArray::from(key), None));
+        Ok(())
+    }
+
+    fn encode_into_stage(
+        &mut self,
+        key: impl Into<InlineArray>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), record::TooLarge>,
+    ) -> Result<(), StoreError> {
+        self.scratch.clear();
+        encode(&mut self.scratch).map_err(too_large)?;
+        let value = InlineArray::from(self.scratch.as_slice());
+        self.stage.push((key.into(), Some(value)));
+        Ok(())
+    }
+
+    /// The value of `key` as this batch will leave it: the job's own staged writes
+    /// first, then earlier jobs of the batch, then the tree.
+    pub(super) fn read_staged(
+        &self,
+        key: &[u8],
+        batch: &sled::Batch,
+    ) -> Result<Option<InlineArray>, StoreError> {
+        if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.as_ref() == key) {
+            return Ok(value.clone());
+        }
+        if let Some(value) = batch.get(key) {
+            return Ok(value.cloned());
+        }
+        self.db.get(key).map_err(io_error)
+    }
+}
