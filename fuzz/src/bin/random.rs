@@ -87,6 +87,7 @@ fn random_request(rng: &mut Rng) -> v1::Request {
                         max_attempts: rng.next() as u32,
                         lease_ms: rng.next() >> rng.below(64),
                         idempotency_key: rng.some_string(3),
+                        expires_in_ms: rng.next() >> rng.below(64),
                     }
                 })
                 .collect(),
