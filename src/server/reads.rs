@@ -114,7 +114,9 @@ pub(crate) fn peeked_task(
     let body = store.get_body(p.id)?.unwrap_or_default();
     let payload_bytes = body.payload.len() as u64;
     let mut truncated = body.payload.len() > preview;
-    let payload = body.payload.slice(..body.payload.len().min(preview));
+    // A copy, not a slice: a slice would keep the whole body's buffer alive for as long
+    // as the answer waits in a connection's outbox, outside its unsent budget.
+    let payload = bytes::Bytes::copy_from_slice(&body.payload[..body.payload.len().min(preview)]);
     let header_bytes: usize = body.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     let headers = if header_bytes > preview {
         truncated = true;
