@@ -8,7 +8,7 @@ use super::msg::{
     Final, LeaseHolder, PeekItem, PeekedTask, QueueStatus, TaskPayload, TaskPhase, TaskReport,
 };
 use crate::model::{Millis, TaskId, TaskStatus};
-use crate::store::{Store, StoreError};
+use crate::store::{BodyPreview, Store, StoreError};
 
 /// The status of `task` now. `finished` is what the mutation that finished the task
 /// said, for when its record is already gone (an ack on a queue keeping no results).
@@ -111,18 +111,30 @@ pub(crate) fn peeked_task(
     let Some(state) = store.get_state(p.id)? else {
         return Ok(None);
     };
-    let body = store.get_body(p.id)?.unwrap_or_default();
-    let payload_bytes = body.payload.len() as u64;
-    let mut truncated = body.payload.len() > preview;
-    // A copy, not a slice: a slice would keep the whole body's buffer alive for as long
-    // as the answer waits in a connection's outbox, outside its unsent budget.
-    let payload = bytes::Bytes::copy_from_slice(&body.payload[..body.payload.len().min(preview)]);
-    let header_bytes: usize = body.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    let headers = if header_bytes > preview {
-        truncated = true;
-        Vec::new()
-    } else {
-        body.headers
+    // Only the preview's bytes are read into memory, however large the body.
+    let body = store
+        .get_body_preview(p.id, preview)?
+        .unwrap_or(BodyPreview {
+            headers: Some(Vec::new()),
+            ..BodyPreview::default()
+        });
+    let payload_bytes = body.payload_len;
+    let mut truncated = payload_bytes > preview as u64;
+    let payload = body.payload;
+    let headers = match body.headers {
+        Some(headers)
+            if headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+                <= preview =>
+        {
+            headers
+        }
+        Some(_) | None => {
+            truncated = true;
+            Vec::new()
+        }
     };
     let lease = p.lease;
     Ok(Some(PeekedTask {

@@ -147,3 +147,60 @@ fn record_len(payload: &[u8]) -> usize {
     record::encode_body(&body(payload), &mut out).unwrap();
     out.len()
 }
+
+#[test]
+fn a_preview_reads_a_prefix_checks_the_whole_body_and_skips_headers_too_long_to_read() {
+    let dir = TempDir::new().unwrap();
+    let config = config(&dir, FsyncMode::Always);
+    let store = Store::open(&config).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    commit(&h, insert_with(1, &big)).unwrap();
+    commit(&h, insert_with(2, b"tiny")).unwrap();
+    let mut long_headers = body(b"p");
+    long_headers.headers = vec![("big".into(), Bytes::from(vec![7u8; 100_000]))];
+    commit(
+        &h,
+        Muts::One(Mutation::Insert(Box::new(NewTask {
+            id: 3,
+            state: state("q", 1_000),
+            body: long_headers,
+        }))),
+    )
+    .unwrap();
+    let check = |store: &Store| {
+        let p = store.get_body_preview(1, 1000).unwrap().unwrap();
+        assert_eq!((&p.payload[..], p.payload_len), (&big[..1000], 300_000));
+        assert_eq!(p.headers, Some(body(b"").headers));
+        let p = store.get_body_preview(2, 1000).unwrap().unwrap();
+        assert_eq!((&p.payload[..], p.payload_len), (&b"tiny"[..], 4));
+        let p = store.get_body_preview(3, 1000).unwrap().unwrap();
+        assert_eq!(
+            (&p.payload[..], p.payload_len, p.headers),
+            (&b"p"[..], 1, None)
+        );
+        assert_eq!(store.get_body_preview(4, 1000).unwrap(), None);
+    };
+    // From the journal segment, then from payload files after a clean stop.
+    check(&store);
+    writer.shutdown().unwrap();
+    drop(store);
+    let store = reopen(&config);
+    assert_eq!(body_refs(&store), (0, 3));
+    check(&store);
+    // A byte damaged far past the preview fails the preview's checksum all the same.
+    let value = store.inner.dbs.get().get(keys::body(1)).unwrap().unwrap();
+    let record::StoredBody::Ref(r) = record::decode_stored_body(&value).unwrap() else {
+        unreachable!("checked by body_refs")
+    };
+    let record::BodyFile::Payload(n) = r.file else {
+        unreachable!("checked by body_refs")
+    };
+    let path = payload::payload_path(&config.path.join(payload::PAYLOAD_DIR), n);
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0xff], r.offset + 250_000).unwrap();
+    drop(file);
+    let err = store.get_body_preview(1, 1000).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+}

@@ -377,31 +377,95 @@ impl Store {
     /// bodies left sled). One body's bytes in memory, nothing cached.
     pub fn get_body(&self, id: TaskId) -> Result<Option<TaskBody>, StoreError> {
         let key = keys::body(id);
-        // A checkpoint may move the body and remove its file between reading the
-        // reference and reading the file: then the reference has changed; read again.
+        let record = match self.fetch_body(id, |bodies, r| bodies.read(r))? {
+            None => return Ok(None),
+            // The payload and header values are slices of sled's own buffer.
+            Some(Fetched::Inline(value)) => value,
+            Some(Fetched::File(bytes)) => Bytes::from(bytes),
+        };
+        record::decode_body(record)
+            .map(Some)
+            .map_err(|e| corrupt(&key, e))
+    }
+
+    /// A task's body with at most `max` bytes of its payload (copied), and its headers
+    /// unless their encoding takes more than `max` + 64 KiB. The whole body's checksum
+    /// is checked, but memory is `max` plus a small piece whatever the body's size:
+    /// what a peek needs.
+    pub fn get_body_preview(
+        &self,
+        id: TaskId,
+        max: usize,
+    ) -> Result<Option<BodyPreview>, StoreError> {
+        const HEADER_SLACK: u64 = 64 * 1024;
+        let key = keys::body(id);
+        let fetched = self.fetch_body(id, |bodies, r| {
+            let at = record::BODY_PAYLOAD_AT as u64;
+            let mut payload_len = 0;
+            let mut keep_tail = false;
+            let parts = bodies.read_ranges(r, record::BODY_PAYLOAD_AT, |head| {
+                payload_len = record::body_payload_len(head).unwrap_or(0);
+                let tail = at + payload_len..u64::from(r.len);
+                keep_tail = tail.end.saturating_sub(tail.start) <= max as u64 + HEADER_SLACK;
+                vec![
+                    0..at + payload_len.min(max as u64),
+                    if keep_tail { tail } else { 0..0 },
+                ]
+            })?;
+            let tail = keep_tail.then_some(parts[1].as_slice());
+            Ok((
+                record::preview_record(&parts[0], tail),
+                payload_len,
+                keep_tail,
+            ))
+        })?;
+        let (record, payload_len, headers_read) = match fetched {
+            None => return Ok(None),
+            Some(Fetched::Inline(value)) => (value, None, true),
+            Some(Fetched::File((record, len, kept))) => (Bytes::from(record), Some(len), kept),
+        };
+        let body = record::decode_body(record).map_err(|e| corrupt(&key, e))?;
+        let payload_len = payload_len.unwrap_or(body.payload.len() as u64);
+        debug_assert!(body.payload.len() as u64 <= payload_len);
+        let payload = Bytes::copy_from_slice(&body.payload[..body.payload.len().min(max)]);
+        debug_assert!(payload.len() <= max);
+        Ok(Some(BodyPreview {
+            payload,
+            payload_len,
+            headers: headers_read.then_some(body.headers),
+        }))
+    }
+
+    /// Reads a task's `B` record and, for a reference, what `read` makes of the file
+    /// it points at. A checkpoint may move the body and remove its file between the
+    /// reference's read and the file's: then the reference has changed; read again.
+    fn fetch_body<T>(
+        &self,
+        id: TaskId,
+        mut read: impl FnMut(&payload::Bodies, &record::BodyRef) -> std::io::Result<T>,
+    ) -> Result<Option<Fetched<T>>, StoreError> {
+        let key = keys::body(id);
         let mut attempts = 0;
         loop {
             let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
                 return Ok(None);
             };
-            let body = match record::decode_stored_body(&value).map_err(|e| corrupt(&key, e))? {
-                // The payload and header values are slices of sled's own buffer.
-                record::StoredBody::Inline(_) => Bytes::from_owner(value),
-                record::StoredBody::Ref(r) => match self.inner.bodies.read(&r) {
-                    Ok(bytes) => Bytes::from(bytes),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
-                        attempts += 1;
-                        continue;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        return Err(corrupt_reason(&key, e.to_string()))
-                    }
-                    Err(e) => return Err(io_error(e)),
-                },
+            let r = match record::decode_stored_body(&value).map_err(|e| corrupt(&key, e))? {
+                record::StoredBody::Inline(_) => {
+                    return Ok(Some(Fetched::Inline(Bytes::from_owner(value))))
+                }
+                record::StoredBody::Ref(r) => r,
             };
-            return record::decode_body(body)
-                .map(Some)
-                .map_err(|e| corrupt(&key, e));
+            match read(&self.inner.bodies, &r) {
+                Ok(v) => return Ok(Some(Fetched::File(v))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {
+                    attempts += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(corrupt_reason(&key, e.to_string()))
+                }
+                Err(e) => return Err(io_error(e)),
+            }
         }
     }
 
@@ -414,6 +478,25 @@ impl Store {
         let view = record::decode_state(&value).map_err(|e| corrupt(&key, e))?;
         Ok(Some(view.to_state(Arc::from(view.queue))))
     }
+}
+
+/// A task's body as a peek shows it (`Store::get_body_preview`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BodyPreview {
+    /// The first bytes of the payload, at most the number asked for.
+    pub payload: Bytes,
+    /// The payload's whole length.
+    pub payload_len: u64,
+    /// The headers, or `None` if they were too long to read for a preview.
+    pub headers: Option<Vec<(String, Bytes)>>,
+}
+
+/// A `B` record as `Store::fetch_body` found it.
+enum Fetched<T> {
+    /// The whole body record, stored in sled (data directories from before references).
+    Inline(Bytes),
+    /// What was read from the file a reference points at.
+    File(T),
 }
 
 pub(crate) fn io_error(error: std::io::Error) -> StoreError {

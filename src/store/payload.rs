@@ -32,6 +32,8 @@ pub(crate) const PAYLOAD_DIR: &str = "payload";
 const EXT: &str = "dat";
 /// Bytes of an entry header: id, length, checksum.
 const ENTRY_HEADER: u64 = 16;
+/// Bytes read at a time by [`Bodies::read_ranges`].
+const READ_PIECE: usize = 64 * 1024;
 /// Open file handles kept for reads. Past it, handles are dropped and reopened.
 const MAX_OPEN_FILES: usize = 64;
 
@@ -107,6 +109,73 @@ impl Bodies {
             ));
         }
         Ok(buf)
+    }
+
+    /// Reads the byte ranges `wanted` (offsets within the body, clamped to it) of the
+    /// body `r` points at, checking the whole body's checksum on the way in pieces of
+    /// [`READ_PIECE`] bytes: memory is the ranges plus one piece, whatever the body's
+    /// size. `head` first reads the body's first bytes unchecked to choose the ranges
+    /// (the pass that follows checks them with the rest). Errors as [`Bodies::read`].
+    pub(crate) fn read_ranges(
+        &self,
+        r: &BodyRef,
+        head: usize,
+        wanted: impl FnOnce(&[u8]) -> Vec<std::ops::Range<u64>>,
+    ) -> io::Result<Vec<Vec<u8>>> {
+        let file = self.handle(r.file)?;
+        let len = u64::from(r.len);
+        let eof = |e: io::Error| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{:?} ends before the body at {}", r.file, r.offset),
+                )
+            } else {
+                e
+            }
+        };
+        let mut first = vec![0u8; head.min(r.len as usize)];
+        file.read_exact_at(&mut first, r.offset).map_err(eof)?;
+        let ranges: Vec<std::ops::Range<u64>> = wanted(&first)
+            .into_iter()
+            .map(|w| w.start.min(len)..w.end.min(len).max(w.start.min(len)))
+            .collect();
+        let mut out: Vec<Vec<u8>> = ranges
+            .iter()
+            .map(|w| Vec::with_capacity((w.end - w.start) as usize))
+            .collect();
+        let mut hasher = crc32fast::Hasher::new();
+        let mut piece = vec![0u8; READ_PIECE.min(r.len as usize)];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(READ_PIECE as u64) as usize;
+            file.read_exact_at(&mut piece[..n], r.offset + at)
+                .map_err(eof)?;
+            let bytes = &piece[..n];
+            hasher.update(bytes);
+            for (w, o) in ranges.iter().zip(out.iter_mut()) {
+                let from = w.start.max(at);
+                let to = w.end.min(at + n as u64);
+                if from < to {
+                    o.extend_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+                }
+            }
+            at += n as u64;
+        }
+        if hasher.finalize() != r.crc {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the body at {:?} offset {} fails its checksum",
+                    r.file, r.offset
+                ),
+            ));
+        }
+        debug_assert!(out
+            .iter()
+            .zip(&ranges)
+            .all(|(o, w)| o.len() as u64 == w.end - w.start));
+        Ok(out)
     }
 
     /// Drops the read handles of files that were removed (or are about to be).
@@ -322,7 +391,7 @@ pub(crate) fn remove(dir: &Path, n: u64) -> io::Result<()> {
     journal::sync_dir(dir)
 }
 
-fn payload_path(dir: &Path, n: u64) -> PathBuf {
+pub(crate) fn payload_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016x}.{EXT}"))
 }
 

@@ -233,6 +233,35 @@ pub(crate) fn decode_body(record: Bytes) -> Result<TaskBody, DecodeError> {
     })
 }
 
+/// Where a body record's payload starts: version, created_ms, payload length.
+pub(crate) const BODY_PAYLOAD_AT: usize = 13;
+
+/// The payload length a body record's first [`BODY_PAYLOAD_AT`] bytes declare.
+pub(crate) fn body_payload_len(head: &[u8]) -> Option<u64> {
+    let mut r = Reader::new(head.get(..BODY_PAYLOAD_AT)?).ok()?;
+    r.u64("created_ms").ok()?;
+    r.u32("payload").ok().map(u64::from)
+}
+
+/// A body record for a preview, made of a body record's first bytes (`head`: through
+/// a prefix of the payload) and its bytes after the payload (`tail`; `None` gives a
+/// body without headers or key). `decode_body` reads it as any body record.
+pub(crate) fn preview_record(head: &[u8], tail: Option<&[u8]>) -> Vec<u8> {
+    let prefix = head.len().saturating_sub(BODY_PAYLOAD_AT);
+    let mut out = Vec::with_capacity(head.len() + tail.map_or(5, <[u8]>::len));
+    out.extend_from_slice(&head[..head.len().min(9)]);
+    // A prefix of a payload that fitted a u32 fits one.
+    out.extend_from_slice(&(prefix as u32).to_le_bytes());
+    out.extend_from_slice(&head[head.len().min(BODY_PAYLOAD_AT)..]);
+    match tail {
+        Some(tail) => out.extend_from_slice(tail),
+        // No headers, no idempotency key.
+        None => out.extend_from_slice(&[0, 0, 0, 0, 0]),
+    }
+    debug_assert!(out.len() >= head.len());
+    out
+}
+
 /// Appends the queue record of `config` to `out`.
 pub(crate) fn encode_queue(config: &QueueConfig, out: &mut Vec<u8>) {
     out.reserve(71);

@@ -91,7 +91,8 @@ impl Fixture {
     }
 
     fn open(config: &StoreConfig) -> (Store, Writer<Report>) {
-        let store = Store::open(config).unwrap();
+        // A reopen can race sled's lock release (see `tests::reopen`).
+        let store = super::tests::reopen(config);
         store.set_queue_defaults(defaults());
         let writer = store.start_writer();
         (store, writer)

@@ -66,11 +66,11 @@ fn commit(writer: &Writer<Tx>, muts: Vec<Mutation>) -> Result<(), StoreError> {
 }
 
 fn open(dir: &TempDir) -> Store {
-    Store::open(&StoreConfig::new(
+    // Some tests reopen the directory: retry the race with sled's lock release.
+    super::tests::reopen(&StoreConfig::new(
         dir.path().join("data"),
         FsyncMode::Always,
     ))
-    .expect("open")
 }
 
 #[test]
