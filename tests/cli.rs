@@ -484,3 +484,70 @@ async fn commands_say_what_they_did() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "purged 1 task from said");
 }
+
+/// The README's one-minute tour, run as written against a broker started with the
+/// defaults a new user gets: every command exits 0, and the output lines the README
+/// shows in its comments (`# task ...`, the schedule table's header) are what it prints.
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("read README.md");
+    let tour = readme
+        .split("## A one-minute tour")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the tour's sh block");
+    assert!(
+        tour.contains("alias squall="),
+        "the tour defines `squall` first"
+    );
+    let mut script = String::from("set -eu\nsquall() { \"$SQUALL_BIN\" \"$@\"; }\n");
+    let mut shown = Vec::new();
+    for line in tour.lines() {
+        let trimmed = line.trim_start();
+        if let Some(out) = trimmed.strip_prefix("# ") {
+            if out.starts_with("task ") || out.starts_with("SCHEDULE ") {
+                shown.push(out.split_whitespace().collect::<Vec<_>>().join(" "));
+            }
+        } else if !trimmed.is_empty() && !trimmed.starts_with("alias ") {
+            script.push_str(line);
+            script.push('\n');
+        }
+    }
+    assert!(shown.len() >= 3, "the tour shows output: {shown:?}");
+    let (_dir, data) = common::temp_data_dir();
+    let broker = common::ChildBroker::spawn(&data, &["--http", "off"]);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(root)
+        .env("SQUALL_BIN", env!("CARGO_BIN_EXE_squall"))
+        .env("SQUALL_SERVER", broker.addr.to_string())
+        .env_remove("SQUALL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the tour");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the tour failed ({}):\n{script}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        text(&out.stderr)
+    );
+    let printed: Vec<String> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for line in &shown {
+        assert!(
+            printed.contains(line),
+            "the README shows {line:?}; the tour printed:\n{stdout}"
+        );
+    }
+    // What `consume` did with each task goes to standard error.
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("nacked: retried after"), "{stderr}");
+    assert!(stderr.contains("failed: moved to the dead set"), "{stderr}");
+    broker.terminate();
+}
