@@ -34,7 +34,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Durability mode of confirmations.
     pub fsync: FsyncMode,
-    /// sled page cache, bytes.
+    /// Memory cache, bytes: sled's page cache and (an eighth) recently published bodies.
     pub cache_bytes: usize,
     /// Size of a journal segment file, bytes.
     pub journal_segment_bytes: u64,

@@ -46,6 +46,16 @@ fn body_refs(store: &Store) -> (usize, usize) {
     (journal, payload)
 }
 
+/// A store with 64 KiB segments (2 KiB bodies fill one every ~30 tasks; payload files
+/// of 128 KiB) and its writer.
+fn open_with_small_segments(dir: &TempDir) -> (StoreConfig, Store, Writer<TestDone>) {
+    let mut config = config(dir, FsyncMode::Always);
+    config.journal_segment_bytes = 64 * 1024;
+    let store = Store::open(&config).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    (config, store, writer)
+}
+
 /// Waits (bounded) until `done` holds; the checkpoint thread works on its own.
 fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -58,11 +68,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn bodies_leave_sled_move_to_payload_files_at_checkpoints_and_compaction_gives_space_back() {
     let dir = TempDir::new().unwrap();
-    let mut config = config(&dir, FsyncMode::Always);
-    // 64 KiB segments: 2 KiB bodies fill one every ~30 tasks; payload files of 128 KiB.
-    config.journal_segment_bytes = 64 * 1024;
-    let store = Store::open(&config).unwrap();
-    let writer = store.start_writer::<TestDone>();
+    let (config, store, writer) = open_with_small_segments(&dir);
     let h = writer.handle();
     for id in 1..=600 {
         commit(&h, insert_with(id, &payload_of(id))).unwrap();
@@ -146,6 +152,99 @@ fn record_len(payload: &[u8]) -> usize {
     let mut out = Vec::new();
     record::encode_body(&body(payload), &mut out).unwrap();
     out.len()
+}
+
+/// Overwrites task `id`'s body where its reference points (a journal segment).
+fn spoil_body_on_disk(store: &Store, dir: &TempDir, id: TaskId) {
+    use std::os::unix::fs::FileExt;
+    let value = store.inner.dbs.get().get(keys::body(id)).unwrap().unwrap();
+    let record::StoredBody::Ref(r) = record::decode_stored_body(&value).unwrap() else {
+        panic!("not a reference");
+    };
+    let record::BodyFile::Journal(segment) = r.file else {
+        panic!("not in the journal");
+    };
+    let path = journal::segment_file(&dir.path().join("data").join(JOURNAL_DIR), segment);
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&vec![0xee; r.len as usize], r.offset)
+        .unwrap();
+}
+
+#[test]
+fn a_body_read_soon_after_its_publish_comes_from_memory_within_a_bounded_cache() {
+    let dir = TempDir::new().unwrap();
+    let config = config(&dir, FsyncMode::Always);
+    let store = Store::open(&config).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    commit(&h, insert_with(1, &payload_of(1))).unwrap();
+    commit(&h, insert_with(2, &payload_of(2))).unwrap();
+    // The bytes on disk are spoilt: only a body kept in memory reads back whole.
+    spoil_body_on_disk(&store, &dir, 1);
+    spoil_body_on_disk(&store, &dir, 2);
+    assert_eq!(store.get_body(1).unwrap(), Some(body(&payload_of(1))));
+    // A removed body is gone from memory too.
+    commit(&h, Muts::One(Mutation::Remove { id: 1 })).unwrap();
+    assert_eq!(store.get_body(1).unwrap(), None);
+    // The cache is bounded (an eighth of cache_bytes): enough later bodies push body
+    // 2 out, and then it is read from disk, where it is spoilt.
+    let later = 2 * body_cache_bytes(config.cache_bytes) / payload_of(0).len();
+    let ids: Vec<TaskId> = (3..(3 + later as TaskId)).collect();
+    for chunk in ids.chunks(100) {
+        let inserts = chunk.iter().map(|&id| {
+            Mutation::Insert(Box::new(NewTask {
+                id,
+                state: state("q", 1_000),
+                body: body(&payload_of(id)),
+            }))
+        });
+        commit(&h, Muts::Many(inserts.collect())).unwrap();
+    }
+    let err = store.get_body(2).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    // Nothing spoilt stays live for the last checkpoint to move.
+    commit(&h, Muts::One(Mutation::Remove { id: 2 })).unwrap();
+    writer.shutdown().unwrap();
+}
+
+#[test]
+fn removing_bodies_that_moved_to_payload_files_lowers_their_live_bytes() {
+    let dir = TempDir::new().unwrap();
+    let (config, store, writer) = open_with_small_segments(&dir);
+    let h = writer.handle();
+    for id in 1..=100 {
+        commit(&h, insert_with(id, &payload_of(id))).unwrap();
+    }
+    let journal_dir = config.path.join(JOURNAL_DIR);
+    eventually("the checkpoints of the filled segments finished", || {
+        std::fs::read_dir(&journal_dir).unwrap().count() == 1
+    });
+    let moved: Vec<TaskId> = (1..=100)
+        .filter(|&id| {
+            let value = store.inner.dbs.get().get(keys::body(id)).unwrap().unwrap();
+            matches!(
+                record::decode_stored_body(&value).unwrap(),
+                record::StoredBody::Ref(record::BodyRef {
+                    file: record::BodyFile::Payload(_),
+                    ..
+                })
+            )
+        })
+        .collect();
+    assert!(moved.len() >= 60, "{} bodies moved", moved.len());
+    let (_, live_before) = store.payload_disk_bytes();
+    let removes = moved.iter().map(|&id| Mutation::Remove { id }).collect();
+    commit(&h, Muts::Many(removes)).unwrap();
+    let (_, live_after) = store.payload_disk_bytes();
+    // A checkpoint that ran meanwhile may have moved the ~30 bodies of the open
+    // segment (live, so counted); the removed ones must no longer count.
+    let body_len = record_len(&payload_of(0)) as u64;
+    let removed = moved.len() as u64 * body_len;
+    assert!(
+        live_after + removed <= live_before + 32 * body_len,
+        "live bytes {live_before} -> {live_after} after removing {removed}"
+    );
+    writer.shutdown().unwrap();
 }
 
 #[test]

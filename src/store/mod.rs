@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::histogram::{Histogram, BATCH_SIZES, LATENCY_MICROS};
 use crate::model::{TaskBody, TaskId, TaskState};
 
+mod body_cache;
 #[cfg(test)]
 mod body_tests;
 mod checkpoint;
@@ -46,7 +47,14 @@ pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
 pub use volume::{Sizing, VolumeTooSmall, MIN_SEGMENT_BYTES};
 
+use body_cache::BodyCache;
 use pool::{Db, DbPool};
+
+/// The share of the configured cache given to the bodies of recently published tasks
+/// (`body_cache.rs`); sled's page cache gets the rest.
+fn body_cache_bytes(cache_bytes: usize) -> usize {
+    cache_bytes / 8
+}
 
 /// sled's leaf fanout: the default, measured fastest for this workload.
 const LEAF_FANOUT: usize = 1024;
@@ -242,6 +250,8 @@ pub(crate) struct Inner {
     low_space: parking_lot::Mutex<Option<Arc<str>>>,
     /// Where bodies are read from, and the payload files' live bytes.
     pub(crate) bodies: payload::Bodies,
+    /// The bodies of recently published tasks (a share of `cache_bytes`).
+    pub(crate) recent_bodies: BodyCache,
     /// The number of the first payload file this process creates.
     next_payload_file: u64,
 }
@@ -374,9 +384,15 @@ impl Store {
 
     /// Reads a task's body (payload and headers) from where its reference points: a
     /// journal segment or a payload file (or sled itself, for a body stored before
-    /// bodies left sled). One body's bytes in memory, nothing cached.
+    /// bodies left sled), or from the cache of recently published bodies. One body's
+    /// bytes in memory.
     pub fn get_body(&self, id: TaskId) -> Result<Option<TaskBody>, StoreError> {
         let key = keys::body(id);
+        if let Some(body) = self.inner.recent_bodies.get(id) {
+            return record::decode_body(body)
+                .map(Some)
+                .map_err(|e| corrupt(&key, e));
+        }
         let record = match self.fetch_body(id, |bodies, r| bodies.read(r))? {
             None => return Ok(None),
             // The payload and header values are slices of sled's own buffer.

@@ -8,12 +8,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
+use super::body_cache::BodyCache;
 use super::pool::{Db, DbPool};
 use super::record::{BodyFile, BodyRef, StoredBody};
 use super::{
-    corrupt, corrupt_reason, datadir, io_error, journal, keys, payload, policy, record,
-    DataDirProblem, Inner, Sizing, Store, StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT,
-    SLED_BACKGROUND_FLUSH_MS,
+    body_cache_bytes, corrupt, corrupt_reason, datadir, io_error, journal, keys, payload, policy,
+    record, DataDirProblem, Inner, Sizing, Store, StoreConfig, StoreError, JOURNAL_DIR,
+    LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS,
 };
 use crate::model::{QueueConfig, TaskId, TaskState};
 
@@ -68,7 +69,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(&config.path)
-            .cache_capacity_bytes(config.cache_bytes)
+            .cache_capacity_bytes(config.cache_bytes - body_cache_bytes(config.cache_bytes))
             .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open::<LEAF_FANOUT>()
             .map_err(|e| {
@@ -123,6 +124,7 @@ impl Store {
                 sizing,
                 low_space: parking_lot::Mutex::new(None),
                 bodies,
+                recent_bodies: BodyCache::new(body_cache_bytes(config.cache_bytes)),
                 next_payload_file,
             }),
             replayed,

@@ -12,6 +12,7 @@
 //! retention records and the sweep). A batch reaches sled only after its journal record
 //! is written, so sled never holds a change the journal lacks.
 
+mod recent;
 mod retention;
 mod stage;
 
@@ -156,6 +157,12 @@ pub(crate) struct WriterLoop<C: Completion> {
     space: SpaceGuard,
     /// When the last checkpoint to give space back was asked for.
     space_checkpoint: Instant,
+    /// Task states written recently, so that a delivery or an ack need not search sled.
+    recent: recent::RecentStates,
+    /// Which bodies surely lie in the open journal segment (removed without a read).
+    journal_bodies: recent::JournalBodies,
+    /// Tasks whose body reference the batch being built removes.
+    removed_bodies: Vec<TaskId>,
 }
 
 /// The staged batch of one group.
@@ -172,6 +179,8 @@ struct Staged {
 /// A body in the journal record being built.
 struct StagedBody {
     id: TaskId,
+    /// The encoded body, for the cache of recent bodies once the batch is applied.
+    bytes: bytes::Bytes,
     /// Where its bytes start in the record.
     at: u64,
     len: u32,
@@ -187,7 +196,9 @@ impl<C: Completion> WriterLoop<C> {
         rx: Receiver<Msg<C>>,
         stats: Arc<WriterStats>,
     ) -> Self {
+        let journal_bodies = recent::JournalBodies::new(store.next_id.load(Relaxed));
         WriterLoop {
+            journal_bodies,
             space: SpaceGuard::new(store.journal_dir.clone(), store.sizing.publish_reserve),
             db,
             journal,
@@ -210,6 +221,8 @@ impl<C: Completion> WriterLoop<C> {
             last_sync: Instant::now(),
             sync_by: None,
             space_checkpoint: Instant::now(),
+            recent: recent::RecentStates::default(),
+            removed_bodies: Vec::new(),
         }
     }
 
@@ -432,6 +445,7 @@ impl<C: Completion> WriterLoop<C> {
             Err(error) => {
                 tracing::error!(%error, jobs = self.group.len(), "journal write failed; the group's jobs fail");
                 self.store.degrade(&error);
+                self.recent.discard();
                 // Queue settings staged by the failed batch did not happen.
                 if let Err(e) = self.store.policies.write().reload(&self.db) {
                     tracing::error!(error = %e, "could not reload queue settings");
@@ -442,6 +456,10 @@ impl<C: Completion> WriterLoop<C> {
                     .unwrap_or_else(|| super::io_error(error)));
             }
         };
+        self.journal_bodies.appended(
+            self.journal.appending_to(),
+            staged.bodies.iter().map(|b| b.id),
+        );
         if sync {
             self.count_sync(start.elapsed());
             self.sync_by = None;
@@ -463,8 +481,14 @@ impl<C: Completion> WriterLoop<C> {
             tracing::error!(%error, jobs = self.group.len(), "store batch failed after it was journaled");
             let error = super::io_error(error);
             self.store.fail(&error);
+            self.recent.discard();
             return Err(error);
         }
+        self.recent.applied();
+        self.store.recent_bodies.applied(
+            staged.bodies.into_iter().map(|b| (b.id, b.bytes)),
+            &self.removed_bodies,
+        );
         if let Some(max) = staged.max_inserted {
             self.store
                 .watermark

@@ -29,6 +29,7 @@ impl<C: Completion> WriterLoop<C> {
         let group = std::mem::take(&mut self.group);
         self.journal.begin();
         self.freed.clear();
+        self.removed_bodies.clear();
         self.failed.clear();
         self.reports.clear();
         self.duplicates.clear();
@@ -68,6 +69,12 @@ impl<C: Completion> WriterLoop<C> {
                     self.freed.append(&mut self.job_freed);
                     for (key, value) in self.stage.drain(..) {
                         self.journal.put(&key, value.as_deref());
+                        self.recent.staged(&key, &value);
+                        if value.is_none() && key.first() == Some(&keys::BODY) {
+                            if let Some(id) = keys::task_id(&key) {
+                                self.removed_bodies.push(id);
+                            }
+                        }
                         match value {
                             Some(value) => staged.batch.insert(key, value),
                             None => staged.batch.remove(key),
@@ -235,6 +242,7 @@ impl<C: Completion> WriterLoop<C> {
         let at = self.journal.put(&keys::body(task.id), Some(&self.scratch));
         self.job_bodies.push(StagedBody {
             id: task.id,
+            bytes: bytes::Bytes::copy_from_slice(&self.scratch),
             at,
             len,
             crc,
@@ -250,6 +258,15 @@ impl<C: Completion> WriterLoop<C> {
         batch: &sled::Batch,
     ) -> Result<(), StoreError> {
         let key = keys::body(id);
+        // Most tasks are settled while their body is still in the segment the journal
+        // appends to: nothing to read, no payload file's live bytes change.
+        if self
+            .journal_bodies
+            .surely_open(self.journal.appending_to(), id)
+        {
+            self.stage.push((InlineArray::from(key), None));
+            return Ok(());
+        }
         // Not `read_staged`: no job stages a write of a `B` key before this removal
         // (bodies reach the batch only after the append), and a purge's job removes
         // thousands of tasks: a scan of its staged writes per removal is quadratic.
@@ -295,6 +312,9 @@ impl<C: Completion> WriterLoop<C> {
         }
         if let Some(value) = batch.get(key) {
             return Ok(value.cloned());
+        }
+        if let Some(state) = keys::state_id(key).and_then(|id| self.recent.get(id)) {
+            return Ok(state);
         }
         self.db.get(key).map_err(io_error)
     }
