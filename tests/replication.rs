@@ -216,3 +216,131 @@ async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
         "it applied the cluster's entries: {view:?}"
     );
 }
+
+/// Waits until `m` reports a settled membership (no joint change under way) whose
+/// voters are `voters` and which has no learners, and a leader.
+async fn membership_is(m: &Member, voters: &[u64]) -> pb::StatusReply {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let view = status(m.cluster).await;
+        if let Some(v) = &view {
+            if let Some(ms) = &v.membership {
+                let mut ids = ms
+                    .configs
+                    .first()
+                    .map(|c| c.ids.clone())
+                    .unwrap_or_default();
+                ids.sort_unstable();
+                let members: Vec<u64> = ms.nodes.keys().copied().collect();
+                if ms.configs.len() == 1 && ids == voters && members == voters && v.leader.is_some()
+                {
+                    return v.clone();
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} never saw voters {voters:?}: {view:#?}",
+            m.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cluster_cli(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+        .arg("cluster")
+        .args(args)
+        .env("SQUALL_CLUSTER_TOKEN", TOKEN)
+        .output()
+        .await
+        .expect("run squall cluster")
+}
+
+/// `squall cluster add-node` makes a fourth node a voter (after it caught up as a
+/// learner), asked through a member that is not the leader; `remove-node` takes it out
+/// again. Changes that make no sense are refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_as_a_voter_and_removed_again() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let members: Vec<Member> = (1..=4u64)
+        .map(|id| Member {
+            id,
+            client: free_addr(),
+            cluster: free_addr(),
+            dir: dirs[id as usize - 1].path().to_owned(),
+        })
+        .collect();
+    let peers = |n: usize| {
+        members[..n]
+            .iter()
+            .map(|m| format!("{}@{}", m.id, m.cluster))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut brokers: Vec<ChildBroker> = members[..3].iter().map(|m| start(m, &peers(3))).collect();
+    let first: Vec<&Member> = members[..3].iter().collect();
+    let (leader, _) = agreed_leader(&first).await;
+    // The new node names the members and itself; it finds a formed cluster and waits.
+    let new = &members[3];
+    brokers.push(start(new, &peers(4)));
+
+    let follower = members[..3]
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower");
+    let via = follower.cluster.to_string();
+    let out = cluster_cli(&[
+        "add-node",
+        "4",
+        &new.client.to_string(),
+        &new.cluster.to_string(),
+        "--node",
+        &via,
+    ])
+    .await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "add-node failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("voters: 1, 2, 3, 4; learners: none"),
+        "{said}"
+    );
+    for m in &members {
+        let view = membership_is(m, &[1, 2, 3, 4]).await;
+        if m.id == 4 {
+            assert!(
+                view.role == "follower" || view.role == "leader",
+                "the new node votes: {view:?}"
+            );
+        }
+    }
+
+    // Refused, with the reason: a member that does not exist, a voter added twice.
+    let out = cluster_cli(&["remove-node", "9", "--node", &via]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node 9 is not a member"), "{err}");
+    let out = cluster_cli(&["add-node", "2", "x:1", "y:2", "--node", &via]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node 2 is already a voter"), "{err}");
+
+    let out = cluster_cli(&["remove-node", "4", "--node", &via]).await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "remove-node failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("voters: 1, 2, 3; learners: none"), "{said}");
+    for m in &members[..3] {
+        membership_is(m, &[1, 2, 3]).await;
+    }
+    for b in brokers {
+        b.terminate();
+    }
+}

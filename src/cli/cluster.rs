@@ -1,13 +1,14 @@
 //! `squall cluster status [--json]`: the members of a cluster, each one's role, term,
 //! last log and applied index and replication lag, asked over the cluster port (the
-//! node named by `--node`, then every member it knows).
+//! node named by `--node`, then every member it knows). `squall cluster add-node` and
+//! `remove-node`: membership changes, sent to the leader (found through `--node`).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use squall::cluster::net::NodeClient;
+use squall::cluster::net::{CallError, NodeClient};
 use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
 
 /// Cluster membership and roles.
@@ -21,6 +22,52 @@ pub struct ClusterArgs {
 enum ClusterCommand {
     /// The members, each one's role, term, log and applied index and lag.
     Status(StatusArgs),
+    /// Adds a node: it joins as a learner and becomes a voter once it has caught up.
+    /// Start it first with `--peers` naming the members and itself.
+    AddNode(AddNodeArgs),
+    /// Removes a node from the cluster (it stops being replicated to; stop it after).
+    RemoveNode(RemoveNodeArgs),
+}
+
+/// Where to reach the cluster, for the commands that change it.
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// The cluster port of any member (the change goes to the leader).
+    #[arg(
+        long,
+        env = "SQUALL_CLUSTER_NODE",
+        default_value = "127.0.0.1:7700",
+        value_name = "ADDR"
+    )]
+    node: String,
+    /// The cluster token (`cluster.token` of the members), if they have one.
+    #[arg(
+        long,
+        env = "SQUALL_CLUSTER_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+}
+
+#[derive(Debug, Args)]
+struct AddNodeArgs {
+    /// The new node's id (its `--node-id`).
+    id: u64,
+    /// Where clients reach it (its `--advertise`, default its `--listen`).
+    client_addr: String,
+    /// Its cluster port (its `--cluster-listen`).
+    cluster_addr: String,
+    #[command(flatten)]
+    cluster: NodeArgs,
+}
+
+#[derive(Debug, Args)]
+struct RemoveNodeArgs {
+    /// The id of the node to remove.
+    id: u64,
+    #[command(flatten)]
+    cluster: NodeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +94,9 @@ struct StatusArgs {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// A membership change waits for a new node to catch up (bounded on the leader).
+const CHANGE_TIMEOUT: Duration =
+    Duration::from_secs(squall::cluster::membership::CATCH_UP_TIMEOUT.as_secs() + 30);
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 async fn ask(addr: &str, token: &str) -> anyhow::Result<pb::StatusReply> {
@@ -65,7 +115,77 @@ async fn ask(addr: &str, token: &str) -> anyhow::Result<pb::StatusReply> {
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         ClusterCommand::Status(a) => status(a).await,
+        ClusterCommand::AddNode(a) => {
+            let member = pb::Member {
+                client_addr: a.client_addr,
+                cluster_addr: a.cluster_addr,
+            };
+            let add = pb::AddNode {
+                node_id: a.id,
+                member: Some(member),
+            };
+            let r = change(&a.cluster, pb::change_membership::Change::Add(add)).await?;
+            println!("node {} added; {}", a.id, describe(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCommand::RemoveNode(a) => {
+            let remove = pb::RemoveNode { node_id: a.id };
+            let r = change(&a.cluster, pb::change_membership::Change::Remove(remove)).await?;
+            println!("node {} removed; {}", a.id, describe(&r));
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Asks the leader for `change`: first the node named, then whichever node it says
+/// leads (an election may be under way: a few tries).
+async fn change(
+    at: &NodeArgs,
+    change: pb::change_membership::Change,
+) -> anyhow::Result<pb::ChangeMembershipReply> {
+    let token = bytes::Bytes::from(at.token.clone().into_bytes());
+    let mut addr = at.node.clone();
+    let request = pb::ChangeMembership {
+        change: Some(change),
+    };
+    for _ in 0..10 {
+        let mut client = NodeClient::new(&addr, MAX_FRAME).with_token(token.clone());
+        match client
+            .call(Op::Change(request.clone()), CHANGE_TIMEOUT)
+            .await
+        {
+            Ok(Reply::Change(r)) => return Ok(r),
+            Ok(other) => anyhow::bail!("{addr} answered {other:?} to a membership change"),
+            Err(CallError::Remote(e)) if e.kind() == pb::node_error::Kind::NotLeader => {
+                if e.leader_addr.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                } else {
+                    addr = e.leader_addr;
+                }
+            }
+            Err(e) => anyhow::bail!("cluster node {addr}: {e}"),
+        }
+    }
+    anyhow::bail!("no leader took the change (asked through {})", at.node)
+}
+
+fn describe(r: &pb::ChangeMembershipReply) -> String {
+    let list = |ids: &[u64]| {
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    format!(
+        "voters: {}; learners: {} (log index {})",
+        list(&r.voters),
+        list(&r.learners),
+        r.log_index
+    )
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {

@@ -1,7 +1,8 @@
 //! Replication on openraft (issue 15, in progress): one Raft group per cluster. Here
 //! live the type configuration (`types.rs`), the conversion to the node-to-node
 //! protocol (`codec.rs`), the Raft log on the journal's segment format (`log.rs`), the
-//! state machine (`state.rs`), the cluster port (`net.rs`), and the node that ties
+//! state machine (`state.rs`), the cluster port (`net.rs`), membership changes
+//! (`membership.rs`), and the node that ties
 //! them together and forms a new cluster by itself (this file).
 //!
 //! What this version replicates: the membership (who the members are, their client
@@ -12,6 +13,7 @@
 
 pub mod codec;
 pub mod log;
+pub mod membership;
 pub mod net;
 pub mod state;
 pub mod types;

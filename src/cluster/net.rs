@@ -53,7 +53,7 @@ pub enum CallError {
     Network(std::io::Error),
     /// The peer answered with an error.
     #[error("the peer refused: {}", .0.message)]
-    Remote(pb::NodeError),
+    Remote(Box<pb::NodeError>),
     /// The answer is not what was asked for, or does not decode.
     #[error(transparent)]
     Codec(#[from] CodecError),
@@ -147,7 +147,7 @@ impl NodeClient {
             return Err(CodecError(format!("answer {} to request {id}", response.id)).into());
         }
         match response.result {
-            Some(Reply::Error(e)) => Err(CallError::Remote(e)),
+            Some(Reply::Error(e)) => Err(CallError::Remote(Box::new(e))),
             Some(reply) => Ok(reply),
             None => Err(CodecError("an answer without a result".into()).into()),
         }
@@ -341,7 +341,7 @@ async fn serve_connection(
     Ok(())
 }
 
-fn node_error(kind: pb::node_error::Kind, message: impl Into<String>) -> pb::NodeError {
+pub(crate) fn node_error(kind: pb::node_error::Kind, message: impl Into<String>) -> pb::NodeError {
     pb::NodeError {
         kind: kind as i32,
         message: message.into(),
@@ -401,6 +401,7 @@ async fn handle(op: Op, ctx: &ServerContext) -> Reply {
             Err(e) => Reply::Error(node_error(pb::node_error::Kind::Stopped, e.to_string())),
         },
         Op::Status(_) => Reply::Status(status(&ctx.raft)),
+        Op::Change(c) => super::membership::change(&ctx.raft, c).await,
     }
 }
 
