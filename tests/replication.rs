@@ -34,6 +34,21 @@ struct Member {
     dir: PathBuf,
 }
 
+/// Members 1..=n, each with its own ports and data directory (kept alive by the
+/// returned `TempDir`s).
+fn members(n: u64) -> (Vec<tempfile::TempDir>, Vec<Member>) {
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let members = (1..=n)
+        .map(|id| Member {
+            id,
+            client: free_addr(),
+            cluster: free_addr(),
+            dir: dirs[id as usize - 1].path().to_owned(),
+        })
+        .collect();
+    (dirs, members)
+}
+
 fn args(m: &Member, peers: &str) -> Vec<String> {
     // The token from a file, as an operator would give it (never on a command line).
     let config = m.dir.join("cluster.toml");
@@ -139,15 +154,7 @@ fn cli_agrees(report: &serde_json::Value, leader: u64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
-    let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
-    let members: Vec<Member> = (1..=NODES)
-        .map(|id| Member {
-            id,
-            client: free_addr(),
-            cluster: free_addr(),
-            dir: dirs[id as usize - 1].path().to_owned(),
-        })
-        .collect();
+    let (_dirs, members) = members(NODES);
     let peers = members
         .iter()
         .map(|m| format!("{}@{}", m.id, m.cluster))
@@ -262,15 +269,7 @@ async fn cluster_cli(args: &[&str]) -> std::process::Output {
 /// again. Changes that make no sense are refused with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_added_as_a_voter_and_removed_again() {
-    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let members: Vec<Member> = (1..=4u64)
-        .map(|id| Member {
-            id,
-            client: free_addr(),
-            cluster: free_addr(),
-            dir: dirs[id as usize - 1].path().to_owned(),
-        })
-        .collect();
+    let (_dirs, members) = members(4);
     let peers = |n: usize| {
         members[..n]
             .iter()

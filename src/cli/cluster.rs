@@ -29,10 +29,10 @@ enum ClusterCommand {
     RemoveNode(RemoveNodeArgs),
 }
 
-/// Where to reach the cluster, for the commands that change it.
+/// Where to reach the cluster.
 #[derive(Debug, Args)]
 struct NodeArgs {
-    /// The cluster port of any member (the change goes to the leader).
+    /// The cluster port of any member (a change goes to the leader).
     #[arg(
         long,
         env = "SQUALL_CLUSTER_NODE",
@@ -72,25 +72,11 @@ struct RemoveNodeArgs {
 
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// The cluster port of any member.
-    #[arg(
-        long,
-        env = "SQUALL_CLUSTER_NODE",
-        default_value = "127.0.0.1:7700",
-        value_name = "ADDR"
-    )]
-    node: String,
     /// Print JSON: {"leader": ID, "term": T, "nodes": [{"id", "role", "addr", ...}]}.
     #[arg(long)]
     json: bool,
-    /// The cluster token (`cluster.token` of the members), if they have one.
-    #[arg(
-        long,
-        env = "SQUALL_CLUSTER_TOKEN",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    token: String,
+    #[command(flatten)]
+    cluster: NodeArgs,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -189,9 +175,9 @@ fn describe(r: &pb::ChangeMembershipReply) -> String {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let first = ask(&args.node, &args.token)
+    let first = ask(&args.cluster.node, &args.cluster.token)
         .await
-        .map_err(|e| anyhow::anyhow!("cluster node {}: {e}", args.node))?;
+        .map_err(|e| anyhow::anyhow!("cluster node {}: {e}", args.cluster.node))?;
     let membership = first.membership.clone().unwrap_or_default();
     let voters: std::collections::BTreeSet<u64> = membership
         .configs
@@ -202,7 +188,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let leader_view = match first.leader {
         Some(l) if l == first.node_id => Some(first.clone()),
         Some(l) => match membership.nodes.get(&l) {
-            Some(m) => ask(&m.cluster_addr, &args.token).await.ok(),
+            Some(m) => ask(&m.cluster_addr, &args.cluster.token).await.ok(),
             None => None,
         },
         None => None,
@@ -216,7 +202,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let own = if *id == first.node_id {
             Ok(first.clone())
         } else {
-            ask(&member.cluster_addr, &args.token).await
+            ask(&member.cluster_addr, &args.cluster.token).await
         };
         let matched = leader_view
             .as_ref()
