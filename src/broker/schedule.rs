@@ -477,12 +477,15 @@ impl Engine {
         fires
     }
 
-    /// A fire's job completed: `stored` says whether it is durable; `committed` are
-    /// its tasks that were really inserted (not duplicates of an earlier fire of the
-    /// same tick). They become deliverable now.
+    /// The fire of `schedule` whose last tick is `tick` completed: `stored` says
+    /// whether its job is durable; `committed` are its tasks that were really inserted
+    /// (not duplicates of an earlier fire of the same tick). They become deliverable
+    /// now. Only that fire ends: a schedule removed and added again under the same
+    /// name meanwhile has a fire of its own (a later tick) in flight, or none.
     pub fn fire_done(
         &mut self,
         schedule: &str,
+        tick: Millis,
         stored: bool,
         committed: &[Committed],
         now: Millis,
@@ -494,9 +497,10 @@ impl Engine {
             return;
         };
         let key = slot.def.name.clone();
-        let Some((tick, task)) = slot.firing.take() else {
+        let Some((tick, task)) = slot.firing.filter(|&(t, _)| t == tick) else {
             return;
         };
+        slot.firing = None;
         if stored {
             slot.def.last_run_ms = tick;
             if task != 0 {

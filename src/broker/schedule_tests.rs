@@ -195,7 +195,7 @@ fn turn(e: &mut Engine, disk: &mut Disk, ids: &mut Ids, now: u64, store: bool) -
         if store {
             disk.store(&fire.mutations);
         }
-        e.fire_done(&fire.schedule, store, &fire.committed, now);
+        e.fire_done(&fire.schedule, fire.last_tick, store, &fire.committed, now);
     }
     n
 }
@@ -287,7 +287,13 @@ fn a_lost_fire_is_retried_and_an_unfinished_fire_never_fires_twice() {
         .take_due_fires(T0 + 1_500, 16, |n| ids.alloc(n))
         .is_empty());
     // Its job fails (STORAGE): nothing stored, the tick is tried again a second later.
-    e.fire_done("s", false, &fires[0].committed, T0 + 1_500);
+    e.fire_done(
+        "s",
+        fires[0].last_tick,
+        false,
+        &fires[0].committed,
+        T0 + 1_500,
+    );
     assert_eq!(e.pending_count("q"), 0, "a failed fire publishes nothing");
     assert_eq!(
         turn(&mut e, &mut disk, &mut ids, T0 + 2_000, true),
@@ -383,7 +389,13 @@ fn pause_skips_ticks_resume_starts_from_now_and_remove_stops_firing() {
             .is_empty(),
         "a schedule with a fire in flight does not fire"
     );
-    e.fire_done("s", true, &fires[0].committed, T0 + 8_000);
+    e.fire_done(
+        "s",
+        fires[0].last_tick,
+        true,
+        &fires[0].committed,
+        T0 + 8_000,
+    );
     let name = e.plan_schedule_remove("s").unwrap();
     e.hold_schedule(&name, true);
     e.remove_schedule(&name);

@@ -15,7 +15,7 @@ use super::msg::{
 };
 use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
-use crate::model::{TaskId, TaskStatus};
+use crate::model::{Millis, TaskId, TaskStatus};
 use crate::store::{Completion, JobReport, Store, StoreError, SweepStats, WriterHandle};
 
 /// The store writer as the server uses it.
@@ -66,6 +66,8 @@ pub(crate) enum Done {
     Fire {
         hub: WeakHubTx,
         schedule: Arc<str>,
+        /// The fire's last tick (which fire of the schedule this is).
+        tick: Millis,
         committed: Vec<Committed>,
     },
 }
@@ -170,6 +172,7 @@ impl Completion for Done {
                 Done::Fire {
                     hub,
                     schedule,
+                    tick,
                     mut committed,
                 },
                 result,
@@ -181,6 +184,7 @@ impl Completion for Done {
                 if let Some(hub) = hub.upgrade() {
                     let _ = hub.send(HubCmd::FireDone {
                         schedule,
+                        tick,
                         stored,
                         committed,
                     });

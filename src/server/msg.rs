@@ -18,7 +18,7 @@ use crate::broker::{
     QueueConfigUpdate, QueueSnapshot, ScheduleError, ScheduleSpec, ScheduleView, SubId,
     SubscriptionView, TaskView,
 };
-use crate::model::{TaskId, TaskState};
+use crate::model::{Millis, TaskId, TaskState};
 use crate::store::{Muts, StoreError};
 
 /// A request's id on its connection (the subscription id, for a subscription).
@@ -582,6 +582,8 @@ pub(crate) enum HubCmd {
     /// `committed` are the tasks really inserted (not duplicates).
     FireDone {
         schedule: Arc<str>,
+        /// The fire's last tick.
+        tick: Millis,
         stored: bool,
         committed: Vec<Committed>,
     },

@@ -1,40 +1,57 @@
 //! Model test of the delivery engine with restarts, in the style of sled's own tests:
-//! proptest drives `Engine` with random operation sequences (publish, subscribe,
-//! dispatch, ack, nack, extend, undeliverable, time, disconnect, restart) while a
-//! deliberately simple reference model predicts every outcome. Every `Mutation` the
-//! engine emits is applied to `MemStore`, an in-memory stand-in of `store/` with the
-//! writer's Insert/Patch/Remove semantics; a restart keeps the confirmed prefix of that
-//! log plus a random part of the unconfirmed tail (what a crash may leave) and rebuilds
-//! a fresh engine from it with `recover_task`, as `server::start` does.
+//! proptest drives `Engine` with random operation sequences (publish with or without
+//! an expiry, subscribe, dispatch, ack, nack, extend, release, undeliverable, time,
+//! disconnect, schedule add/remove/pause/resume and fires, restart) while a
+//! deliberately simple reference model predicts every outcome: deliveries, the
+//! in-flight cap, the rate limit's windows, expiry (never delivered after it; dead with
+//! reason `expired` or dropped, per queue), and exactly one task per due tick of a
+//! schedule with its catch-up rule. Every job the engine's caller would submit is
+//! applied to `MemStore`, an in-memory stand-in of `store/`; a restart keeps the
+//! confirmed jobs plus a random part of the unconfirmed tail (what a crash may leave)
+//! and rebuilds a fresh engine from it as `server::start` does.
 //!
-//! Each minimised failure is kept at the bottom as a named regression test with a short
-//! postmortem. `SQUALL_MODEL_CASES=5000 cargo test --lib model_tests` runs a longer search.
-
-use std::collections::BTreeMap;
+//! Each minimised failure is kept in `regressions.rs` as a named test with a short
+//! postmortem. `SQUALL_MODEL_CASES=5000 cargo test --lib model_tests` runs a longer
+//! search.
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::model::{
-    Millis, Mutation, NewTask, QueueConfig, StatePatch, TaskBody, TaskId, TaskState, TaskStatus,
+    CatchUp, Millis, Mutation, NewTask, QueueConfig, StatePatch, TaskBody, TaskId, TaskState,
+    TaskStatus,
 };
 
 const T0: Millis = 1_000_000;
 const MAX_LEASE_MS: u64 = 5_000;
-const QUEUES: [&str; 2] = ["a", "b"];
+const QUEUES: [&str; 3] = ["a", "b", "c"];
 /// Connection slots the operations pick from.
 const SLOTS: usize = 3;
 /// A connection id the engine never hands out: settling from it must be refused.
 const STRANGER: ConnId = 1 << 40;
 /// Deliveries remembered for settling (older ones are dropped).
 const HANDED: usize = 16;
+/// Schedule names the operations pick from.
+const SCHEDULES: [&str; 3] = ["s0", "s1", "s2"];
+/// The cron expressions schedules use, with the period the model derives ticks from
+/// (each divides a minute, so ticks are multiples of it in UTC): six fields every
+/// second, every five seconds, and the five-field form every minute.
+const CRONS: [(&str, Millis); 3] = [
+    ("* * * * * *", 1_000),
+    ("*/5 * * * * *", 5_000),
+    ("* * * * *", 60_000),
+];
 
-/// Queue "a" runs on the engine defaults, "b" on its own persisted configuration:
-/// immediate retries, a short lease, no attempt limit unless the task sets one, and at
-/// most [`B_MAX_IN_FLIGHT`] tasks leased at once.
+/// Queue "a" runs on the engine defaults (an expired task goes to the dead set); "b"
+/// and "c" on their own persisted configurations: immediate retries, no attempt limit
+/// unless the task sets one, and "b" has at most [`B_MAX_IN_FLIGHT`] tasks leased at
+/// once and drops expired tasks, "c" delivers at most [`C_RATE`] per second with a
+/// burst of [`C_BURST`].
 /// Queues keep no results (`result_ttl` 0), so an ack removes the task: the model's
 /// "acked = gone from the store" invariant. Retention is the store's model test's.
 const B_MAX_IN_FLIGHT: u32 = 2;
+const C_RATE: u32 = 4;
+const C_BURST: u32 = 3;
 
 fn queue_config(q: usize) -> QueueConfig {
     match q {
@@ -46,13 +63,24 @@ fn queue_config(q: usize) -> QueueConfig {
             result_ttl_ms: 0,
             ..QueueConfig::default()
         },
-        _ => QueueConfig {
+        1 => QueueConfig {
             lease_ms: 400,
             max_attempts: 0,
             backoff_min_ms: 0,
             backoff_max_ms: 0,
             result_ttl_ms: 0,
             max_in_flight: B_MAX_IN_FLIGHT,
+            drop_expired: true,
+            ..QueueConfig::default()
+        },
+        _ => QueueConfig {
+            lease_ms: 1_000,
+            max_attempts: 0,
+            backoff_min_ms: 0,
+            backoff_max_ms: 0,
+            result_ttl_ms: 0,
+            rate_limit: C_RATE,
+            rate_burst: C_BURST,
             ..QueueConfig::default()
         },
     }
@@ -68,7 +96,9 @@ fn new_engine(now: Millis) -> Engine {
         },
         now,
     );
-    engine.set_queue_config(QUEUES[1], queue_config(1));
+    for (q, name) in QUEUES.iter().enumerate().skip(1) {
+        engine.set_queue_config(name, queue_config(q));
+    }
     engine
 }
 
@@ -80,8 +110,19 @@ enum NackOp {
     Dead,
 }
 
-/// One step of a test sequence. Indexes (`queue`, `conn`, `pick`) are reduced modulo
-/// what exists, so every sequence is valid and shrinks well.
+/// How the store writer completes a schedule's fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FireOp {
+    /// Stored, and the completion runs at once.
+    Stored,
+    /// Submitted; it completes at a later `FireDone` (or a crash decides).
+    Pending,
+    /// Refused with STORAGE: nothing was written.
+    Failed,
+}
+
+/// One step of a test sequence. Indexes (`queue`, `conn`, `pick`, `name`) are reduced
+/// modulo what exists, so every sequence is valid and shrinks well.
 #[derive(Debug, Clone)]
 enum Op {
     Publish {
@@ -90,6 +131,8 @@ enum Op {
         delay_ms: u64,
         max_attempts: u8,
         lease_ms: u32,
+        /// Not started within this many ms: expired (0 = never).
+        expires_in: u64,
     },
     Subscribe {
         conn: u8,
@@ -103,6 +146,9 @@ enum Op {
     },
     /// tick + dispatch at the current time, as the hub does after every batch.
     Dispatch,
+    /// Dispatch without ticking first, as for tasks past a tick's expiry batch: the
+    /// dispatch's own expiry check must catch them.
+    DispatchUnticked,
     /// Expiry and delayed release only.
     Tick,
     Ack {
@@ -118,6 +164,10 @@ enum Op {
         pick: u16,
         ms: u64,
     },
+    /// The consumer gives a delivery back unseen.
+    Release {
+        pick: u16,
+    },
     /// The hub could not send the delivery (body unreadable): back to ready.
     Undeliverable {
         pick: u16,
@@ -129,28 +179,58 @@ enum Op {
     Disconnect {
         conn: u8,
     },
-    /// Crash and restart. `keep` is how much of the unconfirmed log tail survived, in
-    /// 255ths (255 = all of it, as after a clean flush).
+    AddSchedule {
+        name: u8,
+        queue: u8,
+        cron: u8,
+        catch_up: u8,
+        priority: i8,
+    },
+    RemoveSchedule {
+        name: u8,
+    },
+    PauseSchedule {
+        name: u8,
+        paused: bool,
+    },
+    /// The hub's ticker: the due schedules fire, each as one job.
+    Fire {
+        how: FireOp,
+    },
+    /// The oldest pending fire's job completes, stored.
+    FireDone,
+    /// Crash and restart after `down_ms`. `keep` is how much of the unconfirmed log
+    /// tail survived, in 255ths (255 = all of it, as after a clean flush).
     Restart {
         keep: u8,
+        down_ms: u64,
     },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let publish = (
-        0..2u8,
+        0..3u8,
         -2..=2i8,
         prop_oneof![Just(0u64), Just(0), Just(50), Just(700), Just(3_000)],
         prop_oneof![Just(0u8), Just(0), Just(1), Just(2), Just(4)],
         prop_oneof![Just(0u32), Just(0), Just(300), Just(8_000)],
+        prop_oneof![
+            Just(0u64),
+            Just(0),
+            Just(1),
+            Just(300),
+            Just(1_000),
+            Just(5_000)
+        ],
     )
         .prop_map(
-            |(queue, priority, delay_ms, max_attempts, lease_ms)| Op::Publish {
+            |(queue, priority, delay_ms, max_attempts, lease_ms, expires_in)| Op::Publish {
                 queue,
                 priority,
                 delay_ms,
                 max_attempts,
                 lease_ms,
+                expires_in,
             },
         );
     let nack_mode = prop_oneof![
@@ -159,13 +239,28 @@ fn op() -> impl Strategy<Value = Op> {
         Just(NackOp::After(300)),
         Just(NackOp::Dead),
     ];
+    let add_schedule = (0..3u8, 0..3u8, 0..3u8, 0..3u8, -1..=1i8).prop_map(
+        |(name, queue, cron, catch_up, priority)| Op::AddSchedule {
+            name,
+            queue,
+            cron,
+            catch_up,
+            priority,
+        },
+    );
+    let fire = prop_oneof![
+        2 => Just(FireOp::Stored),
+        1 => Just(FireOp::Pending),
+        1 => Just(FireOp::Failed),
+    ];
     prop_oneof![
         6 => publish,
-        3 => (0..3u8, 1..=2u8, 0..2u8, 1..=3u8).prop_map(|(conn, sub, queue, prefetch)| {
+        3 => (0..3u8, 1..=2u8, 0..3u8, 1..=3u8).prop_map(|(conn, sub, queue, prefetch)| {
             Op::Subscribe { conn, sub, queue, prefetch }
         }),
         2 => (0..3u8, 1..=2u8).prop_map(|(conn, sub)| Op::Unsubscribe { conn, sub }),
         6 => Just(Op::Dispatch),
+        1 => Just(Op::DispatchUnticked),
         1 => Just(Op::Tick),
         5 => (any::<u16>(), prop::bool::weighted(0.1))
             .prop_map(|(pick, stranger)| Op::Ack { pick, stranger }),
@@ -173,93 +268,22 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(pick, mode, reason)| Op::Nack { pick, mode, reason }),
         2 => (any::<u16>(), prop_oneof![Just(0u64), Just(200), Just(2_000), Just(60_000)])
             .prop_map(|(pick, ms)| Op::Extend { pick, ms }),
+        1 => any::<u16>().prop_map(|pick| Op::Release { pick }),
         1 => any::<u16>().prop_map(|pick| Op::Undeliverable { pick }),
-        4 => prop_oneof![Just(1u64), Just(99), Just(250), Just(1_000), Just(4_000), Just(60_000)]
+        5 => prop_oneof![Just(1u64), Just(99), Just(250), Just(1_000), Just(4_000), Just(60_000)]
             .prop_map(|ms| Op::Advance { ms }),
         1 => (0..3u8).prop_map(|conn| Op::Disconnect { conn }),
-        1 => prop_oneof![Just(255u8), any::<u8>()].prop_map(|keep| Op::Restart { keep }),
+        2 => add_schedule,
+        1 => (0..3u8).prop_map(|name| Op::RemoveSchedule { name }),
+        1 => (0..3u8, any::<bool>()).prop_map(|(name, paused)| Op::PauseSchedule { name, paused }),
+        3 => fire.prop_map(|how| Op::Fire { how }),
+        1 => Just(Op::FireDone),
+        1 => (
+            prop_oneof![Just(255u8), any::<u8>()],
+            prop_oneof![Just(0u64), Just(1_500), Just(7_000), Just(120_000)],
+        )
+            .prop_map(|(keep, down_ms)| Op::Restart { keep, down_ms }),
     ]
-}
-
-// ---------------------------------------------------------------------------------
-// The store stand-in.
-
-/// What `store/` would hold: the state as of the last restart, the mutations
-/// submitted since (in order), and how many of them a client was told are durable.
-#[derive(Default)]
-struct MemStore {
-    durable: BTreeMap<TaskId, TaskState>,
-    log: Vec<Mutation>,
-    /// `log[..confirmed]` must survive a crash: a publish, ack or nack confirmed it,
-    /// and the group-commit writer makes batches durable in submission order.
-    confirmed: usize,
-    /// `durable` with the whole log applied: the store once everything is flushed.
-    current: BTreeMap<TaskId, TaskState>,
-}
-
-impl MemStore {
-    fn persist(&mut self, m: Mutation, confirmed: bool) {
-        apply(&mut self.current, &m);
-        self.log.push(m);
-        if confirmed {
-            self.confirmed = self.log.len();
-        }
-    }
-
-    /// A crash: the confirmed prefix and `keep`/255 of the tail reach the disk.
-    fn crash(&mut self, keep: u8) {
-        let tail = self.log.len() - self.confirmed;
-        let cut = self.confirmed + tail * usize::from(keep) / 255;
-        for m in &self.log[..cut] {
-            apply(&mut self.durable, m);
-        }
-        self.log.clear();
-        self.confirmed = 0;
-        self.current = self.durable.clone();
-    }
-}
-
-/// The writer's semantics (`store/writer.rs`): a patch of a task no longer stored is
-/// skipped; `None` fields of a patch are left as stored.
-fn apply(map: &mut BTreeMap<TaskId, TaskState>, m: &Mutation) {
-    match m {
-        Mutation::Insert(t) => {
-            map.insert(t.id, t.state.clone());
-        }
-        Mutation::Patch { id, patch } => {
-            if let Some(s) = map.get_mut(id) {
-                if let Some(status) = patch.status {
-                    s.status = status;
-                }
-                if let Some(attempts) = patch.attempts {
-                    s.attempts = attempts;
-                }
-                if let Some(nb) = patch.not_before_ms {
-                    s.not_before_ms = nb;
-                }
-                if let Some(e) = &patch.last_error {
-                    s.last_error = e.clone();
-                }
-                s.updated_ms = patch.updated_ms;
-            }
-        }
-        Mutation::Remove { id } => {
-            map.remove(id);
-        }
-        Mutation::Succeed { id, updated_ms, .. } => {
-            if let Some(s) = map.get_mut(id) {
-                s.status = TaskStatus::Succeeded;
-                s.updated_ms = *updated_ms;
-            }
-        }
-        Mutation::PutQueue { .. }
-        | Mutation::RemoveQueue { .. }
-        | Mutation::Sweep { .. }
-        | Mutation::PutSchedule(_)
-        | Mutation::RemoveSchedule { .. } => {
-            panic!("the engine never persists queue records or sweeps: {m:?}")
-        }
-    }
 }
 
 /// Runs `ops`, checking the model after each, then drains.
@@ -281,7 +305,7 @@ fn cases() -> u32 {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: cases(),
-        // Minimised failures become named tests below instead of a regressions file.
+        // Minimised failures become named tests in regressions.rs instead of a file.
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -293,143 +317,8 @@ proptest! {
 }
 
 mod harness;
+mod memstore;
+mod regressions;
+
 use harness::Harness;
-
-// ---------------------------------------------------------------------------------
-// Regressions: minimised failures, each with its postmortem.
-
-/// A fixed walk through every operation, so a broken harness fails here first.
-#[test]
-fn lifecycle_smoke() {
-    use Op::*;
-    check(&[
-        Publish {
-            queue: 0,
-            priority: 0,
-            delay_ms: 0,
-            max_attempts: 0,
-            lease_ms: 0,
-        },
-        Publish {
-            queue: 0,
-            priority: 2,
-            delay_ms: 700,
-            max_attempts: 2,
-            lease_ms: 300,
-        },
-        Publish {
-            queue: 1,
-            priority: -1,
-            delay_ms: 0,
-            max_attempts: 0,
-            lease_ms: 8_000,
-        },
-        Subscribe {
-            conn: 0,
-            sub: 1,
-            queue: 0,
-            prefetch: 2,
-        },
-        Subscribe {
-            conn: 1,
-            sub: 1,
-            queue: 1,
-            prefetch: 1,
-        },
-        Dispatch,
-        Nack {
-            pick: 0,
-            mode: NackOp::Backoff,
-            reason: true,
-        },
-        Extend { pick: 1, ms: 2_000 },
-        Advance { ms: 1_000 },
-        Dispatch,
-        Ack {
-            pick: 2,
-            stranger: false,
-        },
-        Undeliverable { pick: 3 },
-        Restart { keep: 128 },
-        Subscribe {
-            conn: 2,
-            sub: 3,
-            queue: 0,
-            prefetch: 3,
-        },
-        Advance { ms: 60_000 },
-        Dispatch,
-        Nack {
-            pick: 4,
-            mode: NackOp::Dead,
-            reason: false,
-        },
-        Disconnect { conn: 2 },
-    ]);
-}
-
-/// Postmortem: a delivery the hub could not send (`undeliverable` with requeue) went
-/// back to ready with its attempt still counted, so the next delivery said attempt 2
-/// for a task delivered once, and a task requeued on its last attempt was delivered
-/// past `max_attempts`. Fixed in `Engine::undeliverable`: the unsent delivery is not
-/// counted.
-#[test]
-fn regression_unsent_delivery_is_not_an_attempt() {
-    use Op::*;
-    check(&[
-        Subscribe {
-            conn: 0,
-            sub: 1,
-            queue: 0,
-            prefetch: 1,
-        },
-        Publish {
-            queue: 0,
-            priority: 0,
-            delay_ms: 0,
-            max_attempts: 1,
-            lease_ms: 0,
-        },
-        Dispatch,
-        Undeliverable { pick: 0 },
-        Dispatch,
-    ]);
-}
-
-/// Postmortem: credit was returned by (connection, subscription id). After
-/// unsubscribing and subscribing again with the same id (ids are request ids, chosen
-/// by the client), settling a lease of the old subscription freed a slot of the new
-/// one, and the new one got more unsettled deliveries than its prefetch. Fixed with a
-/// unique `SubSlot::uid` that each lease remembers.
-#[test]
-fn regression_reused_subscription_id_keeps_its_prefetch() {
-    use Op::*;
-    let publish = Publish {
-        queue: 0,
-        priority: 0,
-        delay_ms: 0,
-        max_attempts: 0,
-        lease_ms: 0,
-    };
-    let subscribe = Subscribe {
-        conn: 0,
-        sub: 1,
-        queue: 0,
-        prefetch: 1,
-    };
-    check(&[
-        subscribe.clone(),
-        publish.clone(),
-        publish.clone(),
-        publish,
-        Dispatch,
-        Unsubscribe { conn: 0, sub: 1 },
-        subscribe,
-        Dispatch,
-        Ack {
-            pick: 0,
-            stranger: false,
-        },
-        Dispatch,
-    ]);
-}
+use memstore::MemStore;

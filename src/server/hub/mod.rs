@@ -171,9 +171,10 @@ impl Hub {
             HubCmd::ScheduleDurable(outcome) => self.schedule_durable(*outcome, now),
             HubCmd::FireDone {
                 schedule,
+                tick,
                 stored,
                 committed,
-            } => self.fire_done(&schedule, stored, &committed, now),
+            } => self.fire_done(&schedule, tick, stored, &committed, now),
             HubCmd::Scrape { limit, reply } => {
                 let _ = reply.send(self.scrape(limit, now));
             }

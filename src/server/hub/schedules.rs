@@ -39,6 +39,7 @@ impl Hub {
             let done = Done::Fire {
                 hub: self.me.clone(),
                 schedule: fire.schedule,
+                tick: fire.last_tick,
                 committed: fire.committed,
             };
             self.writer.submit(Muts::Many(fire.mutations), Some(done));
@@ -49,6 +50,7 @@ impl Hub {
     pub(super) fn fire_done(
         &mut self,
         schedule: &str,
+        tick: Millis,
         stored: bool,
         committed: &[Committed],
         now: Millis,
@@ -59,7 +61,8 @@ impl Hub {
                 "a schedule's tick could not be stored; it is tried again"
             );
         }
-        self.engine.fire_done(schedule, stored, committed, now);
+        self.engine
+            .fire_done(schedule, tick, stored, committed, now);
     }
 
     /// Whether `op` is a schedule change (then `start_schedule_change` takes it).

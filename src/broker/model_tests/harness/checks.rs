@@ -1,7 +1,8 @@
 //! The model test's agreement checks: after every operation the engine's counts,
-//! wake-up and the store stand-in agree with the model; after a dispatch nothing
-//! deliverable is left waiting; a retry follows the queue's backoff; and the final
-//! drain (liveness).
+//! wake-up, schedules and the store stand-in agree with the model; after a dispatch
+//! nothing deliverable is left waiting (within the in-flight cap and the rate limit);
+//! no window of time sees more deliveries than the rate limit allows; a retry follows
+//! the queue's backoff; and the final drain (liveness).
 
 use super::*;
 
@@ -9,6 +10,7 @@ impl Harness {
     /// Liveness: with every old connection gone, one consumer that acks everything and
     /// enough time, every task that is neither acked nor dead is delivered and acked.
     pub(in crate::broker::model_tests) fn drain(&mut self) {
+        self.complete_fires();
         for slot in 0..SLOTS as u8 {
             self.disconnect(slot);
         }
@@ -23,14 +25,15 @@ impl Harness {
             .map(|(&id, _)| id)
             .collect();
         let mut delivered = BTreeSet::new();
-        // The capped queue gives at most its cap per round.
+        // The capped queue gives at most its cap per round, the rate-limited one its
+        // burst; a task with an expiry expires in the first round.
         for _ in 0..8 + waiting.len() {
             if !self.tasks.values().any(MTask::is_pending) {
                 break;
             }
             // Past any delay, backoff or lease used here.
             self.now += 600_000;
-            self.dispatch();
+            self.dispatch(true);
             for h in std::mem::take(&mut self.dispatched) {
                 delivered.insert(h.task);
                 assert_eq!(
@@ -45,11 +48,16 @@ impl Harness {
             }
             self.check_agreement();
         }
-        let stuck: Vec<_> = waiting.difference(&delivered).collect();
+        let stuck: Vec<_> = waiting
+            .difference(&delivered)
+            .filter(|id| self.tasks[id].last_error.as_deref() != Some(REASON_EXPIRED))
+            .filter(|id| self.tasks[id].state != MState::Dropped)
+            .collect();
         assert!(stuck.is_empty(), "never delivered again: {stuck:?}");
         assert!(
             self.store
                 .current
+                .tasks
                 .values()
                 .all(|s| s.status == TaskStatus::Dead),
             "only dead tasks are left in the store"
@@ -57,8 +65,10 @@ impl Harness {
     }
 
     /// After a dispatch, no queue has a ready task while one of its subscriptions has
-    /// free credit, unless the queue's max_in_flight is reached.
-    pub(super) fn check_work_conserving(&self) {
+    /// free credit, unless the queue's max_in_flight is reached or its rate limit has
+    /// no delivery to give now. The rate-limited queue is woken by a tick, so it is
+    /// checked only after a `ticked` dispatch.
+    pub(super) fn check_work_conserving(&self, ticked: bool) {
         for (q, name) in QUEUES.iter().enumerate() {
             let ready = self
                 .tasks
@@ -69,6 +79,9 @@ impl Harness {
             if ready == 0 || (cap > 0 && self.leased_in(q) >= cap) {
                 continue; // nothing to give, or the queue's cap holds it back
             }
+            if queue_config(q).rate_limit > 0 && (!ticked || self.bucket_milli(q) < 1_000) {
+                continue; // no token
+            }
             for s in self.subs.iter().filter(|s| s.queue == q) {
                 assert!(
                     self.in_flight(s.uid) >= s.prefetch,
@@ -78,6 +91,63 @@ impl Harness {
                 );
             }
         }
+    }
+
+    /// The rate limit, after a delivery of queue `q` now: in every window of time
+    /// that starts at a delivery, the queue delivered at most `burst + rate x
+    /// elapsed`.
+    pub(super) fn check_rate_windows(&mut self, q: usize) {
+        let cfg = queue_config(q);
+        if cfg.rate_limit == 0 {
+            return;
+        }
+        let now = self.now;
+        let times = &mut self.delivered_at[q];
+        times.push(now);
+        let (burst, rate) = (u64::from(cfg.effective_burst()), u64::from(cfg.rate_limit));
+        for (k, &start) in times.iter().enumerate() {
+            let count = (times.len() - k) as u64;
+            let allowed = burst + rate * (now - start) / 1_000;
+            assert!(
+                count <= allowed,
+                "queue {}: {count} deliveries in [{start}, {now}], allowed {allowed}",
+                QUEUES[q]
+            );
+        }
+    }
+
+    /// What the rate limit lets queue `q` deliver now, in thousandths of a delivery:
+    /// a full bucket holds `burst`, it earns `rate` per second, and each delivery
+    /// takes one; the bucket after the deliveries so far is the least of what each
+    /// window starting at a delivery leaves.
+    fn bucket_milli(&self, q: usize) -> i64 {
+        let cfg = queue_config(q);
+        let burst = i64::from(cfg.effective_burst()) * 1_000;
+        let rate = i64::from(cfg.rate_limit);
+        let times = &self.delivered_at[q];
+        let now = self.now as i64;
+        times
+            .iter()
+            .enumerate()
+            .map(|(k, &start)| {
+                let count = (times.len() - k) as i64;
+                burst + rate * (now - start as i64) - 1_000 * count
+            })
+            .fold(burst, i64::min)
+    }
+
+    /// When the rate limit gives queue `q` its next delivery (see `bucket_milli`).
+    fn next_token_at(&self, q: usize) -> Millis {
+        let cfg = queue_config(q);
+        let burst = u64::from(cfg.effective_burst()) * 1_000;
+        let rate = u64::from(cfg.rate_limit);
+        let times = &self.delivered_at[q];
+        let mut at = self.now;
+        for (k, &start) in times.iter().enumerate() {
+            let need = 1_000 * ((times.len() - k) as u64 + 1);
+            at = at.max(start + need.saturating_sub(burst).div_ceil(rate));
+        }
+        at
     }
 
     /// The engine's counters, its wake-up and the store all agree with the model.
@@ -97,7 +167,7 @@ impl Harness {
                     MState::Ready { delayed: true, .. } => want.1 += 1,
                     MState::Leased { .. } => want.2 += 1,
                     MState::Dead => want.3 += 1,
-                    MState::Acked => {}
+                    MState::Acked | MState::Dropped | MState::Submitted => {}
                 }
             }
             want.4 = self.subs.iter().filter(|s| s.queue == q).count() as u64;
@@ -110,18 +180,20 @@ impl Harness {
         assert_eq!(self.engine.lease_count() as u64, leased_total);
         self.check_store();
         self.check_wakeup();
+        self.check_schedules();
     }
 
     pub(super) fn check_store(&self) {
-        let stored = &self.store.current;
+        let stored = &self.store.current.tasks;
         for (id, t) in &self.tasks {
             let rec = stored.get(id);
             let Some(rec) = rec else {
-                assert_eq!(t.state, MState::Acked, "task {id} is not stored");
+                assert!(t.is_gone(), "task {id} is not stored: {t:?}");
                 continue;
             };
             let (status, not_before) = match t.state {
-                MState::Acked => panic!("acked task {id} is still stored"),
+                MState::Acked | MState::Dropped => panic!("task {id} is still stored: {t:?}"),
+                MState::Submitted => (TaskStatus::Pending, 0),
                 MState::Dead => (TaskStatus::Dead, rec.not_before_ms),
                 MState::Ready { not_before, .. } | MState::Leased { not_before, .. } => {
                     (TaskStatus::Pending, not_before)
@@ -133,30 +205,40 @@ impl Harness {
                 (status, attempts, not_before, &t.last_error),
                 "stored state of task {id} (status, attempts, not_before, last_error)"
             );
+            assert_eq!(rec.expires_ms, t.expires_ms, "task {id}'s stored expiry");
         }
-        let pending = self
-            .tasks
-            .values()
-            .filter(|t| t.state != MState::Acked)
-            .count();
+        let pending = self.tasks.values().filter(|t| !t.is_gone()).count();
         assert_eq!(stored.len(), pending, "no records beyond the model's");
     }
 
-    /// The hub sleeps until `next_wakeup`: it must not be later than the first due
-    /// lease deadline or delayed task.
+    /// The hub sleeps until `next_wakeup` when no queue needs a dispatch: it must not
+    /// be later than the first due lease deadline, delayed task, expiry, or (for a
+    /// rate-limited queue with work and credit) next token.
     pub(super) fn check_wakeup(&self) {
-        let due = self
-            .tasks
-            .values()
-            .filter_map(|t| match t.state {
-                MState::Leased { deadline, .. } => Some(deadline),
-                MState::Ready {
-                    not_before,
-                    delayed: true,
-                } => Some(not_before),
-                _ => None,
-            })
-            .min();
+        let tasks = self.tasks.values().filter_map(|t| match t.state {
+            MState::Leased { deadline, .. } => Some(deadline),
+            MState::Ready {
+                not_before,
+                delayed: true,
+            } if t.expiry > 0 => Some(not_before.min(t.expiry)),
+            MState::Ready {
+                not_before,
+                delayed: true,
+            } => Some(not_before),
+            MState::Ready { .. } if t.expiry > 0 => Some(t.expiry),
+            _ => None,
+        });
+        let throttled = (0..QUEUES.len()).filter_map(|q| {
+            let waiting = queue_config(q).rate_limit > 0
+                && !self.engine.needs_dispatch()
+                && self.tasks.values().any(|t| t.queue == q && t.is_ready())
+                && self
+                    .subs
+                    .iter()
+                    .any(|s| s.queue == q && self.in_flight(s.uid) < s.prefetch);
+            waiting.then(|| self.next_token_at(q))
+        });
+        let due = tasks.chain(throttled).min();
         if let Some(due) = due {
             let wake = self.engine.next_wakeup();
             assert!(

@@ -1,8 +1,9 @@
 //! The model test's harness: the reference model of every task (`MTask`), the
 //! subscriptions it knows, and `Harness`, which runs each operation on the engine and
-//! on the model and checks that they agree (deliveries, counts, stored state,
-//! wake-ups), including across restarts. The operations, the store stand-in and the
-//! regression tests are in the parent module.
+//! on the model and checks that they agree (deliveries, expiry, counts, stored state,
+//! wake-ups), including across restarts. Settlements are in `settle.rs`, schedules in
+//! `schedules.rs`, the agreement checks in `checks.rs`; the operations, the store
+//! stand-in and the regression tests are in the parent module.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
@@ -13,7 +14,12 @@ use bytes::Bytes;
 use super::*;
 
 mod checks;
+mod restart;
+mod schedules;
+mod settle;
 use checks::check_backoff;
+use schedules::{MSched, PendingFire};
+
 // ---------------------------------------------------------------------------------
 // The reference model.
 
@@ -35,6 +41,11 @@ enum MState {
     },
     Acked,
     Dead,
+    /// Removed unstarted at its expiry (its queue drops expired tasks).
+    Dropped,
+    /// Inserted by a schedule's fire whose job has not completed: stored (unless a
+    /// crash loses the job) but not yet in the engine.
+    Submitted,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +61,10 @@ struct MTask {
     phantom: bool,
     state: MState,
     last_error: Option<String>,
+    /// The expiry it was published with (0 = none), as stored.
+    expires_ms: Millis,
+    /// The expiry that still applies: `expires_ms` until its first delivery, 0 after.
+    expiry: Millis,
 }
 
 impl MTask {
@@ -81,6 +96,16 @@ impl MTask {
 
     fn is_pending(&self) -> bool {
         matches!(self.state, MState::Ready { .. } | MState::Leased { .. })
+    }
+
+    /// Waiting (ready or delayed) with an expiry that has come.
+    fn expiry_due(&self, now: Millis) -> bool {
+        matches!(self.state, MState::Ready { .. }) && self.expiry > 0 && self.expiry <= now
+    }
+
+    /// Gone from the store for good (unless a crash loses the unconfirmed removal).
+    fn is_gone(&self) -> bool {
+        matches!(self.state, MState::Acked | MState::Dropped)
     }
 }
 
@@ -123,6 +148,12 @@ pub(super) struct Harness {
     dispatched: Vec<Handed>,
     /// Every lease token ever handed out, across restarts.
     tokens: HashSet<u64>,
+    /// Per queue, the time of each delivery since the engine started (rate limits).
+    delivered_at: [Vec<Millis>; QUEUES.len()],
+    /// The schedules, by name.
+    scheds: BTreeMap<Arc<str>, MSched>,
+    /// Fires whose jobs were submitted and have not completed, oldest first.
+    fires: VecDeque<PendingFire>,
 }
 
 impl Harness {
@@ -140,6 +171,9 @@ impl Harness {
             handed: VecDeque::new(),
             dispatched: Vec::new(),
             tokens: HashSet::new(),
+            delivered_at: Default::default(),
+            scheds: BTreeMap::new(),
+            fires: VecDeque::new(),
         }
     }
 
@@ -151,10 +185,11 @@ impl Harness {
                 delay_ms,
                 max_attempts,
                 lease_ms,
+                expires_in,
             } => self.publish(
                 usize::from(queue) % QUEUES.len(),
                 i32::from(priority),
-                delay_ms,
+                (delay_ms, expires_in),
                 u32::from(max_attempts),
                 u64::from(lease_ms),
             ),
@@ -173,17 +208,30 @@ impl Harness {
                 );
             }
             Op::Unsubscribe { conn, sub } => self.unsubscribe(conn, SubId::from(sub)),
-            Op::Dispatch => self.dispatch(),
+            Op::Dispatch => self.dispatch(true),
+            Op::DispatchUnticked => self.dispatch(false),
             Op::Tick => self.tick(),
             Op::Ack { pick, stranger } => self.ack(pick, stranger),
             Op::Nack { pick, mode, reason } => {
                 self.nack(pick, mode, if reason { "boom" } else { "" })
             }
             Op::Extend { pick, ms } => self.extend(pick, ms),
+            Op::Release { pick } => self.release(pick),
             Op::Undeliverable { pick } => self.undeliverable(pick),
             Op::Advance { ms } => self.now += ms,
             Op::Disconnect { conn } => self.disconnect(conn),
-            Op::Restart { keep } => self.restart(keep),
+            Op::AddSchedule {
+                name,
+                queue,
+                cron,
+                catch_up,
+                priority,
+            } => self.add_schedule(name, queue, cron, catch_up, priority),
+            Op::RemoveSchedule { name } => self.remove_schedule(name),
+            Op::PauseSchedule { name, paused } => self.pause_schedule(name, paused),
+            Op::Fire { how } => self.fire(how),
+            Op::FireDone => self.fire_done(),
+            Op::Restart { keep, down_ms } => self.restart(keep, down_ms),
         }
         self.check_agreement();
     }
@@ -199,10 +247,20 @@ impl Harness {
         conn
     }
 
-    fn publish(&mut self, q: usize, priority: i32, delay_ms: u64, max_attempts: u32, lease: u64) {
+    /// `times` is (delay, expires in), each 0 for none.
+    fn publish(
+        &mut self,
+        q: usize,
+        priority: i32,
+        times: (u64, u64),
+        max_attempts: u32,
+        lease: u64,
+    ) {
         let (id, now) = (self.next_task, self.now);
         self.next_task += 1;
+        let (delay_ms, expires_in) = times;
         let not_before = if delay_ms > 0 { now + delay_ms } else { 0 };
+        let expires_ms = if expires_in > 0 { now + expires_in } else { 0 };
         let queue: Arc<str> = Arc::from(QUEUES[q]);
         let state = TaskState {
             queue: queue.clone(),
@@ -215,7 +273,7 @@ impl Harness {
             created_ms: now,
             updated_ms: now,
             last_error: None,
-            expires_ms: 0,
+            expires_ms,
         };
         // As the server does: durable first, then handed to the engine.
         let body = TaskBody::default();
@@ -229,7 +287,7 @@ impl Harness {
                 not_before_ms: not_before,
                 max_attempts,
                 lease_ms: lease,
-                expires_ms: 0,
+                expires_ms,
             }],
             now,
         );
@@ -245,6 +303,8 @@ impl Harness {
                 delayed: not_before > now,
             },
             last_error: None,
+            expires_ms,
+            expiry: expires_ms,
         };
         self.tasks.insert(id, task);
     }
@@ -283,7 +343,8 @@ impl Harness {
         }
     }
 
-    /// Expires due leases and releases due delayed tasks.
+    /// Expires due leases, releases due delayed tasks and expires the tasks not
+    /// started by their expiry.
     fn tick(&mut self) {
         let now = self.now;
         let mut due: BTreeSet<TaskId> = self
@@ -295,24 +356,23 @@ impl Harness {
         let mut out = Vec::new();
         self.engine.tick(now, &mut out);
         for effect in out {
-            let Effect::Persist(m @ Mutation::Patch { .. }) = effect else {
-                panic!("tick only persists lease endings, got {effect:?}");
+            let Effect::Persist(m) = effect else {
+                panic!("tick delivers nothing, got {effect:?}");
             };
-            let Mutation::Patch { id, patch } = &m else {
-                unreachable!()
-            };
-            assert!(
-                due.remove(id),
-                "task {id} expired although it had no due lease"
-            );
-            self.end_lease(*id, patch, Ending::Expired);
+            match &m {
+                Mutation::Patch { id, patch } if due.remove(id) => {
+                    self.end_lease(*id, patch, Ending::Expired);
+                }
+                _ => self.expired(&m),
+            }
             self.store.persist(m, false);
         }
         assert!(
             due.is_empty(),
             "leases past their deadline survived: {due:?}"
         );
-        for t in self.tasks.values_mut() {
+        for (id, t) in self.tasks.iter_mut() {
+            assert!(!t.expiry_due(now), "task {id} not expired at {now}: {t:?}");
             if let MState::Ready {
                 not_before,
                 delayed,
@@ -322,6 +382,40 @@ impl Harness {
                     *delayed = false;
                 }
             }
+        }
+    }
+
+    /// A task left unstarted at its expiry: dead with reason `expired`, or removed
+    /// when its queue drops expired tasks.
+    fn expired(&mut self, m: &Mutation) {
+        let now = self.now;
+        let (id, dropped) = match m {
+            Mutation::Patch { id, patch } => {
+                let want = StatePatch {
+                    status: Some(TaskStatus::Dead),
+                    last_error: Some(Some(REASON_EXPIRED.to_owned())),
+                    updated_ms: now,
+                    ..StatePatch::default()
+                };
+                assert_eq!(patch, &want, "task {id} expired");
+                (*id, false)
+            }
+            Mutation::Remove { id } => (*id, true),
+            _ => panic!("expiry buries or removes a task, got {m:?}"),
+        };
+        let t = self.tasks.get_mut(&id).expect("known task");
+        assert!(t.expiry_due(now), "task {id} expired while {t:?} at {now}");
+        assert_eq!(
+            dropped,
+            queue_config(t.queue).drop_expired,
+            "task {id}: dropped iff its queue drops expired tasks"
+        );
+        t.expiry = 0;
+        if dropped {
+            t.state = MState::Dropped;
+        } else {
+            t.state = MState::Dead;
+            t.last_error = Some(REASON_EXPIRED.to_owned());
         }
     }
 
@@ -366,8 +460,11 @@ impl Harness {
         };
     }
 
-    fn dispatch(&mut self) {
-        self.tick();
+    /// A dispatch, after a tick when `ticked` (as the hub does).
+    fn dispatch(&mut self, ticked: bool) {
+        if ticked {
+            self.tick();
+        }
         let mut out = Vec::new();
         self.engine.dispatch(self.now, &mut out);
         self.dispatched.clear();
@@ -375,12 +472,14 @@ impl Harness {
         for effect in out {
             match effect {
                 Effect::Persist(m) => {
-                    let Mutation::Patch { id, patch } = &m else {
-                        panic!("dispatch persists attempt counts only, got {m:?}");
-                    };
-                    assert_eq!((patch.status, patch.not_before_ms), (None, None));
                     assert!(counted.is_none(), "one count per delivery");
-                    counted = Some((*id, patch.attempts.expect("attempts counted")));
+                    match &m {
+                        Mutation::Patch { id, patch } if patch.attempts.is_some() => {
+                            assert_eq!((patch.status, patch.not_before_ms), (None, None));
+                            counted = Some((*id, patch.attempts.unwrap_or_default()));
+                        }
+                        _ => self.expired_at_dispatch(&m),
+                    }
                     self.store.persist(m, false);
                 }
                 Effect::Deliver(d) => {
@@ -397,7 +496,29 @@ impl Harness {
             counted.is_none(),
             "an attempt was counted without a delivery"
         );
-        self.check_work_conserving();
+        self.check_work_conserving(ticked);
+    }
+
+    /// A dispatch found the task it was about to deliver past its expiry: it must be
+    /// the queue's best ready task, and is expired instead.
+    fn expired_at_dispatch(&mut self, m: &Mutation) {
+        let id = match m {
+            Mutation::Patch { id, .. } | Mutation::Remove { id } => *id,
+            _ => panic!("dispatch persists attempt counts and expiries only, got {m:?}"),
+        };
+        let q = self.tasks.get(&id).map(|t| t.queue).expect("known task");
+        assert_eq!(self.best_ready(q), Some(id), "expired out of order");
+        self.expired(m);
+    }
+
+    /// The ready task of queue `q` a dispatch takes next: highest priority, FIFO
+    /// within a priority.
+    fn best_ready(&self, q: usize) -> Option<TaskId> {
+        self.tasks
+            .iter()
+            .filter(|(_, x)| x.queue == q && x.is_ready())
+            .max_by_key(|(&id, x)| (x.priority, Reverse(id)))
+            .map(|(&id, _)| id)
     }
 
     /// Tasks of queue `q` leased in the model.
@@ -436,14 +557,14 @@ impl Harness {
             d.task
         );
         assert_eq!(&*d.queue, QUEUES[t.queue]);
+        assert!(
+            t.expiry == 0 || t.expiry > now,
+            "task {} delivered at {now}, past its expiry {}",
+            d.task,
+            t.expiry
+        );
         // Priority order: the best ready task of the queue, FIFO within a priority.
-        let best = self
-            .tasks
-            .iter()
-            .filter(|(_, x)| x.queue == t.queue && x.is_ready())
-            .max_by_key(|(&id, x)| (x.priority, Reverse(id)))
-            .map(|(&id, _)| id);
-        assert_eq!(best, Some(d.task), "dispatch order");
+        assert_eq!(self.best_ready(t.queue), Some(d.task), "dispatch order");
         // Credit and balancing.
         let sub = self
             .subs
@@ -490,10 +611,12 @@ impl Harness {
         assert_eq!(d.priority, t.priority);
         assert!(self.tokens.insert(d.token), "token {} reused", d.token);
 
-        let (uid, deadline) = (sub.uid, d.deadline_ms);
+        let (uid, deadline, q) = (sub.uid, d.deadline_ms, t.queue);
+        self.check_rate_windows(q);
         let t = self.tasks.get_mut(&d.task).expect("known task");
         t.attempts += 1;
         t.phantom = false;
+        t.expiry = 0;
         t.state = MState::Leased {
             token: d.token,
             conn: d.conn,
@@ -510,186 +633,6 @@ impl Harness {
         self.handed.push_back(h);
         if self.handed.len() > HANDED {
             self.handed.pop_front();
-        }
-    }
-
-    fn pick(&self, pick: u16) -> Option<Handed> {
-        if self.handed.is_empty() {
-            return None;
-        }
-        Some(self.handed[usize::from(pick) % self.handed.len()])
-    }
-
-    /// Whether `token` on `conn` is the task's live lease in the model. A lease past
-    /// its deadline stays live until a tick expires it (the hub settles commands
-    /// before it ticks); nobody else can hold the task meanwhile.
-    fn live(&self, task: TaskId, on: ConnId, with: u64) -> bool {
-        matches!(self.tasks.get(&task).map(|t| &t.state),
-            Some(MState::Leased { token, conn, .. }) if *token == with && *conn == on)
-    }
-
-    fn ack(&mut self, pick: u16, stranger: bool) {
-        let Some(h) = self.pick(pick) else { return };
-        let conn = if stranger { STRANGER } else { h.conn };
-        let live = self.live(h.task, conn, h.token);
-        let got = self
-            .engine
-            .ack(conn, h.task, h.token, Bytes::new(), self.now);
-        if !live {
-            assert_eq!(got, Err(EngineError::LeaseExpired { task: h.task }));
-            return;
-        }
-        assert_eq!(got, Ok(Mutation::Remove { id: h.task }));
-        self.store.persist(Mutation::Remove { id: h.task }, true);
-        if let Some(t) = self.tasks.get_mut(&h.task) {
-            t.state = MState::Acked;
-        }
-    }
-
-    fn nack(&mut self, pick: u16, mode: NackOp, reason: &str) {
-        let Some(h) = self.pick(pick) else { return };
-        let live = self.live(h.task, h.conn, h.token);
-        let engine_mode = match mode {
-            NackOp::Backoff => NackMode::Backoff,
-            NackOp::After(ms) => NackMode::After(ms),
-            NackOp::Dead => NackMode::Dead,
-        };
-        let got = self
-            .engine
-            .nack(h.conn, h.task, h.token, engine_mode, reason, self.now);
-        if !live {
-            assert_eq!(got, Err(EngineError::LeaseExpired { task: h.task }));
-            return;
-        }
-        let m = got.expect("live lease nacked");
-        let Mutation::Patch { id, patch } = &m else {
-            panic!("a nack persists a patch, got {m:?}");
-        };
-        assert_eq!(*id, h.task);
-        self.end_lease(h.task, patch, Ending::Nack(mode, reason));
-        self.store.persist(m, true);
-    }
-
-    fn extend(&mut self, pick: u16, ms: u64) {
-        let Some(h) = self.pick(pick) else { return };
-        let now = self.now;
-        let live = self.live(h.task, h.conn, h.token);
-        let got = self.engine.extend(h.conn, h.task, h.token, ms, now);
-        let t = self.tasks.get_mut(&h.task).expect("known task");
-        match &mut t.state {
-            MState::Leased { deadline, .. } if live && *deadline > now => {
-                *deadline = now + ms.min(MAX_LEASE_MS);
-                assert_eq!(got, Ok(*deadline));
-            }
-            _ => assert_eq!(got, Err(EngineError::LeaseExpired { task: h.task })),
-        }
-    }
-
-    /// The hub could not read the body: the task is ready again at once, and the
-    /// delivery that never left does not count as an attempt.
-    fn undeliverable(&mut self, pick: u16) {
-        let Some(h) = self.pick(pick) else { return };
-        let live = self.live(h.task, h.conn, h.token);
-        self.engine
-            .undeliverable(h.conn, h.task, h.token, true, self.now);
-        if !live {
-            return;
-        }
-        let t = self.tasks.get_mut(&h.task).expect("known task");
-        let MState::Leased { not_before, .. } = t.state else {
-            unreachable!("live lease")
-        };
-        t.attempts -= 1;
-        t.phantom = true;
-        t.state = MState::Ready {
-            not_before,
-            delayed: false,
-        };
-    }
-
-    fn disconnect(&mut self, slot: u8) {
-        let now = self.now;
-        let Some(conn) = self.slots[usize::from(slot) % SLOTS].take() else {
-            let mut out = Vec::new();
-            self.engine.disconnect(STRANGER, now, &mut out);
-            assert!(out.is_empty(), "an unknown connection holds nothing");
-            return;
-        };
-        self.subs.retain(|s| s.conn != conn);
-        let mut held: BTreeSet<TaskId> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| matches!(t.state, MState::Leased { conn: c, .. } if c == conn))
-            .map(|(&id, _)| id)
-            .collect();
-        let mut out = Vec::new();
-        self.engine.disconnect(conn, now, &mut out);
-        for effect in out {
-            let Effect::Persist(m @ Mutation::Patch { .. }) = effect else {
-                panic!("disconnect only persists releases, got {effect:?}");
-            };
-            let Mutation::Patch { id, patch } = &m else {
-                unreachable!()
-            };
-            assert!(held.remove(id), "task {id} released but not held by {conn}");
-            self.end_lease(*id, patch, Ending::Disconnected);
-            self.store.persist(m, false);
-        }
-        assert!(held.is_empty(), "leases of {conn} not released: {held:?}");
-    }
-
-    /// kill -9 and start again: connections are gone, the store keeps what a crash
-    /// keeps, and a fresh engine is rebuilt from it in id order.
-    fn restart(&mut self, keep: u8) {
-        self.now += 1;
-        let now = self.now;
-        self.store.crash(keep);
-        self.engine = new_engine(now);
-        self.slots = [None; SLOTS];
-        self.subs.clear();
-        // Connection ids start again at 1 in a new process: stale deliveries held by
-        // clients now carry ids of other connections, and only tokens fence them.
-        self.next_conn = 1;
-        let mut buried = BTreeSet::new();
-        for (id, t) in self.tasks.iter_mut() {
-            let Some(rec) = self.store.durable.get(id) else {
-                assert_eq!(t.state, MState::Acked, "task {id} lost without an ack");
-                continue;
-            };
-            assert_ne!(t.state, MState::Acked, "acked task {id} came back");
-            t.attempts = rec.attempts;
-            t.phantom = false;
-            t.last_error = rec.last_error.clone();
-            t.state = match rec.status {
-                TaskStatus::Dead => MState::Dead,
-                TaskStatus::Succeeded => panic!("the engine never keeps results"),
-                // Leases are not persisted: a leased task is pending again with its
-                // attempts counted, or dead if that was its last one.
-                TaskStatus::Pending if t.exhausted() => {
-                    buried.insert(*id);
-                    t.last_error = Some(REASON_RESTARTED.to_owned());
-                    MState::Dead
-                }
-                TaskStatus::Pending => MState::Ready {
-                    not_before: rec.not_before_ms,
-                    delayed: rec.not_before_ms > now,
-                },
-            };
-        }
-        let durable = self.store.durable.clone();
-        for (id, state) in &durable {
-            match self.engine.recover_task(*id, state, now) {
-                Some(m) => {
-                    assert!(buried.remove(id), "task {id} buried at recovery");
-                    let Mutation::Patch { patch, .. } = &m else {
-                        panic!("recovery fixes are patches, got {m:?}");
-                    };
-                    assert_eq!(patch.status, Some(TaskStatus::Dead));
-                    assert_eq!(patch.last_error, Some(Some(REASON_RESTARTED.into())));
-                    self.store.persist(m, false);
-                }
-                None => assert!(!buried.contains(id), "task {id} not buried at recovery"),
-            }
         }
     }
 }
