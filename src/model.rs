@@ -227,6 +227,18 @@ pub enum Mutation {
         /// Schedule name.
         name: Arc<str>,
     },
+    /// Cluster mode only: the Raft log entry (its leader's term and node, its index)
+    /// whose mutations this job applies, recorded in the same batch so that a restart
+    /// re-applies exactly from the next entry. Written by the state machine
+    /// (`cluster/state.rs`), never by the broker.
+    Applied {
+        /// Term of the leader that wrote the entry.
+        term: u64,
+        /// That leader's node id.
+        node: u64,
+        /// The entry's index.
+        index: u64,
+    },
 }
 
 /// What a schedule does with ticks that passed while it could not fire (the broker

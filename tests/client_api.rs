@@ -520,6 +520,7 @@ async fn a_silent_broker_times_out_connect_and_requests() {
                                         server_version: "silent".into(),
                                         node_id: "silent".into(),
                                         limits: None,
+                                        cluster: None,
                                     })),
                                 })),
                             };

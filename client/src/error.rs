@@ -140,6 +140,12 @@ impl ClientError {
             | ClientError::Invalid { .. }
             | ClientError::Config(_)
             | ClientError::LeaseExpired { .. } => true,
+            // A cluster member that stopped leading refuses a change it had already
+            // proposed with NOT_LEADER: that one may still commit.
+            ClientError::Server {
+                code: ErrorCode::NotLeader,
+                ..
+            } => false,
             // A typed refusal means the broker rejected the request as a whole.
             ClientError::Server { .. } => true,
             _ => false,

@@ -15,6 +15,20 @@ pub struct ServerInfo {
     pub node_id: String,
     /// The broker's limits; the client checks requests against them before sending.
     pub limits: Limits,
+    /// Set when the broker is the leader of a cluster (the only member that serves
+    /// clients): the cluster and its members.
+    pub cluster: Option<ClusterInfo>,
+}
+
+/// The cluster a leader announced in its `HelloOk`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The same for every member of one cluster, different for another cluster.
+    pub cluster_id: String,
+    /// The leader's node id.
+    pub leader: u64,
+    /// Every member: node id and client address.
+    pub members: Vec<(u64, String)>,
 }
 
 /// The broker's resource limits. A value of 0 means the broker did not announce it
@@ -42,6 +56,15 @@ impl From<v1::HelloOk> for ServerInfo {
             server_version: ok.server_version,
             node_id: ok.node_id,
             limits: ok.limits.map(Limits::from).unwrap_or_default(),
+            cluster: ok.cluster.map(|c| ClusterInfo {
+                cluster_id: c.cluster_id,
+                leader: c.leader,
+                members: c
+                    .members
+                    .into_iter()
+                    .map(|m| (m.node_id, m.client_addr))
+                    .collect(),
+            }),
         }
     }
 }

@@ -216,7 +216,7 @@ pub use config::{
 };
 pub use delivery::{Delivery, Task};
 pub use error::{ClientError, Result};
-pub use info::{Limits, ServerInfo};
+pub use info::{ClusterInfo, Limits, ServerInfo};
 pub use publish::{Message, PublishOptions, Published, TaskId};
 pub use rendezvous::{rendezvous_owner, rendezvous_weight};
 pub use schedule::{CatchUp, ScheduleInfo, ScheduleSpec};

@@ -365,6 +365,14 @@ impl Engine {
         self.delivery_window = window.filter(|&w| w > 0);
     }
 
+    /// Cluster mode: this engine serves as the leader of Raft term `term`, and its
+    /// lease tokens carry the term in their high 24 bits. A token given by a leader
+    /// of another term (another engine) is then never one this engine gave, so an
+    /// ack or extend with it is `LeaseExpired`, whatever the two nodes' clocks say.
+    pub fn set_token_epoch(&mut self, term: u64) {
+        self.next_token = (term << 40).max(1);
+    }
+
     /// `n` deliveries to `conn` were written (or dropped) by its connection.
     pub fn written(&mut self, conn: ConnId, n: u32) {
         let Some(window) = self.delivery_window else {

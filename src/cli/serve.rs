@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use squall::cluster::Node;
 use squall::config::{ConfigError, Settings};
 use squall::server::{self, ServerError};
 use tracing::info;
@@ -126,9 +125,10 @@ pub struct ServeArgs {
     /// Default idempotency-key window of new queues [default: 5m].
     #[arg(long, alias = "default-dedup-window", value_name = "DURATION")]
     queue_dedup_window: Option<String>,
-    /// Cluster port (node-to-node traffic); with it this node is a cluster member and
-    /// --node-id its number. In progress: only the membership is replicated and a
-    /// leader elected, queues are not [default: off].
+    /// Cluster port (node-to-node traffic); with it this node is a member of a Raft
+    /// group that replicates every queue, --node-id is its number, and it serves
+    /// clients only while it leads (in progress: no snapshots, the Raft log is never
+    /// purged; docs/design/replication.md) [default: off].
     #[arg(long, value_name = "ADDR|off")]
     cluster_listen: Option<String>,
     /// Members of a new cluster, this node included: ID@HOST:PORT of their cluster
@@ -226,24 +226,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
     // says it listens must shut it down gracefully, not kill it.
     let signalled = shutdown_signal();
     let cluster = settings.cluster.clone();
-    let node_id = cluster.node_id(&settings.server);
-    let client_addr = cluster.client_addr(&settings.server);
-    let data_dir = settings.server.data_dir.clone();
-    let handle = match server::start(settings.server).await {
+    let member = cluster
+        .node_id(&settings.server)
+        .map(|id| server::ClusterMember {
+            id,
+            client_addr: cluster.client_addr(&settings.server),
+            config: cluster,
+        });
+    // A cluster member starts its Raft node once the broker holds its data directory
+    // (the lock) and its store is open.
+    let handle = match server::start_with(settings.server, member).await {
         Ok(h) => h,
         Err(e @ ServerError::Config(_)) => return Err(usage(e.to_string())),
         Err(e) => return Err(e.into()),
-    };
-    // The cluster member starts once the broker holds its data directory (the lock).
-    let node = match node_id {
-        Some(id) => match Node::start(id, &cluster, client_addr, &data_dir).await {
-            Ok(node) => Some(node),
-            Err(e) => {
-                let _ = handle.shutdown().await;
-                return Err(e.into());
-            }
-        },
-        None => None,
     };
     let stop = handle.shutdown_token();
     tokio::spawn(async move {
@@ -251,11 +246,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<ExitCode> {
         info!("signal received: shutting down gracefully");
         stop.cancel();
     });
-    let served = handle.wait().await;
-    if let Some(node) = node {
-        node.shutdown().await;
-    }
-    served?;
+    handle.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,20 +1,21 @@
-//! Replication on openraft (issue 15, in progress): one Raft group per cluster. Here
-//! live the type configuration (`types.rs`), the conversion to the node-to-node
-//! protocol (`codec.rs`), the Raft log on the journal's segment format (`log.rs`), the
-//! state machine (`state.rs`), the cluster port (`net.rs`), membership changes
-//! (`membership.rs`), and the node that ties
-//! them together and forms a new cluster by itself (this file).
+//! Replication on openraft (issue 15, in progress): one Raft group per cluster whose
+//! state machine is the queue state. Here live the type configuration (`types.rs`),
+//! the conversion to the node-to-node protocol (`codec/`), the Raft log on the
+//! journal's segment format (`log.rs`), the leader's proposals of the broker's store
+//! jobs (`replicate.rs`), the state machine that applies committed jobs to the store
+//! (`state.rs`), the cluster port (`net.rs`), membership changes (`membership.rs`),
+//! and the node that ties them together and forms a new cluster by itself (this file).
 //!
-//! What this version replicates: the membership (who the members are, their client
-//! and cluster addresses) and the leader's term. What it does NOT replicate yet: the
-//! queues. Each node still serves its own queues from its own store, as a single node
-//! does; `types::Command` is empty. Sockets of the client port and the broker's state
-//! are not touched here.
+//! Sockets of the client port and the broker's engine are not touched here: what the
+//! broker does when this node gains or loses the leadership is `server/lead.rs`.
+//! Not yet: snapshots of the queue state (the log is never purged), TLS between
+//! nodes (docs/design/replication.md).
 
 pub mod codec;
 pub mod log;
 pub mod membership;
 pub mod net;
+pub mod replicate;
 pub mod state;
 pub mod types;
 
@@ -30,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ClusterConfig, Peer};
+use crate::store::{Store, WriterHandle};
+use replicate::{Applying, Pending, Proposer};
 use types::{Member, NodeId, Raft};
 
 /// Name of the cluster's directory inside the data directory.
@@ -66,18 +69,27 @@ pub enum ClusterError {
 }
 
 /// The openraft settings of a Squall cluster: heartbeats and election timeouts for a
-/// LAN (a new leader within about a second of the old one's death), a snapshot every
-/// 1,000 entries so that the log is purged behind it.
+/// LAN (a new leader within about a second of the old one's death). No snapshots:
+/// they do not hold the queue state yet, so the log is never purged (a lagging or
+/// new member is sent every entry since the first).
 pub fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "squall".to_owned(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         ..openraft::Config::default()
     }
+}
+
+/// A number for this run of the broker: proposals of an earlier run of the same node
+/// (still in the log after a restart) must not match a job of this one.
+fn run_number() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 48)
 }
 
 /// A running cluster member: the Raft node, its cluster port, and the formation task.
@@ -91,14 +103,19 @@ pub struct Node {
 
 impl Node {
     /// Opens the Raft data in `data_dir/raft`, binds the cluster port and starts the
-    /// node. A node whose log is empty forms the cluster with `cluster.peers` once a
-    /// majority of them answers, unless one of them already belongs to a cluster.
-    pub async fn start(
+    /// node, whose state machine applies committed entries to `store` through
+    /// `writer` (the store's own handle). Returns the node and the route that the
+    /// broker's store jobs must take (`WriterHandle::routed`). A node whose log is
+    /// empty forms the cluster with `cluster.peers` once a majority of them answers,
+    /// unless one of them already belongs to a cluster.
+    pub async fn start<C: Applying>(
         id: NodeId,
         config: &ClusterConfig,
         client_addr: String,
         data_dir: &Path,
-    ) -> Result<Node, ClusterError> {
+        store: Store,
+        writer: WriterHandle<C>,
+    ) -> Result<(Node, Arc<Proposer<C>>), ClusterError> {
         let listen = config
             .listen
             .ok_or_else(|| ClusterError::Raft("cluster.listen is not set".into()))?;
@@ -108,7 +125,10 @@ impl Node {
             source,
         };
         let log = log::LogStore::open(&dir).map_err(storage)?;
-        let machine = state::StateMachine::open(&dir).map_err(storage)?;
+        let run = run_number();
+        let pending: Pending<C> = Pending::default();
+        let machine = state::StateMachine::open(&dir, store, writer, pending.clone(), id, run)
+            .map_err(storage)?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ClusterError::Bind {
@@ -151,19 +171,27 @@ impl Node {
             token,
         };
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
+        let (proposer, proposals) = Proposer::new(id, run, pending.clone(), raft.metrics());
+        tasks.spawn(replicate::propose(
+            raft.clone(),
+            proposals,
+            pending,
+            stop.clone(),
+        ));
         tracing::info!(
             node = id,
             cluster_addr = %local_addr,
             peers = config.peers.len(),
-            "cluster node started (membership and leader election only: queues are not replicated yet)"
+            "cluster node started"
         );
-        Ok(Node {
+        let node = Node {
             id,
             raft,
             local_addr,
             stop,
             tasks,
-        })
+        };
+        Ok((node, Arc::new(proposer)))
     }
 
     /// This node's id.

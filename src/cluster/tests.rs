@@ -2,27 +2,83 @@
 //! and what survives a reopen (the process killed between any two calls).
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
 use super::log::LogStore;
+use super::replicate::{Applying, Pending};
 use super::state::StateMachine;
-use super::types::{Entry, LogId, Member, Membership, StorageError, TypeConfig, Vote};
+use super::types::{
+    Command, Entry, LogId, Member, Membership, Origin, StorageError, TypeConfig, Vote,
+};
+use super::RAFT_DIR;
+use crate::store::{Completion, FsyncMode, Store, StoreConfig, StoreError, Writer};
+
+/// A completion that calls a function (what the broker's `Done::Applied` does).
+struct Tell(Box<dyn FnOnce(Result<(), StoreError>) + Send>);
+
+impl Completion for Tell {
+    fn complete(self, result: Result<(), StoreError>) {
+        (self.0)(result)
+    }
+}
+
+impl Applying for Tell {
+    fn applying(then: Option<Tell>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Tell {
+        Tell(Box::new(move |result: Result<(), StoreError>| {
+            if let Some(then) = then {
+                then.complete(result.clone());
+            }
+            tell(result)
+        }))
+    }
+}
+
+type Machine = StateMachine<Tell>;
+
+/// This node's id and broker run in these tests.
+const NODE: u64 = 1;
+const RUN: u64 = 77;
+
+/// A store in `dir`, its writer, and the state machine on them.
+fn open_machine(dir: &Path, pending: Pending<Tell>) -> (Store, Writer<Tell>, Machine) {
+    let store = Store::open(&StoreConfig::new(dir, FsyncMode::Always)).expect("store opens");
+    let writer = store.start_writer::<Tell>();
+    let sm = StateMachine::open(
+        &dir.join(RAFT_DIR),
+        store.clone(),
+        writer.handle(),
+        pending,
+        NODE,
+        RUN,
+    )
+    .expect("state opens");
+    (store, writer, sm)
+}
+
+fn close(store: Store, writer: Writer<Tell>, sm: Machine) {
+    drop(sm);
+    writer.shutdown().expect("writer stops");
+    drop(store);
+}
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+impl StoreBuilder<TypeConfig, LogStore, Machine, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, Machine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = LogStore::open(dir.path()).expect("log opens");
-        let sm = StateMachine::open(dir.path()).expect("state opens");
+        let log = LogStore::open(&dir.path().join(RAFT_DIR)).expect("log opens");
+        // The writer is detached: its thread ends once the machine's handle is gone.
+        let (_store, _writer, sm) = open_machine(dir.path(), Pending::default());
         Ok((dir, log, sm))
     }
 }
 
-type Storage = Suite<TypeConfig, LogStore, StateMachine, Builder, tempfile::TempDir>;
+type Storage = Suite<TypeConfig, LogStore, Machine, Builder, tempfile::TempDir>;
 
 /// openraft's suite for storage implementations (`Suite::test_store`), every test of
 /// it but one: log state, reads, truncation, purge, vote, membership from log and
@@ -190,18 +246,19 @@ async fn an_append_with_a_gap_is_refused() {
 }
 
 /// The state machine's membership and applied id survive a reopen, and a snapshot
-/// built on one node installs on another.
+/// built on one node installs on another (no queue command applied: a snapshot holds
+/// the membership only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
     let a = tempfile::tempdir().unwrap();
-    let mut sm = StateMachine::open(a.path()).unwrap();
+    let (store, writer, mut sm) = open_machine(a.path(), Pending::default());
     let entry = Entry {
         log_id: log_id(1, 0),
         payload: EntryPayload::Membership(members()),
     };
     sm.apply([entry, blank(1, 1)]).await.unwrap();
-    drop(sm);
-    let mut sm = StateMachine::open(a.path()).unwrap();
+    close(store, writer, sm);
+    let (store, writer, mut sm) = open_machine(a.path(), Pending::default());
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1)));
     assert_eq!(membership.membership(), &members());
@@ -213,7 +270,7 @@ async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
         .unwrap();
 
     let b = tempfile::tempdir().unwrap();
-    let mut other = StateMachine::open(b.path()).unwrap();
+    let (other_store, other_writer, mut other) = open_machine(b.path(), Pending::default());
     let mut receiving = other.begin_receiving_snapshot().await.unwrap();
     let mut data = snapshot.snapshot;
     tokio::io::copy(&mut data, &mut receiving).await.unwrap();
@@ -221,9 +278,128 @@ async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
         .install_snapshot(&snapshot.meta, receiving)
         .await
         .unwrap();
-    drop(other);
-    let mut other = StateMachine::open(b.path()).unwrap();
+    close(other_store, other_writer, other);
+    let (other_store, other_writer, mut other) = open_machine(b.path(), Pending::default());
     assert_eq!(other.applied_state().await.unwrap().0, Some(log_id(1, 1)));
     let current = other.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta);
+    close(other_store, other_writer, other);
+    close(store, writer, sm);
+}
+
+fn insert(id: u64, queue: &str) -> crate::model::Mutation {
+    use crate::model::{NewTask, TaskBody, TaskState, TaskStatus};
+    crate::model::Mutation::Insert(Box::new(NewTask {
+        id,
+        state: TaskState {
+            queue: Arc::from(queue),
+            status: TaskStatus::Pending,
+            priority: 0,
+            attempts: 0,
+            max_attempts: 0,
+            lease_ms: 0,
+            not_before_ms: 0,
+            created_ms: 1_000,
+            updated_ms: 1_000,
+            last_error: None,
+            expires_ms: 0,
+        },
+        body: TaskBody {
+            created_ms: 1_000,
+            payload: bytes::Bytes::from_static(b"replicated"),
+            ..TaskBody::default()
+        },
+    }))
+}
+
+fn command(origin: Origin, muts: Vec<crate::model::Mutation>, term: u64, index: u64) -> Entry {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(Command::Mutations { origin, muts }),
+    }
+}
+
+/// Committed commands reach the store with the id of the entry that carried them, in
+/// one batch each; the proposer's completion runs only once its entry is applied
+/// (another run's proposal with the same number completes nothing); after a reopen
+/// the state machine reports the last applied entry, from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_commands_are_applied_to_the_store_and_recorded_with_their_log_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let pending: Pending<Tell> = Pending::default();
+    let (store, writer, mut sm) = open_machine(dir.path(), pending.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    pending.lock().insert(
+        5,
+        Tell(Box::new(move |r: Result<(), StoreError>| {
+            tx.send(r.is_ok()).unwrap();
+        })),
+    );
+    let other_run = Origin {
+        node: NODE,
+        run: RUN + 1,
+        seq: 5,
+    };
+    let mine = Origin {
+        node: NODE,
+        run: RUN,
+        seq: 5,
+    };
+    let membership = Entry {
+        log_id: log_id(1, 0),
+        payload: EntryPayload::Membership(members()),
+    };
+    sm.apply([
+        membership,
+        command(other_run, vec![insert(10, "a")], 1, 1),
+        blank(2, 2),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "another run's proposal completed a job of this run"
+    );
+    assert_eq!(pending.lock().len(), 1);
+    assert!(
+        store.get_state(10).unwrap().is_some(),
+        "the insert was applied"
+    );
+    assert_eq!(
+        store.raft_applied().unwrap(),
+        Some((1, 1, 1)),
+        "the store records the last command"
+    );
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(2, 2)));
+
+    sm.apply([command(mine, vec![insert(11, "a"), insert(12, "b")], 2, 3)])
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.try_recv(),
+        Ok(true),
+        "the proposer's job completed once applied"
+    );
+    assert!(pending.lock().is_empty());
+    assert_eq!(store.raft_applied().unwrap(), Some((2, 1, 3)));
+    close(store, writer, sm);
+
+    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(2, 3)));
+    assert_eq!(membership.membership(), &members());
+    for id in [10, 11, 12] {
+        assert!(
+            store.get_state(id).unwrap().is_some(),
+            "task {id} survived the reopen"
+        );
+    }
+    // Queue commands were applied: a membership-only snapshot would lose them.
+    assert!(sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .is_err());
+    close(store, writer, sm);
 }

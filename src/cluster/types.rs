@@ -24,12 +24,33 @@ impl fmt::Display for Member {
     }
 }
 
-/// A replicated command. None exists yet: the queue state (publishes, settlements,
-/// queue administration) is not replicated by this version, only the cluster's
-/// membership is (issue 15 continues). An empty enum, so that no code can pretend to
-/// replicate something.
+/// Who proposed a command: the leader's broker that submitted the job, so that its
+/// state machine can tell the job's submitter once the entry is applied. Other nodes
+/// ignore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The proposing node.
+    pub node: NodeId,
+    /// A number drawn when the proposing broker started: proposals of an earlier run
+    /// of the same node (still in the log after a restart) match no waiting job.
+    pub run: u64,
+    /// The proposal's number within its run.
+    pub seq: u64,
+}
+
+/// A replicated command: the queue state's changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {}
+pub enum Command {
+    /// The store mutations of one job of the leader's broker (what
+    /// `store::WriterHandle::submit` was given), applied in order, as one store job,
+    /// by every member's state machine.
+    Mutations {
+        /// Who proposed it.
+        origin: Origin,
+        /// The mutations, in order.
+        muts: Vec<crate::model::Mutation>,
+    },
+}
 
 openraft::declare_raft_types!(
     /// Squall's Raft types.

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use squall_proto::ErrorCode;
 use tracing::warn;
 
 use super::msg::{
@@ -15,6 +16,7 @@ use super::msg::{
 };
 use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
+use crate::cluster::replicate::Applying;
 use crate::model::{Millis, TaskId, TaskStatus};
 use crate::store::{Completion, JobReport, Store, StoreError, SweepStats, WriterHandle};
 
@@ -70,6 +72,22 @@ pub(crate) enum Done {
         tick: Millis,
         committed: Vec<Committed>,
     },
+    /// Cluster mode: a committed entry applied by the state machine
+    /// (`cluster/state.rs`): complete the proposer's job (`then`), then tell the state
+    /// machine.
+    Applied {
+        then: Option<Box<Done>>,
+        tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+    },
+}
+
+impl Applying for Done {
+    fn applying(then: Option<Done>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Done {
+        Done::Applied {
+            then: then.map(Box::new),
+            tell,
+        }
+    }
 }
 
 impl std::fmt::Debug for Done {
@@ -84,6 +102,7 @@ impl std::fmt::Debug for Done {
             Done::Swept { .. } => "Swept",
             Done::Schedule { .. } => "Schedule",
             Done::Fire { .. } => "Fire",
+            Done::Applied { .. } => "Applied",
         };
         f.debug_tuple("Done").field(&kind).finish()
     }
@@ -91,7 +110,13 @@ impl std::fmt::Debug for Done {
 
 /// The refusal of a change the store could not persist.
 fn not_persisted(e: &StoreError) -> Reply {
-    Reply::Refused(Failure::Storage(format!("not persisted: {e}")))
+    match e {
+        // Cluster mode: this node was not (or stopped being) the leader.
+        StoreError::NotLeader(why) => {
+            Reply::Refused(Failure::Protocol(ErrorCode::NotLeader, why.to_string()))
+        }
+        e => Reply::Refused(Failure::Storage(format!("not persisted: {e}"))),
+    }
 }
 
 impl Completion for Done {
@@ -101,6 +126,12 @@ impl Completion for Done {
 
     fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
         let (out, req, reply) = match (self, result) {
+            (Done::Applied { then, tell }, result) => {
+                if let Some(then) = then {
+                    then.complete_with(result.clone(), report);
+                }
+                return tell(result);
+            }
             (Done::Admin(done, chunk), result) => return done.record(chunk, result),
             (Done::Publish(job), Ok(())) => {
                 let PublishJob {

@@ -16,6 +16,7 @@ mod done;
 mod error;
 mod http;
 mod hub;
+mod lead;
 mod metrics;
 mod msg;
 mod reads;
@@ -46,7 +47,8 @@ use self::metrics::Metrics;
 use self::msg::HubCmd;
 use self::startup::{bind_protocol, recover, warn_if_exposed};
 use self::waiters::Waiters;
-use crate::config::ServerConfig;
+use crate::cluster::types::NodeId;
+use crate::config::{ClusterConfig, ServerConfig};
 use crate::store::{Muts, Store, StoreError, WriterStats};
 
 /// Connections past `max_connections` answered at once, at most; more are dropped.
@@ -104,11 +106,31 @@ impl ServerHandle {
 /// the protocol port, and starts serving in the background. Readiness turns on just
 /// before this returns.
 pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+    start_with(config, None).await
+}
+
+/// What makes a broker a cluster member (`squall serve` with `cluster.listen`).
+pub struct ClusterMember {
+    /// This node's number (its `node_id`).
+    pub id: NodeId,
+    /// The `[cluster]` settings.
+    pub config: ClusterConfig,
+    /// The protocol address the other members hand to clients.
+    pub client_addr: String,
+}
+
+/// [`start`], as a cluster member when `cluster` is given: the Raft node starts once
+/// the store is open, every store job goes through the Raft group, and the broker
+/// serves clients only while this node leads (`lead.rs`).
+pub async fn start_with(
+    config: ServerConfig,
+    cluster: Option<ClusterMember>,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let tls = tls::acceptor(&config)?;
     let metrics = Arc::new(Metrics::default());
     let http = http::HttpServer::start(&config, metrics.clone()).await?;
-    match start_broker(config, tls, metrics, &http).await {
+    match start_broker(config, cluster, tls, metrics, &http).await {
         Ok(running) => {
             let handle = ServerHandle {
                 local_addr: running.local_addr,
@@ -135,11 +157,21 @@ struct Running {
     sweeper: sweeper::Sweeper,
     writer: crate::store::Writer<Done>,
     stop: CancellationToken,
+    cluster: Option<RunningMember>,
+}
+
+/// A cluster member's parts that `run` stops.
+struct RunningMember {
+    node: crate::cluster::Node,
+    proposer: Arc<crate::cluster::replicate::Proposer<Done>>,
+    watch: JoinHandle<()>,
+    stop_watch: CancellationToken,
 }
 
 /// Recovery, protocol bind, writer and hub start; readiness on.
 async fn start_broker(
     config: ServerConfig,
+    cluster: Option<ClusterMember>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     http: &http::HttpServer,
@@ -159,9 +191,36 @@ async fn start_broker(
     })?;
     let writer = store.start_writer::<Done>();
     let writer_stats = writer.stats();
-    let handle = writer.handle();
-    for m in fixes {
-        handle.submit(Muts::One(m), None);
+    let mut handle = writer.handle();
+    let member = match cluster {
+        None => None,
+        Some(c) => {
+            let started = crate::cluster::Node::start(
+                c.id,
+                &c.config,
+                c.client_addr,
+                &config.data_dir,
+                store.clone(),
+                handle.clone(),
+            )
+            .await;
+            let (node, proposer) = match started {
+                Ok(started) => started,
+                Err(e) => {
+                    let _ = tokio::task::spawn_blocking(move || writer.shutdown()).await;
+                    return Err(ServerError::Internal(format!("cluster member: {e}")));
+                }
+            };
+            // Every store job now goes through the Raft group; the recovery fixes
+            // are made by whichever node leads (`lead.rs`), not here.
+            handle = handle.routed(proposer.clone());
+            Some((node, proposer))
+        }
+    };
+    if member.is_none() {
+        for m in fixes {
+            handle.submit(Muts::One(m), None);
+        }
     }
     warn_if_exposed(&config, tls.is_some(), local_addr);
 
@@ -182,6 +241,11 @@ async fn start_broker(
         store.clone(),
         hub_tx.downgrade(),
     );
+    let hub = if member.is_some() {
+        hub.following()
+    } else {
+        hub
+    };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
     http.go_live(Live {
@@ -207,6 +271,31 @@ async fn start_broker(
     let handshake_budget = Arc::new(Semaphore::new(
         config.handshake_memory_bytes.min(Semaphore::MAX_PERMITS),
     ));
+    let conn_cancel = CancellationToken::new();
+    let (lead, cluster) = match member {
+        None => (None, None),
+        Some((node, proposer)) => {
+            let leadership = Arc::new(lead::Leadership::new());
+            let watcher = lead::LeadWatch {
+                metrics: node.raft().metrics(),
+                leadership: leadership.clone(),
+                store: store.clone(),
+                hub: hub_tx.clone(),
+                config: config.clone(),
+                conn_cancel: conn_cancel.clone(),
+                delivery_window: conn::DELIVERY_WINDOW,
+            };
+            let stop_watch = CancellationToken::new();
+            let watch = tokio::spawn(watcher.run(stop_watch.clone()));
+            let running = RunningMember {
+                node,
+                proposer,
+                watch,
+                stop_watch,
+            };
+            (Some(leadership), Some(running))
+        }
+    };
     let shared = Arc::new(Shared {
         config,
         store,
@@ -217,8 +306,9 @@ async fn start_broker(
         bounded,
         tls,
         handshake_budget,
-        conn_cancel: CancellationToken::new(),
+        conn_cancel,
         writers: TaskTracker::new(),
+        lead,
     });
     Ok(Running {
         local_addr,
@@ -228,6 +318,7 @@ async fn start_broker(
         sweeper,
         writer,
         stop: CancellationToken::new(),
+        cluster,
     })
 }
 
@@ -240,6 +331,7 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
         sweeper,
         writer,
         stop,
+        cluster,
     } = running;
     let readers = TaskTracker::new();
     let next_conn = AtomicU64::new(1);
@@ -306,6 +398,18 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     let _ = shared.hub.send(HubCmd::Shutdown);
     if let Err(e) = hub_task.await {
         error!(error = %e, "hub task failed");
+    }
+    // 2b. A cluster member: the proposals in flight get their grace to commit, then
+    //    the leadership watcher and the Raft node stop (before the writer, to which
+    //    the state machine applies).
+    if let Some(member) = cluster {
+        member.stop_watch.cancel();
+        let _ = member.watch.await;
+        let deadline = tokio::time::Instant::now() + grace;
+        while member.proposer.waiting() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        member.node.shutdown().await;
     }
     // 3. The writer applies and flushes everything queued, confirming each job.
     let flushed = tokio::task::spawn_blocking(move || writer.shutdown())

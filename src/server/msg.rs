@@ -14,11 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::metrics::PublishTimer;
 use crate::broker::{
-    AdminError, AdminPlan, Committed, ConnId, Dispatch, EngineError, NackMode, Peeked,
+    AdminError, AdminPlan, Committed, ConnId, Dispatch, Engine, EngineError, NackMode, Peeked,
     QueueConfigUpdate, QueueSnapshot, ScheduleError, ScheduleSpec, ScheduleView, SubId,
     SubscriptionView, TaskView,
 };
-use crate::model::{Millis, TaskId, TaskState};
+use crate::model::{Millis, Mutation, TaskId, TaskState};
 use crate::store::{Muts, StoreError};
 
 /// A request's id on its connection (the subscription id, for a subscription).
@@ -256,6 +256,29 @@ pub(crate) struct Welcome {
     pub(crate) max_prefetch: u32,
     pub(crate) max_lease_ms: u64,
     pub(crate) max_inflight_requests: u32,
+    /// Cluster mode: the cluster this node leads.
+    pub(crate) cluster: Option<ClusterView>,
+}
+
+/// An engine rebuilt from the store for a new leader (`HubCmd::Lead`).
+pub(crate) struct RebuiltEngine(pub(crate) Box<Engine>);
+
+impl std::fmt::Debug for RebuiltEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RebuiltEngine")
+    }
+}
+
+/// What a cluster's leader tells its clients at Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterView {
+    /// The log id of the membership entry in force ("term-node-index"): the same on
+    /// every member, and another cluster's differs.
+    pub(crate) cluster_id: String,
+    /// The leader's node id (this node's, when it answers Hello).
+    pub(crate) leader: u64,
+    /// Every member's node id and client address, by id.
+    pub(crate) members: Vec<(u64, String)>,
 }
 
 /// One published task: its id, or the id of the task an idempotency key already named.
@@ -609,6 +632,14 @@ pub(crate) enum HubCmd {
     DeadSwept(Vec<(Arc<str>, TaskId)>),
     /// An ack was not stored: the task, pending in the store, is deliverable again.
     Restore { task: TaskId, state: TaskState },
+    /// Cluster mode: this node leads a new term; serve with this engine, rebuilt from
+    /// the store once every earlier entry was applied, and submit the recovery fixes.
+    Lead {
+        engine: RebuiltEngine,
+        fixes: Vec<Mutation>,
+    },
+    /// Cluster mode: this node stopped leading: dispatch nothing, fire no schedule.
+    Follow,
     /// Stop dispatching, hand pending persistence to the writer, and exit.
     Shutdown,
 }

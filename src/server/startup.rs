@@ -54,6 +54,44 @@ fn exposure(config: &ServerConfig, tls: bool, addr: SocketAddr) -> Option<&'stat
 
 pub(super) type Recovered = (Store, Engine, Vec<crate::model::Mutation>, u64);
 
+/// The engine's settings from the server's.
+pub(super) fn engine_config(config: &ServerConfig) -> EngineConfig {
+    EngineConfig {
+        queue_defaults: config.queue_defaults.clone(),
+        max_lease_ms: config.max_lease_ms,
+        rng_seed: now_ms(),
+    }
+}
+
+/// Rebuilds an engine from what `store` holds (at start-up, and in a cluster on a
+/// node that becomes the leader): queues, pending tasks, schedules. Returns it with
+/// the fixes recovery asks the store for and the number of tasks recovered.
+pub(super) fn build_engine(
+    store: &Store,
+    engine_config: EngineConfig,
+) -> Result<(Engine, Vec<crate::model::Mutation>, u64), StoreError> {
+    let now = now_ms();
+    let mut engine = Engine::new(engine_config, now);
+    for (name, cfg) in store.queues()? {
+        engine.set_queue_config(&name, cfg);
+    }
+    let mut fixes = Vec::new();
+    let stats = store.recover(|id, state| {
+        if let Some(m) = engine.recover_task(id, &state, now) {
+            fixes.push(m);
+        }
+    })?;
+    for schedule in store.schedules()? {
+        let name = schedule.name.clone();
+        // A record this build cannot read stays stored (and listed nowhere) rather
+        // than stopping the broker; an operator can add it again.
+        if let Err(e) = engine.load_schedule(schedule, now) {
+            tracing::error!(schedule = %name, error = %e, "a stored schedule cannot be loaded; it does not fire");
+        }
+    }
+    Ok((engine, fixes, stats.tasks))
+}
+
 /// Opens the store and rebuilds the engine from it (on a blocking thread).
 pub(super) async fn recover(config: &ServerConfig) -> Result<Recovered, ServerError> {
     let store_config = StoreConfig {
@@ -62,13 +100,9 @@ pub(super) async fn recover(config: &ServerConfig) -> Result<Recovered, ServerEr
         cache_bytes: config.cache_bytes,
         journal_segment_bytes: config.journal_segment_bytes,
     };
-    let engine_config = EngineConfig {
-        queue_defaults: config.queue_defaults.clone(),
-        max_lease_ms: config.max_lease_ms,
-        rng_seed: now_ms(),
-    };
     let test_delay = config.test_recovery_delay;
     let queue_defaults = config.queue_defaults.clone();
+    let engine_config = engine_config(config);
     let recovered = tokio::task::spawn_blocking(move || {
         let store = Store::open(&store_config)?;
         store.set_queue_defaults(queue_defaults);
@@ -79,26 +113,8 @@ pub(super) async fn recover(config: &ServerConfig) -> Result<Recovered, ServerEr
         }
         #[cfg(not(feature = "test-hooks"))]
         let _ = test_delay;
-        let now = now_ms();
-        let mut engine = Engine::new(engine_config, now);
-        for (name, cfg) in store.queues()? {
-            engine.set_queue_config(&name, cfg);
-        }
-        let mut fixes = Vec::new();
-        let stats = store.recover(|id, state| {
-            if let Some(m) = engine.recover_task(id, &state, now) {
-                fixes.push(m);
-            }
-        })?;
-        for schedule in store.schedules()? {
-            let name = schedule.name.clone();
-            // A record this build cannot read stays stored (and listed nowhere) rather
-            // than stopping the broker; an operator can add it again.
-            if let Err(e) = engine.load_schedule(schedule, now) {
-                tracing::error!(schedule = %name, error = %e, "a stored schedule cannot be loaded; it does not fire");
-            }
-        }
-        Ok::<_, StoreError>((store, engine, fixes, stats.tasks))
+        let (engine, fixes, tasks) = build_engine(&store, engine_config)?;
+        Ok::<_, StoreError>((store, engine, fixes, tasks))
     })
     .await
     .map_err(|e| ServerError::Internal(e.to_string()))?

@@ -1,5 +1,6 @@
 //! The public face of the group-commit writer: [`Writer`] (owns the thread),
-//! [`WriterHandle`] (submits jobs from any thread) and [`Muts`]. The thread's loop is
+//! [`WriterHandle`] (submits jobs from any thread), [`Muts`], and [`Route`] (where a
+//! cluster member's handle sends jobs instead: its Raft group). The thread's loop is
 //! `writer.rs`.
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ impl Store {
         let Some(journal) = self.inner.journal.lock().take() else {
             tracing::error!("the store's writer was started twice");
             return Writer {
-                handle: WriterHandle { tx },
+                handle: WriterHandle { tx, route: None },
                 thread: None,
                 stats,
             };
@@ -52,7 +53,7 @@ impl Store {
             }
         };
         Writer {
-            handle: WriterHandle { tx },
+            handle: WriterHandle { tx, route: None },
             thread,
             stats,
         }
@@ -68,6 +69,16 @@ pub enum Muts {
     Many(Vec<crate::model::Mutation>),
 }
 
+impl Muts {
+    /// The mutations, in order.
+    pub fn into_vec(self) -> Vec<crate::model::Mutation> {
+        match self {
+            Muts::One(m) => vec![m],
+            Muts::Many(ms) => ms,
+        }
+    }
+}
+
 /// The group-commit writer: owns the thread; dropping it without `shutdown` detaches
 /// it, and the thread then exits (after a final flush) once every handle is dropped.
 pub struct Writer<C: Completion> {
@@ -79,12 +90,24 @@ pub struct Writer<C: Completion> {
 /// A cloneable sender of jobs to the writer.
 pub struct WriterHandle<C: Completion> {
     tx: crossbeam_channel::Sender<Msg<C>>,
+    /// Cluster mode: jobs go here (the Raft group), and reach this writer only once
+    /// committed. `None` on a single node: jobs go straight to the writer.
+    route: Option<Arc<dyn Route<C>>>,
+}
+
+/// Where a cluster member's jobs go instead of the local writer: the Raft group
+/// (`cluster::Proposer`), whose state machine applies each committed job to every
+/// member's store through a plain handle and only then completes `done`.
+pub trait Route<C: Completion>: Send + Sync + 'static {
+    /// Takes one job; `done` is completed exactly once (applied, or refused).
+    fn submit(&self, muts: Muts, done: Option<C>);
 }
 
 impl<C: Completion> Clone for WriterHandle<C> {
     fn clone(&self) -> Self {
         WriterHandle {
             tx: self.tx.clone(),
+            route: self.route.clone(),
         }
     }
 }
@@ -120,9 +143,20 @@ impl<C: Completion> Writer<C> {
 }
 
 impl<C: Completion> WriterHandle<C> {
+    /// This handle with its jobs sent to `route` (a cluster member's Raft group).
+    pub fn routed(&self, route: Arc<dyn Route<C>>) -> WriterHandle<C> {
+        WriterHandle {
+            tx: self.tx.clone(),
+            route: Some(route),
+        }
+    }
+
     /// Queues a job; `done` is completed after the batch holding it is durable
     /// (per the fsync mode). After shutdown, `done` gets `StoreError::Closed`.
     pub fn submit(&self, muts: Muts, done: Option<C>) {
+        if let Some(route) = &self.route {
+            return route.submit(muts, done);
+        }
         let job = Job {
             muts,
             done: Done::new(done),

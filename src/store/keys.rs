@@ -11,6 +11,7 @@
 //! | `b'C'` + schedule name bytes     | schedule record               |
 //! | `b'D'` + queue + `0x00` + key    | idempotency key record        |
 //! | `b'M'` + `b"next_id"`            | id watermark (u64 big-endian) |
+//! | `b'M'` + `b"raft_applied"`       | cluster mode: last applied Raft entry (term, node, index; u64 BE each) |
 //! | `b'Q'` + queue name bytes        | queue config record           |
 //! | `b'R'` + id (u64 big-endian)     | retention record (result)     |
 //! | `b'S'` + id (u64 big-endian)     | task state record             |
@@ -52,6 +53,10 @@ pub(crate) const WATERMARK: &[u8] = b"Mnext_id";
 /// The key of the journal floor: every journal record below it is in sled (written
 /// by the writer before each checkpoint, made durable by the checkpoint's flush).
 pub(crate) const JOURNAL_FLOOR: &[u8] = b"Mjournal_floor";
+
+/// The key of the last Raft log entry applied to this store (cluster mode only),
+/// written in the same batch as that entry's mutations.
+pub(crate) const RAFT_APPLIED: &[u8] = b"Mraft_applied";
 
 /// Length of a task key: prefix + big-endian id.
 pub(crate) const TASK_KEY_LEN: usize = 9;

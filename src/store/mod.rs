@@ -41,7 +41,7 @@ mod volume;
 mod writer;
 
 pub use datadir::DataDirProblem;
-pub use handle::{Muts, Writer, WriterHandle};
+pub use handle::{Muts, Route, Writer, WriterHandle};
 pub use open::RecoveryStats;
 pub use report::{Duplicate, JobReport, SweepStats};
 pub use status::{Retained, TaskRecord};
@@ -146,6 +146,10 @@ pub enum StoreError {
     /// The volume holding the data directory is too small for the store (at open).
     #[error(transparent)]
     VolumeTooSmall(#[from] VolumeTooSmall),
+    /// Cluster mode: this node is not the leader, which alone changes the queue state;
+    /// the message names the leader (or says that none is known).
+    #[error("{0}")]
+    NotLeader(Arc<str>),
     /// A checkpoint (sled flush) failed; the store accepts no change until the broker
     /// restarts.
     #[error("the store failed earlier and accepts no changes until the broker is restarted ({0})")]
@@ -372,6 +376,38 @@ impl Store {
     /// Reserves `n` consecutive new task ids and returns the first.
     pub fn allocate_ids(&self, n: u64) -> TaskId {
         self.inner.next_id.fetch_add(n, Relaxed)
+    }
+
+    /// Cluster mode, on a node becoming leader: ids are allocated from at least the
+    /// watermark that entries applied from other leaders raised, so that none is
+    /// handed out twice.
+    pub fn raise_next_id(&self) {
+        let watermark = self.inner.watermark.load(Relaxed);
+        self.inner.next_id.fetch_max(watermark, Relaxed);
+    }
+
+    /// Cluster mode: the last Raft entry applied to this store (leader term, leader
+    /// node, index), as `Mutation::Applied` recorded it; `None` before the first.
+    pub fn raft_applied(&self) -> Result<Option<(u64, u64, u64)>, StoreError> {
+        let Some(value) = self
+            .inner
+            .dbs
+            .get()
+            .get(keys::RAFT_APPLIED)
+            .map_err(io_error)?
+        else {
+            return Ok(None);
+        };
+        let word = |i: usize| {
+            value
+                .get(i * 8..i * 8 + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+        };
+        match (value.len(), word(0), word(1), word(2)) {
+            (24, Some(term), Some(node), Some(index)) => Ok(Some((term, node, index))),
+            _ => Err(corrupt_reason(keys::RAFT_APPLIED, "not 24 bytes")),
+        }
     }
 
     /// Bytes of payload files on disk, and how many of them are live.

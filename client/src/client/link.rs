@@ -39,7 +39,10 @@ pub(super) struct SubRecord {
 /// State shared by the handles and the supervisor task (which must not keep the
 /// handles alive, so it holds this and not `Inner`).
 pub(super) struct Shared {
+    /// The address (or comma-separated addresses) the client was given.
     pub(super) addr: Arc<str>,
+    /// Where to dial: the addresses given, then every member a cluster's leader named.
+    pub(super) members: Mutex<Vec<Arc<str>>>,
     pub(super) config: Config,
     pub(super) link: watch::Sender<Link>,
     pub(super) info: Mutex<Arc<ServerInfo>>,
@@ -52,6 +55,21 @@ pub(super) struct Shared {
 impl Shared {
     pub(super) fn info(&self) -> Arc<ServerInfo> {
         self.info.lock().clone()
+    }
+
+    /// Remembers what `conn` says: its server info and, from a cluster's leader, the
+    /// client addresses of every member (to dial when it goes away).
+    pub(super) fn learn(&self, conn: &Conn) {
+        let info = conn.info().clone();
+        if let Some(cluster) = &info.cluster {
+            let mut members = self.members.lock();
+            for (_, addr) in &cluster.members {
+                if !addr.is_empty() && !members.iter().any(|m| **m == **addr) {
+                    members.push(Arc::from(addr.as_str()));
+                }
+            }
+        }
+        *self.info.lock() = info;
     }
 
     /// The live connection, waiting (bounded) while reconnecting.
@@ -273,13 +291,14 @@ async fn reconnect(shared: &Shared) -> std::result::Result<Arc<Conn>, Option<Str
             _ = tokio::time::sleep(delay) => {}
         }
         let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let members = shared.members.lock().clone();
         let dialed = tokio::select! {
             _ = shared.shutdown.cancelled() => return Err(None),
-            dialed = Conn::dial(&shared.addr, &shared.config, generation) => dialed,
+            dialed = dial_leader(&members, &shared.config, generation) => dialed,
         };
         match dialed {
             Ok(conn) => {
-                *shared.info.lock() = conn.info().clone();
+                shared.learn(&conn);
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => {
                         conn.shutdown("client closed");
@@ -300,5 +319,78 @@ async fn reconnect(shared: &Shared) -> std::result::Result<Arc<Conn>, Option<Str
                 });
             }
         }
+    }
+}
+
+/// The addresses in `addr`: one, or several members of a cluster separated by commas.
+pub(super) fn members_of(addr: &str) -> Vec<Arc<str>> {
+    addr.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(Arc::from)
+        .collect()
+}
+
+/// The leader's client address in a `NOT_LEADER` refusal ("... the leader is node N
+/// at HOST:PORT"), if it names one.
+fn leader_named_in(message: &str) -> Option<Arc<str>> {
+    let (_, addr) = message.rsplit_once(" at ")?;
+    let addr = addr.trim();
+    (addr.contains(':') && !addr.contains(' ')).then(|| Arc::from(addr))
+}
+
+/// Dials `members` in turn until one accepts the handshake. A cluster member that is
+/// not the leader refuses it with `NOT_LEADER` naming the leader, which is dialed
+/// next. With one address this is one dial.
+pub(super) async fn dial_leader(
+    members: &[Arc<str>],
+    config: &Config,
+    generation: u64,
+) -> Result<Arc<Conn>> {
+    let mut todo: std::collections::VecDeque<Arc<str>> = members.iter().cloned().collect();
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    let mut last = ClientError::Config("no broker address given".to_owned());
+    while let Some(addr) = todo.pop_front() {
+        if tried.contains(&addr) {
+            continue;
+        }
+        tried.push(addr.clone());
+        match Conn::dial(&addr, config, generation).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => {
+                if let ClientError::Server {
+                    code: squall_proto::ErrorCode::NotLeader,
+                    message,
+                } = &e
+                {
+                    debug!(addr = %addr, %message, "not the cluster's leader");
+                    if let Some(leader) = leader_named_in(message) {
+                        if !tried.contains(&leader) {
+                            todo.push_front(leader);
+                        }
+                    }
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_leader_refusal_names_the_leader() {
+        let msg = "node 2 is not the cluster's leader; the leader is node 3 at 127.0.0.1:7603";
+        assert_eq!(leader_named_in(msg).as_deref(), Some("127.0.0.1:7603"));
+        let none =
+            "node 2 knows no leader of the cluster (an election is under way); retry shortly";
+        assert_eq!(leader_named_in(none), None);
+        assert_eq!(
+            members_of(" a:1, b:2 ,,c:3"),
+            vec![Arc::from("a:1"), Arc::from("b:2"), Arc::from("c:3")]
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{ClientBuilder, Config};
-use crate::conn::{unexpected, Conn};
+use crate::conn::unexpected;
 use crate::error::{ClientError, Result};
 use crate::info::ServerInfo;
 use crate::publish::{
@@ -70,6 +70,11 @@ impl Drop for Inner {
 impl Client {
     /// Connects to the broker at `addr` (`host:port`) with default settings.
     ///
+    /// `addr` may list several members of one cluster, comma-separated: the client
+    /// connects to whichever leads (a member that does not lead refuses with
+    /// `NOT_LEADER` naming the leader), learns every member from the leader, and after
+    /// a leader change reconnects to the new leader and re-subscribes by itself.
+    ///
     /// ```no_run
     /// # async fn demo() -> Result<(), squall_client::ClientError> {
     /// let client = squall_client::Client::connect("127.0.0.1:7600").await?;
@@ -88,10 +93,12 @@ impl Client {
 
     pub(crate) async fn connect_with(addr: String, config: Config) -> Result<Client> {
         let addr: Arc<str> = addr.into();
-        let conn = Conn::dial(&addr, &config, 1).await?;
+        let members = link::members_of(&addr);
+        let conn = link::dial_leader(&members, &config, 1).await?;
         info!(addr = %addr, node = %conn.info().node_id, server_version = %conn.info().server_version, "connected to squall broker");
         let shared = Arc::new(Shared {
             addr,
+            members: Mutex::new(members),
             config,
             link: watch::Sender::new(Link::Up(conn.clone())),
             info: Mutex::new(conn.info().clone()),
@@ -100,6 +107,7 @@ impl Client {
             generation: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
         });
+        shared.learn(&conn);
         let supervisor = tokio::spawn(supervise(shared.clone(), conn));
         Ok(Client {
             inner: Arc::new(Inner {

@@ -118,8 +118,11 @@ fn apply(store: &mut Stored, m: &Mutation) {
         Mutation::RemoveSchedule { name } => {
             store.schedules.remove(name);
         }
-        Mutation::PutQueue { .. } | Mutation::RemoveQueue { .. } | Mutation::Sweep { .. } => {
-            panic!("the engine never persists queue records or sweeps: {m:?}")
+        Mutation::PutQueue { .. }
+        | Mutation::RemoveQueue { .. }
+        | Mutation::Sweep { .. }
+        | Mutation::Applied { .. } => {
+            panic!("the engine never persists queue records, sweeps or raft positions: {m:?}")
         }
     }
 }

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use squall_proto::{split_frame, ErrorCode};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::flow::{Flow, HandshakeCharge, NEVER};
@@ -49,6 +50,9 @@ pub(super) struct Reader {
     /// The last queue name published to, interned, so a stream of publishes to one
     /// queue shares one allocation.
     pub(super) last_queue: Option<Arc<str>>,
+    /// Cancelled when the reader must stop: at shutdown (`Shared::conn_cancel`), or in
+    /// a cluster when the leadership this connection was admitted under ends.
+    pub(super) cancel: CancellationToken,
 }
 
 impl Reader {
@@ -62,6 +66,7 @@ impl Reader {
         Reader {
             id,
             peer,
+            cancel: shared.conn_cancel.clone(),
             shared,
             out,
             flow,
@@ -159,7 +164,7 @@ impl Reader {
                         return;
                     }
                 },
-                _ = self.shared.conn_cancel.cancelled() => return,
+                _ = self.cancel.cancelled() => return,
                 _ = &mut timer => {
                     if !self.registered {
                         let t = self.shared.config.handshake_timeout;
@@ -217,7 +222,7 @@ impl Reader {
             }
             tokio::select! {
                 _ = drained => {}
-                _ = self.shared.conn_cancel.cancelled() => break false,
+                _ = self.cancel.cancelled() => break false,
                 _ = self.out.closed() => break false,
             }
         };

@@ -187,6 +187,19 @@ impl Reader {
             debug!(conn = self.id, peer = %self.peer, token = %grant.name, "authenticated");
         }
         self.grant = grant;
+        let cluster = match &self.shared.lead {
+            None => None,
+            Some(lead) => match lead.admit() {
+                Ok((leadership, view)) => {
+                    self.cancel = leadership;
+                    Some(view)
+                }
+                Err(why) => {
+                    self.close(id, ErrorCode::NotLeader, why);
+                    return Next::Close;
+                }
+            },
+        };
         let registered = self.shared.hub.send(HubCmd::Register {
             conn: self.id,
             out: self.out.clone(),
@@ -212,6 +225,7 @@ impl Reader {
             max_prefetch: cfg.max_prefetch,
             max_lease_ms: cfg.max_lease_ms,
             max_inflight_requests: cfg.max_inflight_requests,
+            cluster,
         };
         self.reply(id, Reply::Hello(Box::new(welcome)));
         Next::Continue

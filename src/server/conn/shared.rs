@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ServerConfig;
 use crate::server::bounded::Bounded;
 use crate::server::done::StoreWriter;
+use crate::server::lead::Leadership;
 use crate::server::metrics::Metrics;
 use crate::server::msg::HubTx;
 use crate::server::waiters::Waiters;
@@ -37,4 +38,7 @@ pub(crate) struct Shared {
     /// Connection writer halves; they end after the store writer has confirmed
     /// everything and the hub has let go of their outboxes.
     pub(crate) writers: TaskTracker,
+    /// Cluster mode: whether this node leads and serves clients (`None` on a single
+    /// node).
+    pub(crate) lead: Option<Arc<Leadership>>,
 }

@@ -402,6 +402,18 @@ fn hello_ok(w: Welcome) -> v1::HelloOk {
             max_lease_ms: w.max_lease_ms,
             max_inflight_requests: w.max_inflight_requests,
         }),
+        cluster: w.cluster.map(|c| v1::ClusterInfo {
+            cluster_id: c.cluster_id,
+            leader: c.leader,
+            members: c
+                .members
+                .into_iter()
+                .map(|(node_id, client_addr)| v1::ClusterMember {
+                    node_id,
+                    client_addr,
+                })
+                .collect(),
+        }),
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod admin;
 mod admission;
+mod leading;
 mod rates;
 mod schedules;
 mod scrape;
@@ -44,8 +45,9 @@ impl Hub {
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
-            // Nothing is delivered while attempts cannot be recorded.
-            let dispatching = self.store.unavailable().is_none();
+            // Nothing is delivered while attempts cannot be recorded, nor by a cluster
+            // member that does not lead.
+            let dispatching = self.leading && self.store.unavailable().is_none();
             let wake = if dispatching && self.engine.needs_dispatch() {
                 Instant::now()
             } else if self.engine.needs_dispatch() {
@@ -93,7 +95,7 @@ impl Hub {
             }
             self.handle(cmd, now);
         }
-        if !stop {
+        if !stop && self.leading {
             self.fire_schedules(now);
         }
         self.engine.tick(now, &mut self.effects);
@@ -180,6 +182,8 @@ impl Hub {
             }
             HubCmd::DeadSwept(removed) => self.dead_swept(removed),
             HubCmd::Restore { task, state } => self.restore_task(task, &state, now),
+            HubCmd::Lead { engine, fixes } => self.lead(*engine.0, fixes),
+            HubCmd::Follow => self.follow(),
             HubCmd::Shutdown => {}
         }
     }

@@ -45,6 +45,9 @@ pub(crate) struct Hub {
     pub(super) admin_queue: AdminQueue,
     /// The hub's own command channel, for completions that report back.
     pub(super) me: WeakHubTx,
+    /// Whether this broker serves (always on a single node; in a cluster only while
+    /// it leads, `leading.rs`): otherwise nothing is dispatched and no schedule fires.
+    pub(super) leading: bool,
 }
 
 /// The hub's count of admitted, not yet durable tasks per bounded queue
@@ -89,7 +92,15 @@ impl Hub {
             waiters,
             effects: Vec::new(),
             rates: Rates::default(),
+            leading: true,
         }
+    }
+
+    /// A hub of a cluster member, which serves only once told it leads
+    /// (`HubCmd::Lead`).
+    pub(crate) fn following(mut self) -> Hub {
+        self.leading = false;
+        self
     }
 
     /// Sends `msg` to connection `conn`, if it is still registered.

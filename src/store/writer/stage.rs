@@ -221,6 +221,16 @@ impl<C: Completion> WriterLoop<C> {
                     self.stage
                         .push((InlineArray::from(keys::schedule(name)), None));
                 }
+                Mutation::Applied { term, node, index } => {
+                    let mut value = [0u8; 24];
+                    value[..8].copy_from_slice(&term.to_be_bytes());
+                    value[8..16].copy_from_slice(&node.to_be_bytes());
+                    value[16..].copy_from_slice(&index.to_be_bytes());
+                    self.stage.push((
+                        InlineArray::from(keys::RAFT_APPLIED),
+                        Some(InlineArray::from(&value[..])),
+                    ));
+                }
             }
         }
         Ok(max_inserted)

@@ -3,6 +3,8 @@
 //! log (an entry on disk is its protobuf encoding) and the state machine's snapshot.
 //! Nothing here does I/O.
 
+mod mutations;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::raft::{
@@ -125,7 +127,9 @@ pub(crate) fn entry_to(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to(m)),
-        EntryPayload::Normal(command) => match *command {},
+        EntryPayload::Normal(command) => {
+            pb::entry::Payload::Mutations(mutations::command_to(command))
+        }
     };
     pb::Entry {
         log_id: Some(log_id_to(&e.log_id)),
@@ -140,6 +144,7 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
         Some(pb::entry::Payload::Membership(m)) => {
             EntryPayload::Membership(membership_from(Some(m))?)
         }
+        Some(pb::entry::Payload::Mutations(m)) => EntryPayload::Normal(mutations::command_from(m)?),
         // Also what a newer version's command looks like to this one.
         None => {
             return Err(missing(
@@ -285,6 +290,9 @@ pub(crate) fn install_reply_from(
         vote: vote_from(r.vote)?,
     })
 }
+
+#[cfg(test)]
+mod mutation_tests;
 
 #[cfg(test)]
 mod tests {

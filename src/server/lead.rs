@@ -1,0 +1,198 @@
+//! Cluster mode: what the broker does as this node gains and loses the Raft
+//! leadership. Only the leader serves clients ([`Leadership::admit`], asked at
+//! Hello: a follower answers `NOT_LEADER` naming the leader). A node that becomes
+//! leader waits until every entry before its term is applied to its store, rebuilds
+//! the hub's engine from the store as at start-up (leases are not replicated: every
+//! task leased under the old leader is ready again, its attempt counted), with lease
+//! tokens carrying the term, and only then admits clients. A node that stops leading
+//! closes its client connections (their leases die with them) and stops dispatching.
+//!
+//! Not here: proposing and applying entries (`cluster/`); a single node has none of
+//! this (no watcher runs, `Shared::lead` is `None`).
+
+use std::sync::Arc;
+
+use openraft::ServerState;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::msg::{ClusterView, HubCmd, HubTx, RebuiltEngine};
+use super::startup::{build_engine, engine_config};
+use crate::cluster::replicate::not_leader;
+use crate::cluster::types::{Member, NodeId};
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+type Metrics = openraft::RaftMetrics<NodeId, Member>;
+
+/// Whether this node serves clients now, and what a refused client is told.
+pub(crate) struct Leadership {
+    state: Mutex<LeadState>,
+}
+
+struct LeadState {
+    /// The term served and its token (cancelled when the term's leadership ends,
+    /// closing every connection admitted under it; a child of the shutdown token).
+    serving: Option<(u64, CancellationToken, ClusterView)>,
+    /// Why a client is refused while not serving.
+    refusal: String,
+}
+
+impl Leadership {
+    pub(crate) fn new() -> Leadership {
+        Leadership {
+            state: Mutex::new(LeadState {
+                serving: None,
+                refusal: "this node has not joined its cluster yet; retry shortly".to_owned(),
+            }),
+        }
+    }
+
+    /// At Hello: the token that closes the connection when this leadership ends and
+    /// what to tell the client, or why it is refused (`NOT_LEADER`).
+    pub(crate) fn admit(&self) -> Result<(CancellationToken, ClusterView), String> {
+        let state = self.state.lock();
+        match &state.serving {
+            Some((_, token, view)) => Ok((token.clone(), view.clone())),
+            None => Err(state.refusal.clone()),
+        }
+    }
+
+    /// The term this node serves, if any.
+    fn serving_term(&self) -> Option<u64> {
+        self.state.lock().serving.as_ref().map(|(term, _, _)| *term)
+    }
+
+    fn serve(&self, term: u64, token: CancellationToken, view: ClusterView) {
+        self.state.lock().serving = Some((term, token, view));
+    }
+
+    /// Stops serving: connections admitted under the term are closed.
+    fn step_down(&self, refusal: String) {
+        let ended = {
+            let mut state = self.state.lock();
+            state.refusal = refusal;
+            state.serving.take()
+        };
+        if let Some((_, token, _)) = ended {
+            token.cancel();
+        }
+    }
+
+    fn set_refusal(&self, refusal: String) {
+        self.state.lock().refusal = refusal;
+    }
+}
+
+/// What the watcher needs.
+pub(crate) struct LeadWatch {
+    pub(crate) metrics: watch::Receiver<Metrics>,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) store: Store,
+    pub(crate) hub: HubTx,
+    pub(crate) config: ServerConfig,
+    /// The connections' shutdown token: each term's token is its child.
+    pub(crate) conn_cancel: CancellationToken,
+    /// The engine's delivery window (the connections' writer halves decide it).
+    pub(crate) delivery_window: u32,
+}
+
+/// The term this node leads with every earlier entry applied, if it does.
+fn ready_term(m: &Metrics) -> Option<u64> {
+    let applied_term = m.last_applied.map(|l| l.leader_id.term);
+    (m.state == ServerState::Leader && applied_term == Some(m.current_term))
+        .then_some(m.current_term)
+}
+
+fn view_of(m: &Metrics) -> ClusterView {
+    let membership = &m.membership_config;
+    let cluster_id = membership.log_id().map_or_else(
+        || "unformed".to_owned(),
+        |l| format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+    );
+    ClusterView {
+        cluster_id,
+        leader: m.id,
+        members: membership
+            .membership()
+            .nodes()
+            .map(|(id, member)| (*id, member.client_addr.clone()))
+            .collect(),
+    }
+}
+
+impl LeadWatch {
+    /// Follows openraft's metrics until `stop`.
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let (ready, refusal, view) = {
+                let m = self.metrics.borrow_and_update();
+                (ready_term(&m), not_leader(&m), view_of(&m))
+            };
+            let serving = self.leadership.serving_term();
+            match (serving, ready) {
+                (Some(s), Some(r)) if s == r => {}
+                (_, Some(term)) => {
+                    if serving.is_some() {
+                        self.follow(refusal.clone());
+                    }
+                    self.lead(term, view).await;
+                }
+                (Some(_), None) => self.follow(refusal),
+                (None, None) => self.leadership.set_refusal(refusal),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = self.metrics.changed() => if changed.is_err() { break },
+            }
+        }
+        self.leadership
+            .step_down("the broker is shutting down".to_owned());
+    }
+
+    fn follow(&self, refusal: String) {
+        info!(%refusal, "no longer the cluster's leader: client connections closed, dispatching stopped");
+        self.leadership.step_down(refusal);
+        let _ = self.hub.send(HubCmd::Follow);
+    }
+
+    /// Rebuilds the engine from the store and starts serving `term`.
+    async fn lead(&self, term: u64, view: ClusterView) {
+        let store = self.store.clone();
+        let engine_config = engine_config(&self.config);
+        let built = tokio::task::spawn_blocking(move || {
+            store.raise_next_id();
+            build_engine(&store, engine_config)
+        })
+        .await;
+        let (mut engine, fixes, tasks) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(e)) => {
+                return warn!(error = %e, term, "cannot rebuild the engine from the store: not serving")
+            }
+            Err(e) => return warn!(error = %e, term, "engine rebuild failed: not serving"),
+        };
+        // Still the leader of that term? (The metrics may have moved meanwhile; the
+        // loop looks again at once if they did.)
+        if ready_term(&self.metrics.borrow()) != Some(term) {
+            return;
+        }
+        engine.set_delivery_window(Some(self.delivery_window));
+        engine.set_max_schedules(self.config.max_schedules);
+        engine.set_token_epoch(term);
+        let engine = RebuiltEngine(Box::new(engine));
+        if self.hub.send(HubCmd::Lead { engine, fixes }).is_err() {
+            return;
+        }
+        // Hellos admitted from now on register with the hub after `Lead`.
+        self.leadership
+            .serve(term, self.conn_cancel.child_token(), view);
+        info!(
+            term,
+            recovered_tasks = tasks,
+            "leading the cluster: serving clients"
+        );
+    }
+}
