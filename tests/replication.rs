@@ -60,10 +60,16 @@ fn members(n: u64) -> (Vec<tempfile::TempDir>, Vec<Member>) {
 }
 
 fn args(m: &Member, peers: &str) -> Vec<String> {
+    args_with(m, peers, "", &[])
+}
+
+/// `args` with more lines in the `[cluster]` table of the file and more flags.
+fn args_with(m: &Member, peers: &str, cluster_toml: &str, flags: &[&str]) -> Vec<String> {
     // The token from a file, as an operator would give it (never on a command line).
     let config = m.dir.join("cluster.toml");
-    std::fs::write(&config, format!("[cluster]\ntoken = \"{TOKEN}\"\n")).unwrap();
-    vec![
+    let file = format!("[cluster]\ntoken = \"{TOKEN}\"\n{cluster_toml}");
+    std::fs::write(&config, file).unwrap();
+    let mut args: Vec<String> = vec![
         "--config".into(),
         config.to_str().unwrap().into(),
         "--node-id".into(),
@@ -72,18 +78,32 @@ fn args(m: &Member, peers: &str) -> Vec<String> {
         m.cluster.to_string(),
         "--peers".into(),
         peers.into(),
-    ]
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    args
 }
 
 fn start(m: &Member, peers: &str) -> ChildBroker {
-    let args = args(m, peers);
+    start_with(m, args(m, peers))
+}
+
+fn start_with(m: &Member, args: Vec<String>) -> ChildBroker {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ChildBroker::spawn_on(&m.dir, m.client, &args)
 }
 
 async fn status(addr: SocketAddr) -> Option<pb::StatusReply> {
+    status_over(addr, None).await
+}
+
+async fn status_over(
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+) -> Option<pb::StatusReply> {
     let token = bytes::Bytes::from_static(TOKEN.as_bytes());
-    let mut client = NodeClient::new(addr.to_string(), 1 << 20).with_token(token);
+    let mut client = NodeClient::new(addr.to_string(), 1 << 20)
+        .with_token(token)
+        .with_tls(tls);
     match client
         .call(Op::Status(pb::StatusRequest {}), Duration::from_secs(1))
         .await
@@ -584,4 +604,78 @@ async fn a_leader_killed_under_load_loses_no_confirmed_publish_and_brings_back_n
         failover < Duration::from_secs(15),
         "failover took {failover:?}"
     );
+}
+
+/// With TLS configured (`tls.cert`, `tls.key`, `cluster.tls_ca`) the cluster port
+/// speaks TLS: the members form a cluster and elect a leader over it, the CLI reaches
+/// them with the CA, and a plain-TCP request gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_configured_the_cluster_port_speaks_tls() {
+    let _serial = SERIAL.lock().await;
+    let (_dirs, members) = members(NODES);
+    let pki_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::pki::pki(pki_dir.path(), &["127.0.0.1"]);
+    let peers = members
+        .iter()
+        .map(|m| format!("{}@{}", m.id, m.cluster))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ca_line = format!("tls_ca = \"{}\"\n", ca.display());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let brokers: Vec<ChildBroker> = members
+        .iter()
+        .map(|m| {
+            let flags = ["--tls-cert", cert, "--tls-key", key];
+            start_with(m, args_with(m, &peers, &ca_line, &flags))
+        })
+        .collect();
+    let pem = std::fs::read(&ca).unwrap();
+    let tls = squall_client::tls_connector(&pem, "ca.pem").unwrap();
+
+    // They agree on a leader, talking TLS (the status requests too).
+    let deadline = Instant::now() + WITHIN;
+    let leader = loop {
+        let mut leaders = Vec::new();
+        for m in &members {
+            leaders.push(
+                status_over(m.cluster, Some(tls.clone()))
+                    .await
+                    .and_then(|v| v.leader),
+            );
+        }
+        if leaders.iter().all(|l| l.is_some() && *l == leaders[0]) {
+            break leaders[0].expect("checked");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader over TLS: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Plain TCP gets no answer (the server waits for a TLS ClientHello, then drops it).
+    assert!(
+        status(members[0].cluster).await.is_none(),
+        "a plain-TCP status request was answered"
+    );
+    // The CLI, given the CA, reports the same leader.
+    let out = cluster_cli(&[
+        "status",
+        "--json",
+        "--node",
+        &members[0].cluster.to_string(),
+        "--tls-ca",
+        ca.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["leader"], leader, "{report:#}");
+    for b in brokers {
+        b.terminate();
+    }
 }

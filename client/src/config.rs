@@ -276,8 +276,25 @@ fn tls(ca: CaSource, server_name: Option<String>) -> Result<Tls> {
         }
         CaSource::Pem(pem) => ("the CA PEM".to_owned(), pem),
     };
+    let connector = tls_connector(&pem, &what)?;
+    let server_name = server_name
+        .map(|n| {
+            ServerName::try_from(n.clone())
+                .map_err(|e| ClientError::Config(format!("`{n}` is not a TLS server name: {e}")))
+        })
+        .transpose()?;
+    Ok(Tls {
+        connector,
+        server_name,
+    })
+}
+
+/// A TLS connector that trusts only the CA certificates in `pem` (`what` names them in
+/// errors), with the `ring` provider passed explicitly. The broker's cluster port uses
+/// it too, to check the other members' certificates.
+pub fn tls_connector(pem: &[u8], what: &str) -> Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert =
             cert.map_err(|e| ClientError::Config(format!("{what}: not a PEM certificate: {e}")))?;
         roots
@@ -299,16 +316,7 @@ fn tls(ca: CaSource, server_name: Option<String>) -> Result<Tls> {
         .map_err(|e| ClientError::Config(format!("TLS setup failed: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let server_name = server_name
-        .map(|n| {
-            ServerName::try_from(n.clone())
-                .map_err(|e| ClientError::Config(format!("`{n}` is not a TLS server name: {e}")))
-        })
-        .transpose()?;
-    Ok(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        server_name,
-    })
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 impl ClientBuilder {

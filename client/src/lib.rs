@@ -211,7 +211,7 @@ pub use backoff::ReconnectPolicy;
 pub use client::Client;
 pub use cluster::{ClusterClient, ClusterWorker, NodeQueues};
 pub use config::{
-    ClientBuilder, DEFAULT_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE,
+    tls_connector, ClientBuilder, DEFAULT_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT_FOR_CONNECTION,
 };
 pub use delivery::{Delivery, Task};

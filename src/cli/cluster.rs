@@ -48,6 +48,45 @@ struct NodeArgs {
         default_value = ""
     )]
     token: String,
+    /// The CA (PEM) of the members' certificates, when the cluster port speaks TLS
+    /// (`cluster.tls_ca` of the members).
+    #[arg(long, env = "SQUALL_CLUSTER_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+}
+
+impl NodeArgs {
+    /// What every connection to a member needs: the token, and TLS if asked for.
+    fn dialer(&self) -> anyhow::Result<Dialer> {
+        let tls = match &self.tls_ca {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                Some(squall_client::tls_connector(
+                    &pem,
+                    &path.display().to_string(),
+                )?)
+            }
+        };
+        Ok(Dialer {
+            token: bytes::Bytes::from(self.token.clone().into_bytes()),
+            tls,
+        })
+    }
+}
+
+/// Opens connections to members.
+struct Dialer {
+    token: bytes::Bytes,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Dialer {
+    fn client(&self, addr: &str) -> NodeClient {
+        NodeClient::new(addr, MAX_FRAME)
+            .with_token(self.token.clone())
+            .with_tls(self.tls.clone())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -85,9 +124,8 @@ const CHANGE_TIMEOUT: Duration =
     Duration::from_secs(squall::cluster::membership::CATCH_UP_TIMEOUT.as_secs() + 30);
 const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-async fn ask(addr: &str, token: &str) -> anyhow::Result<pb::StatusReply> {
-    let token = bytes::Bytes::from(token.to_owned().into_bytes());
-    let mut client = NodeClient::new(addr, MAX_FRAME).with_token(token);
+async fn ask(addr: &str, dialer: &Dialer) -> anyhow::Result<pb::StatusReply> {
+    let mut client = dialer.client(addr);
     match client
         .call(Op::Status(pb::StatusRequest {}), TIMEOUT)
         .await?
@@ -129,13 +167,13 @@ async fn change(
     at: &NodeArgs,
     change: pb::change_membership::Change,
 ) -> anyhow::Result<pb::ChangeMembershipReply> {
-    let token = bytes::Bytes::from(at.token.clone().into_bytes());
+    let dialer = at.dialer()?;
     let mut addr = at.node.clone();
     let request = pb::ChangeMembership {
         change: Some(change),
     };
     for _ in 0..10 {
-        let mut client = NodeClient::new(&addr, MAX_FRAME).with_token(token.clone());
+        let mut client = dialer.client(&addr);
         match client
             .call(Op::Change(request.clone()), CHANGE_TIMEOUT)
             .await
@@ -175,7 +213,8 @@ fn describe(r: &pb::ChangeMembershipReply) -> String {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let first = ask(&args.cluster.node, &args.cluster.token)
+    let dialer = args.cluster.dialer()?;
+    let first = ask(&args.cluster.node, &dialer)
         .await
         .map_err(|e| anyhow::anyhow!("cluster node {}: {e}", args.cluster.node))?;
     let membership = first.membership.clone().unwrap_or_default();
@@ -188,7 +227,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let leader_view = match first.leader {
         Some(l) if l == first.node_id => Some(first.clone()),
         Some(l) => match membership.nodes.get(&l) {
-            Some(m) => ask(&m.cluster_addr, &args.cluster.token).await.ok(),
+            Some(m) => ask(&m.cluster_addr, &dialer).await.ok(),
             None => None,
         },
         None => None,
@@ -202,7 +241,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let own = if *id == first.node_id {
             Ok(first.clone())
         } else {
-            ask(&member.cluster_addr, &args.cluster.token).await
+            ask(&member.cluster_addr, &dialer).await
         };
         let matched = leader_view
             .as_ref()

@@ -115,6 +115,7 @@ impl Node {
         data_dir: &Path,
         store: Store,
         writer: WriterHandle<C>,
+        tls: net::ClusterTls,
     ) -> Result<(Node, Arc<Proposer<C>>), ClusterError> {
         let listen = config
             .listen
@@ -148,6 +149,7 @@ impl Node {
         let network = net::Network {
             max_frame: config.max_frame_bytes,
             token: token.clone(),
+            tls: tls.connector.clone(),
         };
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
@@ -161,6 +163,7 @@ impl Node {
             max_frame: config.max_frame_bytes,
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             token: token.clone(),
+            tls: tls.acceptor.clone(),
         };
         tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
         let formation = Formation {
@@ -169,6 +172,7 @@ impl Node {
             peers: config.peers.clone(),
             max_frame: config.max_frame_bytes,
             token,
+            tls: tls.connector.clone(),
         };
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
         let (proposer, proposals) = Proposer::new(id, run, pending.clone(), raft.metrics());
@@ -182,6 +186,7 @@ impl Node {
             node = id,
             cluster_addr = %local_addr,
             peers = config.peers.len(),
+            tls = tls.is_on(),
             "cluster node started"
         );
         let node = Node {
@@ -233,6 +238,7 @@ struct Formation {
     peers: Vec<Peer>,
     max_frame: usize,
     token: bytes::Bytes,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Formation {
@@ -243,7 +249,8 @@ impl Formation {
             .filter(|p| p.id != self.id)
             .map(|p| {
                 let client = net::NodeClient::new(p.addr.clone(), self.max_frame)
-                    .with_token(self.token.clone());
+                    .with_token(self.token.clone())
+                    .with_tls(self.tls.clone());
                 (p.id, client)
             })
             .collect();

@@ -2,8 +2,9 @@
 //! openraft's `RaftNetwork` over one TCP connection per peer and purpose, one request
 //! at a time, in the client port's framing (`squall_proto::FrameCodec`) with the
 //! messages of `proto/cluster.proto`; the server side accepts those connections and
-//! hands each request to the local Raft node. Only this file touches the cluster
-//! port's sockets; message conversion is `codec.rs`.
+//! hands each request to the local Raft node. With TLS configured both sides speak TLS
+//! (`ClusterTls`: this node's certificate, the members' CA). Only this file touches the
+//! cluster port's sockets; message conversion is `codec.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +24,9 @@ use openraft::{ServerState, SnapshotSegmentId};
 use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
 use squall_proto::FrameCodec;
 use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,11 +34,82 @@ use tokio_util::task::TaskTracker;
 use super::codec::{self, CodecError};
 use super::types::{Member, NodeId, Raft, TypeConfig};
 
-type ClientConn = Framed<TcpStream, FrameCodec<pb::NodeRequest, pb::NodeResponse>>;
-type ServerConn = Framed<TcpStream, FrameCodec<pb::NodeResponse, pb::NodeRequest>>;
+/// The bytes of one cluster connection: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
-/// Longest a connection attempt to a peer may take.
+type ClientConn = Framed<Box<dyn Io>, FrameCodec<pb::NodeRequest, pb::NodeResponse>>;
+type ServerConn = Framed<Box<dyn Io>, FrameCodec<pb::NodeResponse, pb::NodeRequest>>;
+
+/// Longest a connection attempt to a peer may take (the TLS handshake has as long again).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest an accepted connection may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// TLS on the cluster port, or none: this node's certificate for the connections it
+/// accepts, and the CA it checks the other members' certificates against for the
+/// connections it makes. Both or neither (`cluster.tls_ca` with `tls.cert`/`tls.key`).
+#[derive(Clone, Default)]
+pub struct ClusterTls {
+    /// Serves accepted connections with this node's certificate.
+    pub acceptor: Option<TlsAcceptor>,
+    /// Checks the members' certificates on connections this node makes.
+    pub connector: Option<TlsConnector>,
+}
+
+impl ClusterTls {
+    /// TLS as `server` (`tls.cert`, `tls.key`) and `cluster` (`cluster.tls_ca`) configure
+    /// it (their `validate` has checked they go together). Unreadable or unusable files
+    /// are configuration errors naming their key.
+    pub fn from_config(
+        server: &crate::config::ServerConfig,
+        cluster: &crate::config::ClusterConfig,
+    ) -> Result<ClusterTls, crate::config::ConfigError> {
+        let Some(ca) = &cluster.tls_ca else {
+            return Ok(ClusterTls::default());
+        };
+        let error = |reason: String| crate::config::ConfigError {
+            key: "cluster.tls_ca".to_owned(),
+            reason,
+        };
+        let acceptor = crate::server::tls::acceptor(server)?
+            .ok_or_else(|| error("needs tls.cert and tls.key".to_owned()))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| error(format!("cannot read {}: {e}", ca.display())))?;
+        let connector = squall_client::tls_connector(&pem, &ca.display().to_string())
+            .map_err(|e| error(e.to_string()))?;
+        Ok(ClusterTls {
+            acceptor: Some(acceptor),
+            connector: Some(connector),
+        })
+    }
+
+    /// Whether the cluster port speaks TLS.
+    pub fn is_on(&self) -> bool {
+        debug_assert_eq!(self.acceptor.is_some(), self.connector.is_some());
+        self.acceptor.is_some()
+    }
+}
+
+/// Opens a TLS session over `stream` to `addr` (HOST:PORT; the certificate must name HOST).
+async fn tls_connect(
+    connector: &TlsConnector,
+    addr: &str,
+    stream: TcpStream,
+) -> std::io::Result<Box<dyn Io>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_owned()).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{host}` is not a TLS server name: {e}"),
+        )
+    })?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+    Ok(Box::new(stream))
+}
 
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +138,7 @@ pub struct NodeClient {
     addr: String,
     max_frame: usize,
     token: Bytes,
+    tls: Option<TlsConnector>,
     conn: Option<ClientConn>,
     next_id: u64,
 }
@@ -75,9 +150,16 @@ impl NodeClient {
             addr: addr.into(),
             max_frame,
             token: Bytes::new(),
+            tls: None,
             conn: None,
             next_id: 1,
         }
+    }
+
+    /// Speaks TLS to the node, checking its certificate with `connector` (if any).
+    pub fn with_tls(mut self, connector: Option<TlsConnector>) -> NodeClient {
+        self.tls = connector;
+        self
     }
 
     /// Sends `token` (`cluster.token`) with every request.
@@ -120,7 +202,18 @@ impl NodeClient {
                 }
             };
             let _ = stream.set_nodelay(true);
-            self.conn = Some(Framed::new(stream, FrameCodec::new(self.max_frame)));
+            let io: Box<dyn Io> = match &self.tls {
+                None => Box::new(stream),
+                Some(connector) => {
+                    tls_connect(connector, &self.addr, stream)
+                        .await
+                        .map_err(|source| CallError::Unreachable {
+                            addr: self.addr.clone(),
+                            source,
+                        })?
+                }
+            };
+            self.conn = Some(Framed::new(io, FrameCodec::new(self.max_frame)));
         }
         let conn = self.conn.as_mut().expect("connected above");
         let id = self.next_id;
@@ -160,6 +253,8 @@ pub struct Network {
     pub max_frame: usize,
     /// The cluster token sent with every request.
     pub token: Bytes,
+    /// Checks the members' certificates, with TLS on.
+    pub tls: Option<TlsConnector>,
 }
 
 /// openraft's view of one peer.
@@ -175,7 +270,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerClient {
             target,
             client: NodeClient::new(node.cluster_addr.clone(), self.max_frame)
-                .with_token(self.token.clone()),
+                .with_token(self.token.clone())
+                .with_tls(self.tls.clone()),
         }
     }
 }
@@ -263,6 +359,8 @@ pub struct ServerContext {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// The cluster token every request must carry; empty = none.
     pub token: Bytes,
+    /// Serves connections over TLS, with TLS on.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Accepts cluster connections until `stop`; each is served in `tracker`.
@@ -293,7 +391,23 @@ pub async fn serve(
         let ctx = ctx.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
-            let conn = Framed::new(stream, FrameCodec::new(ctx.max_frame));
+            let io: Box<dyn Io> = match &ctx.tls {
+                None => Box::new(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "cluster port: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "cluster port: TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = Framed::new(io, FrameCodec::new(ctx.max_frame));
             tokio::select! {
                 _ = stop.cancelled() => {}
                 r = serve_connection(conn, &ctx) => {

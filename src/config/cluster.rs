@@ -3,6 +3,7 @@
 //! validation against the rest. Off unless `cluster.listen` is set.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use super::{ConfigError, ServerConfig};
 
@@ -32,6 +33,10 @@ pub struct ClusterConfig {
     /// Shared secret every node-to-node request carries; empty = none. Required when
     /// client authentication (`auth.tokens`) is configured.
     pub token: String,
+    /// The CA (PEM) that signed the members' certificates. With TLS configured
+    /// (`tls.cert`, `tls.key`) the cluster port speaks TLS with this node's certificate
+    /// and checks the other members' against this CA; it is then required.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -43,6 +48,7 @@ impl Default for ClusterConfig {
             max_connections: 64,
             max_frame_bytes: 64 * 1024 * 1024,
             token: String::new(),
+            tls_ca: None,
         }
     }
 }
@@ -124,6 +130,21 @@ impl ClusterConfig {
                 "is required when auth.tokens is set (the cluster port would be open)".into(),
             );
         }
+        let tls = server.tls.cert.is_some() && server.tls.key.is_some();
+        if tls && self.tls_ca.is_none() {
+            return bad(
+                "cluster.tls_ca",
+                "is required when TLS is configured (tls.cert, tls.key): the cluster port \
+                 speaks TLS and checks the other members' certificates against it"
+                    .into(),
+            );
+        }
+        if !tls && self.tls_ca.is_some() {
+            return bad(
+                "cluster.tls_ca",
+                "needs tls.cert and tls.key (this node's certificate on the cluster port)".into(),
+            );
+        }
         if listen == server.listen && listen.port() != 0 {
             return bad(
                 "cluster.listen",
@@ -173,6 +194,26 @@ mod tests {
             .contains("not a number"));
         assert!(parse_peers(&["1@a"]).unwrap_err().contains("HOST:PORT"));
         assert!(parse_peers(&["1@a:1,1@b:2"]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn with_tls_the_cluster_port_needs_the_members_ca_and_the_ca_needs_tls() {
+        let mut server = ServerConfig {
+            node_id: "1".into(),
+            ..ServerConfig::default()
+        };
+        let mut c = ClusterConfig {
+            listen: Some("127.0.0.1:7700".parse().unwrap()),
+            peers: parse_peers(&["1@127.0.0.1:7700"]).unwrap(),
+            ..ClusterConfig::default()
+        };
+        c.tls_ca = Some(PathBuf::from("ca.pem"));
+        assert_eq!(c.validate(&server).unwrap_err().key, "cluster.tls_ca");
+        server.tls.cert = Some(PathBuf::from("cert.pem"));
+        server.tls.key = Some(PathBuf::from("key.pem"));
+        assert_eq!(c.validate(&server), Ok(()));
+        c.tls_ca = None;
+        assert_eq!(c.validate(&server).unwrap_err().key, "cluster.tls_ca");
     }
 
     #[test]

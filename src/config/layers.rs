@@ -145,6 +145,8 @@ pub static KEYS: &[Key] = &[
         size(v)?),
     key!("cluster.token", |s, v| s.cluster.token =
         string(v)?.to_owned()),
+    key!("cluster.tls_ca", |s, v| s.cluster.tls_ca =
+        optional_path(v)?),
 ];
 
 /// The key named `name`, if it exists.

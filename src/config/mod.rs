@@ -535,6 +535,7 @@ mod tests {
             ("cluster.max_connections", "7"),
             ("cluster.max_frame_bytes", "7 MiB"),
             ("cluster.token", "s3cret"),
+            ("cluster.tls_ca", "/etc/squall/ca.pem"),
         ];
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {

@@ -22,7 +22,7 @@ mod msg;
 mod reads;
 mod startup;
 mod sweeper;
-mod tls;
+pub(crate) mod tls;
 mod waiters;
 
 use std::net::SocketAddr;
@@ -128,6 +128,14 @@ pub async fn start_with(
 ) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let tls = tls::acceptor(&config)?;
+    // The cluster port's TLS is checked before anything binds, like the rest.
+    let cluster = match cluster {
+        None => None,
+        Some(c) => {
+            let cluster_tls = crate::cluster::net::ClusterTls::from_config(&config, &c.config)?;
+            Some((c, cluster_tls))
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let http = http::HttpServer::start(&config, metrics.clone()).await?;
     match start_broker(config, cluster, tls, metrics, &http).await {
@@ -171,7 +179,7 @@ struct RunningMember {
 /// Recovery, protocol bind, writer and hub start; readiness on.
 async fn start_broker(
     config: ServerConfig,
-    cluster: Option<ClusterMember>,
+    cluster: Option<(ClusterMember, crate::cluster::net::ClusterTls)>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<Metrics>,
     http: &http::HttpServer,
@@ -194,7 +202,7 @@ async fn start_broker(
     let mut handle = writer.handle();
     let member = match cluster {
         None => None,
-        Some(c) => {
+        Some((c, cluster_tls)) => {
             let started = crate::cluster::Node::start(
                 c.id,
                 &c.config,
@@ -202,6 +210,7 @@ async fn start_broker(
                 &config.data_dir,
                 store.clone(),
                 handle.clone(),
+                cluster_tls,
             )
             .await;
             let (node, proposer) = match started {

@@ -6,6 +6,7 @@
 
 pub mod disk;
 pub mod fault_disk;
+pub mod pki;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
