@@ -15,6 +15,22 @@ use squall_loadgen::{Publisher, Run};
 
 use super::{beanstalkd, drive, redis_list, Args};
 
+/// Whether the server at `addr` answers `probe` with a line starting with `answer`.
+fn answers(addr: &str, probe: &[u8], answer: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    if s.local_addr().ok() == s.peer_addr().ok() {
+        return false; // connected to itself: nobody listens there yet
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(probe).is_err() {
+        return false;
+    }
+    let mut line = Vec::new();
+    BufReader::new(s).read_until(b'\n', &mut line).is_ok() && line.starts_with(answer)
+}
+
 /// A peer broker process on 127.0.0.1, killed on drop.
 struct Peer {
     child: Child,
@@ -24,7 +40,7 @@ struct Peer {
 
 impl Peer {
     fn redis() -> Peer {
-        Peer::start("redis-server", |port, dir| {
+        Peer::start("redis-server", b"PING\r\n", b"+PONG", |port, dir| {
             let mut c = Command::new("redis-server");
             c.args([
                 "--port",
@@ -41,7 +57,7 @@ impl Peer {
     }
 
     fn beanstalkd() -> Peer {
-        Peer::start("beanstalkd", |port, dir| {
+        Peer::start("beanstalkd", b"stats\r\n", b"OK ", |port, dir| {
             let mut c = Command::new("beanstalkd");
             c.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-b"])
                 .arg(dir);
@@ -49,7 +65,15 @@ impl Peer {
         })
     }
 
-    fn start(program: &str, command: impl Fn(u16, &std::path::Path) -> Command) -> Peer {
+    /// Starts `program` and waits until it answers `probe` with a line starting with
+    /// `answer`: a TCP connect alone can succeed before it serves (or, to a port with
+    /// no listener yet, connect a socket to itself), and the test then meets a reset.
+    fn start(
+        program: &str,
+        probe: &[u8],
+        answer: &[u8],
+        command: impl Fn(u16, &std::path::Path) -> Command,
+    ) -> Peer {
         let dir = tempfile::tempdir().expect("temporary directory");
         // A port the kernel just handed out and released: free unless raced.
         let port = TcpListener::bind("127.0.0.1:0")
@@ -70,7 +94,7 @@ impl Peer {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(&peer.addr).is_err() {
+        while !answers(&peer.addr, probe, answer) {
             if let Ok(Some(status)) = peer.child.try_wait() {
                 panic!("{program} exited before listening: {status}");
             }
