@@ -166,6 +166,50 @@ async fn metrics_reflect_traffic() {
     assert_eq!(http_get(http, "/nope").await.0, 404);
 }
 
+/// The flow-control settings of each queue and its tasks that expired unstarted.
+#[tokio::test]
+async fn metrics_show_flow_control_settings_and_expired_tasks() {
+    use squall_client::{PublishOptions, QueueConfigUpdate};
+    let b = TestBroker::start().await;
+    let c = Client::connect(b.addr).await.unwrap();
+    let flow = QueueConfigUpdate::new()
+        .max_in_flight(3)
+        .rate_limit(5, 2)
+        .drop_expired(true);
+    c.set_queue_config("flow", flow).await.unwrap();
+    c.publish("plain", "x").await.unwrap();
+    let short = PublishOptions::new().expires_in(Duration::from_millis(1));
+    for q in ["flow", "plain"] {
+        c.publish_with(q, "late", short.clone()).await.unwrap();
+    }
+    // Expired at the hub's next turn after its expiry; the scrape comes after that.
+    let mut m = HashMap::new();
+    for _ in 0..100 {
+        m = parse_metrics(&http_get(b.http_addr(), "/metrics").await.1);
+        if m.get(r#"squall_queue_expired_tasks_total{queue="plain"}"#) == Some(&1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (series, want) in [
+        (r#"squall_queue_max_in_flight{queue="flow"}"#, 3.0),
+        (r#"squall_queue_rate_limit{queue="flow"}"#, 5.0),
+        (r#"squall_queue_rate_burst{queue="flow"}"#, 2.0),
+        (r#"squall_queue_drop_expired{queue="flow"}"#, 1.0),
+        (r#"squall_queue_expired_tasks_total{queue="flow"}"#, 1.0),
+        (r#"squall_queue_tasks{queue="flow",state="dead"}"#, 0.0),
+        (r#"squall_queue_max_in_flight{queue="plain"}"#, 0.0),
+        (r#"squall_queue_rate_limit{queue="plain"}"#, 0.0),
+        (r#"squall_queue_rate_burst{queue="plain"}"#, 0.0),
+        (r#"squall_queue_drop_expired{queue="plain"}"#, 0.0),
+        (r#"squall_queue_expired_tasks_total{queue="plain"}"#, 1.0),
+        (r#"squall_queue_tasks{queue="plain",state="dead"}"#, 1.0),
+        (r#"squall_queue_tasks{queue="plain",state="ready"}"#, 1.0),
+    ] {
+        assert_eq!(metric(&m, series), want, "{series}");
+    }
+}
+
 #[tokio::test]
 async fn readyz_waits_for_recovery() {
     let (_dir, data) = temp_data_dir();

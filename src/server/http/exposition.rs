@@ -438,6 +438,41 @@ const QUEUE_METRICS: &[QueueMetric] = &[
         |q| q.status.snapshot.counters.dead_lettered as i64,
         true,
     ),
+    (
+        "queue_expired_tasks",
+        "Tasks not started by their expiry since the broker started (dead-lettered with reason expired, or dropped).",
+        MetricType::Counter,
+        |q| q.status.snapshot.counters.expired_tasks as i64,
+        true,
+    ),
+    (
+        "queue_max_in_flight",
+        "Most tasks of the queue leased at once across all consumers (0 = no cap).",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.max_in_flight),
+        false,
+    ),
+    (
+        "queue_rate_limit",
+        "Most deliveries per second of the queue (0 = no limit).",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.rate_limit),
+        false,
+    ),
+    (
+        "queue_rate_burst",
+        "Deliveries the queue's rate limit allows at once after a quiet spell (its token bucket's size; 0 without a rate limit).",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.effective_burst()),
+        false,
+    ),
+    (
+        "queue_drop_expired",
+        "1 when the queue removes tasks not started by their expiry instead of moving them to the dead set.",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.drop_expired),
+        false,
+    ),
 ];
 
 impl Collector for Scrape {

@@ -103,6 +103,7 @@ fn add(sum: &mut QueueSnapshot, q: &QueueSnapshot) {
     s.expired += c.expired;
     s.dead_lettered += c.dead_lettered;
     s.redelivered += c.redelivered;
+    s.expired_tasks += c.expired_tasks;
 }
 
 impl Hub {
