@@ -298,6 +298,7 @@ async fn the_openapi_document_lists_every_endpoint() {
         ("/api/v1/queues", "get"),
         ("/api/v1/queues/{name}", "get"),
         ("/api/v1/queues/{name}/tasks", "get"),
+        ("/api/v1/schedules", "get"),
         ("/api/v1/tasks/{id}", "get"),
         ("/api/v1/connections", "get"),
         ("/api/v1/events", "get"),
@@ -310,7 +311,7 @@ async fn the_openapi_document_lists_every_endpoint() {
     ] {
         assert!(paths[path][method].is_object(), "{method} {path} missing");
     }
-    assert_eq!(paths.len(), 13, "a path the tests above do not name");
+    assert_eq!(paths.len(), 14, "a path the tests above do not name");
 }
 
 #[tokio::test]
@@ -343,6 +344,69 @@ async fn actions_are_answered_once_durable_and_seen_by_the_protocol() {
     assert_eq!(configured.status, 200, "{}", configured.body);
     assert_eq!(configured.json()["config"]["lease_ms"], 7000);
     assert_eq!(configured.json()["config"]["max_attempts"], 3);
+    // Flow control: set over HTTP, seen by the protocol; absent fields stay as they are.
+    let flow = json!({"max_in_flight": 4, "rate_limit": 50, "rate_burst": 5, "drop_expired": true});
+    let configured = act(http, "/api/v1/queues/orders/config", flow).await;
+    assert_eq!(configured.status, 200, "{}", configured.body);
+    let config = &configured.json()["config"];
+    assert_eq!(
+        (
+            &config["max_in_flight"],
+            &config["rate_limit"],
+            &config["rate_burst"]
+        ),
+        (&json!(4), &json!(50), &json!(5))
+    );
+    assert_eq!(
+        (&config["drop_expired"], &config["lease_ms"]),
+        (&json!(true), &json!(7000))
+    );
+    let seen = c.queue("orders").await.unwrap().config;
+    assert_eq!(
+        (
+            seen.max_in_flight,
+            seen.rate_limit,
+            seen.rate_burst,
+            seen.drop_expired
+        ),
+        (4, 50, 5, true)
+    );
+    let unchanged = act(
+        http,
+        "/api/v1/queues/orders/config",
+        json!({"max_attempts": 4}),
+    )
+    .await;
+    assert_eq!(unchanged.json()["config"]["max_in_flight"], 4);
+    let lifted = json!({"max_in_flight": 0, "rate_limit": 0, "drop_expired": false});
+    let lifted = act(http, "/api/v1/queues/orders/config", lifted)
+        .await
+        .json();
+    assert_eq!(
+        (
+            &lifted["config"]["max_in_flight"],
+            &lifted["config"]["rate_limit"]
+        ),
+        (&json!(0), &json!(0))
+    );
+    let flow = json!({"max_in_flight": 4, "drop_expired": true});
+    assert_eq!(
+        act(http, "/api/v1/queues/orders/config", flow).await.status,
+        200
+    );
+    // Tasks not started by their expiry are counted.
+    let short = PublishOptions::new().expires_in(Duration::from_millis(1));
+    c.publish_with("orders", "stale", short).await.unwrap();
+    let mut expired = Value::Null;
+    for _ in 0..100 {
+        expired =
+            get(http, "/api/v1/queues/orders").await.json()["totals"]["expired_tasks"].clone();
+        if expired == json!(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(expired, json!(1), "dropped at its expiry");
 
     // Two tasks to the dead set, then redrive one of them.
     let mut sub = c.subscribe("orders").prefetch(2).await.unwrap();
@@ -387,12 +451,104 @@ async fn actions_are_answered_once_durable_and_seen_by_the_protocol() {
     let http = broker.http_addr();
     let q = get(http, "/api/v1/queues/orders").await.json();
     assert_eq!(q["config"]["lease_ms"], 7000, "{q}");
+    assert_eq!(
+        (&q["config"]["max_in_flight"], &q["config"]["drop_expired"]),
+        (&json!(4), &json!(true)),
+        "{q}"
+    );
 
     let deleted = act(http, "/api/v1/queues/orders/delete", json!({})).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     get(http, "/api/v1/queues/orders")
         .await
         .assert_error(404, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn schedules_are_listed_with_their_next_and_last_run() {
+    use squall_client::ScheduleSpec;
+    let broker = TestBroker::start().await;
+    let http = broker.http_addr();
+    let c = client(&broker).await;
+    let empty = get(http, "/api/v1/schedules").await;
+    assert_eq!(empty.status, 200, "{}", empty.body);
+    assert_eq!(empty.json(), json!({"schedules": [], "more": false}));
+    let every_second = ScheduleSpec::new("beat", "ticks", "* * * * * *").payload("hello");
+    c.add_schedule(every_second).await.unwrap();
+    let yearly = ScheduleSpec::new("yearly", "reports", "0 0 1 1 *").tz("Asia/Shanghai");
+    c.add_schedule(yearly).await.unwrap();
+    c.pause_schedule("yearly").await.unwrap();
+    // The first tick of "beat" publishes a task.
+    let mut sub = c.subscribe("ticks").await.unwrap();
+    let d = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let page = get(http, "/api/v1/schedules").await.json();
+    assert_eq!(page["more"], false);
+    let list = page["schedules"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{page}");
+    let beat = &list[0];
+    assert_eq!(
+        (&beat["name"], &beat["queue"], &beat["cron"], &beat["tz"]),
+        (
+            &json!("beat"),
+            &json!("ticks"),
+            &json!("* * * * * *"),
+            &json!("UTC")
+        )
+    );
+    assert_eq!(
+        (&beat["catch_up"], &beat["paused"], &beat["payload_bytes"]),
+        (&json!("one"), &json!(false), &json!(5))
+    );
+    let last_run = beat["last_run_ms"].as_u64().expect("it fired");
+    assert!(beat["last_task"].as_u64().unwrap() >= d.id(), "{beat}");
+    assert!(beat["next_run_ms"].as_u64().unwrap() > last_run, "{beat}");
+    assert!(
+        beat["created_at_ms"].as_u64().unwrap() <= last_run,
+        "{beat}"
+    );
+    let yearly = &list[1];
+    assert_eq!(
+        (&yearly["name"], &yearly["tz"], &yearly["paused"]),
+        (&json!("yearly"), &json!("Asia/Shanghai"), &json!(true))
+    );
+    assert_eq!(
+        (
+            &yearly["next_run_ms"],
+            &yearly["last_run_ms"],
+            &yearly["last_task"]
+        ),
+        (&Value::Null, &Value::Null, &Value::Null),
+        "paused, never fired"
+    );
+    // Pages in name order.
+    let first = get(http, "/api/v1/schedules?limit=1").await.json();
+    assert_eq!(
+        (&first["schedules"][0]["name"], &first["more"]),
+        (&json!("beat"), &json!(true))
+    );
+    let rest = get(http, "/api/v1/schedules?after=beat").await.json();
+    assert_eq!(
+        (&rest["schedules"][0]["name"], &rest["more"]),
+        (&json!("yearly"), &json!(false))
+    );
+    get(http, "/api/v1/schedules?limit=0")
+        .await
+        .assert_error(400, "BAD_REQUEST");
+    // The dashboard's page lists them too.
+    let page = get(http, "/schedules").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for text in [
+        "data-schedule=\"beat\"",
+        "data-schedule=\"yearly\"",
+        "Asia/Shanghai",
+        "paused",
+    ] {
+        assert!(page.body.contains(text), "{text} missing: {}", page.body);
+    }
 }
 
 /// A bad request: method, path, headers, body, expected status and error code.
@@ -583,6 +739,30 @@ async fn bad_input_gets_a_4xx_with_the_error_code_never_a_5xx() {
             "/api/v1/queues/jobs/config".into(),
             &json_ct,
             r#"{"no_such": 1}"#.into(),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/jobs/config".into(),
+            &json_ct,
+            r#"{"max_in_flight": -1}"#.into(),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/jobs/config".into(),
+            &json_ct,
+            r#"{"rate_limit": 4294967296}"#.into(),
+            400,
+            "BAD_REQUEST",
+        ),
+        (
+            "POST",
+            "/api/v1/queues/jobs/config".into(),
+            &json_ct,
+            r#"{"drop_expired": 1}"#.into(),
             400,
             "BAD_REQUEST",
         ),

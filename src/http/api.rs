@@ -82,6 +82,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/api/v1/queues/{name}/redrive", post(redrive))
         .route("/api/v1/queues/{name}/config", post(configure))
         .route("/api/v1/queues/{name}/delete", post(delete_queue))
+        .route("/api/v1/schedules", get(list_schedules))
         .route("/api/v1/tasks/{id}", get(get_task))
         .route("/api/v1/connections", get(list_connections))
         .route("/api/v1/events", get(events::events))
@@ -123,6 +124,21 @@ pub(crate) async fn within<T>(
 pub(crate) fn valid_queue(name: &str) -> Result<(), ApiError> {
     squall_proto::validate_queue_name(name)
         .map_err(|e| ApiError::new(ErrorCode::InvalidQueueName, e.to_string()))
+}
+
+/// A list query's `after` (a name: `what` names have the queue-name alphabet) and
+/// limit, or `BAD_REQUEST`.
+fn list_range(q: ListQuery, what: &str) -> Result<(String, usize), ApiError> {
+    let limit = in_range("limit", q.limit, MAX_LIST, MAX_LIST)?;
+    let after = q.after.unwrap_or_default();
+    if after.len() > squall_proto::MAX_QUEUE_NAME_LEN {
+        return Err(ApiError::bad_request(format!(
+            "`after` is {} bytes long; {what} names have at most {}",
+            after.len(),
+            squall_proto::MAX_QUEUE_NAME_LEN
+        )));
+    }
+    Ok((after, limit))
 }
 
 /// `BAD_REQUEST` unless `value` (default `default`) is within `1..=max`.
@@ -207,14 +223,14 @@ async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 #[openapi(
     info(
         title = "Squall HTTP API",
-        description = "Queues, tasks, connections and administrative actions of one Squall \
-            broker. With `[[auth.tokens]]` configured every endpoint needs `Authorization: \
+        description = "Queues, tasks, schedules, connections and administrative actions of \
+            one Squall broker. With `[[auth.tokens]]` configured every endpoint needs `Authorization: \
             Bearer <token>`; actions need the admin role. Actions take a JSON body \
             (`{}` when empty). Errors are `{code, message}` with the broker's error code names."
     ),
     paths(
-        overview, list_queues, get_queue, peek_tasks, get_task, list_connections,
-        events_doc, pause, resume, purge, redrive, configure, delete_queue
+        overview, list_queues, get_queue, peek_tasks, list_schedules, get_task,
+        list_connections, events_doc, pause, resume, purge, redrive, configure, delete_queue
     ),
     components(schemas(ErrorBody, Empty)),
     modifiers(&BearerAuth),
@@ -264,17 +280,24 @@ async fn list_queues(
     who: Reader,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<QueuePage>, ApiError> {
-    let limit = in_range("limit", q.limit, MAX_LIST, MAX_LIST)?;
-    let after = q.after.unwrap_or_default();
-    if after.len() > squall_proto::MAX_QUEUE_NAME_LEN {
-        return Err(ApiError::bad_request(format!(
-            "`after` is {} bytes long; queue names have at most {}",
-            after.len(),
-            squall_proto::MAX_QUEUE_NAME_LEN
-        )));
-    }
+    let (after, limit) = list_range(q, "queue")?;
     let mut page = within(READ_TIMEOUT, app.backend.queues(after, limit)).await?;
     page.queues.retain(|q| who.0.allows_queue(&q.name));
+    Ok(Json(page))
+}
+
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", params(ListQuery),
+    responses((status = 200, body = SchedulePage), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn list_schedules(
+    State(app): State<Arc<App>>,
+    who: Reader,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<SchedulePage>, ApiError> {
+    let (after, limit) = list_range(q, "schedule")?;
+    let mut page = within(READ_TIMEOUT, app.backend.schedules(after, limit)).await?;
+    // A token limited to some queues sees the schedules that publish to them.
+    page.schedules.retain(|s| who.0.allows_queue(&s.queue));
     Ok(Json(page))
 }
 

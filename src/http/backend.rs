@@ -1,15 +1,16 @@
 //! What the HTTP side asks of the broker, as one narrow trait: health, metrics, queue
-//! list and detail, peek, task lookup, connections, overview and the administrative
-//! actions. The server implements it on top of the hub (reads from the engine, task
-//! data from the store, actions through the same hub path as the protocol's admin
-//! requests, answered once durable). Requests arrive here already validated (names,
-//! ranges, authorisation); nothing here knows about HTTP.
+//! list and detail, peek, schedules, task lookup, connections, overview and the
+//! administrative actions. The server implements it on top of the hub (reads from the
+//! engine, task data from the store, actions through the same hub path as the
+//! protocol's admin requests, answered once durable). Requests arrive here already
+//! validated (names, ranges, authorisation); nothing here knows about HTTP.
 
 use futures_util::future::BoxFuture;
 
 use super::error::ApiError;
 use super::types::{
-    ConfigChange, ConnectionList, Overview, PeekState, QueuePage, QueueView, TaskDetail, TaskList,
+    ConfigChange, ConnectionList, Overview, PeekState, QueuePage, QueueView, SchedulePage,
+    TaskDetail, TaskList,
 };
 
 /// Whether the broker is alive and ready, for `/healthz` and `/readyz`.
@@ -103,6 +104,12 @@ pub trait Backend: Send + Sync + 'static {
         limit: usize,
         preview: usize,
     ) -> BoxFuture<'_, Result<TaskList, ApiError>>;
+    /// Up to `limit` schedules whose names sort after `after`.
+    fn schedules(
+        &self,
+        after: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<SchedulePage, ApiError>>;
     /// A task's status (state `unknown` if the broker does not know it).
     fn task(&self, id: u64) -> BoxFuture<'_, Result<TaskDetail, ApiError>>;
     /// Up to `limit` client connections of the protocol port.

@@ -63,6 +63,9 @@ pub struct QueueTotals {
     pub dead_lettered: u64,
     /// Deliveries of a task delivered before.
     pub redelivered: u64,
+    /// Tasks not started by their expiry (dead-lettered with reason `expired`, or
+    /// dropped).
+    pub expired_tasks: u64,
 }
 
 /// A queue's settings.
@@ -82,6 +85,14 @@ pub struct QueueSettings {
     pub result_ttl_ms: u64,
     /// How long an idempotency key is remembered.
     pub dedup_window_ms: u64,
+    /// Most tasks leased at once across all consumers (0 = no cap).
+    pub max_in_flight: u32,
+    /// Most deliveries per second (0 = no limit).
+    pub rate_limit: u32,
+    /// The rate limit's burst as set (0 = one second's worth).
+    pub rate_burst: u32,
+    /// Tasks not started by their expiry are removed instead of dead-lettered.
+    pub drop_expired: bool,
 }
 
 /// A page of queues in name order.
@@ -90,6 +101,47 @@ pub struct QueuePage {
     /// The queues.
     pub queues: Vec<QueueView>,
     /// Whether more queues follow (ask again with `after` = the last name).
+    pub more: bool,
+}
+
+/// A periodic schedule: what it publishes where, and how far it got. Read-only in the
+/// API (`squall schedule add|remove|pause|resume` change schedules).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ScheduleView {
+    /// Schedule name.
+    pub name: String,
+    /// The queue its tasks go to.
+    pub queue: String,
+    /// Cron expression (six fields with seconds first, or five).
+    pub cron: String,
+    /// IANA time zone the expression is read in.
+    pub tz: String,
+    /// Ticks missed while the broker was down: `none`, `one` or `all`.
+    pub catch_up: String,
+    /// Paused schedules do not fire.
+    pub paused: bool,
+    /// Priority of its tasks.
+    pub priority: i32,
+    /// Delivery limit of its tasks (0 = the queue's).
+    pub max_attempts: u32,
+    /// Payload size of its tasks.
+    pub payload_bytes: u64,
+    /// Its next tick (unix ms; none while paused).
+    pub next_run_ms: Option<u64>,
+    /// Its last tick that fired (unix ms; none before the first).
+    pub last_run_ms: Option<u64>,
+    /// The task its last published tick made (none before the first).
+    pub last_task: Option<u64>,
+    /// When it was created (unix ms).
+    pub created_at_ms: u64,
+}
+
+/// A page of schedules in name order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SchedulePage {
+    /// The schedules.
+    pub schedules: Vec<ScheduleView>,
+    /// Whether more schedules follow (ask again with `after` = the last name).
     pub more: bool,
 }
 
@@ -119,7 +171,7 @@ impl PeekState {
     }
 }
 
-/// Query of `GET /api/v1/queues`.
+/// Query of `GET /api/v1/queues` and `GET /api/v1/schedules`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
@@ -341,6 +393,15 @@ pub struct ConfigChange {
     pub result_ttl_ms: Option<u64>,
     /// How long an idempotency key is remembered.
     pub dedup_window_ms: Option<u64>,
+    /// Most tasks leased at once across all consumers (0 = no cap).
+    pub max_in_flight: Option<u32>,
+    /// Most deliveries per second (0 = no limit).
+    pub rate_limit: Option<u32>,
+    /// The rate limit's burst: deliveries its token bucket holds when full (0 = one
+    /// second's worth).
+    pub rate_burst: Option<u32>,
+    /// Remove tasks not started by their expiry instead of dead-lettering them.
+    pub drop_expired: Option<bool>,
 }
 
 /// Body of `POST .../purge`.

@@ -159,6 +159,34 @@ test("purging from the queue page asks first, then empties the queue", async () 
   assert.match(open.cli(["queue", "trash", "--json"]), /"ready":\s*0/);
 });
 
+test("the configuration form sets the flow control, its checkbox included", async () => {
+  const { page } = b;
+  publish(open, "flow", "x");
+  const config = () => page.evaluate(async () => (await (await fetch("/api/v1/queues/flow")).json()).config);
+  const save = async () => {
+    await page.evaluate(() => { document.getElementById("action-result").textContent = ""; });
+    await page.click('#config button[type="submit"]');
+    await page.waitForFunction(
+      () => document.getElementById("action-result").textContent === "configuration saved",
+      null,
+      { timeout: WAIT },
+    );
+  };
+  await page.goto(open.url("/queues/flow"));
+  await page.fill('#config input[name="max_in_flight"]', "3");
+  await page.fill('#config input[name="rate_limit"]', "20");
+  await page.check('#config input[name="drop_expired"]');
+  await save();
+  let c = await config();
+  assert.deepEqual([c.max_in_flight, c.rate_limit, c.rate_burst, c.drop_expired], [3, 20, 0, true]);
+  await page.goto(open.url("/queues/flow"));
+  assert.equal(await page.isChecked('#config input[name="drop_expired"]'), true, "shown as saved");
+  await page.uncheck('#config input[name="drop_expired"]');
+  await save();
+  c = await config();
+  assert.deepEqual([c.max_in_flight, c.drop_expired], [3, false]);
+});
+
 test("screenshot of the dashboard for the README (docs/dashboard.png)", async () => {
   const { page } = b;
   publish(open, "payments", "p1", "p2", "p3");

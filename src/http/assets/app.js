@@ -220,7 +220,8 @@
         ev.preventDefault();
         const body = {};
         for (const input of form.querySelectorAll("input")) {
-          if (input.value !== "") body[input.name] = Number(input.value);
+          if (input.type === "checkbox") body[input.name] = input.checked;
+          else if (input.value !== "") body[input.name] = Number(input.value);
         }
         post(base + "config", body).then(() => {
           result.textContent = "configuration saved";

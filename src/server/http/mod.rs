@@ -134,7 +134,11 @@ async fn route_answers(mut rx: mpsc::UnboundedReceiver<Outbound>, pending: Pendi
     while let Some(out) = rx.recv().await {
         let req = match &out {
             Outbound::Reply { req, .. } | Outbound::Status { req, .. } => *req,
-            Outbound::Admin(AdminReply::Queues { req, .. } | AdminReply::Peek { req, .. }) => *req,
+            Outbound::Admin(
+                AdminReply::Queues { req, .. }
+                | AdminReply::Peek { req, .. }
+                | AdminReply::Schedules { req, .. },
+            ) => *req,
             _ => continue,
         };
         if let Some(tx) = pending.lock().remove(&req) {
@@ -194,6 +198,7 @@ fn queue_view(q: &QueueStatus, store: &Store, now: u64) -> QueueView {
             expired: c.expired,
             dead_lettered: c.dead_lettered,
             redelivered: c.redelivered,
+            expired_tasks: c.expired_tasks,
         },
         config: QueueSettings {
             lease_ms: s.config.lease_ms,
@@ -203,7 +208,30 @@ fn queue_view(q: &QueueStatus, store: &Store, now: u64) -> QueueView {
             max_length: s.config.max_length,
             result_ttl_ms: s.config.result_ttl_ms,
             dedup_window_ms: s.config.dedup_window_ms,
+            max_in_flight: s.config.max_in_flight,
+            rate_limit: s.config.rate_limit,
+            rate_burst: s.config.rate_burst,
+            drop_expired: s.config.drop_expired,
         },
+    }
+}
+
+fn schedule_view(v: &crate::broker::ScheduleView) -> ScheduleView {
+    let s = &v.schedule;
+    ScheduleView {
+        name: s.name.to_string(),
+        queue: s.queue.to_string(),
+        cron: s.cron.clone(),
+        tz: s.tz.clone(),
+        catch_up: s.catch_up.as_str().to_owned(),
+        paused: s.paused,
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        payload_bytes: s.payload.len() as u64,
+        next_run_ms: v.next_run_ms,
+        last_run_ms: (s.last_run_ms > 0).then_some(s.last_run_ms),
+        last_task: (s.last_task > 0).then_some(s.last_task),
+        created_at_ms: s.created_ms,
     }
 }
 
@@ -346,6 +374,22 @@ impl Backend for HubBackend {
                     })
                 }
                 other_answer => Err(other(other_answer, "a queue list")),
+            }
+        })
+    }
+
+    fn schedules(
+        &self,
+        after: String,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<SchedulePage, ApiError>> {
+        Box::pin(async move {
+            match self.admin(AdminOp::ListSchedules { after, limit }).await? {
+                Outbound::Admin(AdminReply::Schedules { list, more, .. }) => Ok(SchedulePage {
+                    schedules: list.iter().map(schedule_view).collect(),
+                    more,
+                }),
+                other_answer => Err(other(other_answer, "a schedule list")),
             }
         })
     }
@@ -499,8 +543,10 @@ impl Backend for HubBackend {
                         max_length: c.max_length,
                         result_ttl_ms: c.result_ttl_ms,
                         dedup_window_ms: c.dedup_window_ms,
-                        // The HTTP API does not set flow control (yet): unchanged.
-                        ..QueueConfigUpdate::default()
+                        max_in_flight: c.max_in_flight,
+                        rate_limit: c.rate_limit,
+                        rate_burst: c.rate_burst,
+                        drop_expired: c.drop_expired,
                     },
                 ),
                 Action::Delete(q) => AdminOp::Delete(q),

@@ -29,8 +29,10 @@ use super::types::{
 use super::App;
 use crate::auth::Grant;
 
-const APP_JS: &str = include_str!("assets/app.js");
-const APP_CSS: &str = include_str!("assets/app.css");
+mod schedules;
+
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
 /// How long a page waits for the broker.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Tasks a queue page shows per state.
@@ -45,6 +47,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/tasks", get(task_lookup))
         .route("/tasks/{id}", get(task_page))
         .route("/connections", get(connections_page))
+        .route("/schedules", get(schedules::page))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/assets/app.js", get(app_js))
