@@ -525,3 +525,26 @@ fn a_task_whose_ack_was_not_stored_is_restored_and_delivered_again() {
     e.restore_task(2, &stored(TaskStatus::Succeeded, 3, 0), T0 + 3);
     assert_eq!(snapshot(&e).ready, 0);
 }
+
+/// Cluster mode: two leaders' engines rebuilt at the same clock (one per Raft term)
+/// never give the same lease token, so a token from an earlier term's leader is never
+/// a live lease of this one, whatever the nodes' clocks say.
+#[test]
+fn lease_tokens_carry_the_term_they_were_given_in() {
+    let mut tokens = Vec::new();
+    for term in [7, 8] {
+        let mut e = engine();
+        e.set_token_epoch(term);
+        e.publish_committed(&[task(1, 0), task(2, 0)], T0);
+        e.subscribe(1, 1, "q", 2).unwrap();
+        let (d, _) = step(&mut e, T0);
+        for lease in &d {
+            assert_eq!(lease.token >> 40, term, "token {:#x}", lease.token);
+            tokens.push(lease.token);
+        }
+    }
+    let mut distinct = tokens.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{tokens:x?}");
+}
