@@ -61,6 +61,15 @@ fn members(n: u64) -> (Vec<tempfile::TempDir>, Vec<Member>) {
     (dirs, members)
 }
 
+/// `--peers` naming `members`.
+fn peers_of(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}@{}", m.id, m.cluster))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn args(m: &Member, peers: &str) -> Vec<String> {
     args_with(m, peers, "", &[])
 }
@@ -188,11 +197,7 @@ fn cli_agrees(report: &serde_json::Value, leader: u64) -> bool {
 async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
     let _serial = SERIAL.lock().await;
     let (_dirs, members) = members(NODES);
-    let peers = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.cluster))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers_of(&members);
     let mut brokers: Vec<Option<ChildBroker>> =
         members.iter().map(|m| Some(start(m, &peers))).collect();
 
@@ -304,13 +309,7 @@ async fn cluster_cli(args: &[&str]) -> std::process::Output {
 async fn a_node_is_added_as_a_voter_and_removed_again() {
     let _serial = SERIAL.lock().await;
     let (_dirs, members) = members(4);
-    let peers = |n: usize| {
-        members[..n]
-            .iter()
-            .map(|m| format!("{}@{}", m.id, m.cluster))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    let peers = |n: usize| peers_of(&members[..n]);
     let mut brokers: Vec<ChildBroker> = members[..3].iter().map(|m| start(m, &peers(3))).collect();
     let first: Vec<&Member> = members[..3].iter().collect();
     let (leader, _) = agreed_leader(&first).await;
@@ -389,11 +388,7 @@ struct Three {
 
 async fn three() -> Three {
     let (dirs, members) = members(NODES);
-    let peers = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.cluster))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers_of(&members);
     let brokers = members.iter().map(|m| Some(start(m, &peers))).collect();
     let all: Vec<&Member> = members.iter().collect();
     agreed_leader(&all).await;
@@ -641,11 +636,7 @@ async fn with_tls_configured_the_cluster_port_speaks_tls() {
     let (_dirs, members) = members(NODES);
     let pki_dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = common::pki::pki(pki_dir.path(), &["127.0.0.1"]);
-    let peers = members
-        .iter()
-        .map(|m| format!("{}@{}", m.id, m.cluster))
-        .collect::<Vec<_>>()
-        .join(",");
+    let peers = peers_of(&members);
     let ca_line = format!("tls_ca = \"{}\"\n", ca.display());
     let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
     let brokers: Vec<ChildBroker> = members
@@ -931,4 +922,103 @@ async fn a_follower_whose_data_is_deleted_catches_up_from_the_leader() {
         let state = store.get_state(*id).unwrap().expect("a retained result");
         assert_eq!(state.status, squall::model::TaskStatus::Succeeded);
     }
+}
+
+/// The value of the sample `name` (exact, labels included) in a Prometheus text page.
+fn sample(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `/metrics` of each member describes the cluster (term, role, leader, log and
+/// applied index, voters; on the leader each follower's lag), and `/readyz` is 200 on
+/// every member that knows a leader, 503 on one that knows none: here the last member
+/// left once the two others were killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness_describe_the_cluster() {
+    let _serial = SERIAL.lock().await;
+    let Three {
+        _dirs,
+        members,
+        mut brokers,
+        ..
+    } = three().await;
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, term) = agreed_leader(&all).await;
+    let https: Vec<SocketAddr> = brokers
+        .iter()
+        .map(|b| b.as_ref().and_then(|b| b.http).expect("HTTP port"))
+        .collect();
+    let http = |i: usize| https[i];
+
+    // The leader's page names both followers' lag once it has replicated to them.
+    let deadline = Instant::now() + WITHIN;
+    let page = loop {
+        let (_, page) = common::http_get(http(leader as usize - 1), "/metrics").await;
+        let lags = members
+            .iter()
+            .filter(|m| m.id != leader)
+            .filter(|m| {
+                let name = format!(
+                    "squall_cluster_replication_lag_entries{{node=\"{}\"}}",
+                    m.id
+                );
+                sample(&page, &name).is_some()
+            })
+            .count();
+        if lags == 2 {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no lag per follower: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        sample(&page, "squall_cluster_is_leader"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(sample(&page, "squall_cluster_voters"), Some(3.0), "{page}");
+    assert!(sample(&page, "squall_cluster_term").is_some_and(|t| t >= term as f64));
+    assert!(sample(&page, "squall_cluster_applied_index").is_some_and(|i| i >= 1.0));
+    for m in members.iter().filter(|m| m.id != leader) {
+        let (status, _) = common::http_get(http(m.id as usize - 1), "/readyz").await;
+        assert_eq!(status, 200, "a follower that knows the leader is ready");
+        let (_, page) = common::http_get(http(m.id as usize - 1), "/metrics").await;
+        assert_eq!(
+            sample(&page, "squall_cluster_is_leader"),
+            Some(0.0),
+            "{page}"
+        );
+        assert_eq!(
+            sample(&page, "squall_cluster_leader_id"),
+            Some(leader as f64)
+        );
+        assert!(sample(&page, "squall_cluster_leader_changes_total").is_some_and(|c| c >= 1.0));
+    }
+
+    // Kill the leader and one follower: the last member knows no leader any more.
+    let last = members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower")
+        .id;
+    for m in members.iter().filter(|m| m.id != last) {
+        brokers[m.id as usize - 1].take().expect("running").kill9();
+    }
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (status, _) = common::http_get(http(last as usize - 1), "/readyz").await;
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready without any leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, page) = common::http_get(http(last as usize - 1), "/metrics").await;
+    assert_eq!(
+        sample(&page, "squall_cluster_leader_known"),
+        Some(0.0),
+        "{page}"
+    );
+    assert_eq!(sample(&page, "squall_ready"), Some(0.0), "{page}");
 }

@@ -30,6 +30,8 @@ type Metrics = openraft::RaftMetrics<NodeId, Member>;
 /// Whether this node serves clients now, and what a refused client is told.
 pub(crate) struct Leadership {
     state: Mutex<LeadState>,
+    /// Times this node saw another node become leader (`/metrics`).
+    leader_changes: std::sync::atomic::AtomicU64,
 }
 
 struct LeadState {
@@ -47,7 +49,15 @@ impl Leadership {
                 serving: None,
                 refusal: "this node has not joined its cluster yet; retry shortly".to_owned(),
             }),
+            leader_changes: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Times this node has seen a leader other than the one before (the first leader
+    /// it learns of counts).
+    pub(crate) fn leader_changes(&self) -> u64 {
+        self.leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// At Hello: the token that closes the connection when this leadership ends and
@@ -126,11 +136,23 @@ fn view_of(m: &Metrics) -> ClusterView {
 impl LeadWatch {
     /// Follows openraft's metrics until `stop`.
     pub(crate) async fn run(mut self, stop: CancellationToken) {
+        let mut last_leader = None;
         loop {
-            let (ready, refusal, view) = {
+            let (ready, refusal, view, leader) = {
                 let m = self.metrics.borrow_and_update();
-                (ready_term(&m), not_leader(&m), view_of(&m))
+                (
+                    ready_term(&m),
+                    not_leader(&m),
+                    view_of(&m),
+                    m.current_leader,
+                )
             };
+            if leader.is_some() && leader != last_leader {
+                self.leadership
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                last_leader = leader;
+            }
             let serving = self.leadership.serving_term();
             match (serving, ready) {
                 (Some(s), Some(r)) if s == r => {}

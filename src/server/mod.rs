@@ -257,11 +257,21 @@ async fn start_broker(
     };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
+    // A cluster member's leadership watcher is started below; the HTTP side reads its
+    // count and the Raft metrics from now on.
+    let leadership = member.as_ref().map(|_| Arc::new(lead::Leadership::new()));
     http.go_live(Live {
         hub: hub_tx.clone(),
         store: store.clone(),
         writer: writer_stats,
         queue_limit: config.metrics_queue_limit,
+        cluster: member
+            .as_ref()
+            .zip(leadership.as_ref())
+            .map(|((node, _), leadership)| http::ClusterProbe {
+                metrics: node.raft().metrics(),
+                leadership: leadership.clone(),
+            }),
     });
     metrics.ready.store(true, Ordering::Relaxed);
     // Logged only now: whoever waits for this line may rely on /readyz saying ready.
@@ -281,10 +291,9 @@ async fn start_broker(
         config.handshake_memory_bytes.min(Semaphore::MAX_PERMITS),
     ));
     let conn_cancel = CancellationToken::new();
-    let (lead, cluster) = match member {
+    let (lead, cluster) = match member.zip(leadership) {
         None => (None, None),
-        Some((node, proposer)) => {
-            let leadership = Arc::new(lead::Leadership::new());
+        Some(((node, proposer), leadership)) => {
             let watcher = lead::LeadWatch {
                 metrics: node.raft().metrics(),
                 leadership: leadership.clone(),

@@ -78,16 +78,19 @@ pub(crate) struct StoreHealth {
 }
 
 /// Encodes one scrape as OpenMetrics text, or (`openmetrics` false) as Prometheus'
-/// text format. `writer` and `queues` are absent while the broker is still recovering.
+/// text format. `writer` and `queues` are absent while the broker is still recovering;
+/// `cluster` on a cluster member only; `ready` is what `/readyz` says.
 pub(crate) fn render(
     metrics: &Metrics,
+    ready: bool,
     writer: Option<&WriterStats>,
     queues: ScrapedQueues,
     store: StoreHealth,
+    cluster: Option<super::cluster_metrics::ClusterSample>,
     openmetrics: bool,
 ) -> Result<String, std::fmt::Error> {
     let scrape = Scrape {
-        ready: metrics.is_ready() && !store.unavailable,
+        ready: ready && !store.unavailable,
         store,
         connections_open: metrics.connections_open.load(Relaxed),
         connections_accepted: metrics.connections_accepted.load(Relaxed),
@@ -109,6 +112,9 @@ pub(crate) fn render(
     };
     let mut registry = Registry::with_prefix("squall");
     registry.register_collector(Box::new(scrape));
+    if let Some(cluster) = cluster {
+        registry.register_collector(Box::new(cluster));
+    }
     let mut out = String::with_capacity(8 * 1024);
     // process_* carry no prefix (the names every exporter uses): a registry of their
     // own, encoded first and without its end marker.
@@ -330,7 +336,7 @@ impl EncodeMetric for ScaledHistogram<'_> {
 /// Microseconds per second.
 const MICROS: f64 = 1e6;
 
-fn gauge(
+pub(super) fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -339,7 +345,7 @@ fn gauge(
     ConstGauge::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
-fn counter(
+pub(super) fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

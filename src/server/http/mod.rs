@@ -18,14 +18,17 @@ use squall_proto::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use self::cluster_metrics::ClusterSample;
 use self::exposition::{QueueSample, ScrapedQueues, StoreHealth};
 use crate::broker::{QueueConfigUpdate, TaskView};
+use crate::cluster::types::{Member, NodeId};
 use crate::config::ServerConfig;
 use crate::http::types::*;
 use crate::http::{Action, ActionDone, ApiError, Backend, Health, HttpOptions, MetricsText};
 use crate::server::clock::now_ms;
 use crate::server::conn::wire;
 use crate::server::error::ServerError;
+use crate::server::lead::Leadership;
 use crate::server::metrics::Metrics;
 use crate::server::msg::{
     AdminOp, AdminReply, ConnectionInfo, Failure, HubCmd, HubTx, Outbound, PeekedTask, QueueStatus,
@@ -34,6 +37,7 @@ use crate::server::msg::{
 use crate::server::{reads, tls};
 use crate::store::{Store, WriterStats};
 
+mod cluster_metrics;
 mod exposition;
 
 /// The running broker, as far as the HTTP side needs it.
@@ -43,6 +47,15 @@ pub(crate) struct Live {
     pub(crate) writer: Arc<WriterStats>,
     /// Queues exported one by one (`metrics_queue_limit`).
     pub(crate) queue_limit: usize,
+    /// On a cluster member: its Raft metrics and leadership.
+    pub(crate) cluster: Option<ClusterProbe>,
+}
+
+/// What the HTTP side reads of a cluster member: openraft's metrics (for `/metrics`
+/// and `/readyz`) and the leadership watcher's count of leader changes.
+pub(crate) struct ClusterProbe {
+    pub(crate) metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    pub(crate) leadership: Arc<Leadership>,
 }
 
 /// What one peeked task costs an answer beyond its payload preview (as the protocol's
@@ -322,6 +335,20 @@ fn quantiles(h: &crate::histogram::Histogram) -> Quantiles {
     }
 }
 
+impl HubBackend {
+    /// `/readyz`: recovered and serving; on a cluster member, also a leader known (the
+    /// leader serves clients, a follower tells them where it is; a member that knows
+    /// no leader, during an election or cut off from the majority, can do neither).
+    fn ready(&self) -> bool {
+        let cluster_ok = self
+            .live
+            .get()
+            .and_then(|l| l.cluster.as_ref())
+            .is_none_or(|c| c.metrics.borrow().current_leader.is_some());
+        self.metrics.is_ready() && cluster_ok
+    }
+}
+
 impl Backend for HubBackend {
     fn node_id(&self) -> String {
         self.node_id.clone()
@@ -330,7 +357,7 @@ impl Backend for HubBackend {
     fn health(&self) -> Health {
         let store = self.live.get().map(|l| &l.store);
         Health {
-            ready: self.metrics.is_ready(),
+            ready: self.ready(),
             failed: store.and_then(|s| s.failure()).map(|e| e.to_string()),
             unavailable: store
                 .and_then(|s| s.refusing_publishes())
@@ -351,8 +378,20 @@ impl Backend for HubBackend {
                 unavailable: l.store.refusing_publishes().is_some(),
                 journal_bytes: l.store.journal_disk_bytes(),
             });
-            let body = exposition::render(&self.metrics, writer, queues, store, openmetrics)
-                .map_err(|_| ApiError::new(ErrorCode::Internal, "encoding the metrics failed"))?;
+            let cluster = live
+                .and_then(|l| l.cluster.as_ref())
+                .map(|c| ClusterSample::read(&c.metrics.borrow(), c.leadership.leader_changes()));
+            let ready = self.ready();
+            let body = exposition::render(
+                &self.metrics,
+                ready,
+                writer,
+                queues,
+                store,
+                cluster,
+                openmetrics,
+            )
+            .map_err(|_| ApiError::new(ErrorCode::Internal, "encoding the metrics failed"))?;
             let content_type = if openmetrics {
                 exposition::CONTENT_TYPE
             } else {

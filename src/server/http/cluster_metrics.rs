@@ -1,0 +1,153 @@
+//! The cluster's part of `/metrics`, on a cluster member only: this node's Raft term,
+//! role, known leader, last log and applied index, membership size, the leader changes
+//! it has seen and, on the leader, each member's replication lag and the age of the
+//! last quorum acknowledgement. Read from openraft's metrics at each scrape; nothing
+//! is kept here. Not here: the broker's and the queues' metrics (`exposition.rs`).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use super::exposition::{counter, gauge};
+use crate::cluster::types::{Member, NodeId};
+
+/// One scrape's view of the cluster from this node.
+#[derive(Debug)]
+pub(crate) struct ClusterSample {
+    term: u64,
+    leader: Option<NodeId>,
+    is_leader: bool,
+    last_log_index: u64,
+    applied_index: u64,
+    voters: usize,
+    learners: usize,
+    leader_changes: u64,
+    /// Leader only: entries each other member is behind the leader's last log entry.
+    lag: Vec<(NodeId, u64)>,
+    /// Leader only: milliseconds since a quorum last acknowledged it.
+    quorum_ack_ms: Option<u64>,
+}
+
+impl ClusterSample {
+    /// Reads `m`, openraft's metrics of this node; `leader_changes` as counted by the
+    /// leadership watcher.
+    pub(crate) fn read(
+        m: &openraft::RaftMetrics<NodeId, Member>,
+        leader_changes: u64,
+    ) -> ClusterSample {
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let learners = membership.learner_ids().count();
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let is_leader = m.state == openraft::ServerState::Leader;
+        let lag: Vec<(NodeId, u64)> = m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(id, _)| **id != m.id)
+            .map(|(id, matched)| {
+                let matched = matched.as_ref().map_or(0, |l| l.index);
+                (*id, last_log_index.saturating_sub(matched))
+            })
+            .collect();
+        debug_assert!(is_leader || lag.is_empty(), "only a leader replicates");
+        debug_assert!(voters >= 1 || m.membership_config.log_id().is_none());
+        ClusterSample {
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader,
+            last_log_index,
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            voters,
+            learners,
+            leader_changes,
+            lag,
+            quorum_ack_ms: m.millis_since_quorum_ack,
+        }
+    }
+}
+
+impl Collector for ClusterSample {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let enc = &mut enc;
+        gauge(
+            enc,
+            "cluster_term",
+            "This node's current Raft term.",
+            self.term as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_is_leader",
+            "1 while this node is the cluster's leader (the one that serves clients).",
+            i64::from(self.is_leader),
+        )?;
+        gauge(
+            enc,
+            "cluster_leader_known",
+            "1 while this node knows a leader; 0 during an election or when cut off from the majority.",
+            i64::from(self.leader.is_some()),
+        )?;
+        if let Some(leader) = self.leader {
+            gauge(
+                enc,
+                "cluster_leader_id",
+                "The node id of the leader this node knows.",
+                leader as i64,
+            )?;
+        }
+        counter(
+            enc,
+            "cluster_leader_changes",
+            "Times this node has seen another node become leader since it started.",
+            self.leader_changes,
+        )?;
+        gauge(
+            enc,
+            "cluster_last_log_index",
+            "Index of the last entry in this node's Raft log.",
+            self.last_log_index as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_applied_index",
+            "Index of the last entry this node applied to its queues.",
+            self.applied_index as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_voters",
+            "Voting members of the cluster.",
+            self.voters as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_learners",
+            "Non-voting members (joining, catching up).",
+            self.learners as i64,
+        )?;
+        if self.is_leader {
+            let mut family = enc.encode_descriptor(
+                "cluster_replication_lag_entries",
+                "Leader only: log entries each other member is behind the leader.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (node, lag) in &self.lag {
+                let labels = [("node", node.to_string())];
+                ConstGauge::new(*lag as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(ms) = self.quorum_ack_ms {
+            ConstGauge::new(ms as f64 / 1000.0).encode(enc.encode_descriptor(
+                "cluster_quorum_ack_age",
+                "Leader only: time since a quorum of the members last acknowledged it.",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}
