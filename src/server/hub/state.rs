@@ -152,43 +152,24 @@ impl Hub {
         self.writer.submit(Muts::One(m), done);
     }
 
-    /// Persists a change nobody waits for, except result waiters when it finishes a
-    /// task. Changes nobody waits for at all (a delivery's attempt count) gather in
-    /// `unawaited` and go to the writer as one job, in order with the others.
-    fn persist(&self, m: Mutation, unawaited: &mut Vec<Mutation>) {
-        let Some((task, state)) = Final::of(&m) else {
-            unawaited.push(m);
-            return;
-        };
-        self.submit_unawaited(unawaited);
-        let done = Done::Finished {
+    /// Persists a change nobody waits for, except result waiters when it finishes a task.
+    pub(super) fn persist(&self, m: Mutation) {
+        let done = Final::of(&m).map(|(task, state)| Done::Finished {
             reply: None,
             task,
             state,
             waiters: self.waiters.clone(),
             restore: None,
-        };
-        self.writer.submit(Muts::One(m), Some(done));
-    }
-
-    /// Submits the gathered changes nobody waits for as one store job.
-    fn submit_unawaited(&self, unawaited: &mut Vec<Mutation>) {
-        match unawaited.len() {
-            0 => {}
-            1 => self.writer.submit(Muts::One(unawaited.remove(0)), None),
-            _ => self
-                .writer
-                .submit(Muts::Many(std::mem::take(unawaited)), None),
-        }
+        });
+        self.writer.submit(Muts::One(m), done);
     }
 
     /// Carries out what the engine decided: store jobs and deliveries.
     pub(super) fn apply_effects(&mut self, now: Millis) {
         let mut effects = std::mem::take(&mut self.effects);
-        let mut unawaited = Vec::new();
         for effect in effects.drain(..) {
             match effect {
-                Effect::Persist(m) => self.persist(m, &mut unawaited),
+                Effect::Persist(m) => self.persist(m),
                 Effect::Deliver(d) => match self.outboxes.get(&d.conn) {
                     Some(out) => {
                         // A closed outbox means the connection is going away; its
@@ -201,7 +182,6 @@ impl Hub {
                 },
             }
         }
-        self.submit_unawaited(&mut unawaited);
         // Keep the allocation.
         self.effects = effects;
     }
