@@ -62,6 +62,7 @@ impl Engine {
             let Some(mut entry) = q.pop_ready() else {
                 break;
             };
+            let mut expires_ms = 0;
             if entry.attempts == 0 && !self.expiring.is_empty() {
                 if let Some(waiting) = self.expiring.remove(&entry.id) {
                     self.expiry_index.remove(&(waiting.expires_ms, entry.id));
@@ -69,6 +70,7 @@ impl Engine {
                         out.push(Effect::Persist(expire_entry(q, entry, now)));
                         continue;
                     }
+                    expires_ms = waiting.expires_ms;
                 }
             }
             if rate > 0 {
@@ -115,6 +117,7 @@ impl Engine {
                     slot: sub_slot,
                     queue: idx,
                     entry,
+                    expires_ms,
                 },
             );
             self.deadlines.push(Reverse((deadline_ms, entry.id, token)));

@@ -7,7 +7,8 @@
 //! about to deliver; `tick` takes the due index entries, at most a bounded number per
 //! call, and moves those tasks out of the delayed index (O(log n)) or marks their ready
 //! entry as expired (the heap skips it when popped). A task counts as started at its
-//! first delivery; a delivery given back unseen does not bring its expiry back.
+//! first delivery; a delivery given back unseen (released, or never sent) brings its
+//! expiry back, kept meanwhile in the lease.
 
 use super::engine::{dead_patch, Effect, Engine, Entry, REASON_EXPIRED};
 use super::queue::{Queue, QueueIdx};

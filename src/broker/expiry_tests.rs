@@ -220,3 +220,52 @@ fn one_tick_expires_a_bounded_number_and_asks_to_come_back() {
     assert_eq!(e.expiring_count(), 0);
     assert_eq!(counts(&e), (0, 0, 0, n, n));
 }
+
+#[test]
+fn a_delivery_given_back_unseen_brings_the_expiry_back() {
+    // Released by its consumer before its expiry, then not taken again in time.
+    let mut e = engine();
+    e.subscribe(1, 1, "q", 1).unwrap();
+    e.publish_committed(&[task(1, 0, T0 + 100)], T0);
+    let (d, _) = step(&mut e, T0 + 10, true);
+    e.unsubscribe(1, 1).unwrap();
+    let m = e.release_unseen(1, 1, d[0].token, T0 + 20).unwrap();
+    assert!(matches!(
+        m,
+        Mutation::Patch {
+            patch: StatePatch {
+                attempts: Some(0),
+                ..
+            },
+            ..
+        }
+    ));
+    assert_eq!(
+        e.next_wakeup(),
+        Some(T0 + 100),
+        "its expiry is watched again"
+    );
+    let (_, m) = step(&mut e, T0 + 100, true);
+    assert_eq!(m, vec![expired_patch(1, T0 + 100)]);
+    assert_eq!(counts(&e), (0, 0, 0, 1, 1));
+
+    // Released after its expiry passed: expired at the next tick, never redelivered.
+    let mut e = engine();
+    e.subscribe(1, 1, "q", 1).unwrap();
+    e.publish_committed(&[task(1, 0, T0 + 100)], T0);
+    let (d, _) = step(&mut e, T0 + 10, true);
+    e.release_unseen(1, 1, d[0].token, T0 + 500).unwrap();
+    let (d, m) = step(&mut e, T0 + 500, true);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(m, vec![expired_patch(1, T0 + 500)]);
+
+    // A delivery the hub could not send, likewise.
+    let mut e = engine();
+    e.subscribe(1, 1, "q", 1).unwrap();
+    e.publish_committed(&[task(1, 0, T0 + 100)], T0);
+    let (d, _) = step(&mut e, T0 + 10, true);
+    e.undeliverable(1, 1, d[0].token, true, T0 + 10);
+    let (d, m) = step(&mut e, T0 + 100, true);
+    assert!(d.is_empty(), "{d:?}");
+    assert_eq!(m, vec![expired_patch(1, T0 + 100)]);
+}

@@ -211,6 +211,9 @@ pub(super) struct Lease {
     pub(super) slot: u64,
     pub(super) queue: QueueIdx,
     pub(super) entry: Entry,
+    /// The expiry this first delivery lifted (0 = none): a delivery given back unseen
+    /// (released, or never sent) brings it back.
+    pub(super) expires_ms: Millis,
 }
 
 #[cfg(test)]

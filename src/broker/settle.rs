@@ -82,7 +82,8 @@ impl Engine {
     }
 
     /// Gives back a delivery its consumer never started on: the task is ready again at
-    /// once and the attempt counted at delivery is undone. The returned mutation (the
+    /// once, the attempt counted at delivery is undone, and a first delivery's expiry
+    /// applies again (the task is still not started). The returned mutation (the
     /// attempt count as it was before this delivery) must be durable before the
     /// release is confirmed; until then the store holds the higher count, which only
     /// errs on the safe side.
@@ -100,6 +101,7 @@ impl Engine {
         );
         lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
         let attempts = lease.entry.attempts;
+        self.watch_expiry(lease.queue, lease.entry, lease.expires_ms);
         self.enqueue(lease.queue, lease.entry, 0, now);
         Ok(Mutation::Patch {
             id: task,
@@ -148,6 +150,7 @@ impl Engine {
         if let Ok(mut lease) = self.take_lease(conn, task, token) {
             if requeue {
                 lease.entry.attempts = lease.entry.attempts.saturating_sub(1);
+                self.watch_expiry(lease.queue, lease.entry, lease.expires_ms);
                 self.enqueue(lease.queue, lease.entry, 0, now);
             }
         }

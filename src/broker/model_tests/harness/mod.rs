@@ -63,7 +63,8 @@ struct MTask {
     last_error: Option<String>,
     /// The expiry it was published with (0 = none), as stored.
     expires_ms: Millis,
-    /// The expiry that still applies: `expires_ms` until its first delivery, 0 after.
+    /// The expiry that still applies: `expires_ms` while not started (never delivered,
+    /// or every delivery given back unseen), 0 after.
     expiry: Millis,
 }
 

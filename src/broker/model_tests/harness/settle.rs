@@ -102,6 +102,9 @@ impl Harness {
         };
         assert_eq!(got.as_ref(), Ok(&want), "release of task {}", h.task);
         t.phantom = false;
+        if t.attempts == 0 {
+            t.expiry = t.expires_ms; // still not started: its expiry applies again
+        }
         t.state = MState::Ready {
             not_before,
             delayed: false,
@@ -125,6 +128,9 @@ impl Harness {
         };
         t.attempts -= 1;
         t.phantom = true;
+        if t.attempts == 0 {
+            t.expiry = t.expires_ms;
+        }
         t.state = MState::Ready {
             not_before,
             delayed: false,
