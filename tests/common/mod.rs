@@ -264,6 +264,14 @@ impl ChildBroker {
         kib * 1024
     }
 
+    /// Sends `signal` (`"STOP"`, `"CONT"`, ...) to the broker process.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
