@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{temp_data_dir, ChildBroker, TestBroker, WAIT};
 use squall_client::{
-    Client, PublishOptions, QueueConfigUpdate, ScheduleSpec, StateFilter, Subscription,
+    Client, PublishOptions, QueueConfigUpdate, ScheduleSpec, StateFilter, Subscription, TaskOutcome,
 };
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -260,11 +260,23 @@ async fn an_expired_task_is_never_delivered_and_is_dead_or_dropped() {
         .set_queue_config("exp-drop", QueueConfigUpdate::new().drop_expired(true))
         .await
         .unwrap();
-    client
+    let dropped = client
         .publish_with("exp-drop", "late", short)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Whoever waits for its result learns at its expiry that it is gone, not at the
+    // end of the wait.
+    let start = Instant::now();
+    let outcome = client
+        .wait_result(dropped.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, TaskOutcome::Unknown), "{outcome:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     let q = client.queue("exp-drop").await.unwrap();
     assert_eq!((q.ready, q.dead, q.totals.expired_tasks), (0, 0, 1));
 }

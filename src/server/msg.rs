@@ -386,7 +386,8 @@ pub(crate) struct TaskPayload {
 pub(crate) enum Final {
     Succeeded,
     Dead,
-    /// Removed by an operator (purge, delete-queue): its waiters learn the task is gone.
+    /// Removed by an operator (purge, delete-queue) or dropped at its expiry: its
+    /// waiters learn the task is gone.
     Removed,
 }
 

@@ -17,10 +17,13 @@ use crate::broker::ConnId;
 use crate::model::{Mutation, TaskId, TaskStatus};
 
 impl Final {
-    /// The task a mutation finishes, and how.
+    /// The task a mutation finishes, and how. A removal finishes it as removed (a task
+    /// dropped at its expiry); an ack whose queue keeps no result is a removal too, but
+    /// its settle names `Succeeded` itself.
     pub(crate) fn of(m: &Mutation) -> Option<(TaskId, Final)> {
         match m {
             Mutation::Succeed { id, .. } => Some((*id, Final::Succeeded)),
+            Mutation::Remove { id } => Some((*id, Final::Removed)),
             Mutation::Patch { id, patch } => match patch.status {
                 Some(TaskStatus::Dead) => Some((*id, Final::Dead)),
                 Some(TaskStatus::Succeeded) => Some((*id, Final::Succeeded)),
@@ -176,6 +179,7 @@ mod tests {
         assert_eq!(Final::of(&dead), Some((3, Final::Dead)));
         assert_eq!(Final::of(&ack), Some((4, Final::Succeeded)));
         assert_eq!(Final::of(&retry), None);
-        assert_eq!(Final::of(&Mutation::Remove { id: 3 }), None);
+        let dropped = Mutation::Remove { id: 3 };
+        assert_eq!(Final::of(&dropped), Some((3, Final::Removed)));
     }
 }
