@@ -46,7 +46,8 @@ const RUN: u64 = 77;
 
 /// A store in `dir`, its writer, and the state machine on them.
 fn open_machine(dir: &Path, pending: Pending<Tell>) -> (Store, Writer<Tell>, Machine) {
-    let store = Store::open(&StoreConfig::new(dir, FsyncMode::Always)).expect("store opens");
+    // Reopened by some tests: retry the race with sled's lock release.
+    let store = crate::store::tests::reopen(&StoreConfig::new(dir, FsyncMode::Always));
     let writer = store.start_writer::<Tell>();
     let sm = StateMachine::open(
         &dir.join(RAFT_DIR),

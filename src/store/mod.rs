@@ -36,7 +36,7 @@ mod retention_tests;
 mod schedule_tests;
 mod status;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod volume;
 mod writer;
 

@@ -63,7 +63,7 @@ pub(super) fn config(dir: &TempDir, fsync: FsyncMode) -> StoreConfig {
 /// releases its directory lock from a background thread a moment after the last
 /// handle goes, and a process that a parallel test forks can hold a copy of the lock
 /// file's descriptor until it execs (`InUse`).
-pub(super) fn reopen(config: &StoreConfig) -> Store {
+pub(crate) fn reopen(config: &StoreConfig) -> Store {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match Store::open(config) {
@@ -85,8 +85,10 @@ pub(super) fn reopen(config: &StoreConfig) -> Store {
     }
 }
 
+/// Opens the store in `dir`; many tests open it again after dropping it, so this
+/// retries the race with sled's lock release (`reopen`).
 pub(super) fn open(dir: &TempDir, fsync: FsyncMode) -> Store {
-    Store::open(&config(dir, fsync)).expect("open store")
+    reopen(&config(dir, fsync))
 }
 
 pub(super) fn state(queue: &str, created_ms: u64) -> TaskState {
