@@ -86,7 +86,7 @@ pub(crate) fn render(
     writer: Option<&WriterStats>,
     queues: ScrapedQueues,
     store: StoreHealth,
-    cluster: Option<super::cluster_metrics::ClusterSample>,
+    cluster: Option<Box<dyn Collector>>,
     openmetrics: bool,
 ) -> Result<String, std::fmt::Error> {
     let scrape = Scrape {
@@ -113,7 +113,7 @@ pub(crate) fn render(
     let mut registry = Registry::with_prefix("squall");
     registry.register_collector(Box::new(scrape));
     if let Some(cluster) = cluster {
-        registry.register_collector(Box::new(cluster));
+        registry.register_collector(cluster);
     }
     let mut out = String::with_capacity(8 * 1024);
     // process_* carry no prefix (the names every exporter uses): a registry of their

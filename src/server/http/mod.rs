@@ -378,9 +378,11 @@ impl Backend for HubBackend {
                 unavailable: l.store.refusing_publishes().is_some(),
                 journal_bytes: l.store.journal_disk_bytes(),
             });
-            let cluster = live
-                .and_then(|l| l.cluster.as_ref())
-                .map(|c| ClusterSample::read(&c.metrics.borrow(), c.leadership.leader_changes()));
+            let cluster = live.and_then(|l| l.cluster.as_ref()).map(|c| {
+                let sample =
+                    ClusterSample::read(&c.metrics.borrow(), c.leadership.leader_changes());
+                Box::new(sample) as Box<dyn prometheus_client::collector::Collector>
+            });
             let ready = self.ready();
             let body = exposition::render(
                 &self.metrics,
