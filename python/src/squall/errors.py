@@ -241,6 +241,16 @@ class InvalidSchedule(BrokerError):
     code = 47
 
 
+class NotLeader(BrokerError):
+    """NOT_LEADER (code 48): this member of a replicated cluster is not its leader; the
+    message names the leader's address when known. Only the leader serves clients, and
+    this client does not follow leaders yet (the Rust client does): connect to the
+    leader. A change answered this way after the leadership moved may or may not have
+    been applied, so retry only what is safe to repeat (with an idempotency key)."""
+
+    code = 48
+
+
 #: Wire code -> class. A code this client does not know becomes a plain `BrokerError`
 #: whose `code` is the number received.
 BY_CODE: dict[int, type[BrokerError]] = {
@@ -269,6 +279,7 @@ BY_CODE: dict[int, type[BrokerError]] = {
         AnswerTooLarge,
         ScheduleExists,
         InvalidSchedule,
+        NotLeader,
     )
 }
 
@@ -297,6 +308,7 @@ _NAMES: dict[int, str] = {
     40: "ANSWER_TOO_LARGE",
     46: "SCHEDULE_EXISTS",
     47: "INVALID_SCHEDULE",
+    48: "NOT_LEADER",
 }
 
 

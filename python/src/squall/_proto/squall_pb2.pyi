@@ -33,6 +33,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANSWER_TOO_LARGE: _ClassVar[ErrorCode]
     SCHEDULE_EXISTS: _ClassVar[ErrorCode]
     INVALID_SCHEDULE: _ClassVar[ErrorCode]
+    NOT_LEADER: _ClassVar[ErrorCode]
 
 class TaskStateFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -80,6 +81,7 @@ TIMEOUT: ErrorCode
 ANSWER_TOO_LARGE: ErrorCode
 SCHEDULE_EXISTS: ErrorCode
 INVALID_SCHEDULE: ErrorCode
+NOT_LEADER: ErrorCode
 TASK_STATE_FILTER_UNSPECIFIED: TaskStateFilter
 TASK_STATE_FILTER_READY: TaskStateFilter
 TASK_STATE_FILTER_DELAYED: TaskStateFilter
@@ -218,16 +220,36 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_name: _Optional[str] = ..., token: _Optional[str] = ...) -> None: ...
 
 class HelloOk(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "node_id", "limits")
+    __slots__ = ("protocol_version", "server_version", "node_id", "limits", "cluster")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     server_version: str
     node_id: str
     limits: Limits
-    def __init__(self, protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., node_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    cluster: ClusterInfo
+    def __init__(self, protocol_version: _Optional[int] = ..., server_version: _Optional[str] = ..., node_id: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., cluster: _Optional[_Union[ClusterInfo, _Mapping]] = ...) -> None: ...
+
+class ClusterInfo(_message.Message):
+    __slots__ = ("cluster_id", "leader", "members")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    leader: int
+    members: _containers.RepeatedCompositeFieldContainer[ClusterMember]
+    def __init__(self, cluster_id: _Optional[str] = ..., leader: _Optional[int] = ..., members: _Optional[_Iterable[_Union[ClusterMember, _Mapping]]] = ...) -> None: ...
+
+class ClusterMember(_message.Message):
+    __slots__ = ("node_id", "client_addr")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    client_addr: str
+    def __init__(self, node_id: _Optional[int] = ..., client_addr: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_frame_bytes", "max_payload_bytes", "max_batch", "max_prefetch", "max_lease_ms", "max_inflight_requests")
