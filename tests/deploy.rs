@@ -149,7 +149,7 @@ fn service_is_headless_and_budget_keeps_two_nodes() {
         .iter()
         .map(|p| int(p, "port"))
         .collect();
-    assert_eq!(ports, [7600, 7601]);
+    assert_eq!(ports, [7600, 7601, 7700]);
     let pdb = yaml("k8s/pdb.yaml");
     assert_eq!(text(&pdb, "kind"), "PodDisruptionBudget");
     assert_eq!(int(&pdb, "spec.maxUnavailable"), 1);
@@ -195,6 +195,191 @@ fn compose_runs_three_nodes_with_their_own_volumes_and_ports() {
         assert_eq!(list.len(), n, "distinct: {list:?}");
     }
     assert_eq!(at(&compose, "volumes").as_mapping().unwrap().len(), 3);
+
+    // One cluster: each service, loaded with its environment, is the member whose
+    // peers entry names its service, and hands clients the port published on the host.
+    let mut ids = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let env: Vec<(String, String)> = at(service, "environment")
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().unwrap().to_owned(),
+                    v.as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let s = squall::config::Settings::load(None, env, Vec::<(&str, String)>::new())
+            .unwrap_or_else(|e| panic!("{name}'s environment is refused: {e}"));
+        let id = s.cluster.node_id(&s.server).expect("a cluster member");
+        let peer = s.cluster.peers.iter().find(|p| p.id == id).unwrap();
+        assert_eq!(peer.addr, format!("{name}:7700"), "{name}");
+        assert_eq!(s.cluster.listen.unwrap().port(), 7700);
+        let published = text(service, "ports.0");
+        let (host, inner) = published.rsplit_once(':').unwrap();
+        assert_eq!(inner, "7600", "{published}");
+        assert_eq!(
+            s.cluster.client_addr(&s.server),
+            host,
+            "{name} advertises {host}"
+        );
+        ids.push(id);
+    }
+    ids.sort();
+    assert_eq!(ids, [1, 2, 3]);
+}
+
+/// The environment a StatefulSet pod gets, `$(VAR)` references expanded as the kubelet
+/// does, for the pod `pod`.
+fn pod_env(sts: &Value, pod: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in at(sts, "spec.template.spec.containers.0.env")
+        .as_sequence()
+        .unwrap()
+    {
+        let name = text(e, "name").to_owned();
+        let value = match e.get("value") {
+            Some(v) => {
+                let mut v = v.as_str().unwrap().to_owned();
+                for (k, known) in &env {
+                    v = v.replace(&format!("$({k})"), known);
+                }
+                v
+            }
+            None => {
+                assert_eq!(text(e, "valueFrom.fieldRef.fieldPath"), "metadata.name");
+                pod.to_owned()
+            }
+        };
+        env.push((name, value));
+    }
+    env
+}
+
+#[test]
+fn kubernetes_pods_are_the_members_of_one_cluster() {
+    let sts = yaml("k8s/statefulset.yaml");
+    let svc = yaml("k8s/service.yaml");
+    let service = text(&sts, "spec.serviceName");
+    let replicas = int(&sts, "spec.replicas");
+    let cluster_port = at(&svc, "spec.ports")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| text(p, "name") == "cluster")
+        .map(|p| int(p, "port"))
+        .expect("the Service has the cluster port");
+    let container_ports = at(&sts, "spec.template.spec.containers.0.ports");
+    assert!(container_ports
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| text(p, "name") == "cluster" && int(p, "containerPort") == cluster_port));
+    let cm = yaml("k8s/configmap.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("squall.toml");
+    std::fs::write(&file, text(&cm, "data.squall.toml")).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..replicas {
+        let pod = format!("squall-{n}");
+        let s = squall::config::Settings::load(
+            Some(&file),
+            pod_env(&sts, &pod),
+            Vec::<(&str, String)>::new(),
+        )
+        .unwrap_or_else(|e| panic!("pod {pod}: {e}"));
+        assert_eq!(s.cluster.peers.len() as u64, replicas, "peers = replicas");
+        assert_eq!(s.cluster.listen.unwrap().port() as u64, cluster_port);
+        let id = s.cluster.node_id(&s.server).expect("a member");
+        let me = s.cluster.peers.iter().find(|p| p.id == id).unwrap();
+        assert_eq!(me.addr, format!("{pod}.{service}:{cluster_port}"));
+        assert_eq!(
+            s.cluster.client_addr(&s.server),
+            format!("{pod}.{service}:7600"),
+            "{pod} hands clients its stable name"
+        );
+        ids.push(id);
+    }
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "distinct ids");
+}
+
+/// The ConfigMap's squall.toml run as three members named by host, like the pods: one
+/// loopback address per member (127.0.0.1-3) standing for squall-0..2.squall, the same
+/// ports on each. They form the cluster by themselves and every one turns ready.
+#[tokio::test]
+async fn three_members_named_by_host_form_the_cluster_the_configmap_describes() {
+    let cm = yaml("k8s/configmap.yaml");
+    let config_dir = tempfile::tempdir().unwrap();
+    let file = config_dir.path().join("squall.toml");
+    std::fs::write(&file, text(&cm, "data.squall.toml")).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client_port, cluster_port) = (free(), free());
+    let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    let peers: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| format!("{}@{h}:{cluster_port}", i + 1))
+        .collect();
+    let peers = peers.join(",");
+    let dirs: Vec<tempfile::TempDir> = hosts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut members = Vec::new();
+    for (host, dir) in hosts.iter().zip(&dirs) {
+        let listen: std::net::SocketAddr = format!("{host}:{client_port}").parse().unwrap();
+        let cluster_listen = format!("{host}:{cluster_port}");
+        let args = [
+            "--config",
+            file.to_str().unwrap(),
+            "--cluster-listen",
+            &cluster_listen,
+            "--peers",
+            &peers,
+        ];
+        let data = dir.path().to_str().unwrap();
+        let mut all = vec!["--listen", &listen.to_string(), "--data-dir", data]
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (child, events) = common::spawn_squall(&all, &[("SQUALL_NODE_ID", host)]);
+        let mut http = None;
+        while http.is_none() {
+            match events.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(common::LogEvent::Http(a)) => http = Some(a),
+                Ok(_) => {}
+                Err(e) => panic!("member {host} did not start: {e:?}"),
+            }
+        }
+        members.push((child, http.unwrap()));
+    }
+    for (_, http) in &members {
+        let http = *http;
+        let mut ready = false;
+        for _ in 0..150 {
+            if common::http_get(http, "/readyz").await.0 == 200 {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert!(ready, "member at {http} never became ready (no leader)");
+    }
+    for (mut child, _) in members {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// SQUALL_SHUTDOWN_GRACE set by the image, in seconds.
@@ -482,6 +667,7 @@ fn compose_secure_override_gives_every_node_its_tokens_and_certificate() {
         for (var, secret) in [
             ("SQUALL_TLS_CERT", "squall_tls_cert"),
             ("SQUALL_TLS_KEY", "squall_tls_key"),
+            ("SQUALL_CLUSTER_TLS_CA", "squall_tls_ca"),
         ] {
             assert_eq!(
                 text(service, &format!("environment.{var}")),
@@ -491,7 +677,12 @@ fn compose_secure_override_gives_every_node_its_tokens_and_certificate() {
         }
         assert!(secrets.contains(&"squall_config"), "{name}");
     }
-    for secret in ["squall_config", "squall_tls_cert", "squall_tls_key"] {
+    for secret in [
+        "squall_config",
+        "squall_tls_cert",
+        "squall_tls_key",
+        "squall_tls_ca",
+    ] {
         let file = text(&secure, &format!("secrets.{secret}.file"));
         assert!(file.starts_with("./secrets/"), "{secret}: {file}");
     }
@@ -523,7 +714,8 @@ fn kubernetes_secure_overlay_mounts_the_secrets_the_broker_reads() {
         env,
         [
             ("SQUALL_TLS_CERT", format!("{dir}/tls.crt").as_str()),
-            ("SQUALL_TLS_KEY", format!("{dir}/tls.key").as_str())
+            ("SQUALL_TLS_KEY", format!("{dir}/tls.key").as_str()),
+            ("SQUALL_CLUSTER_TLS_CA", format!("{dir}/ca.crt").as_str())
         ]
     );
     let volumes = at(&patch, "spec.template.spec.volumes")
@@ -554,6 +746,7 @@ fn kubernetes_secure_overlay_mounts_the_secrets_the_broker_reads() {
     assert_eq!(text(tls, "type"), "kubernetes.io/tls");
     assert!(text(tls, "stringData.tls.crt").contains("BEGIN CERTIFICATE"));
     assert!(text(tls, "stringData.tls.key").contains("PRIVATE KEY"));
+    assert!(text(tls, "stringData.ca.crt").contains("BEGIN CERTIFICATE"));
     let toml = text(secret("squall-config"), "stringData.squall.toml");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("squall.toml");
@@ -561,4 +754,11 @@ fn kubernetes_secure_overlay_mounts_the_secrets_the_broker_reads() {
     let s = squall::config::Settings::load(Some(&file), Vec::new(), Vec::<(&str, String)>::new())
         .unwrap_or_else(|e| panic!("the example Secret's squall.toml is refused: {e}"));
     assert_eq!(s.server.auth.tokens.len(), 1);
+    // The members of the secure cluster authenticate each other with a token.
+    assert!(!s.cluster.token.is_empty());
+    assert_eq!(
+        s.cluster.peers,
+        configmap_settings().cluster.peers,
+        "the same members as the ConfigMap's"
+    );
 }

@@ -85,10 +85,34 @@ pub(super) fn parse_peers(items: &[&str]) -> Result<Vec<Peer>, String> {
 }
 
 impl ClusterConfig {
-    /// This node's Raft id when clustered: `node_id` as a number.
+    /// This node's Raft id when clustered: `node_id` as a number, or else the id of the
+    /// one `cluster.peers` entry whose host is `node_id` or starts with `node_id.` (so a
+    /// StatefulSet pod named `squall-0` is the member `1@squall-0.squall:7700`).
     pub fn node_id(&self, server: &ServerConfig) -> Option<u64> {
         self.listen?;
-        server.node_id.parse().ok()
+        self.resolve_id(&server.node_id).ok()
+    }
+
+    fn resolve_id(&self, name: &str) -> Result<u64, String> {
+        if let Ok(id) = name.parse::<u64>() {
+            return Ok(id);
+        }
+        let named = |p: &&Peer| {
+            let host = p.addr.rsplit_once(':').map_or(p.addr.as_str(), |(h, _)| h);
+            host == name || host.strip_prefix(name).is_some_and(|r| r.starts_with('.'))
+        };
+        let mut matching = self.peers.iter().filter(named);
+        match (matching.next(), matching.next()) {
+            (Some(p), None) => Ok(p.id),
+            (None, _) => Err(format!(
+                "`{name}` must be a number in a cluster, or the host of one cluster.peers \
+                 entry (ID@{name}:PORT or ID@{name}.DOMAIN:PORT)"
+            )),
+            (Some(a), Some(b)) => Err(format!(
+                "`{name}` is the host of two cluster.peers entries ({} and {})",
+                a.id, b.id
+            )),
+        }
     }
 
     /// The address clients are told to use for this node.
@@ -151,14 +175,9 @@ impl ClusterConfig {
                 format!("{listen} is also the protocol address (listen)"),
             );
         }
-        let Ok(id) = server.node_id.parse::<u64>() else {
-            return bad(
-                "node_id",
-                format!(
-                    "`{}` must be a number in a cluster (the id of this node in cluster.peers)",
-                    server.node_id
-                ),
-            );
+        let id = match self.resolve_id(&server.node_id) {
+            Ok(id) => id,
+            Err(reason) => return bad("node_id", reason),
         };
         if !self.peers.iter().any(|p| p.id == id) {
             return bad(
@@ -194,6 +213,40 @@ mod tests {
             .contains("not a number"));
         assert!(parse_peers(&["1@a"]).unwrap_err().contains("HOST:PORT"));
         assert!(parse_peers(&["1@a:1,1@b:2"]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_node_named_by_host_is_the_peer_with_that_host() {
+        let mut server = ServerConfig {
+            node_id: "squall-1".into(),
+            ..ServerConfig::default()
+        };
+        let mut c = ClusterConfig {
+            listen: Some("0.0.0.0:7700".parse().unwrap()),
+            peers: parse_peers(&[
+                "1@squall-0.squall:7700,2@squall-1.squall:7700,3@squall-10.squall:7700",
+            ])
+            .unwrap(),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(c.validate(&server), Ok(()));
+        assert_eq!(c.node_id(&server), Some(2), "squall-1 is not squall-10");
+        server.node_id = "squall-10".into();
+        assert_eq!(c.node_id(&server), Some(3));
+        server.node_id = "squall-3".into();
+        let e = c.validate(&server).unwrap_err();
+        assert_eq!(e.key, "node_id");
+        assert!(
+            e.reason.contains("host of one cluster.peers entry"),
+            "{}",
+            e.reason
+        );
+        assert_eq!(c.node_id(&server), None);
+        c.peers = parse_peers(&["1@a:7700,2@a:7701"]).unwrap();
+        server.node_id = "a".into();
+        assert!(c.validate(&server).unwrap_err().reason.contains("two"));
+        server.node_id = "2".into();
+        assert_eq!(c.node_id(&server), Some(2), "a number is the id itself");
     }
 
     #[test]
