@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# A replicated 3-node cluster (R3) beside one node (R1), side by side in one run
+# (issue 15's figures): both at `--fsync always`, on loopback, driven by this checkout's
+# `squall bench` with the same workloads as benches/ab.sh — a saturating 4 producers x
+# 4 consumers run and a fixed-rate run (1 producer, 1 consumer) — alternating R1 and R3
+# round after round. The cluster's clients are given one member and follow the leader.
+# Broker CPU is the sum over the members. Prints one markdown table.
+#
+# Usage: cargo build --release --bin squall && benches/cluster.sh
+# Environment: ROUNDS (3), MESSAGES (50000), RATE (1000), RATE_MESSAGES (10000),
+#              SQUALL_BIN (target/release/squall), BASE_PORT (32600).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+MESSAGES=${MESSAGES:-50000}
+RATE=${RATE:-1000}
+RATE_MESSAGES=${RATE_MESSAGES:-10000}
+BIN=${SQUALL_BIN:-target/release/squall}
+BASE=${BASE_PORT:-32600}
+[ -x "$BIN" ] || { echo "no $BIN: cargo build --release --bin squall" >&2; exit 64; }
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+client_addr() { echo "127.0.0.1:$((BASE + $1))"; }
+cluster_addr() { echo "127.0.0.1:$((BASE + 100 + $1))"; }
+PEERS="1@$(cluster_addr 1),2@$(cluster_addr 2),3@$(cluster_addr 3)"
+
+wait_listening() { # LOG
+  for _ in $(seq 400); do
+    grep -q 'listening on' "$1" && return 0
+    sleep 0.05
+  done
+  echo "a broker did not start:" >&2; cat "$1" >&2; exit 1
+}
+
+# Starts R1 (one node) or R3 (three members, waits for a leader); sets PIDS and ADDR.
+start() {
+  rm -rf "$WORK/d"*
+  PIDS=()
+  if [ "$1" = R1 ]; then
+    "$BIN" serve --data-dir "$WORK/d0" --listen "$(client_addr 0)" --http off \
+      --fsync always >"$WORK/log0" 2>&1 &
+    PIDS+=($!)
+    wait_listening "$WORK/log0"
+    ADDR=$(client_addr 0)
+    return
+  fi
+  for i in 1 2 3; do
+    RUST_LOG=warn "$BIN" serve --data-dir "$WORK/d$i" --listen "$(client_addr "$i")" \
+      --http off --fsync always --node-id "$i" --cluster-listen "$(cluster_addr "$i")" \
+      --peers "$PEERS" >"$WORK/log$i" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 1 2 3; do wait_listening "$WORK/log$i"; done
+  for _ in $(seq 200); do
+    if "$BIN" cluster status --json --node "$(cluster_addr 1)" 2>/dev/null \
+        | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("leader") else 1)'; then
+      ADDR=$(client_addr 1)
+      return
+    fi
+    sleep 0.1
+  done
+  echo "the cluster elected no leader" >&2; exit 1
+}
+# CPU seconds (user + system) of every broker process so far.
+cpu() {
+  local total=0
+  for p in "${PIDS[@]}"; do
+    total=$(awk -v t="$total" '{printf "%.2f", t + ($14 + $15) / 100}' "/proc/$p/stat")
+  done
+  echo "$total"
+}
+stop() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+for round in $(seq "$ROUNDS"); do
+  for kind in R1 R3; do
+    echo "round $round: $kind throughput..." >&2
+    start "$kind"
+    "$BIN" bench --server "$ADDR" --producers 4 --consumers 4 --messages "$MESSAGES" \
+      --size 256 --window 64 --prefetch 64 --json > "$WORK/r$round-$kind-tp.json"
+    cpu > "$WORK/r$round-$kind-tp.cpu"
+    stop
+    echo "round $round: $kind at $RATE msgs/s..." >&2
+    start "$kind"
+    "$BIN" bench --server "$ADDR" --producers 1 --consumers 1 --messages "$RATE_MESSAGES" \
+      --size 256 --rate "$RATE" --prefetch 64 --json > "$WORK/r$round-$kind-rate.json"
+    stop
+  done
+done
+
+python3 - "$WORK" "$ROUNDS" <<'PY'
+import json, os, sys, datetime, platform, statistics
+work, rounds = sys.argv[1], int(sys.argv[2])
+ms = lambda us: f"{us/1000:.2f}"
+load = os.getloadavg()[0]
+print(f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
+      f"load average {load:.1f} at the end); {rounds} rounds, R1 and R3 alternating; "
+      f"`--fsync always`; load generator: `squall bench`.\n")
+print("| setup | round | 4×4, 50k × 256 B: msgs/s | broker CPU per message (all members) "
+      "| e2e p50 / p99 (ms) | fixed rate: e2e p50 / p99 / p99.9 (ms) | lost |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+tps = {"R1": [], "R3": []}
+for kind in ("R1", "R3"):
+    for r in range(1, rounds + 1):
+        tp = json.load(open(f"{work}/r{r}-{kind}-tp.json"))
+        rate = json.load(open(f"{work}/r{r}-{kind}-rate.json"))
+        cpu = float(open(f"{work}/r{r}-{kind}-tp.cpu").read())
+        e, f = tp["end_to_end"], rate["end_to_end"]
+        tps[kind].append(tp["msgs_per_s"])
+        print(f"| {kind if r == 1 else ''} | {r} | {tp['msgs_per_s']:,.0f} "
+              f"| {cpu / tp['confirmed'] * 1e6:.0f} µs | {ms(e['p50_us'])} / {ms(e['p99_us'])} "
+              f"| {ms(f['p50_us'])} / {ms(f['p99_us'])} / {ms(f['p999_us'])} "
+              f"| {tp['lost'] + rate['lost']} |")
+r1, r3 = statistics.median(tps["R1"]), statistics.median(tps["R3"])
+print(f"\nMedian throughput: R1 {r1:,.0f} msgs/s, R3 {r3:,.0f} msgs/s: R3 = {r3 / r1:.0%} of R1.")
+PY
