@@ -239,6 +239,10 @@ pub enum Mutation {
         /// The entry's index.
         index: u64,
     },
+    /// Cluster mode only: the cluster's id, proposed once by the first leader that
+    /// finds none (`server/lead.rs`). The first one applied stays: a later one is
+    /// ignored, so the id never changes once set (membership changes, restarts).
+    ClusterId(Arc<str>),
 }
 
 /// What a schedule does with ticks that passed while it could not fire (the broker

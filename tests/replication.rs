@@ -313,6 +313,11 @@ async fn a_node_is_added_as_a_voter_and_removed_again() {
     let mut brokers: Vec<ChildBroker> = members[..3].iter().map(|m| start(m, &peers(3))).collect();
     let first: Vec<&Member> = members[..3].iter().collect();
     let (leader, _) = agreed_leader(&first).await;
+    let everyone = |n: usize| {
+        let addrs: Vec<String> = members[..n].iter().map(|m| m.client.to_string()).collect();
+        addrs.join(",")
+    };
+    let id_before = cluster_id(&everyone(3)).await;
     // The new node names the members and itself; it finds a formed cluster and waits.
     let new = &members[3];
     brokers.push(start(new, &peers(4)));
@@ -350,6 +355,8 @@ async fn a_node_is_added_as_a_voter_and_removed_again() {
             );
         }
     }
+    // The cluster's id does not change with its membership.
+    assert_eq!(cluster_id(&everyone(4)).await, id_before, "after add-node");
 
     // Refused, with the reason: a member that does not exist, a voter added twice.
     let out = cluster_cli(&["remove-node", "9", "--node", &via]).await;
@@ -372,9 +379,26 @@ async fn a_node_is_added_as_a_voter_and_removed_again() {
     for m in &members[..3] {
         membership_is(m, &[1, 2, 3]).await;
     }
+    assert_eq!(
+        cluster_id(&everyone(3)).await,
+        id_before,
+        "after remove-node"
+    );
     for b in brokers {
         b.terminate();
     }
+}
+
+/// The cluster's id as its leader announces it at Hello (a client given `everyone`).
+async fn cluster_id(everyone: &str) -> String {
+    let client = cluster_client(everyone).await;
+    let info = client
+        .server_info()
+        .cluster
+        .expect("a leader announces its cluster");
+    client.close().await;
+    assert_eq!(info.cluster_id.len(), 32, "a 128-bit id: {info:?}");
+    info.cluster_id
 }
 
 /// Three members started, agreed on a leader; `everyone` is their client addresses.

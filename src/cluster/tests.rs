@@ -404,3 +404,33 @@ async fn committed_commands_are_applied_to_the_store_and_recorded_with_their_log
         .is_err());
     close(store, writer, sm);
 }
+
+/// The cluster's id is set by the first `ClusterId` applied; a later one (another
+/// leader's, in a race) leaves it as it was, also when both are in one batch; it
+/// survives a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_cluster_id_applied_stays() {
+    use crate::model::Mutation::ClusterId;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
+    assert_eq!(store.cluster_id().unwrap(), None);
+    let origin = Origin {
+        node: NODE,
+        run: RUN,
+        seq: 1,
+    };
+    let first = vec![
+        ClusterId(Arc::from("first")),
+        ClusterId(Arc::from("same-batch")),
+    ];
+    sm.apply([command(origin, first, 1, 1)]).await.unwrap();
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("first"));
+    sm.apply([command(origin, vec![ClusterId(Arc::from("later"))], 2, 2)])
+        .await
+        .unwrap();
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("first"));
+    close(store, writer, sm);
+    let (store, writer, sm) = open_machine(dir.path(), Pending::default());
+    assert_eq!(store.cluster_id().unwrap().as_deref(), Some("first"));
+    close(store, writer, sm);
+}

@@ -6,6 +6,10 @@
 //! task leased under the old leader is ready again, its attempt counted), with lease
 //! tokens carrying the term, and only then admits clients. A node that stops leading
 //! closes its client connections (their leases die with them) and stops dispatching.
+//! The cluster's id is replicated state: the first leader that finds none in its
+//! store proposes a random one (`Mutation::ClusterId`, the first applied stays) and
+//! serves only once it is applied, so every leader tells clients the same id for the
+//! cluster's whole life, whatever its membership.
 //!
 //! Not here: proposing and applying entries (`cluster/`); a single node has none of
 //! this (no watcher runs, `Shared::lead` is `None`).
@@ -14,16 +18,18 @@ use std::sync::Arc;
 
 use openraft::ServerState;
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::done::Done;
 use super::msg::{ClusterView, HubCmd, HubTx, RebuiltEngine};
 use super::startup::{build_engine, engine_config};
 use crate::cluster::replicate::not_leader;
 use crate::cluster::types::{Member, NodeId};
 use crate::config::ServerConfig;
-use crate::store::Store;
+use crate::model::Mutation;
+use crate::store::{Muts, Store, WriterHandle};
 
 type Metrics = openraft::RaftMetrics<NodeId, Member>;
 
@@ -91,6 +97,13 @@ impl Leadership {
         }
     }
 
+    /// The members changed while serving the same term (`add-node`, `remove-node`).
+    fn update_view(&self, view: ClusterView) {
+        if let Some((_, _, served)) = &mut self.state.lock().serving {
+            *served = view;
+        }
+    }
+
     fn set_refusal(&self, refusal: String) {
         self.state.lock().refusal = refusal;
     }
@@ -101,6 +114,10 @@ pub(crate) struct LeadWatch {
     pub(crate) metrics: watch::Receiver<Metrics>,
     pub(crate) leadership: Arc<Leadership>,
     pub(crate) store: Store,
+    /// The routed writer handle (through Raft): how the first leader sets the id.
+    pub(crate) writer: WriterHandle<Done>,
+    /// The cluster's id once read from the store (it never changes).
+    pub(crate) cluster_id: Option<String>,
     pub(crate) hub: HubTx,
     pub(crate) config: ServerConfig,
     /// The connections' shutdown token: each term's token is its child.
@@ -116,12 +133,8 @@ fn ready_term(m: &Metrics) -> Option<u64> {
         .then_some(m.current_term)
 }
 
-fn view_of(m: &Metrics) -> ClusterView {
+fn view_of(m: &Metrics, cluster_id: String) -> ClusterView {
     let membership = &m.membership_config;
-    let cluster_id = membership.log_id().map_or_else(
-        || "unformed".to_owned(),
-        |l| format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-    );
     ClusterView {
         cluster_id,
         leader: m.id,
@@ -138,14 +151,9 @@ impl LeadWatch {
     pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut last_leader = None;
         loop {
-            let (ready, refusal, view, leader) = {
+            let (ready, refusal, leader) = {
                 let m = self.metrics.borrow_and_update();
-                (
-                    ready_term(&m),
-                    not_leader(&m),
-                    view_of(&m),
-                    m.current_leader,
-                )
+                (ready_term(&m), not_leader(&m), m.current_leader)
             };
             if leader.is_some() && leader != last_leader {
                 self.leadership
@@ -155,12 +163,17 @@ impl LeadWatch {
             }
             let serving = self.leadership.serving_term();
             match (serving, ready) {
-                (Some(s), Some(r)) if s == r => {}
+                (Some(s), Some(r)) if s == r => {
+                    if let Some(id) = &self.cluster_id {
+                        let view = view_of(&self.metrics.borrow(), id.clone());
+                        self.leadership.update_view(view);
+                    }
+                }
                 (_, Some(term)) => {
                     if serving.is_some() {
                         self.follow(refusal.clone());
                     }
-                    self.lead(term, view).await;
+                    self.lead(term).await;
                 }
                 (Some(_), None) => self.follow(refusal),
                 (None, None) => self.leadership.set_refusal(refusal),
@@ -180,8 +193,50 @@ impl LeadWatch {
         let _ = self.hub.send(HubCmd::Follow);
     }
 
+    /// The cluster's id: read from the store, or (the cluster's first leader) a random
+    /// one proposed and applied first. `None` if it cannot be had now (the proposal
+    /// failed: no longer leader, or the store refused).
+    async fn cluster_id(&mut self) -> Option<String> {
+        if let Some(id) = &self.cluster_id {
+            return Some(id.clone());
+        }
+        match self.store.cluster_id() {
+            Ok(Some(id)) => {
+                self.cluster_id = Some(id.clone());
+                return Some(id);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot read the cluster's id from the store: not serving");
+                return None;
+            }
+        }
+        let fresh = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = oneshot::channel();
+        let tell = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        self.writer.submit(
+            Muts::One(Mutation::ClusterId(fresh.as_str().into())),
+            Some(Done::Applied { then: None, tell }),
+        );
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "the cluster's id was not set: not serving");
+                return None;
+            }
+            Err(_) => return None,
+        }
+        // The first id applied stays (another leader's, in a race): read it back.
+        let id = self.store.cluster_id().ok().flatten()?;
+        info!(cluster_id = %id, "the cluster's id is set");
+        self.cluster_id = Some(id.clone());
+        Some(id)
+    }
+
     /// Rebuilds the engine from the store and starts serving `term`.
-    async fn lead(&self, term: u64, view: ClusterView) {
+    async fn lead(&mut self, term: u64) {
         let store = self.store.clone();
         let engine_config = engine_config(&self.config);
         let built = tokio::task::spawn_blocking(move || {
@@ -198,9 +253,13 @@ impl LeadWatch {
         };
         // Still the leader of that term? (The metrics may have moved meanwhile; the
         // loop looks again at once if they did.)
+        let Some(cluster_id) = self.cluster_id().await else {
+            return;
+        };
         if ready_term(&self.metrics.borrow()) != Some(term) {
             return;
         }
+        let view = view_of(&self.metrics.borrow(), cluster_id);
         engine.set_delivery_window(Some(self.delivery_window));
         engine.set_max_schedules(self.config.max_schedules);
         engine.set_token_epoch(term);

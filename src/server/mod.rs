@@ -298,6 +298,8 @@ async fn start_broker(
                 metrics: node.raft().metrics(),
                 leadership: leadership.clone(),
                 store: store.clone(),
+                writer: handle.clone(),
+                cluster_id: None,
                 hub: hub_tx.clone(),
                 config: config.clone(),
                 conn_cancel: conn_cancel.clone(),

@@ -272,8 +272,9 @@ impl std::fmt::Debug for RebuiltEngine {
 /// What a cluster's leader tells its clients at Hello.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClusterView {
-    /// The log id of the membership entry in force ("term-node-index"): the same on
-    /// every member, and another cluster's differs.
+    /// The cluster's id: random, set once by its first leader in the replicated
+    /// state, the same on every member whatever the membership, and another
+    /// cluster's differs.
     pub(crate) cluster_id: String,
     /// The leader's node id (this node's, when it answers Hello).
     pub(crate) leader: u64,

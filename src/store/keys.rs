@@ -12,6 +12,7 @@
 //! | `b'D'` + queue + `0x00` + key    | idempotency key record        |
 //! | `b'M'` + `b"next_id"`            | id watermark (u64 big-endian) |
 //! | `b'M'` + `b"raft_applied"`       | cluster mode: last applied Raft entry (term, node, index; u64 BE each) |
+//! | `b'M'` + `b"cluster_id"`         | cluster mode: the cluster's id (UTF-8), set once |
 //! | `b'Q'` + queue name bytes        | queue config record           |
 //! | `b'R'` + id (u64 big-endian)     | retention record (result)     |
 //! | `b'S'` + id (u64 big-endian)     | task state record             |
@@ -57,6 +58,10 @@ pub(crate) const JOURNAL_FLOOR: &[u8] = b"Mjournal_floor";
 /// The key of the last Raft log entry applied to this store (cluster mode only),
 /// written in the same batch as that entry's mutations.
 pub(crate) const RAFT_APPLIED: &[u8] = b"Mraft_applied";
+
+/// The key of the cluster's id (cluster mode only), written once by the first
+/// `Mutation::ClusterId` applied.
+pub(crate) const CLUSTER_ID: &[u8] = b"Mcluster_id";
 
 /// Length of a task key: prefix + big-endian id.
 pub(crate) const TASK_KEY_LEN: usize = 9;

@@ -386,6 +386,23 @@ impl Store {
         self.inner.next_id.fetch_max(watermark, Relaxed);
     }
 
+    /// Cluster mode: the cluster's id, once its first leader set it
+    /// (`Mutation::ClusterId`); `None` before.
+    pub fn cluster_id(&self) -> Result<Option<String>, StoreError> {
+        let Some(value) = self
+            .inner
+            .dbs
+            .get()
+            .get(keys::CLUSTER_ID)
+            .map_err(io_error)?
+        else {
+            return Ok(None);
+        };
+        String::from_utf8(value.to_vec())
+            .map(Some)
+            .map_err(|_| corrupt_reason(keys::CLUSTER_ID, "not UTF-8"))
+    }
+
     /// Cluster mode: the last Raft entry applied to this store (leader term, leader
     /// node, index), as `Mutation::Applied` recorded it; `None` before the first.
     pub fn raft_applied(&self) -> Result<Option<(u64, u64, u64)>, StoreError> {

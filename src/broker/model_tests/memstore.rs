@@ -121,8 +121,9 @@ fn apply(store: &mut Stored, m: &Mutation) {
         Mutation::PutQueue { .. }
         | Mutation::RemoveQueue { .. }
         | Mutation::Sweep { .. }
-        | Mutation::Applied { .. } => {
-            panic!("the engine never persists queue records, sweeps or raft positions: {m:?}")
+        | Mutation::Applied { .. }
+        | Mutation::ClusterId(_) => {
+            panic!("the engine never persists queue records, sweeps, raft positions or cluster ids: {m:?}")
         }
     }
 }

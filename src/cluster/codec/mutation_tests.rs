@@ -122,6 +122,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         name().prop_map(|name| Mutation::RemoveSchedule { name }),
         (any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(term, node, index)| Mutation::Applied { term, node, index }),
+        name().prop_map(Mutation::ClusterId),
     ]
 }
 

@@ -103,6 +103,7 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
             node_id: *node,
             index: *index,
         }),
+        Mutation::ClusterId(id) => Kind::ClusterId(id.to_string()),
     };
     pb::Mutation { kind: Some(kind) }
 }
@@ -167,6 +168,7 @@ fn mutation_from(m: pb::Mutation) -> Result<Mutation, CodecError> {
             node: node_id,
             index,
         },
+        Kind::ClusterId(id) => Mutation::ClusterId(Arc::from(id)),
     })
 }
 

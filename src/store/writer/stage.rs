@@ -231,6 +231,15 @@ impl<C: Completion> WriterLoop<C> {
                         Some(InlineArray::from(&value[..])),
                     ));
                 }
+                Mutation::ClusterId(id) => {
+                    // The first id applied stays: the cluster's id never changes.
+                    if self.read_staged(keys::CLUSTER_ID, batch)?.is_none() {
+                        self.stage.push((
+                            InlineArray::from(keys::CLUSTER_ID),
+                            Some(InlineArray::from(id.as_bytes())),
+                        ));
+                    }
+                }
             }
         }
         Ok(max_inserted)
