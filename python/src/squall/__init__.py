@@ -56,6 +56,7 @@ from .errors import (
     WaitTimeout,
 )
 from .types import (
+    ClusterInfo,
     LeaseInfo,
     Limits,
     PeekedTask,
@@ -90,6 +91,7 @@ __all__ = [
     "InvalidQueueName",
     "LeaseExpired",
     "LeaseInfo",
+    "ClusterInfo",
     "Limits",
     "MalformedFrame",
     "Message",

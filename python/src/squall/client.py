@@ -1,8 +1,10 @@
 """`connect` and `Client`: publishing, task status and results, subscriptions, the
-queue administration the CLI has, and close. `_Node` keeps one broker connection up
-in the background (reconnect with capped jittered backoff, re-subscribe, keepalive
-pings); a client of several addresses routes each queue to the node that rendezvous
-hashing picks (rendezvous.py). Socket I/O is in _conn.py, receiving in delivery.py."""
+queue administration the CLI has, and close. `_Node` keeps one connection up in the
+background (reconnect with capped jittered backoff, re-subscribe, keepalive pings) to
+a single broker or to the leader of a replicated cluster (it follows NOT_LEADER to the
+leader and dials the members the leader named when it goes away); a client of several
+single brokers or clusters routes each queue to the one that rendezvous hashing picks
+(rendezvous.py). Socket I/O is in _conn.py, receiving in delivery.py."""
 
 from __future__ import annotations
 
@@ -152,13 +154,70 @@ def _fill_spec(
         spec.expires_in_ms = duration_ms(expires_in, "expires_in")
 
 
+def leader_named_in(message: str) -> str | None:
+    """The leader's client address in a NOT_LEADER refusal ("... the leader is node N at
+    HOST:PORT"), if it names one (client/src/client/link.rs leader_named_in)."""
+    _, sep, addr = message.rpartition(" at ")
+    addr = addr.strip()
+    if not sep or ":" not in addr or " " in addr:
+        return None
+    return addr
+
+
+async def dial_leader(
+    members: Sequence[str], config: _Config, generation: int, patience: float = 0.0
+) -> Conn:
+    """Dials `members` in turn until one accepts the handshake. A cluster member that is
+    not the leader refuses it with NOT_LEADER naming the leader, which is dialed next.
+    While members answer NOT_LEADER without a leader (an election is under way), tries
+    again every 0.1 s for up to `patience` seconds. With one address this is one dial."""
+    deadline = time.monotonic() + patience
+    while True:
+        todo = list(members)
+        tried: set[str] = set()
+        last: errors.SquallError = errors.ConfigError("no broker address given")
+        electing = False
+        while todo:
+            addr = todo.pop(0)
+            if addr in tried:
+                continue
+            tried.add(addr)
+            try:
+                return await Conn.dial(
+                    addr,
+                    client_name=config.client_name,
+                    token=config.token,
+                    ssl=config.ssl,
+                    server_hostname=config.server_hostname,
+                    connect_timeout=config.connect_timeout,
+                    request_timeout=config.request_timeout,
+                    generation=generation,
+                )
+            except errors.NotLeader as e:
+                log.debug("%s is not the cluster's leader: %s", addr, e)
+                leader = leader_named_in(e.message)
+                if leader is None:
+                    electing = True
+                elif leader not in tried:
+                    todo.insert(0, leader)
+                last = e
+            except errors.SquallError as e:
+                last = e
+        if not electing or time.monotonic() >= deadline:
+            raise last
+        await asyncio.sleep(0.1)
+
+
 @dataclass
 class _Node:
-    """One broker address and the connection kept up to it."""
+    """One single broker or one replicated cluster, and the connection kept up to it
+    (to the cluster's leader)."""
 
     name: str
     addr: str
     config: _Config
+    #: Where to dial: the addresses given, then every member a cluster's leader named.
+    members: list[str] = field(default_factory=list)
     conn: Conn | None = None
     down_reason: str = "not connected yet"
     closed: bool = False
@@ -171,19 +230,20 @@ class _Node:
 
     # --- connection ---------------------------------------------------------------
 
-    async def dial(self) -> Conn:
+    async def dial(self, patience: float = 0.0) -> Conn:
         self.generation += 1
-        c = self.config
-        return await Conn.dial(
-            self.addr,
-            client_name=c.client_name,
-            token=c.token,
-            ssl=c.ssl,
-            server_hostname=c.server_hostname,
-            connect_timeout=c.connect_timeout,
-            request_timeout=c.request_timeout,
-            generation=self.generation,
-        )
+        conn = await dial_leader(self.members or [self.addr], self.config, self.generation, patience)
+        self.learn(conn.info)
+        return conn
+
+    def learn(self, info: ServerInfo) -> None:
+        """Remembers every member a cluster's leader named (to dial when it goes away)."""
+        if not self.members:
+            self.members.append(self.addr)
+        if info.cluster is not None:
+            for _, addr in info.cluster.members:
+                if addr and addr not in self.members:
+                    self.members.append(addr)
 
     def start(self, conn: Conn | None) -> None:
         if conn is not None:
@@ -301,7 +361,7 @@ class _Node:
                 continue
             self.info = conn.info
             await self._resubscribe(conn)
-            log.info("reconnected to %s after %d failed attempts", self.addr, failures)
+            log.info("reconnected to %s (%s) after %d failed attempts", self.name, conn.addr, failures)
             self._set_up(conn)
             return None
         return None
@@ -459,12 +519,20 @@ async def connect(
 ) -> Client:
     """Connects to the broker at `addr` ("HOST:PORT") and performs the handshake.
 
-    Several addresses (a list, or one string separated by commas; each "ADDR" or
-    "NAME=ADDR") make a client of independent brokers: each queue lives on the node
-    that rendezvous hashing of the node names picks, exactly as the Rust client and the
-    CLI pick it. `ssl` is an SSLContext, or True for the system's default trust.
+    A member of a replicated cluster that is not its leader answers NOT_LEADER naming
+    the leader: the client dials the leader instead, learns every member from it, and
+    when the leader goes away (killed, or it lost the leadership) reconnects to the new
+    leader and re-subscribes by itself.
 
-    The first connection is not retried: an unreachable broker fails here with
+    Several addresses (a list, or one string separated by commas; each "ADDR" or
+    "NAME=ADDR"): addresses whose leader announces the same cluster id are one cluster
+    (listed once); each single broker and each cluster is one node of the client, and
+    each queue lives on the node that rendezvous hashing picks over the node names (a
+    single broker's name, a cluster's id), exactly as the Rust client and the CLI pick
+    it. `ssl` is an SSLContext, or True for the system's default trust.
+
+    The first connection is not retried (but it waits up to `connect_timeout` for a
+    cluster that is electing its leader): an unreachable broker fails here with
     `TransportError` or `Timeout`. Later losses are reconnected per `reconnect`.
     """
     if ssl is True:
@@ -489,31 +557,72 @@ async def connect(
     )
     if config.connect_timeout <= 0 or config.request_timeout <= 0:
         raise errors.ConfigError("connect_timeout and request_timeout must be greater than zero")
-    nodes = [_Node(n, a, config) for n, a in _parse_nodes(addr)]
-    dialed = await asyncio.gather(*(n.dial() for n in nodes), return_exceptions=True)
-    failures = []
-    for node, result in zip(nodes, dialed, strict=True):
-        if isinstance(result, BaseException):
-            if isinstance(result, errors.ConfigError) or len(nodes) == 1:
-                for r in dialed:
-                    if isinstance(r, Conn):
-                        r.shutdown("client closed")
-                raise result
-            failures.append(f"{node.name} ({node.addr}): {result}")
-            node.down_reason = str(result)
-            log.warning("broker node %s unreachable; dialling it in the background: %s", node.addr, result)
+    given = [_Node(n, a, config) for n, a in _parse_nodes(addr)]
+    patience = config.connect_timeout
+    dialed = await asyncio.gather(*(n.dial(patience) for n in given), return_exceptions=True)
+    for result in dialed:
+        if isinstance(result, errors.ConfigError) or (len(given) == 1 and isinstance(result, BaseException)):
+            for r in dialed:
+                if isinstance(r, Conn):
+                    r.shutdown("client closed")
+            raise result
+    nodes, conns = _one_node_per_cluster(given, dialed)
+    failures = [
+        f"{n.name} ({n.addr}): {n.down_reason}" for n, c in zip(nodes, conns, strict=True) if c is None
+    ]
     if len(failures) == len(nodes):
         raise errors.Unavailable(0.0, "no node answered: " + "; ".join(failures))
-    for node, result in zip(nodes, dialed, strict=True):
-        node.start(result if isinstance(result, Conn) else None)
-        if isinstance(result, Conn):
+    for node, conn in zip(nodes, conns, strict=True):
+        node.start(conn)
+        if conn is not None:
             log.info(
                 "connected to squall broker %s (node %s, version %s)",
-                node.addr,
-                result.info.node_id,
-                result.info.server_version,
+                conn.addr,
+                conn.info.node_id,
+                conn.info.server_version,
+            )
+        else:
+            log.warning(
+                "broker node %s unreachable; dialling it in the background: %s", node.addr, node.down_reason
             )
     return Client(nodes)
+
+
+def _one_node_per_cluster(
+    given: list[_Node], dialed: Sequence[Conn | BaseException]
+) -> tuple[list[_Node], list[Conn | None]]:
+    """Merges the addresses whose leader announced the same cluster id into one node
+    named by that id (one connection kept, to the leader); a single broker stays a node
+    of its own. An address that did not answer is dropped when a cluster that answered
+    names it as a member, else it stays a node dialed in the background."""
+    kept: dict[int, tuple[_Node, Conn | None]] = {}
+    clusters: dict[str, _Node] = {}
+    for i, (node, result) in enumerate(zip(given, dialed, strict=True)):
+        if not isinstance(result, Conn):
+            continue
+        cluster = result.info.cluster
+        if cluster is None:
+            kept[i] = (node, result)
+            continue
+        merged = clusters.get(cluster.cluster_id)
+        if merged is not None:
+            merged.members.extend(m for m in node.members if m not in merged.members)
+            result.shutdown("client closed: a second connection to the same cluster")
+            continue
+        clusters[cluster.cluster_id] = node
+        node.name = cluster.cluster_id
+        kept[i] = (node, result)
+    known = {m for n in clusters.values() for m in n.members}
+    for i, (node, result) in enumerate(zip(given, dialed, strict=True)):
+        if not isinstance(result, Conn) and node.addr not in known:
+            node.down_reason = str(result)
+            kept[i] = (node, None)
+    nodes = [kept[i][0] for i in sorted(kept)]
+    conns = [kept[i][1] for i in sorted(kept)]
+    names = [n.name for n in nodes]
+    if len(set(names)) != len(names):
+        raise errors.ConfigError(f"a node name equals a cluster's id: {names}")
+    return nodes, conns
 
 
 class Client:

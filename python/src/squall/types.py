@@ -347,6 +347,19 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterInfo:
+    """The replicated cluster a leader announced in its HelloOk."""
+
+    #: The same for every member of one cluster (for its whole life), different for
+    #: another cluster.
+    cluster_id: str
+    #: The leader's node id.
+    leader: int
+    #: Every member: (node id, client address).
+    members: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ServerInfo:
     """What the broker announced in its handshake."""
 
@@ -354,10 +367,18 @@ class ServerInfo:
     server_version: str = ""
     node_id: str = ""
     limits: Limits = field(default_factory=Limits)
+    #: Set when the broker is the leader of a replicated cluster; None on a single node.
+    cluster: ClusterInfo | None = None
 
     @classmethod
     def from_wire(cls, h: pb.HelloOk) -> ServerInfo:
         lim = h.limits
+        cluster = None
+        if h.HasField("cluster"):
+            c = h.cluster
+            cluster = ClusterInfo(
+                c.cluster_id, c.leader, tuple((m.node_id, m.client_addr) for m in c.members)
+            )
         return cls(
             protocol_version=h.protocol_version,
             server_version=h.server_version,
@@ -370,4 +391,5 @@ class ServerInfo:
                 lim.max_lease_ms,
                 lim.max_inflight_requests,
             ),
+            cluster=cluster,
         )
