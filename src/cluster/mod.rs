@@ -3,19 +3,20 @@
 //! the conversion to the node-to-node protocol (`codec/`), the Raft log on the
 //! journal's segment format (`log.rs`), the leader's proposals of the broker's store
 //! jobs (`replicate.rs`), the state machine that applies committed jobs to the store
-//! (`state.rs`), the cluster port (`net.rs`), membership changes (`membership.rs`),
-//! and the node that ties them together and forms a new cluster by itself (this file).
+//! (`state.rs`), its snapshots (`snapshot.rs`), the cluster port (`net.rs`),
+//! membership changes (`membership.rs`), and the node that ties them together and
+//! forms a new cluster by itself (this file).
 //!
 //! Sockets of the client port and the broker's engine are not touched here: what the
 //! broker does when this node gains or loses the leadership is `server/lead.rs`.
-//! Not yet: snapshots of the queue state (the log is never purged), TLS between
-//! nodes (docs/design/replication.md).
+//! What is not built yet: docs/design/replication.md.
 
 pub mod codec;
 pub mod log;
 pub mod membership;
 pub mod net;
 pub mod replicate;
+pub mod snapshot;
 pub mod state;
 pub mod types;
 
@@ -69,19 +70,31 @@ pub enum ClusterError {
 }
 
 /// The openraft settings of a Squall cluster: heartbeats and election timeouts for a
-/// LAN (a new leader within about a second of the old one's death). No snapshots:
-/// they do not hold the queue state yet, so the log is never purged (a lagging or
-/// new member is sent every entry since the first).
-pub fn raft_config() -> openraft::Config {
+/// LAN (a new leader within about a second of the old one's death); a snapshot of the
+/// queue state every `snapshot_logs` applied entries, the log purged behind it but for
+/// the last `snapshot_logs` entries (a member further behind is sent the snapshot).
+/// Snapshots travel in chunks of at most a quarter of the cluster port's frame limit
+/// (and openraft's 3 MiB); a snapshot's last chunk is answered once the follower has
+/// installed it (its whole store replaced): that answer may take a while.
+pub fn raft_config(config: &ClusterConfig) -> openraft::Config {
+    let defaults = openraft::Config::default();
+    let chunk = (config.max_frame_bytes as u64 / 4).min(defaults.snapshot_max_chunk_size);
     openraft::Config {
         cluster_name: "squall".to_owned(),
         heartbeat_interval: 100,
         election_timeout_min: 400,
         election_timeout_max: 800,
-        snapshot_policy: openraft::SnapshotPolicy::Never,
-        ..openraft::Config::default()
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+        max_in_snapshot_log_to_keep: config.snapshot_logs,
+        install_snapshot_timeout: SNAPSHOT_RPC_TIMEOUT_MS,
+        snapshot_max_chunk_size: chunk,
+        ..defaults
     }
 }
+
+/// How long the leader waits for the answer to one chunk of a snapshot, the last one
+/// included (the follower answers it once the snapshot is installed).
+const SNAPSHOT_RPC_TIMEOUT_MS: u64 = 30_000;
 
 /// A number for this run of the broker: proposals of an earlier run of the same node
 /// (still in the log after a restart) must not match a job of this one.
@@ -99,6 +112,7 @@ pub struct Node {
     local_addr: SocketAddr,
     stop: CancellationToken,
     tasks: TaskTracker,
+    snapshots: Arc<snapshot::SnapshotCounters>,
 }
 
 impl Node {
@@ -128,8 +142,10 @@ impl Node {
         let log = log::LogStore::open(&dir).map_err(storage)?;
         let run = run_number();
         let pending: Pending<C> = Pending::default();
-        let machine = state::StateMachine::open(&dir, store, writer, pending.clone(), id, run)
+        let mut machine = state::StateMachine::open(&dir, &store, writer, pending.clone(), id, run)
             .map_err(storage)?;
+        machine.resume_install().await.map_err(storage)?;
+        let snapshots = machine.counters();
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ClusterError::Bind {
@@ -141,7 +157,7 @@ impl Node {
             source,
         })?;
         let raft_config = Arc::new(
-            raft_config()
+            raft_config(config)
                 .validate()
                 .map_err(|e| ClusterError::Raft(e.to_string()))?,
         );
@@ -195,6 +211,7 @@ impl Node {
             local_addr,
             stop,
             tasks,
+            snapshots,
         };
         Ok((node, Arc::new(proposer)))
     }
@@ -212,6 +229,11 @@ impl Node {
     /// The Raft node.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// Snapshots this node built and installed since it started.
+    pub fn snapshots(&self) -> Arc<snapshot::SnapshotCounters> {
+        self.snapshots.clone()
     }
 
     /// This node's view of the cluster.
@@ -340,5 +362,7 @@ impl Formation {
     }
 }
 
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

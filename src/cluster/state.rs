@@ -11,26 +11,37 @@
 //! The membership and its log id live beside the store in `<data_dir>/raft/state`
 //! (replaced whole and synced when a membership entry is applied, after every earlier
 //! job of the batch is durable, and after a batch that ends with an entry carrying no
-//! command); the last applied entry is the later of the file's and the store's. Snapshots hold the membership only: building one is
-//! refused once queue commands were applied (the node's configuration never asks
-//! for one: `SnapshotPolicy::Never`, the log is not purged), so no snapshot can lose
-//! the queue state. Snapshots of the store itself are not built yet (issue 15).
+//! command); the last applied entry is the later of the file's and the store's.
+//!
+//! Snapshots (`snapshot.rs` for the file): building one asks the store's writer for a
+//! dump from within `get_snapshot_builder`, which openraft calls between two `apply`s,
+//! so the dump is exactly the state at the applied id. Installing one (a member far
+//! behind or wiped) checks the received file whole, makes it the current snapshot,
+//! writes the `installing` mark, has the writer replace the store's content with the
+//! dump (durable when it answers), records the membership and applied id, and removes
+//! the mark. A node that finds the mark at start (it stopped half-way) installs the
+//! current snapshot again before it starts (`resume_install`).
 
-use std::io;
+use std::io::{self, Seek};
 use std::path::{Path, PathBuf};
 
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, CommittedLeaderId, EntryPayload, ErrorSubject, ErrorVerb, SnapshotMeta,
     StorageIOError,
 };
 use prost::Message;
 use squall_proto::cluster as pb;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::oneshot;
 
 use super::codec;
 use super::replicate::{Applying, Pending};
+use super::snapshot::{
+    self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
+};
 use super::types::{
     Command, Entry, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig,
 };
@@ -38,10 +49,8 @@ use crate::model::Mutation;
 use crate::store::{Muts, Store, StoreError, WriterHandle};
 
 const STATE: &str = "state";
-const SNAPSHOT: &str = "snapshot";
-const RECEIVING: &str = "snapshot.recv";
-/// A snapshot of this state machine is a membership: far below this.
-const MAX_SNAPSHOT_BYTES: u64 = 16 * 1024 * 1024;
+/// Present while the store's content may be part old, part the current snapshot's.
+const INSTALLING: &str = "installing";
 
 /// What the state machine holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,20 +63,13 @@ struct Machine {
 pub struct StateMachine<C: Applying> {
     dir: PathBuf,
     machine: Machine,
-    store: Store,
     /// The store's own writer (not routed through Raft).
     writer: WriterHandle<C>,
     /// Completions of this broker run's proposals, by proposal number.
     pending: Pending<C>,
     node: NodeId,
     run: u64,
-}
-
-/// Builds a snapshot of the state as it was when the builder was taken.
-pub struct SnapshotBuilder {
-    dir: PathBuf,
-    machine: Machine,
-    store: Store,
+    counters: Arc<SnapshotCounters>,
 }
 
 /// A job submitted to the store writer whose outcome `apply` waits for.
@@ -75,10 +77,6 @@ type Applied = (LogId, oneshot::Receiver<Result<(), StoreError>>);
 
 fn sm_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(e)).into()
-}
-
-fn snap_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
-    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(e)).into()
 }
 
 fn invalid(message: String) -> io::Error {
@@ -141,36 +139,100 @@ fn store_applied(store: &Store) -> io::Result<Option<LogId>> {
 
 impl<C: Applying> StateMachine<C> {
     /// Opens the state in `dir` (`<data_dir>/raft`): the membership from the state
-    /// file (or the snapshot if the state file is missing, or none), the last applied
+    /// file (none without one), the last applied
     /// entry from `store` or the state file, whichever is later. `writer` is the
     /// store's own (unrouted) handle; `pending` the proposer's map of node `node`'s
     /// broker run `run`.
     pub fn open(
         dir: &Path,
-        store: Store,
+        store: &Store,
         writer: WriterHandle<C>,
         pending: Pending<C>,
         node: NodeId,
         run: u64,
     ) -> io::Result<StateMachine<C>> {
         std::fs::create_dir_all(dir)?;
+        file::remove_leftovers(dir)?;
         let mut machine = match read_optional(&dir.join(STATE))? {
             Some(bytes) => decode(&bytes, &dir.join(STATE))?.0,
-            None => match read_optional(&dir.join(SNAPSHOT))? {
-                Some(bytes) => decode(&bytes, &dir.join(SNAPSHOT))?.0,
-                None => Machine::default(),
-            },
+            None => Machine::default(),
         };
-        machine.applied = machine.applied.max(store_applied(&store)?);
+        machine.applied = machine.applied.max(store_applied(store)?);
         Ok(StateMachine {
             dir: dir.to_owned(),
             machine,
-            store,
             writer,
             pending,
             node,
             run,
+            counters: Arc::default(),
         })
+    }
+
+    /// Snapshots built and installed since this machine was opened.
+    pub fn counters(&self) -> Arc<SnapshotCounters> {
+        self.counters.clone()
+    }
+
+    /// If an install was interrupted (the `installing` mark is there), installs the
+    /// current snapshot again: the store may hold part of the old content and part of
+    /// the snapshot's. Call before the Raft node starts.
+    pub async fn resume_install(&mut self) -> io::Result<()> {
+        if !self.dir.join(INSTALLING).exists() {
+            return Ok(());
+        }
+        tracing::warn!("a snapshot install was interrupted: installing the snapshot again");
+        let path = self.dir.join(SNAPSHOT);
+        let (snapshot, machine) = tokio::task::spawn_blocking(move || {
+            let mut f = std::fs::File::open(&path)?;
+            let state = file::read_header(&mut f, &path)?;
+            let (machine, _) = decode(&state, &path)?;
+            Ok::<_, io::Error>((f, machine))
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        self.import(snapshot, &machine).await?;
+        self.finish_install(machine)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Has the writer replace the store's content with the dump `snapshot` is
+    /// positioned at.
+    async fn import(&self, snapshot: std::fs::File, machine: &Machine) -> io::Result<()> {
+        let applied = machine
+            .applied
+            .map(|l| (l.leader_id.term, l.leader_id.node_id, l.index));
+        let (tx, rx) = oneshot::channel();
+        self.writer.import_snapshot(snapshot, applied, move |r| {
+            let _ = tx.send(r);
+        });
+        let stats = rx
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        tracing::debug!(
+            records = stats.records,
+            bytes = stats.bytes,
+            "snapshot imported"
+        );
+        Ok(())
+    }
+
+    /// The store holds the snapshot: record its membership and applied id, then
+    /// remove the mark.
+    async fn finish_install(&mut self, machine: Machine) -> Result<(), StorageError> {
+        self.machine = machine;
+        self.persist().await?;
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::remove_file(dir.join(INSTALLING))?;
+            crate::store::journal::sync_dir(&dir)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|e| snap_err(ErrorVerb::Write, &e))
     }
 
     /// Submits one store job: `muts` and the record that `log_id` is applied.
@@ -214,41 +276,6 @@ impl<C: Applying> StateMachine<C> {
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r)
             .map_err(|e| sm_err(ErrorVerb::Write, &e))
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // A membership-only snapshot of a node that applied queue commands would lose
-        // them on the node that installs it.
-        let applied = store_applied(&self.store).map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        if let Some(applied) = applied {
-            let e = io::Error::other(format!(
-                "snapshots of the queue state are not built yet (issue 15); this store \
-                 applied entries up to {applied}"
-            ));
-            return Err(snap_err(ErrorVerb::Write, &e));
-        }
-        let id = match self.machine.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
-            None => "empty".to_owned(),
-        };
-        let id = format!("{id}-{}", crate::server::now_ms());
-        let bytes = encode(&self.machine, &id);
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || replace(&dir, SNAPSHOT, &bytes))
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))
-            .and_then(|r| r)
-            .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
-        let file = tokio::fs::File::open(self.dir.join(SNAPSHOT))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        tracing::debug!(snapshot = %id, "raft snapshot built");
-        Ok(Snapshot {
-            meta: meta_of(&self.machine, id),
-            snapshot: Box::new(file),
-        })
     }
 }
 
@@ -306,10 +333,26 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // Called between two `apply`s, every job of which is durable: the export,
+        // queued to the writer now, sees exactly the state at `machine.applied`.
+        let id = match self.machine.applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".to_owned(),
+        };
+        let id = format!("{id}-{}", crate::server::now_ms());
+        let state = encode(&self.machine, &id);
+        let started = file::start_file(&self.dir, &id, &state).map(|(path, out)| {
+            let (tx, rx) = oneshot::channel();
+            self.writer.export_snapshot(out, move |r| {
+                let _ = tx.send(r);
+            });
+            (path, rx)
+        });
         SnapshotBuilder {
             dir: self.dir.clone(),
-            machine: self.machine.clone(),
-            store: self.store.clone(),
+            meta: meta_of(&self.machine, id),
+            started: started.map_err(Arc::new),
+            counters: self.counters.clone(),
         }
     }
 
@@ -328,57 +371,75 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        mut snapshot: Box<tokio::fs::File>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let mut bytes = Vec::new();
-        let read = async {
-            snapshot.seek(io::SeekFrom::Start(0)).await?;
-            (&mut *snapshot)
-                .take(MAX_SNAPSHOT_BYTES)
-                .read_to_end(&mut bytes)
-                .await
-        };
-        read.await.map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        let what = self.dir.join(RECEIVING);
-        let (machine, _) = decode(&bytes, &what).map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        if machine.applied != meta.last_log_id || machine.membership != meta.last_membership {
-            let e = invalid(format!(
-                "snapshot {} holds {:?} where its meta says {:?}",
-                meta.snapshot_id, machine.applied, meta.last_log_id
-            ));
-            return Err(snap_err(ErrorVerb::Read, &e));
-        }
-        let bytes = encode(&machine, &meta.snapshot_id);
+        let started = std::time::Instant::now();
+        let snapshot = (*snapshot).into_std().await;
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            replace(&dir, SNAPSHOT, &bytes)?;
-            match std::fs::remove_file(dir.join(RECEIVING)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+        let want = meta.clone();
+        // The whole file is checked before the store is touched; then it becomes the
+        // current snapshot, and the mark says the store is being replaced.
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut f = snapshot;
+            let what = dir.join(RECEIVING);
+            let state = file::read_header(&mut f, &what)?;
+            let (machine, _) = decode(&state, &what)?;
+            if machine.applied != want.last_log_id || machine.membership != want.last_membership {
+                return Err(invalid(format!(
+                    "snapshot {} holds {:?} where its meta says {:?}",
+                    want.snapshot_id, machine.applied, want.last_log_id
+                )));
             }
+            let at = f.stream_position()?;
+            let stats = crate::store::verify_dump(&mut f)?;
+            file::keep_as_current(f, &what, &dir)?;
+            let mark = dir.join(INSTALLING);
+            std::fs::File::create(&mark)?.sync_all()?;
+            crate::store::journal::sync_dir(&dir)?;
+            let mut f = std::fs::File::open(dir.join(SNAPSHOT))?;
+            f.seek(io::SeekFrom::Start(at))?;
+            Ok((f, machine, stats))
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
-        self.machine = machine;
-        self.persist().await?;
-        tracing::info!(snapshot = %meta.snapshot_id, applied = ?meta.last_log_id, "raft snapshot installed");
+        .and_then(|r| r);
+        let (snapshot, machine, stats) = checked.map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        self.import(snapshot, &machine)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        self.finish_install(machine).await?;
+        self.counters.installed.fetch_add(1, Relaxed);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            applied = ?meta.last_log_id,
+            records = stats.records,
+            bytes = stats.bytes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "raft snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let path = self.dir.join(SNAPSHOT);
-        let Some(bytes) = read_optional(&path).map_err(|e| snap_err(ErrorVerb::Read, &e))? else {
-            return Ok(None);
-        };
-        let (machine, id) = decode(&bytes, &path).map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        Ok(Some(Snapshot {
+        let read = tokio::task::spawn_blocking(move || {
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let state = file::read_header(&mut f, &path)?;
+            let (machine, id) = decode(&state, &path)?;
+            f.seek(io::SeekFrom::Start(0))?;
+            Ok(Some((f, machine, id)))
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        Ok(read.map(|(f, machine, id)| Snapshot {
             meta: meta_of(&machine, id),
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
 }

@@ -19,7 +19,7 @@ use super::RAFT_DIR;
 use crate::store::{Completion, FsyncMode, Store, StoreConfig, StoreError, Writer};
 
 /// A completion that calls a function (what the broker's `Done::Applied` does).
-struct Tell(Box<dyn FnOnce(Result<(), StoreError>) + Send>);
+pub(super) struct Tell(pub(super) Box<dyn FnOnce(Result<(), StoreError>) + Send>);
 
 impl Completion for Tell {
     fn complete(self, result: Result<(), StoreError>) {
@@ -38,20 +38,20 @@ impl Applying for Tell {
     }
 }
 
-type Machine = StateMachine<Tell>;
+pub(super) type Machine = StateMachine<Tell>;
 
 /// This node's id and broker run in these tests.
-const NODE: u64 = 1;
-const RUN: u64 = 77;
+pub(super) const NODE: u64 = 1;
+pub(super) const RUN: u64 = 77;
 
 /// A store in `dir`, its writer, and the state machine on them.
-fn open_machine(dir: &Path, pending: Pending<Tell>) -> (Store, Writer<Tell>, Machine) {
+pub(super) fn open_machine(dir: &Path, pending: Pending<Tell>) -> (Store, Writer<Tell>, Machine) {
     // Reopened by some tests: retry the race with sled's lock release.
     let store = crate::store::tests::reopen(&StoreConfig::new(dir, FsyncMode::Always));
     let writer = store.start_writer::<Tell>();
     let sm = StateMachine::open(
         &dir.join(RAFT_DIR),
-        store.clone(),
+        &store,
         writer.handle(),
         pending,
         NODE,
@@ -61,7 +61,7 @@ fn open_machine(dir: &Path, pending: Pending<Tell>) -> (Store, Writer<Tell>, Mac
     (store, writer, sm)
 }
 
-fn close(store: Store, writer: Writer<Tell>, sm: Machine) {
+pub(super) fn close(store: Store, writer: Writer<Tell>, sm: Machine) {
     drop(sm);
     writer.shutdown().expect("writer stops");
     drop(store);
@@ -142,18 +142,18 @@ fn openraft_storage_suite_passes() {
         .expect("transfer_snapshot");
 }
 
-fn log_id(term: u64, index: u64) -> LogId {
+pub(super) fn log_id(term: u64, index: u64) -> LogId {
     LogId::new(CommittedLeaderId::new(term, 1), index)
 }
 
-fn blank(term: u64, index: u64) -> Entry {
+pub(super) fn blank(term: u64, index: u64) -> Entry {
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Blank,
     }
 }
 
-fn members() -> Membership {
+pub(super) fn members() -> Membership {
     let nodes: BTreeMap<u64, Member> = (1..=3)
         .map(|i| {
             let m = Member {
@@ -247,8 +247,8 @@ async fn an_append_with_a_gap_is_refused() {
 }
 
 /// The state machine's membership and applied id survive a reopen, and a snapshot
-/// built on one node installs on another (no queue command applied: a snapshot holds
-/// the membership only).
+/// built on one node installs on another (here without queue commands; with them:
+/// `snapshot_tests.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
     let a = tempfile::tempdir().unwrap();
@@ -288,7 +288,7 @@ async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
     close(store, writer, sm);
 }
 
-fn insert(id: u64, queue: &str) -> crate::model::Mutation {
+pub(super) fn insert(id: u64, queue: &str) -> crate::model::Mutation {
     use crate::model::{NewTask, TaskBody, TaskState, TaskStatus};
     crate::model::Mutation::Insert(Box::new(NewTask {
         id,
@@ -313,7 +313,12 @@ fn insert(id: u64, queue: &str) -> crate::model::Mutation {
     }))
 }
 
-fn command(origin: Origin, muts: Vec<crate::model::Mutation>, term: u64, index: u64) -> Entry {
+pub(super) fn command(
+    origin: Origin,
+    muts: Vec<crate::model::Mutation>,
+    term: u64,
+    index: u64,
+) -> Entry {
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(Command::Mutations { origin, muts }),
@@ -395,13 +400,6 @@ async fn committed_commands_are_applied_to_the_store_and_recorded_with_their_log
             "task {id} survived the reopen"
         );
     }
-    // Queue commands were applied: a membership-only snapshot would lose them.
-    assert!(sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .is_err());
     close(store, writer, sm);
 }
 

@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// (`tls.cert`, `tls.key`) the cluster port speaks TLS with this node's certificate
     /// and checks the other members' against this CA; it is then required.
     pub tls_ca: Option<PathBuf>,
+    /// Entries applied since the last snapshot after which a member snapshots the
+    /// queue state (a dump of its store) and purges its Raft log behind it, keeping
+    /// this many entries behind the snapshot for members slightly behind.
+    pub snapshot_logs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -49,6 +53,7 @@ impl Default for ClusterConfig {
             max_frame_bytes: 64 * 1024 * 1024,
             token: String::new(),
             tls_ca: None,
+            snapshot_logs: 10_000,
         }
     }
 }
@@ -138,6 +143,9 @@ impl ClusterConfig {
                 "cluster.max_frame_bytes",
                 format!("{} is outside 64 KiB..4 GiB", self.max_frame_bytes),
             );
+        }
+        if self.snapshot_logs == 0 {
+            return bad("cluster.snapshot_logs", "must be at least 1".into());
         }
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() || self.advertise.is_some() {

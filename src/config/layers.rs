@@ -147,6 +147,8 @@ pub static KEYS: &[Key] = &[
         string(v)?.to_owned()),
     key!("cluster.tls_ca", |s, v| s.cluster.tls_ca =
         optional_path(v)?),
+    key!("cluster.snapshot_logs", |s, v| s.cluster.snapshot_logs =
+        int(v)?),
 ];
 
 /// The key named `name`, if it exists.

@@ -536,6 +536,7 @@ mod tests {
             ("cluster.max_frame_bytes", "7 MiB"),
             ("cluster.token", "s3cret"),
             ("cluster.tls_ca", "/etc/squall/ca.pem"),
+            ("cluster.snapshot_logs", "7"),
         ];
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {

@@ -271,6 +271,7 @@ async fn start_broker(
             .map(|((node, _), leadership)| http::ClusterProbe {
                 metrics: node.raft().metrics(),
                 leadership: leadership.clone(),
+                snapshots: node.snapshots(),
             }),
     });
     metrics.ready.store(true, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::SendError;
 
+use super::snapshot::{DumpStats, SnapshotJob};
 use super::writer::{Done, Job, Msg, WriterLoop};
 use super::{checkpoint, io_error, Completion, JobReport, Store, StoreError, WriterStats};
 
@@ -164,6 +165,50 @@ impl<C: Completion> WriterHandle<C> {
         if let Err(SendError(Msg::Job(job))) = self.tx.send(Msg::Job(job)) {
             job.done
                 .complete(Err(StoreError::Closed), JobReport::default());
+        }
+    }
+
+    /// Cluster snapshots: appends a dump of the whole store to `out` (positioned where
+    /// the dump starts; format in `store/snapshot.rs`), taken by the writer thread
+    /// between two groups, so it is exactly the state every job submitted before this
+    /// call left. `reply` gets `out` back (flushed, not synced) and the dump's size.
+    /// Never routed: the local writer runs it.
+    pub fn export_snapshot(
+        &self,
+        out: std::fs::File,
+        reply: impl FnOnce(Result<(std::fs::File, DumpStats), StoreError>) + Send + 'static,
+    ) {
+        self.send_snapshot(SnapshotJob::Export {
+            out,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Cluster snapshots: replaces the store's whole content with the dump `input`
+    /// holds (positioned at the dump; check it first with [`super::verify_dump`]) and
+    /// records `applied` (term, node, index) as the last Raft entry applied (none:
+    /// the store holds no applied id). `reply`
+    /// runs once the new content is durable. A failure half-way leaves the store
+    /// holding part of each: import again.
+    pub fn import_snapshot(
+        &self,
+        input: std::fs::File,
+        applied: Option<(u64, u64, u64)>,
+        reply: impl FnOnce(Result<DumpStats, StoreError>) + Send + 'static,
+    ) {
+        self.send_snapshot(SnapshotJob::Import {
+            input,
+            applied,
+            reply: Box::new(reply),
+        });
+    }
+
+    fn send_snapshot(&self, job: SnapshotJob) {
+        if let Err(SendError(Msg::Snapshot(job))) = self.tx.send(Msg::Snapshot(job)) {
+            match job {
+                SnapshotJob::Export { reply, .. } => reply(Err(StoreError::Closed)),
+                SnapshotJob::Import { reply, .. } => reply(Err(StoreError::Closed)),
+            }
         }
     }
 }

@@ -34,6 +34,7 @@ mod report;
 mod retention_tests;
 #[cfg(test)]
 mod schedule_tests;
+pub(crate) mod snapshot;
 mod status;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -44,6 +45,7 @@ pub use datadir::DataDirProblem;
 pub use handle::{Muts, Route, Writer, WriterHandle};
 pub use open::RecoveryStats;
 pub use report::{Duplicate, JobReport, SweepStats};
+pub use snapshot::{verify as verify_dump, DumpStats};
 pub use status::{Retained, TaskRecord};
 pub use volume::{Sizing, VolumeTooSmall, MIN_SEGMENT_BYTES};
 

@@ -14,6 +14,7 @@
 
 mod recent;
 mod retention;
+mod snapshot;
 mod stage;
 
 use std::slice;
@@ -65,6 +66,9 @@ pub(crate) enum Msg<C: Completion> {
     Job(Job<C>),
     /// Apply everything queued before this message, flush, exit.
     Shutdown,
+    /// A cluster snapshot's export or import, run between two groups
+    /// (`writer/snapshot.rs`).
+    Snapshot(super::snapshot::SnapshotJob),
 }
 
 /// One submission.
@@ -163,9 +167,12 @@ pub(crate) struct WriterLoop<C: Completion> {
     journal_bodies: recent::JournalBodies,
     /// Tasks whose body reference the batch being built removes.
     removed_bodies: Vec<TaskId>,
+    /// A snapshot job that came in behind the group being gathered: run after it.
+    after_group: Option<super::snapshot::SnapshotJob>,
 }
 
 /// The staged batch of one group.
+#[derive(Default)]
 struct Staged {
     batch: sled::Batch,
     writes: usize,
@@ -223,6 +230,7 @@ impl<C: Completion> WriterLoop<C> {
             space_checkpoint: Instant::now(),
             recent: recent::RecentStates::default(),
             removed_bodies: Vec::new(),
+            after_group: None,
         }
     }
 
@@ -236,6 +244,10 @@ impl<C: Completion> WriterLoop<C> {
         loop {
             let first = match self.next_message() {
                 Wake::Msg(Msg::Job(job)) => job,
+                Wake::Msg(Msg::Snapshot(job)) => {
+                    self.snapshot_job(job);
+                    continue;
+                }
                 Wake::Msg(Msg::Shutdown) | Wake::Disconnected => break,
                 Wake::Timer => {
                     self.on_timer();
@@ -244,6 +256,9 @@ impl<C: Completion> WriterLoop<C> {
             };
             let shutdown = self.gather(first);
             self.commit();
+            if let Some(job) = self.after_group.take() {
+                self.snapshot_job(job);
+            }
             if shutdown {
                 break;
             }
@@ -382,6 +397,11 @@ impl<C: Completion> WriterLoop<C> {
                     self.group.push(job);
                 }
                 Ok(Msg::Shutdown) => return true,
+                Ok(Msg::Snapshot(job)) => {
+                    // Runs once this group is committed, before any later job.
+                    self.after_group = Some(job);
+                    break;
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }

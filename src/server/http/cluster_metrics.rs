@@ -1,6 +1,7 @@
 //! The cluster's part of `/metrics`, on a cluster member only: this node's Raft term,
 //! role, known leader, last log and applied index, membership size, the leader changes
-//! it has seen and, on the leader, each member's replication lag and the age of the
+//! it has seen, its snapshots (last one's index, purge point, built and installed) and,
+//! on the leader, each member's replication lag and the age of the
 //! last quorum acknowledgement. Read from openraft's metrics at each scrape; nothing
 //! is kept here. Not here: the broker's and the queues' metrics (`exposition.rs`).
 
@@ -11,6 +12,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use super::exposition::{counter, gauge};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::cluster::snapshot::SnapshotCounters;
 use crate::cluster::types::{Member, NodeId};
 
 /// One scrape's view of the cluster from this node.
@@ -28,14 +32,21 @@ pub(crate) struct ClusterSample {
     lag: Vec<(NodeId, u64)>,
     /// Leader only: milliseconds since a quorum last acknowledged it.
     quorum_ack_ms: Option<u64>,
+    /// The last entry in this node's snapshot, and the last purged from its log.
+    snapshot_index: u64,
+    purged_index: u64,
+    /// Snapshots built and installed since the node started.
+    snapshots_built: u64,
+    snapshots_installed: u64,
 }
 
 impl ClusterSample {
     /// Reads `m`, openraft's metrics of this node; `leader_changes` as counted by the
-    /// leadership watcher.
+    /// leadership watcher; `snapshots` as the state machine counts them.
     pub(crate) fn read(
         m: &openraft::RaftMetrics<NodeId, Member>,
         leader_changes: u64,
+        snapshots: &SnapshotCounters,
     ) -> ClusterSample {
         let membership = m.membership_config.membership();
         let voters = membership.voter_ids().count();
@@ -65,6 +76,10 @@ impl ClusterSample {
             leader_changes,
             lag,
             quorum_ack_ms: m.millis_since_quorum_ack,
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            snapshots_built: snapshots.built.load(Relaxed),
+            snapshots_installed: snapshots.installed.load(Relaxed),
         }
     }
 }
@@ -127,6 +142,30 @@ impl Collector for ClusterSample {
             "cluster_learners",
             "Non-voting members (joining, catching up).",
             self.learners as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_snapshot_index",
+            "Index of the last entry in this node's snapshot of the queue state (0: none).",
+            self.snapshot_index as i64,
+        )?;
+        gauge(
+            enc,
+            "cluster_purged_index",
+            "Index of the last entry purged from this node's Raft log (0: none).",
+            self.purged_index as i64,
+        )?;
+        counter(
+            enc,
+            "cluster_snapshots_built",
+            "Snapshots of the queue state this node built since it started.",
+            self.snapshots_built,
+        )?;
+        counter(
+            enc,
+            "cluster_snapshots_installed",
+            "Snapshots received from a leader that this node installed since it started.",
+            self.snapshots_installed,
         )?;
         if self.is_leader {
             let mut family = enc.encode_descriptor(

@@ -56,6 +56,7 @@ pub(crate) struct Live {
 pub(crate) struct ClusterProbe {
     pub(crate) metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
     pub(crate) leadership: Arc<Leadership>,
+    pub(crate) snapshots: Arc<crate::cluster::snapshot::SnapshotCounters>,
 }
 
 /// What one peeked task costs an answer beyond its payload preview (as the protocol's
@@ -379,8 +380,11 @@ impl Backend for HubBackend {
                 journal_bytes: l.store.journal_disk_bytes(),
             });
             let cluster = live.and_then(|l| l.cluster.as_ref()).map(|c| {
-                let sample =
-                    ClusterSample::read(&c.metrics.borrow(), c.leadership.leader_changes());
+                let sample = ClusterSample::read(
+                    &c.metrics.borrow(),
+                    c.leadership.leader_changes(),
+                    &c.snapshots,
+                );
                 Box::new(sample) as Box<dyn prometheus_client::collector::Collector>
             });
             let ready = self.ready();

@@ -1,0 +1,189 @@
+//! Snapshot files of the queue state (issue 15): `<data_dir>/raft/snapshot` is a
+//! header (`b"SQSNAP02"`, a u32 LE length, the `MachineState` protobuf: the applied
+//! log id, the membership and the snapshot's id) followed by a dump of the whole store
+//! (`store/snapshot.rs`) taken at exactly that applied id. Here live the header, the
+//! builder (a dump exported by the store's writer thread into a temporary file, synced
+//! and renamed), the counters the metrics show, and the check of a received file.
+//! What the state machine does with a snapshot (install, resume an interrupted one)
+//! is `state.rs`.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, Snapshot};
+use openraft::{AnyError, ErrorSubject, ErrorVerb, SnapshotMeta, StorageIOError};
+use tokio::sync::oneshot;
+
+use super::types::{Member, NodeId, StorageError, TypeConfig};
+use crate::store::{DumpStats, StoreError};
+
+const MAGIC: &[u8; 8] = b"SQSNAP02";
+/// The header is a membership and a log id: far below this.
+const MAX_HEADER: u32 = 16 * 1024 * 1024;
+
+/// The current snapshot, in the raft directory.
+pub(super) const SNAPSHOT: &str = "snapshot";
+/// A snapshot being received from the leader.
+pub(super) const RECEIVING: &str = "snapshot.recv";
+/// Prefix of a snapshot being built (its name ends with the snapshot's id).
+const BUILDING: &str = "snapshot.build";
+
+/// Snapshots this node built and installed since it started (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct SnapshotCounters {
+    /// Snapshots built from this node's store.
+    pub built: AtomicU64,
+    /// Snapshots received from a leader and installed into this node's store.
+    pub installed: AtomicU64,
+}
+
+pub(super) fn snap_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
+    StorageIOError::new(ErrorSubject::Snapshot(None), verb, AnyError::new(e)).into()
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Writes the header (`state` is the encoded `MachineState`).
+pub(super) fn write_header(out: &mut impl Write, state: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(state.len())
+        .ok()
+        .filter(|&l| l <= MAX_HEADER)
+        .ok_or_else(|| invalid(format!("a snapshot header of {} bytes", state.len())))?;
+    out.write_all(MAGIC)?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(state)
+}
+
+/// Reads the header from the start of `file`, leaving it positioned at the dump;
+/// returns the encoded `MachineState`.
+pub(super) fn read_header(file: &mut File, what: &Path) -> io::Result<Vec<u8>> {
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut head = [0u8; 12];
+    file.read_exact(&mut head)
+        .map_err(|e| invalid(format!("{}: no snapshot header ({e})", what.display())))?;
+    if &head[..8] != MAGIC {
+        return Err(invalid(format!("{} is not a snapshot", what.display())));
+    }
+    let len = u32::from_le_bytes(head[8..].try_into().expect("4 bytes"));
+    if len > MAX_HEADER {
+        return Err(invalid(format!(
+            "{}: a snapshot header of {len} bytes",
+            what.display()
+        )));
+    }
+    let mut state = vec![0u8; len as usize];
+    file.read_exact(&mut state)?;
+    Ok(state)
+}
+
+/// Removes snapshots left half-built by an earlier run.
+pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(BUILDING) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` with the synced file `from`, durably.
+pub(super) fn install_file(from: &Path, dir: &Path, name: &str) -> io::Result<()> {
+    std::fs::rename(from, dir.join(name))?;
+    crate::store::journal::sync_dir(dir)
+}
+
+/// Makes the snapshot `f` (checked) the current one, durably. openraft hands over
+/// the file `begin_receiving_snapshot` gave it (`received`, then renamed), or another
+/// one (then copied, a buffer at a time).
+pub(super) fn keep_as_current(mut f: File, received: &Path, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata(received).ok();
+    let theirs = f.metadata()?;
+    let same = ours.is_some_and(|m| m.dev() == theirs.dev() && m.ino() == theirs.ino());
+    if !same {
+        f.seek(io::SeekFrom::Start(0))?;
+        let mut copy = File::create(received)?;
+        io::copy(&mut f, &mut copy)?;
+        f = copy;
+    }
+    f.sync_all()?;
+    drop(f);
+    install_file(received, dir, SNAPSHOT)
+}
+
+type Dumped = oneshot::Receiver<Result<(File, DumpStats), StoreError>>;
+
+/// Builds a snapshot whose dump the store's writer was asked for when the builder was
+/// taken (so it holds exactly the state at `meta.last_log_id`).
+pub struct SnapshotBuilder {
+    pub(super) dir: PathBuf,
+    pub(super) meta: SnapshotMeta<NodeId, Member>,
+    /// The temporary file and the writer's answer, or why the build could not start.
+    pub(super) started: Result<(PathBuf, Dumped), Arc<io::Error>>,
+    pub(super) counters: Arc<SnapshotCounters>,
+}
+
+/// Creates the temporary file of a snapshot and writes its header; the dump follows.
+pub(super) fn start_file(dir: &Path, id: &str, state: &[u8]) -> io::Result<(PathBuf, File)> {
+    let path = dir.join(format!("{BUILDING}-{id}"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    write_header(&mut file, state)?;
+    Ok((path, file))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let started = std::mem::replace(
+            &mut self.started,
+            Err(Arc::new(io::Error::other("this builder was used already"))),
+        );
+        let (path, dumped) =
+            started.map_err(|e| snap_err(ErrorVerb::Write, &io::Error::other(e.to_string())))?;
+        let fail = |e: io::Error| {
+            let _ = std::fs::remove_file(&path);
+            snap_err(ErrorVerb::Write, &e)
+        };
+        let (file, stats) = match dumped.await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => return Err(fail(io::Error::other(e.to_string()))),
+            Err(_) => return Err(fail(io::Error::other("the store writer has shut down"))),
+        };
+        let dir = self.dir.clone();
+        let from = path.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            file.sync_all()?;
+            drop(file);
+            install_file(&from, &dir, SNAPSHOT)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|r| r);
+        synced.map_err(fail)?;
+        let file = tokio::fs::File::open(self.dir.join(SNAPSHOT))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        self.counters.built.fetch_add(1, Relaxed);
+        tracing::info!(
+            snapshot = %self.meta.snapshot_id,
+            applied = ?self.meta.last_log_id,
+            records = stats.records,
+            bytes = stats.bytes,
+            "raft snapshot built"
+        );
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(file),
+        })
+    }
+}

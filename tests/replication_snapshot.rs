@@ -1,0 +1,312 @@
+//! Proof 4 of issue 15: snapshots of the queue state. Three members snapshot every
+//! few entries and purge their Raft log behind the snapshot; a follower killed with -9
+//! whose data directory is deleted comes back empty, and since the leader's log no
+//! longer starts at entry 1 it is sent the leader's snapshot (it reports the install)
+//! and then the entries after it. Its store then holds exactly what another member's
+//! holds: every task state (pending, delayed, dead with its reason, succeeded with its
+//! result), every body, the queues' settings, the schedules, the id allocator and the
+//! idempotency keys (the last checked through the store's own writer: a repeat of a
+//! key is reported a duplicate of the original task).
+
+#[path = "common/cluster/mod.rs"]
+mod cluster;
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cluster::{
+    agreed_leader, args_with, cluster_client, members, peers_of, sample, start_with, status,
+    Member, NODES, WITHIN,
+};
+use squall::model::{Mutation, NewTask, TaskBody, TaskState, TaskStatus};
+use squall::store::{
+    Completion, Duplicate, FsyncMode, JobReport, Muts, Store, StoreConfig, StoreError,
+};
+use squall_client::{PublishOptions, QueueConfigUpdate, ScheduleSpec};
+
+/// Entries between two snapshots (and kept behind one): small, so that a few dozen
+/// publishes make every member snapshot and purge.
+const SNAPSHOT_LOGS: u64 = 16;
+
+/// The leader's purge point, once it is past `index`.
+async fn purged_past(leader: &Member, index: u64) -> u64 {
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let purged = status(leader.cluster)
+            .await
+            .and_then(|s| s.purged)
+            .map_or(0, |p| p.index);
+        if purged > index {
+            return purged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader's log was not purged past {index} (at {purged})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Everything a store holds, read through its public API.
+#[derive(Debug, PartialEq)]
+struct Content {
+    tasks: BTreeMap<u64, (TaskState, Option<squall::store::Retained>, Option<TaskBody>)>,
+    queues: Vec<(String, squall::model::QueueConfig)>,
+    schedules: Vec<squall::model::Schedule>,
+    next_id: u64,
+    /// For each idempotency key tried: the task a repeat is a duplicate of.
+    keys: Vec<Option<u64>>,
+}
+
+/// Tells which inserts of the job were duplicates.
+struct Report(std::sync::mpsc::Sender<Vec<Duplicate>>);
+
+impl Completion for Report {
+    fn complete(self, _: Result<(), StoreError>) {}
+
+    fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
+        result.expect("the probe job applies");
+        let _ = self.0.send(report.duplicates.to_vec());
+    }
+}
+
+/// Opens the store in `dir` (retrying while the stopped broker's lock lingers) and
+/// reads all of it; `keys` are (queue, key) pairs, each tried with an insert.
+fn content(dir: &std::path::Path, keys: &[(&str, &str)]) -> Content {
+    let config = StoreConfig::new(dir, FsyncMode::Always);
+    let deadline = Instant::now() + WITHIN;
+    let store = loop {
+        match Store::open(&config) {
+            Ok(store) => break store,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{}: {e}", dir.display());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    let mut tasks = BTreeMap::new();
+    store
+        .recover(|id, state| {
+            tasks.insert(id, (state, None, None));
+        })
+        .unwrap();
+    for (id, (_, retained, body)) in tasks.iter_mut() {
+        *retained = store.get_record(*id).unwrap().and_then(|r| r.retained);
+        *body = store.get_body(*id).unwrap();
+    }
+    let queues = store
+        .queues()
+        .unwrap()
+        .into_iter()
+        .map(|(name, config)| (name.to_string(), config))
+        .collect();
+    let schedules = store.schedules().unwrap();
+    let next_id = store.allocate_ids(0);
+    // Each key tried by an insert through the store's own writer (no Raft here).
+    let writer = store.start_writer::<Report>();
+    let mut found = Vec::new();
+    for (i, (queue, key)) in keys.iter().enumerate() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let task = NewTask {
+            id: 1_000_000 + i as u64,
+            state: TaskState {
+                queue: std::sync::Arc::from(*queue),
+                status: TaskStatus::Pending,
+                priority: 0,
+                attempts: 0,
+                max_attempts: 0,
+                lease_ms: 0,
+                not_before_ms: 0,
+                created_ms: 1,
+                updated_ms: 1,
+                last_error: None,
+                expires_ms: 0,
+            },
+            body: TaskBody {
+                idempotency_key: Some(key.to_string()),
+                ..TaskBody::default()
+            },
+        };
+        writer.handle().submit(
+            Muts::One(Mutation::Insert(Box::new(task))),
+            Some(Report(tx)),
+        );
+        let dups = rx.recv_timeout(WITHIN).expect("the probe job completes");
+        found.push(dups.first().map(|d| d.original));
+    }
+    writer.shutdown().unwrap();
+    Content {
+        tasks,
+        queues,
+        schedules,
+        next_id,
+        keys: found,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_others_hold() {
+    let (_dirs, members) = members(NODES);
+    let peers = peers_of(&members);
+    let toml = format!("snapshot_logs = {SNAPSHOT_LOGS}\n");
+    let start = |m: &Member| start_with(m, args_with(m, &peers, &toml, &[]));
+    let mut brokers: Vec<_> = members.iter().map(|m| Some(start(m))).collect();
+    let all: Vec<&Member> = members.iter().collect();
+    agreed_leader(&all).await;
+    let everyone = members
+        .iter()
+        .map(|m| m.client.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = cluster_client(&everyone).await;
+    let leader_id: u64 = client.server_info().node_id.parse().unwrap();
+    let leader = &members[leader_id as usize - 1];
+    let within = Duration::from_secs(10);
+
+    // State of every kind, replicated before the follower is lost.
+    client
+        .set_queue_config("s-pending", QueueConfigUpdate::new().max_attempts(7))
+        .await
+        .unwrap();
+    client
+        .add_schedule(ScheduleSpec::new("s-nightly", "s-scheduled", "0 0 3 1 1 *"))
+        .await
+        .unwrap();
+    for i in 0..40 {
+        client
+            .publish_with(
+                "s-pending",
+                format!("task {i}"),
+                PublishOptions::new().header("n", i.to_string()),
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .publish_with(
+            "s-delayed",
+            "later",
+            PublishOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let keyed = client
+        .publish_with(
+            "s-keyed",
+            "once",
+            PublishOptions::new().idempotency_key("k-1"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let dead = client
+        .publish_with("s-dead", "poison", PublishOptions::new().max_attempts(1))
+        .await
+        .unwrap()
+        .id;
+    let done = client.publish("s-results", "work").await.unwrap().id;
+    let mut sub = client.subscribe("s-dead").await.unwrap();
+    let d = tokio::time::timeout(within, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.id(), dead);
+    d.fail("poisoned on purpose").await.unwrap();
+    let mut sub = client.subscribe("s-results").await.unwrap();
+    let d = tokio::time::timeout(within, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.id(), done);
+    d.ack_with("the result").await.unwrap();
+    drop(sub);
+
+    // A follower is lost with its disk; the cluster goes on and purges its log.
+    let wiped = members
+        .iter()
+        .find(|m| m.id != leader_id)
+        .expect("a follower");
+    let other = members
+        .iter()
+        .find(|m| m.id != leader_id && m.id != wiped.id)
+        .expect("another follower");
+    let slot = wiped.id as usize - 1;
+    brokers[slot].take().expect("it runs").kill9();
+    std::fs::remove_dir_all(&wiped.dir).unwrap();
+    std::fs::create_dir_all(&wiped.dir).unwrap();
+    for i in 0..SNAPSHOT_LOGS * 2 {
+        client
+            .publish("s-pending", format!("while away {i}"))
+            .await
+            .unwrap();
+    }
+    let purged = purged_past(leader, 1).await;
+
+    // Back, empty: entry 1 is gone from the leader's log, so it gets the snapshot.
+    brokers[slot] = Some(start(wiped));
+    let target = status(leader.cluster)
+        .await
+        .and_then(|s| s.last_log)
+        .expect("the leader's log")
+        .index;
+    assert!(target > purged);
+    let http = brokers[slot]
+        .as_ref()
+        .and_then(|b| b.http)
+        .expect("HTTP port");
+    let deadline = Instant::now() + WITHIN;
+    let installed = loop {
+        let applied = status(wiped.cluster)
+            .await
+            .and_then(|s| s.applied)
+            .map_or(0, |a| a.index);
+        let (_, page) = common::http_get(http, "/metrics").await;
+        let installed = sample(&page, "squall_cluster_snapshots_installed_total").unwrap_or(0.0);
+        if applied >= target {
+            break installed;
+        }
+        assert!(Instant::now() < deadline, "applied {applied} of {target}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        installed >= 1.0,
+        "the wiped follower caught up without installing a snapshot"
+    );
+
+    // Everyone stops, the followers first (the leader alone commits nothing more);
+    // the wiped member's store is then the other follower's.
+    drop(client);
+    for id in [wiped.id, other.id, leader_id] {
+        let b = brokers[id as usize - 1].take().expect("running");
+        let stopped = b.terminate_within(WITHIN);
+        assert!(stopped.success(), "{stopped:?}");
+    }
+    let keys = [("s-keyed", "k-1"), ("s-pending", "k-unknown")];
+    let expected = content(&other.dir, &keys);
+    let got = content(&wiped.dir, &keys);
+    assert_eq!(expected.keys, vec![Some(keyed), None]);
+    assert_eq!(
+        expected.tasks.len(),
+        40 + 4 + SNAPSHOT_LOGS as usize * 2,
+        "pending, delayed, keyed, dead, succeeded and the later ones"
+    );
+    let (state, retained, _) = &expected.tasks[&done];
+    assert_eq!(state.status, TaskStatus::Succeeded);
+    assert_eq!(retained.as_ref().unwrap().result, &b"the result"[..]);
+    let (state, _, _) = &expected.tasks[&dead];
+    assert_eq!(state.status, TaskStatus::Dead);
+    assert_eq!(state.last_error.as_deref(), Some("poisoned on purpose"));
+    assert_eq!(expected.schedules.len(), 1);
+    assert!(expected
+        .queues
+        .iter()
+        .any(|(q, c)| q == "s-pending" && c.max_attempts == 7));
+    assert_eq!(got.tasks, expected.tasks);
+    assert_eq!(got.queues, expected.queues);
+    assert_eq!(got.schedules, expected.schedules);
+    assert_eq!(got.next_id, expected.next_id);
+    assert_eq!(got.keys, expected.keys);
+}
