@@ -304,7 +304,18 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
         .queues
         .iter()
         .any(|(q, c)| q == "s-pending" && c.max_attempts == 7));
-    assert_eq!(got.tasks, expected.tasks);
+    for (id, want) in &expected.tasks {
+        assert_eq!(
+            got.tasks.get(id),
+            Some(want),
+            "task {id} on the wiped member"
+        );
+    }
+    assert_eq!(
+        got.tasks.len(),
+        expected.tasks.len(),
+        "tasks on the wiped member"
+    );
     assert_eq!(got.queues, expected.queues);
     assert_eq!(got.schedules, expected.schedules);
     assert_eq!(got.next_id, expected.next_id);
