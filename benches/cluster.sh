@@ -52,7 +52,7 @@ start() {
     return
   fi
   for i in 1 2 3; do
-    RUST_LOG=warn "$BIN" serve --data-dir "$WORK/d$i" --listen "$(client_addr "$i")" \
+    RUST_LOG=info,openraft=warn "$BIN" serve --data-dir "$WORK/d$i" --listen "$(client_addr "$i")" \
       --http off --fsync always --node-id "$i" --cluster-listen "$(cluster_addr "$i")" \
       --peers "$PEERS" >"$WORK/log$i" 2>&1 &
     PIDS+=($!)

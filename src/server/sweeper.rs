@@ -4,7 +4,8 @@
 //! index entries per job. When a job stops at its limit the next one follows after a
 //! short pause instead of a whole interval, so a backlog drains without ever handing
 //! the writer one unbounded job. The removals themselves are the writer's
-//! (`store/writer/retention.rs`).
+//! (`store/writer/retention.rs`). On a cluster member only the leader's sweep is
+//! accepted (it is replicated like any change); a follower's is refused quietly.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use super::clock::now_ms;
 use super::done::{Done, StoreWriter};
 use super::msg::{HubCmd, HubTx};
 use crate::model::Mutation;
-use crate::store::Muts;
+use crate::store::{Muts, StoreError};
 
 /// Most expiry-index entries one sweep job examines (each removes at most one task or
 /// one idempotency key).
@@ -80,6 +81,9 @@ async fn run(writer: StoreWriter, hub: HubTx, interval: Duration, stop: Cancella
                     interval
                 }
             }
+            // A cluster member that is not the leader: the leader sweeps for everyone
+            // (its sweep is replicated); this one tries again after the interval.
+            Ok(Err(StoreError::NotLeader(_))) => interval,
             Ok(Err(e)) => {
                 warn!(error = %e, "retention sweep failed; retrying after the interval");
                 interval
