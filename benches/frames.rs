@@ -17,6 +17,7 @@ fn publish(payload: usize) -> v1::Request {
                 priority: 1,
                 ..Default::default()
             }],
+            ..Default::default()
         })),
     }
 }
@@ -48,6 +49,7 @@ fn publish_batch(n: usize) -> v1::Request {
     };
     request(Op::Publish(v1::Publish {
         tasks: vec![task; n],
+        ..Default::default()
     }))
 }
 

@@ -81,6 +81,7 @@ async fn a_request_before_hello_is_refused() {
     let id = w
         .send(Op::Publish(v1::Publish {
             tasks: vec![spec("early", "x")],
+            ..Default::default()
         }))
         .await;
     let (got, err) = w.expect_error().await;

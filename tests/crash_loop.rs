@@ -87,7 +87,10 @@ async fn produce(addr: SocketAddr, ledger: Arc<Mutex<Ledger>>, stop: Arc<AtomicB
             task.max_attempts = 1_000_000;
             n += 1;
             let Some(id) = w
-                .try_send(Op::Publish(v1::Publish { tasks: vec![task] }))
+                .try_send(Op::Publish(v1::Publish {
+                    tasks: vec![task],
+                    ..Default::default()
+                }))
                 .await
             else {
                 return;

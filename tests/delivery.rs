@@ -40,6 +40,7 @@ async fn concurrent_publishes_are_confirmed_durable_and_share_flushes() {
                 ids.push(
                     w.send(Op::Publish(v1::Publish {
                         tasks: vec![spec("gc", &format!("{c}-{i}"))],
+                        ..Default::default()
                     }))
                     .await,
                 );

@@ -96,7 +96,10 @@ fn request() -> impl Strategy<Value = v1::Request> {
             })
         ),
         3 => prop::collection::vec(task_spec(), 0..3)
-            .prop_map(|tasks| Op::Publish(v1::Publish { tasks })),
+            .prop_map(|tasks| Op::Publish(v1::Publish {
+                tasks,
+                ..Default::default()
+            })),
         2 => (queue_name(), prop_oneof![1 => Just(0u32), 4 => 1..4u32, 1 => any::<u32>()])
             .prop_map(|(queue, prefetch)| Op::Subscribe(v1::Subscribe { queue, prefetch })),
         1 => any::<u64>().prop_map(|subscription_id| Op::Unsubscribe(v1::Unsubscribe {

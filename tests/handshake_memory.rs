@@ -77,6 +77,7 @@ async fn an_oversize_frame_before_hello_is_refused_at_once() {
         .call(squall_proto::v1::request::Op::Publish(
             squall_proto::v1::Publish {
                 tasks: vec![common::spec("hs", &"p".repeat(64 * 1024))],
+                ..Default::default()
             },
         ))
         .await;

@@ -31,6 +31,7 @@ async fn produce(addr: std::net::SocketAddr, queue: &'static str, ledger: Arc<Mu
         let id = w
             .send(Op::Publish(v1::Publish {
                 tasks: vec![spec(queue, &format!("task {n}"))],
+                ..Default::default()
             }))
             .await;
         in_flight.push_back(id);

@@ -356,8 +356,11 @@ pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_cli
     dial(args, &args.server, name, "").await
 }
 
-/// Connects to the broker holding `queue`: the one broker, or in a cluster the node
-/// that rendezvous hashing assigns the queue to (the same node every client picks).
+/// Connects to the broker holding `queue`: the one broker, or with several addresses
+/// the node that rendezvous hashing assigns the queue to (the same node every client
+/// picks). Every address is dialled so that the members of one replicated cluster
+/// count as one node (named by its cluster id), as [`squall_client::ClusterClient`]
+/// counts them.
 pub async fn connect_for(
     args: &ServerArgs,
     name: &str,
@@ -367,21 +370,41 @@ pub async fn connect_for(
     if nodes.len() <= 1 {
         return dial(args, &args.server, name, "").await;
     }
-    let specs: Vec<(&str, &str)> = nodes
+    // The name hashed is the node as given: an address completed with the default
+    // port keeps its given form as its name.
+    let specs: Vec<String> = nodes
         .iter()
         .map(|n| match n.split_once('=') {
-            Some((name, addr)) => (name.trim(), addr.trim()),
-            None => (*n, *n),
+            Some((name, addr)) => format!("{}={}", name.trim(), with_default_port(addr.trim())),
+            None if with_default_port(n) != *n => format!("{n}={}", with_default_port(n)),
+            None => (*n).to_owned(),
         })
         .collect();
-    let names: Vec<&str> = specs.iter().map(|(n, _)| *n).collect();
-    let owner = squall_client::rendezvous_owner(&names, queue).unwrap_or(0);
-    let (node, addr) = specs[owner];
-    let why = format!(
-        " (node {node}, which holds queue {queue} in the cluster {})",
-        args.server
-    );
-    dial(args, addr, name, &why).await
+    let cluster = args
+        .builder(name)
+        .connect_cluster(&specs)
+        .await
+        .map_err(|e| match e {
+            squall_client::ClientError::Config(m) => anyhow::Error::new(Exit {
+                code: EXIT_USAGE,
+                message: m,
+            }),
+            e => anyhow::Error::new(Exit {
+                code: EXIT_UNAVAILABLE,
+                message: format!("cannot reach the nodes {}: {e}", args.server),
+            }),
+        })?;
+    let node = cluster.node_of(queue).to_owned();
+    let client = cluster.client_for(queue).map_err(|e| {
+        anyhow::Error::new(Exit {
+            code: EXIT_UNAVAILABLE,
+            message: format!(
+                "cannot reach node {node}, which holds queue {queue} among {}: {e}",
+                args.server
+            ),
+        })
+    })?;
+    Ok(client)
 }
 
 /// `addr` with the default protocol port added when it names only a host

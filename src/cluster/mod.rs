@@ -45,6 +45,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a pristine node probes its peers while it waits for a majority.
 const FORMATION_PROBE_INTERVAL: Duration = Duration::from_millis(300);
 
+/// Probe rounds a pristine node waits for every peer before it forms the cluster with
+/// a bare majority (about 3 s). The membership it writes holds the client address of
+/// each peer that answered; one that had not answered is listed without one, so that
+/// clients cannot be sent to it (HelloOk, NOT_LEADER), and members that formed with
+/// different answers hold different addresses. Waiting a little for everyone makes
+/// that the exception (a peer down at formation), not the rule of a staggered start.
+const FORMATION_GRACE_ROUNDS: u32 = 10;
+
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -327,7 +335,7 @@ impl Formation {
                 return;
             }
             let up = members.values().filter(|addr| addr.is_some()).count();
-            if up >= majority {
+            if up == members.len() || (up >= majority && rounds >= FORMATION_GRACE_ROUNDS) {
                 let addrs: BTreeMap<NodeId, &str> =
                     self.peers.iter().map(|p| (p.id, p.addr.as_str())).collect();
                 let members: BTreeMap<NodeId, Member> = members

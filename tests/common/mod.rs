@@ -472,7 +472,13 @@ impl Wire {
     }
 
     pub async fn publish_spec(&mut self, tasks: Vec<v1::TaskSpec>) -> Result<Vec<u64>, WireError> {
-        match self.call(Op::Publish(v1::Publish { tasks })).await? {
+        match self
+            .call(Op::Publish(v1::Publish {
+                tasks,
+                ..Default::default()
+            }))
+            .await?
+        {
             response::Result::Publish(ok) => Ok(ok.tasks.iter().map(|t| t.task_id).collect()),
             other => panic!("unexpected publish answer {other:?}"),
         }

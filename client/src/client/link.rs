@@ -50,6 +50,10 @@ pub(super) struct Shared {
     pub(super) next_sub_key: AtomicU64,
     pub(super) generation: AtomicU64,
     pub(super) shutdown: CancellationToken,
+    /// This client's producer id (random), sent with every publish to a cluster.
+    pub(super) producer: Arc<str>,
+    /// The sequence number of the next numbered publish.
+    pub(super) next_sequence: AtomicU64,
 }
 
 impl Shared {

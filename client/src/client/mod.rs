@@ -32,8 +32,8 @@ mod link;
 
 use self::link::{supervise, Link, Shared, SubRecord};
 
-/// How many times a publish whose every task carries an idempotency key is sent again
-/// after a timeout or a lost connection.
+/// How many times a publish that is safe to repeat (numbered by its producer, or with
+/// an idempotency key on every task) is sent again after its outcome was unknown.
 const PUBLISH_RETRIES: u32 = 2;
 /// A wait the broker ended this close to the caller's deadline counts as timed out
 /// (the two clocks round differently); further from it, the client waits again.
@@ -106,6 +106,8 @@ impl Client {
             next_sub_key: AtomicU64::new(1),
             generation: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            producer: Arc::from(format!("{:032x}", rand::random::<u128>())),
+            next_sequence: AtomicU64::new(1),
         });
         shared.learn(&conn);
         let supervisor = tokio::spawn(supervise(shared.clone(), conn));
@@ -123,10 +125,13 @@ impl Client {
 
     /// Publishes one task with default options; returns once it is durable.
     ///
-    /// Not retried by the client. On [`ClientError::Timeout`] or
-    /// [`ClientError::ConnectionLost`] the outcome is unknown: publish again only with
-    /// an idempotency key ([`PublishOptions::idempotency_key`]); with one,
-    /// [`publish_with`](Self::publish_with) retries by itself.
+    /// On a single broker it is not retried by the client: on [`ClientError::Timeout`]
+    /// or [`ClientError::ConnectionLost`] the outcome is unknown; publish again only
+    /// with an idempotency key ([`PublishOptions::idempotency_key`]); with one,
+    /// [`publish_with`](Self::publish_with) retries by itself. To a replicated cluster
+    /// every publish is numbered (this client's producer id and a sequence number), so
+    /// one whose outcome is unknown (a leader change) is sent again by itself, and the
+    /// cluster answers a repeat with the first tasks' ids.
     pub async fn publish(
         &self,
         queue: impl Into<String>,
@@ -200,9 +205,17 @@ impl Client {
             }
         }
         let expected = specs.len();
-        // With an idempotency key on every task, a publish whose outcome is unknown is
-        // sent again: the broker answers a repeat with the first task's id.
-        let retry = specs.iter().all(|s| !s.idempotency_key.is_empty());
+        // To a cluster, every publish is numbered: each task without a key of its own
+        // gets one made of the producer id and the number, in the replicated state.
+        // Numbered, or with an idempotency key on every task, a publish whose outcome is
+        // unknown is sent again: the broker answers a repeat with the first tasks' ids.
+        let (producer_id, sequence) = if shared.info().cluster.is_some() {
+            let sequence = shared.next_sequence.fetch_add(1, Ordering::Relaxed);
+            (shared.producer.to_string(), sequence)
+        } else {
+            (String::new(), 0)
+        };
+        let retry = !producer_id.is_empty() || specs.iter().all(|s| !s.idempotency_key.is_empty());
         let mut specs = specs;
         let mut attempt = 0;
         let answer = loop {
@@ -213,15 +226,22 @@ impl Client {
                 std::mem::take(&mut specs)
             };
             let conn = shared.conn().await?;
-            match conn
-                .call(Op::Publish(v1::Publish { tasks }), "publish")
-                .await
-            {
-                Err(e @ (ClientError::Timeout { .. } | ClientError::ConnectionLost { .. }))
-                    if retries_left =>
-                {
+            let publish = v1::Publish {
+                tasks,
+                producer_id: producer_id.clone(),
+                sequence,
+            };
+            match conn.call(Op::Publish(publish), "publish").await {
+                Err(
+                    e @ (ClientError::Timeout { .. }
+                    | ClientError::ConnectionLost { .. }
+                    | ClientError::Server {
+                        code: ErrorCode::NotLeader,
+                        ..
+                    }),
+                ) if retries_left => {
                     attempt += 1;
-                    warn!(error = %e, attempt, "publish outcome unknown; sending it again with the same idempotency keys");
+                    warn!(error = %e, attempt, sequence, "publish outcome unknown; sending it again with the same producer number or idempotency keys");
                 }
                 other => break other?,
             }

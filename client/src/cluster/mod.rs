@@ -1,12 +1,14 @@
-//! `ClusterClient`: several independent brokers used as one. Each queue belongs to one
-//! node, chosen by rendezvous hashing of the queue name over the node names
-//! (`rendezvous.rs`); every call about a queue goes to that node through the node's own
-//! [`Client`], which reconnects by itself. `ClusterWorker` runs a handler over many
-//! queues, each subscribed on its owning node.
+//! `ClusterClient`: several independent brokers, or replicated clusters, used as one.
+//! Each queue belongs to one node, chosen by rendezvous hashing of the queue name over
+//! the node names (`rendezvous.rs`; a replicated cluster is one node named by its
+//! cluster id, however many of its members are listed); every call about a queue goes
+//! to that node through the node's own [`Client`], which reconnects by itself (to a
+//! cluster's leader). `ClusterWorker` runs a handler over many queues, each subscribed
+//! on its owning node.
 //!
 //! This module knows nothing of sockets or frames: it routes calls to per-node
-//! `Client`s. Nodes never talk to each other; there is no replication and no cluster
-//! membership protocol. The node list is the client's configuration.
+//! `Client`s. The nodes (clusters) never talk to each other. The node list is the
+//! client's configuration.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -58,6 +60,10 @@ pub use self::worker::ClusterWorker;
 ///   subscriptions and workers) when it is back.
 /// * Adding a node moves only the queues that hash to it, about `1/n` of them. Drain a
 ///   queue on its old node before moving it (docs/operations.md).
+/// * Addresses whose leader announces the same cluster id (members of one replicated
+///   cluster) are one node, named by the cluster id: list any members of each cluster
+///   (a cluster outgrows itself by adding another cluster). An address that does not
+///   answer at start is left out when a cluster that answered names it as a member.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), squall_client::ClientError> {
@@ -117,8 +123,11 @@ pub struct NodeQueues {
     pub queues: Result<Vec<QueueInfo>>,
 }
 
+/// A node of the list: its name, its address, and whether the name was given.
+type NodeSpec = (String, String, bool);
+
 /// Parses `ADDR` or `NAME=ADDR`.
-fn parse_node(spec: &str) -> Result<(String, String, bool)> {
+fn parse_node(spec: &str) -> Result<NodeSpec> {
     let spec = spec.trim();
     let (name, addr, named) = match spec.split_once('=') {
         Some((name, addr)) => (name.trim(), addr.trim(), true),
@@ -194,7 +203,7 @@ impl ClientBuilder {
         let shutdown = CancellationToken::new();
         let mut nodes = Vec::with_capacity(specs.len());
         let mut failures = Vec::new();
-        for ((name, addr, named), result) in specs.into_iter().zip(dialed) {
+        for ((name, addr, named), result) in one_node_per_cluster(specs, dialed).await? {
             let state = match result {
                 Ok(client) => NodeState::Connected(client),
                 Err(e @ ClientError::Config(_)) => return Err(e),
@@ -236,6 +245,58 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// Merges the addresses whose leader announced the same cluster id into one node named
+/// by that id (the first connection kept, the others closed); a single broker stays a
+/// node of its own. An address that did not answer is dropped when a cluster that
+/// answered names it as a member. Two nodes named alike are a configuration error.
+async fn one_node_per_cluster(
+    specs: Vec<NodeSpec>,
+    dialed: Vec<Result<Client>>,
+) -> Result<Vec<(NodeSpec, Result<Client>)>> {
+    let mut kept: Vec<(usize, NodeSpec, Result<Client>)> = Vec::new();
+    let mut clusters: Vec<String> = Vec::new();
+    let mut members: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut failed = Vec::new();
+    for (i, ((name, addr, named), result)) in specs.into_iter().zip(dialed).enumerate() {
+        let client = match result {
+            Ok(client) => client,
+            Err(e) => {
+                failed.push((i, (name, addr, named), e));
+                continue;
+            }
+        };
+        let Some(cluster) = client.server_info().cluster else {
+            kept.push((i, (name, addr, named), Ok(client)));
+            continue;
+        };
+        members.extend(cluster.members.iter().map(|(_, a)| a.clone()));
+        if clusters.contains(&cluster.cluster_id) {
+            client.close().await;
+            continue;
+        }
+        clusters.push(cluster.cluster_id.clone());
+        kept.push((i, (cluster.cluster_id, addr, false), Ok(client)));
+    }
+    for (i, spec, e) in failed {
+        if !members.contains(&spec.1) {
+            kept.push((i, spec, Err(e)));
+        }
+    }
+    kept.sort_by_key(|(i, _, _)| *i);
+    let mut names = std::collections::HashSet::new();
+    for (_, (name, _, _), _) in &kept {
+        if !names.insert(name.clone()) {
+            return Err(ClientError::Config(format!(
+                "node name `{name}` is also a cluster's id; name the nodes otherwise"
+            )));
+        }
+    }
+    Ok(kept
+        .into_iter()
+        .map(|(_, spec, result)| (spec, result))
+        .collect())
 }
 
 /// Dials a node that was unreachable at start until it answers or the cluster client

@@ -91,6 +91,8 @@ fn random_request(rng: &mut Rng) -> v1::Request {
                     }
                 })
                 .collect(),
+            producer_id: rng.some_string(3),
+            sequence: rng.next(),
         }),
         3 => Op::Subscribe(v1::Subscribe {
             queue: rng.queue_name(),
