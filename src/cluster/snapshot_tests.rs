@@ -290,3 +290,80 @@ async fn a_snapshot_installed_on_another_member_leaves_it_holding_exactly_the_sa
     close(store_b, writer_b, sm_b);
     close(store_a, writer_a, sm_a);
 }
+
+/// Peak resident memory of this process, from /proc (kB).
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Measurement, not a check (run by hand, see docs/design/replication.md): how long a
+/// member's writer spends exporting a store of `SQUALL_SNAPSHOT_TASKS` tasks (default
+/// 50,000) with 4 KiB bodies, how long another member takes to install it, and what
+/// the process's peak memory does meanwhile (the bodies alone are ~200 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --lib snapshot_cost -- --ignored --nocapture"]
+async fn snapshot_cost() {
+    let tasks: u64 = std::env::var("SQUALL_SNAPSHOT_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let a = tempfile::tempdir().unwrap();
+    let (store_a, writer_a, mut sm_a) = open_machine(a.path(), Pending::default());
+    sm_a.apply([membership()]).await.unwrap();
+    let mut index = 1;
+    for first in (1..=tasks).step_by(500) {
+        let muts = (first..(first + 500).min(tasks + 1))
+            .map(|id| {
+                let Mutation::Insert(mut task) = insert(id, "q") else {
+                    unreachable!()
+                };
+                task.body.payload = Bytes::from(vec![(id % 251) as u8; 4096]);
+                Mutation::Insert(task)
+            })
+            .collect();
+        sm_a.apply([command(ORIGIN, muts, 1, index)]).await.unwrap();
+        index += 1;
+    }
+    let before = peak_rss_kb();
+    let started = std::time::Instant::now();
+    let snapshot = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let built = started.elapsed();
+    let size = std::fs::metadata(a.path().join(RAFT_DIR).join("snapshot"))
+        .unwrap()
+        .len();
+    let b = tempfile::tempdir().unwrap();
+    let (store_b, writer_b, mut sm_b) = open_machine(b.path(), Pending::default());
+    let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
+    let mut data = snapshot.snapshot;
+    tokio::io::copy(&mut data, &mut receiving).await.unwrap();
+    let started = std::time::Instant::now();
+    sm_b.install_snapshot(&snapshot.meta, receiving)
+        .await
+        .unwrap();
+    let installed = started.elapsed();
+    let after = peak_rss_kb();
+    println!(
+        "{tasks} tasks, snapshot {} MB: built in {built:?} ({:.0} MB/s), installed in \
+         {installed:?} ({:.0} MB/s); peak RSS {} MB before, {} MB after",
+        size / 1_000_000,
+        size as f64 / 1e6 / built.as_secs_f64(),
+        size as f64 / 1e6 / installed.as_secs_f64(),
+        before / 1000,
+        after / 1000
+    );
+    assert!(store_b.get_state(tasks).unwrap().is_some());
+    close(store_b, writer_b, sm_b);
+    close(store_a, writer_a, sm_a);
+}
