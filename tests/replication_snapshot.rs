@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    agreed_leader, args_with, cluster_client, members, peers_of, sample, start_with, status,
-    Member, NODES, WITHIN,
+    agreed_leader, applied_up_to, args_with, cluster_client, members, peers_of, sample, start_with,
+    status, Member, NODES, WITHIN,
 };
 use squall::model::{Mutation, NewTask, TaskBody, TaskState, TaskStatus};
 use squall::store::{
@@ -276,12 +276,46 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
         "the wiped follower caught up without installing a snapshot"
     );
 
+    // Both followers restart (killed with -9) on logs purged behind their snapshots
+    // (the other one's own, the wiped one's installed) and apply what follows.
+    let other_purged = status(other.cluster)
+        .await
+        .and_then(|s| s.purged)
+        .map_or(0, |p| p.index);
+    assert!(other_purged > 0, "the other follower never purged its log");
+    for m in [other, wiped] {
+        let slot = m.id as usize - 1;
+        brokers[slot].take().expect("running").kill9();
+        brokers[slot] = Some(start(m));
+    }
+    client
+        .publish("s-pending", "after the restarts")
+        .await
+        .unwrap();
+    // The restarts may have brought an election: whoever leads now, every member
+    // applies every entry any of them holds.
+    let (leader_now, _) = agreed_leader(&all).await;
+    let mut target = 0;
+    for m in &members {
+        let last = status(m.cluster).await.and_then(|s| s.last_log);
+        target = target.max(last.map_or(0, |l| l.index));
+    }
+    for m in &members {
+        applied_up_to(m, target).await;
+    }
+
     // Everyone is killed, the followers first (the leader alone commits nothing
     // more): a graceful stop of a leader left without followers waits out its grace
     // periods. Every store holds what it confirmed (`--fsync always`); the wiped
     // member's is then the other follower's.
     drop(client);
-    for id in [wiped.id, other.id, leader_id] {
+    let mut order: Vec<u64> = members
+        .iter()
+        .map(|m| m.id)
+        .filter(|&id| id != leader_now)
+        .collect();
+    order.push(leader_now);
+    for id in order {
         brokers[id as usize - 1].take().expect("running").kill9();
     }
     let keys = [("s-keyed", "k-1"), ("s-pending", "k-unknown")];
@@ -290,7 +324,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
     assert_eq!(expected.keys, vec![Some(keyed), None]);
     assert_eq!(
         expected.tasks.len(),
-        40 + 4 + SNAPSHOT_LOGS as usize * 2,
+        40 + 4 + SNAPSHOT_LOGS as usize * 2 + 1,
         "pending, delayed, keyed, dead, succeeded and the later ones"
     );
     let (state, retained, _) = &expected.tasks[&done];
