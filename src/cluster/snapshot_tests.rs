@@ -317,8 +317,7 @@ async fn snapshot_cost() {
     let a = tempfile::tempdir().unwrap();
     let (store_a, writer_a, mut sm_a) = open_machine(a.path(), Pending::default());
     sm_a.apply([membership()]).await.unwrap();
-    let mut index = 1;
-    for first in (1..=tasks).step_by(500) {
+    for (index, first) in (1..).zip((1..=tasks).step_by(500)) {
         let muts = (first..(first + 500).min(tasks + 1))
             .map(|id| {
                 let Mutation::Insert(mut task) = insert(id, "q") else {
@@ -329,7 +328,6 @@ async fn snapshot_cost() {
             })
             .collect();
         sm_a.apply([command(ORIGIN, muts, 1, index)]).await.unwrap();
-        index += 1;
     }
     let before = peak_rss_kb();
     let started = std::time::Instant::now();
