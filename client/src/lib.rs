@@ -115,12 +115,18 @@
 //! after a `Timeout` or `ConnectionLost`, because the broker answers a repeated key
 //! (same queue, within the queue's dedup window, 5 minutes by default) with the first
 //! task's id and stores nothing new. [`Published::duplicate`] is then `true` if the
-//! first attempt had landed. [`Client::wait_result`] resumes its wait after a lost
-//! connection. Nothing else is re-sent. What you may retry yourself:
+//! first attempt had landed. Connected to a replicated cluster (its leader's `HelloOk`
+//! names the cluster), the client numbers **every** publish (a producer id of its own
+//! and a sequence number; the cluster makes them the idempotency keys of tasks without
+//! one), so every publish whose outcome is unknown (`Timeout`, `ConnectionLost`,
+//! `NOT_LEADER` after a leader change) is sent again, to the new leader, the same way.
+//! [`Client::wait_result`] resumes its wait after a lost connection. Nothing else is
+//! re-sent. What you may retry yourself:
 //!
 //! | operation | after `Unavailable` / `Invalid` | after `Timeout` / `ConnectionLost` |
 //! |---|---|---|
-//! | `publish*` without idempotency key | yes (nothing was sent) | **no**: it may have been stored; retrying can duplicate |
+//! | `publish*` without idempotency key, single broker | yes (nothing was sent) | **no**: it may have been stored; retrying can duplicate |
+//! | `publish*` to a replicated cluster | yes | the client already did twice with the same numbers; a new publish gets new numbers (it can duplicate) |
 //! | `publish*` with an idempotency key on every task | yes | yes, with the same keys, within the dedup window (the client already did twice) |
 //! | `ack` / `nack` / `fail` | yes | no need: the lease died with the connection and the task is redelivered |
 //! | `extend` | yes | the lease is gone if the connection is; stop working on the task |

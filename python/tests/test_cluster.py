@@ -3,7 +3,8 @@ free ports on 127.0.0.1, temporary data directories): a client given every membe
 connects to the leader (the others answer NOT_LEADER naming it) and lists the cluster
 once; after the leader is killed with -9, a consumer goes on receiving and a producer
 goes on publishing through the new leader, without the test reconnecting anything,
-and every publish the client saw confirmed is delivered."""
+and every publish the client saw confirmed is delivered. Publishes to a cluster are
+numbered, so one whose answer was lost is sent again and not created twice."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import socket
 from collections.abc import Callable, Iterator
 
 from conftest import Broker
+from test_reconnect import proxy_to
 
 import squall
 
@@ -121,3 +123,31 @@ async def test_a_consumer_and_a_producer_carry_on_after_the_leader_is_killed(bin
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await c.close()
+
+
+async def test_a_publish_whose_answer_was_lost_is_sent_again_and_not_created_twice(
+    binary: str, q: str
+) -> None:
+    """Every publish to a cluster is numbered, so the client repeats one whose answer it
+    lost (without an idempotency key) and the cluster answers the repeat with the first
+    task. A queue that remembers no keys (dedup window 0) gets the repeat as a second
+    task: the negative control, in the same run."""
+    with three_members(binary) as brokers:
+        everyone = ",".join(b.addr for b in brokers)
+        admin = await squall.connect(everyone, connect_timeout=WITHIN, wait_for_connection=WITHIN)
+        info = admin.server_info.cluster
+        assert info is not None
+        forgetful = q + "-forgetful"
+        await admin.set_queue_config(forgetful, dedup_window=0)
+        async with proxy_to(brokers[info.leader - 1].addr) as proxy:
+            c = await squall.connect(proxy.addr, reconnect=FAST, wait_for_connection=WITHIN)
+            proxy.cut_next_request()
+            first = await c.publish(q, b"once")
+            assert first.duplicate, "the repeat found the first send"
+            proxy.cut_next_request()
+            again = await c.publish(forgetful, b"once")
+            assert not again.duplicate
+            assert (await admin.queue(q)).ready == 1, "not created twice"
+            assert (await admin.queue(forgetful)).ready == 2, "negative control: nothing remembered"
+            await c.close()
+        await admin.close()

@@ -218,6 +218,9 @@ class _Node:
     config: _Config
     #: Where to dial: the addresses given, then every member a cluster's leader named.
     members: list[str] = field(default_factory=list)
+    #: This node's producer id (random) for the publishes it numbers (to a cluster).
+    producer: str = field(default_factory=lambda: f"{random.getrandbits(128):032x}")
+    next_sequence: int = 1
     conn: Conn | None = None
     down_reason: str = "not connected yet"
     closed: bool = False
@@ -229,6 +232,17 @@ class _Node:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     # --- connection ---------------------------------------------------------------
+
+    def number(self, req: pb.Request) -> bool:
+        """To a replicated cluster, numbers the publish `req` (producer id, sequence
+        number): the cluster makes them the idempotency keys of its tasks without one, so
+        the same publish sent again is not created twice. True when numbered."""
+        if self.info.cluster is None:
+            return False
+        req.publish.producer_id = self.producer
+        req.publish.sequence = self.next_sequence
+        self.next_sequence += 1
+        return True
 
     async def dial(self, patience: float = 0.0) -> Conn:
         self.generation += 1
@@ -700,7 +714,10 @@ class Client:
         """Publishes one task; returns once it is durable. With an idempotency `key`,
         a publish whose outcome is unknown (timeout, lost connection) is sent again (up
         to twice), and a repeat answers with the first task's id (`duplicate` set);
-        without one it is never repeated by the client. A task not delivered within
+        without one it is never repeated by the client, except to a replicated cluster:
+        there every publish is numbered (this client's producer id and a sequence
+        number, which the cluster makes the tasks' keys), so it is repeated the same
+        way after a leader change. A task not delivered within
         `expires_in` of its publish is never delivered: it goes to the dead set with
         reason "expired" (or is dropped, per the queue's `drop_expired`)."""
         node = self._node_for(queue)
@@ -709,14 +726,15 @@ class Client:
         _fill_spec(spec, queue, payload, priority, delay, key, headers, max_attempts, lease, expires_in)
         if node.config.validate_locally:
             _check_spec(spec, node.info)
+        numbered = node.number(req)
         conn = node.conn
-        if not key and conn is not None and conn.closed_reason is None:
+        if not key and not numbered and conn is not None and conn.closed_reason is None:
             # The common case, one coroutine layer less: never repeated anyway.
             got = (await conn.call(req, "publish")).publish.tasks
             if len(got) != 1:
                 raise errors.ProtocolError(f"published 1 task but the broker confirmed {len(got)}")
             return Published(got[0].task_id, got[0].duplicate)
-        published = await self._send_publish(node, req, 1, bool(key))
+        published = await self._send_publish(node, req, 1, bool(key) or numbered)
         return published[0]
 
     async def publish_batch(
@@ -765,7 +783,8 @@ class Client:
             _check_batch_len(len(items), node.info)
             for spec in tasks:
                 _check_spec(spec, node.info)
-        return await self._send_publish(node, req, len(items), all_keyed)
+        numbered = node.number(req)
+        return await self._send_publish(node, req, len(items), all_keyed or numbered)
 
     async def _publish_batch_cluster(
         self,
@@ -816,13 +835,13 @@ class Client:
             try:
                 resp = await conn.call(req, "publish")
                 break
-            except (errors.Timeout, errors.ConnectionLost) as e:
+            except (errors.Timeout, errors.ConnectionLost, errors.NotLeader) as e:
                 if not retries_left:
                     raise
                 attempt += 1
                 log.warning(
                     "publish outcome unknown (%s); sending it again with the same "
-                    "idempotency keys (attempt %d)",
+                    "producer number or idempotency keys (attempt %d)",
                     e,
                     attempt,
                 )
