@@ -495,9 +495,9 @@ async fn delays_dead_tasks_results_keys_and_attempts_survive_a_leader_change() {
     );
 }
 
-/// Proof 4 of the issue (as far as this version goes: no snapshots, so by the log): a
-/// follower killed with -9 and its data directory deleted comes back empty and is
-/// sent every entry by the leader; its store then holds what the cluster confirmed
+/// A follower killed with -9 and its data directory deleted, while the leader's log
+/// still starts at entry 1 (by snapshot once it does not: tests/replication_snapshot.rs),
+/// comes back empty and is sent every entry by the leader; its store then holds what the cluster confirmed
 /// (tasks still pending, acked ones succeeded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_whose_data_is_deleted_catches_up_from_the_leader() {

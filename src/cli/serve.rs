@@ -127,8 +127,7 @@ pub struct ServeArgs {
     queue_dedup_window: Option<String>,
     /// Cluster port (node-to-node traffic); with it this node is a member of a Raft
     /// group that replicates every queue, --node-id is its number, and it serves
-    /// clients only while it leads (in progress: no snapshots, the Raft log is never
-    /// purged; docs/design/replication.md) [default: off].
+    /// clients only while it leads (docs/design/replication.md) [default: off].
     #[arg(long, value_name = "ADDR|off")]
     cluster_listen: Option<String>,
     /// Members of a new cluster, this node included: ID@HOST:PORT of their cluster
