@@ -171,7 +171,8 @@ async fn a_publish_sent_again_after_a_leader_kill_is_not_created_twice() {
 
 /// Two single brokers and a three-member cluster, every member listed: three nodes,
 /// the cluster once (named by its id); each queue lands on the node rendezvous
-/// hashing picks, through the `ClusterClient` and through the CLI's `--server`.
+/// hashing picks, through the `ClusterClient` and through the CLI's `--server`; the
+/// members' addresses alone are one broker to the CLI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_single_nodes_and_a_cluster_are_three_nodes() {
     let cluster = three().await;
@@ -229,6 +230,27 @@ async fn two_single_nodes_and_a_cluster_are_three_nodes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(leader.queue(on_cluster.as_str()).await.unwrap().ready, 2);
+    // A task id is the cluster's: `task` finds it through the members' addresses
+    // alone; among several nodes it needs the queue.
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let task = |server: String| {
+        let id = id.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+                .args(["task", &id, "--server", &server])
+                .env_remove("SQUALL_SERVER")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = task(cluster.everyone.clone()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(task(list.join(",")).await.status.code(), Some(64));
     client.close().await;
     for c in direct {
         c.close().await;

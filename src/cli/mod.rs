@@ -339,10 +339,14 @@ const fn crate_default_server() -> &'static str {
     squall::config::DEFAULT_LISTEN
 }
 
-/// Connects to the one broker named by `args`, failing fast when it is not there.
-/// Commands about a queue use [`connect_for`], which also handles clusters.
+/// Connects to the one broker named by `args` (or the one replicated cluster its
+/// addresses belong to), failing fast when it is not there. Commands about a queue use
+/// [`connect_for`], which also handles several nodes.
 pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_client::Client> {
     if args.is_cluster() {
+        if let Some(client) = one_cluster(args, name).await? {
+            return Ok(client);
+        }
         return Err(Exit {
             code: EXIT_USAGE,
             message: format!(
@@ -356,23 +360,27 @@ pub async fn connect(args: &ServerArgs, name: &str) -> anyhow::Result<squall_cli
     dial(args, &args.server, name, "").await
 }
 
-/// Connects to the broker holding `queue`: the one broker, or with several addresses
-/// the node that rendezvous hashing assigns the queue to (the same node every client
-/// picks). Every address is dialled so that the members of one replicated cluster
-/// count as one node (named by its cluster id), as [`squall_client::ClusterClient`]
-/// counts them.
-pub async fn connect_for(
+/// With several addresses: the client of the one replicated cluster they all belong to,
+/// or `None` when they are several nodes.
+pub async fn one_cluster(
     args: &ServerArgs,
     name: &str,
-    queue: &str,
-) -> anyhow::Result<squall_client::Client> {
-    let nodes = args.nodes();
-    if nodes.len() <= 1 {
-        return dial(args, &args.server, name, "").await;
+) -> anyhow::Result<Option<squall_client::Client>> {
+    let cluster = dial_nodes(args, name).await?;
+    if cluster.nodes().count() != 1 {
+        cluster.close().await;
+        return Ok(None);
     }
+    // Any queue name: the one node owns them all.
+    Ok(Some(cluster.client_for("")?))
+}
+
+/// Dials every node of `--server` (a replicated cluster's addresses count as one).
+async fn dial_nodes(args: &ServerArgs, name: &str) -> anyhow::Result<squall_client::ClusterClient> {
     // The name hashed is the node as given: an address completed with the default
     // port keeps its given form as its name.
-    let specs: Vec<String> = nodes
+    let specs: Vec<String> = args
+        .nodes()
         .iter()
         .map(|n| match n.split_once('=') {
             Some((name, addr)) => format!("{}={}", name.trim(), with_default_port(addr.trim())),
@@ -380,8 +388,7 @@ pub async fn connect_for(
             None => (*n).to_owned(),
         })
         .collect();
-    let cluster = args
-        .builder(name)
+    args.builder(name)
         .connect_cluster(&specs)
         .await
         .map_err(|e| match e {
@@ -393,7 +400,23 @@ pub async fn connect_for(
                 code: EXIT_UNAVAILABLE,
                 message: format!("cannot reach the nodes {}: {e}", args.server),
             }),
-        })?;
+        })
+}
+
+/// Connects to the broker holding `queue`: the one broker, or with several addresses
+/// the node that rendezvous hashing assigns the queue to (the same node every client
+/// picks). Every address is dialled so that the members of one replicated cluster
+/// count as one node (named by its cluster id), as [`squall_client::ClusterClient`]
+/// counts them.
+pub async fn connect_for(
+    args: &ServerArgs,
+    name: &str,
+    queue: &str,
+) -> anyhow::Result<squall_client::Client> {
+    if args.nodes().len() <= 1 {
+        return dial(args, &args.server, name, "").await;
+    }
+    let cluster = dial_nodes(args, name).await?;
     let node = cluster.node_of(queue).to_owned();
     let client = cluster.client_for(queue).map_err(|e| {
         anyhow::Error::new(Exit {

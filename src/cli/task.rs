@@ -162,15 +162,21 @@ pub async fn run(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let client = match &args.queue {
         Some(queue) => connect_for(&args.server, "squall-task", queue).await?,
         None if args.server.is_cluster() => {
-            return Err(Exit {
-                code: super::EXIT_USAGE,
-                message: format!(
-                    "--server names a cluster ({}): give the task's queue with --queue, \
+            match super::one_cluster(&args.server, "squall-task").await? {
+                // Addresses of one replicated cluster: its task ids are the cluster's.
+                Some(client) => client,
+                None => {
+                    return Err(Exit {
+                        code: super::EXIT_USAGE,
+                        message: format!(
+                            "--server names a cluster ({}): give the task's queue with --queue, \
                      since task ids are per node",
-                    args.server.server
-                ),
+                            args.server.server
+                        ),
+                    }
+                    .into())
+                }
             }
-            .into())
         }
         None => connect(&args.server, "squall-task").await?,
     };
