@@ -39,6 +39,8 @@ const STOP_WAIT: Duration = Duration::from_secs(20);
 enum Req {
     /// Checkpoint every record below this floor.
     Floor(u64),
+    /// Apply the task table's frozen generations to sled (no flush).
+    Apply,
     /// A last checkpoint, then exit and say how it went.
     Stop(u64, Sender<Result<(), StoreError>>),
 }
@@ -110,6 +112,11 @@ impl Checkpointer {
         let _ = self.tx.send(Req::Floor(floor));
     }
 
+    /// Asks for the task table's frozen generations to be applied to sled.
+    pub(crate) fn apply_tasks(&self) {
+        let _ = self.tx.send(Req::Apply);
+    }
+
     /// A last checkpoint and the thread's end, waiting at most [`STOP_WAIT`].
     pub(crate) fn stop(mut self, floor: u64) -> Result<(), StoreError> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
@@ -149,14 +156,20 @@ impl Worker {
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Later requests supersede earlier ones.
+            let mut apply = false;
             for req in first.into_iter().chain(rx.try_iter()) {
                 match req {
                     Req::Floor(floor) => pending = pending.max(Some(floor)),
+                    Req::Apply => apply = true,
                     Req::Stop(floor, reply) => {
                         let floor = pending.map_or(floor, |p| p.max(floor));
                         return self.finish(floor, reply);
                     }
                 }
+            }
+            if apply && !self.apply_tasks() {
+                std::mem::forget(self);
+                return;
             }
             let Some(floor) = pending else { continue };
             match self.checkpoint(floor) {
@@ -197,8 +210,31 @@ impl Worker {
         let _ = reply.send(result);
     }
 
-    fn checkpoint(&mut self, floor: u64) -> Outcome {
+    /// Applies the task table's frozen generations to sled (memory only: no flush,
+    /// so no space is needed); `false` if the store failed.
+    fn apply_tasks(&mut self) -> bool {
         if self.store.failure().is_some() {
+            return false;
+        }
+        // Those frozen now (more may follow while these are applied).
+        for _ in 0..self.store.tasks.frozen() {
+            match self.store.tasks.apply_oldest(&self.db, &self.store.bodies) {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(error) => {
+                    tracing::error!(%error, "task records could not be applied to sled");
+                    self.store.fail(&super::io_error(error));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn checkpoint(&mut self, floor: u64) -> Outcome {
+        // The changes of the records below the floor reach sled before bodies move
+        // (which reads sled's references) and before the flush.
+        if !self.apply_tasks() {
             return Outcome::Failed;
         }
         match journal::free_bytes(&self.dir) {

@@ -402,13 +402,6 @@ impl Journal {
         Ok(())
     }
 
-    /// The first record number of the segment appends go to, while it is open (not
-    /// sealed, not failed). Every segment has its own number, so a change means the
-    /// segment seen before was sealed.
-    pub(crate) fn appending_to(&self) -> Option<u64> {
-        self.current.as_ref().map(|s| s.first_seq)
-    }
-
     /// Whether anything is appended but not yet synced.
     pub(crate) fn unsynced(&self) -> bool {
         self.unsynced

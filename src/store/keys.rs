@@ -110,14 +110,6 @@ pub(crate) fn task_id(key: &[u8]) -> Option<TaskId> {
     Some(TaskId::from_be_bytes(id))
 }
 
-/// The id of a task's state key; `None` for any other key.
-pub(crate) fn state_id(key: &[u8]) -> Option<TaskId> {
-    if key.len() != TASK_KEY_LEN || key[0] != STATE {
-        return None;
-    }
-    task_id(key)
-}
-
 /// The name of a `Q` or `C` key, if it is UTF-8.
 pub(crate) fn queue_name(key: &[u8]) -> Option<&str> {
     std::str::from_utf8(key.get(1..)?).ok()

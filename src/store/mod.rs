@@ -36,6 +36,9 @@ mod retention_tests;
 mod schedule_tests;
 pub(crate) mod snapshot;
 mod status;
+mod tasks;
+#[cfg(test)]
+mod tasks_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 mod volume;
@@ -53,9 +56,21 @@ use body_cache::BodyCache;
 use pool::{Db, DbPool};
 
 /// The share of the configured cache given to the bodies of recently published tasks
-/// (`body_cache.rs`); sled's page cache gets the rest.
+/// (`body_cache.rs`); the task table and sled's page cache get the rest.
 fn body_cache_bytes(cache_bytes: usize) -> usize {
     cache_bytes / 8
+}
+
+/// The share of the configured cache one generation of the task table may hold
+/// (`tasks.rs`: at most [`tasks::MAX_FROZEN`] frozen ones and the active one).
+fn task_generation_bytes(cache_bytes: usize) -> usize {
+    cache_bytes / 16
+}
+
+/// What sled's page cache gets of the configured cache.
+fn sled_cache_bytes(cache_bytes: usize) -> usize {
+    let table = task_generation_bytes(cache_bytes) * (tasks::MAX_FROZEN + 1);
+    cache_bytes - body_cache_bytes(cache_bytes) - table
 }
 
 /// sled's leaf fanout: the default, measured fastest for this workload.
@@ -258,6 +273,8 @@ pub(crate) struct Inner {
     pub(crate) bodies: payload::Bodies,
     /// The bodies of recently published tasks (a share of `cache_bytes`).
     pub(crate) recent_bodies: BodyCache,
+    /// Task records changed since they were last applied to sled (`tasks.rs`).
+    pub(crate) tasks: tasks::TaskTable,
     /// The number of the first payload file this process creates.
     next_payload_file: u64,
 }
@@ -518,7 +535,7 @@ impl Store {
         let key = keys::body(id);
         let mut attempts = 0;
         loop {
-            let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
+            let Some(value) = self.task_record(tasks::Slot::Body, id)? else {
                 return Ok(None);
             };
             let r = match record::decode_stored_body(&value).map_err(|e| corrupt(&key, e))? {
@@ -543,11 +560,26 @@ impl Store {
     /// Reads a task's state.
     pub fn get_state(&self, id: TaskId) -> Result<Option<TaskState>, StoreError> {
         let key = keys::state(id);
-        let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
+        let Some(value) = self.task_record(tasks::Slot::State, id)? else {
             return Ok(None);
         };
         let view = record::decode_state(&value).map_err(|e| corrupt(&key, e))?;
         Ok(Some(view.to_state(Arc::from(view.queue))))
+    }
+}
+
+impl Store {
+    /// A task record as the writer last left it: from the task table if it holds
+    /// the record, else from sled.
+    fn task_record(
+        &self,
+        slot: tasks::Slot,
+        id: TaskId,
+    ) -> Result<Option<sled::InlineArray>, StoreError> {
+        match self.inner.tasks.get(slot, id) {
+            Some(value) => Ok(value),
+            None => self.inner.dbs.get().get(slot.key(id)).map_err(io_error),
+        }
     }
 }
 

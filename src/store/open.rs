@@ -1,7 +1,8 @@
 //! Opening a data directory: the directory lock, sizing to the volume, sled, the
 //! journal's replay into sled (bodies become references into the journal), the
 //! payload files' live bytes, the id watermark; and the recovery scan that hands
-//! every stored task state to the engine. Nothing here runs after start-up.
+//! every stored task state to the engine (also run by a cluster member that becomes
+//! leader, while its writer runs).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -11,10 +12,11 @@ use std::sync::Arc;
 use super::body_cache::BodyCache;
 use super::pool::{Db, DbPool};
 use super::record::{BodyFile, BodyRef, StoredBody};
+use super::tasks::{Slot, TaskTable};
 use super::{
     body_cache_bytes, corrupt, corrupt_reason, datadir, io_error, journal, keys, payload, policy,
-    record, DataDirProblem, Inner, Sizing, Store, StoreConfig, StoreError, JOURNAL_DIR,
-    LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS,
+    record, sled_cache_bytes, task_generation_bytes, DataDirProblem, Inner, Sizing, Store,
+    StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS,
 };
 use crate::model::{QueueConfig, TaskId, TaskState};
 
@@ -69,7 +71,7 @@ impl Store {
         }
         let db = sled::Config::new()
             .path(&config.path)
-            .cache_capacity_bytes(config.cache_bytes - body_cache_bytes(config.cache_bytes))
+            .cache_capacity_bytes(sled_cache_bytes(config.cache_bytes))
             .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
             .open::<LEAF_FANOUT>()
             .map_err(|e| {
@@ -125,6 +127,7 @@ impl Store {
                 low_space: parking_lot::Mutex::new(None),
                 bodies,
                 recent_bodies: BodyCache::new(body_cache_bytes(config.cache_bytes)),
+                tasks: TaskTable::new(task_generation_bytes(config.cache_bytes), next_id),
                 next_payload_file,
             }),
             replayed,
@@ -144,11 +147,8 @@ impl Store {
             ..RecoveryStats::default()
         };
         let mut highest = None;
-        for item in self.inner.dbs.get().range(keys::prefix_range(keys::STATE)) {
-            let (key, value) = item.map_err(io_error)?;
-            let id = keys::task_id(&key)
-                .ok_or_else(|| corrupt_reason(&key, "state key is not 'S' + 8-byte id"))?;
-            let view = record::decode_state(&value).map_err(|e| corrupt(&key, e))?;
+        let mut emit = |id: TaskId, value: &[u8]| -> Result<(), StoreError> {
+            let view = record::decode_state(value).map_err(|e| corrupt(&keys::state(id), e))?;
             let queue = match names.get(view.queue) {
                 Some(name) => name.clone(),
                 None => {
@@ -160,11 +160,36 @@ impl Store {
             f(id, view.to_state(queue));
             stats.tasks += 1;
             highest = Some(id);
+            Ok(())
+        };
+        // sled's states, corrected by the task table's newer ones (empty at start-up;
+        // a cluster member rebuilds its engine while its writer runs).
+        let mut newer = self.inner.tasks.records(Slot::State).into_iter().peekable();
+        for item in self.inner.dbs.get().range(keys::prefix_range(keys::STATE)) {
+            let (key, value) = item.map_err(io_error)?;
+            let id = keys::task_id(&key)
+                .ok_or_else(|| corrupt_reason(&key, "state key is not 'S' + 8-byte id"))?;
+            let mut replaced = false;
+            while let Some((table_id, state)) = newer.next_if(|(t, _)| *t <= id) {
+                replaced |= table_id == id;
+                if let Some(state) = state {
+                    emit(table_id, &state)?;
+                }
+            }
+            if !replaced {
+                emit(id, &value)?;
+            }
+        }
+        for (id, state) in newer {
+            if let Some(state) = state {
+                emit(id, &state)?;
+            }
         }
         // Belt and braces: the watermark is written with every insert, but never hand
         // out an id that is already stored.
         if let Some(id) = highest {
             self.inner.next_id.fetch_max(id.saturating_add(1), Relaxed);
+            self.inner.tasks.raise_fresh_from(id.saturating_add(1));
         }
         tracing::debug!(tasks = stats.tasks, queues = names.len(), "store recovered");
         Ok(stats)

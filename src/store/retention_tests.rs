@@ -155,13 +155,21 @@ impl Fixture {
             .expect("a sweep reports")
     }
 
+    /// Records of one kind, as the store reads them (task records: the task table
+    /// over sled).
     fn count(&self, prefix: u8) -> usize {
-        self.store
-            .inner
-            .dbs
-            .get()
-            .range(keys::prefix_range(prefix))
-            .count()
+        let mut ids = std::collections::BTreeMap::new();
+        for item in self.store.inner.dbs.get().range(keys::prefix_range(prefix)) {
+            ids.insert(item.unwrap().0.to_vec(), true);
+        }
+        let mut key = vec![prefix];
+        key.extend_from_slice(&[0; 8]);
+        if let Some((slot, _)) = tasks::Slot::of_key(&key) {
+            for (id, value) in self.store.inner.tasks.records(slot) {
+                ids.insert(slot.key(id).to_vec(), value.is_some());
+            }
+        }
+        ids.values().filter(|&&live| live).count()
     }
 }
 

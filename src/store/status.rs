@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{corrupt, io_error, keys, record, Store, StoreError};
+use super::{corrupt, keys, record, Store, StoreError};
 use crate::model::{Millis, QueueConfig, TaskId, TaskState, TaskStatus};
 
 /// What the store holds about one task, without its payload.
@@ -42,7 +42,7 @@ impl Store {
 
     fn get_retained(&self, id: TaskId) -> Result<Option<Retained>, StoreError> {
         let key = keys::result(id);
-        let Some(value) = self.inner.dbs.get().get(key).map_err(io_error)? else {
+        let Some(value) = self.task_record(super::tasks::Slot::Result, id)? else {
             return Ok(None);
         };
         let value = Bytes::from_owner(value);

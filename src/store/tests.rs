@@ -540,7 +540,7 @@ fn a_crash_snapshot_holds_every_confirmed_change_through_rolls_and_checkpoints()
     writer.shutdown().unwrap();
     drop(store);
     // A clean shutdown checkpoints everything and leaves no journal to replay.
-    let store = Store::open(&config).unwrap();
+    let store = reopen(&config);
     assert_eq!(store.replayed.records, 0);
     assert_eq!(journal::disk_bytes(&config.path.join(JOURNAL_DIR)), 0);
 }

@@ -1,18 +1,21 @@
-//! The group-commit writer: the one thread that ever writes to sled or the journal. It
-//! gathers every job queued since its last batch, stages their mutations into one
-//! `sled::Batch` and one journal record, appends the record (one `fdatasync` in
-//! `always` mode), applies the batch to sled (memory only) and then completes the jobs
-//! in submission order. It decides when a checkpoint is due and hands it to
-//! `checkpoint.rs`. Key layout and record encoding live in `keys.rs`/`record.rs`; the
-//! public `Writer`/`WriterHandle` types are declared in `mod.rs`.
+//! The group-commit writer: the one thread that decides every change to sled and the
+//! journal. It gathers every job queued since its last batch, stages their mutations
+//! into one journal record, a `sled::Batch` and the group's task-record changes,
+//! appends the record (one `fdatasync` in `always` mode), applies the batch to sled and
+//! the task changes to the task table (memory only, `tasks.rs`) and then completes the
+//! jobs in submission order. It decides when a checkpoint is due and hands it to
+//! `checkpoint.rs`, with the task table's generation frozen for it to apply first.
+//! Key layout and record encoding live in `keys.rs`/`record.rs`; the public
+//! `Writer`/`WriterHandle` types are declared in `mod.rs`.
 //!
-//! Architecture Invariant: only this thread mutates the tree, so a `Patch` can read
-//! the stored state and write it back without compare-and-swap, and an idempotency key
-//! can be checked and claimed without a race (see `retention.rs`, which also holds the
-//! retention records and the sweep). A batch reaches sled only after its journal record
-//! is written, so sled never holds a change the journal lacks.
+//! Architecture Invariant: only this thread makes changes (the checkpoint thread
+//! applies to sled the frozen task changes this thread made), so a `Patch` can read
+//! the stored state (task table, then sled) and write it back without
+//! compare-and-swap, and an idempotency key can be checked and claimed without a race
+//! (see `retention.rs`, which also holds the retention records and the sweep). A change
+//! reaches sled or the task table only after its journal record is written, so
+//! neither holds a change the journal lacks.
 
-mod recent;
 mod retention;
 mod snapshot;
 mod stage;
@@ -28,9 +31,10 @@ use sled::InlineArray;
 use super::checkpoint::Checkpointer;
 use super::journal::Journal;
 use super::record::{self, BodyFile, BodyRef};
+use super::tasks::{self, Slot};
 use super::volume::SpaceGuard;
 use super::{
-    keys, Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
+    Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
     WriterStats,
 };
 use crate::model::{Mutation, TaskId};
@@ -149,10 +153,9 @@ pub(crate) struct WriterLoop<C: Completion> {
     scratch: Vec<u8>,
     /// Bodies the job being staged wrote into the journal record.
     job_bodies: Vec<StagedBody>,
-    /// Payload-file bytes whose references the job being staged removes, and those
-    /// of the whole group.
-    job_freed: Vec<(u64, u64)>,
-    freed: Vec<(u64, u64)>,
+    /// The task records the group being built changes (they join the task table
+    /// once journaled; sled gets the rest of the batch).
+    group_tasks: tasks::Changes,
     /// When the journal was last synced (interval mode).
     last_sync: Instant,
     /// When unsynced records of groups nobody waited for must be synced (always mode).
@@ -161,10 +164,6 @@ pub(crate) struct WriterLoop<C: Completion> {
     space: SpaceGuard,
     /// When the last checkpoint to give space back was asked for.
     space_checkpoint: Instant,
-    /// Task states written recently, so that a delivery or an ack need not search sled.
-    recent: recent::RecentStates,
-    /// Which bodies surely lie in the open journal segment (removed without a read).
-    journal_bodies: recent::JournalBodies,
     /// Tasks whose body reference the batch being built removes.
     removed_bodies: Vec<TaskId>,
     /// A snapshot job that came in behind the group being gathered: run after it.
@@ -203,9 +202,7 @@ impl<C: Completion> WriterLoop<C> {
         rx: Receiver<Msg<C>>,
         stats: Arc<WriterStats>,
     ) -> Self {
-        let journal_bodies = recent::JournalBodies::new(store.next_id.load(Relaxed));
         WriterLoop {
-            journal_bodies,
             space: SpaceGuard::new(store.journal_dir.clone(), store.sizing.publish_reserve),
             db,
             journal,
@@ -223,12 +220,10 @@ impl<C: Completion> WriterLoop<C> {
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
             job_bodies: Vec::new(),
-            job_freed: Vec::new(),
-            freed: Vec::new(),
+            group_tasks: tasks::Changes::default(),
             last_sync: Instant::now(),
             sync_by: None,
             space_checkpoint: Instant::now(),
-            recent: recent::RecentStates::default(),
             removed_bodies: Vec::new(),
             after_group: None,
         }
@@ -275,11 +270,12 @@ impl<C: Completion> WriterLoop<C> {
         // returns, and `Done` completes them with `Closed`.
         let synced = self.sync_journal();
         let floor = self.seal();
+        let settled = self.settle_tasks();
         let checkpointed = match self.checkpointer.take() {
             Some(checkpointer) => checkpointer.stop(floor),
             None => Ok(()),
         };
-        synced.and(checkpointed)
+        synced.and(settled).and(checkpointed)
     }
 
     /// Blocks for the next message, or until a timer is due: the interval sync, a
@@ -337,9 +333,7 @@ impl<C: Completion> WriterLoop<C> {
             .is_some_and(|since| since.elapsed() >= CHECKPOINT_AFTER)
         {
             let floor = self.seal();
-            if let Some(checkpointer) = &self.checkpointer {
-                checkpointer.request(floor);
-            }
+            self.checkpoint(floor);
         }
         if self.store.failure().is_none() {
             match self.journal.ensure_segment() {
@@ -363,9 +357,50 @@ impl<C: Completion> WriterLoop<C> {
         } else {
             self.journal.next_seq()
         };
+        self.checkpoint(floor);
+    }
+
+    /// Asks for a checkpoint of every record below `floor`, with the task table's
+    /// changes of those records frozen for it to apply first.
+    fn checkpoint(&mut self, floor: u64) {
+        self.freeze_tasks();
         if let Some(checkpointer) = &self.checkpointer {
             checkpointer.request(floor);
         }
+    }
+
+    /// Freezes the task table's active generation, applying the oldest frozen one
+    /// here first when too many wait for the checkpoint thread.
+    fn freeze_tasks(&mut self) {
+        while self.store.tasks.frozen() >= tasks::MAX_FROZEN {
+            if let Err(error) = self.store.tasks.apply_oldest(&self.db, &self.store.bodies) {
+                tracing::error!(%error, "task records could not be applied to sled");
+                self.store.fail(&super::io_error(error));
+                return;
+            }
+        }
+        self.store.tasks.freeze(self.store.watermark.load(Relaxed));
+    }
+
+    /// Applies every task change still in memory to sled, here on the writer thread,
+    /// and empties the task table: until the next group, sled holds every applied
+    /// change (what a snapshot export reads). Writer thread only.
+    pub(crate) fn settle_tasks(&mut self) -> Result<(), StoreError> {
+        if self.store.failure().is_some() {
+            return Ok(());
+        }
+        let next = self.store.next_id.load(Relaxed);
+        self.store
+            .tasks
+            .freeze(next.max(self.store.watermark.load(Relaxed)));
+        while self
+            .store
+            .tasks
+            .apply_oldest(&self.db, &self.store.bodies)
+            .map_err(super::io_error)?
+        {}
+        debug_assert!(self.store.tasks.is_empty());
+        Ok(())
     }
 
     /// Seals the journal's current segment; returns the checkpoint floor (every
@@ -465,7 +500,7 @@ impl<C: Completion> WriterLoop<C> {
             Err(error) => {
                 tracing::error!(%error, jobs = self.group.len(), "journal write failed; the group's jobs fail");
                 self.store.degrade(&error);
-                self.recent.discard();
+                self.group_tasks.clear();
                 // Queue settings staged by the failed batch did not happen.
                 if let Err(e) = self.store.policies.write().reload(&self.db) {
                     tracing::error!(error = %e, "could not reload queue settings");
@@ -476,10 +511,6 @@ impl<C: Completion> WriterLoop<C> {
                     .unwrap_or_else(|| super::io_error(error)));
             }
         };
-        self.journal_bodies.appended(
-            self.journal.appending_to(),
-            staged.bodies.iter().map(|b| b.id),
-        );
         if sync {
             self.count_sync(start.elapsed());
             self.sync_by = None;
@@ -489,22 +520,25 @@ impl<C: Completion> WriterLoop<C> {
         self.store.undegrade();
         if let Some(floor) = sealed {
             // Every record below the floor is applied (this one is not yet).
-            if let Some(checkpointer) = &self.checkpointer {
-                checkpointer.request(floor);
-            }
+            self.checkpoint(floor);
         }
-        let mut batch = staged.batch;
-        self.reference_bodies(&mut batch, &staged.bodies);
-        if let Err(error) = self.db.apply_batch(batch) {
+        self.reference_bodies(&staged.bodies);
+        if let Err(error) = self.db.apply_batch(staged.batch) {
             // The journal has the batch but sled does not: only a restart (which
             // replays the journal) makes them agree again.
             tracing::error!(%error, jobs = self.group.len(), "store batch failed after it was journaled");
             let error = super::io_error(error);
             self.store.fail(&error);
-            self.recent.discard();
+            self.group_tasks.clear();
             return Err(error);
         }
-        self.recent.applied();
+        if self.store.tasks.merge(&mut self.group_tasks) {
+            // Over its budget: sled gets it now, the checkpoint at the next seal.
+            self.freeze_tasks();
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.apply_tasks();
+            }
+        }
         self.store.recent_bodies.applied(
             staged.bodies.into_iter().map(|b| (b.id, b.bytes)),
             &self.removed_bodies,
@@ -514,24 +548,22 @@ impl<C: Completion> WriterLoop<C> {
                 .watermark
                 .fetch_max(max.saturating_add(1), Relaxed);
         }
-        for (n, len) in self.freed.drain(..) {
-            self.store.bodies.freed(n, len);
-        }
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.mutations.fetch_add(staged.mutations, Relaxed);
         Ok(())
     }
 
-    /// Adds to the batch the references of the bodies the record just appended holds.
-    fn reference_bodies(&self, batch: &mut sled::Batch, bodies: &[StagedBody]) {
+    /// Adds to the group's task changes the references of the bodies the record
+    /// just appended holds.
+    fn reference_bodies(&mut self, bodies: &[StagedBody]) {
         let Some(record) = self.journal.last_record() else {
             debug_assert!(bodies.is_empty(), "bodies staged but no record appended");
             return;
         };
         for body in bodies {
-            let key = keys::body(body.id);
+            let change = self.group_tasks.entry(body.id).or_default();
             // Removed again later in the same batch: the removal stands.
-            if batch.get(key).is_some() {
+            if change.get(Slot::Body).is_some() {
                 continue;
             }
             let r = BodyRef {
@@ -540,7 +572,7 @@ impl<C: Completion> WriterLoop<C> {
                 len: body.len,
                 crc: body.crc,
             };
-            batch.insert(&key[..], &r.encode()[..]);
+            change.set(Slot::Body, Some(InlineArray::from(&r.encode()[..])));
         }
     }
 

@@ -65,7 +65,7 @@ impl<C: Completion> WriterLoop<C> {
         let ttl = self.result_ttl_ms(view.queue);
         if ttl == 0 {
             self.push_delete(&key);
-            self.stage_body_removal(id, batch)?;
+            self.stage_body_removal(id);
             self.push_delete(&keys::result(id));
             return Ok(());
         }
@@ -76,7 +76,7 @@ impl<C: Completion> WriterLoop<C> {
         let value = InlineArray::from(self.scratch.as_slice());
         self.stage.push((InlineArray::from(key), Some(value)));
         // The payload is not needed any more: only the state and the result are kept.
-        self.stage_body_removal(id, batch)?;
+        self.stage_body_removal(id);
         self.stage_retained(id, updated_ms.saturating_add(ttl), result)
     }
 
@@ -211,7 +211,7 @@ impl<C: Completion> WriterLoop<C> {
                 }
                 stats.removed_tasks += 1;
                 self.push_delete(&state_key);
-                self.stage_body_removal(id, batch)?;
+                self.stage_body_removal(id);
                 self.push_delete(&result_key);
             }
             // Redriven after it finished: only the stale retention record goes.

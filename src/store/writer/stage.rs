@@ -12,7 +12,8 @@ use sled::InlineArray;
 use super::{too_large, Completion, Staged, StagedBody, WriterLoop};
 use crate::model::{Mutation, TaskId, TaskStatus};
 use crate::store::keys;
-use crate::store::record::{self, BodyFile, BodyRef, StateView};
+use crate::store::record::{self, StateView};
+use crate::store::tasks::Slot;
 use crate::store::{corrupt, io_error, Duplicate, Muts, StoreError};
 
 impl<C: Completion> WriterLoop<C> {
@@ -28,7 +29,7 @@ impl<C: Completion> WriterLoop<C> {
         };
         let group = std::mem::take(&mut self.group);
         self.journal.begin();
-        self.freed.clear();
+        self.group_tasks.clear();
         self.removed_bodies.clear();
         self.failed.clear();
         self.reports.clear();
@@ -49,7 +50,6 @@ impl<C: Completion> WriterLoop<C> {
                     if result.is_err() {
                         self.journal.rewind(mark);
                         self.job_bodies.clear();
-                        self.job_freed.clear();
                     }
                     result
                 }
@@ -66,14 +66,16 @@ impl<C: Completion> WriterLoop<C> {
                     staged.mutations += job.muts.as_slice().len() as u64;
                     staged.writes += self.stage.len() + self.job_bodies.len();
                     staged.bodies.append(&mut self.job_bodies);
-                    self.freed.append(&mut self.job_freed);
                     for (key, value) in self.stage.drain(..) {
                         self.journal.put(&key, value.as_deref());
-                        self.recent.staged(&key, &value);
-                        if value.is_none() && key.first() == Some(&keys::BODY) {
-                            if let Some(id) = keys::task_id(&key) {
+                        // Task records go to the task table once journaled, the rest
+                        // to sled.
+                        if let Some((slot, id)) = Slot::of_key(&key) {
+                            if slot == Slot::Body && value.is_none() {
                                 self.removed_bodies.push(id);
                             }
+                            self.group_tasks.entry(id).or_default().set(slot, value);
+                            continue;
                         }
                         match value {
                             Some(value) => staged.batch.insert(key, value),
@@ -184,7 +186,7 @@ impl<C: Completion> WriterLoop<C> {
                 }
                 Mutation::Remove { id } => {
                     self.stage.push((InlineArray::from(keys::state(*id)), None));
-                    self.stage_body_removal(*id, batch)?;
+                    self.stage_body_removal(*id);
                     self.stage
                         .push((InlineArray::from(keys::result(*id)), None));
                 }
@@ -269,42 +271,11 @@ impl<C: Completion> WriterLoop<C> {
         Ok(())
     }
 
-    /// Removes a task's body reference; when it pointed into a payload file, that
-    /// file's live bytes drop once the batch is applied.
-    pub(super) fn stage_body_removal(
-        &mut self,
-        id: TaskId,
-        batch: &sled::Batch,
-    ) -> Result<(), StoreError> {
-        let key = keys::body(id);
-        // Most tasks are settled while their body is still in the segment the journal
-        // appends to: nothing to read, no payload file's live bytes change.
-        if self
-            .journal_bodies
-            .surely_open(self.journal.appending_to(), id)
-        {
-            self.stage.push((InlineArray::from(key), None));
-            return Ok(());
-        }
-        // Not `read_staged`: no job stages a write of a `B` key before this removal
-        // (bodies reach the batch only after the append), and a purge's job removes
-        // thousands of tasks: a scan of its staged writes per removal is quadratic.
-        let current = match batch.get(key) {
-            Some(staged) => staged.cloned(),
-            None => self.db.get(key).map_err(io_error)?,
-        };
-        if let Some(value) = current {
-            if let Ok(record::StoredBody::Ref(BodyRef {
-                file: BodyFile::Payload(n),
-                len,
-                ..
-            })) = record::decode_stored_body(&value)
-            {
-                self.job_freed.push((n, u64::from(len)));
-            }
-        }
-        self.stage.push((InlineArray::from(key), None));
-        Ok(())
+    /// Removes a task's body reference. Nothing is read: what it pointed at matters
+    /// only for a reference into a payload file, whose live bytes drop when the
+    /// removal reaches sled (`tasks.rs`).
+    pub(super) fn stage_body_removal(&mut self, id: TaskId) {
+        self.stage.push((InlineArray::from(keys::body(id)), None));
     }
 
     fn encode_into_stage(
@@ -320,7 +291,8 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     /// The value of `key` as this batch will leave it: the job's own staged writes
-    /// first, then earlier jobs of the batch, then the tree.
+    /// first, then earlier jobs of the batch, then the task table (for a task
+    /// record), then the tree.
     pub(super) fn read_staged(
         &self,
         key: &[u8],
@@ -329,11 +301,13 @@ impl<C: Completion> WriterLoop<C> {
         if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.as_ref() == key) {
             return Ok(value.clone());
         }
-        if let Some(value) = batch.get(key) {
+        if let Some((slot, id)) = Slot::of_key(key) {
+            let known = self.group_tasks.get(&id).and_then(|c| c.get(slot));
+            if let Some(value) = known.or_else(|| self.store.tasks.get(slot, id)) {
+                return Ok(value);
+            }
+        } else if let Some(value) = batch.get(key) {
             return Ok(value.cloned());
-        }
-        if let Some(state) = keys::state_id(key).and_then(|id| self.recent.get(id)) {
-            return Ok(state);
         }
         self.db.get(key).map_err(io_error)
     }
