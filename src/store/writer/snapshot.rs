@@ -2,8 +2,9 @@
 //! `store/snapshot.rs`). Both jobs run between two groups, so that a dump is exactly
 //! the state every earlier job left and an import races no job.
 //!
-//! Export reads sled (the writer's handle sees every applied batch) key by key and
-//! resolves each body reference to the body's bytes. Import replaces the content as
+//! Export first applies the task table to sled (`WriterLoop::settle_tasks`), then
+//! reads sled (the writer's handle sees every applied batch) key by key and resolves
+//! each body reference to the body's bytes. Import replaces the content as
 //! ordinary journaled groups: first the removal of every key, then the dump's
 //! records, bodies written into the journal record exactly as a publish writes them
 //! (so a checkpoint later moves the survivors into payload files), then the applied
@@ -18,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use sled::InlineArray;
 
-use super::{recent, Completion, Staged, StagedBody, WriterLoop};
+use super::{Completion, Staged, StagedBody, WriterLoop};
 use crate::store::record::{self, BodyFile, BodyRef, StoredBody};
 use crate::store::snapshot::{self, DumpReader, DumpStats, DumpWriter, SnapshotJob};
 use crate::store::{io_error, keys, StoreError};
@@ -70,6 +71,8 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     fn export(&mut self, out: File) -> io::Result<(File, DumpStats)> {
+        // Every task record still in memory reaches sled first.
+        self.settle_tasks().map_err(io::Error::other)?;
         let mut dump = DumpWriter::new(BufWriter::with_capacity(1 << 16, out))?;
         for item in self.db.iter() {
             let (key, value) = item?;
@@ -123,6 +126,9 @@ impl<C: Completion> WriterLoop<C> {
         applied: Option<(u64, u64, u64)>,
     ) -> Result<DumpStats, StoreError> {
         let mut group = ImportGroup::default();
+        // The task table empties into sled: from here the import reads and writes
+        // sled alone.
+        self.settle_tasks()?;
         // 1. Remove every key (but the journal floor, which is this store's own).
         let mut after: Option<InlineArray> = None;
         loop {
@@ -191,14 +197,16 @@ impl<C: Completion> WriterLoop<C> {
         let watermark = watermark.unwrap_or(0);
         self.store.watermark.store(watermark, Relaxed);
         self.store.next_id.fetch_max(watermark, Relaxed);
-        // The writer's cache of task states knew the old content.
-        self.recent = recent::RecentStates::default();
+        // The imported ids were written to sled directly: the task table applies
+        // the body references the import left it and counts no imported id as fresh.
+        self.settle_tasks()?;
         self.store.policies.write().reload(&self.db)?;
         Ok(reader.stats())
     }
 
-    /// A body reference is removed: its payload file's live bytes drop, and the cache
-    /// of recent bodies forgets it.
+    /// A body reference is removed: its payload file's live bytes drop (at once: an
+    /// import that fails half-way leaves them low, which only makes a compaction
+    /// come sooner), and the cache of recent bodies forgets it.
     fn note_body_removal(&mut self, key: &[u8], value: &[u8]) {
         if let Ok(StoredBody::Ref(BodyRef {
             file: BodyFile::Payload(n),
@@ -206,7 +214,7 @@ impl<C: Completion> WriterLoop<C> {
             ..
         })) = record::decode_stored_body(value)
         {
-            self.freed.push((n, u64::from(len)));
+            self.store.bodies.freed(n, u64::from(len));
         }
         if let Some(id) = keys::task_id(key) {
             self.removed_bodies.push(id);
