@@ -259,3 +259,46 @@ async fn two_single_nodes_and_a_cluster_are_three_nodes() {
         b.terminate();
     }
 }
+
+/// A member down when the cluster formed is listed without its client address (the
+/// others formed without it, after waiting a few seconds for it); once it is up, the
+/// leader fills its address in, so clients can be sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_down_at_formation_gets_its_client_address_once_up() {
+    let (_dirs, members) = cluster::members(3);
+    let peers = cluster::peers_of(&members);
+    let first: Vec<ChildBroker> = members[..2]
+        .iter()
+        .map(|m| cluster::start(m, &peers))
+        .collect();
+    let two: Vec<&cluster::Member> = members[..2].iter().collect();
+    cluster::agreed_leader(&two).await;
+    let everyone = cluster::Three::clients_of(&two);
+    let addr_of_3 = |c: &Client| {
+        let info = c.server_info().cluster.expect("a leader");
+        info.members
+            .iter()
+            .find(|(id, _)| *id == 3)
+            .map(|(_, a)| a.clone())
+            .expect("member 3 is listed")
+    };
+    let client = cluster_client(&everyone).await;
+    assert_eq!(addr_of_3(&client), "", "not known while it is down");
+    client.close().await;
+    let third = cluster::start(&members[2], &peers);
+    let mut known = String::new();
+    for _ in 0..150 {
+        let client = cluster_client(&everyone).await;
+        known = addr_of_3(&client);
+        client.close().await;
+        if !known.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(known, members[2].client.to_string());
+    third.terminate();
+    for b in first {
+        b.terminate();
+    }
+}

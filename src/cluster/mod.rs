@@ -284,6 +284,17 @@ impl Formation {
                 (p.id, client)
             })
             .collect();
+        self.form(&raft, &mut clients, &stop).await;
+        self.fill_client_addrs(&raft, &mut clients, &stop).await;
+    }
+
+    /// Until this node belongs to a cluster (formed here, or another's found), or stops.
+    async fn form(
+        &self,
+        raft: &Raft,
+        clients: &mut BTreeMap<NodeId, net::NodeClient>,
+        stop: &CancellationToken,
+    ) {
         let majority = self.peers.len() / 2 + 1;
         let mut rounds = 0u32;
         loop {
@@ -365,6 +376,64 @@ impl Formation {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(FORMATION_PROBE_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// On the leader: fills in the client address of a member listed without one (it
+    /// had not answered when the cluster formed) once it answers a probe, by a
+    /// membership change of that member's data alone (`SetNodes`: the same voters at
+    /// the same cluster addresses), so that clients can be sent to it. Ends once every
+    /// member has one.
+    async fn fill_client_addrs(
+        &self,
+        raft: &Raft,
+        clients: &mut BTreeMap<NodeId, net::NodeClient>,
+        stop: &CancellationToken,
+    ) {
+        loop {
+            let (leading, missing): (bool, Vec<(NodeId, Member)>) = {
+                let m = raft.metrics().borrow().clone();
+                let missing = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .filter(|(_, n)| n.client_addr.is_empty())
+                    .map(|(id, n)| (*id, n.clone()))
+                    .collect();
+                (m.state == openraft::ServerState::Leader, missing)
+            };
+            if missing.is_empty() && raft.is_initialized().await.unwrap_or(true) {
+                return;
+            }
+            for (id, member) in missing.into_iter().filter(|_| leading) {
+                let Some(client) = clients.get_mut(&id) else {
+                    continue;
+                };
+                let probe = pb::node_request::Op::Probe(pb::Probe {});
+                let Ok(pb::node_response::Result::Probe(p)) =
+                    client.call(probe, PROBE_TIMEOUT).await
+                else {
+                    continue;
+                };
+                if p.node_id != id || p.client_addr.is_empty() {
+                    continue;
+                }
+                let member = Member {
+                    client_addr: p.client_addr,
+                    cluster_addr: member.cluster_addr,
+                };
+                let change = openraft::ChangeMembers::SetNodes(BTreeMap::from([(id, member)]));
+                match raft.change_membership(change, false).await {
+                    Ok(_) => tracing::info!(node = id, "a member's client address filled in"),
+                    Err(e) => {
+                        tracing::debug!(node = id, error = %e, "client address not filled in yet")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
