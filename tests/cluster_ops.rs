@@ -1,7 +1,10 @@
 //! Operating a replicated cluster as docs/operations.md ("A replicated cluster") says:
 //! a backup of the cluster is one copy of every member's data directory taken while the
 //! members are stopped; restored, the cluster elects a leader and serves exactly the
-//! state of the backup — what was confirmed before it, nothing confirmed after it.
+//! state of the backup — what was confirmed before it, nothing confirmed after it. A
+//! member short of disk space: as leader it refuses publishes before proposing them
+//! (STORAGE, as a single node does), and as follower it still applies what the others
+//! committed (its Raft node does not stop).
 
 mod common;
 
@@ -13,6 +16,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::*;
+use common::disk::{fill_bytes, free_bytes, FullableDisk};
+use squall_client::ErrorCode;
+
+const MIB: u64 = 1024 * 1024;
 
 /// Copies directory `from` to `to` (which must not exist), as `cp -a` does.
 fn copy_dir(from: &Path, to: &Path) {
@@ -105,4 +112,89 @@ async fn a_cluster_restored_from_its_members_backups_serves_the_state_of_the_bac
         "the restored cluster serves what was confirmed before the backup, and only that"
     );
     stop_all(&mut three);
+}
+
+/// Fills the volume holding `m`'s data so that `leave` bytes stay free; returns the
+/// filler file (remove it to give the space back).
+fn leave_free(m: &Member, root: &Path, leave: u64) -> std::path::PathBuf {
+    let filler = root.join("mnt").join("filler");
+    let free = free_bytes(&m.dir);
+    assert!(free > leave, "{free} bytes free, want to leave {leave}");
+    fill_bytes(&filler, free - leave);
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_short_of_space_refuses_publishes_as_leader_and_applies_them_as_follower() {
+    // Every member on its own 160 MiB volume: 5 MiB journal segments, a publish
+    // reserve of 48 MiB and a checkpoint reserve of 28 MiB (store/volume.rs). 36 MiB
+    // free is below the first and above the second.
+    const LEAVE: u64 = 36 * MIB;
+    let (_dirs, mut members) = members(NODES);
+    let roots: Vec<tempfile::TempDir> = members
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut disks = Vec::new();
+    for (m, root) in members.iter_mut().zip(&roots) {
+        let Some(disk) = FullableDisk::new(root.path(), "160m", "1 MiB") else {
+            return;
+        };
+        m.dir = disk.data.clone();
+        std::fs::create_dir_all(&m.dir).unwrap();
+        disks.push(disk);
+    }
+    let peers = peers_of(&members);
+    let brokers: Vec<_> = members.iter().map(|m| start(m, &peers)).collect();
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, _) = agreed_leader(&all).await;
+    let leader = &members[leader as usize - 1];
+    let follower = members.iter().find(|m| m.id != leader.id).unwrap();
+    let root_of = |m: &Member| roots[m.id as usize - 1].path().to_owned();
+    let everyone = Three::clients_of(&all);
+    let client = cluster_client(&everyone).await;
+    for i in 0..5 {
+        client.publish("space", format!("first-{i}")).await.unwrap();
+    }
+
+    // A follower short of space applies what the majority committed.
+    let filler = leave_free(follower, &root_of(follower), LEAVE);
+    for i in 0..5 {
+        client
+            .publish("space", format!("second-{i}"))
+            .await
+            .unwrap();
+    }
+    applied_up_to(follower, last_log_index(leader).await).await;
+    std::fs::remove_file(filler).unwrap();
+
+    // A leader short of space refuses a publish before proposing it: nothing is
+    // appended to the log, and it stays the leader.
+    let before = last_log_index(leader).await;
+    let filler = leave_free(leader, &root_of(leader), LEAVE);
+    let err = client
+        .publish("space", "refused")
+        .await
+        .expect_err("a leader below the publish reserve refuses publishes");
+    assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");
+    assert!(err.to_string().contains("below the reserve"), "{err}");
+    assert_eq!(last_log_index(leader).await, before, "nothing was proposed");
+    // Settlements go on: they give space back.
+    let mut sub = client.subscribe("space").prefetch(1).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        .await
+        .expect("a delivery")
+        .unwrap()
+        .unwrap();
+    d.ack().await.expect("an ack is taken below the reserve");
+    assert_eq!(agreed_leader(&all).await.0, leader.id, "still the leader");
+
+    // Space returns: publishes are taken again.
+    std::fs::remove_file(filler).unwrap();
+    client.publish("space", "after").await.unwrap();
+    client.close().await;
+    for b in brokers {
+        b.terminate();
+    }
+    drop(disks);
 }

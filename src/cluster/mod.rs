@@ -150,6 +150,8 @@ impl Node {
         let log = log::LogStore::open(&dir).map_err(storage)?;
         let run = run_number();
         let pending: Pending<C> = Pending::default();
+        // Before anything is applied: committed entries are applied whatever the space.
+        store.set_replicated();
         let mut machine = state::StateMachine::open(&dir, &store, writer, pending.clone(), id, run)
             .map_err(storage)?;
         machine.resume_install().await.map_err(storage)?;
@@ -199,7 +201,13 @@ impl Node {
             tls: tls.connector.clone(),
         };
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
-        let (proposer, proposals) = Proposer::new(id, run, pending.clone(), raft.metrics());
+        let (proposer, proposals) = Proposer::new(
+            id,
+            run,
+            pending.clone(),
+            raft.metrics(),
+            store.publish_space(),
+        );
         tasks.spawn(replicate::propose(
             raft.clone(),
             proposals,

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::types::{Command, Member, NodeId, Origin, Raft};
-use crate::store::{Completion, Muts, Route, StoreError};
+use crate::store::{low_space_reason, Completion, Muts, Route, SpaceGuard, StoreError};
 
 /// A completion the state machine can put around a submitter's: it completes
 /// `then` (the job's own completion, on the node that proposed it) with the outcome
@@ -39,6 +39,10 @@ type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, Member>>;
 /// The `store::Route` of a cluster member: see the module documentation.
 pub struct Proposer<C: Completion> {
     origin: Origin,
+    /// The free space of this member's volume: a publish is refused before it is
+    /// proposed while the space is below the publish reserve, as on a single node
+    /// (the members apply committed publishes whatever their space).
+    space: Mutex<SpaceGuard>,
     next_seq: AtomicU64,
     pending: Pending<C>,
     metrics: Metrics,
@@ -75,10 +79,12 @@ impl<C: Completion> Proposer<C> {
         run: u64,
         pending: Pending<C>,
         metrics: Metrics,
+        space: SpaceGuard,
     ) -> (Proposer<C>, mpsc::UnboundedReceiver<(u64, Command)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let proposer = Proposer {
             origin: Origin { node, run, seq: 0 },
+            space: Mutex::new(space),
             next_seq: AtomicU64::new(1),
             pending,
             metrics,
@@ -95,6 +101,22 @@ impl<C: Completion> Proposer<C> {
     }
 }
 
+impl<C: Completion> Proposer<C> {
+    /// A job that inserts tasks is refused while the free space is below the publish
+    /// reserve (kept for settlements, purges and checkpoints, which give space back).
+    fn refuse_publish(&self, muts: &Muts) -> Option<StoreError> {
+        if !muts.inserts() {
+            return None;
+        }
+        let mut space = self.space.lock();
+        let free = space.short()?;
+        Some(StoreError::Unavailable(low_space_reason(
+            free,
+            space.reserve(),
+        )))
+    }
+}
+
 impl<C: Completion> Route<C> for Proposer<C> {
     fn submit(&self, muts: Muts, done: Option<C>) {
         let refusal = {
@@ -104,6 +126,12 @@ impl<C: Completion> Route<C> for Proposer<C> {
         if let Some(why) = refusal {
             if let Some(done) = done {
                 done.complete(Err(StoreError::NotLeader(Arc::from(why))));
+            }
+            return;
+        }
+        if let Some(short) = self.refuse_publish(&muts) {
+            if let Some(done) = done {
+                done.complete(Err(short));
             }
             return;
         }

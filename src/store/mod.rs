@@ -42,6 +42,7 @@ mod tasks_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 mod volume;
+pub(crate) use volume::{low_space_reason, SpaceGuard};
 mod writer;
 
 pub use datadir::DataDirProblem;
@@ -269,6 +270,9 @@ pub(crate) struct Inner {
     sizing: Sizing,
     /// Why publishes are refused, while free space is below the publish reserve.
     low_space: parking_lot::Mutex<Option<Arc<str>>>,
+    /// A cluster member's store: its jobs are committed Raft entries, applied whatever
+    /// the free space (the leader checked the publish reserve before proposing).
+    replicated: std::sync::atomic::AtomicBool,
     /// Where bodies are read from, and the payload files' live bytes.
     pub(crate) bodies: payload::Bodies,
     /// The bodies of recently published tasks (a share of `cache_bytes`).
@@ -380,6 +384,27 @@ impl Store {
             let reason = self.inner.low_space.lock().clone()?;
             Some(StoreError::Unavailable(reason))
         })
+    }
+
+    /// Makes this a cluster member's store: from now on every job reaching its writer
+    /// is a committed Raft entry, which every member must apply alike, so a publish is
+    /// no longer refused for the publish reserve here (the leader checks the reserve
+    /// before proposing: [`Store::publish_space`]). A job that really cannot be written
+    /// still fails.
+    pub fn set_replicated(&self) {
+        self.inner
+            .replicated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A guard over the free space of this store's volume that answers whether a
+    /// publish would eat into the publish reserve (a cluster leader asks it before
+    /// proposing a publish).
+    pub(crate) fn publish_space(&self) -> volume::SpaceGuard {
+        volume::SpaceGuard::new(
+            self.inner.journal_dir.clone(),
+            self.inner.sizing.publish_reserve,
+        )
     }
 
     /// How the store uses its volume.

@@ -125,6 +125,7 @@ impl Store {
                 _lock: lock,
                 sizing,
                 low_space: parking_lot::Mutex::new(None),
+                replicated: std::sync::atomic::AtomicBool::new(false),
                 bodies,
                 recent_bodies: BodyCache::new(body_cache_bytes(config.cache_bytes)),
                 tasks: TaskTable::new(task_generation_bytes(config.cache_bytes), next_id),

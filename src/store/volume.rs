@@ -5,6 +5,7 @@
 //! ([`SpaceGuard`]). Nothing here writes.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::journal;
@@ -113,6 +114,14 @@ impl Sizing {
 }
 
 /// The writer's view of the free space: whether publishes must be refused.
+/// Why publishes are refused while `free` bytes are below the `reserve`.
+pub(crate) fn low_space_reason(free: u64, reserve: u64) -> Arc<str> {
+    Arc::from(format!(
+        "free disk space ({free} bytes) is below the reserve of {reserve} bytes kept for \
+         settlements and purges; publishes are refused until space returns"
+    ))
+}
+
 #[derive(Debug)]
 pub(crate) struct SpaceGuard {
     dir: std::path::PathBuf,

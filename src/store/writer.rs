@@ -82,6 +82,13 @@ pub(crate) struct Job<C: Completion> {
 }
 
 impl Muts {
+    /// Whether the job inserts tasks (a publish: refused below the publish reserve).
+    pub(crate) fn inserts(&self) -> bool {
+        self.as_slice()
+            .iter()
+            .any(|m| matches!(m, Mutation::Insert(_)))
+    }
+
     fn as_slice(&self) -> &[Mutation] {
         match self {
             Muts::One(m) => slice::from_ref(m),

@@ -100,14 +100,15 @@ impl<C: Completion> WriterLoop<C> {
     /// reserve: the reserve is for settlements, purges and checkpoints, which give
     /// space back.
     fn refuse_publish(&mut self, muts: &Muts) -> Option<StoreError> {
-        let inserts = muts
-            .as_slice()
-            .iter()
-            .any(|m| matches!(m, Mutation::Insert(_)));
-        if !inserts {
+        if !muts.inserts() {
             return None;
         }
         let free = self.check_space()?;
+        if self.store.replicated.load(Relaxed) {
+            // A committed entry: every member applies it (the leader checked the
+            // reserve before proposing it); only a write that fails refuses it.
+            return None;
+        }
         let reason = self.store.low_space.lock().clone();
         Some(StoreError::Unavailable(reason.unwrap_or_else(|| {
             Arc::from(format!(
@@ -121,13 +122,7 @@ impl<C: Completion> WriterLoop<C> {
     pub(super) fn check_space(&mut self) -> Option<u64> {
         let short = self.space.short();
         let mut low = self.store.low_space.lock();
-        *low = short.map(|free| {
-            Arc::from(format!(
-                "free disk space ({free} bytes) is below the reserve of {} bytes kept for \
-                 settlements and purges; publishes are refused until space returns",
-                self.space.reserve()
-            ))
-        });
+        *low = short.map(|free| crate::store::low_space_reason(free, self.space.reserve()));
         short
     }
 
