@@ -4,7 +4,8 @@
 //! state of the backup — what was confirmed before it, nothing confirmed after it. A
 //! member short of disk space: as leader it refuses publishes before proposing them
 //! (STORAGE, as a single node does), and as follower it still applies what the others
-//! committed (its Raft node does not stop).
+//! committed (its Raft node does not stop). The tests run one at a time (`SERIAL`): two
+//! three-node clusters at once on a 2-core machine make elections flap.
 
 mod common;
 
@@ -20,6 +21,7 @@ use common::disk::{fill_bytes, free_bytes, FullableDisk};
 use squall_client::ErrorCode;
 
 const MIB: u64 = 1024 * 1024;
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Copies directory `from` to `to` (which must not exist), as `cp -a` does.
 fn copy_dir(from: &Path, to: &Path) {
@@ -70,13 +72,15 @@ async fn drain(everyone: &str, queue: &str) -> HashSet<String> {
 
 fn stop_all(three: &mut Three) {
     for id in 1..=NODES {
-        let status = three.take(id).terminate();
+        // Within the broker's grace periods: a member that cannot stop fails the test.
+        let status = three.take(id).terminate_within(Duration::from_secs(60));
         assert!(status.success(), "member {id} stopped cleanly: {status:?}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_restored_from_its_members_backups_serves_the_state_of_the_backup() {
+    let _serial = SERIAL.lock().await;
     let mut three = three().await;
     let before: Vec<String> = (0..20).map(|i| format!("before-{i}")).collect();
     publish_all(&three.everyone, "jobs", &before).await;
@@ -126,6 +130,7 @@ fn leave_free(m: &Member, root: &Path, leave: u64) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_short_of_space_refuses_publishes_as_leader_and_applies_them_as_follower() {
+    let _serial = SERIAL.lock().await;
     // Every member on its own 160 MiB volume: 5 MiB journal segments, a publish
     // reserve of 48 MiB and a checkpoint reserve of 28 MiB (store/volume.rs). 36 MiB
     // free is below the first and above the second.
@@ -194,7 +199,26 @@ async fn a_member_short_of_space_refuses_publishes_as_leader_and_applies_them_as
     client.publish("space", "after").await.unwrap();
     client.close().await;
     for b in brokers {
-        b.terminate();
+        b.terminate_within(Duration::from_secs(60));
     }
     drop(disks);
+}
+
+/// A leader whose followers are gone cannot commit anything, its retention sweep
+/// included; asked to stop (SIGTERM), it still stops within its grace periods instead
+/// of waiting forever for a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_majority_stops_when_asked() {
+    let _serial = SERIAL.lock().await;
+    let mut three = three().await;
+    let (leader, _) = agreed_leader(&three.all()).await;
+    for id in (1..=NODES).filter(|&id| id != leader) {
+        three.take(id).kill9();
+    }
+    // A sweep (every second) is proposed meanwhile and can never commit.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = std::time::Instant::now();
+    let status = three.take(leader).terminate_within(Duration::from_secs(45));
+    assert!(status.success(), "{status:?}");
+    eprintln!("the leader stopped {:?} after SIGTERM", started.elapsed());
 }

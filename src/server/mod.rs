@@ -425,7 +425,16 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     //    the state machine applies).
     if let Some(member) = cluster {
         member.stop_watch.cancel();
-        let _ = member.watch.await;
+        // The watcher may be waiting for a proposal that cannot commit (no majority):
+        // it gets the grace, then it is aborted.
+        let mut watch = member.watch;
+        if tokio::time::timeout(grace, &mut watch).await.is_err() {
+            warn!(
+                ?grace,
+                "the leadership watcher did not stop within the grace period"
+            );
+            watch.abort();
+        }
         let deadline = tokio::time::Instant::now() + grace;
         while member.proposer.waiting() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -39,7 +39,7 @@ impl Sweeper {
         Sweeper { stop, task }
     }
 
-    /// Stops the task and waits for it (a sweep job in flight still completes).
+    /// Stops the task and waits for it (a sweep job in flight is not waited for).
     pub(crate) async fn stop(self) {
         self.stop.cancel();
         if let Err(e) = self.task.await {
@@ -61,7 +61,13 @@ async fn run(writer: StoreWriter, hub: HubTx, interval: Duration, stop: Cancella
             limit: SWEEP_LIMIT,
         };
         writer.submit(Muts::One(sweep), Some(Done::Swept { tx }));
-        pause = match rx.await {
+        // Not waited for past the stop: on a cluster leader that lost its majority the
+        // job never commits (the writer or the Raft node completes it later, unread).
+        let outcome = tokio::select! {
+            _ = stop.cancelled() => return,
+            outcome = rx => outcome,
+        };
+        pause = match outcome {
             Ok(Ok(stats)) => {
                 if stats.examined > 0 {
                     debug!(
