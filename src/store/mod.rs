@@ -83,6 +83,12 @@ const LEAF_FANOUT: usize = 1024;
 /// none, sled flushes whenever any tree handle is dropped, iterators included.
 const SLED_BACKGROUND_FLUSH_MS: usize = 365 * 24 * 3600 * 1000;
 
+/// The zstd level sled compresses leaves with at a checkpoint's flush: 1 rather than
+/// sled's default 3, because compressing the dirty leaves was most of a checkpoint's
+/// instructions (BENCHMARKS.md, issue 14 part 2) while sled holds only the small
+/// index (states, references, results). Any level reads any other's leaves.
+const SLED_ZSTD_LEVEL: i32 = 1;
+
 /// Name of the journal's directory inside the data directory.
 const JOURNAL_DIR: &str = "journal";
 

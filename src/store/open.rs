@@ -16,7 +16,7 @@ use super::tasks::{Slot, TaskTable};
 use super::{
     body_cache_bytes, corrupt, corrupt_reason, datadir, io_error, journal, keys, payload, policy,
     record, sled_cache_bytes, task_generation_bytes, DataDirProblem, Inner, Sizing, Store,
-    StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS,
+    StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS, SLED_ZSTD_LEVEL,
 };
 use crate::model::{QueueConfig, TaskId, TaskState};
 
@@ -73,6 +73,7 @@ impl Store {
             .path(&config.path)
             .cache_capacity_bytes(sled_cache_bytes(config.cache_bytes))
             .flush_every_ms(Some(SLED_BACKGROUND_FLUSH_MS))
+            .zstd_compression_level(SLED_ZSTD_LEVEL)
             .open::<LEAF_FANOUT>()
             .map_err(|e| {
                 // sled's own lock: held a moment longer than ours within one process
