@@ -24,7 +24,7 @@ use cluster::load::Load;
 use cluster::*;
 use common::ChildBroker;
 use squall::cluster::net::{CallError, NodeClient};
-use squall_client::{Client, PublishOptions, ReconnectPolicy, TaskOutcome, TaskState};
+use squall_client::{PublishOptions, TaskOutcome, TaskState};
 use squall_proto::cluster::{self as pb, node_request::Op};
 
 /// One cluster at a time.
@@ -154,21 +154,7 @@ async fn a_node_is_added_as_a_voter_and_removed_again() {
         .find(|m| m.id != leader)
         .expect("a follower");
     let via = follower.cluster.to_string();
-    let out = cluster_cli(&[
-        "add-node",
-        "4",
-        &new.client.to_string(),
-        &new.cluster.to_string(),
-        "--node",
-        &via,
-    ])
-    .await;
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "add-node failed: {said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = add_node(new, &via).await;
     assert!(
         said.contains("voters: 1, 2, 3, 4; learners: none"),
         "{said}"
@@ -423,10 +409,14 @@ async fn delays_dead_tasks_results_keys_and_attempts_survive_a_leader_change() {
         .unwrap();
     assert_eq!(d.id(), leased);
     let old_token = d.lease_token();
-    std::mem::forget(d); // neither settled nor released: leased until the leader dies
-                         // The delivery's attempt count was proposed before the delivery was sent; a change
-                         // confirmed after it is committed after it (the log is ordered). Without this, a
-                         // kill within the few milliseconds of its commit may lose the count (documented).
+    // Neither settled nor released: leased until the leader dies. The subscription
+    // goes too, or the client would subscribe again on the new leader, which could
+    // deliver the task again before the status below is asked.
+    std::mem::forget(d);
+    drop(held);
+    // The delivery's attempt count was proposed before the delivery was sent; a change
+    // confirmed after it is committed after it (the log is ordered). Without this, a
+    // kill within the few milliseconds of its commit may lose the count (documented).
     client.publish("s-other", "after").await.unwrap();
 
     brokers[leader as usize - 1]
@@ -675,84 +665,4 @@ async fn metrics_and_readiness_describe_the_cluster() {
         "{page}"
     );
     assert_eq!(sample(&page, "squall_ready"), Some(0.0), "{page}");
-}
-
-/// Proof 2 of the issue, with the leader cut off by freezing it (SIGSTOP) rather than
-/// by a network proxy: publishes sent to the frozen leader are never confirmed (they
-/// fail once it wakes up, having lost its leadership); the two others elect a leader
-/// and confirm publishes meanwhile; the old leader rejoins as a follower, and nothing
-/// it received while cut off is ever delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_cut_off_confirms_nothing_and_rejoins_as_a_follower() {
-    let _serial = SERIAL.lock().await;
-    let Three {
-        _dirs,
-        members,
-        peers: _,
-        brokers,
-        everyone,
-        ..
-    } = three().await;
-    let client = cluster_client(&everyone).await;
-    let old: u64 = client.server_info().node_id.parse().unwrap();
-    let old_member = &members[old as usize - 1];
-    // A client of the old leader only: its publishes can go nowhere else.
-    let stale_client = Client::builder()
-        .request_timeout(Duration::from_secs(20))
-        .reconnect(ReconnectPolicy::disabled())
-        .connect(old_member.client)
-        .await
-        .unwrap();
-    client.publish("cut", "before").await.unwrap();
-
-    brokers[old as usize - 1].as_ref().unwrap().signal("STOP");
-    let stale: Vec<_> = (0..5)
-        .map(|i| {
-            let c = stale_client.clone();
-            tokio::spawn(async move { c.publish("cut", format!("stale-{i}")).await })
-        })
-        .collect();
-    let others: Vec<&Member> = members.iter().filter(|m| m.id != old).collect();
-    let (new_leader, _) = agreed_leader(&others).await;
-    assert_ne!(new_leader, old);
-    let survivors = others
-        .iter()
-        .map(|m| m.client.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let fresh_client = cluster_client(&survivors).await;
-    for i in 0..5 {
-        fresh_client
-            .publish("cut", format!("fresh-{i}"))
-            .await
-            .unwrap();
-    }
-
-    brokers[old as usize - 1].as_ref().unwrap().signal("CONT");
-    for p in stale {
-        let outcome = p.await.unwrap();
-        assert!(
-            outcome.is_err(),
-            "the cut-off leader confirmed a publish: {outcome:?}"
-        );
-    }
-    // It rejoins as a follower of the new leader.
-    let all: Vec<&Member> = members.iter().collect();
-    let (leader, _) = agreed_leader(&all).await;
-    assert_ne!(
-        leader, old,
-        "the old leader took over again (possible, but then the check below is weaker)"
-    );
-
-    let mut sub = fresh_client.subscribe("cut").prefetch(16).await.unwrap();
-    let mut seen = Vec::new();
-    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await {
-        seen.push(String::from_utf8_lossy(d.payload()).into_owned());
-        d.ack().await.unwrap();
-    }
-    seen.sort();
-    let mut want: Vec<String> = (0..5).map(|i| format!("fresh-{i}")).collect();
-    want.push("before".into());
-    want.sort();
-    assert_eq!(seen, want, "exactly the confirmed publishes are delivered");
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::done::Done;
+use super::lease::LeaderLease;
 use super::msg::{ClusterView, HubCmd, HubTx, RebuiltEngine};
 use super::startup::{build_engine, engine_config};
 use crate::cluster::replicate::not_leader;
@@ -113,6 +114,8 @@ impl Leadership {
 pub(crate) struct LeadWatch {
     pub(crate) metrics: watch::Receiver<Metrics>,
     pub(crate) leadership: Arc<Leadership>,
+    /// Renewed from every metrics update while this node leads (`lease.rs`).
+    pub(crate) lease: Arc<LeaderLease>,
     pub(crate) store: Store,
     /// The routed writer handle (through Raft): how the first leader sets the id.
     pub(crate) writer: WriterHandle<Done>,
@@ -146,6 +149,20 @@ fn view_of(m: &Metrics, cluster_id: String) -> ClusterView {
     }
 }
 
+/// The leader lease as `m` tells it: held while this node leads and a quorum
+/// acknowledged a heartbeat lately (always when it is the only voter).
+fn renew_lease(lease: &LeaderLease, m: &Metrics) {
+    if m.state != ServerState::Leader {
+        return lease.lapse();
+    }
+    let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+    match m.millis_since_quorum_ack {
+        _ if voters == [m.id] => lease.hold_alone(),
+        Some(ms) => lease.renew(std::time::Duration::from_millis(ms)),
+        None => lease.lapse(),
+    }
+}
+
 impl LeadWatch {
     /// Follows openraft's metrics until `stop`.
     pub(crate) async fn run(mut self, stop: CancellationToken) {
@@ -153,6 +170,7 @@ impl LeadWatch {
         loop {
             let (ready, refusal, leader) = {
                 let m = self.metrics.borrow_and_update();
+                renew_lease(&self.lease, &m);
                 (ready_term(&m), not_leader(&m), m.current_leader)
             };
             if leader.is_some() && leader != last_leader {

@@ -17,6 +17,7 @@ mod error;
 mod http;
 mod hub;
 mod lead;
+mod lease;
 mod metrics;
 mod msg;
 mod reads;
@@ -200,6 +201,11 @@ async fn start_broker(
     let writer = store.start_writer::<Done>();
     let writer_stats = writer.stats();
     let mut handle = writer.handle();
+    // A member's leader lease: shorter than the shortest election timeout.
+    let lease = cluster.as_ref().map(|(c, _)| {
+        let timeout = crate::cluster::raft_config(&c.config).election_timeout_min;
+        Arc::new(lease::LeaderLease::new(Duration::from_millis(timeout / 2)))
+    });
     let member = match cluster {
         None => None,
         Some((c, cluster_tls)) => {
@@ -250,10 +256,9 @@ async fn start_broker(
         store.clone(),
         hub_tx.downgrade(),
     );
-    let hub = if member.is_some() {
-        hub.following()
-    } else {
-        hub
+    let hub = match &lease {
+        Some(lease) => hub.following(lease.clone()),
+        None => hub,
     };
     let hub_task = tokio::spawn(hub.run(hub_rx));
     let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
@@ -298,6 +303,7 @@ async fn start_broker(
             let watcher = lead::LeadWatch {
                 metrics: node.raft().metrics(),
                 leadership: leadership.clone(),
+                lease: lease.clone().expect("a member has a lease"),
                 store: store.clone(),
                 writer: handle.clone(),
                 cluster_id: None,

@@ -235,6 +235,18 @@ impl Reader {
         let _ = self.out.send(Outbound::Reply { req, reply });
     }
 
+    /// In a cluster, once the leadership this connection was admitted under has ended:
+    /// closes it now with `NOT_LEADER` rather than once every answer it is owed has
+    /// been written, as a plain end of reading would (a deposed leader may never
+    /// answer a proposal it made: a leader removed from the cluster is told nothing more).
+    pub(super) fn close_if_deposed(&self) {
+        if self.cancel.is_cancelled() && !self.shared.conn_cancel.is_cancelled() {
+            let why = "this node no longer leads the cluster; the outcome of requests still \
+                       unanswered is unknown; reconnect to the leader";
+            self.close(0, ErrorCode::NotLeader, why.to_owned());
+        }
+    }
+
     /// Sends a last error (request `id`, 0 for the connection) and closes.
     pub(super) fn close(&self, id: ReqId, code: ErrorCode, message: String) {
         debug!(conn = self.id, peer = %self.peer, ?code, %message, "closing connection on protocol error");

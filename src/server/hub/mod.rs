@@ -40,16 +40,24 @@ const BATCH: usize = 1024;
 /// deliver again.
 const STORE_RETRY: Duration = Duration::from_millis(250);
 
+/// While a leader's lease has lapsed (no quorum heard from lately), how often the hub
+/// looks whether it holds again.
+const LEASE_RETRY: Duration = Duration::from_millis(10);
+
 impl Hub {
     /// Runs until `Shutdown` arrives or every sender is gone.
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<HubCmd>) {
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
             // Nothing is delivered while attempts cannot be recorded, nor by a cluster
-            // member that does not lead.
-            let dispatching = self.leading && self.store.unavailable().is_none();
+            // member that does not lead or whose leader lease lapsed.
+            let leased = self.may_dispatch();
+            let dispatching = leased && self.store.unavailable().is_none();
             let wake = if dispatching && self.engine.needs_dispatch() {
                 Instant::now()
+            } else if self.engine.needs_dispatch() && self.leading && !leased {
+                // A quorum's next heartbeat answer renews it.
+                Instant::now() + LEASE_RETRY
             } else if self.engine.needs_dispatch() {
                 // Look again soon: the store resumes by itself once space returns.
                 Instant::now() + STORE_RETRY
@@ -68,6 +76,8 @@ impl Hub {
             if received == 0 && rx.is_closed() && rx.is_empty() {
                 break;
             }
+            // Looked at again after the wait: a lease may have run out meanwhile.
+            let dispatching = dispatching && self.may_dispatch();
             if self.turn(cmds.drain(..), now_ms(), dispatching) {
                 info!(
                     leases = self.engine.lease_count(),

@@ -13,6 +13,7 @@ use crate::broker::{ConnId, Effect, Engine};
 use crate::model::{Millis, Mutation, TaskId};
 use crate::server::bounded::Bounded;
 use crate::server::done::{Done, Restore, StoreWriter};
+use crate::server::lease::LeaderLease;
 use crate::server::msg::{AdminOp, Failure, Final, OutTx, Outbound, Reply, ReqId, WeakHubTx};
 use crate::server::waiters::Waiters;
 use crate::store::{Muts, Store};
@@ -48,6 +49,9 @@ pub(crate) struct Hub {
     /// Whether this broker serves (always on a single node; in a cluster only while
     /// it leads, `leading.rs`): otherwise nothing is dispatched and no schedule fires.
     pub(super) leading: bool,
+    /// A cluster member's leader lease: it dispatches only while the lease holds
+    /// (`server/lease.rs`). `None` on a single node.
+    pub(super) lease: Option<Arc<LeaderLease>>,
 }
 
 /// The hub's count of admitted, not yet durable tasks per bounded queue
@@ -93,14 +97,22 @@ impl Hub {
             effects: Vec::new(),
             rates: Rates::default(),
             leading: true,
+            lease: None,
         }
     }
 
     /// A hub of a cluster member, which serves only once told it leads
-    /// (`HubCmd::Lead`).
-    pub(crate) fn following(mut self) -> Hub {
+    /// (`HubCmd::Lead`), and then dispatches only while `lease` holds.
+    pub(crate) fn following(mut self, lease: Arc<LeaderLease>) -> Hub {
         self.leading = false;
+        self.lease = Some(lease);
         self
+    }
+
+    /// Whether this broker may hand out tasks now: always on a single node; in a
+    /// cluster while it leads and its leader lease holds.
+    pub(super) fn may_dispatch(&self) -> bool {
+        self.leading && self.lease.as_ref().is_none_or(|l| l.holds())
     }
 
     /// Sends `msg` to connection `conn`, if it is still registered.

@@ -15,7 +15,10 @@
 //! 1. every confirmed publish is delivered at least once (`all_delivered`);
 //! 2. nothing is delivered whose publish was refused (or never attempted);
 //! 3. nothing is delivered after its task's ack was confirmed: duplicates are only of
-//!    tasks whose ack was never confirmed;
+//!    tasks whose ack was never confirmed. "Delivered" is when the consumer's client
+//!    received it: a delivery that waited in the client's prefetch buffer while the
+//!    task was acked elsewhere was handed out before (its lease died with the
+//!    connection of a deposed leader; the consumer's ack of it fails);
 //! 4. a delivery of a confirmed publish carries the id the publish was confirmed with.
 
 use std::collections::HashMap;
@@ -143,9 +146,9 @@ impl Checker {
         }
     }
 
-    /// A consumer received the task `id` carrying `payload`; `how` says how (attempt,
-    /// serving node), for the report of a broken promise.
-    pub fn delivered(&self, payload: &str, id: u64, how: &str) {
+    /// A consumer's client received the task `id` carrying `payload` at `received`;
+    /// `how` says how (attempt, serving node), for the report of a broken promise.
+    pub fn delivered(&self, payload: &str, id: u64, received: Instant, how: &str) {
         let mut s = self.state.lock();
         let s = &mut *s;
         match s.attempts.get(payload) {
@@ -154,10 +157,10 @@ impl Checker {
                 "task {id} delivered {payload:?} ({how}), which nobody published"
             )),
         }
-        if let Some(at) = s.acked.get(payload) {
+        if let Some(&at) = s.acked.get(payload).filter(|&&at| at < received) {
             s.violations.push(format!(
                 "task {id} ({payload}) delivered again ({how}) {:?} after its ack was confirmed",
-                at.elapsed()
+                received - at
             ));
         }
         s.deliveries.entry(payload.to_owned()).or_default().push(id);
@@ -225,6 +228,11 @@ impl Checker {
             .attempts
             .get(payload)
             .map(|a| a.outcome.clone())
+    }
+
+    /// Whether the ack of `payload` was confirmed.
+    pub fn was_acked(&self, payload: &str) -> bool {
+        self.state.lock().acked.contains_key(payload)
     }
 
     /// Whether `payload` was delivered.

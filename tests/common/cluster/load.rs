@@ -6,9 +6,9 @@
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use squall_client::{CancellationToken, Client};
+use squall_client::{CancellationToken, Client, Delivery};
 use tokio::task::JoinHandle;
 
 use super::ledger::{Checker, Summary};
@@ -147,11 +147,38 @@ async fn produce(
 
 /// Takes every delivery of `queue` and acks it; subscribes again if the subscription
 /// ends (the client re-subscribes by itself after a reconnect; this covers a
-/// subscription given up for good while no leader served).
+/// subscription given up for good while no leader served). Deliveries are taken from
+/// the subscription as they arrive (the time they were received is what the checker
+/// compares with acks) and acked one at a time by a second task.
 async fn consume(client: Client, queue: String, checker: Arc<Checker>, stop: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Delivery)>();
+    let acker = {
+        let (checker, stop, client) = (checker.clone(), stop.clone(), client.clone());
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = rx.recv() => next,
+                };
+                let Some((received, delivery)) = next else {
+                    return;
+                };
+                let payload = String::from_utf8_lossy(delivery.payload()).into_owned();
+                let how = format!(
+                    "attempt {} from node {}",
+                    delivery.attempt(),
+                    client.server_info().node_id
+                );
+                checker.delivered(&payload, delivery.id(), received, &how);
+                if delivery.ack().await.is_ok() {
+                    checker.acked(&payload);
+                }
+            }
+        })
+    };
     while !stop.is_cancelled() {
         let sub = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             sub = client.subscribe(queue.as_str()).prefetch(8).into_future() => sub,
         };
         let Ok(mut sub) = sub else {
@@ -160,21 +187,12 @@ async fn consume(client: Client, queue: String, checker: Arc<Checker>, stop: Can
         };
         loop {
             let next = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 next = sub.recv() => next,
             };
             let Some(Ok(delivery)) = next else { break };
-            let payload = String::from_utf8_lossy(delivery.payload()).into_owned();
-            let how = format!(
-                "attempt {} from node {} at {:?}",
-                delivery.attempt(),
-                client.server_info().node_id,
-                std::time::SystemTime::now()
-            );
-            checker.delivered(&payload, delivery.id(), &how);
-            if delivery.ack().await.is_ok() {
-                checker.acked(&payload);
-            }
+            let _ = tx.send((Instant::now(), delivery));
         }
     }
+    let _ = acker.await;
 }

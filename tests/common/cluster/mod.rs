@@ -26,11 +26,21 @@ pub const TOKEN: &str = "cluster-secret";
 /// Generous: elections take about a second; the machine running CI is loaded.
 pub const WITHIN: Duration = Duration::from_secs(30);
 
-/// A port that is free now (bound to 0 and released).
+/// A port that is free now, below Linux's ephemeral range (32768-60999): a port the
+/// kernel handed out for `127.0.0.1:0` may be handed out again as the source port of
+/// a connection (a probe, a client) before the member binds it, which then fails to
+/// start.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for attempt in 0u32..1000 {
+        let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 pub struct Member {
@@ -252,6 +262,17 @@ pub async fn cluster_cli_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     said
+}
+
+/// `squall cluster add-node` of member `new`, asked through the cluster port `via`;
+/// its standard output (the test fails unless it succeeds).
+pub async fn add_node(new: &Member, via: &str) -> String {
+    let (id, client, cluster) = (
+        new.id.to_string(),
+        new.client.to_string(),
+        new.cluster.to_string(),
+    );
+    cluster_cli_ok(&["add-node", &id, &client, &cluster, "--node", via]).await
 }
 
 /// Three members started, agreed on a leader; `everyone` is their client addresses.
