@@ -41,7 +41,9 @@ wait_listening() { # LOG
 
 # Starts R1 (one node) or R3 (three members, waits for a leader); sets PIDS and ADDR.
 start() {
-  rm -rf "$WORK/d"*
+  # The logs go too: a backgrounded broker truncates its log only once it runs, and
+  # the previous run's "listening on" must not be taken for this one's.
+  rm -rf "$WORK/d"* "$WORK/log"*
   PIDS=()
   if [ "$1" = R1 ]; then
     "$BIN" serve --data-dir "$WORK/d0" --listen "$(client_addr 0)" --http off \

@@ -112,17 +112,24 @@ async fn with_fsync_always_a_power_cut_loses_no_confirmed_publish_or_ack() {
 
 /// Negative control: without fsync the same cut must lose confirmed publishes, and the
 /// checker must say so. If this fails, the filesystem or the checker is not doing its job.
+/// One cut at a random write can fall just after a checkpoint synced everything (about
+/// one run in ten lost nothing), so up to three cuts are made: one must lose something.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_detects_lost_confirmed_publishes_when_fsync_is_off() {
     let Some(mut disk) = FaultDisk::new("power_loss::fsync_never") else {
         return;
     };
-    let seed = seeds(1)[0];
-    let v = cut_round(&mut disk, seed, "never").await;
-    assert!(
-        !v.lost.is_empty(),
-        "seed {seed}: with --fsync never a power cut lost nothing confirmed, so the \
-         test cannot tell a lost fsync from a kept one: {v:?}"
+    let mut rounds = Vec::new();
+    for seed in seeds(3) {
+        let v = cut_round(&mut disk, seed, "never").await;
+        if !v.lost.is_empty() {
+            return;
+        }
+        rounds.push((seed, v));
+    }
+    panic!(
+        "with --fsync never no power cut lost anything confirmed, so the test cannot \
+         tell a lost fsync from a kept one: {rounds:?}"
     );
 }
 
