@@ -363,50 +363,15 @@ async fn delays_dead_tasks_results_keys_and_attempts_survive_a_leader_change() {
 
     let delay = Duration::from_secs(4);
     let delayed_at = std::time::SystemTime::now();
-    let delayed = client
-        .publish_with("s-delayed", "later", PublishOptions::new().delay(delay))
-        .await
-        .unwrap()
-        .id;
-    let keyed = client
-        .publish_with(
-            "s-keyed",
-            "once",
-            PublishOptions::new().idempotency_key("k-1"),
-        )
-        .await
-        .unwrap()
-        .id;
-    let dead = client
-        .publish_with("s-dead", "poison", PublishOptions::new().max_attempts(1))
-        .await
-        .unwrap()
-        .id;
-    let done = client.publish("s-results", "work").await.unwrap().id;
+    let Settled {
+        delayed,
+        keyed,
+        dead,
+        done,
+    } = settled_state(&client, delay, within).await;
     let leased = client.publish("s-leased", "held").await.unwrap().id;
-
-    let mut sub = client.subscribe("s-dead").await.unwrap();
-    let d = tokio::time::timeout(within, sub.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.id(), dead);
-    d.fail("poisoned on purpose").await.unwrap();
-    let mut sub = client.subscribe("s-results").await.unwrap();
-    let d = tokio::time::timeout(within, sub.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.id(), done);
-    d.ack_with("the result").await.unwrap();
     let mut held = client.subscribe("s-leased").await.unwrap();
-    let d = tokio::time::timeout(within, held.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d = next_delivery(&mut held, within).await;
     assert_eq!(d.id(), leased);
     let old_token = d.lease_token();
     // Neither settled nor released: leased until the leader dies. The subscription

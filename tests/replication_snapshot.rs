@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cluster::{
-    agreed_leader, applied_up_to, args_with, cluster_client, members, peers_of, sample, start_with,
-    status, Member, NODES, WITHIN,
+    agreed_leader, applied_up_to, args_with, cluster_client, members, peers_of, sample,
+    settled_state, start_with, status, Member, Settled, NODES, WITHIN,
 };
 use squall::model::{Mutation, NewTask, TaskBody, TaskState, TaskStatus};
 use squall::store::{
@@ -183,46 +183,9 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
             .await
             .unwrap();
     }
-    client
-        .publish_with(
-            "s-delayed",
-            "later",
-            PublishOptions::new().delay(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
-    let keyed = client
-        .publish_with(
-            "s-keyed",
-            "once",
-            PublishOptions::new().idempotency_key("k-1"),
-        )
-        .await
-        .unwrap()
-        .id;
-    let dead = client
-        .publish_with("s-dead", "poison", PublishOptions::new().max_attempts(1))
-        .await
-        .unwrap()
-        .id;
-    let done = client.publish("s-results", "work").await.unwrap().id;
-    let mut sub = client.subscribe("s-dead").await.unwrap();
-    let d = tokio::time::timeout(within, sub.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.id(), dead);
-    d.fail("poisoned on purpose").await.unwrap();
-    let mut sub = client.subscribe("s-results").await.unwrap();
-    let d = tokio::time::timeout(within, sub.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(d.id(), done);
-    d.ack_with("the result").await.unwrap();
-    drop(sub);
+    let Settled {
+        keyed, dead, done, ..
+    } = settled_state(&client, Duration::from_secs(3600), within).await;
 
     // A follower is lost with its disk; the cluster goes on and purges its log.
     let wiped = members

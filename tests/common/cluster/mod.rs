@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use squall::cluster::net::NodeClient;
-use squall_client::{Client, ReconnectPolicy};
+use squall_client::{Client, Delivery, PublishOptions, ReconnectPolicy, Subscription, TaskId};
 use squall_proto::cluster::{self as pb, node_request::Op, node_response::Result as Reply};
 
 use crate::common::ChildBroker;
@@ -398,4 +398,61 @@ pub fn serving(client: &Client) -> u64 {
 pub fn sample(page: &str, name: &str) -> Option<f64> {
     page.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The next delivery on `sub`, failing the test after `within`.
+pub async fn next_delivery(sub: &mut Subscription, within: Duration) -> Delivery {
+    tokio::time::timeout(within, sub.recv())
+        .await
+        .expect("a delivery in time")
+        .expect("the subscription is open")
+        .expect("a delivery")
+}
+
+/// The tasks of [`settled_state`]: one of each kind a leader change or a snapshot must
+/// keep.
+pub struct Settled {
+    pub delayed: TaskId,
+    pub keyed: TaskId,
+    pub dead: TaskId,
+    pub done: TaskId,
+}
+
+/// Through `client`: a task delayed by `delay` (queue `s-delayed`), one published with
+/// the idempotency key `k-1` (`s-keyed`), one dead after failing its only attempt
+/// (`s-dead`) and one acked with the result "the result" (`s-results`).
+pub async fn settled_state(client: &Client, delay: Duration, within: Duration) -> Settled {
+    let published = |queue: &'static str, payload: &'static str, options: PublishOptions| {
+        let client = client.clone();
+        async move {
+            client
+                .publish_with(queue, payload, options)
+                .await
+                .expect("publish")
+                .id
+        }
+    };
+    let delayed = published("s-delayed", "later", PublishOptions::new().delay(delay)).await;
+    let keyed = published(
+        "s-keyed",
+        "once",
+        PublishOptions::new().idempotency_key("k-1"),
+    )
+    .await;
+    let dead = published("s-dead", "poison", PublishOptions::new().max_attempts(1)).await;
+    let done = published("s-results", "work", PublishOptions::new()).await;
+    let mut sub = client.subscribe("s-dead").await.unwrap();
+    let d = next_delivery(&mut sub, within).await;
+    assert_eq!(d.id(), dead);
+    d.fail("poisoned on purpose").await.unwrap();
+    let mut sub = client.subscribe("s-results").await.unwrap();
+    let d = next_delivery(&mut sub, within).await;
+    assert_eq!(d.id(), done);
+    d.ack_with("the result").await.unwrap();
+    Settled {
+        delayed,
+        keyed,
+        dead,
+        done,
+    }
 }
