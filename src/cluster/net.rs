@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
-    Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    SnapshotMismatch, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -295,7 +295,18 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
-        let op = Op::Append(codec::append_to(&rpc));
+        let entries = rpc.entries.len() as u64;
+        let append = codec::append_to(&rpc);
+        // A frame over the limit would be refused by the peer: ask openraft for fewer
+        // entries at once (a quarter of the frame is kept for the rest of the request).
+        let bytes = prost::Message::encoded_len(&append);
+        if entries > 1 && bytes > self.client.max_frame - self.client.max_frame / 4 {
+            let fit = (entries * (self.client.max_frame as u64 / 2) / bytes as u64).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        let op = Op::Append(append);
         match self.client.call(op, option.hard_ttl()).await {
             Ok(Reply::Append(r)) => codec::append_reply_from(r).map_err(|e| rpc_error(e.into())),
             Ok(other) => Err(rpc_error(unexpected(&other))),

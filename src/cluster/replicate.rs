@@ -2,7 +2,11 @@
 //! (`store::WriterHandle::submit`, through [`store::Route`]) become Raft client
 //! writes, proposed in submission order; each job's completion waits, keyed by its
 //! proposal number, until the state machine (`state.rs`) applies the committed entry
-//! to this node's store and completes it. A job submitted to a node that is not the
+//! to this node's store and completes it. Jobs are proposed together, several to an
+//! entry (`Command::Jobs`): at most [`PIPELINE`] entries are in flight (proposed, not
+//! yet applied), and the jobs that arrive meanwhile make the next entry, so that under
+//! load the per-entry cost of consensus (openraft appends and fsyncs each client write
+//! on its own) is paid once per batch, and at low load a job is proposed at once. A job submitted to a node that is not the
 //! leader is refused at once with `StoreError::NotLeader`, naming the leader.
 //!
 //! Not here: applying entries (`state.rs`), and what the broker does when this node
@@ -18,8 +22,10 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::types::{Command, Member, NodeId, Origin, Raft};
-use crate::store::{low_space_reason, Completion, Muts, Route, SpaceGuard, StoreError};
+use super::types::{Command, Job, Member, NodeId, Origin, Raft};
+use crate::store::{
+    low_space_reason, payload_bytes_of, Completion, Muts, Route, SpaceGuard, StoreError,
+};
 
 /// A completion the state machine can put around a submitter's: it completes
 /// `then` (the job's own completion, on the node that proposed it) with the outcome
@@ -28,6 +34,22 @@ pub trait Applying: Completion + Sized {
     /// Wraps `then` (if any) for a job the state machine applies.
     fn applying(then: Option<Self>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Self;
 }
+
+/// Entries proposed and not yet applied (or refused) before the proposer waits and
+/// lets the next jobs gather into one entry: enough to keep the leader's log append,
+/// the followers' appends and the apply busy at once.
+pub const PIPELINE: usize = 4;
+
+/// Most mutations in one entry (a job is never split: one entry may exceed this by
+/// its last job).
+const ENTRY_MUTATIONS: usize = 4_096;
+
+/// Most task payload bytes in one entry (as [`ENTRY_MUTATIONS`]); well below the
+/// cluster port's frame limit, so that an AppendEntries of several entries fits.
+const ENTRY_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// A job on its way to being proposed: its proposal number and content.
+type Proposal = (u64, Job);
 
 /// Completions of proposed jobs not yet applied, by proposal number (shared by the
 /// proposer and the state machine, which takes each out when it applies its entry).
@@ -46,7 +68,7 @@ pub struct Proposer<C: Completion> {
     next_seq: AtomicU64,
     pending: Pending<C>,
     metrics: Metrics,
-    tx: mpsc::UnboundedSender<(u64, Command)>,
+    tx: mpsc::UnboundedSender<Proposal>,
 }
 
 /// Why this node does not take changes, naming the leader if one is known.
@@ -80,7 +102,7 @@ impl<C: Completion> Proposer<C> {
         pending: Pending<C>,
         metrics: Metrics,
         space: SpaceGuard,
-    ) -> (Proposer<C>, mpsc::UnboundedReceiver<(u64, Command)>) {
+    ) -> (Proposer<C>, mpsc::UnboundedReceiver<Proposal>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let proposer = Proposer {
             origin: Origin { node, run, seq: 0 },
@@ -139,11 +161,11 @@ impl<C: Completion> Route<C> for Proposer<C> {
         if let Some(done) = done {
             self.pending.lock().insert(seq, done);
         }
-        let command = Command::Mutations {
+        let job = Job {
             origin: Origin { seq, ..self.origin },
             muts: muts.into_vec(),
         };
-        if self.tx.send((seq, command)).is_err() {
+        if self.tx.send((seq, job)).is_err() {
             refuse(&self.pending, seq, StoreError::Closed);
         }
     }
@@ -157,13 +179,34 @@ fn refuse<C: Completion>(pending: &Pending<C>, seq: u64, error: StoreError) {
     }
 }
 
-/// Proposes the jobs `rx` carries to Raft in their order, and refuses those whose
-/// proposal fails (this node stopped being the leader before the entry committed:
-/// the outcome is unknown to the submitter). Runs until `stop`; then every job still
-/// waiting is completed with `StoreError::Closed`.
+/// Takes `first` and the jobs queued behind it, up to the size of one entry.
+fn gather(first: Proposal, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> (Vec<u64>, Command) {
+    let (mut mutations, mut bytes) = (0, 0);
+    let mut seqs = Vec::new();
+    let mut jobs = Vec::new();
+    let mut next = Some(first);
+    while let Some((seq, job)) = next.take() {
+        mutations += job.muts.len();
+        bytes += payload_bytes_of(&job.muts);
+        seqs.push(seq);
+        jobs.push(job);
+        if mutations < ENTRY_MUTATIONS && bytes < ENTRY_PAYLOAD_BYTES {
+            next = rx.try_recv().ok();
+        }
+    }
+    debug_assert_eq!(seqs.len(), jobs.len());
+    debug_assert!(!jobs.is_empty());
+    (seqs, Command::Jobs(jobs))
+}
+
+/// Proposes the jobs `rx` carries to Raft in their order, several to an entry (see
+/// the module documentation), and refuses those whose proposal fails (this node
+/// stopped being the leader before the entry committed: the outcome is unknown to
+/// the submitter). Runs until `stop`; then every job still waiting is completed with
+/// an outcome-unknown refusal.
 pub(crate) async fn propose<C: Completion>(
     raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<(u64, Command)>,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
     pending: Pending<C>,
     stop: CancellationToken,
 ) {
@@ -172,28 +215,37 @@ pub(crate) async fn propose<C: Completion>(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some((seq, outcome)) = waiting.next() => {
-                let outcome: (u64, Result<_, _>) = (seq, outcome);
+            Some((seqs, outcome)) = waiting.next() => {
+                let outcome: (Vec<u64>, Result<_, _>) = (seqs, outcome);
                 match outcome.1 {
-                    // Applied: the state machine completed the job.
+                    // Applied: the state machine completed the jobs.
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        let why = format!(
+                        let why: Arc<str> = Arc::from(format!(
                             "this node stopped being the leader before the change was \
                              committed; its outcome is unknown ({e})"
-                        );
-                        refuse(&pending, seq, StoreError::NotLeader(Arc::from(why)));
+                        ));
+                        for seq in outcome.0 {
+                            refuse(&pending, seq, StoreError::NotLeader(why.clone()));
+                        }
                     }
-                    Err(_) => refuse(&pending, seq, StoreError::Closed),
+                    Err(_) => {
+                        for seq in outcome.0 {
+                            refuse(&pending, seq, StoreError::Closed);
+                        }
+                    }
                 }
             }
-            next = rx.recv() => {
-                let Some((seq, command)) = next else { break };
+            next = rx.recv(), if waiting.len() < PIPELINE => {
+                let Some(first) = next else { break };
+                let (seqs, command) = gather(first, &mut rx);
                 match raft.client_write_ff(command).await {
-                    Ok(answer) => waiting.push(async move { (seq, answer.await) }),
+                    Ok(answer) => waiting.push(async move { (seqs, answer.await) }),
                     Err(fatal) => {
-                        let why = format!("the raft node stopped: {fatal}");
-                        refuse(&pending, seq, StoreError::NotLeader(Arc::from(why)));
+                        let why: Arc<str> = Arc::from(format!("the raft node stopped: {fatal}"));
+                        for seq in seqs {
+                            refuse(&pending, seq, StoreError::NotLeader(why.clone()));
+                        }
                     }
                 }
             }

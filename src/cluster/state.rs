@@ -1,8 +1,8 @@
 //! The Raft state machine: the queue state, held in this node's store. A committed
-//! `Command::Mutations` entry is applied as one store job through the store's own
-//! writer (its journal, then sled) together with `Mutation::Applied` (the entry's log
-//! id, `M raft_applied`), so that the entry and the record of its application are one
-//! atomic batch and a restart re-applies exactly from the entry after it. On the node
+//! `Command::Jobs` entry is applied as one store group (its jobs sent together)
+//! through the store's own writer (its journal, then sled), the last job with
+//! `Mutation::Applied` (the entry's log id, `M raft_applied`), so that the entry and
+//! the record of its application are one atomic batch and a restart re-applies exactly from the entry after it. On the node
 //! that proposed the entry, the job carries the submitter's completion (found in the
 //! proposer's pending map), which therefore runs once the entry is committed and
 //! applied here. `apply` returns only after every job of its batch is durable; a job
@@ -43,7 +43,7 @@ use super::snapshot::{
     self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
 };
 use super::types::{
-    Command, Entry, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig,
+    Command, Entry, Job, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig,
 };
 use crate::model::Mutation;
 use crate::store::{Muts, Store, StoreError, WriterHandle};
@@ -235,20 +235,34 @@ impl<C: Applying> StateMachine<C> {
         .map_err(|e| snap_err(ErrorVerb::Write, &e))
     }
 
-    /// Submits one store job: `muts` and the record that `log_id` is applied.
-    fn submit(&self, mut muts: Vec<Mutation>, log_id: LogId, then: Option<C>) -> Applied {
-        muts.push(Mutation::Applied {
-            term: log_id.leader_id.term,
-            node: log_id.leader_id.node_id,
-            index: log_id.index,
-        });
-        let (tx, rx) = oneshot::channel();
-        let tell = Box::new(move |result| {
-            let _ = tx.send(result);
-        });
-        self.writer
-            .submit(Muts::Many(muts), Some(C::applying(then, tell)));
-        (log_id, rx)
+    /// Submits the jobs of entry `log_id` to the store as one group (all applied and
+    /// recovered together), the last one with the record that `log_id` is applied;
+    /// each job's completion is the submitter's (`pending`) if this broker run
+    /// proposed it.
+    fn submit(&self, jobs: Vec<Job>, log_id: LogId, applied: &mut Vec<Applied>) {
+        debug_assert!(!jobs.is_empty(), "an entry's command carries a job");
+        let last = jobs.len() - 1;
+        let mut together = Vec::with_capacity(jobs.len());
+        for (i, Job { origin, mut muts }) in jobs.into_iter().enumerate() {
+            if i == last {
+                muts.push(Mutation::Applied {
+                    term: log_id.leader_id.term,
+                    node: log_id.leader_id.node_id,
+                    index: log_id.index,
+                });
+            }
+            let then = (origin.node == self.node && origin.run == self.run)
+                .then(|| self.pending.lock().remove(&origin.seq))
+                .flatten();
+            let (tx, rx) = oneshot::channel();
+            let tell = Box::new(move |result| {
+                let _ = tx.send(result);
+            });
+            together.push((Muts::Many(muts), Some(C::applying(then, tell))));
+            applied.push((log_id, rx));
+        }
+        debug_assert_eq!(together.len(), last + 1);
+        self.writer.submit_together(together);
     }
 
     /// Waits until every submitted job is durable; a refused one is a storage error.
@@ -311,11 +325,8 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
                     self.machine.applied = Some(log_id);
                     self.persist().await?;
                 }
-                EntryPayload::Normal(Command::Mutations { origin, muts }) => {
-                    let then = (origin.node == self.node && origin.run == self.run)
-                        .then(|| self.pending.lock().remove(&origin.seq))
-                        .flatten();
-                    jobs.push(self.submit(muts, log_id, then));
+                EntryPayload::Normal(Command::Jobs(entry_jobs)) => {
+                    self.submit(entry_jobs, log_id, &mut jobs);
                     last_in_store = true;
                 }
             }

@@ -38,18 +38,25 @@ pub struct Origin {
     pub seq: u64,
 }
 
+/// The store mutations of one job of the leader's broker (what
+/// `store::WriterHandle::submit` was given), applied in order, as one store job, by
+/// every member's state machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Who proposed it.
+    pub origin: Origin,
+    /// The mutations, in order.
+    pub muts: Vec<crate::model::Mutation>,
+}
+
 /// A replicated command: the queue state's changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// The store mutations of one job of the leader's broker (what
-    /// `store::WriterHandle::submit` was given), applied in order, as one store job,
-    /// by every member's state machine.
-    Mutations {
-        /// Who proposed it.
-        origin: Origin,
-        /// The mutations, in order.
-        muts: Vec<crate::model::Mutation>,
-    },
+    /// Jobs of the leader's broker proposed together as one entry (at least one),
+    /// applied in order and atomically (one store group) by every member: the
+    /// per-entry cost of consensus (a log append and its fsync on each member, a
+    /// round trip) is paid once for all of them.
+    Jobs(Vec<Job>),
 }
 
 openraft::declare_raft_types!(

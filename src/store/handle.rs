@@ -168,6 +168,32 @@ impl<C: Completion> WriterHandle<C> {
         }
     }
 
+    /// Queues jobs that are applied in one group: durable, and recovered after a
+    /// crash, all together or none of them (a replicated entry's jobs). Each `done`
+    /// is completed as by [`WriterHandle::submit`]. Never routed.
+    pub fn submit_together(&self, jobs: Vec<(Muts, Option<C>)>) {
+        debug_assert!(
+            self.route.is_none(),
+            "jobs sent together are the local writer's"
+        );
+        if jobs.is_empty() {
+            return;
+        }
+        let jobs: Vec<Job<C>> = jobs
+            .into_iter()
+            .map(|(muts, done)| Job {
+                muts,
+                done: Done::new(done),
+            })
+            .collect();
+        if let Err(SendError(Msg::Jobs(jobs))) = self.tx.send(Msg::Jobs(jobs)) {
+            for job in jobs {
+                job.done
+                    .complete(Err(StoreError::Closed), JobReport::default());
+            }
+        }
+    }
+
     /// Cluster snapshots: appends a dump of the whole store to `out` (positioned where
     /// the dump starts; format in `store/snapshot.rs`), taken by the writer thread
     /// between two groups, so it is exactly the state every job submitted before this

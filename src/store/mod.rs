@@ -44,6 +44,7 @@ pub(crate) mod tests;
 mod volume;
 pub(crate) use volume::{low_space_reason, SpaceGuard};
 mod writer;
+pub(crate) use writer::payload_bytes_of;
 
 pub use datadir::DataDirProblem;
 pub use handle::{Muts, Route, Writer, WriterHandle};

@@ -376,7 +376,7 @@ fn check(model: &Model, store: &Store) {
         assert_eq!(retained, expected, "retention of {id}");
     }
     let mut keys = BTreeMap::new();
-    for item in store.inner.dbs.get().range(keys::prefix_range(keys::DEDUP)) {
+    for item in crate::store::pool::scan_prefix(&store.inner.dbs.get(), keys::DEDUP) {
         let (key, value) = item.unwrap();
         let text = std::str::from_utf8(&key[1..]).unwrap();
         let (queue, name) = text.split_once('\0').unwrap();

@@ -167,7 +167,7 @@ impl Store {
         // sled's states, corrected by the task table's newer ones (empty at start-up;
         // a cluster member rebuilds its engine while its writer runs).
         let mut newer = self.inner.tasks.records(Slot::State).into_iter().peekable();
-        for item in self.inner.dbs.get().range(keys::prefix_range(keys::STATE)) {
+        for item in crate::store::pool::scan_prefix(&self.inner.dbs.get(), keys::STATE) {
             let (key, value) = item.map_err(io_error)?;
             let id = keys::task_id(&key)
                 .ok_or_else(|| corrupt_reason(&key, "state key is not 'S' + 8-byte id"))?;
@@ -200,7 +200,7 @@ impl Store {
     /// Every persisted queue configuration.
     pub fn queues(&self) -> Result<Vec<(Arc<str>, QueueConfig)>, StoreError> {
         let mut queues = Vec::new();
-        for item in self.inner.dbs.get().range(keys::prefix_range(keys::QUEUE)) {
+        for item in crate::store::pool::scan_prefix(&self.inner.dbs.get(), keys::QUEUE) {
             let (key, value) = item.map_err(io_error)?;
             let name = keys::queue_name(&key)
                 .ok_or_else(|| corrupt_reason(&key, "queue name is not UTF-8"))?;
@@ -213,12 +213,7 @@ impl Store {
     /// Every persisted schedule, in name order.
     pub fn schedules(&self) -> Result<Vec<crate::model::Schedule>, StoreError> {
         let mut schedules = Vec::new();
-        for item in self
-            .inner
-            .dbs
-            .get()
-            .range(keys::prefix_range(keys::SCHEDULE))
-        {
+        for item in crate::store::pool::scan_prefix(&self.inner.dbs.get(), keys::SCHEDULE) {
             let (key, value) = item.map_err(io_error)?;
             let name = keys::queue_name(&key)
                 .ok_or_else(|| corrupt_reason(&key, "schedule name is not UTF-8"))?;
@@ -306,8 +301,8 @@ fn read_watermark(db: &Db) -> Result<Option<u64>, StoreError> {
 fn highest_task_id(db: &Db) -> Result<Option<TaskId>, StoreError> {
     let mut highest = None;
     for prefix in [keys::BODY, keys::STATE] {
-        for key in db.range(keys::prefix_range(prefix)).keys() {
-            let key = key.map_err(io_error)?;
+        for item in crate::store::pool::scan_prefix(db, prefix) {
+            let (key, _) = item.map_err(io_error)?;
             if let Some(id) = keys::task_id(&key) {
                 highest = highest.max(Some(id));
             }
@@ -332,7 +327,7 @@ fn check_bodies(
     let dir = bodies.payload_dir().to_owned();
     let files = payload::list(&dir).map_err(io_error)?;
     let mut lost = Vec::new();
-    for item in db.range(keys::prefix_range(keys::BODY)) {
+    for item in crate::store::pool::scan_prefix(&db, keys::BODY) {
         let (key, value) = item.map_err(io_error)?;
         let Ok(StoredBody::Ref(r)) = record::decode_stored_body(&value) else {
             continue;

@@ -16,6 +16,36 @@ use parking_lot::Mutex;
 /// The sled handle type used throughout the store.
 pub(crate) type Db = sled::Db<{ super::LEAF_FANOUT }>;
 
+/// The keys of `db` from `start` (inclusive) to `end` (exclusive), in order.
+///
+/// Use this, not `Db::range(start..end)`: in this sled alpha a bounded range's
+/// iterator does not stop at its end, but reads every leaf after it to the end of the
+/// tree before it says it is done (`sled::tree::Iter::next` refetches while nothing
+/// in the leaf is in bounds), so a range with nothing left in it costs a scan of the
+/// rest of the store. Here the range is open-ended and the iteration stops at the
+/// first key at or past `end`. Like sled's, the iterator holds its own handle of the
+/// tree, not a borrow of `db`.
+pub(crate) fn scan<E: AsRef<[u8]>>(
+    db: &Db,
+    start: &[u8],
+    end: E,
+) -> impl Iterator<Item = std::io::Result<(sled::InlineArray, sled::InlineArray)>> + use<E> {
+    debug_assert!(start <= end.as_ref(), "a scan's start is not after its end");
+    db.range(start..).take_while(move |item| {
+        item.as_ref()
+            .map_or(true, |(key, _)| key.as_ref() < end.as_ref())
+    })
+}
+
+/// The keys of `db` that start with the byte `prefix` (see [`scan`]).
+pub(crate) fn scan_prefix(
+    db: &Db,
+    prefix: u8,
+) -> impl Iterator<Item = std::io::Result<(sled::InlineArray, sled::InlineArray)>> + use<> {
+    debug_assert!(prefix < u8::MAX);
+    scan(db, &[prefix], [prefix + 1])
+}
+
 pub(crate) struct DbPool {
     /// Cloned when the pool is empty; cloning reads its `RefCell`, hence the lock.
     /// `None` only once leaked on drop.

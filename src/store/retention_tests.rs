@@ -159,7 +159,7 @@ impl Fixture {
     /// over sled).
     fn count(&self, prefix: u8) -> usize {
         let mut ids = std::collections::BTreeMap::new();
-        for item in self.store.inner.dbs.get().range(keys::prefix_range(prefix)) {
+        for item in crate::store::pool::scan_prefix(&self.store.inner.dbs.get(), prefix) {
             ids.insert(item.unwrap().0.to_vec(), true);
         }
         let mut key = vec![prefix];

@@ -68,6 +68,9 @@ const DEFERRED_SYNC: Duration = Duration::from_millis(5);
 pub(crate) enum Msg<C: Completion> {
     /// Mutations to apply, and who to tell.
     Job(Job<C>),
+    /// Jobs that must be in one group (applied, durable and recovered together or
+    /// not at all): the jobs of one replicated entry (`cluster/state.rs`).
+    Jobs(Vec<Job<C>>),
     /// Apply everything queued before this message, flush, exit.
     Shutdown,
     /// A cluster snapshot's export or import, run between two groups
@@ -87,6 +90,11 @@ impl Muts {
         self.as_slice()
             .iter()
             .any(|m| matches!(m, Mutation::Insert(_)))
+    }
+
+    /// The task payloads the job carries, in bytes.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        payload_bytes_of(self.as_slice())
     }
 
     fn as_slice(&self) -> &[Mutation] {
@@ -245,7 +253,8 @@ impl<C: Completion> WriterLoop<C> {
         }
         loop {
             let first = match self.next_message() {
-                Wake::Msg(Msg::Job(job)) => job,
+                Wake::Msg(Msg::Job(job)) => vec![job],
+                Wake::Msg(Msg::Jobs(jobs)) => jobs,
                 Wake::Msg(Msg::Snapshot(job)) => {
                     self.snapshot_job(job);
                     continue;
@@ -425,18 +434,30 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     /// The group commit: takes `first` and every job already queued behind it, up to
-    /// [`MAX_BATCH_MUTATIONS`] mutations or [`MAX_BATCH_PAYLOAD_BYTES`] of payloads.
+    /// [`MAX_BATCH_MUTATIONS`] mutations or [`MAX_BATCH_PAYLOAD_BYTES`] of payloads
+    /// (jobs sent together, `Msg::Jobs`, are never split between two groups).
     /// Returns whether a shutdown came in behind them.
-    fn gather(&mut self, first: Job<C>) -> bool {
-        let mut mutations = first.muts.as_slice().len();
-        let mut bytes = payload_bytes(&first.muts);
-        self.group.push(first);
-        while mutations < MAX_BATCH_MUTATIONS && bytes < MAX_BATCH_PAYLOAD_BYTES {
+    fn gather(&mut self, first: Vec<Job<C>>) -> bool {
+        debug_assert!(self.group.is_empty(), "the previous group was completed");
+        debug_assert!(!first.is_empty(), "a group starts with a job");
+        let (mut mutations, mut bytes) = (0, 0);
+        let mut add = |group: &mut Vec<Job<C>>, job: Job<C>| {
+            mutations += job.muts.as_slice().len();
+            bytes += payload_bytes(&job.muts);
+            group.push(job);
+            mutations < MAX_BATCH_MUTATIONS && bytes < MAX_BATCH_PAYLOAD_BYTES
+        };
+        let mut room = false;
+        for job in first {
+            room = add(&mut self.group, job);
+        }
+        while room {
             match self.rx.try_recv() {
-                Ok(Msg::Job(job)) => {
-                    mutations += job.muts.as_slice().len();
-                    bytes += payload_bytes(&job.muts);
-                    self.group.push(job);
+                Ok(Msg::Job(job)) => room = add(&mut self.group, job),
+                Ok(Msg::Jobs(jobs)) => {
+                    for job in jobs {
+                        room = add(&mut self.group, job);
+                    }
                 }
                 Ok(Msg::Shutdown) => return true,
                 Ok(Msg::Snapshot(job)) => {
@@ -644,8 +665,12 @@ enum Wake<C: Completion> {
 
 /// Payload bytes a job inserts.
 fn payload_bytes(muts: &Muts) -> usize {
-    muts.as_slice()
-        .iter()
+    muts.payload_bytes()
+}
+
+/// The task payloads `muts` carry, in bytes.
+pub(crate) fn payload_bytes_of(muts: &[Mutation]) -> usize {
+    muts.iter()
         .map(|m| match m {
             Mutation::Insert(task) => task.body.payload.len(),
             _ => 0,

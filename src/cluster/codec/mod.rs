@@ -14,7 +14,9 @@ use openraft::raft::{
 use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta};
 use squall_proto::cluster as pb;
 
-use super::types::{Entry, LogId, Member, Membership, NodeId, StoredMembership, TypeConfig, Vote};
+use super::types::{
+    Command, Entry, LogId, Member, Membership, NodeId, StoredMembership, TypeConfig, Vote,
+};
 
 /// A cluster message that does not say what openraft needs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,9 +129,7 @@ pub(crate) fn entry_to(e: &Entry) -> pb::Entry {
     let payload = match &e.payload {
         EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
         EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to(m)),
-        EntryPayload::Normal(command) => {
-            pb::entry::Payload::Mutations(mutations::command_to(command))
-        }
+        EntryPayload::Normal(command) => mutations::command_to(command),
     };
     pb::Entry {
         log_id: Some(log_id_to(&e.log_id)),
@@ -144,7 +144,16 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
         Some(pb::entry::Payload::Membership(m)) => {
             EntryPayload::Membership(membership_from(Some(m))?)
         }
-        Some(pb::entry::Payload::Mutations(m)) => EntryPayload::Normal(mutations::command_from(m)?),
+        Some(pb::entry::Payload::Mutations(m)) => {
+            EntryPayload::Normal(Command::Jobs(vec![mutations::job_from(m)?]))
+        }
+        Some(pb::entry::Payload::Jobs(jobs)) => {
+            if jobs.jobs.is_empty() {
+                return Err(missing("jobs of a jobs entry"));
+            }
+            let jobs = jobs.jobs.into_iter().map(mutations::job_from);
+            EntryPayload::Normal(Command::Jobs(jobs.collect::<Result<_, _>>()?))
+        }
         // Also what a newer version's command looks like to this one.
         None => {
             return Err(missing(

@@ -11,7 +11,7 @@ use prost::Message;
 use squall_proto::cluster as pb;
 
 use super::{entry_from, entry_to};
-use crate::cluster::types::{Command, Entry, LogId, Origin};
+use crate::cluster::types::{Command, Entry, Job, LogId, Origin};
 use crate::model::{
     CatchUp, Mutation, NewTask, QueueConfig, Schedule, StatePatch, TaskBody, TaskState, TaskStatus,
 };
@@ -134,17 +134,19 @@ fn through_the_wire(entry: &Entry) -> Entry {
 proptest! {
     #[test]
     fn every_mutation_survives_the_entry_encoding(
-        muts in proptest::collection::vec(mutation(), 0..8),
-        origin in (any::<u64>(), any::<u64>(), any::<u64>()),
+        jobs in proptest::collection::vec(
+            (proptest::collection::vec(mutation(), 0..8), any::<u64>(), any::<u64>(), any::<u64>()),
+            1..4,
+        ),
         index in 1..u64::MAX,
     ) {
-        let (node, run, seq) = origin;
+        let jobs = jobs
+            .into_iter()
+            .map(|(muts, node, run, seq)| Job { origin: Origin { node, run, seq }, muts })
+            .collect();
         let entry = Entry {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
-            payload: EntryPayload::Normal(Command::Mutations {
-                origin: Origin { node, run, seq },
-                muts,
-            }),
+            payload: EntryPayload::Normal(Command::Jobs(jobs)),
         };
         prop_assert_eq!(through_the_wire(&entry), entry);
     }

@@ -1,4 +1,4 @@
-//! The replicated command (`Command::Mutations`) and the store mutations it carries,
+//! The replicated command (`Command::Jobs`) and the store mutations it carries,
 //! to and from `proto/cluster.proto`. Every domain struct is destructured whole, so a
 //! field added to `model` does not compile until it is carried here. No I/O.
 
@@ -7,13 +7,26 @@ use std::sync::Arc;
 use squall_proto::cluster as pb;
 
 use super::{missing, CodecError};
-use crate::cluster::types::{Command, Origin};
+use crate::cluster::types::{Command, Job, Origin};
 use crate::model::{
     CatchUp, Mutation, NewTask, QueueConfig, Schedule, StatePatch, TaskBody, TaskState, TaskStatus,
 };
 
-pub(crate) fn command_to(c: &Command) -> pb::Mutations {
-    let Command::Mutations { origin, muts } = c;
+/// An entry's payload: one job as `Mutations` (what a single job always was), several
+/// as `Jobs`.
+pub(crate) fn command_to(c: &Command) -> pb::entry::Payload {
+    let Command::Jobs(jobs) = c;
+    debug_assert!(!jobs.is_empty(), "a command carries at least one job");
+    match jobs.as_slice() {
+        [one] => pb::entry::Payload::Mutations(job_to(one)),
+        many => pb::entry::Payload::Jobs(pb::Jobs {
+            jobs: many.iter().map(job_to).collect(),
+        }),
+    }
+}
+
+fn job_to(job: &Job) -> pb::Mutations {
+    let Job { origin, muts } = job;
     let Origin { node, run, seq } = *origin;
     pb::Mutations {
         origin_node: node,
@@ -23,7 +36,7 @@ pub(crate) fn command_to(c: &Command) -> pb::Mutations {
     }
 }
 
-pub(crate) fn command_from(m: pb::Mutations) -> Result<Command, CodecError> {
+pub(crate) fn job_from(m: pb::Mutations) -> Result<Job, CodecError> {
     let pb::Mutations {
         origin_node,
         origin_run,
@@ -34,7 +47,7 @@ pub(crate) fn command_from(m: pb::Mutations) -> Result<Command, CodecError> {
         .into_iter()
         .map(mutation_from)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Command::Mutations {
+    Ok(Job {
         origin: Origin {
             node: origin_node,
             run: origin_run,

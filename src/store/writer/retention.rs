@@ -149,7 +149,7 @@ impl<C: Completion> WriterLoop<C> {
         let mut stats = SweepStats::default();
         let start: &[u8] = &[keys::EXPIRY];
         let end = keys::expiry_due_end(now);
-        for item in self.db.range(start..end.as_slice()) {
+        for item in crate::store::pool::scan(&self.db, start, end) {
             if stats.examined >= limit {
                 stats.more = true;
                 break;
