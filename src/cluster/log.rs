@@ -3,7 +3,11 @@
 //! `<data_dir>/raft/log/`), plus the vote and the purge point in `<data_dir>/raft/meta`
 //! (replaced whole and synced on every change). An entry on disk is its protobuf
 //! encoding (`codec.rs`). What lives in memory is an index of where each entry is
-//! (24 bytes an entry), never the entries. The state machine is in `state.rs`.
+//! (24 bytes an entry), and the most recent entries themselves (at most
+//! [`RECENT_ENTRIES`] of them and [`RECENT_BYTES`] of task payloads): replicating an
+//! entry to each follower and applying it read it back soon after its append, and
+//! from memory that is a reference count, not a read and decode. The state machine
+//! is in `state.rs`.
 //!
 //! Durability: an append returns (and confirms to openraft) only after one
 //! `fdatasync` of the whole batch; a truncation is synced before the next append; the
@@ -30,6 +34,13 @@ use crate::store::journal::{self, Journal, Location};
 
 /// Size of a Raft log segment file (preallocated).
 pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Most entries kept in memory after their append.
+pub const RECENT_ENTRIES: usize = 4_096;
+
+/// Most task payload bytes (and a small allowance per mutation) of the entries kept
+/// in memory.
+pub const RECENT_BYTES: usize = 32 * 1024 * 1024;
 
 const META: &str = "meta";
 
@@ -59,9 +70,80 @@ struct Index {
     entries: VecDeque<(LogId, Location)>,
     purged: Option<LogId>,
     files: HashMap<u64, Arc<File>>,
+    /// The last entries appended (a suffix of the log), with their sizes.
+    recent: VecDeque<(Entry, usize)>,
+    /// What `recent` holds, by [`entry_size`].
+    recent_bytes: usize,
+}
+
+/// What an entry kept in memory counts against [`RECENT_BYTES`].
+fn entry_size(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(super::types::Command::Jobs(jobs)) => jobs
+            .iter()
+            .map(|job| crate::store::payload_bytes_of(&job.muts) + 64 * job.muts.len())
+            .sum(),
+        _ => 64,
+    }
 }
 
 impl Index {
+    /// The index of the first entry held in memory (`next_index` when none is).
+    fn recent_first(&self) -> u64 {
+        self.next_index() - self.recent.len() as u64
+    }
+
+    /// Keeps `entries` (just appended) in memory, forgetting the oldest beyond the
+    /// bounds.
+    fn remember(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            let size = entry_size(&entry);
+            self.recent_bytes += size;
+            self.recent.push_back((entry, size));
+        }
+        while self.recent.len() > RECENT_ENTRIES
+            || (self.recent_bytes > RECENT_BYTES && self.recent.len() > 1)
+        {
+            let (_, size) = self.recent.pop_front().expect("not empty");
+            self.recent_bytes -= size;
+        }
+        debug_assert!(self.recent.len() <= self.entries.len());
+        debug_assert!(self
+            .recent
+            .back()
+            .is_none_or(|(e, _)| e.log_id.index + 1 == self.next_index()));
+    }
+
+    /// Forgets the entries in memory at or after index `from` (truncated).
+    fn forget_recent_from(&mut self, from: u64) {
+        while self
+            .recent
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= from)
+        {
+            let (_, size) = self.recent.pop_back().expect("not empty");
+            self.recent_bytes -= size;
+        }
+    }
+
+    /// Forgets the entries in memory up to index `upto` (purged).
+    fn forget_recent_upto(&mut self, upto: u64) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= upto)
+        {
+            let (_, size) = self.recent.pop_front().expect("not empty");
+            self.recent_bytes -= size;
+        }
+    }
+
+    /// The entry of `index` if it is held in memory.
+    fn recent(&self, index: u64) -> Option<Entry> {
+        let i = usize::try_from(index.checked_sub(self.recent_first())?).ok()?;
+        self.recent.get(i).map(|(e, _)| e.clone())
+    }
+
     fn last(&self) -> Option<LogId> {
         self.entries.back().map(|(id, _)| *id).or(self.purged)
     }
@@ -147,6 +229,8 @@ impl LogStore {
             entries,
             purged: meta.purged.map(codec::log_id_from),
             files: HashMap::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
         };
         tracing::debug!(
             first = index.first,
@@ -199,6 +283,7 @@ impl LogWriter {
                 self.journal.reset(start)?;
                 index.first = start;
                 index.files.clear();
+                index.forget_recent_from(0);
             }
         }
         let mut written = Vec::with_capacity(entries.len());
@@ -220,6 +305,7 @@ impl LogWriter {
             self.journal.next_seq()
         );
         index.entries.extend(written);
+        index.remember(entries);
         Ok(())
     }
 
@@ -230,6 +316,7 @@ impl LogWriter {
         self.journal.truncate_from(from, at)?;
         let mut index = index.write();
         let keep = (from - index.first) as usize;
+        index.forget_recent_from(from);
         index.entries.truncate(keep);
         index.forget_files_from(at.segment);
         Ok(())
@@ -248,12 +335,14 @@ impl LogWriter {
         } else if next >= last {
             self.journal.reset(next)?;
             let mut index = index.write();
+            index.forget_recent_from(0);
             index.entries.clear();
             index.first = next;
             index.files.clear();
         } else {
             journal::remove_below(&index.read().dir, next)?;
             let mut index = index.write();
+            index.forget_recent_upto(upto.index);
             while index.first < next {
                 index.entries.pop_front();
                 index.first += 1;
@@ -298,6 +387,11 @@ impl LogReader {
         loop {
             if end.is_some_and(|e| at >= e) {
                 break;
+            }
+            if let Some(entry) = self.index.read().recent(at) {
+                out.push(entry);
+                at += 1;
+                continue;
             }
             let found = {
                 let mut index = self.index.write();

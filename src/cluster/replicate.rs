@@ -196,7 +196,7 @@ fn gather(first: Proposal, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> (Vec<u
     }
     debug_assert_eq!(seqs.len(), jobs.len());
     debug_assert!(!jobs.is_empty());
-    (seqs, Command::Jobs(jobs))
+    (seqs, Command::Jobs(jobs.into()))
 }
 
 /// Proposes the jobs `rx` carries to Raft in their order, several to an entry (see

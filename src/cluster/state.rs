@@ -239,11 +239,12 @@ impl<C: Applying> StateMachine<C> {
     /// recovered together), the last one with the record that `log_id` is applied;
     /// each job's completion is the submitter's (`pending`) if this broker run
     /// proposed it.
-    fn submit(&self, jobs: Vec<Job>, log_id: LogId, applied: &mut Vec<Applied>) {
+    fn submit(&self, jobs: &[Job], log_id: LogId, applied: &mut Vec<Applied>) {
         debug_assert!(!jobs.is_empty(), "an entry's command carries a job");
         let last = jobs.len() - 1;
         let mut together = Vec::with_capacity(jobs.len());
-        for (i, Job { origin, mut muts }) in jobs.into_iter().enumerate() {
+        for (i, Job { origin, muts }) in jobs.iter().enumerate() {
+            let mut muts = muts.clone();
             if i == last {
                 muts.push(Mutation::Applied {
                     term: log_id.leader_id.term,
@@ -326,7 +327,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
                     self.persist().await?;
                 }
                 EntryPayload::Normal(Command::Jobs(entry_jobs)) => {
-                    self.submit(entry_jobs, log_id, &mut jobs);
+                    self.submit(&entry_jobs, log_id, &mut jobs);
                     last_in_store = true;
                 }
             }

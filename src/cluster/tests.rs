@@ -13,7 +13,7 @@ use super::log::LogStore;
 use super::replicate::{Applying, Pending};
 use super::state::StateMachine;
 use super::types::{
-    Command, Entry, LogId, Member, Membership, Origin, StorageError, TypeConfig, Vote,
+    Command, Entry, Job, LogId, Member, Membership, Origin, StorageError, TypeConfig, Vote,
 };
 use super::RAFT_DIR;
 use crate::store::{Completion, FsyncMode, Store, StoreConfig, StoreError, Writer};
@@ -321,7 +321,7 @@ pub(super) fn command(
 ) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command::Mutations { origin, muts }),
+        payload: EntryPayload::Normal(Command::Jobs(vec![Job { origin, muts }].into())),
     }
 }
 

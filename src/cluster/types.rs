@@ -55,8 +55,9 @@ pub enum Command {
     /// Jobs of the leader's broker proposed together as one entry (at least one),
     /// applied in order and atomically (one store group) by every member: the
     /// per-entry cost of consensus (a log append and its fsync on each member, a
-    /// round trip) is paid once for all of them.
-    Jobs(Vec<Job>),
+    /// round trip) is paid once for all of them. Shared: the Raft log keeps recent
+    /// entries in memory (`log.rs`), and replicating or applying one clones it.
+    Jobs(std::sync::Arc<[Job]>),
 }
 
 openraft::declare_raft_types!(

@@ -327,7 +327,7 @@ fn check_bodies(
     let dir = bodies.payload_dir().to_owned();
     let files = payload::list(&dir).map_err(io_error)?;
     let mut lost = Vec::new();
-    for item in crate::store::pool::scan_prefix(&db, keys::BODY) {
+    for item in crate::store::pool::scan_prefix(db, keys::BODY) {
         let (key, value) = item.map_err(io_error)?;
         let Ok(StoredBody::Ref(r)) = record::decode_stored_body(&value) else {
             continue;

@@ -20,7 +20,7 @@ impl Policies {
     /// Reads every `Q` record.
     pub(crate) fn load(db: &Db, defaults: QueueConfig) -> Result<Policies, StoreError> {
         let mut by_name = HashMap::new();
-        for item in crate::store::pool::scan_prefix(&db, keys::QUEUE) {
+        for item in crate::store::pool::scan_prefix(db, keys::QUEUE) {
             let (key, value) = item.map_err(io_error)?;
             let name = keys::queue_name(&key)
                 .ok_or_else(|| corrupt_reason(&key, "queue name is not UTF-8"))?;

@@ -145,14 +145,14 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
             EntryPayload::Membership(membership_from(Some(m))?)
         }
         Some(pb::entry::Payload::Mutations(m)) => {
-            EntryPayload::Normal(Command::Jobs(vec![mutations::job_from(m)?]))
+            EntryPayload::Normal(Command::Jobs(vec![mutations::job_from(m)?].into()))
         }
         Some(pb::entry::Payload::Jobs(jobs)) => {
             if jobs.jobs.is_empty() {
                 return Err(missing("jobs of a jobs entry"));
             }
             let jobs = jobs.jobs.into_iter().map(mutations::job_from);
-            EntryPayload::Normal(Command::Jobs(jobs.collect::<Result<_, _>>()?))
+            EntryPayload::Normal(Command::Jobs(jobs.collect::<Result<Vec<_>, _>>()?.into()))
         }
         // Also what a newer version's command looks like to this one.
         None => {

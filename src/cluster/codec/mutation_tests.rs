@@ -143,7 +143,8 @@ proptest! {
         let jobs = jobs
             .into_iter()
             .map(|(muts, node, run, seq)| Job { origin: Origin { node, run, seq }, muts })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         let entry = Entry {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), index),
             payload: EntryPayload::Normal(Command::Jobs(jobs)),

@@ -17,7 +17,7 @@ use crate::model::{
 pub(crate) fn command_to(c: &Command) -> pb::entry::Payload {
     let Command::Jobs(jobs) = c;
     debug_assert!(!jobs.is_empty(), "a command carries at least one job");
-    match jobs.as_slice() {
+    match &jobs[..] {
         [one] => pb::entry::Payload::Mutations(job_to(one)),
         many => pb::entry::Payload::Jobs(pb::Jobs {
             jobs: many.iter().map(job_to).collect(),
