@@ -31,14 +31,22 @@ use crate::store::{
 /// `then` (the job's own completion, on the node that proposed it) with the outcome
 /// and report of the applied job, then calls `tell` with the outcome.
 pub trait Applying: Completion + Sized {
-    /// Wraps `then` (if any) for a job the state machine applies.
+    /// Wraps `then` (if any) for a job the state machine applies: durable elsewhere
+    /// ([`Completion::durable_elsewhere`]: the entry is on a majority's log).
     fn applying(then: Option<Self>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Self;
+
+    /// A completion for an empty job that `tell`s once everything submitted before it
+    /// is durable in this member's store (before the state file records an applied
+    /// id, which no restart would apply again).
+    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Self;
 }
 
 /// Entries proposed and not yet applied (or refused) before the proposer waits and
-/// lets the next jobs gather into one entry: enough to keep the leader's log append,
-/// the followers' appends and the apply busy at once.
-pub const PIPELINE: usize = 4;
+/// lets the next jobs gather into one entry. Measured on loopback (BENCHMARKS.md,
+/// three members on two cores): 1, 2 and 4 gave the same throughput within noise;
+/// deeper pipelines make smaller entries, whose fixed cost (openraft appends and
+/// syncs each on its own, on every member) is what a busy cluster runs out of.
+pub const PIPELINE: usize = 2;
 
 /// Most mutations in one entry (a job is never split: one entry may exceed this by
 /// its last job).

@@ -283,7 +283,20 @@ impl<C: Applying> StateMachine<C> {
         Ok(())
     }
 
+    /// Replaces the state file. First waits until everything submitted to the store
+    /// is durable there (the store completes committed entries' jobs before its
+    /// sync): the file's applied id is never applied again at restart.
     async fn persist(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let tell = Box::new(move |result| {
+            let _ = tx.send(result);
+        });
+        self.writer
+            .submit(Muts::Many(Vec::new()), Some(C::barrier(tell)));
+        if let Err(e) = rx.await.unwrap_or(Err(StoreError::Closed)) {
+            tracing::error!(error = %e, "the store could not be synced before the state file: the raft node stops");
+            return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
+        }
         let dir = self.dir.clone();
         let bytes = encode(&self.machine, "");
         tokio::task::spawn_blocking(move || replace(&dir, STATE, &bytes))

@@ -36,6 +36,10 @@ impl Applying for Tell {
             tell(result)
         }))
     }
+
+    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Tell {
+        Tell(tell)
+    }
 }
 
 pub(super) type Machine = StateMachine<Tell>;

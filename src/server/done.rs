@@ -78,6 +78,8 @@ pub(crate) enum Done {
     Applied {
         then: Option<Box<Done>>,
         tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+        /// A committed entry's job (durable on a majority's Raft log), not a barrier.
+        replicated: bool,
     },
 }
 
@@ -86,6 +88,15 @@ impl Applying for Done {
         Done::Applied {
             then: then.map(Box::new),
             tell,
+            replicated: true,
+        }
+    }
+
+    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Done {
+        Done::Applied {
+            then: None,
+            tell,
+            replicated: false,
         }
     }
 }
@@ -124,9 +135,19 @@ impl Completion for Done {
         self.complete_with(result, JobReport::default());
     }
 
+    fn durable_elsewhere(&self) -> bool {
+        matches!(
+            self,
+            Done::Applied {
+                replicated: true,
+                ..
+            }
+        )
+    }
+
     fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
         let (out, req, reply) = match (self, result) {
-            (Done::Applied { then, tell }, result) => {
+            (Done::Applied { then, tell, .. }, result) => {
                 if let Some(then) = then {
                     then.complete_with(result.clone(), report);
                 }

@@ -236,7 +236,11 @@ impl LeadWatch {
         });
         self.writer.submit(
             Muts::One(Mutation::ClusterId(fresh.as_str().into())),
-            Some(Done::Applied { then: None, tell }),
+            Some(Done::Applied {
+                then: None,
+                tell,
+                replicated: false,
+            }),
         );
         match rx.await {
             Ok(Ok(())) => {}

@@ -195,6 +195,15 @@ pub trait Completion: Send + 'static {
         let _ = report;
         self.complete(result);
     }
+
+    /// Whether the job's changes are already durable elsewhere, so that the writer
+    /// need not sync its journal before completing it: a committed Raft entry is on a
+    /// majority's synced log, and a member that loses its unsynced journal tail applies
+    /// the entry again at restart. The writer syncs such groups within
+    /// `DEFERRED_SYNC` all the same. The default: no.
+    fn durable_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// Counters of the writer, readable from any thread. Updated once per batch or flush,

@@ -115,9 +115,9 @@ impl<C: Completion> Done<C> {
         Done(done)
     }
 
-    /// Whether someone waits for this job's outcome.
+    /// Whether someone waits for this job's outcome to be durable here.
     fn awaited(&self) -> bool {
-        self.0.is_some()
+        self.0.as_ref().is_some_and(|c| !c.durable_elsewhere())
     }
 
     pub(crate) fn complete(mut self, result: Result<(), StoreError>, report: JobReport<'_>) {

@@ -71,7 +71,10 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     fn export(&mut self, out: File) -> io::Result<(File, DumpStats)> {
-        // Every task record still in memory reaches sled first.
+        // The journal is synced first: groups completed unsynced (committed Raft
+        // entries) are then durable here before the Raft log is purged behind the
+        // snapshot. Every task record still in memory reaches sled first.
+        self.sync_journal().map_err(io::Error::other)?;
         self.settle_tasks().map_err(io::Error::other)?;
         let mut dump = DumpWriter::new(BufWriter::with_capacity(1 << 16, out))?;
         for item in self.db.iter() {
