@@ -22,6 +22,7 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageIOError};
 use parking_lot::{Mutex, RwLock};
@@ -70,8 +71,12 @@ struct Index {
     entries: VecDeque<(LogId, Location)>,
     purged: Option<LogId>,
     files: HashMap<u64, Arc<File>>,
-    /// The last entries appended (a suffix of the log), with their sizes.
-    recent: VecDeque<(Entry, usize)>,
+    /// The last entries appended (a suffix of the log), with their encodings and
+    /// sizes.
+    recent: VecDeque<(Entry, Bytes, usize)>,
+    /// Encodings of entries a follower received, by index, while openraft appends
+    /// them (`Encoded::offer`): the log writes these bytes rather than encode again.
+    received: HashMap<u64, (LogId, Bytes)>,
     /// What `recent` holds, by [`entry_size`].
     recent_bytes: usize,
 }
@@ -95,23 +100,24 @@ impl Index {
 
     /// Keeps `entries` (just appended) in memory, forgetting the oldest beyond the
     /// bounds.
-    fn remember(&mut self, entries: Vec<Entry>) {
-        for entry in entries {
+    fn remember(&mut self, entries: Vec<Entry>, encoded: Vec<Bytes>) {
+        debug_assert_eq!(entries.len(), encoded.len());
+        for (entry, bytes) in entries.into_iter().zip(encoded) {
             let size = entry_size(&entry);
             self.recent_bytes += size;
-            self.recent.push_back((entry, size));
+            self.recent.push_back((entry, bytes, size));
         }
         while self.recent.len() > RECENT_ENTRIES
             || (self.recent_bytes > RECENT_BYTES && self.recent.len() > 1)
         {
-            let (_, size) = self.recent.pop_front().expect("not empty");
+            let (_, _, size) = self.recent.pop_front().expect("not empty");
             self.recent_bytes -= size;
         }
         debug_assert!(self.recent.len() <= self.entries.len());
         debug_assert!(self
             .recent
             .back()
-            .is_none_or(|(e, _)| e.log_id.index + 1 == self.next_index()));
+            .is_none_or(|(e, _, _)| e.log_id.index + 1 == self.next_index()));
     }
 
     /// Forgets the entries in memory at or after index `from` (truncated).
@@ -119,9 +125,9 @@ impl Index {
         while self
             .recent
             .back()
-            .is_some_and(|(e, _)| e.log_id.index >= from)
+            .is_some_and(|(e, _, _)| e.log_id.index >= from)
         {
-            let (_, size) = self.recent.pop_back().expect("not empty");
+            let (_, _, size) = self.recent.pop_back().expect("not empty");
             self.recent_bytes -= size;
         }
     }
@@ -131,19 +137,67 @@ impl Index {
         while self
             .recent
             .front()
-            .is_some_and(|(e, _)| e.log_id.index <= upto)
+            .is_some_and(|(e, _, _)| e.log_id.index <= upto)
         {
-            let (_, size) = self.recent.pop_front().expect("not empty");
+            let (_, _, size) = self.recent.pop_front().expect("not empty");
             self.recent_bytes -= size;
         }
     }
 
-    /// The entry of `index` if it is held in memory.
-    fn recent(&self, index: u64) -> Option<Entry> {
+    /// The entry of `index` and its encoding if they are held in memory.
+    fn recent(&self, index: u64) -> Option<&(Entry, Bytes, usize)> {
         let i = usize::try_from(index.checked_sub(self.recent_first())?).ok()?;
-        self.recent.get(i).map(|(e, _)| e.clone())
+        self.recent.get(i)
+    }
+}
+
+/// The encodings of this node's log entries, for the cluster port (`net.rs`): the
+/// leader sends the bytes it appended instead of encoding each entry again for every
+/// follower, and a follower offers the bytes it received to its log for the append.
+#[derive(Clone)]
+pub struct Encoded {
+    index: Arc<RwLock<Index>>,
+}
+
+/// Encodings offered to the log; withdrawn when dropped (the append is over, or the
+/// request was abandoned), so that the offers never outlive the requests in progress.
+pub struct Offered {
+    index: Arc<RwLock<Index>>,
+    ids: Vec<u64>,
+}
+
+impl Encoded {
+    /// The encoding of the entry `id` if the log still holds it in memory.
+    pub fn get(&self, id: &LogId) -> Option<Bytes> {
+        let index = self.index.read();
+        let (entry, bytes, _) = index.recent(id.index)?;
+        (entry.log_id == *id).then(|| bytes.clone())
     }
 
+    /// Offers the received encodings of entries about to be appended.
+    pub fn offer(&self, entries: Vec<(LogId, Bytes)>) -> Offered {
+        let mut index = self.index.write();
+        let ids = entries.iter().map(|(id, _)| id.index).collect();
+        for (id, bytes) in entries {
+            index.received.insert(id.index, (id, bytes));
+        }
+        Offered {
+            index: self.index.clone(),
+            ids,
+        }
+    }
+}
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        let mut index = self.index.write();
+        for i in &self.ids {
+            index.received.remove(i);
+        }
+    }
+}
+
+impl Index {
     fn last(&self) -> Option<LogId> {
         self.entries.back().map(|(id, _)| *id).or(self.purged)
     }
@@ -195,6 +249,13 @@ fn invalid(message: String) -> io::Error {
 }
 
 impl LogStore {
+    /// The encodings of this log's entries, for the cluster port.
+    pub fn encoded(&self) -> Encoded {
+        Encoded {
+            index: self.index.clone(),
+        }
+    }
+
     /// Opens (creating) the log in `dir` (`<data_dir>/raft`): reads the meta file and
     /// indexes every entry after the purge point. An entry that does not decode, or a
     /// gap in the indexes, is an error (the log is not used).
@@ -231,6 +292,7 @@ impl LogStore {
             files: HashMap::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
+            received: HashMap::new(),
         };
         tracing::debug!(
             first = index.first,
@@ -286,8 +348,21 @@ impl LogWriter {
                 index.forget_recent_from(0);
             }
         }
+        // The bytes a follower received for these entries, if offered: the same
+        // encoding, not made again.
+        let offered: Vec<Option<Bytes>> = {
+            let index = index.read();
+            entries
+                .iter()
+                .map(|e| match index.received.get(&e.log_id.index) {
+                    Some((id, bytes)) if *id == e.log_id => Some(bytes.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
         let mut written = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        let mut encoded = Vec::with_capacity(entries.len());
+        for (entry, offered) in entries.iter().zip(offered) {
             let seq = self.journal.next_seq();
             if entry.log_id.index != seq {
                 return Err(invalid(format!(
@@ -295,8 +370,9 @@ impl LogWriter {
                     entry.log_id.index
                 )));
             }
-            let body = codec::entry_to(entry).encode_to_vec();
+            let body = offered.unwrap_or_else(|| codec::entry_bytes(entry));
             written.push((entry.log_id, self.journal.append_record(&body, false)?));
+            encoded.push(body);
         }
         self.journal.sync()?;
         let mut index = index.write();
@@ -305,7 +381,7 @@ impl LogWriter {
             self.journal.next_seq()
         );
         index.entries.extend(written);
-        index.remember(entries);
+        index.remember(entries, encoded);
         Ok(())
     }
 
@@ -388,8 +464,8 @@ impl LogReader {
             if end.is_some_and(|e| at >= e) {
                 break;
             }
-            if let Some(entry) = self.index.read().recent(at) {
-                out.push(entry);
+            if let Some((entry, _, _)) = self.index.read().recent(at) {
+                out.push(entry.clone());
                 at += 1;
                 continue;
             }

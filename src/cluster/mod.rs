@@ -176,7 +176,9 @@ impl Node {
             max_frame: config.max_frame_bytes,
             token: token.clone(),
             tls: tls.connector.clone(),
+            encoded: log.encoded(),
         };
+        let encoded = log.encoded();
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -190,6 +192,7 @@ impl Node {
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             token: token.clone(),
             tls: tls.acceptor.clone(),
+            encoded,
         };
         tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
         let formation = Formation {

@@ -255,12 +255,15 @@ pub struct Network {
     pub token: Bytes,
     /// Checks the members' certificates, with TLS on.
     pub tls: Option<TlsConnector>,
+    /// The log's encodings of its entries, sent as they are.
+    pub encoded: super::log::Encoded,
 }
 
 /// openraft's view of one peer.
 pub struct PeerClient {
     target: NodeId,
     client: NodeClient,
+    encoded: super::log::Encoded,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -272,6 +275,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: NodeClient::new(node.cluster_addr.clone(), self.max_frame)
                 .with_token(self.token.clone())
                 .with_tls(self.tls.clone()),
+            encoded: self.encoded.clone(),
         }
     }
 }
@@ -296,7 +300,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
         let entries = rpc.entries.len() as u64;
-        let append = codec::append_to(&rpc);
+        let encoded = &self.encoded;
+        let append = codec::append_to(&rpc, |entry| {
+            encoded
+                .get(&entry.log_id)
+                .unwrap_or_else(|| codec::entry_bytes(entry))
+        });
         // A frame over the limit would be refused by the peer: ask openraft for fewer
         // entries at once (a quarter of the frame is kept for the rest of the request).
         let bytes = prost::Message::encoded_len(&append);
@@ -372,6 +381,8 @@ pub struct ServerContext {
     pub token: Bytes,
     /// Serves connections over TLS, with TLS on.
     pub tls: Option<TlsAcceptor>,
+    /// Where received entries' encodings are offered to the log.
+    pub encoded: super::log::Encoded,
 }
 
 /// Accepts cluster connections until `stop`; each is served in `tracker`.
@@ -489,10 +500,14 @@ fn bad(e: CodecError) -> Reply {
 async fn handle(op: Op, ctx: &ServerContext) -> Reply {
     match op {
         Op::Append(r) => match codec::append_from(r) {
-            Ok(req) => match ctx.raft.append_entries(req).await {
-                Ok(reply) => Reply::Append(codec::append_reply_to(&reply)),
-                Err(e) => raft_error(e),
-            },
+            Ok((req, raw)) => {
+                // Offered while openraft appends (it answers once they are on disk).
+                let _offered = ctx.encoded.offer(raw);
+                match ctx.raft.append_entries(req).await {
+                    Ok(reply) => Reply::Append(codec::append_reply_to(&reply)),
+                    Err(e) => raft_error(e),
+                }
+            }
             Err(e) => bad(e),
         },
         Op::Vote(r) => match codec::vote_request_from(r) {

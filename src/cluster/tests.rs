@@ -236,6 +236,50 @@ async fn the_log_is_what_was_confirmed_after_a_reopen() {
     assert_eq!(indexes(&mut log).await, vec![101]);
 }
 
+/// The entries the log keeps in memory (and their encodings, for the cluster port)
+/// are what the disk holds, through truncation and purge; an offered encoding is
+/// what gets written, and offers are withdrawn with their guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_memory_agree_with_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let encoded = log.encoded();
+    let origin = Origin {
+        node: 1,
+        run: 1,
+        seq: 1,
+    };
+    let entries: Vec<Entry> = (1..=40)
+        .map(|i| command(origin, vec![insert(i, "q")], 1, i))
+        .collect();
+    log.blocking_append([blank(1, 0)]).await.unwrap();
+    // A follower's append: entry 1's encoding offered as it came off the wire.
+    let wire = super::codec::entry_bytes(&entries[0]);
+    let offered = encoded.offer(vec![(entries[0].log_id, wire.clone())]);
+    log.blocking_append(entries.clone()).await.unwrap();
+    drop(offered);
+    assert_eq!(encoded.get(&log_id(1, 1)), Some(wire));
+    assert_eq!(encoded.get(&log_id(2, 1)), None, "another term's entry 1");
+    for e in &entries {
+        assert_eq!(encoded.get(&e.log_id), Some(super::codec::entry_bytes(e)));
+    }
+    // A new leader's suffix replaces 31..; then a purge behind a snapshot.
+    log.truncate(log_id(1, 31)).await.unwrap();
+    assert_eq!(encoded.get(&log_id(1, 31)), None, "truncated");
+    log.blocking_append((31..=35).map(|i| blank(2, i)))
+        .await
+        .unwrap();
+    log.purge(log_id(1, 10)).await.unwrap();
+    assert_eq!(encoded.get(&log_id(1, 10)), None, "purged");
+    let in_memory = log.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(in_memory.first().map(|e| e.log_id), Some(log_id(1, 11)));
+    assert_eq!(in_memory.last().map(|e| e.log_id), Some(log_id(2, 35)));
+    drop(log);
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let on_disk = log.try_get_log_entries(0..).await.unwrap();
+    assert_eq!(in_memory, on_disk);
+}
+
 /// An append that would leave a hole is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_with_a_gap_is_refused() {

@@ -12,6 +12,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta};
+use prost::Message;
 use squall_proto::cluster as pb;
 
 use super::types::{
@@ -164,28 +165,45 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
     Ok(Entry { log_id, payload })
 }
 
-pub(crate) fn append_to(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntries {
+/// An entry's encoding: what the Raft log holds and the cluster port carries.
+pub(crate) fn entry_bytes(e: &Entry) -> bytes::Bytes {
+    entry_to(e).encode_to_vec().into()
+}
+
+/// The request with each entry's encoding given by `bytes_of` (the log's own, when
+/// it still holds it: see `log::Encoded`).
+pub(crate) fn append_to(
+    r: &AppendEntriesRequest<TypeConfig>,
+    bytes_of: impl Fn(&Entry) -> bytes::Bytes,
+) -> pb::AppendEntries {
     pb::AppendEntries {
         vote: Some(vote_to(&r.vote)),
         prev_log_id: opt_log_id_to(&r.prev_log_id),
-        entries: r.entries.iter().map(entry_to).collect(),
+        entries: r.entries.iter().map(bytes_of).collect(),
         leader_commit: opt_log_id_to(&r.leader_commit),
     }
 }
 
+/// The request, and each entry's log id with the bytes it came in (for the log).
 pub(crate) fn append_from(
     r: pb::AppendEntries,
-) -> Result<AppendEntriesRequest<TypeConfig>, CodecError> {
-    Ok(AppendEntriesRequest {
+) -> Result<(AppendEntriesRequest<TypeConfig>, Vec<(LogId, bytes::Bytes)>), CodecError> {
+    let mut entries = Vec::with_capacity(r.entries.len());
+    let mut raw = Vec::with_capacity(r.entries.len());
+    for bytes in r.entries {
+        let decoded = pb::Entry::decode(bytes.clone())
+            .map_err(|e| CodecError(format!("an entry does not decode: {e}")))?;
+        let entry = entry_from(decoded)?;
+        raw.push((entry.log_id, bytes));
+        entries.push(entry);
+    }
+    let request = AppendEntriesRequest {
         vote: vote_from(r.vote)?,
         prev_log_id: opt_log_id_from(r.prev_log_id),
-        entries: r
-            .entries
-            .into_iter()
-            .map(entry_from)
-            .collect::<Result<_, _>>()?,
+        entries,
         leader_commit: opt_log_id_from(r.leader_commit),
-    })
+    };
+    Ok((request, raw))
 }
 
 pub(crate) fn append_reply_to(r: &AppendEntriesResponse<NodeId>) -> pb::AppendEntriesReply {
@@ -306,7 +324,6 @@ mod mutation_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
 
     fn member(i: u64) -> Member {
         Member {
@@ -344,8 +361,14 @@ mod tests {
             entries,
             leader_commit: Some(log_id(1, 1, 1)),
         };
-        let bytes = append_to(&req).encode_to_vec();
-        let back = append_from(pb::AppendEntries::decode(&bytes[..]).unwrap()).unwrap();
+        let bytes = append_to(&req, entry_bytes).encode_to_vec();
+        let (back, raw) = append_from(pb::AppendEntries::decode(&bytes[..]).unwrap()).unwrap();
+        // Each entry came with the bytes it was sent as: its own encoding.
+        let ids: Vec<_> = req.entries.iter().map(|e| e.log_id).collect();
+        assert_eq!(raw.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+        for ((_, bytes), entry) in raw.iter().zip(&req.entries) {
+            assert_eq!(bytes, &entry_bytes(entry));
+        }
         assert_eq!(
             (
                 back.vote,
