@@ -35,6 +35,9 @@ pub(super) struct Gate {
 pub(super) enum TestDone {
     Tx(Tx<u64>),
     Gate(Gate),
+    /// A job durable elsewhere (a committed Raft entry's): sends the number of
+    /// journal syncs done when it completes, read on the writer thread.
+    Elsewhere(Sender<u64>, Arc<WriterStats>),
 }
 
 impl Completion for TestDone {
@@ -46,7 +49,15 @@ impl Completion for TestDone {
                 let _ = gate.entered.send(());
                 let _ = gate.release.recv();
             }
+            TestDone::Elsewhere(tx, stats) => {
+                assert!(result.is_ok());
+                let _ = tx.send(stats.flushes.load(Relaxed));
+            }
         }
+    }
+
+    fn durable_elsewhere(&self) -> bool {
+        matches!(self, TestDone::Elsewhere(..))
     }
 }
 
@@ -475,6 +486,76 @@ fn unawaited_groups_are_synced_late_but_soon() {
     }
     assert_eq!(stats.flushes.load(Relaxed), synced + 1);
     assert_eq!(store.get_state(1).unwrap().unwrap().attempts, 1);
+    writer.shutdown().unwrap();
+}
+
+/// A job durable elsewhere (a committed Raft entry's) is completed before its group
+/// is synced; an empty awaited job after it (the state machine's barrier) completes
+/// only once the journal is synced. Fails if the writer ignored `durable_elsewhere`
+/// (the first job would see its own sync) or the barrier did not wait.
+#[test]
+fn jobs_durable_elsewhere_complete_before_the_sync_and_a_barrier_waits_for_it() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    let stats = writer.stats();
+    commit(&h, Muts::One(insert(1, "q"))).unwrap();
+    let synced = stats.flushes.load(Relaxed);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    h.submit(
+        Muts::One(insert(2, "q")),
+        Some(TestDone::Elsewhere(tx, stats.clone())),
+    );
+    let at_completion = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        at_completion, synced,
+        "completed before any sync of its group"
+    );
+    commit(&h, Muts::Many(Vec::new())).unwrap();
+    assert!(
+        stats.flushes.load(Relaxed) > synced,
+        "the barrier completed after the sync"
+    );
+    writer.shutdown().unwrap();
+    drop(store);
+    let store = open(&dir, FsyncMode::Always);
+    assert!(store.get_state(2).unwrap().is_some());
+}
+
+/// Jobs sent together (a replicated entry's) are one group even where the group would
+/// otherwise end between them (its mutation limit reached after the first).
+#[test]
+fn jobs_sent_together_are_never_split_between_groups() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    let stats = writer.stats();
+    let release = hold_writer(&h);
+    let before = stats.batches.load(Relaxed);
+    // Patches of tasks that do not exist: counted, staged as nothing.
+    let filler: Vec<Mutation> = (0..super::writer::MAX_BATCH_MUTATIONS as u64 - 10)
+        .map(|id| patch(1_000_000 + id, StatePatch::default()))
+        .collect();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    h.submit(Muts::Many(filler), Some(TestDone::Tx(Tx(tx.clone(), 0))));
+    let first: Vec<Mutation> = (1..=20).map(|id| insert(id, "q")).collect();
+    let second: Vec<Mutation> = (21..=30).map(|id| insert(id, "q")).collect();
+    h.submit_together(vec![
+        (Muts::Many(first), Some(TestDone::Tx(Tx(tx.clone(), 1)))),
+        (Muts::Many(second), Some(TestDone::Tx(Tx(tx, 2)))),
+    ]);
+    release.send(()).unwrap();
+    for _ in 0..3 {
+        let (_, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        result.unwrap();
+    }
+    assert_eq!(
+        stats.batches.load(Relaxed),
+        before + 1,
+        "the filler and both jobs sent together in one group"
+    );
     writer.shutdown().unwrap();
 }
 

@@ -43,7 +43,7 @@ use crate::model::{Mutation, TaskId};
 /// comes straight back for the rest: this bounds the memory of a batch and the wait of
 /// the job that opened it, without costing throughput (a batch this size already
 /// amortises its flush over thousands of jobs).
-const MAX_BATCH_MUTATIONS: usize = 16_384;
+pub(super) const MAX_BATCH_MUTATIONS: usize = 16_384;
 
 /// Payload bytes past which the writer commits what it has gathered: bounds the
 /// journal record (and the memory) of one group. One publish request is bounded by
