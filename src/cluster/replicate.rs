@@ -171,7 +171,7 @@ impl<C: Completion> Route<C> for Proposer<C> {
         }
         let job = Job {
             origin: Origin { seq, ..self.origin },
-            muts: muts.into_vec(),
+            muts: muts.into_vec().into(),
         };
         if self.tx.send((seq, job)).is_err() {
             refuse(&self.pending, seq, StoreError::Closed);

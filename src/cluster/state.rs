@@ -236,22 +236,14 @@ impl<C: Applying> StateMachine<C> {
     }
 
     /// Submits the jobs of entry `log_id` to the store as one group (all applied and
-    /// recovered together), the last one with the record that `log_id` is applied;
-    /// each job's completion is the submitter's (`pending`) if this broker run
-    /// proposed it.
+    /// recovered together), followed by the record that `log_id` is applied; each
+    /// job's completion is the submitter's (`pending`) if this broker run proposed it.
+    /// The mutations are shared with the entry, not copied.
     fn submit(&self, jobs: &[Job], log_id: LogId, applied: &mut Vec<Applied>) {
         debug_assert!(!jobs.is_empty(), "an entry's command carries a job");
-        let last = jobs.len() - 1;
-        let mut together = Vec::with_capacity(jobs.len());
-        for (i, Job { origin, muts }) in jobs.iter().enumerate() {
-            let mut muts = muts.clone();
-            if i == last {
-                muts.push(Mutation::Applied {
-                    term: log_id.leader_id.term,
-                    node: log_id.leader_id.node_id,
-                    index: log_id.index,
-                });
-            }
+        let mut together = Vec::with_capacity(jobs.len() + 1);
+        for Job { origin, muts } in jobs {
+            let muts = Muts::Shared(muts.clone());
             let then = (origin.node == self.node && origin.run == self.run)
                 .then(|| self.pending.lock().remove(&origin.seq))
                 .flatten();
@@ -259,10 +251,16 @@ impl<C: Applying> StateMachine<C> {
             let tell = Box::new(move |result| {
                 let _ = tx.send(result);
             });
-            together.push((Muts::Many(muts), Some(C::applying(then, tell))));
+            together.push((muts, Some(C::applying(then, tell))));
             applied.push((log_id, rx));
         }
-        debug_assert_eq!(together.len(), last + 1);
+        let record = Mutation::Applied {
+            term: log_id.leader_id.term,
+            node: log_id.leader_id.node_id,
+            index: log_id.index,
+        };
+        together.push((Muts::One(record), None));
+        debug_assert_eq!(together.len(), jobs.len() + 1);
         self.writer.submit_together(together);
     }
 

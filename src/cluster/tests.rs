@@ -369,7 +369,13 @@ pub(super) fn command(
 ) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command::Jobs(vec![Job { origin, muts }].into())),
+        payload: EntryPayload::Normal(Command::Jobs(
+            vec![Job {
+                origin,
+                muts: muts.into(),
+            }]
+            .into(),
+        )),
     }
 }
 

@@ -45,8 +45,8 @@ pub struct Origin {
 pub struct Job {
     /// Who proposed it.
     pub origin: Origin,
-    /// The mutations, in order.
-    pub muts: Vec<crate::model::Mutation>,
+    /// The mutations, in order (shared: the store applies them without a copy).
+    pub muts: std::sync::Arc<[crate::model::Mutation]>,
 }
 
 /// A replicated command: the queue state's changes.

@@ -68,6 +68,9 @@ pub enum Muts {
     One(crate::model::Mutation),
     /// Several, applied in the same batch.
     Many(Vec<crate::model::Mutation>),
+    /// Several, shared with whoever else holds them (a replicated entry's job, which
+    /// the Raft log keeps in memory too): applied without a copy.
+    Shared(std::sync::Arc<[crate::model::Mutation]>),
 }
 
 impl Muts {
@@ -76,6 +79,7 @@ impl Muts {
         match self {
             Muts::One(m) => vec![m],
             Muts::Many(ms) => ms,
+            Muts::Shared(ms) => ms.to_vec(),
         }
     }
 }

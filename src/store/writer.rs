@@ -101,6 +101,7 @@ impl Muts {
         match self {
             Muts::One(m) => slice::from_ref(m),
             Muts::Many(ms) => ms,
+            Muts::Shared(ms) => ms,
         }
     }
 }

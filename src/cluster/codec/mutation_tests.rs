@@ -142,7 +142,7 @@ proptest! {
     ) {
         let jobs = jobs
             .into_iter()
-            .map(|(muts, node, run, seq)| Job { origin: Origin { node, run, seq }, muts })
+            .map(|(muts, node, run, seq)| Job { origin: Origin { node, run, seq }, muts: muts.into() })
             .collect::<Vec<_>>()
             .into();
         let entry = Entry {

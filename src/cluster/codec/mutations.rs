@@ -53,7 +53,7 @@ pub(crate) fn job_from(m: pb::Mutations) -> Result<Job, CodecError> {
             run: origin_run,
             seq: origin_seq,
         },
-        muts,
+        muts: muts.into(),
     })
 }
 
