@@ -184,10 +184,13 @@ pub(crate) fn append_to(
     }
 }
 
-/// The request, and each entry's log id with the bytes it came in (for the log).
+/// Each entry's log id with the bytes it came in as (for the log: `log::Encoded`).
+pub(crate) type Received = Vec<(LogId, bytes::Bytes)>;
+
+/// The request, and the bytes each entry came in as.
 pub(crate) fn append_from(
     r: pb::AppendEntries,
-) -> Result<(AppendEntriesRequest<TypeConfig>, Vec<(LogId, bytes::Bytes)>), CodecError> {
+) -> Result<(AppendEntriesRequest<TypeConfig>, Received), CodecError> {
     let mut entries = Vec::with_capacity(r.entries.len());
     let mut raw = Vec::with_capacity(r.entries.len());
     for bytes in r.entries {
