@@ -174,6 +174,24 @@ impl Encoded {
         (entry.log_id == *id).then(|| bytes.clone())
     }
 
+    /// The encoded size of the entries from index `from` to `to`, both included, that
+    /// the log holds (purged ones count nothing).
+    pub fn bytes_between(&self, from: u64, to: u64) -> u64 {
+        let index = self.index.read();
+        let first = from.max(index.first);
+        let end = to.saturating_add(1).min(index.next_index());
+        if first >= end {
+            return 0;
+        }
+        let skip = (first - index.first) as usize;
+        let take = (end - first) as usize;
+        index
+            .entries
+            .range(skip..skip + take)
+            .map(|(_, at)| at.len)
+            .sum()
+    }
+
     /// Offers the received encodings of entries about to be appended.
     pub fn offer(&self, entries: Vec<(LogId, Bytes)>) -> Offered {
         let mut index = self.index.write();

@@ -77,16 +77,18 @@ pub enum ClusterError {
     Raft(String),
 }
 
-/// The openraft settings of a Squall cluster: heartbeats and election timeouts for a
+/// The openraft settings of a Squall cluster. Heartbeats and election timeouts for a
 /// LAN. openraft 0.9 starts an election `election_timeout_max` (its leader lease: no
 /// member votes sooner) plus a random `election_timeout` after the last heartbeat, and
 /// twice `election_timeout_max` more when another member has a longer log: with 50 ms
 /// heartbeats and 250-500 ms, a new leader 0.75-1 s after the old one's death, 2 s at
 /// worst (issue 15 asks for the first publish confirmed within 3 s at p99; at 400-800
 /// ms that worst case was 3.2 s before a client's first try). The broker's own lease
-/// (`server/lease.rs`) is half the shortest timeout, 125 ms: 2 heartbeats. A snapshot of the
-/// queue state every `snapshot_logs` applied entries, the log purged behind it but for
-/// the last `snapshot_logs` entries (a member further behind is sent the snapshot).
+/// (`server/lease.rs`) is half the shortest timeout, 125 ms: 2 heartbeats. A snapshot
+/// of the queue state when `snapshot_logs` entries or `snapshot_log_bytes` of log were
+/// applied since the last one (`snapshot::trigger`), the log purged behind it but for
+/// the last [`LOGS_KEPT_BEHIND`] entries (a member further behind is sent the
+/// snapshot).
 /// Snapshots travel in chunks of at most a quarter of the cluster port's frame limit
 /// (and openraft's 3 MiB); a snapshot's last chunk is answered once the follower has
 /// installed it (its whole store replaced): that answer may take a while.
@@ -98,13 +100,19 @@ pub fn raft_config(config: &ClusterConfig) -> openraft::Config {
         heartbeat_interval: 50,
         election_timeout_min: 250,
         election_timeout_max: 500,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-        max_in_snapshot_log_to_keep: config.snapshot_logs,
+        // Snapshots are asked for by `snapshot::trigger` (entries or bytes since the
+        // last one, whichever comes first); openraft's own policy counts entries only.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: config.snapshot_logs.min(LOGS_KEPT_BEHIND),
         install_snapshot_timeout: SNAPSHOT_RPC_TIMEOUT_MS,
         snapshot_max_chunk_size: chunk,
         ..defaults
     }
 }
+
+/// Most entries kept in the Raft log behind a snapshot (fewer when `snapshot_logs` is
+/// smaller): a member only slightly behind catches up from the log, not a snapshot.
+const LOGS_KEPT_BEHIND: u64 = 10_000;
 
 /// How long the leader waits for the answer to one chunk of a snapshot, the last one
 /// included (the follower answers it once the snapshot is installed).
@@ -185,6 +193,7 @@ impl Node {
             encoded: log.encoded(),
         };
         let encoded = log.encoded();
+        let sizes = log.encoded();
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -210,6 +219,15 @@ impl Node {
             tls: tls.connector.clone(),
         };
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
+        tasks.spawn(snapshot::trigger(
+            raft.clone(),
+            sizes,
+            snapshot::Policy {
+                logs: config.snapshot_logs,
+                bytes: config.snapshot_log_bytes,
+            },
+            stop.clone(),
+        ));
         let (proposer, proposals) = Proposer::new(
             id,
             run,

@@ -3,9 +3,10 @@
 //! log id, the membership and the snapshot's id) followed by a dump of the whole store
 //! (`store/snapshot.rs`) taken at exactly that applied id. Here live the header, the
 //! builder (a dump exported by the store's writer thread into a temporary file, synced
-//! and renamed), the counters the metrics show, and the check of a received file.
-//! What the state machine does with a snapshot (install, resume an interrupted one)
-//! is `state.rs`.
+//! and renamed), the counters the metrics show, the check of a received file, and
+//! the task that asks openraft for a snapshot when enough log was applied since the
+//! last one ([`trigger`]). What the state machine does with a snapshot (install,
+//! resume an interrupted one) is `state.rs`.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -185,5 +186,63 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta: self.meta.clone(),
             snapshot: Box::new(file),
         })
+    }
+}
+
+/// When a member snapshots: once `logs` entries or `bytes` of Raft log were applied
+/// since its last snapshot, whichever comes first.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Entries applied since the last snapshot.
+    pub logs: u64,
+    /// Encoded bytes of the entries applied since the last snapshot.
+    pub bytes: u64,
+}
+
+/// How often the trigger looks at the log.
+const TRIGGER_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A snapshot asked for and not yet seen is asked for again after this long (openraft
+/// ignores a request while it builds one).
+const TRIGGER_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Asks openraft for a snapshot whenever `policy` says so, until `stop` (openraft's own
+/// policy counts entries only; an entry carries one job at low load and hundreds
+/// under load, so a count alone either snapshots a quiet cluster every few seconds,
+/// each a dump of the whole store, or lets the log grow to gigabytes under load).
+pub(super) async fn trigger(
+    raft: super::types::Raft,
+    log: super::log::Encoded,
+    policy: Policy,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    debug_assert!(policy.logs > 0 && policy.bytes > 0);
+    let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TRIGGER_EVERY) => {}
+        }
+        let (applied, last) = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.last_applied.map(|id| id.index),
+                m.snapshot.map(|id| id.index),
+            )
+        };
+        let Some(applied) = applied else { continue };
+        if asked.is_some_and(|(at, when)| at == last && when.elapsed() < TRIGGER_RETRY) {
+            continue; // being built
+        }
+        let since = last.map_or(0, |s| s + 1);
+        let entries = (applied + 1).saturating_sub(since);
+        if entries >= policy.logs || log.bytes_between(since, applied) >= policy.bytes {
+            tracing::debug!(entries, applied, "asking for a snapshot");
+            if raft.trigger().snapshot().await.is_err() {
+                return; // the Raft node stopped
+            }
+            asked = Some((last, std::time::Instant::now()));
+        }
     }
 }

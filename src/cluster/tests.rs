@@ -263,6 +263,16 @@ async fn entries_in_memory_agree_with_the_disk() {
     for e in &entries {
         assert_eq!(encoded.get(&e.log_id), Some(super::codec::entry_bytes(e)));
     }
+    // What the snapshot trigger reads: each entry's record (its bytes and a header).
+    let one = encoded.bytes_between(1, 1);
+    assert!(one > super::codec::entry_bytes(&entries[0]).len() as u64);
+    assert_eq!(
+        encoded.bytes_between(1, 40),
+        40 * one,
+        "entries of one size"
+    );
+    assert_eq!(encoded.bytes_between(41, 90), 0, "not in the log");
+    assert_eq!(encoded.bytes_between(5, 4), 0);
     // A new leader's suffix replaces 31..; then a purge behind a snapshot.
     log.truncate(log_id(1, 31)).await.unwrap();
     assert_eq!(encoded.get(&log_id(1, 31)), None, "truncated");
@@ -271,6 +281,11 @@ async fn entries_in_memory_agree_with_the_disk() {
         .unwrap();
     log.purge(log_id(1, 10)).await.unwrap();
     assert_eq!(encoded.get(&log_id(1, 10)), None, "purged");
+    assert_eq!(
+        encoded.bytes_between(0, 10),
+        0,
+        "purged entries count nothing"
+    );
     let in_memory = log.try_get_log_entries(0..).await.unwrap();
     assert_eq!(in_memory.first().map(|e| e.log_id), Some(log_id(1, 11)));
     assert_eq!(in_memory.last().map(|e| e.log_id), Some(log_id(2, 35)));

@@ -39,8 +39,13 @@ pub struct ClusterConfig {
     pub tls_ca: Option<PathBuf>,
     /// Entries applied since the last snapshot after which a member snapshots the
     /// queue state (a dump of its store) and purges its Raft log behind it, keeping
-    /// this many entries behind the snapshot for members slightly behind.
+    /// this many entries (10,000 at most) behind the snapshot for members slightly
+    /// behind.
     pub snapshot_logs: u64,
+    /// Bytes of Raft log applied since the last snapshot after which a member
+    /// snapshots, whichever of the two comes first: bounds the log on disk under load
+    /// (entries carry many jobs), while a quiet cluster snapshots rarely.
+    pub snapshot_log_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -53,7 +58,8 @@ impl Default for ClusterConfig {
             max_frame_bytes: 64 * 1024 * 1024,
             token: String::new(),
             tls_ca: None,
-            snapshot_logs: 10_000,
+            snapshot_logs: 100_000,
+            snapshot_log_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -146,6 +152,9 @@ impl ClusterConfig {
         }
         if self.snapshot_logs == 0 {
             return bad("cluster.snapshot_logs", "must be at least 1".into());
+        }
+        if self.snapshot_log_bytes == 0 {
+            return bad("cluster.snapshot_log_bytes", "must be at least 1".into());
         }
         let Some(listen) = self.listen else {
             if !self.peers.is_empty() || self.advertise.is_some() {

@@ -149,6 +149,10 @@ pub static KEYS: &[Key] = &[
         optional_path(v)?),
     key!("cluster.snapshot_logs", |s, v| s.cluster.snapshot_logs =
         int(v)?),
+    key!("cluster.snapshot_log_bytes", |s, v| s
+        .cluster
+        .snapshot_log_bytes =
+        size(v)? as u64),
 ];
 
 /// The key named `name`, if it exists.

@@ -537,6 +537,7 @@ mod tests {
             ("cluster.token", "s3cret"),
             ("cluster.tls_ca", "/etc/squall/ca.pem"),
             ("cluster.snapshot_logs", "7"),
+            ("cluster.snapshot_log_bytes", "7 MiB"),
         ];
         assert_eq!(samples.len(), KEYS.len(), "a key without a sample here");
         for (name, value) in samples {
