@@ -6,7 +6,8 @@
 # follower answers NOT_LEADER naming the leader and the client follows it); an attempt
 # fails while no leader serves. The time includes the one successful `squall publish`
 # process (a few ms). The killed node is restarted with its data and the next kill
-# waits until all three agree on a leader again. Prints each time, then p50, p99 and
+# waits until all three agree on a leader again and hold the same log (the restarted
+# one caught up). Prints each time, then p50, p99 and
 # the maximum (nearest rank: with 10 kills p99 is the maximum).
 #
 #   cargo build --release && benches/failover.sh            # KILLS=10 by default
@@ -40,13 +41,15 @@ start() {
     pid[$i]=$!
 }
 
-# "leader term role" as node $1 sees it, or nothing.
+# "leader term last-log-index" as node $1 sees it (the index its own), or nothing.
 view() {
     "$BIN" cluster status --json --node "$(cluster_addr "$1")" 2>/dev/null |
-        jq -r --argjson me "$1" '"\(.leader // "none") \(.term) \(.nodes[] | select(.id == $me) | .role)"' 2>/dev/null || true
+        jq -r --argjson me "$1" '"\(.leader // "none") \(.term) \(.nodes[] | select(.id == $me) | .last_log_index)"' 2>/dev/null || true
 }
 
-# Waits until every node in "$@" sees the same leader, one of them; prints it.
+# Waits until every node in "$@" sees the same leader, one of them, in the same term,
+# with the same last log index (a restarted member has caught up: a kill while one
+# member lags measures an election among a member that cannot win); prints it.
 agreed() {
     local deadline=$((SECONDS + 30))
     while ((SECONDS < deadline)); do
@@ -56,9 +59,10 @@ agreed() {
             v=$(view "$i")
             local leader=${v%% *}
             [[ -z "$v" || "$leader" == none ]] && { ok=0; break; }
-            [[ -z "$first" ]] && first=$leader
-            [[ "$leader" != "$first" ]] && { ok=0; break; }
+            [[ -z "$first" ]] && first=$v
+            [[ "$v" != "$first" ]] && { ok=0; break; }
         done
+        first=${first%% *}
         if ((ok)) && [[ " $* " == *" $first "* ]]; then
             echo "$first"
             return 0
