@@ -30,13 +30,22 @@ pub const WITHIN: Duration = Duration::from_secs(30);
 /// kernel handed out for `127.0.0.1:0` may be handed out again as the source port of
 /// a connection (a probe, a client) before the member binds it, which then fails to
 /// start.
+/// A port is handed out once per test process: two members of one cluster given the
+/// same free port (picked independently, bound only later) made one of them fail to
+/// start now and then.
 pub fn free_addr() -> SocketAddr {
     use std::hash::{BuildHasher, RandomState};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let random = RandomState::new();
+    let mut given = GIVEN.lock().unwrap();
     for attempt in 0u32..1000 {
         let port = 20_000 + (random.hash_one(attempt) % 12_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         if TcpListener::bind(addr).is_ok() {
+            given.push(port);
             return addr;
         }
     }
