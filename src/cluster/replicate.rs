@@ -6,8 +6,9 @@
 //! entry (`Command::Jobs`): at most [`PIPELINE`] entries are in flight (proposed, not
 //! yet applied), and the jobs that arrive meanwhile make the next entry, so that under
 //! load the per-entry cost of consensus (openraft appends and fsyncs each client write
-//! on its own) is paid once per batch, and at low load a job is proposed at once. A job submitted to a node that is not the
-//! leader is refused at once with `StoreError::NotLeader`, naming the leader.
+//! on its own) is paid once per batch, and at low load a job is proposed at once. A
+//! job submitted to a node that is not the leader is refused at once with
+//! `StoreError::NotLeader`, naming the leader.
 //!
 //! Not here: applying entries (`state.rs`), and what the broker does when this node
 //! gains or loses the leadership (`server/lead.rs`).

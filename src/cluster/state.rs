@@ -1,17 +1,22 @@
 //! The Raft state machine: the queue state, held in this node's store. A committed
-//! `Command::Jobs` entry is applied as one store group (its jobs sent together)
-//! through the store's own writer (its journal, then sled), the last job with
-//! `Mutation::Applied` (the entry's log id, `M raft_applied`), so that the entry and
-//! the record of its application are one atomic batch and a restart re-applies exactly from the entry after it. On the node
-//! that proposed the entry, the job carries the submitter's completion (found in the
+//! `Command::Jobs` entry is applied as one store group (its jobs sent together,
+//! sharing the entry's mutations) through the store's own writer (its journal, then
+//! sled), followed in the same group by `Mutation::Applied` (the entry's log id,
+//! `M raft_applied`), so that the entry and the record of its application are one
+//! atomic batch and a restart re-applies exactly from the entry after it. On the node
+//! that proposed the entry, a job carries the submitter's completion (found in the
 //! proposer's pending map), which therefore runs once the entry is committed and
-//! applied here. `apply` returns only after every job of its batch is durable; a job
-//! the store refuses is a storage error, which stops the Raft node (openraft's rule).
+//! applied here. `apply` returns once every job of its batch is applied; the store
+//! syncs them within a few milliseconds, not before (the entry is already on a
+//! majority's synced Raft log: `Completion::durable_elsewhere`), and a member that
+//! loses that unsynced tail applies the entries again at restart. A job the store
+//! refuses is a storage error, which stops the Raft node (openraft's rule).
 //!
 //! The membership and its log id live beside the store in `<data_dir>/raft/state`
-//! (replaced whole and synced when a membership entry is applied, after every earlier
-//! job of the batch is durable, and after a batch that ends with an entry carrying no
-//! command); the last applied entry is the later of the file's and the store's.
+//! (replaced whole and synced when a membership entry is applied, and after a batch
+//! that ends with an entry carrying no command, each time after a barrier job has
+//! made everything before it durable in the store); the last applied entry is the
+//! later of the file's and the store's.
 //!
 //! Snapshots (`snapshot.rs` for the file): building one asks the store's writer for a
 //! dump from within `get_snapshot_builder`, which openraft calls between two `apply`s,
@@ -264,7 +269,8 @@ impl<C: Applying> StateMachine<C> {
         self.writer.submit_together(together);
     }
 
-    /// Waits until every submitted job is durable; a refused one is a storage error.
+    /// Waits until every submitted job is applied (its sync follows: see the module
+    /// documentation); a refused one is a storage error.
     async fn settle(jobs: &mut Vec<Applied>) -> Result<(), StorageError> {
         for (log_id, outcome) in jobs.drain(..) {
             let outcome = outcome.await.unwrap_or(Err(StoreError::Closed));
@@ -331,7 +337,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(m) => {
                     // The state file says "applied up to here": everything before must
-                    // be durable first.
+                    // be applied first (and `persist` makes it durable).
                     Self::settle(&mut jobs).await?;
                     self.machine.membership = StoredMembership::new(Some(log_id), m);
                     self.machine.applied = Some(log_id);
@@ -356,8 +362,9 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Called between two `apply`s, every job of which is durable: the export,
-        // queued to the writer now, sees exactly the state at `machine.applied`.
+        // Called between two `apply`s, every job of which is applied: the export,
+        // queued to the writer now, sees exactly the state at `machine.applied` (and
+        // the writer syncs its journal before it dumps).
         let id = match self.machine.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "empty".to_owned(),
