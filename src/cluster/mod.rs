@@ -186,14 +186,13 @@ impl Node {
                 .map_err(|e| ClusterError::Raft(e.to_string()))?,
         );
         let token = bytes::Bytes::from(config.token.clone().into_bytes());
+        let encoded = log.encoded();
         let network = net::Network {
             max_frame: config.max_frame_bytes,
             token: token.clone(),
             tls: tls.connector.clone(),
-            encoded: log.encoded(),
+            encoded: encoded.clone(),
         };
-        let encoded = log.encoded();
-        let sizes = log.encoded();
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -207,7 +206,7 @@ impl Node {
             connections: Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
             token: token.clone(),
             tls: tls.acceptor.clone(),
-            encoded,
+            encoded: encoded.clone(),
         };
         tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
         let formation = Formation {
@@ -221,7 +220,7 @@ impl Node {
         tasks.spawn(formation.run(raft.clone(), stop.clone()));
         tasks.spawn(snapshot::trigger(
             raft.clone(),
-            sizes,
+            encoded,
             snapshot::Policy {
                 logs: config.snapshot_logs,
                 bytes: config.snapshot_log_bytes,

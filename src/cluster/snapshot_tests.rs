@@ -11,7 +11,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::EntryPayload;
 
 use super::replicate::Pending;
-use super::tests::{close, command, insert, log_id, members, open_machine, Tell};
+use super::tests::{close, command, insert, log_id, members, open_machine, receive, Tell};
 use super::types::{Entry, Origin};
 use super::RAFT_DIR;
 use crate::model::{Mutation, QueueConfig, Schedule, StatePatch, TaskStatus};
@@ -200,10 +200,8 @@ async fn a_snapshot_installed_on_another_member_leaves_it_holding_exactly_the_sa
     ])
     .await
     .unwrap();
-    let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
-    let mut data = snapshot.snapshot;
-    tokio::io::copy(&mut data, &mut receiving).await.unwrap();
-    sm_b.install_snapshot(&snapshot.meta, receiving)
+    let (meta, receiving) = receive(&mut sm_b, snapshot).await;
+    sm_b.install_snapshot(&meta, receiving)
         .await
         .expect("the snapshot installs");
     assert_eq!(
@@ -343,13 +341,9 @@ async fn snapshot_cost() {
         .len();
     let b = tempfile::tempdir().unwrap();
     let (store_b, writer_b, mut sm_b) = open_machine(b.path(), Pending::default());
-    let mut receiving = sm_b.begin_receiving_snapshot().await.unwrap();
-    let mut data = snapshot.snapshot;
-    tokio::io::copy(&mut data, &mut receiving).await.unwrap();
+    let (meta, receiving) = receive(&mut sm_b, snapshot).await;
     let started = std::time::Instant::now();
-    sm_b.install_snapshot(&snapshot.meta, receiving)
-        .await
-        .unwrap();
+    sm_b.install_snapshot(&meta, receiving).await.unwrap();
     let installed = started.elapsed();
     let after = peak_rss_kb();
     println!(

@@ -335,20 +335,27 @@ async fn applied_membership_survives_a_reopen_and_travels_in_a_snapshot() {
 
     let b = tempfile::tempdir().unwrap();
     let (other_store, other_writer, mut other) = open_machine(b.path(), Pending::default());
-    let mut receiving = other.begin_receiving_snapshot().await.unwrap();
-    let mut data = snapshot.snapshot;
-    tokio::io::copy(&mut data, &mut receiving).await.unwrap();
-    other
-        .install_snapshot(&snapshot.meta, receiving)
-        .await
-        .unwrap();
+    let (meta, receiving) = receive(&mut other, snapshot).await;
+    other.install_snapshot(&meta, receiving).await.unwrap();
     close(other_store, other_writer, other);
     let (other_store, other_writer, mut other) = open_machine(b.path(), Pending::default());
     assert_eq!(other.applied_state().await.unwrap().0, Some(log_id(1, 1)));
     let current = other.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, snapshot.meta);
+    assert_eq!(current.meta, meta);
     close(other_store, other_writer, other);
     close(store, writer, sm);
+}
+
+/// `snapshot` as a member receives it from the leader: copied into the file `to`
+/// gives for it, not installed yet.
+pub(super) async fn receive(
+    to: &mut Machine,
+    snapshot: openraft::storage::Snapshot<TypeConfig>,
+) -> (openraft::SnapshotMeta<u64, Member>, Box<tokio::fs::File>) {
+    let mut receiving = to.begin_receiving_snapshot().await.unwrap();
+    let mut data = snapshot.snapshot;
+    tokio::io::copy(&mut data, &mut receiving).await.unwrap();
+    (snapshot.meta, receiving)
 }
 
 pub(super) fn insert(id: u64, queue: &str) -> crate::model::Mutation {

@@ -460,16 +460,22 @@ fn dropping_the_writer_without_shutdown_still_persists() {
     assert_eq!(store.get_body(3).unwrap(), Some(body(b"payload 3")));
 }
 
+/// An `always` store with task 1 inserted by a confirmed (so synced) group, and its
+/// writer.
+fn synced_writer() -> (TempDir, Store, Writer<TestDone>) {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    commit(&writer.handle(), Muts::One(insert(1, "q"))).unwrap();
+    (dir, store, writer)
+}
+
 /// A group nobody waits for (attempt counts) is not synced on its own at once, but it
 /// is synced within milliseconds, and a later awaited group's sync covers it.
 #[test]
 fn unawaited_groups_are_synced_late_but_soon() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, FsyncMode::Always);
-    let writer = store.start_writer::<TestDone>();
-    let h = writer.handle();
-    let stats = writer.stats();
-    commit(&h, Muts::One(insert(1, "q"))).unwrap();
+    let (_dir, store, writer) = synced_writer();
+    let (h, stats) = (writer.handle(), writer.stats());
     let synced = stats.flushes.load(Relaxed);
     let attempt = StatePatch {
         attempts: Some(1),
@@ -495,12 +501,8 @@ fn unawaited_groups_are_synced_late_but_soon() {
 /// (the first job would see its own sync) or the barrier did not wait.
 #[test]
 fn jobs_durable_elsewhere_complete_before_the_sync_and_a_barrier_waits_for_it() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, FsyncMode::Always);
-    let writer = store.start_writer::<TestDone>();
-    let h = writer.handle();
-    let stats = writer.stats();
-    commit(&h, Muts::One(insert(1, "q"))).unwrap();
+    let (dir, store, writer) = synced_writer();
+    let (h, stats) = (writer.handle(), writer.stats());
     let synced = stats.flushes.load(Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
     h.submit(

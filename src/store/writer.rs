@@ -444,7 +444,7 @@ impl<C: Completion> WriterLoop<C> {
         let (mut mutations, mut bytes) = (0, 0);
         let mut add = |group: &mut Vec<Job<C>>, job: Job<C>| {
             mutations += job.muts.as_slice().len();
-            bytes += payload_bytes(&job.muts);
+            bytes += job.muts.payload_bytes();
             group.push(job);
             mutations < MAX_BATCH_MUTATIONS && bytes < MAX_BATCH_PAYLOAD_BYTES
         };
@@ -665,10 +665,6 @@ enum Wake<C: Completion> {
 }
 
 /// Payload bytes a job inserts.
-fn payload_bytes(muts: &Muts) -> usize {
-    muts.payload_bytes()
-}
-
 /// The task payloads `muts` carry, in bytes.
 pub(crate) fn payload_bytes_of(muts: &[Mutation]) -> usize {
     muts.iter()
