@@ -243,6 +243,17 @@ pub enum Mutation {
     /// finds none (`server/lead.rs`). The first one applied stays: a later one is
     /// ignored, so the id never changes once set (membership changes, restarts).
     ClusterId(Arc<str>),
+    /// The publish whose inserts precede it in the same job is number `sequence` of
+    /// `producer`: the store applies the inserts only if that number is new, answers a
+    /// repeat with the first publish's task ids (as duplicates), and refuses a number
+    /// older than the last [`PRODUCER_RING`](crate::store::PRODUCER_RING) it remembers
+    /// for the producer. Always the job's last mutation, after its inserts.
+    Numbered {
+        /// The producer's id (at most 128 bytes).
+        producer: Arc<str>,
+        /// The publish's number among the producer's.
+        sequence: u64,
+    },
 }
 
 /// What a schedule does with ticks that passed while it could not fire (the broker

@@ -146,6 +146,13 @@ impl ClientError {
                 code: ErrorCode::NotLeader,
                 ..
             } => false,
+            // A numbered publish refused as too old stored nothing itself, but an earlier
+            // send of the same number may have (the client resends a first send under a
+            // new number by itself, so only a retry's refusal reaches the caller).
+            ClientError::Server {
+                code: ErrorCode::SequenceTooOld,
+                ..
+            } => false,
             // A typed refusal means the broker rejected the request as a whole.
             ClientError::Server { .. } => true,
             _ => false,

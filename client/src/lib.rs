@@ -117,9 +117,12 @@
 //! task's id and stores nothing new. [`Published::duplicate`] is then `true` if the
 //! first attempt had landed. Connected to a replicated cluster (its leader's `HelloOk`
 //! names the cluster), the client numbers **every** publish (a producer id of its own
-//! and a sequence number; the cluster makes them the idempotency keys of tasks without
-//! one), so every publish whose outcome is unknown (`Timeout`, `ConnectionLost`,
-//! `NOT_LEADER` after a leader change) is sent again, to the new leader, the same way.
+//! and a sequence number; the cluster remembers each producer's last 256 numbered
+//! publishes, for 5 minutes after its latest), so every publish whose outcome is
+//! unknown (`Timeout`, `ConnectionLost`, `NOT_LEADER` after a leader change) is sent
+//! again, to the new leader, the same way. A number the cluster no longer remembers is
+//! refused with `SEQUENCE_TOO_OLD`: the client sends a first send again under a new
+//! number by itself; for a retry the error reaches you (the outcome is unknown).
 //! [`Client::wait_result`] resumes its wait after a lost connection. Nothing else is
 //! re-sent. What you may retry yourself:
 //!

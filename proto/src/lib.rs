@@ -229,12 +229,13 @@ mod tests {
             (ErrorCode::ScheduleExists, 46),
             (ErrorCode::InvalidSchedule, 47),
             (ErrorCode::NotLeader, 48),
+            (ErrorCode::SequenceTooOld, 49),
         ];
         for (code, number) in pinned {
             assert_eq!(code as i32, number, "{code:?} changed its wire number");
             assert_eq!(ErrorCode::try_from(number).ok(), Some(code));
         }
-        for unused in [21, 41, 45, 49] {
+        for unused in [21, 41, 45, 50] {
             assert!(
                 ErrorCode::try_from(unused).is_err(),
                 "a new code was added: pin it here"

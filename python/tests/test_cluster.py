@@ -130,8 +130,9 @@ async def test_a_publish_whose_answer_was_lost_is_sent_again_and_not_created_twi
 ) -> None:
     """Every publish to a cluster is numbered, so the client repeats one whose answer it
     lost (without an idempotency key) and the cluster answers the repeat with the first
-    task. A queue that remembers no keys (dedup window 0) gets the repeat as a second
-    task: the negative control, in the same run."""
+    task, also on a queue that remembers no idempotency keys (dedup window 0): producer
+    numbers do not depend on them. (Negative control, run by hand: a broker that ignores
+    producer numbers fails the first assertion.)"""
     with three_members(binary) as brokers:
         everyone = ",".join(b.addr for b in brokers)
         admin = await squall.connect(everyone, connect_timeout=WITHIN, wait_for_connection=WITHIN)
@@ -141,13 +142,10 @@ async def test_a_publish_whose_answer_was_lost_is_sent_again_and_not_created_twi
         await admin.set_queue_config(forgetful, dedup_window=0)
         async with proxy_to(brokers[info.leader - 1].addr) as proxy:
             c = await squall.connect(proxy.addr, reconnect=FAST, wait_for_connection=WITHIN)
-            proxy.cut_next_request()
-            first = await c.publish(q, b"once")
-            assert first.duplicate, "the repeat found the first send"
-            proxy.cut_next_request()
-            again = await c.publish(forgetful, b"once")
-            assert not again.duplicate
-            assert (await admin.queue(q)).ready == 1, "not created twice"
-            assert (await admin.queue(forgetful)).ready == 2, "negative control: nothing remembered"
+            for queue in (q, forgetful):
+                proxy.cut_next_request()
+                published = await c.publish(queue, b"once")
+                assert published.duplicate, f"the repeat to {queue} found the first send"
+                assert (await admin.queue(queue)).ready == 1, f"{queue}: not created twice"
             await c.close()
         await admin.close()

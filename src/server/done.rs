@@ -18,7 +18,9 @@ use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
 use crate::cluster::replicate::Applying;
 use crate::model::{Millis, TaskId, TaskStatus};
-use crate::store::{Completion, JobReport, Store, StoreError, SweepStats, WriterHandle};
+use crate::store::{
+    Completion, JobReport, SequenceRefusal, Store, StoreError, SweepStats, WriterHandle,
+};
 
 /// The store writer as the server uses it.
 pub(crate) type StoreWriter = WriterHandle<Done>;
@@ -276,6 +278,13 @@ fn confirm_publish(
     reservation: Option<super::msg::Reservation>,
     report: JobReport<'_>,
 ) -> Reply {
+    if let Some(refusal) = report.refused {
+        // Nothing of the publish was stored.
+        if let Some(r) = reservation {
+            let _ = hub.send(HubCmd::Release(r));
+        }
+        return Reply::Refused(sequence_refused(refusal));
+    }
     let mut dups = report.duplicates.iter().peekable();
     let tasks = committed
         .iter()
@@ -296,6 +305,25 @@ fn confirm_publish(
         let _ = hub.send(HubCmd::Committed(committed, reservation));
     }
     Reply::Published(tasks)
+}
+
+fn sequence_refused(refusal: SequenceRefusal) -> Failure {
+    match refusal {
+        SequenceRefusal::TooOld { floor } => Failure::Protocol(
+            ErrorCode::SequenceTooOld,
+            format!(
+                "the producer's numbers below {floor} are no longer remembered: this publish \
+                 stored nothing, but an earlier send of the same number may have"
+            ),
+        ),
+        SequenceRefusal::Reused { tasks } => Failure::Protocol(
+            ErrorCode::BadRequest,
+            format!(
+                "this producer number was used by an earlier publish of {tasks} task(s); \
+                 nothing was stored"
+            ),
+        ),
+    }
 }
 
 /// Keeps the tasks the store really inserted: `duplicates` are indexes into the job's

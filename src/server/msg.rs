@@ -41,7 +41,11 @@ pub(crate) type WeakHubTx = mpsc::WeakUnboundedSender<HubCmd>;
 pub(crate) enum Request {
     Hello(Hello),
     Ping,
-    Publish(Vec<TaskSpec>),
+    Publish {
+        tasks: Vec<TaskSpec>,
+        /// The producer's id and the publish's number, when the producer numbers it.
+        numbered: Option<(String, u64)>,
+    },
     Subscribe {
         queue: String,
         prefetch: u32,

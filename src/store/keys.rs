@@ -11,6 +11,7 @@
 //! | `b'C'` + schedule name bytes     | schedule record               |
 //! | `b'D'` + queue + `0x00` + key    | idempotency key record        |
 //! | `b'M'` + `b"next_id"`            | id watermark (u64 big-endian) |
+//! | `b'P'` + producer id bytes       | producer record (its numbered publishes) |
 //! | `b'M'` + `b"raft_applied"`       | cluster mode: last applied Raft entry (term, node, index; u64 BE each) |
 //! | `b'M'` + `b"cluster_id"`         | cluster mode: the cluster's id (UTF-8), set once |
 //! | `b'Q'` + queue name bytes        | queue config record           |
@@ -18,6 +19,7 @@
 //! | `b'S'` + id (u64 big-endian)     | task state record             |
 //! | `b'X'` + expiry (u64 BE) + `b'T'` + id | empty (expiry index: task record) |
 //! | `b'X'` + expiry (u64 BE) + `b'D'` + `D` key minus its prefix | empty (expiry index: idempotency key) |
+//! | `b'X'` + expiry (u64 BE) + `b'P'` + producer id bytes | empty (expiry index: producer record) |
 //!
 //! Queue names never contain `0x00`, so a `D` key splits unambiguously. Big-endian
 //! expiry times make a forward scan of `X` visit the earliest expiries first, so the
@@ -41,12 +43,16 @@ pub(crate) const SCHEDULE: u8 = b'C';
 pub(crate) const RESULT: u8 = b'R';
 /// Prefix of idempotency-key records.
 pub(crate) const DEDUP: u8 = b'D';
+/// Prefix of producer records.
+pub(crate) const PRODUCER: u8 = b'P';
 /// Prefix of the expiry index.
 pub(crate) const EXPIRY: u8 = b'X';
 /// Expiry-index kind byte of a task record.
 pub(crate) const EXPIRY_TASK: u8 = b'T';
 /// Expiry-index kind byte of an idempotency key.
 pub(crate) const EXPIRY_DEDUP: u8 = b'D';
+/// Expiry-index kind byte of a producer record.
+pub(crate) const EXPIRY_PRODUCER: u8 = b'P';
 
 /// The key of the id watermark: the next id never handed out before a restart.
 pub(crate) const WATERMARK: &[u8] = b"Mnext_id";
@@ -125,6 +131,14 @@ pub(crate) fn dedup(queue: &str, key: &str) -> Vec<u8> {
     out
 }
 
+/// Key of a producer's record.
+pub(crate) fn producer(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(PRODUCER);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// Expiry-index key of a task record due at `expires_ms`.
 pub(crate) fn expiry_task(expires_ms: u64, id: TaskId) -> [u8; 18] {
     let mut key = [0u8; 18];
@@ -144,6 +158,16 @@ pub(crate) fn expiry_dedup(expires_ms: u64, dedup_key: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Expiry-index key of the record of producer `id`.
+pub(crate) fn expiry_producer(expires_ms: u64, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + id.len());
+    key.push(EXPIRY);
+    key.extend_from_slice(&expires_ms.to_be_bytes());
+    key.push(EXPIRY_PRODUCER);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// The exclusive end of the expiry-index entries due at or before `now`.
 pub(crate) fn expiry_due_end(now: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -159,6 +183,8 @@ pub(crate) enum Expiring<'a> {
     Task(TaskId),
     /// An idempotency key: its full `D` key.
     Dedup(&'a [u8]),
+    /// A producer record: the producer's id.
+    Producer(&'a str),
 }
 
 /// Splits an expiry-index key into its due time and target.
@@ -173,6 +199,9 @@ pub(crate) fn parse_expiry(key: &[u8]) -> Option<(u64, Expiring<'_>)> {
             Some((due, Expiring::Task(TaskId::from_be_bytes(id))))
         }
         EXPIRY_DEDUP => Some((due, Expiring::Dedup(&key[9..]))),
+        EXPIRY_PRODUCER => std::str::from_utf8(&key[10..])
+            .ok()
+            .map(|id| (due, Expiring::Producer(id))),
         _ => None,
     }
 }
@@ -224,6 +253,10 @@ mod tests {
         assert!(expiry_due_end(255).as_slice() <= c.as_slice());
         assert_eq!(parse_expiry(&a), Some((5, Expiring::Task(99))));
         assert_eq!(parse_expiry(&b), Some((6, Expiring::Dedup(&d[..]))));
+        let p = expiry_producer(6, "p-1");
+        assert!(b.as_slice() < p.as_slice() && p.as_slice() < c.as_slice());
+        assert_eq!(parse_expiry(&p), Some((6, Expiring::Producer("p-1"))));
+        assert_eq!(producer("p-1"), b"Pp-1");
         assert_eq!(parse_expiry(b"X1234"), None);
         assert_eq!(parse_expiry(&a[..17]), None);
         let mut bad = a;

@@ -49,10 +49,12 @@ pub(crate) use writer::payload_bytes_of;
 pub use datadir::DataDirProblem;
 pub use handle::{Muts, Route, Writer, WriterHandle};
 pub use open::RecoveryStats;
-pub use report::{Duplicate, JobReport, SweepStats};
+pub use record::PRODUCER_RING;
+pub use report::{Duplicate, JobReport, SequenceRefusal, SweepStats};
 pub use snapshot::{verify as verify_dump, DumpStats};
 pub use status::{Retained, TaskRecord};
 pub use volume::{Sizing, VolumeTooSmall, MIN_SEGMENT_BYTES};
+pub use writer::PRODUCER_WINDOW_MS;
 
 use body_cache::BodyCache;
 use pool::{Db, DbPool};

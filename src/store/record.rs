@@ -28,9 +28,12 @@ use bytes::Bytes;
 use crate::model::{Millis, QueueConfig, StatePatch, TaskBody, TaskState, TaskStatus};
 
 mod body_ref;
+mod producer;
 mod retained;
 mod schedule;
 pub(crate) use body_ref::*;
+pub use producer::PRODUCER_RING;
+pub(crate) use producer::*;
 pub(crate) use retained::*;
 pub(crate) use schedule::*;
 

@@ -1,7 +1,8 @@
 //! Tests of what the store keeps for task status and idempotent publish: succeeded and
 //! dead records with their retention, the sweep (and its bounded work per job), and
-//! idempotency keys within a batch, across batches, across a reopen and past their
-//! window. The model test in `tests.rs` covers the same mutations at random.
+//! idempotency keys and producer numbers within a batch, across batches, across a
+//! reopen and past their window. The model test in `tests.rs` covers the same
+//! mutations at random.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ struct Seen {
     result: Result<(), StoreError>,
     duplicates: Vec<Duplicate>,
     sweep: Option<SweepStats>,
+    refused: Option<SequenceRefusal>,
 }
 
 enum Report {
@@ -44,6 +46,7 @@ impl Completion for Report {
                     result,
                     duplicates: report.duplicates.to_vec(),
                     sweep: report.sweep.cloned(),
+                    refused: report.refused,
                 });
             }
             Report::Gate { entered, release } => {
@@ -433,5 +436,129 @@ fn a_zero_window_ignores_keys() {
     ]);
     assert!(seen.duplicates.is_empty());
     assert_eq!(f.count(keys::DEDUP), 0);
+    f.writer.shutdown().unwrap();
+}
+
+fn numbered(producer: &str, sequence: u64) -> Mutation {
+    Mutation::Numbered {
+        producer: Arc::from(producer),
+        sequence,
+    }
+}
+
+/// A numbered publish: `ids` inserted at `at`, then its number.
+fn publish(ids: &[TaskId], at: u64, producer: &str, sequence: u64) -> Vec<Mutation> {
+    let mut muts: Vec<Mutation> = ids.iter().map(|&id| insert(id, "q", at, None)).collect();
+    muts.push(numbered(producer, sequence));
+    muts
+}
+
+fn dups(pairs: &[(usize, TaskId)]) -> Vec<Duplicate> {
+    pairs
+        .iter()
+        .map(|&(index, original)| Duplicate { index, original })
+        .collect()
+}
+
+#[test]
+fn numbered_publishes_are_applied_once_within_and_across_batches_and_a_reopen() {
+    let f = Fixture::new();
+    let seen = f.batch(vec![
+        publish(&[1, 2], 100, "p", 1),
+        // The same publish sent again, in the same batch: new ids, none stored.
+        publish(&[3, 4], 100, "p", 1),
+        // Numbers need not be consecutive nor arrive in order.
+        publish(&[5], 100, "p", 3),
+        publish(&[6], 100, "other", 1),
+        // A number used again for a different publish is refused.
+        publish(&[7], 100, "p", 1),
+    ]);
+    for s in &seen {
+        s.result.as_ref().expect("every job succeeds");
+    }
+    assert_eq!(seen[0].duplicates, vec![]);
+    assert_eq!(seen[1].duplicates, dups(&[(0, 1), (1, 2)]));
+    assert_eq!(seen[2].duplicates, vec![]);
+    assert_eq!(seen[3].duplicates, vec![], "numbers are per producer");
+    assert_eq!(seen[4].refused, Some(SequenceRefusal::Reused { tasks: 2 }));
+    assert!(seen[..4].iter().all(|s| s.refused.is_none()));
+    let stored = |f: &Fixture, id| f.store.get_state(id).unwrap().is_some();
+    for (id, expected) in [
+        (1, true),
+        (2, true),
+        (3, false),
+        (4, false),
+        (5, true),
+        (6, true),
+        (7, false),
+    ] {
+        assert_eq!(stored(&f, id), expected, "task {id}");
+    }
+    assert_eq!(f.count(keys::PRODUCER), 2, "one record per producer");
+    assert_eq!(f.count(keys::DEDUP), 0, "no idempotency key per task");
+
+    // Remembered across a reopen (the journal replays the record) and across batches.
+    let f = f.reopen();
+    assert!(
+        f.store.allocate_ids(1) > 7,
+        "ids of repeats are never reused"
+    );
+    let seen = f.one(publish(&[8], 200, "p", 3));
+    assert_eq!(seen.duplicates, dups(&[(0, 5)]));
+    let seen = f.one(publish(&[9], 200, "p", 2));
+    assert_eq!(seen.duplicates, vec![], "the gap was never applied");
+    assert!(stored(&f, 9) && !stored(&f, 8));
+    // A task of a numbered publish that has a key of its own is also checked by it.
+    let mut keyed = vec![
+        insert(10, "q", 200, Some("k")),
+        insert(11, "q", 200, Some("k")),
+    ];
+    keyed.push(numbered("p", 4));
+    let seen = f.one(keyed);
+    assert_eq!(seen.duplicates, dups(&[(1, 10)]));
+    f.writer.shutdown().unwrap();
+}
+
+#[test]
+fn a_number_older_than_the_remembered_ones_is_refused_and_stores_nothing() {
+    let f = Fixture::new();
+    let ring = PRODUCER_RING as u64;
+    let jobs = (1..=ring + 1)
+        .map(|seq| publish(&[seq], 100, "p", seq))
+        .collect();
+    let seen = f.batch(jobs);
+    assert!(seen
+        .iter()
+        .all(|s| s.duplicates.is_empty() && s.refused.is_none()));
+    let seen = f.one(publish(&[ring + 2], 100, "p", 1));
+    assert_eq!(seen.refused, Some(SequenceRefusal::TooOld { floor: 2 }));
+    assert_eq!(seen.duplicates, vec![]);
+    assert_eq!(f.store.get_state(ring + 2).unwrap(), None);
+    let seen = f.one(publish(&[ring + 3], 100, "p", 2));
+    assert_eq!(seen.duplicates, dups(&[(0, 2)]), "the oldest remembered");
+    f.writer.shutdown().unwrap();
+}
+
+#[test]
+fn a_producer_is_forgotten_a_window_after_its_last_numbered_publish() {
+    let f = Fixture::new();
+    let window = PRODUCER_WINDOW_MS;
+    f.one(publish(&[1], 100, "p", 1));
+    f.one(publish(&[2], 100 + window - 10, "p", 2));
+    // Due by its creation, but used since: kept, and due again a window after its use.
+    let stats = f.sweep(100 + window, 100);
+    assert_eq!((stats.examined, stats.removed_keys), (1, 0));
+    assert_eq!(f.count(keys::PRODUCER), 1);
+    assert_eq!(f.count(keys::EXPIRY), 1);
+    let seen = f.one(publish(&[3], 100 + window, "p", 1));
+    assert_eq!(seen.duplicates, dups(&[(0, 1)]), "still remembered");
+    let stats = f.sweep(100 + 2 * window - 10, 100);
+    assert_eq!((stats.examined, stats.removed_keys), (1, 1));
+    assert_eq!(f.count(keys::PRODUCER), 0);
+    assert_eq!(f.count(keys::EXPIRY), 0);
+    // Forgotten: the same number is a new publish.
+    let seen = f.one(publish(&[4], 100 + 2 * window, "p", 1));
+    assert_eq!(seen.duplicates, vec![]);
+    assert!(f.store.get_state(4).unwrap().is_some());
     f.writer.shutdown().unwrap();
 }

@@ -16,9 +16,12 @@
 //! reaches sled or the task table only after its journal record is written, so
 //! neither holds a change the journal lacks.
 
+mod producers;
 mod retention;
 mod snapshot;
 mod stage;
+
+pub use producers::PRODUCER_WINDOW_MS;
 
 use std::slice;
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,8 +37,8 @@ use super::record::{self, BodyFile, BodyRef};
 use super::tasks::{self, Slot};
 use super::volume::SpaceGuard;
 use super::{
-    Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, StoreError, SweepStats,
-    WriterStats,
+    Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, SequenceRefusal, StoreError,
+    SweepStats, WriterStats,
 };
 use crate::model::{Mutation, TaskId};
 
@@ -154,14 +157,17 @@ pub(crate) struct WriterLoop<C: Completion> {
     group: Vec<Job<C>>,
     /// Each job's own failure (a corrupt record it patches), parallel to `group`.
     failed: Vec<Option<StoreError>>,
-    /// Each job's report beyond success, parallel to `group`: its range of
-    /// `duplicates` and its sweep statistics.
-    reports: Vec<(std::ops::Range<usize>, Option<SweepStats>)>,
+    /// Each job's report beyond success, parallel to `group`.
+    reports: Vec<JobOutcome>,
     /// Duplicate inserts of the whole group, job by job.
     duplicates: Vec<Duplicate>,
     /// Duplicates and sweep statistics of the job being staged.
     job_duplicates: Vec<Duplicate>,
     job_sweep: Option<SweepStats>,
+    /// Why the job being staged, a numbered publish, was refused.
+    job_refused: Option<SequenceRefusal>,
+    /// The producer records the group being built touched.
+    producers: producers::Producers,
     /// The writes of the job being staged: kept apart from the batch until the whole
     /// job staged, so that a failing job leaves nothing behind.
     stage: Vec<Write>,
@@ -184,6 +190,24 @@ pub(crate) struct WriterLoop<C: Completion> {
     removed_bodies: Vec<TaskId>,
     /// A snapshot job that came in behind the group being gathered: run after it.
     after_group: Option<super::snapshot::SnapshotJob>,
+}
+
+/// What a job's completion hears besides its result: its range of the group's
+/// `duplicates`, its sweep statistics, why its numbered publish was refused.
+struct JobOutcome {
+    duplicates: std::ops::Range<usize>,
+    sweep: Option<SweepStats>,
+    refused: Option<SequenceRefusal>,
+}
+
+impl JobOutcome {
+    fn of(duplicates: std::ops::Range<usize>) -> JobOutcome {
+        JobOutcome {
+            duplicates,
+            sweep: None,
+            refused: None,
+        }
+    }
 }
 
 /// The staged batch of one group.
@@ -233,6 +257,8 @@ impl<C: Completion> WriterLoop<C> {
             duplicates: Vec::new(),
             job_duplicates: Vec::new(),
             job_sweep: None,
+            job_refused: None,
+            producers: producers::Producers::default(),
             stage: Vec::new(),
             scratch: Vec::with_capacity(256),
             job_bodies: Vec::new(),
@@ -610,7 +636,7 @@ impl<C: Completion> WriterLoop<C> {
     /// Counters are updated first, so that whoever hears a confirmation sees them.
     fn complete_group(&mut self, outcome: Result<(), StoreError>) {
         let jobs = self.group.drain(..).zip(self.failed.drain(..));
-        for ((job, failed), (dups, sweep)) in jobs.zip(self.reports.drain(..)) {
+        for ((job, failed), told) in jobs.zip(self.reports.drain(..)) {
             let result = match failed {
                 Some(error) => Err(error),
                 None => outcome.clone(),
@@ -620,8 +646,9 @@ impl<C: Completion> WriterLoop<C> {
                 self.stats.jobs.fetch_add(1, Relaxed);
             }
             let report = JobReport {
-                duplicates: self.duplicates.get(dups).unwrap_or_default(),
-                sweep: sweep.as_ref(),
+                duplicates: self.duplicates.get(told.duplicates).unwrap_or_default(),
+                sweep: told.sweep.as_ref(),
+                refused: told.refused,
             };
             job.done.complete(result, report);
         }

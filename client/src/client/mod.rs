@@ -209,7 +209,7 @@ impl Client {
         // gets one made of the producer id and the number, in the replicated state.
         // Numbered, or with an idempotency key on every task, a publish whose outcome is
         // unknown is sent again: the broker answers a repeat with the first tasks' ids.
-        let (producer_id, sequence) = if shared.info().cluster.is_some() {
+        let (producer_id, mut sequence) = if shared.info().cluster.is_some() {
             let sequence = shared.next_sequence.fetch_add(1, Ordering::Relaxed);
             (shared.producer.to_string(), sequence)
         } else {
@@ -218,6 +218,7 @@ impl Client {
         let retry = !producer_id.is_empty() || specs.iter().all(|s| !s.idempotency_key.is_empty());
         let mut specs = specs;
         let mut attempt = 0;
+        let mut renumbered = false;
         let answer = loop {
             let retries_left = retry && attempt < PUBLISH_RETRIES;
             let tasks = if retries_left {
@@ -242,6 +243,20 @@ impl Client {
                 ) if retries_left => {
                     attempt += 1;
                     warn!(error = %e, attempt, sequence, "publish outcome unknown; sending it again with the same producer number or idempotency keys");
+                }
+                // Refused unseen: the broker no longer remembers numbers this old (more
+                // than 256 later ones of this producer overtook it). Never sent before,
+                // it stored nothing anywhere: a new number is safe (once).
+                Err(ClientError::Server {
+                    code: ErrorCode::SequenceTooOld,
+                    ..
+                }) if attempt == 0 && !renumbered && !specs.is_empty() => {
+                    renumbered = true;
+                    sequence = shared.next_sequence.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        sequence,
+                        "publish number too old for the broker; sending it under a new one"
+                    );
                 }
                 other => break other?,
             }

@@ -235,8 +235,8 @@ class _Node:
 
     def number(self, req: pb.Request) -> bool:
         """To a replicated cluster, numbers the publish `req` (producer id, sequence
-        number): the cluster makes them the idempotency keys of its tasks without one, so
-        the same publish sent again is not created twice. True when numbered."""
+        number): the cluster remembers each producer's latest numbered publishes, so the
+        same publish sent again is not created twice. True when numbered."""
         if self.info.cluster is None:
             return False
         req.publish.producer_id = self.producer
@@ -829,6 +829,7 @@ class Client:
         self, node: _Node, req: pb.Request, expected: int, retry: bool
     ) -> list[Published]:
         attempt = 0
+        renumbered = False
         while True:
             retries_left = retry and attempt < PUBLISH_RETRIES
             conn = await node.get_conn()
@@ -845,6 +846,13 @@ class Client:
                     e,
                     attempt,
                 )
+            except errors.SequenceTooOld:
+                # Never sent before, the publish stored nothing anywhere: a new number
+                # is safe (once). A retry's refusal leaves the outcome unknown.
+                if attempt > 0 or renumbered or not node.number(req):
+                    raise
+                renumbered = True
+                log.warning("publish number too old for the broker; sending it under a new one")
         got = resp.publish.tasks
         if resp.WhichOneof("result") != "publish" or len(got) != expected:
             raise errors.ProtocolError(f"published {expected} tasks but the broker confirmed {len(got)}")

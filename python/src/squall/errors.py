@@ -251,6 +251,16 @@ class NotLeader(BrokerError):
     code = 48
 
 
+class SequenceTooOld(BrokerError):
+    """SEQUENCE_TOO_OLD (code 49): a numbered publish (to a cluster) whose number is
+    older than the last 256 the broker remembers for this client's producer id. This
+    request stored nothing, but an earlier send of the same number may have. The client
+    resends a first send under a new number by itself; raised only for a retry."""
+
+    code = 49
+    nothing_was_applied = False
+
+
 #: Wire code -> class. A code this client does not know becomes a plain `BrokerError`
 #: whose `code` is the number received.
 BY_CODE: dict[int, type[BrokerError]] = {
@@ -280,6 +290,7 @@ BY_CODE: dict[int, type[BrokerError]] = {
         ScheduleExists,
         InvalidSchedule,
         NotLeader,
+        SequenceTooOld,
     )
 }
 
@@ -309,6 +320,7 @@ _NAMES: dict[int, str] = {
     46: "SCHEDULE_EXISTS",
     47: "INVALID_SCHEDULE",
     48: "NOT_LEADER",
+    49: "SEQUENCE_TOO_OLD",
 }
 
 

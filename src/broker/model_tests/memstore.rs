@@ -122,8 +122,9 @@ fn apply(store: &mut Stored, m: &Mutation) {
         | Mutation::RemoveQueue { .. }
         | Mutation::Sweep { .. }
         | Mutation::Applied { .. }
-        | Mutation::ClusterId(_) => {
-            panic!("the engine never persists queue records, sweeps, raft positions or cluster ids: {m:?}")
+        | Mutation::ClusterId(_)
+        | Mutation::Numbered { .. } => {
+            panic!("the engine never persists queue records, sweeps, raft positions, cluster ids or publish numbers: {m:?}")
         }
     }
 }

@@ -123,6 +123,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         (any::<u64>(), any::<u64>(), any::<u64>())
             .prop_map(|(term, node, index)| Mutation::Applied { term, node, index }),
         name().prop_map(Mutation::ClusterId),
+        (name(), any::<u64>())
+            .prop_map(|(producer, sequence)| Mutation::Numbered { producer, sequence }),
     ]
 }
 

@@ -117,6 +117,10 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
             index: *index,
         }),
         Mutation::ClusterId(id) => Kind::ClusterId(id.to_string()),
+        Mutation::Numbered { producer, sequence } => Kind::Numbered(pb::Numbered {
+            producer: producer.to_string(),
+            sequence: *sequence,
+        }),
     };
     pb::Mutation { kind: Some(kind) }
 }
@@ -182,6 +186,10 @@ fn mutation_from(m: pb::Mutation) -> Result<Mutation, CodecError> {
             index,
         },
         Kind::ClusterId(id) => Mutation::ClusterId(Arc::from(id)),
+        Kind::Numbered(pb::Numbered { producer, sequence }) => Mutation::Numbered {
+            producer: Arc::from(producer),
+            sequence,
+        },
     })
 }
 

@@ -10,7 +10,7 @@ use crate::server::msg::{AdminRequest, Request};
 pub(super) fn authorize(grant: &Grant, req: &Request) -> Result<(), String> {
     let (need, queue): (u32, Option<&str>) = match req {
         Request::Hello(_) | Request::Ping => return Ok(()),
-        Request::Publish(tasks) => {
+        Request::Publish { tasks, .. } => {
             allow(grant, ops::PUBLISH, "publish")?;
             for t in tasks {
                 allow_queue(grant, &t.queue)?;

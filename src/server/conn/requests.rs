@@ -29,6 +29,9 @@ use crate::store::Muts;
 const MAX_REASON_BYTES: usize = 4096;
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+
+/// Longest producer id of a numbered publish.
+const MAX_PRODUCER_ID_BYTES: usize = 128;
 /// Longest client name kept (it names lease holders in task status).
 const MAX_CLIENT_NAME_BYTES: usize = 256;
 /// Peek size when the request names none.
@@ -123,7 +126,7 @@ impl Reader {
         match req {
             Request::Hello(_) => Err(refused(ErrorCode::BadRequest, "Hello was already received")),
             Request::Ping => Ok(Some(Reply::Pong)),
-            Request::Publish(tasks) => self.publish(id, tasks),
+            Request::Publish { tasks, numbered } => self.publish(id, tasks, numbered),
             Request::Subscribe { queue, prefetch } => self.subscribe(id, queue, prefetch),
             Request::Unsubscribe { sub } => self.unsubscribe(id, sub),
             Request::Ack {
@@ -373,7 +376,12 @@ impl Reader {
         })
     }
 
-    fn publish(&mut self, id: ReqId, tasks: Vec<TaskSpec>) -> Handled {
+    fn publish(
+        &mut self,
+        id: ReqId,
+        tasks: Vec<TaskSpec>,
+        numbered: Option<(String, u64)>,
+    ) -> Handled {
         let n = tasks.len();
         let max = self.shared.config.max_batch;
         if n == 0 || n > max {
@@ -381,6 +389,17 @@ impl Reader {
                 ErrorCode::BadRequest,
                 format!("a publish carries 1..={max} tasks, not {n}"),
             ));
+        }
+        if let Some((producer, _)) = &numbered {
+            if producer.len() > MAX_PRODUCER_ID_BYTES {
+                return Err(refused(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "producer id of {} bytes exceeds the maximum of {MAX_PRODUCER_ID_BYTES} bytes",
+                        producer.len()
+                    ),
+                ));
+            }
         }
         for (i, t) in tasks.iter().enumerate() {
             if let Err((code, msg)) = self.validate_task(t) {
@@ -392,7 +411,7 @@ impl Reader {
                 return Err(refused(code, msg));
             }
         }
-        let (muts, committed) = self.tasks_to_insert(tasks);
+        let (muts, committed) = self.tasks_to_insert(tasks, numbered);
         let bounded = self.shared.bounded.applies(&committed);
         let job = PublishJob {
             out: self.out.clone(),
@@ -481,9 +500,15 @@ impl Reader {
         Ok(())
     }
 
-    /// The store inserts of a validated publish, with ids allocated, and what the
-    /// engine learns once they are durable.
-    fn tasks_to_insert(&mut self, tasks: Vec<TaskSpec>) -> (Muts, Vec<Committed>) {
+    /// The store inserts of a validated publish, with ids allocated (one run, in
+    /// order: the store answers a repeated numbered publish with the first id plus the
+    /// position), then its numbering if it has one, and what the engine learns once
+    /// they are durable.
+    fn tasks_to_insert(
+        &mut self,
+        tasks: Vec<TaskSpec>,
+        numbered: Option<(String, u64)>,
+    ) -> (Muts, Vec<Committed>) {
         let n = tasks.len();
         let now = now_ms();
         let first = self.shared.store.allocate_ids(n as u64);
@@ -535,6 +560,12 @@ impl Reader {
             })));
         }
         debug_assert_eq!(muts.len(), n);
+        if let Some((producer, sequence)) = numbered {
+            muts.push(Mutation::Numbered {
+                producer: Arc::from(producer),
+                sequence,
+            });
+        }
         let muts = if muts.len() == 1 {
             Muts::One(muts.remove(0))
         } else {

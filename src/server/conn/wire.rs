@@ -40,7 +40,14 @@ fn request(op: Op) -> Request {
             token: h.token,
         }),
         Op::Ping(_) => Request::Ping,
-        Op::Publish(p) => Request::Publish(publish_tasks(p)),
+        Op::Publish(v1::Publish {
+            tasks,
+            producer_id,
+            sequence,
+        }) => Request::Publish {
+            tasks: tasks.into_iter().map(task_spec).collect(),
+            numbered: (!producer_id.is_empty()).then_some((producer_id, sequence)),
+        },
         Op::Subscribe(s) => Request::Subscribe {
             queue: s.queue,
             prefetch: s.prefetch,
@@ -202,30 +209,6 @@ pub(crate) fn schedule_list_answer(
             more: more || cut,
         }),
     ))
-}
-
-/// The tasks of a publish. A publish numbered by its producer gives each task without
-/// an idempotency key of its own one made of the producer id, the sequence number and
-/// the task's position: the same publish sent again is then deduplicated by the
-/// idempotency-key machinery (replicated in a cluster, so a retry after a leader
-/// change is too). Its length is checked with every key's.
-fn publish_tasks(p: v1::Publish) -> Vec<TaskSpec> {
-    let v1::Publish {
-        tasks,
-        producer_id,
-        sequence,
-    } = p;
-    tasks
-        .into_iter()
-        .enumerate()
-        .map(|(position, t)| {
-            let mut spec = task_spec(t);
-            if !producer_id.is_empty() && spec.idempotency_key.is_empty() {
-                spec.idempotency_key = format!("producer/{producer_id}/{sequence}/{position}");
-            }
-            spec
-        })
-        .collect()
 }
 
 fn task_spec(t: v1::TaskSpec) -> TaskSpec {

@@ -162,6 +162,9 @@ impl<C: Completion> WriterLoop<C> {
                 Some((_, Expiring::Dedup(dedup_key))) => {
                     self.sweep_key(dedup_key, now, batch, &mut stats)?
                 }
+                Some((_, Expiring::Producer(producer))) => {
+                    self.sweep_producer(producer, now, &mut stats)?
+                }
                 None => {
                     tracing::warn!(key = %keys::hex(&key), "malformed expiry-index key dropped")
                 }

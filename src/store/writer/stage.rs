@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use sled::InlineArray;
 
-use super::{too_large, Completion, Staged, StagedBody, WriterLoop};
+use super::producers::Numbering;
+use super::{too_large, Completion, JobOutcome, Staged, StagedBody, WriterLoop};
 use crate::model::{Mutation, TaskId, TaskStatus};
 use crate::store::keys;
 use crate::store::record::{self, StateView};
@@ -37,10 +38,11 @@ impl<C: Completion> WriterLoop<C> {
         for job in &group {
             self.job_duplicates.clear();
             self.job_sweep = None;
+            self.job_refused = None;
             let staged_job = match self.refuse_publish(&job.muts) {
                 Some(refused) => {
-                    self.reports
-                        .push((self.duplicates.len()..self.duplicates.len(), None));
+                    let none = self.duplicates.len()..self.duplicates.len();
+                    self.reports.push(JobOutcome::of(none));
                     self.failed.push(Some(refused));
                     continue;
                 }
@@ -50,6 +52,9 @@ impl<C: Completion> WriterLoop<C> {
                     if result.is_err() {
                         self.journal.rewind(mark);
                         self.job_bodies.clear();
+                        self.drop_job_producers();
+                    } else {
+                        self.commit_job_producers();
                     }
                     result
                 }
@@ -58,8 +63,11 @@ impl<C: Completion> WriterLoop<C> {
             if staged_job.is_ok() {
                 self.duplicates.append(&mut self.job_duplicates);
             }
-            self.reports
-                .push((start..self.duplicates.len(), self.job_sweep.take()));
+            self.reports.push(JobOutcome {
+                duplicates: start..self.duplicates.len(),
+                sweep: self.job_sweep.take(),
+                refused: self.job_refused.take(),
+            });
             match staged_job {
                 Ok(max_inserted) => {
                     staged.max_inserted = staged.max_inserted.max(max_inserted);
@@ -92,6 +100,7 @@ impl<C: Completion> WriterLoop<C> {
             }
         }
         self.group = group;
+        self.stage_producers(&mut staged);
         self.stage_watermark(&mut staged);
         staged
     }
@@ -147,7 +156,17 @@ impl<C: Completion> WriterLoop<C> {
         batch: &sled::Batch,
     ) -> Result<Option<TaskId>, StoreError> {
         let mut max_inserted = None;
-        for (index, mutation) in muts.as_slice().iter().enumerate() {
+        let muts = muts.as_slice();
+        if let Numbering::Done = self.check_numbering(muts)? {
+            // A repeat or a refusal: nothing staged, but its ids were handed out and
+            // are never reused.
+            let ids = muts.iter().filter_map(|m| match m {
+                Mutation::Insert(task) => Some(task.id),
+                _ => None,
+            });
+            return Ok(ids.max());
+        }
+        for (index, mutation) in muts.iter().enumerate() {
             match mutation {
                 Mutation::Insert(task) => {
                     // Counted even when a duplicate: an id handed out is never reused.
@@ -237,6 +256,9 @@ impl<C: Completion> WriterLoop<C> {
                         ));
                     }
                 }
+                // Checked before the inserts (`check_numbering`), remembered once the
+                // job staged.
+                Mutation::Numbered { .. } => debug_assert_eq!(index, muts.len() - 1),
             }
         }
         Ok(max_inserted)

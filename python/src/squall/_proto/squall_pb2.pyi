@@ -34,6 +34,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEDULE_EXISTS: _ClassVar[ErrorCode]
     INVALID_SCHEDULE: _ClassVar[ErrorCode]
     NOT_LEADER: _ClassVar[ErrorCode]
+    SEQUENCE_TOO_OLD: _ClassVar[ErrorCode]
 
 class TaskStateFilter(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -82,6 +83,7 @@ ANSWER_TOO_LARGE: ErrorCode
 SCHEDULE_EXISTS: ErrorCode
 INVALID_SCHEDULE: ErrorCode
 NOT_LEADER: ErrorCode
+SEQUENCE_TOO_OLD: ErrorCode
 TASK_STATE_FILTER_UNSPECIFIED: TaskStateFilter
 TASK_STATE_FILTER_READY: TaskStateFilter
 TASK_STATE_FILTER_DELAYED: TaskStateFilter
