@@ -4,9 +4,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=squall.proto");
     println!("cargo:rerun-if-changed=cluster.proto");
     let fds = protox::compile(["squall.proto", "cluster.proto"], ["."])?;
-    prost_build::Config::new()
-        .bytes(["."])
-        .btree_map(["."])
-        .compile_fds(fds)?;
+    let mut config = prost_build::Config::new();
+    config.bytes(["."]).btree_map(["."]);
+    // The large variants of a replicated mutation are boxed: an entry holds thousands
+    // of mutations, decoded into one Vec whose growth (element size times count, with
+    // fresh pages each time) cost a follower more than the decoding itself.
+    for variant in ["insert", "patch", "put_queue", "put_schedule"] {
+        config.boxed(format!(".squall.cluster.v1.Mutation.kind.{variant}"));
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

@@ -174,29 +174,29 @@ fn malformed_mutations_are_errors() {
     use pb::mutation::Kind;
     let unknown_kind = pb::Mutation { kind: None };
     let bad_status = pb::Mutation {
-        kind: Some(Kind::Patch(pb::Patch {
+        kind: Some(Kind::Patch(Box::new(pb::Patch {
             status: Some(7),
             ..Default::default()
-        })),
+        }))),
     };
     let stateless_insert = pb::Mutation {
-        kind: Some(Kind::Insert(pb::Insert {
+        kind: Some(Kind::Insert(Box::new(pb::Insert {
             id: 1,
             state: None,
             body: Some(pb::TaskBody::default()),
-        })),
+        }))),
     };
     let bad_catch_up = pb::Mutation {
-        kind: Some(Kind::PutSchedule(pb::Schedule {
+        kind: Some(Kind::PutSchedule(Box::new(pb::Schedule {
             catch_up: 3,
             ..Default::default()
-        })),
+        }))),
     };
     let configless_queue = pb::Mutation {
-        kind: Some(Kind::PutQueue(pb::PutQueue {
+        kind: Some(Kind::PutQueue(Box::new(pb::PutQueue {
             name: "q".into(),
             config: None,
-        })),
+        }))),
     };
     for m in [
         unknown_kind,

@@ -62,11 +62,11 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
     let kind = match m {
         Mutation::Insert(task) => {
             let NewTask { id, state, body } = &**task;
-            Kind::Insert(pb::Insert {
+            Kind::Insert(Box::new(pb::Insert {
                 id: *id,
                 state: Some(state_to(state)),
                 body: Some(body_to(body)),
-            })
+            }))
         }
         Mutation::Patch { id, patch } => {
             let StatePatch {
@@ -76,7 +76,7 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
                 last_error,
                 updated_ms,
             } = patch;
-            Kind::Patch(pb::Patch {
+            Kind::Patch(Box::new(pb::Patch {
                 id: *id,
                 status: status.map(|s| s as u32),
                 attempts: *attempts,
@@ -84,7 +84,7 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
                 set_last_error: last_error.is_some(),
                 last_error: last_error.clone().flatten(),
                 updated_ms: *updated_ms,
-            })
+            }))
         }
         Mutation::Remove { id } => Kind::Remove(pb::TaskRef { id: *id }),
         Mutation::Succeed {
@@ -100,14 +100,14 @@ fn mutation_to(m: &Mutation) -> pb::Mutation {
             now: *now,
             limit: *limit,
         }),
-        Mutation::PutQueue { name, config } => Kind::PutQueue(pb::PutQueue {
+        Mutation::PutQueue { name, config } => Kind::PutQueue(Box::new(pb::PutQueue {
             name: name.to_string(),
             config: Some(queue_config_to(config)),
-        }),
+        })),
         Mutation::RemoveQueue { name } => Kind::RemoveQueue(pb::QueueRef {
             name: name.to_string(),
         }),
-        Mutation::PutSchedule(schedule) => Kind::PutSchedule(schedule_to(schedule)),
+        Mutation::PutSchedule(schedule) => Kind::PutSchedule(Box::new(schedule_to(schedule))),
         Mutation::RemoveSchedule { name } => Kind::RemoveSchedule(pb::QueueRef {
             name: name.to_string(),
         }),
@@ -131,29 +131,35 @@ fn mutation_from(m: pb::Mutation) -> Result<Mutation, CodecError> {
         .kind
         .ok_or_else(|| missing("mutation (a kind this version does not know?)"))?;
     Ok(match kind {
-        Kind::Insert(pb::Insert { id, state, body }) => Mutation::Insert(Box::new(NewTask {
-            id,
-            state: state_from(state.ok_or_else(|| missing("inserted task state"))?)?,
-            body: body_from(body.ok_or_else(|| missing("inserted task body"))?),
-        })),
-        Kind::Patch(pb::Patch {
-            id,
-            status,
-            attempts,
-            not_before_ms,
-            set_last_error,
-            last_error,
-            updated_ms,
-        }) => Mutation::Patch {
-            id,
-            patch: StatePatch {
-                status: status.map(status_from).transpose()?,
+        Kind::Insert(insert) => {
+            let pb::Insert { id, state, body } = *insert;
+            Mutation::Insert(Box::new(NewTask {
+                id,
+                state: state_from(state.ok_or_else(|| missing("inserted task state"))?)?,
+                body: body_from(body.ok_or_else(|| missing("inserted task body"))?),
+            }))
+        }
+        Kind::Patch(patch) => {
+            let pb::Patch {
+                id,
+                status,
                 attempts,
                 not_before_ms,
-                last_error: set_last_error.then_some(last_error),
+                set_last_error,
+                last_error,
                 updated_ms,
-            },
-        },
+            } = *patch;
+            Mutation::Patch {
+                id,
+                patch: StatePatch {
+                    status: status.map(status_from).transpose()?,
+                    attempts,
+                    not_before_ms,
+                    last_error: set_last_error.then_some(last_error),
+                    updated_ms,
+                },
+            }
+        }
         Kind::Remove(pb::TaskRef { id }) => Mutation::Remove { id },
         Kind::Succeed(pb::Succeed {
             id,
@@ -165,14 +171,17 @@ fn mutation_from(m: pb::Mutation) -> Result<Mutation, CodecError> {
             updated_ms,
         },
         Kind::Sweep(pb::Sweep { now, limit }) => Mutation::Sweep { now, limit },
-        Kind::PutQueue(pb::PutQueue { name, config }) => Mutation::PutQueue {
-            name: Arc::from(name),
-            config: queue_config_from(config.ok_or_else(|| missing("queue configuration"))?),
-        },
+        Kind::PutQueue(put) => {
+            let pb::PutQueue { name, config } = *put;
+            Mutation::PutQueue {
+                name: Arc::from(name),
+                config: queue_config_from(config.ok_or_else(|| missing("queue configuration"))?),
+            }
+        }
         Kind::RemoveQueue(pb::QueueRef { name }) => Mutation::RemoveQueue {
             name: Arc::from(name),
         },
-        Kind::PutSchedule(s) => Mutation::PutSchedule(Box::new(schedule_from(s)?)),
+        Kind::PutSchedule(s) => Mutation::PutSchedule(Box::new(schedule_from(*s)?)),
         Kind::RemoveSchedule(pb::QueueRef { name }) => Mutation::RemoveSchedule {
             name: Arc::from(name),
         },
