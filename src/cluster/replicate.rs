@@ -34,12 +34,90 @@ use crate::store::{
 pub trait Applying: Completion + Sized {
     /// Wraps `then` (if any) for a job the state machine applies: durable elsewhere
     /// ([`Completion::durable_elsewhere`]: the entry is on a majority's log).
-    fn applying(then: Option<Self>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Self;
+    fn applying(then: Option<Self>, tell: Signal) -> Self;
 
     /// A completion for an empty job that `tell`s once everything submitted before it
     /// is durable in this member's store (before the state file records an applied
     /// id, which no restart would apply again).
-    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Self;
+    fn barrier(tell: Signal) -> Self;
+}
+
+/// How a job the state machine submitted tells it its outcome: the jobs of one
+/// `apply` share one [`Latch`] (no allocation per job), a barrier has a channel.
+pub enum Signal {
+    /// A job of entry `LogId`, counted by the latch.
+    Job(Arc<Latch>, super::types::LogId),
+    /// A barrier's own channel.
+    Once(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Signal {
+    /// Reports the job's outcome.
+    pub fn tell(self, result: Result<(), StoreError>) {
+        match self {
+            Signal::Job(latch, log_id) => latch.done(log_id, result),
+            Signal::Once(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Counts the jobs of one `apply` still unfinished and keeps the first failure (jobs
+/// complete in submission order). Starts at one, the waiter's own count, so that it
+/// cannot reach zero while jobs are still being submitted.
+pub struct Latch {
+    left: std::sync::atomic::AtomicUsize,
+    failed: Mutex<Option<(super::types::LogId, StoreError)>>,
+    all_done: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Latch {
+    /// A latch and what its waiter awaits.
+    pub(super) fn new() -> (Arc<Latch>, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let latch = Latch {
+            left: std::sync::atomic::AtomicUsize::new(1),
+            failed: Mutex::new(None),
+            all_done: Mutex::new(Some(tx)),
+        };
+        (Arc::new(latch), rx)
+    }
+
+    /// One more job to wait for, before it is submitted.
+    pub(super) fn expect(self: &Arc<Latch>, log_id: super::types::LogId) -> Signal {
+        let before = self.left.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        debug_assert!(before >= 1, "a job expected after the waiter let go");
+        Signal::Job(self.clone(), log_id)
+    }
+
+    fn done(&self, log_id: super::types::LogId, result: Result<(), StoreError>) {
+        if let Err(e) = result {
+            self.failed.lock().get_or_insert((log_id, e));
+        }
+        self.count_down();
+    }
+
+    /// The waiter lets go of its own count (once every job is submitted).
+    pub(super) fn release(&self) {
+        self.count_down();
+    }
+
+    fn count_down(&self) {
+        let before = self.left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        debug_assert!(before >= 1, "counted down below zero");
+        if before == 1 {
+            if let Some(tx) = self.all_done.lock().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// The first failure, once every job finished.
+    pub(super) fn failure(&self) -> Option<(super::types::LogId, StoreError)> {
+        debug_assert_eq!(self.left.load(std::sync::atomic::Ordering::Acquire), 0);
+        self.failed.lock().take()
+    }
 }
 
 /// Entries proposed and not yet applied (or refused) before the proposer waits and

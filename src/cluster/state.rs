@@ -43,7 +43,7 @@ use squall_proto::cluster as pb;
 use tokio::sync::oneshot;
 
 use super::codec;
-use super::replicate::{Applying, Pending};
+use super::replicate::{Applying, Latch, Pending, Signal};
 use super::snapshot::{
     self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
 };
@@ -77,8 +77,9 @@ pub struct StateMachine<C: Applying> {
     counters: Arc<SnapshotCounters>,
 }
 
-/// A job submitted to the store writer whose outcome `apply` waits for.
-type Applied = (LogId, oneshot::Receiver<Result<(), StoreError>>);
+/// The jobs submitted to the store writer since `apply` last waited: one latch for
+/// them all, made with the first (see `replicate::Latch`).
+type Applied = Option<(Arc<Latch>, oneshot::Receiver<()>)>;
 
 fn sm_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(e)).into()
@@ -244,20 +245,16 @@ impl<C: Applying> StateMachine<C> {
     /// recovered together), followed by the record that `log_id` is applied; each
     /// job's completion is the submitter's (`pending`) if this broker run proposed it.
     /// The mutations are shared with the entry, not copied.
-    fn submit(&self, jobs: &[Job], log_id: LogId, applied: &mut Vec<Applied>) {
+    fn submit(&self, jobs: &[Job], log_id: LogId, applied: &mut Applied) {
         debug_assert!(!jobs.is_empty(), "an entry's command carries a job");
+        let (latch, _) = applied.get_or_insert_with(Latch::new);
         let mut together = Vec::with_capacity(jobs.len() + 1);
         for Job { origin, muts } in jobs {
             let muts = Muts::Shared(muts.clone());
             let then = (origin.node == self.node && origin.run == self.run)
                 .then(|| self.pending.lock().remove(&origin.seq))
                 .flatten();
-            let (tx, rx) = oneshot::channel();
-            let tell = Box::new(move |result| {
-                let _ = tx.send(result);
-            });
-            together.push((muts, Some(C::applying(then, tell))));
-            applied.push((log_id, rx));
+            together.push((muts, Some(C::applying(then, latch.expect(log_id)))));
         }
         let record = Mutation::Applied {
             term: log_id.leader_id.term,
@@ -271,18 +268,22 @@ impl<C: Applying> StateMachine<C> {
 
     /// Waits until every submitted job is applied (its sync follows: see the module
     /// documentation); a refused one is a storage error.
-    async fn settle(jobs: &mut Vec<Applied>) -> Result<(), StorageError> {
-        for (log_id, outcome) in jobs.drain(..) {
-            let outcome = outcome.await.unwrap_or(Err(StoreError::Closed));
-            if let Err(e) = outcome {
-                tracing::error!(error = %e, index = log_id.index, "a committed entry could not be applied to the store: the raft node stops");
-                return Err(StorageIOError::new(
-                    ErrorSubject::Apply(log_id),
-                    ErrorVerb::Write,
-                    AnyError::new(&e),
-                )
-                .into());
-            }
+    async fn settle(jobs: &mut Applied) -> Result<(), StorageError> {
+        let Some((latch, all_done)) = jobs.take() else {
+            return Ok(());
+        };
+        latch.release();
+        // Every job completes exactly once (a dropped one with `Closed`), so the latch
+        // reaches zero; it holds the sender until then.
+        let _ = all_done.await;
+        if let Some((log_id, e)) = latch.failure() {
+            tracing::error!(error = %e, index = log_id.index, "a committed entry could not be applied to the store: the raft node stops");
+            return Err(StorageIOError::new(
+                ErrorSubject::Apply(log_id),
+                ErrorVerb::Write,
+                AnyError::new(&e),
+            )
+            .into());
         }
         Ok(())
     }
@@ -292,11 +293,8 @@ impl<C: Applying> StateMachine<C> {
     /// sync): the file's applied id is never applied again at restart.
     async fn persist(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
-        let tell = Box::new(move |result| {
-            let _ = tx.send(result);
-        });
         self.writer
-            .submit(Muts::Many(Vec::new()), Some(C::barrier(tell)));
+            .submit(Muts::Many(Vec::new()), Some(C::barrier(Signal::Once(tx))));
         if let Err(e) = rx.await.unwrap_or(Err(StoreError::Closed)) {
             tracing::error!(error = %e, "the store could not be synced before the state file: the raft node stops");
             return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
@@ -324,7 +322,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         I::IntoIter: Send,
     {
         let mut replies = Vec::new();
-        let mut jobs = Vec::new();
+        let mut jobs: Applied = None;
         let mut last_in_store = true;
         for entry in entries {
             debug_assert!(self

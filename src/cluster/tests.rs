@@ -10,7 +10,7 @@ use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 
 use super::log::LogStore;
-use super::replicate::{Applying, Pending};
+use super::replicate::{Applying, Pending, Signal};
 use super::state::StateMachine;
 use super::types::{
     Command, Entry, Job, LogId, Member, Membership, Origin, StorageError, TypeConfig, Vote,
@@ -28,17 +28,17 @@ impl Completion for Tell {
 }
 
 impl Applying for Tell {
-    fn applying(then: Option<Tell>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Tell {
+    fn applying(then: Option<Tell>, tell: Signal) -> Tell {
         Tell(Box::new(move |result: Result<(), StoreError>| {
             if let Some(then) = then {
                 then.complete(result.clone());
             }
-            tell(result)
+            tell.tell(result)
         }))
     }
 
-    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Tell {
-        Tell(tell)
+    fn barrier(tell: Signal) -> Tell {
+        Tell(Box::new(move |result| tell.tell(result)))
     }
 }
 

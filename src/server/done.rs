@@ -16,7 +16,7 @@ use super::msg::{
 };
 use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
-use crate::cluster::replicate::Applying;
+use crate::cluster::replicate::{Applying, Signal};
 use crate::model::{Millis, TaskId, TaskStatus};
 use crate::store::{
     Completion, JobReport, SequenceRefusal, Store, StoreError, SweepStats, WriterHandle,
@@ -79,14 +79,14 @@ pub(crate) enum Done {
     /// machine.
     Applied {
         then: Option<Box<Done>>,
-        tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+        tell: Signal,
         /// A committed entry's job (durable on a majority's Raft log), not a barrier.
         replicated: bool,
     },
 }
 
 impl Applying for Done {
-    fn applying(then: Option<Done>, tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Done {
+    fn applying(then: Option<Done>, tell: Signal) -> Done {
         Done::Applied {
             then: then.map(Box::new),
             tell,
@@ -94,7 +94,7 @@ impl Applying for Done {
         }
     }
 
-    fn barrier(tell: Box<dyn FnOnce(Result<(), StoreError>) + Send>) -> Done {
+    fn barrier(tell: Signal) -> Done {
         Done::Applied {
             then: None,
             tell,
@@ -153,7 +153,7 @@ impl Completion for Done {
                 if let Some(then) = then {
                     then.complete_with(result.clone(), report);
                 }
-                return tell(result);
+                return tell.tell(result);
             }
             (Done::Admin(done, chunk), result) => return done.record(chunk, result),
             (Done::Publish(job), Ok(())) => {

@@ -26,7 +26,7 @@ use super::done::Done;
 use super::lease::LeaderLease;
 use super::msg::{ClusterView, HubCmd, HubTx, RebuiltEngine};
 use super::startup::{build_engine, engine_config};
-use crate::cluster::replicate::not_leader;
+use crate::cluster::replicate::{not_leader, Signal};
 use crate::cluster::types::{Member, NodeId};
 use crate::config::ServerConfig;
 use crate::model::Mutation;
@@ -232,14 +232,11 @@ impl LeadWatch {
         }
         let fresh = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
-        let tell = Box::new(move |result| {
-            let _ = tx.send(result);
-        });
         self.writer.submit(
             Muts::One(Mutation::ClusterId(fresh.as_str().into())),
             Some(Done::Applied {
                 then: None,
-                tell,
+                tell: Signal::Once(tx),
                 replicated: false,
             }),
         );
