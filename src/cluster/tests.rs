@@ -508,3 +508,34 @@ async fn the_first_cluster_id_applied_stays() {
     assert_eq!(store.cluster_id().unwrap().as_deref(), Some("first"));
     close(store, writer, sm);
 }
+
+/// The latch an `apply` waits on: it opens only once every job and the waiter itself
+/// let go, in whatever order, and keeps the first failure reported (jobs complete in
+/// submission order), so a failed job stops the node with its own entry's id.
+#[tokio::test]
+async fn the_apply_latch_opens_after_every_job_and_keeps_the_first_failure() {
+    use super::replicate::Latch;
+    let (latch, mut all_done) = Latch::new();
+    let jobs = [log_id(1, 5), log_id(1, 6), log_id(1, 7)].map(|id| latch.expect(id));
+    let [first, second, third] = jobs;
+    first.tell(Ok(()));
+    second.tell(Err(StoreError::Closed));
+    assert!(
+        all_done.try_recv().is_err(),
+        "a job and the waiter are still out"
+    );
+    latch.release();
+    assert!(all_done.try_recv().is_err(), "the third job is still out");
+    third.tell(Err(StoreError::Unavailable(Arc::from("disk full"))));
+    all_done.await.expect("opened");
+    let (at, error) = latch.failure().expect("a job failed");
+    assert_eq!(at, log_id(1, 6), "the first failure is kept");
+    assert!(matches!(error, StoreError::Closed), "{error:?}");
+
+    // No failure: nothing to report.
+    let (latch, all_done) = Latch::new();
+    latch.expect(log_id(2, 1)).tell(Ok(()));
+    latch.release();
+    all_done.await.expect("opened");
+    assert!(latch.failure().is_none());
+}
