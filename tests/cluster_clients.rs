@@ -293,3 +293,43 @@ async fn a_member_down_at_formation_gets_its_client_address_once_up() {
         b.terminate();
     }
 }
+
+/// `squall bench` against a cluster whose leader is killed with -9 mid-run: its
+/// clients follow the new leader, an ack refused because the lease died with the old
+/// leader is not an error of the run (the task comes again: a duplicate), and the run
+/// ends with every confirmed message delivered. (Negative control run: the consumer
+/// treating such an ack as fatal, the bench exits with "connection to the broker
+/// lost" and the test fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn squall_bench_rides_out_a_leader_kill() {
+    let mut cluster = three().await;
+    let admin = cluster_client(&cluster.everyone).await;
+    let leader = admin.server_info().cluster.expect("a leader").leader;
+    admin.close().await;
+    let via = cluster.others(leader)[0].client.to_string();
+    // A fixed rate: the run lasts ~4 s whatever the build, so the kill lands inside it.
+    let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
+        .args(["bench", "--server", &via, "--json", "--size", "64"])
+        .args(["--rate", "1000", "--messages", "4000", "--prefetch", "16"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run squall bench");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.take(leader).kill9();
+    let out = tokio::time::timeout(Duration::from_secs(60), bench.wait_with_output())
+        .await
+        .expect("the bench ends")
+        .expect("the bench ran");
+    assert!(
+        out.status.success(),
+        "squall bench failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the report is JSON");
+    assert_eq!(r["confirmed"], 4000, "{r}");
+    assert_eq!(r["delivered"], 4000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+}

@@ -136,7 +136,9 @@ impl Publisher for SquallPublisher {
 }
 
 /// Receives under the subscription's prefetch and acks every message, the acks in
-/// flight while it receives, until the run is over.
+/// flight while it receives, until the run is over. An ack whose lease is gone (the
+/// connection dropped, the leader of a cluster changed) is not an error of the run:
+/// the broker delivers the task again, and the run counts it as a duplicate.
 async fn consume(
     client: Client,
     mut sub: squall_client::Subscription,
@@ -148,7 +150,7 @@ async fn consume(
             biased;
             Some(r) = acks.next(), if !acks.is_empty() => {
                 let r: squall_client::Result<()> = r;
-                r?;
+                settled(r)?;
             }
             d = sub.recv() => {
                 let d = d.ok_or("the subscription ended")??;
@@ -159,8 +161,28 @@ async fn consume(
         }
     }
     while let Some(r) = acks.next().await {
-        r?;
+        settled(r)?;
     }
     client.close().await;
     Ok(consumer)
+}
+
+/// An ack's outcome: `Ok` also when the lease is gone and the task comes back.
+fn settled(r: squall_client::Result<()>) -> squall_client::Result<()> {
+    use squall_client::ClientError as E;
+    match r {
+        Err(
+            e @ (E::LeaseExpired { .. }
+            | E::ConnectionLost { .. }
+            | E::Timeout { .. }
+            | E::Server {
+                code: squall_client::ErrorCode::NotLeader,
+                ..
+            }),
+        ) => {
+            tracing::debug!(error = %e, "ack not confirmed: the task will be delivered again");
+            Ok(())
+        }
+        other => other,
+    }
 }
