@@ -302,6 +302,29 @@ async fn membership_three_to_four_to_three_under_load_loses_nothing() {
     }
     let (new_leader, _) = agreed_leader_within(&left, 3, WITHIN).await;
     assert_ne!(new_leader, leader);
+    // The removed leader no longer names itself: it says it is not a member and
+    // lists those who are.
+    let mut wire = common::Wire::connect(members[leader as usize - 1].client).await;
+    let refused = wire
+        .call(squall_proto::v1::request::Op::Hello(
+            squall_proto::v1::Hello {
+                protocol_version: squall_proto::PROTOCOL_VERSION,
+                client_name: "test".into(),
+                token: String::new(),
+            },
+        ))
+        .await
+        .expect_err("a removed member serves no client");
+    assert_eq!(
+        refused.code,
+        squall_proto::ErrorCode::NotLeader,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message.contains("is not a member of the cluster")
+            && refused.message.contains(&format!("node {new_leader} (")),
+        "{refused:?}"
+    );
     // Soon: the removed leader closes its client connections at once (were they left
     // open until its unanswerable proposals timed out, this took 20 s and more).
     load.confirms(30, Duration::from_secs(10)).await;

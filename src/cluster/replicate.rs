@@ -158,9 +158,22 @@ pub struct Proposer<C: Completion> {
     tx: mpsc::UnboundedSender<Proposal>,
 }
 
-/// Why this node does not take changes, naming the leader if one is known.
+/// Why this node does not take changes, naming the leader if one is known, or the
+/// members if this node is not one of them (removed, or not added yet; listed without
+/// " at ", which the clients read as the leader's address).
 pub fn not_leader(metrics: &openraft::RaftMetrics<NodeId, Member>) -> String {
     let me = metrics.id;
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&me).is_none() {
+        let members = membership
+            .nodes()
+            .map(|(id, m)| format!("node {id} ({})", m.client_addr))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return format!(
+            "node {me} is not a member of the cluster (removed, or not added yet); its members: {members}"
+        );
+    }
     match metrics.current_leader {
         Some(leader) if leader != me => {
             let addr = metrics
