@@ -299,6 +299,25 @@ fn gather(first: Proposal, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> (Vec<u
     (seqs, Command::Jobs(jobs.into()))
 }
 
+/// Why a proposal failed after it was made: this node stopped leading before its entry
+/// committed. Names the new leader as `not_leader` does (" at ADDR", which the clients
+/// follow) when openraft knows it.
+pub(super) fn leadership_lost(e: &openraft::error::ClientWriteError<NodeId, Member>) -> String {
+    use openraft::error::ClientWriteError;
+    const UNKNOWN: &str =
+        "this node stopped being the leader before the change was committed; its outcome is unknown";
+    match e {
+        ClientWriteError::ForwardToLeader(f) => match (f.leader_id, &f.leader_node) {
+            (Some(id), Some(node)) => {
+                format!("{UNKNOWN}; the leader is node {id} at {}", node.client_addr)
+            }
+            (Some(id), None) => format!("{UNKNOWN}; the leader is node {id}"),
+            _ => format!("{UNKNOWN}; no leader is known yet"),
+        },
+        other => format!("{UNKNOWN} ({other})"),
+    }
+}
+
 /// Proposes the jobs `rx` carries to Raft in their order, several to an entry (see
 /// the module documentation), and refuses those whose proposal fails (this node
 /// stopped being the leader before the entry committed: the outcome is unknown to
@@ -321,10 +340,7 @@ pub(crate) async fn propose<C: Completion>(
                     // Applied: the state machine completed the jobs.
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        let why: Arc<str> = Arc::from(format!(
-                            "this node stopped being the leader before the change was \
-                             committed; its outcome is unknown ({e})"
-                        ));
+                        let why: Arc<str> = Arc::from(leadership_lost(&e));
                         for seq in outcome.0 {
                             refuse(&pending, seq, StoreError::NotLeader(why.clone()));
                         }

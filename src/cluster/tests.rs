@@ -539,3 +539,33 @@ async fn the_apply_latch_opens_after_every_job_and_keeps_the_first_failure() {
     all_done.await.expect("opened");
     assert!(latch.failure().is_none());
 }
+
+/// A proposal that fails because this node stopped leading says its outcome is
+/// unknown and names the new leader the way a client follows (" at ADDR"), instead of
+/// quoting openraft's error.
+#[test]
+fn a_lost_leadership_names_the_new_leader_for_the_clients() {
+    use openraft::error::{ClientWriteError, ForwardToLeader};
+    let lost = |leader_id, leader_node| {
+        super::replicate::leadership_lost(&ClientWriteError::ForwardToLeader(ForwardToLeader {
+            leader_id,
+            leader_node,
+        }))
+    };
+    let member = Member {
+        client_addr: "127.0.0.1:7603".into(),
+        cluster_addr: "127.0.0.1:7703".into(),
+    };
+    let named = lost(Some(3), Some(member));
+    assert!(named.contains("its outcome is unknown"), "{named}");
+    assert!(
+        named.ends_with("the leader is node 3 at 127.0.0.1:7603"),
+        "{named}"
+    );
+    let unknown = lost(None, None);
+    assert!(
+        unknown.contains("its outcome is unknown") && !unknown.contains(" at "),
+        "{unknown}"
+    );
+    assert!(!unknown.contains("forward"), "{unknown}");
+}
