@@ -192,6 +192,27 @@ impl Encoded {
             .sum()
     }
 
+    /// The index up to which (included) the log should be purged so that the entries it
+    /// keeps up to `upto` (the last snapshot's) take at most `keep_bytes`; `None` when
+    /// they already do. Entries after `upto` are not counted: they are not purgeable.
+    pub fn purge_point(&self, upto: u64, keep_bytes: u64) -> Option<u64> {
+        let index = self.index.read();
+        let end = upto.saturating_add(1).min(index.next_index());
+        if end <= index.first {
+            return None;
+        }
+        let behind = (end - index.first) as usize;
+        let mut kept = 0u64;
+        for (i, (id, at)) in index.entries.range(..behind).enumerate().rev() {
+            kept += at.len;
+            if kept > keep_bytes {
+                debug_assert_eq!(id.index, index.first + i as u64);
+                return Some(id.index);
+            }
+        }
+        None
+    }
+
     /// Offers the received encodings of entries about to be appended.
     pub fn offer(&self, entries: Vec<(LogId, Bytes)>) -> Offered {
         let mut index = self.index.write();

@@ -87,8 +87,8 @@ pub enum ClusterError {
 /// (`server/lease.rs`) is half the shortest timeout, 125 ms: 2 heartbeats. A snapshot
 /// of the queue state when `snapshot_logs` entries or `snapshot_log_bytes` of log were
 /// applied since the last one (`snapshot::trigger`), the log purged behind it but for
-/// the last [`LOGS_KEPT_BEHIND`] entries (a member further behind is sent the
-/// snapshot).
+/// the last [`LOGS_KEPT_BEHIND`] entries and [`LOG_BYTES_KEPT_BEHIND`] bytes of them
+/// (a member further behind is sent the snapshot).
 /// Snapshots travel in chunks of at most a quarter of the cluster port's frame limit
 /// (and openraft's 3 MiB); a snapshot's last chunk is answered once the follower has
 /// installed it (its whole store replaced): that answer may take a while.
@@ -113,6 +113,10 @@ pub fn raft_config(config: &ClusterConfig) -> openraft::Config {
 /// Most entries kept in the Raft log behind a snapshot (fewer when `snapshot_logs` is
 /// smaller): a member only slightly behind catches up from the log, not a snapshot.
 const LOGS_KEPT_BEHIND: u64 = 10_000;
+
+/// Most encoded bytes of those entries (fewer when `snapshot_log_bytes` is smaller):
+/// entries of up to a megabyte each would otherwise keep 10 GB of log on disk.
+const LOG_BYTES_KEPT_BEHIND: u64 = 64 * 1024 * 1024;
 
 /// How long the leader waits for the answer to one chunk of a snapshot, the last one
 /// included (the follower answers it once the snapshot is installed).
@@ -224,6 +228,7 @@ impl Node {
             snapshot::Policy {
                 logs: config.snapshot_logs,
                 bytes: config.snapshot_log_bytes,
+                kept_bytes: config.snapshot_log_bytes.min(LOG_BYTES_KEPT_BEHIND),
             },
             stop.clone(),
         ));

@@ -197,6 +197,10 @@ pub struct Policy {
     pub logs: u64,
     /// Encoded bytes of the entries applied since the last snapshot.
     pub bytes: u64,
+    /// Most encoded bytes of log kept behind the last snapshot (openraft's
+    /// `max_in_snapshot_log_to_keep` counts entries, which can be large): the trigger
+    /// purges further when they are more.
+    pub kept_bytes: u64,
 }
 
 /// How often the trigger looks at the log.
@@ -218,6 +222,7 @@ pub(super) async fn trigger(
 ) {
     debug_assert!(policy.logs > 0 && policy.bytes > 0);
     let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
+    let mut purge_asked = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -231,6 +236,16 @@ pub(super) async fn trigger(
                 m.snapshot.map(|id| id.index),
             )
         };
+        if let Some(upto) = last.and_then(|s| log.purge_point(s, policy.kept_bytes)) {
+            // openraft purges once no replication still reads those entries.
+            if upto > purge_asked {
+                tracing::debug!(upto, "purging the log behind the snapshot by size");
+                if raft.trigger().purge_log(upto).await.is_err() {
+                    return; // the Raft node stopped
+                }
+                purge_asked = upto;
+            }
+        }
         let Some(applied) = applied else { continue };
         if asked.is_some_and(|(at, when)| at == last && when.elapsed() < TRIGGER_RETRY) {
             continue; // being built

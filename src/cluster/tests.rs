@@ -569,3 +569,43 @@ fn a_lost_leadership_names_the_new_leader_for_the_clients() {
     );
     assert!(!unknown.contains("forward"), "{unknown}");
 }
+
+/// Where the snapshot trigger purges the log by size: behind the snapshot's index, the
+/// entries kept take at most the bound; nothing when they already do; entries after
+/// the snapshot never count.
+#[tokio::test]
+async fn the_log_is_purged_behind_a_snapshot_down_to_a_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path()).unwrap();
+    let encoded = log.encoded();
+    let origin = Origin {
+        node: 1,
+        run: 1,
+        seq: 1,
+    };
+    let entries: Vec<Entry> = (1..=40)
+        .map(|i| command(origin, vec![insert(i, "q")], 1, i))
+        .collect();
+    log.blocking_append([blank(1, 0)]).await.unwrap();
+    log.blocking_append(entries).await.unwrap();
+    let one = encoded.bytes_between(1, 1);
+    assert_eq!(
+        encoded.bytes_between(1, 40),
+        40 * one,
+        "entries of one size"
+    );
+    let blank_bytes = encoded.bytes_between(0, 0);
+    let all = 40 * one + blank_bytes;
+    // Snapshot at 40: keep 10 entries' worth, purge up to 30.
+    assert_eq!(encoded.purge_point(40, 10 * one), Some(30));
+    assert_eq!(encoded.purge_point(40, 10 * one + one - 1), Some(30));
+    assert_eq!(encoded.purge_point(40, all), None, "within the bound");
+    // Snapshot at 20: the entries after it are not counted.
+    assert_eq!(encoded.purge_point(20, 5 * one), Some(15));
+    assert_eq!(encoded.purge_point(20, 20 * one + blank_bytes), None);
+    // Past the log's end, or behind its start, nothing to purge.
+    assert_eq!(encoded.purge_point(90, all), None);
+    log.purge(log_id(1, 10)).await.unwrap();
+    assert_eq!(encoded.purge_point(40, 30 * one), None, "what is left fits");
+    assert_eq!(encoded.purge_point(40, 29 * one), Some(11));
+}
