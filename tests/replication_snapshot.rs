@@ -48,6 +48,12 @@ async fn purged_past(leader: &Member, index: u64) -> u64 {
     }
 }
 
+/// The client addresses of `members`, comma-separated.
+fn clients(members: &[Member]) -> String {
+    let all: Vec<&Member> = members.iter().collect();
+    cluster::Three::clients_of(&all)
+}
+
 /// Everything a store holds, read through its public API.
 #[derive(Debug, PartialEq)]
 struct Content {
@@ -154,11 +160,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
     let mut brokers: Vec<_> = members.iter().map(|m| Some(start(m))).collect();
     let all: Vec<&Member> = members.iter().collect();
     agreed_leader(&all).await;
-    let everyone = members
-        .iter()
-        .map(|m| m.client.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let everyone = clients(&members);
     let client = cluster_client(&everyone).await;
     let leader_id: u64 = client.server_info().node_id.parse().unwrap();
     let leader = &members[leader_id as usize - 1];
@@ -336,11 +338,7 @@ async fn the_log_behind_a_snapshot_is_bounded_in_bytes() {
         .collect();
     let all: Vec<&Member> = members.iter().collect();
     agreed_leader(&all).await;
-    let everyone = members
-        .iter()
-        .map(|m| m.client.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let everyone = clients(&members);
     let client = cluster_client(&everyone).await;
     let leader_id: u64 = client.server_info().node_id.parse().unwrap();
     let leader = &members[leader_id as usize - 1];

@@ -236,14 +236,11 @@ async fn the_log_is_what_was_confirmed_after_a_reopen() {
     assert_eq!(indexes(&mut log).await, vec![101]);
 }
 
-/// The entries the log keeps in memory (and their encodings, for the cluster port)
-/// are what the disk holds, through truncation and purge; an offered encoding is
-/// what gets written, and offers are withdrawn with their guard.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn entries_in_memory_agree_with_the_disk() {
+/// A fresh log holding a blank entry 0, and forty one-insert entries of term 1 (1 to
+/// 40, all of one size) to append.
+async fn a_log_and_forty_entries() -> (tempfile::TempDir, LogStore, Vec<Entry>) {
     let dir = tempfile::tempdir().unwrap();
     let mut log = LogStore::open(dir.path()).unwrap();
-    let encoded = log.encoded();
     let origin = Origin {
         node: 1,
         run: 1,
@@ -253,6 +250,16 @@ async fn entries_in_memory_agree_with_the_disk() {
         .map(|i| command(origin, vec![insert(i, "q")], 1, i))
         .collect();
     log.blocking_append([blank(1, 0)]).await.unwrap();
+    (dir, log, entries)
+}
+
+/// The entries the log keeps in memory (and their encodings, for the cluster port)
+/// are what the disk holds, through truncation and purge; an offered encoding is
+/// what gets written, and offers are withdrawn with their guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_memory_agree_with_the_disk() {
+    let (dir, mut log, entries) = a_log_and_forty_entries().await;
+    let encoded = log.encoded();
     // A follower's append: entry 1's encoding offered as it came off the wire.
     let wire = super::codec::entry_bytes(&entries[0]);
     let offered = encoded.offer(vec![(entries[0].log_id, wire.clone())]);
@@ -575,18 +582,8 @@ fn a_lost_leadership_names_the_new_leader_for_the_clients() {
 /// the snapshot never count.
 #[tokio::test]
 async fn the_log_is_purged_behind_a_snapshot_down_to_a_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = LogStore::open(dir.path()).unwrap();
+    let (_dir, mut log, entries) = a_log_and_forty_entries().await;
     let encoded = log.encoded();
-    let origin = Origin {
-        node: 1,
-        run: 1,
-        seq: 1,
-    };
-    let entries: Vec<Entry> = (1..=40)
-        .map(|i| command(origin, vec![insert(i, "q")], 1, i))
-        .collect();
-    log.blocking_append([blank(1, 0)]).await.unwrap();
     log.blocking_append(entries).await.unwrap();
     let one = encoded.bytes_between(1, 1);
     assert_eq!(
