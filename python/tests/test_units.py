@@ -39,6 +39,9 @@ def test_nothing_was_applied_mirrors_the_rust_client() -> None:
     assert squall.QueueFull("x").nothing_was_applied
     assert not squall.ConnectionLost("x").nothing_was_applied
     assert not squall.Timeout("publish", 1).nothing_was_applied
+    # A cluster's refusal after a proposal: the change may still commit.
+    assert not squall.NotLeader("x").nothing_was_applied
+    assert not squall.SequenceTooOld("x").nothing_was_applied
 
 
 # Copied from client/src/rendezvous.rs (tests `weights_are_pinned`, PINNED_OWNERS):

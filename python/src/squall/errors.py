@@ -243,12 +243,15 @@ class InvalidSchedule(BrokerError):
 
 class NotLeader(BrokerError):
     """NOT_LEADER (code 48): this member of a replicated cluster is not its leader; the
-    message names the leader's address when known. Only the leader serves clients, and
-    this client does not follow leaders yet (the Rust client does): connect to the
-    leader. A change answered this way after the leadership moved may or may not have
-    been applied, so retry only what is safe to repeat (with an idempotency key)."""
+    message names the leader's address when known. Only the leader serves clients; the
+    client follows it by itself (at connect and after a leader change) and sends a
+    numbered publish again, so you see this only when that did not succeed. A change
+    answered this way after the leadership moved may or may not have been applied
+    (`nothing_was_applied` is false, as in the Rust client): retry only what is safe
+    to repeat."""
 
     code = 48
+    nothing_was_applied = False
 
 
 class SequenceTooOld(BrokerError):
