@@ -196,3 +196,60 @@ async fn settling_unknown_tasks_and_stale_tokens_is_lease_expired() {
     w.ack(&d).await.unwrap();
     assert_eq!(w.ack(&d).await.unwrap_err().code, ErrorCode::LeaseExpired);
 }
+
+/// Producer numbers over the wire (any broker honours them, not only a cluster): a
+/// repeat is answered with the first publish's ids as duplicates; a number reused for
+/// a publish of another size is BAD_REQUEST, one older than the 256 remembered is
+/// SEQUENCE_TOO_OLD, a producer id over 128 bytes is BAD_REQUEST; none of these
+/// stores anything.
+#[tokio::test]
+async fn producer_numbers_answer_repeats_and_refuse_what_they_cannot_tell() {
+    let broker = TestBroker::start().await;
+    let mut w = Wire::hello(broker.addr).await;
+    let numbered = |producer: &str, sequence: u64, n: usize| {
+        Op::Publish(v1::Publish {
+            tasks: (0..n)
+                .map(|i| spec("numbered", &format!("task {i}")))
+                .collect(),
+            producer_id: producer.into(),
+            sequence,
+        })
+    };
+    let published = |r: Result<v1::response::Result, common::WireError>| match r {
+        Ok(v1::response::Result::Publish(ok)) => ok.tasks,
+        other => panic!("expected a publish answer, got {other:?}"),
+    };
+    let first = published(w.call(numbered("p", 1, 2)).await);
+    assert!(first.iter().all(|t| !t.duplicate));
+    let again = published(w.call(numbered("p", 1, 2)).await);
+    assert_eq!(
+        again
+            .iter()
+            .map(|t| (t.task_id, t.duplicate))
+            .collect::<Vec<_>>(),
+        first.iter().map(|t| (t.task_id, true)).collect::<Vec<_>>(),
+        "the repeat names the first publish's tasks"
+    );
+    let reused = w.call(numbered("p", 1, 3)).await.unwrap_err();
+    assert_eq!(reused.code, ErrorCode::BadRequest, "{reused:?}");
+    assert!(
+        reused.message.contains("earlier publish of 2 task"),
+        "{reused:?}"
+    );
+    for sequence in 2..=257 {
+        published(w.call(numbered("p", sequence, 1)).await);
+    }
+    let old = w.call(numbered("p", 1, 2)).await.unwrap_err();
+    assert_eq!(old.code, ErrorCode::SequenceTooOld, "{old:?}");
+    let long = "x".repeat(129);
+    let refused = w.call(numbered(&long, 1, 1)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::BadRequest, "{refused:?}");
+    assert!(refused.message.contains("producer id"), "{refused:?}");
+    // Stored: the first publish's two tasks and the 256 later ones, nothing else.
+    let admin = squall_client::Client::connect(broker.addr)
+        .await
+        .expect("connect");
+    let info = admin.queue("numbered").await.unwrap();
+    assert_eq!(info.ready, 2 + 256, "{info:?}");
+    admin.close().await;
+}
