@@ -164,7 +164,8 @@ pub struct Proposer<C: Completion> {
 pub fn not_leader(metrics: &openraft::RaftMetrics<NodeId, Member>) -> String {
     let me = metrics.id;
     let membership = metrics.membership_config.membership();
-    if membership.get_node(&me).is_none() {
+    // (A cluster not formed yet has no members at all: nobody is one yet.)
+    if membership.get_node(&me).is_none() && membership.nodes().next().is_some() {
         let members = membership
             .nodes()
             .map(|(id, m)| format!("node {id} ({})", m.client_addr))

@@ -606,3 +606,34 @@ async fn the_log_is_purged_behind_a_snapshot_down_to_a_size() {
     assert_eq!(encoded.purge_point(40, 30 * one), None, "what is left fits");
     assert_eq!(encoded.purge_point(40, 29 * one), Some(11));
 }
+
+/// What a node that is not the leader tells a client: before the cluster formed (no
+/// members at all) that no leader is known; once it has members but not this node,
+/// that it is not a member, listing them without " at " (which clients follow).
+#[test]
+fn a_refusal_says_why_this_node_does_not_serve() {
+    use super::replicate::not_leader;
+    let mut metrics = openraft::RaftMetrics::<u64, Member>::new_initial(4);
+    let unformed = not_leader(&metrics);
+    assert!(unformed.contains("knows no leader"), "{unformed}");
+    let member = |port: u16| Member {
+        client_addr: format!("127.0.0.1:{port}"),
+        cluster_addr: format!("127.0.0.1:{}", port + 100),
+    };
+    let nodes: std::collections::BTreeMap<u64, Member> =
+        [(1, member(7601)), (2, member(7602))].into_iter().collect();
+    let voters: std::collections::BTreeSet<u64> = [1, 2].into_iter().collect();
+    let membership = Membership::new(vec![voters], nodes);
+    metrics.membership_config = Arc::new(super::types::StoredMembership::new(
+        Some(log_id(1, 1)),
+        membership,
+    ));
+    metrics.current_leader = Some(1);
+    let outside = not_leader(&metrics);
+    assert!(
+        outside.contains("node 4 is not a member of the cluster")
+            && outside.contains("node 1 (127.0.0.1:7601)")
+            && !outside.contains(" at "),
+        "{outside}"
+    );
+}
