@@ -685,3 +685,54 @@ async fn dropping_a_subscription_gives_back_its_buffered_deliveries_without_an_a
     let q = client.queue("unseen").await.unwrap();
     assert_eq!((q.dead, q.totals.acked), (0, 4), "{q:?}");
 }
+
+/// `ack_now` sends the ack before its settlement is awaited: the broker settles every
+/// task while the confirmations sit unpolled, and each then resolves Ok. (Negative
+/// control run: an `ack_now` that sends only when polled leaves the tasks leased and
+/// the test fails at the first wait.)
+#[tokio::test]
+async fn ack_now_is_sent_before_it_is_awaited() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(broker.addr).await.unwrap();
+    let admin = Client::connect(broker.addr).await.unwrap();
+    client
+        .publish_batch((0..20).map(|i| Message::new("now", i.to_string())))
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("now").prefetch(20).await.unwrap();
+    let mut confirmations = Vec::new();
+    for _ in 0..20 {
+        confirmations.push(next(&mut sub).await.ack_now());
+    }
+    // Counted as acked (an unsent ack would leave the task leased until its lease
+    // expires, then counted as expired).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = admin.queue("now").await.unwrap();
+        if info.totals.acked == 20 && info.leased == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the acks were not sent before being awaited: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in confirmations {
+        c.await.unwrap();
+    }
+    // With a result, and a delivery whose connection is gone fails at once.
+    let id = client.publish("now", "last").await.unwrap().id;
+    let d = next(&mut sub).await;
+    assert_eq!(d.id(), id);
+    d.ack_now_with("done").await.unwrap();
+    client.publish("now", "orphan").await.unwrap();
+    let orphan = next(&mut sub).await;
+    drop(sub);
+    client.close().await;
+    match orphan.ack_now().await {
+        Err(ClientError::LeaseExpired { .. }) => {}
+        other => panic!("expected LeaseExpired, got {other:?}"),
+    }
+    admin.close().await;
+}

@@ -216,18 +216,22 @@ impl Conn {
         self.request_timeout
     }
 
+    /// Registers a waiter for the answer to request `id` (before it is sent).
+    fn wait_for(&self, id: u64) -> Result<oneshot::Receiver<Result<response::Result>>> {
+        let (waiter, answer) = oneshot::channel();
+        let mut pending = self.pending.lock();
+        if let Some(reason) = &pending.closed {
+            return Err(ClientError::ConnectionLost {
+                reason: reason.clone(),
+            });
+        }
+        pending.waiters.insert(id, waiter);
+        Ok(answer)
+    }
+
     async fn round_trip(&self, id: u64, op: Op) -> Result<response::Result> {
         let _permit = self.inflight.acquire().await.map_err(|_| self.lost())?;
-        let (waiter, answer) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock();
-            if let Some(reason) = &pending.closed {
-                return Err(ClientError::ConnectionLost {
-                    reason: reason.clone(),
-                });
-            }
-            pending.waiters.insert(id, waiter);
-        }
+        let answer = self.wait_for(id)?;
         // Removes the waiter if this future is dropped (timeout or caller gave up).
         let mut guard = WaiterGuard {
             conn: self,
@@ -243,6 +247,36 @@ impl Conn {
             response::Result::Error(e) => Err(ClientError::from_wire(e)),
             ok => Ok(ok),
         }
+    }
+
+    /// Sends `op` now, without waiting, if an in-flight permit is free (`Ok(None)`
+    /// when none is: the caller then waits as [`call`](Self::call) does). What it
+    /// returns resolves to the answer, within the request timeout.
+    pub(crate) fn send_now(self: &Arc<Self>, op: Op, name: &'static str) -> Result<Option<Sent>> {
+        let Ok(permit) = self.inflight.try_acquire() else {
+            return if self.is_closed() {
+                Err(self.lost())
+            } else {
+                Ok(None)
+            };
+        };
+        let id = self.next_id();
+        let answer = self.wait_for(id)?;
+        // Given back by `Sent` when it resolves or is dropped.
+        permit.forget();
+        let sent = Sent {
+            conn: self.clone(),
+            id,
+            name,
+            timeout: self.request_timeout,
+            answer,
+            deadline: Box::pin(tokio::time::sleep(self.request_timeout)),
+            done: false,
+        };
+        if self.tx.send(v1::Request { id, op: Some(op) }).is_err() {
+            return Err(self.lost());
+        }
+        Ok(Some(sent))
     }
 
     /// Sends a request whose answer nobody waits for (the reader logs it at debug).
@@ -402,6 +436,62 @@ impl std::fmt::Debug for Conn {
             .field("generation", &self.generation)
             .field("closed", &self.is_closed())
             .finish_non_exhaustive()
+    }
+}
+
+/// A request already sent ([`Conn::send_now`]): resolves to its answer, or to
+/// `Timeout` after the request timeout. Holds one in-flight permit until it resolves
+/// or is dropped, and withdraws its waiter when dropped unresolved.
+pub(crate) struct Sent {
+    conn: Arc<Conn>,
+    id: u64,
+    name: &'static str,
+    timeout: Duration,
+    answer: oneshot::Receiver<Result<response::Result>>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl Sent {
+    fn finish(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.conn.pending.lock().waiters.remove(&self.id);
+            self.conn.inflight.add_permits(1);
+        }
+    }
+}
+
+impl std::future::Future for Sent {
+    type Output = Result<response::Result>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        debug_assert!(!self.done, "polled after it resolved");
+        let result = match std::pin::Pin::new(&mut self.answer).poll(cx) {
+            Poll::Ready(answer) => match answer.unwrap_or_else(|_| Err(self.conn.lost())) {
+                Ok(response::Result::Error(e)) => Err(ClientError::from_wire(e)),
+                other => other,
+            },
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Err(ClientError::Timeout {
+                    op: self.name,
+                    after: self.timeout,
+                }),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        self.finish();
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

@@ -119,7 +119,7 @@ pub(crate) struct Lease {
 impl Lease {
     /// Marks the lease used and returns its connection, or `LeaseExpired` when it was
     /// already used or its connection has ended.
-    fn take(&mut self) -> Result<&Conn> {
+    fn take(&mut self) -> Result<&Arc<Conn>> {
         if self.settled || self.conn.is_closed() {
             self.settled = true;
             return Err(ClientError::LeaseExpired {
@@ -128,6 +128,40 @@ impl Lease {
         }
         self.settled = true;
         Ok(&self.conn)
+    }
+
+    /// Sends the ack now when an in-flight permit is free (else when first polled).
+    fn ack_now(mut self, result: Bytes) -> Settlement {
+        let task_id = self.task_id;
+        let op = Op::Ack(v1::Ack {
+            task_id,
+            lease_token: self.token,
+            result: result.clone(),
+        });
+        let taken = self.take().cloned_conn();
+        let token = self.token;
+        let inner = match taken {
+            Err(e) => SettlementInner::Failed(Some(e)),
+            Ok(conn) => match conn.send_now(op, "ack") {
+                Ok(Some(sent)) => SettlementInner::Sent { sent, task_id },
+                Err(e) => SettlementInner::Failed(Some(e.for_lease(task_id))),
+                // No permit free: sent when polled, as `ack` does.
+                Ok(None) => SettlementInner::Later(Box::pin(async move {
+                    let answer = conn
+                        .call(
+                            Op::Ack(v1::Ack {
+                                task_id,
+                                lease_token: token,
+                                result,
+                            }),
+                            "ack",
+                        )
+                        .await;
+                    expect_ok("ack", answer, task_id)
+                })),
+            },
+        };
+        Settlement(inner)
     }
 
     pub(crate) async fn ack(&mut self, result: Bytes) -> Result<()> {
@@ -231,6 +265,67 @@ impl Drop for Lease {
             "delivery dropped without ack or nack; releasing it for redelivery"
         );
         self.release("released: the delivery was dropped without being settled");
+    }
+}
+
+/// The taken connection of a lease, owned.
+trait ClonedConn {
+    fn cloned_conn(self) -> Result<Arc<Conn>>;
+}
+
+impl ClonedConn for Result<&Arc<Conn>> {
+    fn cloned_conn(self) -> Result<Arc<Conn>> {
+        self.map(Arc::clone)
+    }
+}
+
+/// An ack already sent ([`Delivery::ack_now`]): awaiting it gives the broker's
+/// confirmation, with the same errors as [`Delivery::ack`]. Dropping it does not take
+/// the ack back (it was sent); only its confirmation goes unheard.
+#[must_use = "the ack is sent; await this to learn whether the broker confirmed it"]
+pub struct Settlement(SettlementInner);
+
+enum SettlementInner {
+    Sent {
+        sent: crate::conn::Sent,
+        task_id: u64,
+    },
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>),
+    Failed(Option<ClientError>),
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            SettlementInner::Sent { task_id, .. } => format!("sent (task {task_id})"),
+            SettlementInner::Later(_) => "to be sent when polled".to_owned(),
+            SettlementInner::Failed(_) => "failed".to_owned(),
+        };
+        f.debug_tuple("Settlement").field(&state).finish()
+    }
+}
+
+impl std::future::Future for Settlement {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        use std::task::Poll;
+        match &mut self.0 {
+            SettlementInner::Sent { sent, task_id } => {
+                let task_id = *task_id;
+                match std::pin::Pin::new(sent).poll(cx) {
+                    Poll::Ready(answer) => Poll::Ready(expect_ok("ack", answer, task_id)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            SettlementInner::Later(future) => future.as_mut().poll(cx),
+            SettlementInner::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .expect("a settlement is not polled after it resolved"))),
+        }
     }
 }
 
@@ -379,6 +474,38 @@ impl Delivery {
     /// Done, with a result payload the queue may retain.
     pub async fn ack_with(mut self, result: impl Into<Bytes>) -> Result<()> {
         self.lease.ack(result.into()).await
+    }
+
+    /// Done, **sent at once**: unlike [`ack`](Self::ack), which sends nothing until it
+    /// is awaited, the ack is on its way when this returns, and the returned
+    /// [`Settlement`] resolves to the broker's confirmation. A consumer can then keep
+    /// many acks in flight while it works on the next deliveries, and collect their
+    /// confirmations later (in any order, or in batches). Only when the connection
+    /// already has its most requests in flight is the ack sent once the settlement is
+    /// first awaited. Call it inside the tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut sub: squall_client::Subscription) -> Result<(), squall_client::ClientError> {
+    /// let mut confirmations = Vec::new();
+    /// while let Some(delivery) = sub.recv().await {
+    ///     let delivery = delivery?;
+    ///     // ... handle it ...
+    ///     confirmations.push(delivery.ack_now());
+    ///     if confirmations.len() == 64 {
+    ///         for c in confirmations.drain(..) {
+    ///             c.await?;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn ack_now(self) -> Settlement {
+        self.ack_now_with(Bytes::new())
+    }
+
+    /// [`ack_now`](Self::ack_now) with a result payload the queue may retain.
+    pub fn ack_now_with(self, result: impl Into<Bytes>) -> Settlement {
+        self.lease.ack_now(result.into())
     }
 
     /// Failed: retry after the queue's exponential backoff (or dead set if this was the

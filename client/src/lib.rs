@@ -87,6 +87,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! `delivery.ack().await` waits for the broker's confirmation before the loop takes
+//! the next delivery. To keep many acks in flight instead, [`Delivery::ack_now`] sends
+//! the ack at once and returns a [`Settlement`] to await later (alone, in a batch, or
+//! in any order).
+//!
 //! The runnable versions are `examples/producer.rs` and `examples/worker.rs`
 //! (`cargo run -p squall-client --example worker -- 127.0.0.1:7600`).
 //!
@@ -223,7 +228,7 @@ pub use config::{
     tls_connector, ClientBuilder, DEFAULT_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_WAIT_FOR_CONNECTION,
 };
-pub use delivery::{Delivery, Task};
+pub use delivery::{Delivery, Settlement, Task};
 pub use error::{ClientError, Result};
 pub use info::{ClusterInfo, Limits, ServerInfo};
 pub use publish::{Message, PublishOptions, Published, TaskId};
