@@ -305,9 +305,8 @@ async fn squall_bench_rides_out_a_leader_kill() {
     let mut cluster = three().await;
     let admin = cluster_client(&cluster.everyone).await;
     let leader = admin.server_info().cluster.expect("a leader").leader;
-    admin.close().await;
     let via = cluster.others(leader)[0].client.to_string();
-    // A fixed rate: the run lasts ~4 s whatever the build, so the kill lands inside it.
+    // A fixed rate: the run lasts ~4 s whatever the build.
     let bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_squall"))
         .args(["bench", "--server", &via, "--json", "--size", "64"])
         .args(["--rate", "1000", "--messages", "4000", "--prefetch", "16"])
@@ -316,7 +315,20 @@ async fn squall_bench_rides_out_a_leader_kill() {
         .kill_on_drop(true)
         .spawn()
         .expect("run squall bench");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Killed mid-run: once the run's queue has seen some deliveries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let queues = admin.queues().await.unwrap_or_default();
+        if queues.iter().any(|q| q.totals.delivered >= 500) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bench delivered nothing: {queues:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.close().await;
     cluster.take(leader).kill9();
     let out = tokio::time::timeout(Duration::from_secs(60), bench.wait_with_output())
         .await
