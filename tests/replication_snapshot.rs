@@ -48,10 +48,14 @@ async fn purged_past(leader: &Member, index: u64) -> u64 {
     }
 }
 
-/// The client addresses of `members`, comma-separated.
-fn clients(members: &[Member]) -> String {
+/// Once all of `members` agree on a leader: a client of the cluster, and the leader's
+/// id.
+async fn client_of_leader(members: &[Member]) -> (squall_client::Client, u64) {
     let all: Vec<&Member> = members.iter().collect();
-    cluster::Three::clients_of(&all)
+    agreed_leader(&all).await;
+    let client = cluster_client(&cluster::Three::clients_of(&all)).await;
+    let leader_id = client.server_info().node_id.parse().unwrap();
+    (client, leader_id)
 }
 
 /// Everything a store holds, read through its public API.
@@ -158,11 +162,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
     let toml = format!("snapshot_logs = {SNAPSHOT_LOGS}\n");
     let start = |m: &Member| start_with(m, args_with(m, &peers, &toml, &[]));
     let mut brokers: Vec<_> = members.iter().map(|m| Some(start(m))).collect();
-    let all: Vec<&Member> = members.iter().collect();
-    agreed_leader(&all).await;
-    let everyone = clients(&members);
-    let client = cluster_client(&everyone).await;
-    let leader_id: u64 = client.server_info().node_id.parse().unwrap();
+    let (client, leader_id) = client_of_leader(&members).await;
     let leader = &members[leader_id as usize - 1];
     let within = Duration::from_secs(10);
 
@@ -259,6 +259,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
         .unwrap();
     // The restarts may have brought an election: whoever leads now, every member
     // applies every entry any of them holds.
+    let all: Vec<&Member> = members.iter().collect();
     let (leader_now, _) = agreed_leader(&all).await;
     let mut target = 0;
     for m in &members {
@@ -336,11 +337,7 @@ async fn the_log_behind_a_snapshot_is_bounded_in_bytes() {
         .iter()
         .map(|m| start_with(m, args_with(m, &peers, toml, &[])))
         .collect();
-    let all: Vec<&Member> = members.iter().collect();
-    agreed_leader(&all).await;
-    let everyone = clients(&members);
-    let client = cluster_client(&everyone).await;
-    let leader_id: u64 = client.server_info().node_id.parse().unwrap();
+    let (client, leader_id) = client_of_leader(&members).await;
     let leader = &members[leader_id as usize - 1];
     let payload = "x".repeat(4096);
     for _ in 0..100 {

@@ -132,36 +132,26 @@ impl Lease {
 
     /// Sends the ack now when an in-flight permit is free (else when first polled).
     fn ack_now(mut self, result: Bytes) -> Settlement {
-        let task_id = self.task_id;
-        let op = Op::Ack(v1::Ack {
-            task_id,
-            lease_token: self.token,
-            result: result.clone(),
-        });
-        let taken = self.take().cloned_conn();
-        let token = self.token;
-        let inner = match taken {
-            Err(e) => SettlementInner::Failed(Some(e)),
-            Ok(conn) => match conn.send_now(op, "ack") {
-                Ok(Some(sent)) => SettlementInner::Sent { sent, task_id },
-                Err(e) => SettlementInner::Failed(Some(e.for_lease(task_id))),
-                // No permit free: sent when polled, as `ack` does.
-                Ok(None) => SettlementInner::Later(Box::pin(async move {
-                    let answer = conn
-                        .call(
-                            Op::Ack(v1::Ack {
-                                task_id,
-                                lease_token: token,
-                                result,
-                            }),
-                            "ack",
-                        )
-                        .await;
-                    expect_ok("ack", answer, task_id)
-                })),
-            },
+        let (task_id, lease_token) = (self.task_id, self.token);
+        let op = move || {
+            Op::Ack(v1::Ack {
+                task_id,
+                lease_token,
+                result: result.clone(),
+            })
         };
-        Settlement(inner)
+        let conn = match self.take() {
+            Ok(conn) => conn.clone(),
+            Err(e) => return Settlement(SettlementInner::Failed(Some(e))),
+        };
+        Settlement(match conn.send_now(op(), "ack") {
+            Ok(Some(sent)) => SettlementInner::Sent { sent, task_id },
+            Err(e) => SettlementInner::Failed(Some(e.for_lease(task_id))),
+            // No permit free: sent when polled, as `ack` does.
+            Ok(None) => SettlementInner::Later(Box::pin(async move {
+                expect_ok("ack", conn.call(op(), "ack").await, task_id)
+            })),
+        })
     }
 
     pub(crate) async fn ack(&mut self, result: Bytes) -> Result<()> {
@@ -265,17 +255,6 @@ impl Drop for Lease {
             "delivery dropped without ack or nack; releasing it for redelivery"
         );
         self.release("released: the delivery was dropped without being settled");
-    }
-}
-
-/// The taken connection of a lease, owned.
-trait ClonedConn {
-    fn cloned_conn(self) -> Result<Arc<Conn>>;
-}
-
-impl ClonedConn for Result<&Arc<Conn>> {
-    fn cloned_conn(self) -> Result<Arc<Conn>> {
-        self.map(Arc::clone)
     }
 }
 

@@ -178,18 +178,7 @@ impl Encoded {
     /// the log holds (purged ones count nothing).
     pub fn bytes_between(&self, from: u64, to: u64) -> u64 {
         let index = self.index.read();
-        let first = from.max(index.first);
-        let end = to.saturating_add(1).min(index.next_index());
-        if first >= end {
-            return 0;
-        }
-        let skip = (first - index.first) as usize;
-        let take = (end - first) as usize;
-        index
-            .entries
-            .range(skip..skip + take)
-            .map(|(_, at)| at.len)
-            .sum()
+        index.held(from, to).map(|(_, at)| at.len).sum()
     }
 
     /// The index up to which (included) the log should be purged so that the entries it
@@ -197,16 +186,10 @@ impl Encoded {
     /// they already do. Entries after `upto` are not counted: they are not purgeable.
     pub fn purge_point(&self, upto: u64, keep_bytes: u64) -> Option<u64> {
         let index = self.index.read();
-        let end = upto.saturating_add(1).min(index.next_index());
-        if end <= index.first {
-            return None;
-        }
-        let behind = (end - index.first) as usize;
         let mut kept = 0u64;
-        for (i, (id, at)) in index.entries.range(..behind).enumerate().rev() {
+        for (id, at) in index.held(0, upto).rev() {
             kept += at.len;
             if kept > keep_bytes {
-                debug_assert_eq!(id.index, index.first + i as u64);
                 return Some(id.index);
             }
         }
@@ -237,6 +220,19 @@ impl Drop for Offered {
 }
 
 impl Index {
+    /// The entries the log holds from index `from` to `to`, both included.
+    fn held(&self, from: u64, to: u64) -> std::collections::vec_deque::Iter<'_, (LogId, Location)> {
+        let first = from.max(self.first);
+        let end = to.saturating_add(1).min(self.next_index()).max(first);
+        let skip = (first - self.first) as usize;
+        let entries = self.entries.range(skip..skip + (end - first) as usize);
+        debug_assert!(entries
+            .clone()
+            .next()
+            .is_none_or(|(id, _)| id.index == first));
+        entries
+    }
+
     fn last(&self) -> Option<LogId> {
         self.entries.back().map(|(id, _)| *id).or(self.purged)
     }

@@ -220,17 +220,37 @@ fn group_commit_flushes_far_less_than_once_per_job() {
     assert_eq!(recovered, THREADS * PER_THREAD);
 }
 
+/// An `always` store whose writer is held inside a completion (`release` lets it
+/// go, and the jobs queued meanwhile are gathered), with its group count when held.
+struct Held {
+    _dir: TempDir,
+    store: Store,
+    writer: Writer<TestDone>,
+    release: Sender<()>,
+    before: u64,
+}
+
+fn held_writer() -> Held {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, FsyncMode::Always);
+    let writer = store.start_writer::<TestDone>();
+    let release = hold_writer(&writer.handle());
+    let before = writer.stats().batches.load(Relaxed);
+    Held {
+        _dir: dir,
+        store,
+        writer,
+        release,
+        before,
+    }
+}
+
 /// Large payloads close a group early: three 9 MiB publishes queued together take two
 /// group commits, so no journal record grows past a segment.
 #[test]
 fn a_group_stops_gathering_past_its_payload_bytes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, FsyncMode::Always);
-    let writer = store.start_writer::<TestDone>();
-    let h = writer.handle();
-    let stats = writer.stats();
-    let release = hold_writer(&h);
-    let before = stats.batches.load(Relaxed);
+    let held = held_writer();
+    let h = held.writer.handle();
     let (tx, rx) = crossbeam_channel::unbounded();
     let big = vec![0x42u8; 9 << 20];
     for id in 1..=3u64 {
@@ -241,19 +261,22 @@ fn a_group_stops_gathering_past_its_payload_bytes() {
         }));
         h.submit(Muts::One(task), Some(TestDone::Tx(Tx(tx.clone(), id))));
     }
-    release.send(()).unwrap();
+    held.release.send(()).unwrap();
     for id in 1..=3u64 {
         let (done, result) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         assert_eq!(done, id);
         result.unwrap();
     }
     assert_eq!(
-        stats.batches.load(Relaxed) - before,
+        held.writer.stats().batches.load(Relaxed) - held.before,
         2,
         "9 + 9 MiB, then 9 MiB"
     );
-    writer.shutdown().unwrap();
-    assert_eq!(store.get_body(3).unwrap().unwrap().payload.len(), 9 << 20);
+    held.writer.shutdown().unwrap();
+    assert_eq!(
+        held.store.get_body(3).unwrap().unwrap().payload.len(),
+        9 << 20
+    );
 }
 
 #[test]
@@ -529,13 +552,8 @@ fn jobs_durable_elsewhere_complete_before_the_sync_and_a_barrier_waits_for_it() 
 /// otherwise end between them (its mutation limit reached after the first).
 #[test]
 fn jobs_sent_together_are_never_split_between_groups() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir, FsyncMode::Always);
-    let writer = store.start_writer::<TestDone>();
-    let h = writer.handle();
-    let stats = writer.stats();
-    let release = hold_writer(&h);
-    let before = stats.batches.load(Relaxed);
+    let held = held_writer();
+    let h = held.writer.handle();
     // Patches of tasks that do not exist: counted, staged as nothing.
     let filler: Vec<Mutation> = (0..super::writer::MAX_BATCH_MUTATIONS as u64 - 10)
         .map(|id| patch(1_000_000 + id, StatePatch::default()))
@@ -548,17 +566,17 @@ fn jobs_sent_together_are_never_split_between_groups() {
         (Muts::Many(first), Some(TestDone::Tx(Tx(tx.clone(), 1)))),
         (Muts::Many(second), Some(TestDone::Tx(Tx(tx, 2)))),
     ]);
-    release.send(()).unwrap();
+    held.release.send(()).unwrap();
     for _ in 0..3 {
         let (_, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         result.unwrap();
     }
     assert_eq!(
-        stats.batches.load(Relaxed),
-        before + 1,
+        held.writer.stats().batches.load(Relaxed),
+        held.before + 1,
         "the filler and both jobs sent together in one group"
     );
-    writer.shutdown().unwrap();
+    held.writer.shutdown().unwrap();
 }
 
 /// Copies a data directory as a crash would leave it: whatever the files hold now.

@@ -54,19 +54,24 @@ pub(super) enum Numbering {
 impl<C: Completion> WriterLoop<C> {
     /// The record of `producer` as the group leaves it so far.
     fn producer(&mut self, producer: &Arc<str>) -> Result<Option<&ProducerRecord>, StoreError> {
-        if !self.producers.records.contains_key(producer) {
-            let key = keys::producer(producer);
-            let record = match self.db.get(&key).map_err(io_error)? {
-                None => None,
-                Some(bytes) => Some(record::decode_producer(&bytes).map_err(|e| corrupt(&key, e))?),
-            };
-            let slot = Slot {
-                record,
-                dirty: false,
-            };
-            self.producers.records.insert(producer.clone(), slot);
-        }
-        Ok(self.producers.records[producer].record.as_ref())
+        use std::collections::hash_map::Entry;
+        let slot = match self.producers.records.entry(producer.clone()) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(absent) => {
+                let key = keys::producer(producer);
+                let record = match self.db.get(&key).map_err(io_error)? {
+                    None => None,
+                    Some(bytes) => {
+                        Some(record::decode_producer(&bytes).map_err(|e| corrupt(&key, e))?)
+                    }
+                };
+                absent.insert(Slot {
+                    record,
+                    dirty: false,
+                })
+            }
+        };
+        Ok(slot.record.as_ref())
     }
 
     /// Checks a job's numbering (its last mutation, after its inserts) before its
