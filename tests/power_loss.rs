@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fault_disk::{check, seeds, FaultDisk, Load, Verdict};
+use common::fault_disk::{check, check_drained, seeds, FaultDisk, Load, Verdict};
 use common::ChildBroker;
 use rand::{Rng, SeedableRng};
 use squall_faultfs::Tear;
@@ -82,7 +82,9 @@ async fn restart_and_check(
 ) -> Verdict {
     disk.remount();
     let broker = ChildBroker::spawn_env(&disk.data_dir(), &["--fsync", fsync], &[SEGMENT]);
-    let verdict = check(broker.addr, queue, ledger).await;
+    let mut verdict = check(broker.addr, queue, ledger).await;
+    check_drained(broker.addr, &disk.drained, &mut verdict).await;
+    disk.drained.push(queue.to_owned());
     assert!(broker.terminate().success(), "a clean stop after the check");
     eprintln!(
         "seed {seed}: checked {} confirmed publishes, drained {}: {} lost, {} acks undone, \

@@ -34,6 +34,7 @@ mod report;
 mod retention_tests;
 #[cfg(test)]
 mod schedule_tests;
+mod sled_repair;
 pub(crate) mod snapshot;
 mod status;
 mod tasks;

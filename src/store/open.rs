@@ -15,8 +15,9 @@ use super::record::{BodyFile, BodyRef, StoredBody};
 use super::tasks::{Slot, TaskTable};
 use super::{
     body_cache_bytes, corrupt, corrupt_reason, datadir, io_error, journal, keys, payload, policy,
-    record, sled_cache_bytes, task_generation_bytes, DataDirProblem, Inner, Sizing, Store,
-    StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS, SLED_ZSTD_LEVEL,
+    record, sled_cache_bytes, sled_repair, task_generation_bytes, DataDirProblem, Inner, Sizing,
+    Store, StoreConfig, StoreError, JOURNAL_DIR, LEAF_FANOUT, SLED_BACKGROUND_FLUSH_MS,
+    SLED_ZSTD_LEVEL,
 };
 use crate::model::{QueueConfig, TaskId, TaskState};
 
@@ -69,6 +70,7 @@ impl Store {
                 );
             }
         }
+        sled_repair::repair(&config.path).map_err(io_error)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity_bytes(sled_cache_bytes(config.cache_bytes))
