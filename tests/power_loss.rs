@@ -37,7 +37,7 @@ async fn cut_round(disk: &mut FaultDisk, seed: u64, fsync: &str) -> Verdict {
     // The cut comes during a seeded write: the filesystem then holds unsynced data.
     let writes = rng.random_range(1..3000);
     disk.fs().arm_cut(writes, Tear::Seeded(seed));
-    let report = wait_for_cut(disk, writes).await;
+    let report = disk.wait_for_cut(writes).await;
     let at = Instant::now();
     broker.kill9();
     let mut ledger = load.stop().await;
@@ -55,21 +55,6 @@ async fn cut_round(disk: &mut FaultDisk, seed: u64, fsync: &str) -> Verdict {
         at.elapsed(),
     );
     restart_and_check(disk, seed, fsync, &queue, &mut ledger).await
-}
-
-/// Waits (at most 60 s) for the armed cut.
-async fn wait_for_cut(disk: &FaultDisk, writes: u64) -> squall_faultfs::CutReport {
-    let t = Instant::now();
-    loop {
-        if let Some(report) = disk.fs().cut_report() {
-            return report;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "no cut after {writes} writes"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// Remounts what the cut left, starts a broker on it and checks it against the ledger.
@@ -208,7 +193,7 @@ async fn payload_cut_round(disk: &mut FaultDisk, seed: u64) -> Verdict {
     disk.fs()
         .arm_cut_matching("payload/", writes, Tear::Seeded(seed));
     let consumers = Load::start(broker.addr, &queue, 0, 2).await;
-    let report = wait_for_cut(disk, writes).await;
+    let report = disk.wait_for_cut(writes).await;
     broker.kill9();
     let mut ledger = producers.stop().await;
     let acks = consumers.stop().await;

@@ -70,6 +70,21 @@ impl FaultDisk {
         &self.backing
     }
 
+    /// Waits (at most 60 s) for the cut armed after `writes` writes; its report.
+    pub async fn wait_for_cut(&self, writes: u64) -> squall_faultfs::CutReport {
+        let t = Instant::now();
+        loop {
+            if let Some(report) = self.fs().cut_report() {
+                return report;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no cut after {writes} writes"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Unmounts and mounts again over what the backing directory holds (after a cut:
     /// what a power loss left).
     pub fn remount(&mut self) {
