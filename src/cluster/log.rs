@@ -295,7 +295,7 @@ impl LogStore {
     /// indexes every entry after the purge point. An entry that does not decode, or a
     /// gap in the indexes, is an error (the log is not used).
     pub fn open(dir: &Path) -> io::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
+        journal::create_dir_synced(dir)?;
         let meta = read_meta(dir)?;
         let floor = meta.purged.map_or(0, |p| p.index + 1);
         let log_dir = dir.join("log");

@@ -346,9 +346,14 @@ pub(crate) async fn propose<C: Completion>(
                             refuse(&pending, seq, StoreError::NotLeader(why.clone()));
                         }
                     }
+                    // The raft node stopped: the entry may be on a majority's log.
                     Err(_) => {
+                        let why: Arc<str> = Arc::from(
+                            "the raft node stopped before the change was known to be \
+                             committed; its outcome is unknown",
+                        );
                         for seq in outcome.0 {
-                            refuse(&pending, seq, StoreError::Closed);
+                            refuse(&pending, seq, StoreError::NotLeader(why.clone()));
                         }
                     }
                 }

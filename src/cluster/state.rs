@@ -157,7 +157,7 @@ impl<C: Applying> StateMachine<C> {
         node: NodeId,
         run: u64,
     ) -> io::Result<StateMachine<C>> {
-        std::fs::create_dir_all(dir)?;
+        crate::store::journal::create_dir_synced(dir)?;
         file::remove_leftovers(dir)?;
         let mut machine = match read_optional(&dir.join(STATE))? {
             Some(bytes) => decode(&bytes, &dir.join(STATE))?.0,

@@ -121,6 +121,16 @@ impl std::fmt::Debug for Done {
     }
 }
 
+/// What the submitter of a job whose committed entry this member's store failed to
+/// apply is told (found by `tests/replication_power.rs`: a power cut of the leader's
+/// disk answered `STORAGE`, "nothing applied", for publishes the cluster then
+/// delivered).
+fn committed_not_applied(e: &StoreError) -> StoreError {
+    StoreError::NotLeader(Arc::from(format!(
+        "the change was committed to the cluster's log but this node could not apply it          ({e}) and stops leading; its outcome is unknown"
+    )))
+}
+
 /// The refusal of a change the store could not persist.
 fn not_persisted(e: &StoreError) -> Reply {
     match e {
@@ -149,9 +159,24 @@ impl Completion for Done {
 
     fn complete_with(self, result: Result<(), StoreError>, report: JobReport<'_>) {
         let (out, req, reply) = match (self, result) {
-            (Done::Applied { then, tell, .. }, result) => {
+            (
+                Done::Applied {
+                    then,
+                    tell,
+                    replicated,
+                },
+                result,
+            ) => {
                 if let Some(then) = then {
-                    then.complete_with(result.clone(), report);
+                    // A replicated job's entry is committed: a store that fails it here
+                    // does not undo it (the other members apply it, and this one at
+                    // restart), so its submitter is told that the outcome is unknown,
+                    // never that nothing was applied.
+                    let told = match &result {
+                        Err(e) if replicated => Err(committed_not_applied(e)),
+                        _ => result.clone(),
+                    };
+                    then.complete_with(told, report);
                 }
                 return tell.tell(result);
             }
@@ -428,5 +453,56 @@ impl Drop for AdminProgress {
 impl std::fmt::Debug for AdminProgress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminProgress").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+
+    /// What the submitter of a job is told when this member's store fails it.
+    fn told(replicated: bool, error: StoreError) -> Reply {
+        let (out, mut rx) = mpsc::unbounded_channel();
+        let (tx, told) = oneshot::channel();
+        let then = Done::Reply {
+            out,
+            req: 7,
+            ok: Reply::Ok,
+        };
+        Done::Applied {
+            then: Some(Box::new(then)),
+            tell: Signal::Once(tx),
+            replicated,
+        }
+        .complete(Err(error));
+        assert!(
+            told.blocking_recv().unwrap().is_err(),
+            "the state machine hears the failure"
+        );
+        match rx.try_recv().expect("an answer") {
+            Outbound::Reply { req: 7, reply } => reply,
+            _ => panic!("not the answer to request 7"),
+        }
+    }
+
+    /// A committed entry's job that the store fails is of unknown outcome to its
+    /// submitter (`NOT_LEADER`, which the clients treat so), never `STORAGE` (nothing
+    /// applied): the other members apply it. Negative control: passing the store's
+    /// error through (as before) answers `STORAGE` and fails the first assertion.
+    #[test]
+    fn a_committed_job_the_store_fails_is_of_unknown_outcome() {
+        match told(true, StoreError::Closed) {
+            Reply::Refused(Failure::Protocol(ErrorCode::NotLeader, why)) => {
+                assert!(why.contains("outcome is unknown"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A barrier's or a single node's job: the store's error as it is.
+        match told(false, StoreError::Closed) {
+            Reply::Refused(Failure::Storage(why)) => assert!(why.contains("shut down"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

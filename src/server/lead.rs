@@ -136,6 +136,18 @@ fn ready_term(m: &Metrics) -> Option<u64> {
         .then_some(m.current_term)
 }
 
+/// Whether every entry of this node's log is applied. A leader starts serving only
+/// then: being leader of a term whose entry is applied does not imply it when the
+/// node was restarted as leader of its old term (openraft restores its own committed
+/// vote and appends no new entry), with committed entries of that term not yet
+/// applied to its store. Their tasks would reach the store after the engine was
+/// built from it, never the engine (found by `tests/replication_power.rs`). While it
+/// serves, its log runs ahead of its applied entries (that is the proposals' path).
+fn caught_up(m: &Metrics) -> bool {
+    let applied = m.last_applied.map(|l| l.index);
+    m.last_log_index.is_none_or(|last| applied >= Some(last))
+}
+
 fn view_of(m: &Metrics, cluster_id: String) -> ClusterView {
     let membership = &m.membership_config;
     ClusterView {
@@ -169,10 +181,15 @@ impl LeadWatch {
     pub(crate) async fn run(mut self, stop: CancellationToken) {
         let mut last_leader = None;
         loop {
-            let (ready, refusal, leader) = {
+            let (ready, caught_up, refusal, leader) = {
                 let m = self.metrics.borrow_and_update();
                 renew_lease(&self.lease, &m);
-                (ready_term(&m), not_leader(&m), m.current_leader)
+                (
+                    ready_term(&m),
+                    caught_up(&m),
+                    not_leader(&m),
+                    m.current_leader,
+                )
             };
             if leader.is_some() && leader != last_leader {
                 self.leadership
@@ -192,7 +209,11 @@ impl LeadWatch {
                     if serving.is_some() {
                         self.follow(refusal.clone());
                     }
-                    self.lead(term).await;
+                    if caught_up {
+                        self.lead(term).await;
+                    } else {
+                        self.leadership.set_refusal(refusal);
+                    }
                 }
                 (Some(_), None) => self.follow(refusal),
                 (None, None) => self.leadership.set_refusal(refusal),
@@ -279,6 +300,10 @@ impl LeadWatch {
         if ready_term(&self.metrics.borrow()) != Some(term) {
             return;
         }
+        debug_assert!(
+            self.leadership.serving_term().is_none(),
+            "one term served at a time"
+        );
         let view = view_of(&self.metrics.borrow(), cluster_id);
         engine.set_delivery_window(Some(self.delivery_window));
         engine.set_max_schedules(self.config.max_schedules);

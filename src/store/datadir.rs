@@ -43,7 +43,10 @@ pub(crate) fn prepare(path: &Path) -> Result<DirLock, StoreError> {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            std::fs::create_dir_all(path).map_err(|e| unusable(create_failed(path, &e)))?;
+            // Synced with its parent: a power cut must not undo a data directory that
+            // already holds confirmed work.
+            super::journal::create_dir_synced(path)
+                .map_err(|e| unusable(create_failed(path, &e)))?;
         }
         Err(e) => return Err(unusable(format!("cannot be used: {}", plain(&e)))),
     }

@@ -175,7 +175,7 @@ impl Journal {
         floor: u64,
         mut record: impl FnMut(u64, &[u8], Location) -> io::Result<()>,
     ) -> io::Result<(Journal, Replayed)> {
-        std::fs::create_dir_all(dir)?;
+        create_dir_synced(dir)?;
         let segments = list(dir)?;
         let mut replayed = Replayed::default();
         let mut next_seq = floor;
@@ -594,6 +594,20 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and any missing parent) and syncs it and its parent, so that a power
+/// cut cannot undo its creation (a directory's entry is durable only once the
+/// directory holding it is synced). Synced also when it exists: a process that
+/// crashed after creating it may not have synced it. Found by
+/// `tests/replication_power.rs`: without it a cut took `<data_dir>/raft` away whole.
+pub(crate) fn create_dir_synced(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    sync_dir(dir)?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 #[cfg(target_os = "linux")]
