@@ -12,6 +12,9 @@
 //! the closing note of the commit): without the Raft log's sync of an append
 //! (`cluster/log.rs`), the first round loses confirmed publishes.
 //!
+//! A member whose disk fails (EIO on its Raft log's syncs) is the third test: it must
+//! stop (exit 75) rather than linger, and rejoin once restarted on a working disk.
+//!
 //! Seeds are printed; `SQUALL_POWER_SEED=<seed>` reproduces one cut's timing,
 //! `SQUALL_POWER_CUTS=<n>` runs n rounds.
 
@@ -64,33 +67,80 @@ enum Cut {
     LeaderAlone,
 }
 
+/// Three members, each on its own fault filesystem, agreed on a leader.
+struct OnFaultDisks {
+    disks: Vec<FaultDisk>,
+    members: Vec<Member>,
+    peers: String,
+    config_dir: tempfile::TempDir,
+    brokers: Vec<Option<ChildBroker>>,
+}
+
+impl OnFaultDisks {
+    /// `None` (the test skipped, loudly) without FUSE outside CI.
+    async fn start(test: &str) -> Option<OnFaultDisks> {
+        let mut disks = Vec::new();
+        for id in 1..=NODES {
+            disks.push(FaultDisk::new(&format!("{test}::member_{id}"))?);
+        }
+        let members: Vec<Member> = (1..=NODES)
+            .map(|id| Member {
+                id,
+                client: free_addr(),
+                cluster: free_addr(),
+                dir: disks[id as usize - 1].data_dir(),
+            })
+            .collect();
+        let mut cluster = OnFaultDisks {
+            peers: peers_of(&members),
+            disks,
+            members,
+            config_dir: tempfile::tempdir().unwrap(),
+            brokers: Vec::new(),
+        };
+        for id in 1..=NODES {
+            let broker = cluster.start_member(id);
+            cluster.brokers.push(Some(broker));
+        }
+        agreed_leader(&cluster.all()).await;
+        Some(cluster)
+    }
+
+    fn start_member(&self, id: u64) -> ChildBroker {
+        let m = &self.members[id as usize - 1];
+        start_with(m, member_args(m, &self.peers, self.config_dir.path()))
+    }
+
+    fn disk(&self, id: u64) -> &FaultDisk {
+        &self.disks[id as usize - 1]
+    }
+
+    fn all(&self) -> Vec<&Member> {
+        self.members.iter().collect()
+    }
+
+    fn others(&self, id: u64) -> Vec<&Member> {
+        self.members.iter().filter(|m| m.id != id).collect()
+    }
+
+    /// Stops every running member cleanly.
+    fn stop(self) {
+        for broker in self.brokers.into_iter().flatten() {
+            assert!(broker.terminate().success(), "a clean stop");
+        }
+    }
+}
+
 /// One round: a fresh cluster on three fault filesystems, load, the cut, the restart,
 /// the load resumed and checked.
 async fn cut_round(seed: u64, cut: Cut) {
-    let mut disks = Vec::new();
-    for id in 1..=NODES {
-        let Some(disk) = FaultDisk::new(&format!("replication_power::member_{id}")) else {
-            return;
-        };
-        disks.push(disk);
-    }
-    let config_dir = tempfile::tempdir().unwrap();
-    let members: Vec<Member> = (1..=NODES)
-        .map(|id| Member {
-            id,
-            client: free_addr(),
-            cluster: free_addr(),
-            dir: disks[id as usize - 1].data_dir(),
-        })
-        .collect();
-    let peers = peers_of(&members);
-    let start = |m: &Member| start_with(m, member_args(m, &peers, config_dir.path()));
-    let mut brokers: Vec<Option<ChildBroker>> = members.iter().map(|m| Some(start(m))).collect();
-    let all: Vec<&Member> = members.iter().collect();
-    let (leader, term) = agreed_leader(&all).await;
+    let Some(mut cluster) = OnFaultDisks::start("replication_power").await else {
+        return;
+    };
+    let (leader, term) = agreed_leader(&cluster.all()).await;
     let checker = Arc::new(Checker::default());
     let load = Load::start(
-        &Three::clients_of(&all),
+        &Three::clients_of(&cluster.all()),
         "power",
         4,
         Duration::ZERO,
@@ -101,19 +151,24 @@ async fn cut_round(seed: u64, cut: Cut) {
 
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let writes = rng.random_range(1..1500);
-    let at = |id: u64| id as usize - 1;
-    disks[at(leader)].fs().arm_cut(writes, Tear::Seeded(seed));
-    let report = disks[at(leader)].wait_for_cut(writes).await;
+    cluster
+        .disk(leader)
+        .fs()
+        .arm_cut(writes, Tear::Seeded(seed));
+    let report = cluster.disk(leader).wait_for_cut(writes).await;
     let mut cut_ids = vec![leader];
     if cut == Cut::Everyone {
         cut_ids.extend((1..=NODES).filter(|&id| id != leader));
     }
     let others: Vec<_> = cut_ids[1..]
         .iter()
-        .map(|&id| (id, disks[at(id)].fs().cut_power(Tear::Seeded(seed ^ id))))
+        .map(|&id| (id, cluster.disk(id).fs().cut_power(Tear::Seeded(seed ^ id))))
         .collect();
     for &id in &cut_ids {
-        brokers[at(id)].take().expect("running").kill9();
+        cluster.brokers[id as usize - 1]
+            .take()
+            .expect("running")
+            .kill9();
     }
     let at_cut = checker.summary();
     eprintln!(
@@ -130,15 +185,14 @@ async fn cut_round(seed: u64, cut: Cut) {
     );
     if cut == Cut::LeaderAlone {
         // The two others elect a leader and confirm publishes without it.
-        let survivors: Vec<&Member> = members.iter().filter(|m| m.id != leader).collect();
-        agreed_leader_within(&survivors, NODES as usize, WITHIN).await;
+        agreed_leader_within(&cluster.others(leader), NODES as usize, WITHIN).await;
         load.confirms(100, WITHIN).await;
     }
     for &id in &cut_ids {
-        disks[at(id)].remount();
-        brokers[at(id)] = Some(start(&members[at(id)]));
+        cluster.disks[id as usize - 1].remount();
+        cluster.brokers[id as usize - 1] = Some(cluster.start_member(id));
     }
-    let (new_leader, new_term) = agreed_leader(&all).await;
+    let (new_leader, new_term) = agreed_leader(&cluster.all()).await;
     load.confirms(50, WITHIN).await;
     let summary = load.finish().await;
     eprintln!("seed {seed}: after the restart leader {new_leader} (term {new_term}); {summary}");
@@ -146,9 +200,7 @@ async fn cut_round(seed: u64, cut: Cut) {
         summary.confirmed > at_cut.confirmed,
         "the cluster confirmed publishes after the restart"
     );
-    for broker in brokers.into_iter().flatten() {
-        assert!(broker.terminate().success(), "a clean stop");
-    }
+    cluster.stop();
 }
 
 /// Proof of "a publish is confirmed only once a majority has it on disk" against real
@@ -169,6 +221,44 @@ async fn a_power_cut_of_the_leader_alone_loses_nothing_and_it_rejoins() {
     for seed in seeds(2) {
         cut_round(seed, Cut::LeaderAlone).await;
     }
+}
+
+/// The leader's disk fails (every sync of its Raft log answers EIO) under load: its
+/// Raft node stops, and the member exits with 75 within seconds (as a single node
+/// whose store failed does) for its supervisor to restart it, instead of lingering as
+/// a member that answers but never catches up. The two others elect a leader and go
+/// on; restarted on the working disk, it rejoins, and the checker finds every promise
+/// kept. Negative control: without the watch on the Raft node (`server/mod.rs`,
+/// `raft_stopped`) the member never exits and the test fails at that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_disk_fails_exits_75_and_rejoins_once_restarted() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut cluster) = OnFaultDisks::start("replication_power::disk_fails").await else {
+        return;
+    };
+    let (leader, _) = agreed_leader(&cluster.all()).await;
+    let checker = Arc::new(Checker::default());
+    let everyone = Three::clients_of(&cluster.all());
+    let load = Load::start(&everyone, "failing", 4, Duration::ZERO, checker).await;
+    load.confirms(100, WITHIN).await;
+    cluster
+        .disk(leader)
+        .fs()
+        .fail(squall_faultfs::Op::Sync, "raft/log/", libc::EIO, 0);
+    let failed = cluster.brokers[leader as usize - 1]
+        .take()
+        .expect("running");
+    let status = failed.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(75), "{status:?}");
+    agreed_leader_within(&cluster.others(leader), NODES as usize, WITHIN).await;
+    load.confirms(100, WITHIN).await;
+    cluster.disk(leader).fs().clear_faults();
+    cluster.brokers[leader as usize - 1] = Some(cluster.start_member(leader));
+    agreed_leader(&cluster.all()).await;
+    load.confirms(50, WITHIN).await;
+    let summary = load.finish().await;
+    eprintln!("the leader's disk failed, it exited 75 and rejoined; {summary}");
+    cluster.stop();
 }
 
 /// One cluster at a time (two on a 2-core machine would mostly measure the machine).

@@ -236,7 +236,9 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     use squall::server::ServerError;
     use squall::store::{DataDirProblem, StoreError};
     match e.downcast_ref::<ServerError>() {
-        Some(ServerError::Store(StoreError::Failed(_))) => return EXIT_STORE_FAILED,
+        Some(ServerError::Store(StoreError::Failed(_)) | ServerError::RaftStopped(_)) => {
+            return EXIT_STORE_FAILED
+        }
         Some(ServerError::Store(StoreError::DataDir { problem, .. })) => {
             return match problem {
                 DataDirProblem::InUse => EXIT_DATA_DIR_IN_USE,

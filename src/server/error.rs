@@ -27,6 +27,12 @@ pub enum ServerError {
         /// The cause.
         cause: std::io::Error,
     },
+    /// A cluster member's Raft node stopped on an error (its log or vote could not be
+    /// written, or a committed entry not applied): the member stops so that its
+    /// supervisor restarts it (exit 75, as for a failed store), and rejoins from what
+    /// its disk holds.
+    #[error("the raft node stopped: {0}")]
+    RaftStopped(String),
     /// A background task panicked.
     #[error("internal error: {0}")]
     Internal(String),

@@ -366,9 +366,19 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     // Connections being refused are answered by a task each; past this many at once,
     // further ones are dropped without an answer.
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let mut raft_failure = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            fatal = raft_stopped(cluster.as_ref()) => {
+                error!(
+                    %fatal,
+                    "the raft node stopped on an error: shutting down so that a supervisor \
+                     restarts this member (it rejoins from its synced log)"
+                );
+                raft_failure = Some(fatal);
+                break;
+            }
             failure = store_failed(&shared.store) => {
                 error!(
                     %failure,
@@ -461,9 +471,34 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     }
     // 5. The HTTP port goes last, so probes see "not ready" throughout shutdown.
     http.stop().await;
+    if let Some(fatal) = raft_failure {
+        if let Err(e) = flushed {
+            error!(error = %e, "the store's last flush failed too");
+        }
+        return Err(ServerError::RaftStopped(fatal));
+    }
     flushed?;
     info!("shutdown complete");
     Ok(())
+}
+
+/// Resolves once a cluster member's Raft node has stopped on an error (never for a
+/// single node, nor for the node's own shutdown, which comes after the accept loop).
+async fn raft_stopped(member: Option<&RunningMember>) -> String {
+    let Some(member) = member else {
+        return std::future::pending().await;
+    };
+    let mut metrics = member.node.raft().metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                return fatal.to_string();
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return "the raft node's metrics ended".to_owned();
+        }
+    }
 }
 
 /// Resolves once the store has failed for good (a checkpoint failed): the broker then
