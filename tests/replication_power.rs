@@ -35,10 +35,16 @@ use rand::{Rng, SeedableRng};
 use squall_faultfs::Tear;
 
 /// The members' command line; the cluster token's file is kept off the fault
-/// filesystems (an operator's configuration is not what the test cuts).
+/// filesystems (an operator's configuration is not what the test cuts). A snapshot
+/// every 150 entries, so that cuts also land on snapshots being built, logs being
+/// purged behind them and a rejoining member installing one.
 fn member_args(m: &Member, peers: &str, config_dir: &Path) -> Vec<String> {
     let config = config_dir.join(format!("node-{}.toml", m.id));
-    std::fs::write(&config, format!("[cluster]\ntoken = \"{TOKEN}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[cluster]\ntoken = \"{TOKEN}\"\nsnapshot_logs = 150\n"),
+    )
+    .unwrap();
     [
         "--config",
         config.to_str().unwrap(),
