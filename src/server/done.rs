@@ -127,7 +127,8 @@ impl std::fmt::Debug for Done {
 /// delivered).
 fn committed_not_applied(e: &StoreError) -> StoreError {
     StoreError::NotLeader(Arc::from(format!(
-        "the change was committed to the cluster's log but this node could not apply it          ({e}) and stops leading; its outcome is unknown"
+        "the change was committed to the cluster's log but this node could not apply it \
+         ({e}) and stops leading; its outcome is unknown"
     )))
 }
 
