@@ -186,6 +186,16 @@ async fn publish_until(
     sent
 }
 
+/// Three members and four producers publishing to `queue` as fast as they are
+/// answered, with a consumer; returns once 100 publishes are confirmed.
+async fn three_under_full_load(queue: &str) -> (Three, Load) {
+    let cluster = three().await;
+    let checker = Arc::new(Checker::default());
+    let load = Load::start(&cluster.everyone, queue, 4, Duration::ZERO, checker).await;
+    load.confirms(100, WITHIN).await;
+    (cluster, load)
+}
+
 /// How a member is stopped in the rolling restart.
 #[derive(Debug, Clone, Copy)]
 enum Stop {
@@ -255,17 +265,7 @@ async fn a_rolling_restart_under_load_loses_no_confirmed_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_restarted_at_once_after_kill_9_loses_no_confirmed_task() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = three().await;
-    let checker = Arc::new(Checker::default());
-    let load = Load::start(
-        &cluster.everyone,
-        "quick",
-        4,
-        Duration::ZERO,
-        checker.clone(),
-    )
-    .await;
-    load.confirms(100, WITHIN).await;
+    let (mut cluster, load) = three_under_full_load("quick").await;
     let mut resumed = 0;
     for round in 1..=3 {
         let (leader, term) = agreed_leader(&cluster.all()).await;
@@ -292,17 +292,7 @@ async fn a_leader_restarted_at_once_after_kill_9_loses_no_confirmed_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_killed_at_once_three_times_loses_no_confirmed_task() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = three().await;
-    let checker = Arc::new(Checker::default());
-    let load = Load::start(
-        &cluster.everyone,
-        "all-killed",
-        4,
-        Duration::ZERO,
-        checker.clone(),
-    )
-    .await;
-    load.confirms(100, WITHIN).await;
+    let (mut cluster, load) = three_under_full_load("all-killed").await;
     for round in 1..=3 {
         for id in 1..=NODES {
             cluster.take(id).kill9();
