@@ -229,17 +229,15 @@ async fn a_power_cut_of_the_leader_alone_loses_nothing_and_it_rejoins() {
     }
 }
 
-/// The leader's disk fails (every sync of its Raft log answers EIO) under load: its
-/// Raft node stops, and the member exits with 75 within seconds (as a single node
-/// whose store failed does) for its supervisor to restart it, instead of lingering as
-/// a member that answers but never catches up. The two others elect a leader and go
-/// on; restarted on the working disk, it rejoins, and the checker finds every promise
-/// kept. Negative control: without the watch on the Raft node (`server/mod.rs`,
-/// `raft_stopped`) the member never exits and the test fails at that wait.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_whose_disk_fails_exits_75_and_rejoins_once_restarted() {
+/// The leader's disk fails under load (`op` on paths containing `pattern` answers
+/// `errno`): its Raft node stops, and the member exits with 75 within seconds (as a
+/// single node whose store failed does) for its supervisor to restart it, instead of
+/// lingering as a member that answers but never catches up. The two others elect a
+/// leader and go on; restarted on the working disk, it rejoins, and the checker finds
+/// every promise kept.
+async fn leader_disk_fails(test: &str, op: squall_faultfs::Op, pattern: &str, errno: i32) {
     let _serial = SERIAL.lock().await;
-    let Some(mut cluster) = OnFaultDisks::start("replication_power::disk_fails").await else {
+    let Some(mut cluster) = OnFaultDisks::start(test).await else {
         return;
     };
     let (leader, _) = agreed_leader(&cluster.all()).await;
@@ -247,10 +245,7 @@ async fn a_member_whose_disk_fails_exits_75_and_rejoins_once_restarted() {
     let everyone = Three::clients_of(&cluster.all());
     let load = Load::start(&everyone, "failing", 4, Duration::ZERO, checker).await;
     load.confirms(100, WITHIN).await;
-    cluster
-        .disk(leader)
-        .fs()
-        .fail(squall_faultfs::Op::Sync, "raft/log/", libc::EIO, 0);
+    cluster.disk(leader).fs().fail(op, pattern, errno, 0);
     let failed = cluster.brokers[leader as usize - 1]
         .take()
         .expect("running");
@@ -263,8 +258,34 @@ async fn a_member_whose_disk_fails_exits_75_and_rejoins_once_restarted() {
     agreed_leader(&cluster.all()).await;
     load.confirms(50, WITHIN).await;
     let summary = load.finish().await;
-    eprintln!("the leader's disk failed, it exited 75 and rejoined; {summary}");
+    eprintln!("{test}: the leader's disk failed, it exited 75 and rejoined; {summary}");
     cluster.stop();
+}
+
+/// Every sync of the leader's Raft log answers EIO: it cannot append. Negative
+/// control: without the watch on the Raft node (`server/mod.rs`, `raft_stopped`) the
+/// member never exits and the test fails at that wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_disk_fails_exits_75_and_rejoins_once_restarted() {
+    let test = "replication_power::raft_log_eio";
+    leader_disk_fails(test, squall_faultfs::Op::Sync, "raft/log/", libc::EIO).await;
+}
+
+/// Every write to the leader's store journal answers ENOSPC while its Raft log still
+/// works: committed entries cannot be applied to its store (a single node would wait
+/// for space; a member cannot apply later entries first), its Raft node stops, and
+/// the same follows. The publishes whose apply failed there are answered "outcome
+/// unknown", never `STORAGE`, and the checker holds that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_store_cannot_write_exits_75_and_rejoins_once_restarted() {
+    let test = "replication_power::store_enospc";
+    leader_disk_fails(
+        test,
+        squall_faultfs::Op::Write,
+        "data/journal/",
+        libc::ENOSPC,
+    )
+    .await;
 }
 
 /// One cluster at a time (two on a 2-core machine would mostly measure the machine).
