@@ -39,26 +39,8 @@ use squall_faultfs::Tear;
 /// every 150 entries, so that cuts also land on snapshots being built, logs being
 /// purged behind them and a rejoining member installing one.
 fn member_args(m: &Member, peers: &str, config_dir: &Path) -> Vec<String> {
-    let config = config_dir.join(format!("node-{}.toml", m.id));
-    std::fs::write(
-        &config,
-        format!("[cluster]\ntoken = \"{TOKEN}\"\nsnapshot_logs = 150\n"),
-    )
-    .unwrap();
-    [
-        "--config",
-        config.to_str().unwrap(),
-        "--node-id",
-        &m.id.to_string(),
-        "--cluster-listen",
-        &m.cluster.to_string(),
-        "--peers",
-        peers,
-        "--fsync",
-        "always",
-    ]
-    .map(str::to_owned)
-    .to_vec()
+    let snapshots = "snapshot_logs = 150\n";
+    args_with_config_in(m, peers, config_dir, snapshots, &["--fsync", "always"])
 }
 
 /// Whose power is cut.

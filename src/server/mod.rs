@@ -48,7 +48,7 @@ use self::metrics::Metrics;
 use self::msg::HubCmd;
 use self::startup::{bind_protocol, recover, warn_if_exposed};
 use self::waiters::Waiters;
-use crate::cluster::types::NodeId;
+use crate::cluster::types::{Member, NodeId};
 use crate::config::{ClusterConfig, ServerConfig};
 use crate::store::{Muts, Store, StoreError, WriterStats};
 
@@ -367,10 +367,12 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     // further ones are dropped without an answer.
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut raft_failure = None;
+    let raft_stopped = raft_stopped(cluster.as_ref().map(|m| m.node.raft().metrics()));
+    tokio::pin!(raft_stopped);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            fatal = raft_stopped(cluster.as_ref()) => {
+            fatal = &mut raft_stopped => {
                 error!(
                     %fatal,
                     "the raft node stopped on an error: shutting down so that a supervisor \
@@ -484,11 +486,12 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
 
 /// Resolves once a cluster member's Raft node has stopped on an error (never for a
 /// single node, nor for the node's own shutdown, which comes after the accept loop).
-async fn raft_stopped(member: Option<&RunningMember>) -> String {
-    let Some(member) = member else {
+async fn raft_stopped(
+    metrics: Option<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>>,
+) -> String {
+    let Some(mut metrics) = metrics else {
         return std::future::pending().await;
     };
-    let mut metrics = member.node.raft().metrics();
     loop {
         if let Err(fatal) = &metrics.borrow_and_update().running_state {
             if !matches!(fatal, openraft::error::Fatal::Stopped) {

@@ -95,8 +95,19 @@ pub fn args(m: &Member, peers: &str) -> Vec<String> {
 
 /// `args` with more lines in the `[cluster]` table of the file and more flags.
 pub fn args_with(m: &Member, peers: &str, cluster_toml: &str, flags: &[&str]) -> Vec<String> {
+    args_with_config_in(m, peers, &m.dir, cluster_toml, flags)
+}
+
+/// `args_with`, the configuration file written in `config_dir` (one per member).
+pub fn args_with_config_in(
+    m: &Member,
+    peers: &str,
+    config_dir: &std::path::Path,
+    cluster_toml: &str,
+    flags: &[&str],
+) -> Vec<String> {
     // The token from a file, as an operator would give it (never on a command line).
-    let config = m.dir.join("cluster.toml");
+    let config = config_dir.join(format!("cluster-{}.toml", m.id));
     let file = format!("[cluster]\ntoken = \"{TOKEN}\"\n{cluster_toml}");
     std::fs::write(&config, file).unwrap();
     let mut args: Vec<String> = vec![
