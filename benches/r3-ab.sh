@@ -7,7 +7,9 @@
 # pairs taken next to each other mean anything. Prints one line per run.
 #
 # Usage: benches/r3-ab.sh OLD_BINARY NEW_BINARY
-# Environment: ROUNDS (3), MESSAGES (100000), BASE_PORT (33600).
+# Environment: ROUNDS (3), MESSAGES (100000), BASE_PORT (33600); OLD_ARGS and
+# NEW_ARGS: more `squall serve` flags for every member of the old / new runs (the same
+# binary twice compares two settings, e.g. NEW_ARGS="--queue-result-ttl 0").
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 64; }
 ROUNDS=${ROUNDS:-3}
@@ -23,14 +25,16 @@ cleanup() {
 trap cleanup EXIT
 PEERS="1@127.0.0.1:$((BASE + 101)),2@127.0.0.1:$((BASE + 102)),3@127.0.0.1:$((BASE + 103))"
 
-run() { # LABEL BINARY
+run() { # LABEL BINARY EXTRA_FLAGS
   local bin=$2
+  local -a extra
+  read -r -a extra <<<"$3"
   rm -rf "$WORK"/*
   PIDS=()
   for i in 1 2 3; do
     RUST_LOG=warn "$bin" serve --data-dir "$WORK/d$i" --listen "127.0.0.1:$((BASE + i))" \
       --http off --fsync always --node-id "$i" --cluster-listen "127.0.0.1:$((BASE + 100 + i))" \
-      --peers "$PEERS" >"$WORK/log$i" 2>&1 &
+      --peers "$PEERS" "${extra[@]}" >"$WORK/log$i" 2>&1 &
     PIDS+=($!)
   done
   local leader=""
@@ -62,6 +66,6 @@ PY
 }
 
 for round in $(seq "$ROUNDS"); do
-  run "round $round old" "$1"
-  run "round $round new" "$2"
+  run "round $round old" "$1" "${OLD_ARGS:-}"
+  run "round $round new" "$2" "${NEW_ARGS:-}"
 done
