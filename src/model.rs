@@ -126,6 +126,11 @@ pub struct QueueConfig {
     /// How long succeeded and dead records are kept. 0: an ack removes the task at
     /// once (no result kept) and dead tasks stay until an operator acts.
     pub result_ttl_ms: u64,
+    /// Whether an ack without a result keeps a succeeded record too. By default
+    /// (`false`) only an ack that carries a result leaves a record (for `result_ttl_ms`);
+    /// one without a result removes the task at once, as beanstalkd, RabbitMQ and SQS
+    /// do, which spares the store the writes of a record nobody reads.
+    pub keep_acked: bool,
     /// How long an idempotency key is remembered after its publish; 0 = keys are
     /// ignored.
     pub dedup_window_ms: u64,
@@ -162,6 +167,7 @@ impl Default for QueueConfig {
             max_length: 0,
             paused: false,
             result_ttl_ms: 3_600_000,
+            keep_acked: false,
             dedup_window_ms: 300_000,
             max_in_flight: 0,
             rate_limit: 0,
@@ -190,7 +196,8 @@ pub enum Mutation {
     },
     /// Ack: the task succeeded. The store keeps a succeeded record (state and
     /// `result`, without the payload) for the queue's `result_ttl_ms`, or removes the
-    /// task at once when that is 0.
+    /// task at once when that is 0. The engine asks for it only when the queue keeps
+    /// the record: an ack with a result, or any ack on a `keep_acked` queue.
     Succeed {
         /// The task.
         id: TaskId,

@@ -32,6 +32,8 @@ fn stored_states(broker: &TestBroker, ids: &[u64]) -> Vec<Option<TaskState>> {
 }
 
 /// An acked task is kept as succeeded (for the queue's result_ttl), never pending.
+/// Acked, as the store holds it: these tests run their queues with `keep_acked`, so
+/// every ack leaves a succeeded record to count (a missing record is not an ack).
 fn acked(state: &Option<TaskState>) -> bool {
     matches!(state, Some(s) if s.status == TaskStatus::Succeeded)
 }
@@ -58,7 +60,11 @@ async fn worker_with_concurrency_8_processes_10000_tasks_exactly_once() {
     const N: usize = 10_000;
     const CONCURRENCY: usize = 8;
     // No crash here, so fsync adds nothing to what is tested but time (about 4x).
-    let mut broker = TestBroker::start_with(|c| c.fsync = FsyncMode::Never).await;
+    let mut broker = TestBroker::start_with(|c| {
+        c.fsync = FsyncMode::Never;
+        c.queue_defaults.keep_acked = true;
+    })
+    .await;
     let client = Client::connect(broker.addr).await.unwrap();
     let ids = publish_n(&client, "many", N).await;
 
@@ -119,8 +125,11 @@ async fn a_handler_running_longer_than_the_lease_keeps_its_task() {
     // The shortest lease the worker's auto-extension assumes (1 s); the handler runs
     // for three of them.
     const LEASE: Duration = Duration::from_millis(1_000);
-    let mut broker =
-        TestBroker::start_with(|c| c.queue_defaults.lease_ms = LEASE.as_millis() as u64).await;
+    let mut broker = TestBroker::start_with(|c| {
+        c.queue_defaults.lease_ms = LEASE.as_millis() as u64;
+        c.queue_defaults.keep_acked = true;
+    })
+    .await;
     let client = Client::connect(broker.addr).await.unwrap();
     let id = client.publish("slow", "long job").await.unwrap().id;
 
@@ -213,6 +222,7 @@ async fn handler_outcomes_ack_retry_dead_letter_and_survive_panics() {
     let mut broker = TestBroker::start_with(|c| {
         c.queue_defaults.backoff_min_ms = 0;
         c.queue_defaults.backoff_max_ms = 0;
+        c.queue_defaults.keep_acked = true;
     })
     .await;
     let client = Client::connect(broker.addr).await.unwrap();
@@ -300,7 +310,11 @@ async fn handler_outcomes_ack_retry_dead_letter_and_survive_panics() {
 async fn worker_shutdown_returns_unfinished_tasks_for_redelivery() {
     const GRACE: Duration = Duration::from_millis(300);
     // Leases far longer than the test: only an explicit return explains a redelivery.
-    let mut broker = TestBroker::start_with(|c| c.queue_defaults.lease_ms = 60_000).await;
+    let mut broker = TestBroker::start_with(|c| {
+        c.queue_defaults.lease_ms = 60_000;
+        c.queue_defaults.keep_acked = true;
+    })
+    .await;
     let client = Client::connect(broker.addr).await.unwrap();
     let ids = publish_n(&client, "drain", 10).await;
 

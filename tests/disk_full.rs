@@ -215,7 +215,7 @@ async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns(
 
     let again = next(&mut sub, "the task comes back without a restart").await;
     assert_eq!((again.id(), again.attempt()), (id, 2));
-    again.ack().await.unwrap();
+    again.ack_with("done").await.unwrap();
     let status = c.task(id).await.unwrap();
     assert_eq!(status.state.to_string(), "succeeded");
     drop(sub);

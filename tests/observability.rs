@@ -196,6 +196,7 @@ async fn metrics_show_flow_control_settings_and_expired_tasks() {
         (r#"squall_queue_rate_limit{queue="flow"}"#, 5.0),
         (r#"squall_queue_rate_burst{queue="flow"}"#, 2.0),
         (r#"squall_queue_drop_expired{queue="flow"}"#, 1.0),
+        (r#"squall_queue_keep_acked{queue="flow"}"#, 0.0),
         (r#"squall_queue_expired_tasks_total{queue="flow"}"#, 1.0),
         (r#"squall_queue_tasks{queue="flow",state="dead"}"#, 0.0),
         (r#"squall_queue_max_in_flight{queue="plain"}"#, 0.0),

@@ -480,7 +480,8 @@ async fn a_follower_whose_data_is_deleted_catches_up_from_the_leader() {
             .unwrap()
             .unwrap();
         acked.insert(d.id());
-        d.ack().await.unwrap();
+        // With a result, so that the ack leaves a record to find on the wiped node.
+        d.ack_with("done").await.unwrap();
     }
     drop(sub);
 

@@ -114,6 +114,9 @@ pub struct QueueSettings {
     pub rate_burst: u32,
     /// Tasks not started by their expiry are dropped instead of dead-lettered.
     pub drop_expired: bool,
+    /// An ack without a result keeps a succeeded record too (by default only an ack
+    /// with a result does; see [`QueueConfigUpdate::keep_acked`]).
+    pub keep_acked: bool,
 }
 
 /// A configuration change for [`Client::set_queue_config`]: only what is set changes.
@@ -142,6 +145,7 @@ pub struct QueueConfigUpdate {
     rate_limit: Option<u32>,
     rate_burst: Option<u32>,
     drop_expired: Option<bool>,
+    keep_acked: Option<bool>,
 }
 
 impl QueueConfigUpdate {
@@ -209,6 +213,15 @@ impl QueueConfigUpdate {
         self
     }
 
+    /// Whether an ack without a result keeps a succeeded record (readable with
+    /// `Client::task` and `wait_result` for the result TTL). By default only an ack
+    /// that carries a result does; an ack without one removes the task at once, and
+    /// its status then reads `Unknown`.
+    pub fn keep_acked(mut self, keep: bool) -> Self {
+        self.keep_acked = Some(keep);
+        self
+    }
+
     /// True when nothing would change.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -229,6 +242,7 @@ impl QueueConfigUpdate {
             rate_limit: self.rate_limit,
             rate_burst: self.rate_burst,
             drop_expired: self.drop_expired,
+            keep_acked: self.keep_acked,
         }
     }
 }
@@ -596,6 +610,7 @@ fn queue_info(q: v1::QueueInfo) -> Result<QueueInfo> {
             rate_limit: config.rate_limit,
             rate_burst: config.rate_burst,
             drop_expired: config.drop_expired,
+            keep_acked: config.keep_acked,
         },
     })
 }

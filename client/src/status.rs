@@ -16,7 +16,8 @@ use crate::publish::{from_unix_ms, TaskId};
 #[non_exhaustive]
 pub enum TaskState {
     /// The broker has no record of the task: never published, or its record is gone
-    /// (acked on a queue that keeps no results, or past the queue's result TTL).
+    /// (acked without a result on a queue without `keep_acked`, acked on a queue whose
+    /// result TTL is 0, or past the queue's result TTL).
     Unknown,
     /// Waiting to be delivered.
     Ready,
@@ -152,7 +153,8 @@ pub enum TaskOutcome {
     /// The timeout passed first; the task's status at that moment.
     TimedOut(TaskStatus),
     /// The broker has no record of the task (never published, or its record is gone:
-    /// acked on a queue that keeps no results, or past the queue's result TTL).
+    /// acked without a result on a queue without `keep_acked`, acked on a queue whose
+    /// result TTL is 0, or past the queue's result TTL).
     Unknown,
 }
 

@@ -150,6 +150,22 @@ async def test_wait_result_outcomes(client: squall.Client, q: str) -> None:
     assert dead.value.status is not None and dead.value.status.last_error == "no way"
 
 
+async def test_an_ack_without_a_result_is_kept_only_with_keep_acked(client: squall.Client, q: str) -> None:
+    plain = await client.publish(q, b"no result")
+    async with client.subscribe(q, prefetch=1) as sub:
+        await (await next_delivery(sub)).ack()
+    assert (await client.task(plain.id)).state == "unknown"
+    with pytest.raises(squall.TaskUnknown):
+        await client.wait_result(plain.id, timeout=1)
+    info = await client.set_queue_config(q, keep_acked=True)
+    assert info.config.keep_acked
+    kept = await client.publish(q, b"no result, kept")
+    async with client.subscribe(q, prefetch=1) as sub:
+        await (await next_delivery(sub)).ack()
+    assert (await client.task(kept.id)).state == "succeeded"
+    assert await client.wait_result(kept.id, timeout=1) == b""
+
+
 async def test_admin_operations(client: squall.Client, q: str) -> None:
     with pytest.raises(squall.NotFound):
         await client.queue(q)

@@ -90,6 +90,8 @@ pub struct QueueConfigUpdate {
     pub max_length: Option<u64>,
     /// Retention of succeeded and dead records.
     pub result_ttl_ms: Option<u64>,
+    /// Keep a succeeded record of acks without a result too.
+    pub keep_acked: Option<bool>,
     /// Idempotency-key window.
     pub dedup_window_ms: Option<u64>,
     /// Most tasks leased at once across all consumers (0 = no cap).
@@ -636,6 +638,7 @@ fn merged(mut c: QueueConfig, u: &QueueConfigUpdate) -> QueueConfig {
         backoff_max_ms,
         max_length,
         result_ttl_ms,
+        keep_acked,
         dedup_window_ms,
         max_in_flight,
         rate_limit,
@@ -648,6 +651,7 @@ fn merged(mut c: QueueConfig, u: &QueueConfigUpdate) -> QueueConfig {
     c.backoff_max_ms = backoff_max_ms.unwrap_or(c.backoff_max_ms);
     c.max_length = max_length.unwrap_or(c.max_length);
     c.result_ttl_ms = result_ttl_ms.unwrap_or(c.result_ttl_ms);
+    c.keep_acked = keep_acked.unwrap_or(c.keep_acked);
     c.dedup_window_ms = dedup_window_ms.unwrap_or(c.dedup_window_ms);
     c.max_in_flight = max_in_flight.unwrap_or(c.max_in_flight);
     c.rate_limit = rate_limit.unwrap_or(c.rate_limit);

@@ -89,6 +89,35 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_without_a_result_keeps_a_record_only_on_a_keep_acked_queue() {
+        let mut e = Engine::new(EngineConfig::default(), T0);
+        e.set_queue_config(
+            "all",
+            QueueConfig {
+                keep_acked: true,
+                ..QueueConfig::default()
+            },
+        );
+        let token = deliver_one(&mut e, "default", 1);
+        let m = e.ack(1, 1, token, Bytes::new(), T0 + 1).unwrap();
+        assert_eq!(m, Mutation::Remove { id: 1 }, "nothing to keep by default");
+        let token = deliver_one(&mut e, "default", 2);
+        let m = e
+            .ack(1, 2, token, Bytes::from_static(b"r"), T0 + 1)
+            .unwrap();
+        assert!(
+            matches!(m, Mutation::Succeed { id: 2, .. }),
+            "a result is kept"
+        );
+        let token = deliver_one(&mut e, "all", 3);
+        let m = e.ack(1, 3, token, Bytes::new(), T0 + 1).unwrap();
+        assert!(
+            matches!(m, Mutation::Succeed { id: 3, .. }),
+            "keep_acked keeps every ack"
+        );
+    }
+
+    #[test]
     fn swept_dead_tasks_leave_the_dead_count() {
         let mut e = Engine::new(EngineConfig::default(), T0);
         let dead = crate::model::TaskState {

@@ -39,7 +39,9 @@ impl Engine {
     /// Settles a lease as done, with the ack's `result` payload (possibly empty). The
     /// returned mutation must be durable before the ack is confirmed to the client:
     /// `Succeed` (the store keeps a succeeded record for the queue's result TTL), or
-    /// `Remove` when the queue keeps no results.
+    /// `Remove` when the queue keeps no record of this ack: it keeps no results
+    /// (`result_ttl_ms` 0), or the ack carries no result and the queue does not
+    /// `keep_acked`.
     pub fn ack(
         &mut self,
         conn: ConnId,
@@ -51,9 +53,10 @@ impl Engine {
         let lease = self.take_lease(conn, task, token)?;
         let q = &mut self.queues[lease.queue as usize];
         q.counters.acked += 1;
-        if q.config.result_ttl_ms == 0 {
+        if q.config.result_ttl_ms == 0 || (result.is_empty() && !q.config.keep_acked) {
             return Ok(Mutation::Remove { id: task });
         }
+        debug_assert!(!result.is_empty() || q.config.keep_acked);
         Ok(Mutation::Succeed {
             id: task,
             result,

@@ -74,6 +74,10 @@ struct SetArgs {
     /// How long succeeded and dead tasks are kept, e.g. 1h.
     #[arg(long, value_parser = parse_duration)]
     result_ttl: Option<Duration>,
+    /// Keep a succeeded record of a task acked without a result too (by default only
+    /// an ack that carries a result leaves one).
+    #[arg(long, value_name = "BOOL")]
+    keep_acked: Option<bool>,
     /// Idempotency-key window, e.g. 5m.
     #[arg(long, value_parser = parse_duration)]
     dedup_window: Option<Duration>,
@@ -112,6 +116,9 @@ impl SetArgs {
         }
         if let Some(v) = self.result_ttl {
             u = u.result_ttl(v);
+        }
+        if let Some(v) = self.keep_acked {
+            u = u.keep_acked(v);
         }
         if let Some(v) = self.dedup_window {
             u = u.dedup_window(v);

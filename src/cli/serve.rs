@@ -122,6 +122,11 @@ pub struct ServeArgs {
     /// removed at once and dead ones kept until an operator acts [default: 1h].
     #[arg(long, alias = "default-result-ttl", value_name = "DURATION")]
     queue_result_ttl: Option<String>,
+    /// Whether new queues keep a succeeded record (for the result TTL) of a task acked
+    /// without a result too; by default only an ack that carries a result leaves one
+    /// [default: false].
+    #[arg(long, value_name = "true|false")]
+    queue_keep_acked: Option<String>,
     /// Default idempotency-key window of new queues [default: 5m].
     #[arg(long, alias = "default-dedup-window", value_name = "DURATION")]
     queue_dedup_window: Option<String>,
@@ -176,6 +181,7 @@ impl ServeArgs {
         add("queue.max_attempts", &self.queue_max_attempts);
         add("queue.max_length", &self.queue_max_length);
         add("queue.result_ttl", &self.queue_result_ttl);
+        add("queue.keep_acked", &self.queue_keep_acked);
         add("queue.dedup_window", &self.queue_dedup_window);
         add("cluster.listen", &self.cluster_listen);
         add("cluster.peers", &self.peers);

@@ -193,7 +193,9 @@ pub async fn run(args: TaskArgs) -> anyhow::Result<ExitCode> {
             code: EXIT_UNKNOWN,
             message: format!(
                 "task {} is unknown to the broker: never published, or its record is gone \
-                 (acked on a queue that keeps no results, or past the queue's result TTL)",
+                 (acked without a result, which leaves no record unless the queue has \
+                 keep_acked set; acked on a queue whose result TTL is 0; or past the \
+                 queue's result TTL)",
                 args.id
             ),
         }

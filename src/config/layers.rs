@@ -122,6 +122,10 @@ pub static KEYS: &[Key] = &[
         .server
         .queue_defaults
         .result_ttl_ms = millis(v)?),
+    key!("queue.keep_acked", |s, v| s
+        .server
+        .queue_defaults
+        .keep_acked = boolean(v)?),
     key!("queue.dedup_window", |s, v| s
         .server
         .queue_defaults

@@ -480,6 +480,7 @@ mod tests {
             max_length: _,
             paused: _, // per queue (`squall pause`), not a default
             result_ttl_ms: _,
+            keep_acked: _,
             dedup_window_ms: _,
             // Per queue (`squall queue set`), not defaults:
             max_in_flight: _,
@@ -526,6 +527,7 @@ mod tests {
             ("queue.backoff_max", "7s"),
             ("queue.max_length", "7"),
             ("queue.result_ttl", "7s"),
+            ("queue.keep_acked", "true"),
             ("queue.dedup_window", "7s"),
             ("log.format", "json"),
             ("log.filter", "debug"),

@@ -93,6 +93,9 @@ pub struct QueueSettings {
     pub rate_burst: u32,
     /// Tasks not started by their expiry are removed instead of dead-lettered.
     pub drop_expired: bool,
+    /// An ack without a result keeps a succeeded record too (by default only an ack
+    /// with a result does).
+    pub keep_acked: bool,
 }
 
 /// A page of queues in name order.
@@ -402,6 +405,8 @@ pub struct ConfigChange {
     pub rate_burst: Option<u32>,
     /// Remove tasks not started by their expiry instead of dead-lettering them.
     pub drop_expired: Option<bool>,
+    /// Keep a succeeded record of acks without a result too.
+    pub keep_acked: Option<bool>,
 }
 
 /// Body of `POST .../purge`.

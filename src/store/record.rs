@@ -19,7 +19,8 @@
 //! backoff_max_ms u64, max_length u64, paused bool(u8), result_ttl_ms u64,
 //! dedup_window_ms u64`, then (written since schedules and flow control; a record
 //! without them reads as their defaults) `max_in_flight u32, rate_limit u32,
-//! rate_burst u32, drop_expired bool(u8)`.
+//! rate_burst u32, drop_expired bool(u8)`, then (written since `keep_acked`; a record
+//! without it reads as its default, `false`) `keep_acked bool(u8)`.
 
 use std::sync::Arc;
 
@@ -267,7 +268,7 @@ pub(crate) fn preview_record(head: &[u8], tail: Option<&[u8]>) -> Vec<u8> {
 
 /// Appends the queue record of `config` to `out`.
 pub(crate) fn encode_queue(config: &QueueConfig, out: &mut Vec<u8>) {
-    out.reserve(71);
+    out.reserve(68);
     out.push(VERSION);
     out.extend_from_slice(&config.lease_ms.to_le_bytes());
     out.extend_from_slice(&config.max_attempts.to_le_bytes());
@@ -281,6 +282,7 @@ pub(crate) fn encode_queue(config: &QueueConfig, out: &mut Vec<u8>) {
     out.extend_from_slice(&config.rate_limit.to_le_bytes());
     out.extend_from_slice(&config.rate_burst.to_le_bytes());
     out.push(u8::from(config.drop_expired));
+    out.push(u8::from(config.keep_acked));
 }
 
 /// Decodes a queue record.
@@ -303,6 +305,10 @@ pub(crate) fn decode_queue(record: &[u8]) -> Result<QueueConfig, DecodeError> {
         config.rate_limit = r.u32("rate_limit")?;
         config.rate_burst = r.u32("rate_burst")?;
         config.drop_expired = r.flag("drop_expired")?;
+    }
+    // Records written before `keep_acked` end here: it reads as its default.
+    if r.remaining() > 0 {
+        config.keep_acked = r.flag("keep_acked")?;
     }
     r.finish()?;
     Ok(config)
@@ -603,13 +609,21 @@ mod tests {
         let q = encoded_queue(&QueueConfig::default());
         // A record of the first layout (before flow control) still reads.
         check_damage(&q[..OLD_QUEUE_LEN], |r| decode_queue(r).map(drop));
+        // So does one of the flow-control layout (before `keep_acked`).
+        assert!(decode_queue(&q[..FLOW_QUEUE_LEN]).is_ok());
         for len in (OLD_QUEUE_LEN + 1)..q.len() {
+            if len == FLOW_QUEUE_LEN {
+                continue;
+            }
             assert!(
                 decode_queue(&q[..len]).is_err(),
                 "prefix of {len} bytes decoded"
             );
         }
     }
+
+    /// Length of a queue record written before `keep_acked`.
+    const FLOW_QUEUE_LEN: usize = 67;
 
     /// Length of a queue record written before flow control.
     const OLD_QUEUE_LEN: usize = 54;
@@ -628,8 +642,31 @@ mod tests {
         let old = decode_queue(&bytes[..OLD_QUEUE_LEN]).unwrap();
         assert_eq!(old, QueueConfig::default());
         let mut bad = bytes.clone();
-        *bad.last_mut().unwrap() = 7;
+        bad[FLOW_QUEUE_LEN - 1] = 7;
         assert!(decode_queue(&bad).unwrap_err().0.contains("drop_expired"));
+    }
+
+    #[test]
+    fn keep_acked_round_trips_and_older_records_read_it_as_false() {
+        let q = QueueConfig {
+            keep_acked: true,
+            drop_expired: true,
+            ..QueueConfig::default()
+        };
+        let bytes = encoded_queue(&q);
+        assert_eq!(bytes.len(), FLOW_QUEUE_LEN + 1);
+        assert_eq!(decode_queue(&bytes).unwrap(), q);
+        let before = decode_queue(&bytes[..FLOW_QUEUE_LEN]).unwrap();
+        assert_eq!(
+            before,
+            QueueConfig {
+                keep_acked: false,
+                ..q
+            }
+        );
+        let mut bad = bytes.clone();
+        *bad.last_mut().unwrap() = 7;
+        assert!(decode_queue(&bad).unwrap_err().0.contains("keep_acked"));
     }
 
     #[test]

@@ -176,11 +176,16 @@ test("the configuration form sets the flow control, its checkbox included", asyn
   await page.fill('#config input[name="max_in_flight"]', "3");
   await page.fill('#config input[name="rate_limit"]', "20");
   await page.check('#config input[name="drop_expired"]');
+  await page.check('#config input[name="keep_acked"]');
   await save();
   let c = await config();
-  assert.deepEqual([c.max_in_flight, c.rate_limit, c.rate_burst, c.drop_expired], [3, 20, 0, true]);
+  assert.deepEqual(
+    [c.max_in_flight, c.rate_limit, c.rate_burst, c.drop_expired, c.keep_acked],
+    [3, 20, 0, true, true],
+  );
   await page.goto(open.url("/queues/flow"));
   assert.equal(await page.isChecked('#config input[name="drop_expired"]'), true, "shown as saved");
+  assert.equal(await page.isChecked('#config input[name="keep_acked"]'), true, "shown as saved");
   await page.uncheck('#config input[name="drop_expired"]');
   await save();
   c = await config();

@@ -966,12 +966,15 @@ class Client:
         rate_limit: int | None = None,
         rate_burst: int | None = None,
         drop_expired: bool | None = None,
+        keep_acked: bool | None = None,
     ) -> QueueInfo:
         """Changes the settings given (the rest stay); creates the queue if needed.
         `max_in_flight` caps the queue's leased tasks across all consumers (0 = no
         cap); `rate_limit` is deliveries per second (0 = none) with a bucket of
         `rate_burst` (0 = one second's worth); `drop_expired` drops tasks not started
-        by their expiry instead of dead-lettering them."""
+        by their expiry instead of dead-lettering them; `keep_acked` keeps a record of
+        tasks acked without a result too (by default only an ack with a result leaves
+        one, readable with `task` and `wait_result` for `result_ttl`)."""
         req = pb.Request()
         s = req.set_queue_config
         s.queue = queue
@@ -1002,6 +1005,9 @@ class Client:
                 changed = True
         if drop_expired is not None:
             s.drop_expired = drop_expired
+            changed = True
+        if keep_acked is not None:
+            s.keep_acked = keep_acked
             changed = True
         if not changed:
             raise errors.invalid(errors.BadRequest, "the configuration update changes nothing")

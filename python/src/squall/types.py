@@ -133,6 +133,7 @@ class QueueSettings:
     rate_limit: int = 0
     rate_burst: int = 0
     drop_expired: bool = False
+    keep_acked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,7 @@ class QueueInfo:
                 rate_limit=c.rate_limit,
                 rate_burst=c.rate_burst,
                 drop_expired=c.drop_expired,
+                keep_acked=c.keep_acked,
             ),
         )
 

@@ -67,6 +67,7 @@ pub struct Config {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub drop_expired: bool,
+    pub keep_acked: bool,
 }
 
 impl From<&QueueInfo> for QueueRow {
@@ -113,6 +114,7 @@ impl From<&QueueInfo> for QueueRow {
                 rate_limit: q.config.rate_limit,
                 rate_burst: q.config.rate_burst,
                 drop_expired: q.config.drop_expired,
+                keep_acked: q.config.keep_acked,
             },
         }
     }
@@ -339,6 +341,10 @@ pub fn queue_detail(q: &QueueRow) -> String {
         ),
         ("max length", unbounded(c.max_length, "unbounded")),
         ("result ttl", setting(c.result_ttl_ms)),
+        (
+            "acks kept",
+            if c.keep_acked { "all" } else { "with a result" }.to_owned(),
+        ),
         ("dedup window", setting(c.dedup_window_ms)),
         ("max in flight", unbounded(u64::from(c.max_in_flight), "no cap")),
         ("rate limit", rate_limit(c)),

@@ -44,6 +44,7 @@ fn row(name: &str, ready: u64, paused: bool) -> QueueRow {
             rate_limit: 0,
             rate_burst: 0,
             drop_expired: false,
+            keep_acked: false,
         },
     }
 }
@@ -75,6 +76,7 @@ max attempts   5
 backoff        1s..10m
 max length     unbounded
 result ttl     1h
+acks kept      with a result
 dedup window   5m
 max in flight  no cap
 rate limit     none
@@ -126,7 +128,8 @@ const QUEUES_JSON: &str = r#"[
       "max_in_flight": 0,
       "rate_limit": 0,
       "rate_burst": 0,
-      "drop_expired": false
+      "drop_expired": false,
+      "keep_acked": false
     }
   },
   {
@@ -167,7 +170,8 @@ const QUEUES_JSON: &str = r#"[
       "max_in_flight": 0,
       "rate_limit": 0,
       "rate_burst": 0,
-      "drop_expired": false
+      "drop_expired": false,
+      "keep_acked": false
     }
   }
 ]

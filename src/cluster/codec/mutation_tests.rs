@@ -76,12 +76,12 @@ prop_compose! {
         backoff_max_ms in any::<u64>(), max_length in any::<u64>(), paused in any::<bool>(),
         result_ttl_ms in any::<u64>(), dedup_window_ms in any::<u64>(),
         max_in_flight in any::<u32>(), rate_limit in any::<u32>(), rate_burst in any::<u32>(),
-        drop_expired in any::<bool>(),
+        drop_expired in any::<bool>(), keep_acked in any::<bool>(),
     ) -> QueueConfig {
         QueueConfig {
             lease_ms, max_attempts, backoff_min_ms, backoff_max_ms, max_length, paused,
             result_ttl_ms, dedup_window_ms, max_in_flight, rate_limit, rate_burst,
-            drop_expired,
+            drop_expired, keep_acked,
         }
     }
 }

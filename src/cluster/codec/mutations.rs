@@ -328,6 +328,7 @@ fn queue_config_to(c: &QueueConfig) -> pb::QueueConfig {
         rate_limit,
         rate_burst,
         drop_expired,
+        keep_acked,
     } = *c;
     pb::QueueConfig {
         lease_ms,
@@ -342,6 +343,7 @@ fn queue_config_to(c: &QueueConfig) -> pb::QueueConfig {
         rate_limit,
         rate_burst,
         drop_expired,
+        keep_acked,
     }
 }
 
@@ -359,6 +361,7 @@ fn queue_config_from(c: pb::QueueConfig) -> QueueConfig {
         rate_limit,
         rate_burst,
         drop_expired,
+        keep_acked,
     } = c;
     QueueConfig {
         lease_ms,
@@ -373,6 +376,7 @@ fn queue_config_from(c: pb::QueueConfig) -> QueueConfig {
         rate_limit,
         rate_burst,
         drop_expired,
+        keep_acked,
     }
 }
 

@@ -101,6 +101,7 @@ fn request(op: Op) -> Request {
                 rate_limit: c.rate_limit,
                 rate_burst: c.rate_burst,
                 drop_expired: c.drop_expired,
+                keep_acked: c.keep_acked,
             },
         }),
         Op::SetPaused(p) => Request::Admin(AdminRequest::SetPaused {
@@ -620,6 +621,7 @@ fn settings(c: &QueueConfig) -> v1::QueueSettings {
         rate_limit: c.rate_limit,
         rate_burst: c.rate_burst,
         drop_expired: c.drop_expired,
+        keep_acked: c.keep_acked,
     }
 }
 

@@ -479,6 +479,13 @@ const QUEUE_METRICS: &[QueueMetric] = &[
         |q| i64::from(q.status.snapshot.config.drop_expired),
         false,
     ),
+    (
+        "queue_keep_acked",
+        "1 when an ack without a result keeps a succeeded record (for the result TTL); 0 when only acks with a result do.",
+        MetricType::Gauge,
+        |q| i64::from(q.status.snapshot.config.keep_acked),
+        false,
+    ),
 ];
 
 impl Collector for Scrape {

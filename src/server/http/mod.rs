@@ -226,6 +226,7 @@ fn queue_view(q: &QueueStatus, store: &Store, now: u64) -> QueueView {
             rate_limit: s.config.rate_limit,
             rate_burst: s.config.rate_burst,
             drop_expired: s.config.drop_expired,
+            keep_acked: s.config.keep_acked,
         },
     }
 }
@@ -592,6 +593,7 @@ impl Backend for HubBackend {
                         rate_limit: c.rate_limit,
                         rate_burst: c.rate_burst,
                         drop_expired: c.drop_expired,
+                        keep_acked: c.keep_acked,
                     },
                 ),
                 Action::Delete(q) => AdminOp::Delete(q),

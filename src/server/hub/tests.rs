@@ -237,13 +237,14 @@ async fn delivery(rx: &mut UnboundedReceiver<Outbound>) -> Dispatch {
     }
 }
 
+/// An ack with a result, so that the store keeps the succeeded record to look at.
 fn ack(conn: ConnId, req: ReqId, d: &Dispatch, token: u64) -> HubCmd {
     HubCmd::Ack {
         conn,
         req,
         task: d.task,
         token,
-        result: Bytes::new(),
+        result: Bytes::from_static(b"done"),
     }
 }
 

@@ -448,7 +448,7 @@ class GetQueue(_message.Message):
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
 class QueueSettings(_message.Message):
-    __slots__ = ("lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "paused", "max_in_flight", "rate_limit", "rate_burst", "drop_expired")
+    __slots__ = ("lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "paused", "max_in_flight", "rate_limit", "rate_burst", "drop_expired", "keep_acked")
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_MIN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -461,6 +461,7 @@ class QueueSettings(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     RATE_BURST_FIELD_NUMBER: _ClassVar[int]
     DROP_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ACKED_FIELD_NUMBER: _ClassVar[int]
     lease_ms: int
     max_attempts: int
     backoff_min_ms: int
@@ -473,7 +474,8 @@ class QueueSettings(_message.Message):
     rate_limit: int
     rate_burst: int
     drop_expired: bool
-    def __init__(self, lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ...) -> None: ...
+    keep_acked: bool
+    def __init__(self, lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., paused: _Optional[bool] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ..., keep_acked: _Optional[bool] = ...) -> None: ...
 
 class QueueRates(_message.Message):
     __slots__ = ("published", "delivered", "acked", "nacked", "expired", "dead_lettered")
@@ -540,7 +542,7 @@ class QueueList(_message.Message):
     def __init__(self, queues: _Optional[_Iterable[_Union[QueueInfo, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class SetQueueConfig(_message.Message):
-    __slots__ = ("queue", "lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "max_in_flight", "rate_limit", "rate_burst", "drop_expired")
+    __slots__ = ("queue", "lease_ms", "max_attempts", "backoff_min_ms", "backoff_max_ms", "max_length", "result_ttl_ms", "dedup_window_ms", "max_in_flight", "rate_limit", "rate_burst", "drop_expired", "keep_acked")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     LEASE_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -553,6 +555,7 @@ class SetQueueConfig(_message.Message):
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
     RATE_BURST_FIELD_NUMBER: _ClassVar[int]
     DROP_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ACKED_FIELD_NUMBER: _ClassVar[int]
     queue: str
     lease_ms: int
     max_attempts: int
@@ -565,7 +568,8 @@ class SetQueueConfig(_message.Message):
     rate_limit: int
     rate_burst: int
     drop_expired: bool
-    def __init__(self, queue: _Optional[str] = ..., lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ...) -> None: ...
+    keep_acked: bool
+    def __init__(self, queue: _Optional[str] = ..., lease_ms: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff_min_ms: _Optional[int] = ..., backoff_max_ms: _Optional[int] = ..., max_length: _Optional[int] = ..., result_ttl_ms: _Optional[int] = ..., dedup_window_ms: _Optional[int] = ..., max_in_flight: _Optional[int] = ..., rate_limit: _Optional[int] = ..., rate_burst: _Optional[int] = ..., drop_expired: _Optional[bool] = ..., keep_acked: _Optional[bool] = ...) -> None: ...
 
 class SetPaused(_message.Message):
     __slots__ = ("queue", "paused")
