@@ -418,6 +418,8 @@ async fn cli_admin_commands_work_against_a_broker() {
         "15s",
         "--backoff",
         "100ms..2s",
+        "--keep-acked",
+        "true",
     ])
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -426,9 +428,15 @@ async fn cli_admin_commands_work_against_a_broker() {
         "{}",
         stdout(&out)
     );
+    assert!(
+        stdout(&out).contains("acks kept      all"),
+        "{}",
+        stdout(&out)
+    );
     let out = run(&["queue", "cli", "--json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
     assert_eq!(json["config"]["lease_ms"], 15_000);
+    assert_eq!(json["config"]["keep_acked"], true);
     let out = run(&["queue", "set", "cli"]).await;
     assert_eq!(
         out.status.code(),
