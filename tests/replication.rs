@@ -132,6 +132,39 @@ async fn three_nodes_elect_a_leader_and_another_after_it_is_killed() {
 /// `squall cluster add-node` makes a fourth node a voter (after it caught up as a
 /// learner), asked through a member that is not the leader; `remove-node` takes it out
 /// again. Changes that make no sense are refused with a reason.
+/// An idle cluster appends nothing to its log: the retention sweep (once a second) is
+/// proposed only when the expiry index holds something due. Before, every sweep was a
+/// Raft entry, synced on every member once a second (negative control: without the
+/// check in `server/sweeper.rs` the leader's log grows by about one entry a second
+/// here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_appends_nothing_to_its_log() {
+    let _serial = SERIAL.lock().await;
+    let (_dirs, members) = members(NODES);
+    let peers = peers_of(&members);
+    let _brokers: Vec<ChildBroker> = members.iter().map(|m| start(m, &peers)).collect();
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, _) = agreed_leader(&all).await;
+    let leader = &members[leader as usize - 1];
+    // Formation's own entries (the leader's blank entry, the cluster id) settle first.
+    let mut last = last_log_index(leader).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = last_log_index(leader).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    applied_up_to(leader, last).await;
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        last_log_index(leader).await,
+        last,
+        "an idle cluster's log grew (a sweep with nothing due was proposed?)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_added_as_a_voter_and_removed_again() {
     let _serial = SERIAL.lock().await;

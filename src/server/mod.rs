@@ -261,7 +261,12 @@ async fn start_broker(
         None => hub,
     };
     let hub_task = tokio::spawn(hub.run(hub_rx));
-    let sweeper = sweeper::Sweeper::start(handle.clone(), hub_tx.clone(), config.sweep_interval);
+    let sweeper = sweeper::Sweeper::start(
+        store.clone(),
+        handle.clone(),
+        hub_tx.clone(),
+        config.sweep_interval,
+    );
     // A cluster member's leadership watcher is started below; the HTTP side reads its
     // count and the Raft metrics from now on.
     let leadership = member.as_ref().map(|_| Arc::new(lead::Leadership::new()));

@@ -1,7 +1,7 @@
 //! The retention sweep's driver: a task that asks the store writer, once per
-//! `sweep_interval`, to remove what expired (succeeded and dead records past the
-//! queue's result TTL, idempotency keys past their window), at most [`SWEEP_LIMIT`]
-//! index entries per job. When a job stops at its limit the next one follows after a
+//! `sweep_interval` and only when the expiry index holds something due, to remove what
+//! expired (succeeded and dead records past the queue's result TTL, idempotency keys
+//! past their window), at most [`SWEEP_LIMIT`] index entries per job. When a job stops at its limit the next one follows after a
 //! short pause instead of a whole interval, so a backlog drains without ever handing
 //! the writer one unbounded job. The removals themselves are the writer's
 //! (`store/writer/retention.rs`). On a cluster member only the leader's sweep is
@@ -18,7 +18,7 @@ use super::clock::now_ms;
 use super::done::{Done, StoreWriter};
 use super::msg::{HubCmd, HubTx};
 use crate::model::Mutation;
-use crate::store::{Muts, StoreError};
+use crate::store::{Muts, Store, StoreError};
 
 /// Most expiry-index entries one sweep job examines (each removes at most one task or
 /// one idempotency key).
@@ -33,9 +33,14 @@ pub(crate) struct Sweeper {
 }
 
 impl Sweeper {
-    pub(crate) fn start(writer: StoreWriter, hub: HubTx, interval: Duration) -> Sweeper {
+    pub(crate) fn start(
+        store: Store,
+        writer: StoreWriter,
+        hub: HubTx,
+        interval: Duration,
+    ) -> Sweeper {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(writer, hub, interval, stop.clone()));
+        let task = tokio::spawn(run(store, writer, hub, interval, stop.clone()));
         Sweeper { stop, task }
     }
 
@@ -48,16 +53,29 @@ impl Sweeper {
     }
 }
 
-async fn run(writer: StoreWriter, hub: HubTx, interval: Duration, stop: CancellationToken) {
+async fn run(
+    store: Store,
+    writer: StoreWriter,
+    hub: HubTx,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut pause = interval;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+        let now = now_ms();
+        // Nothing due: no job (on a cluster, no Raft entry on every member). A read
+        // error sweeps anyway, so that the writer reports it.
+        if matches!(store.expiry_due(now), Ok(false)) {
+            pause = interval;
+            continue;
+        }
         let (tx, rx) = oneshot::channel();
         let sweep = Mutation::Sweep {
-            now: now_ms(),
+            now,
             limit: SWEEP_LIMIT,
         };
         writer.submit(Muts::One(sweep), Some(Done::Swept { tx }));

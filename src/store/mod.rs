@@ -613,6 +613,23 @@ impl Store {
 }
 
 impl Store {
+    /// Whether the expiry index holds an entry due by `now`, i.e. whether a retention
+    /// sweep would find anything to examine: the writer's sweep scans the same range of
+    /// sled (`writer/retention.rs`). One range read; the sweeper skips a sweep that
+    /// would find nothing, so an idle broker (or cluster) writes nothing for it.
+    pub fn expiry_due(&self, now: crate::model::Millis) -> Result<bool, StoreError> {
+        let db = self.inner.dbs.get();
+        let first = pool::scan(&db, &[keys::EXPIRY], keys::expiry_due_end(now)).next();
+        match first {
+            None => Ok(false),
+            Some(Ok((key, _))) => {
+                debug_assert_eq!(key.first(), Some(&keys::EXPIRY));
+                Ok(true)
+            }
+            Some(Err(e)) => Err(io_error(e)),
+        }
+    }
+
     /// A task record as the writer last left it: from the task table if it holds
     /// the record, else from sled.
     fn task_record(

@@ -238,6 +238,9 @@ fn an_ack_keeps_state_and_result_without_the_payload_until_swept() {
     );
     assert_eq!(f.store.get_body(1).unwrap(), None, "payload dropped");
 
+    // What the sweeper asks before it submits a sweep: nothing due until the TTL ends.
+    assert!(!f.store.expiry_due(5_000 + TTL - 1).unwrap());
+    assert!(f.store.expiry_due(5_000 + TTL).unwrap());
     let early = f.sweep(5_000 + TTL - 1, 100);
     assert_eq!((early.examined, early.removed_tasks), (0, 0));
     assert!(f.store.get_record(1).unwrap().is_some());
@@ -245,6 +248,7 @@ fn an_ack_keeps_state_and_result_without_the_payload_until_swept() {
     assert_eq!((due.examined, due.removed_tasks, due.more), (1, 1, false));
     assert!(due.removed_dead.is_empty());
     assert_eq!(f.store.get_record(1).unwrap(), None);
+    assert!(!f.store.expiry_due(u64::MAX).unwrap(), "the index is empty");
     for prefix in [keys::STATE, keys::BODY, keys::RESULT, keys::EXPIRY] {
         assert_eq!(f.count(prefix), 0, "prefix {}", prefix as char);
     }
