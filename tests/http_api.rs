@@ -1034,6 +1034,15 @@ async fn pages_show_payloads_and_headers_as_text() {
         assert_eq!(get(http, path).await.status, 200, "{path}");
     }
     assert_eq!(get(http, "/tasks?id=1").await.status, 303);
+    // A task the broker knows nothing of says what that can mean.
+    let unknown = get(http, "/tasks/987654321").await;
+    assert_eq!(unknown.status, 200);
+    assert!(
+        unknown.body.contains("id=\"t-unknown\""),
+        "{}",
+        unknown.body
+    );
+    assert!(!get(http, "/tasks/1").await.body.contains("t-unknown"));
     assert_eq!(get(http, "/queues/no-such-queue").await.status, 404);
     c.close().await;
 }
