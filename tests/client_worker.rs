@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{wait_until, TestBroker, WAIT};
 use parking_lot::Mutex;
+use squall::config::ServerConfig;
 use squall::model::{TaskState, TaskStatus};
 use squall::store::{FsyncMode, Store, StoreConfig};
 use squall_client::{Client, Message, PublishOptions, Task, TaskError, WorkerReport};
@@ -31,11 +32,20 @@ fn stored_states(broker: &TestBroker, ids: &[u64]) -> Vec<Option<TaskState>> {
         .collect()
 }
 
-/// An acked task is kept as succeeded (for the queue's result_ttl), never pending.
-/// Acked, as the store holds it: these tests run their queues with `keep_acked`, so
-/// every ack leaves a succeeded record to count (a missing record is not an ack).
+/// Acked, as the store holds it: a succeeded record, never pending. The brokers of
+/// these tests keep every ack (`broker_keeping_acks`), so a missing record is not an
+/// ack.
 fn acked(state: &Option<TaskState>) -> bool {
     matches!(state, Some(s) if s.status == TaskStatus::Succeeded)
+}
+
+/// A broker whose queues keep a record of every ack (`keep_acked`), with `tweak`.
+async fn broker_keeping_acks(tweak: impl FnOnce(&mut ServerConfig)) -> TestBroker {
+    TestBroker::start_with(|c| {
+        c.queue_defaults.keep_acked = true;
+        tweak(c);
+    })
+    .await
 }
 
 /// Publishes `n` tasks to `queue` in batches of up to 1,000 (the broker's max_batch).
@@ -60,11 +70,7 @@ async fn worker_with_concurrency_8_processes_10000_tasks_exactly_once() {
     const N: usize = 10_000;
     const CONCURRENCY: usize = 8;
     // No crash here, so fsync adds nothing to what is tested but time (about 4x).
-    let mut broker = TestBroker::start_with(|c| {
-        c.fsync = FsyncMode::Never;
-        c.queue_defaults.keep_acked = true;
-    })
-    .await;
+    let mut broker = broker_keeping_acks(|c| c.fsync = FsyncMode::Never).await;
     let client = Client::connect(broker.addr).await.unwrap();
     let ids = publish_n(&client, "many", N).await;
 
@@ -125,11 +131,8 @@ async fn a_handler_running_longer_than_the_lease_keeps_its_task() {
     // The shortest lease the worker's auto-extension assumes (1 s); the handler runs
     // for three of them.
     const LEASE: Duration = Duration::from_millis(1_000);
-    let mut broker = TestBroker::start_with(|c| {
-        c.queue_defaults.lease_ms = LEASE.as_millis() as u64;
-        c.queue_defaults.keep_acked = true;
-    })
-    .await;
+    let mut broker =
+        broker_keeping_acks(|c| c.queue_defaults.lease_ms = LEASE.as_millis() as u64).await;
     let client = Client::connect(broker.addr).await.unwrap();
     let id = client.publish("slow", "long job").await.unwrap().id;
 
@@ -219,10 +222,9 @@ async fn a_handler_running_longer_than_the_lease_keeps_its_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_outcomes_ack_retry_dead_letter_and_survive_panics() {
-    let mut broker = TestBroker::start_with(|c| {
+    let mut broker = broker_keeping_acks(|c| {
         c.queue_defaults.backoff_min_ms = 0;
         c.queue_defaults.backoff_max_ms = 0;
-        c.queue_defaults.keep_acked = true;
     })
     .await;
     let client = Client::connect(broker.addr).await.unwrap();
@@ -310,11 +312,7 @@ async fn handler_outcomes_ack_retry_dead_letter_and_survive_panics() {
 async fn worker_shutdown_returns_unfinished_tasks_for_redelivery() {
     const GRACE: Duration = Duration::from_millis(300);
     // Leases far longer than the test: only an explicit return explains a redelivery.
-    let mut broker = TestBroker::start_with(|c| {
-        c.queue_defaults.lease_ms = 60_000;
-        c.queue_defaults.keep_acked = true;
-    })
-    .await;
+    let mut broker = broker_keeping_acks(|c| c.queue_defaults.lease_ms = 60_000).await;
     let client = Client::connect(broker.addr).await.unwrap();
     let ids = publish_n(&client, "drain", 10).await;
 

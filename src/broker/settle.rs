@@ -56,7 +56,6 @@ impl Engine {
         if q.config.result_ttl_ms == 0 || (result.is_empty() && !q.config.keep_acked) {
             return Ok(Mutation::Remove { id: task });
         }
-        debug_assert!(!result.is_empty() || q.config.keep_acked);
         Ok(Mutation::Succeed {
             id: task,
             result,

@@ -1,11 +1,12 @@
 //! The retention sweep's driver: a task that asks the store writer, once per
 //! `sweep_interval` and only when the expiry index holds something due, to remove what
 //! expired (succeeded and dead records past the queue's result TTL, idempotency keys
-//! past their window), at most [`SWEEP_LIMIT`] index entries per job. When a job stops at its limit the next one follows after a
-//! short pause instead of a whole interval, so a backlog drains without ever handing
-//! the writer one unbounded job. The removals themselves are the writer's
-//! (`store/writer/retention.rs`). On a cluster member only the leader's sweep is
-//! accepted (it is replicated like any change); a follower's is refused quietly.
+//! past their window), at most [`SWEEP_LIMIT`] index entries per job. When a job stops
+//! at its limit the next one follows after a short pause instead of a whole interval,
+//! so a backlog drains without ever handing the writer one unbounded job. The removals
+//! themselves are the writer's (`store/writer/retention.rs`). On a cluster member only
+//! the leader's sweep is accepted (it is replicated like any change); a follower's is
+//! refused quietly.
 
 use std::time::Duration;
 
