@@ -2,6 +2,8 @@
 //! queue configuration and the mutations the broker asks the store to persist.
 //! Nothing here knows about sockets, protobuf or sled.
 
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,6 +13,39 @@ pub type Millis = u64;
 
 /// Broker-assigned task id: unique and increasing per node.
 pub type TaskId = u64;
+
+/// A map keyed by a number the broker assigns itself (task ids, connection ids).
+/// Such ids are consecutive, so a multiplicative hash spreads them well and costs one
+/// multiplication, where the default SipHash costs more than the map (about 140
+/// instructions a lookup, `BENCHMARKS.md`). Not for keys a client chooses (a task id
+/// named in a request and then inserted, a queue name): a client could pick keys that
+/// share their low bits and fill one probe sequence; those maps keep SipHash.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// A set of broker-assigned ids (see [`IdMap`]).
+pub type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`]: the id times an odd constant (the golden ratio's
+/// fraction), whose low bits (the bucket) and top bits (hashbrown's tag) both vary
+/// from one consecutive id to the next.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// The persisted lifecycle of a task.
 ///
@@ -329,4 +364,31 @@ pub struct Schedule {
     pub last_task: TaskId,
     /// When the schedule was created.
     pub created_ms: Millis,
+}
+
+#[cfg(test)]
+mod id_hasher_tests {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+
+    use super::IdHasher;
+
+    fn hash(id: u64) -> u64 {
+        BuildHasherDefault::<IdHasher>::default().hash_one(id)
+    }
+
+    /// What `IdMap` relies on: consecutive ids land in distinct buckets (the low bits)
+    /// of any table up to their count, and their tags (hashbrown's top 7 bits) vary.
+    #[test]
+    fn consecutive_ids_spread_over_buckets_and_tags() {
+        for start in [0u64, 1, 1 << 20, u64::MAX - 5000] {
+            let mut buckets = std::collections::HashSet::new();
+            let mut tags = std::collections::HashSet::new();
+            for id in start..start + 4096 {
+                buckets.insert(hash(id) & 4095);
+                tags.insert(hash(id) >> 57);
+            }
+            assert_eq!(buckets.len(), 4096, "ids from {start} share a bucket");
+            assert_eq!(tags.len(), 128, "ids from {start} use only some tags");
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! with `impl` blocks of their own (one file per concern).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
@@ -16,7 +16,9 @@ use rand::SeedableRng;
 use super::expiry::Waiting;
 pub(super) use super::queue::{Lease, Queue, QueueIdx, SubSlot};
 use super::schedule::Schedules;
-use crate::model::{Millis, Mutation, QueueConfig, StatePatch, TaskId, TaskState, TaskStatus};
+use crate::model::{
+    IdMap, IdSet, Millis, Mutation, QueueConfig, StatePatch, TaskId, TaskState, TaskStatus,
+};
 
 /// Identifies a client connection inside the broker.
 pub type ConnId = u64;
@@ -232,10 +234,10 @@ pub struct Engine {
     pub(super) sorted: BTreeSet<Arc<str>>,
     /// Delayed tasks across all queues, by (not-before, id).
     pub(super) delayed: BTreeMap<(Millis, TaskId), (QueueIdx, Entry)>,
-    pub(super) leases: HashMap<TaskId, Lease>,
+    pub(super) leases: IdMap<TaskId, Lease>,
     /// Lease deadlines; stale entries (settled or extended leases) are skipped on pop.
     pub(super) deadlines: BinaryHeap<Reverse<(Millis, TaskId, u64)>>,
-    pub(super) conn_subs: HashMap<ConnId, Vec<(QueueIdx, SubId)>>,
+    pub(super) conn_subs: IdMap<ConnId, Vec<(QueueIdx, SubId)>>,
     pub(super) dirty: Vec<QueueIdx>,
     pub(super) next_token: u64,
     /// The next `SubSlot::uid`.
@@ -244,15 +246,15 @@ pub struct Engine {
     /// Slots of deleted queues, reused by the next new queue (`broker/admin.rs`).
     pub(super) free_slots: Vec<QueueIdx>,
     /// Connections whose deliveries are paused (their delivery window is full).
-    pub(super) paused_conns: HashSet<ConnId>,
+    pub(super) paused_conns: IdSet<ConnId>,
     /// Most deliveries per connection not yet reported written
     /// ([`Engine::written`]); `None` = no window (the default, for tests of the pure
     /// engine).
     pub(super) delivery_window: Option<u32>,
     /// Deliveries per connection not yet reported written (only with a window).
-    pub(super) unwritten: HashMap<ConnId, u32>,
+    pub(super) unwritten: IdMap<ConnId, u32>,
     /// Tasks with an expiry not yet delivered, and where they wait (`expiry.rs`).
-    pub(super) expiring: HashMap<TaskId, Waiting>,
+    pub(super) expiring: IdMap<TaskId, Waiting>,
     /// (expiry, task) of `expiring`; entries of tasks since delivered or removed are
     /// stale and skipped.
     pub(super) expiry_index: BTreeSet<(Millis, TaskId)>,
@@ -273,18 +275,18 @@ impl Engine {
             by_name: HashMap::new(),
             sorted: BTreeSet::new(),
             delayed: BTreeMap::new(),
-            leases: HashMap::new(),
+            leases: IdMap::default(),
             deadlines: BinaryHeap::new(),
-            conn_subs: HashMap::new(),
+            conn_subs: IdMap::default(),
             dirty: Vec::new(),
             next_token: now.wrapping_shl(20).max(1),
             next_slot: 1,
             rng,
             free_slots: Vec::new(),
-            paused_conns: HashSet::new(),
+            paused_conns: IdSet::default(),
             delivery_window: None,
-            unwritten: HashMap::new(),
-            expiring: HashMap::new(),
+            unwritten: IdMap::default(),
+            expiring: IdMap::default(),
             expiry_index: BTreeSet::new(),
             throttled: BTreeSet::new(),
             schedules: Schedules::default(),

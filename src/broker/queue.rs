@@ -3,11 +3,11 @@
 //! data with small helpers; the decisions that use them are in `engine.rs`,
 //! `dispatch.rs`, `settle.rs` and `expiry.rs`.
 
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
 
 use super::engine::{ConnId, Entry, QueueCounters, SubId};
-use crate::model::{Millis, QueueConfig, TaskId};
+use crate::model::{IdSet, Millis, QueueConfig, TaskId};
 
 pub(super) type QueueIdx = u32;
 
@@ -84,7 +84,7 @@ pub(super) struct Queue {
     /// which are skipped when popped: removing from the middle of a heap is O(n).
     pub(super) ready: BinaryHeap<Entry>,
     /// Ids whose entry in `ready` is dead already (expired before their first delivery).
-    pub(super) expired_ready: HashSet<TaskId>,
+    pub(super) expired_ready: IdSet<TaskId>,
     pub(super) delayed: u64,
     pub(super) leased: u64,
     /// The dead set, oldest first: kept in memory (id and entry, about 40 bytes per
@@ -107,7 +107,7 @@ impl Queue {
             name,
             config,
             ready: BinaryHeap::new(),
-            expired_ready: HashSet::new(),
+            expired_ready: IdSet::default(),
             delayed: 0,
             leased: 0,
             dead: BTreeMap::new(),

@@ -11,12 +11,10 @@
 //! [`ENTRY_OVERHEAD`]); when the young one fills, the old one is dropped whole. The
 //! capacity is a share of the configured `cache_bytes` (see `open.rs`).
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::model::TaskId;
+use crate::model::{IdMap, TaskId};
 
 /// What one cached body costs beyond its bytes: the map slot, the `Bytes` handle and
 /// the allocation's header, roughly.
@@ -31,9 +29,9 @@ pub(crate) struct BodyCache {
 
 #[derive(Default)]
 struct Generations {
-    young: HashMap<TaskId, Bytes>,
+    young: IdMap<TaskId, Bytes>,
     young_bytes: usize,
-    old: HashMap<TaskId, Bytes>,
+    old: IdMap<TaskId, Bytes>,
 }
 
 fn cost(body: &Bytes) -> usize {

@@ -24,8 +24,7 @@
 //! (ids at or past the watermark when the generation started): its removals are
 //! nothing to apply, and a fresh task whose records are all removed leaves the table.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 
@@ -36,7 +35,7 @@ use super::keys;
 use super::payload::Bodies;
 use super::pool::Db;
 use super::record::{self, BodyFile, BodyRef, StoredBody};
-use crate::model::TaskId;
+use crate::model::{IdMap, TaskId};
 
 /// A record's value: `None` once removed.
 pub(crate) type Value = Option<InlineArray>;
@@ -355,25 +354,5 @@ fn remove_body(db: &Db, bodies: &Bodies, key: &[u8]) -> io::Result<()> {
     }
 }
 
-/// A map by task id. Ids are consecutive numbers, so a multiplicative hash spreads
-/// them well and costs one multiplication (SipHash would cost more than the map).
-pub(crate) type Ids<V> = HashMap<TaskId, V, BuildHasherDefault<IdHasher>>;
-
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+/// A map by task id (`model::IdMap`).
+pub(crate) type Ids<V> = IdMap<TaskId, V>;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::rates::Rates;
 use crate::broker::{ConnId, Effect, Engine};
-use crate::model::{Millis, Mutation, TaskId};
+use crate::model::{IdMap, Millis, Mutation, TaskId};
 use crate::server::bounded::Bounded;
 use crate::server::done::{Done, Restore, StoreWriter};
 use crate::server::lease::LeaderLease;
@@ -23,10 +23,10 @@ use crate::store::{Muts, Store};
 pub(crate) struct Hub {
     pub(super) engine: Engine,
     pub(super) writer: StoreWriter,
-    pub(super) outboxes: HashMap<ConnId, OutTx>,
+    pub(super) outboxes: IdMap<ConnId, OutTx>,
     /// Client name (or peer address) and peer address of each connection, for lease
     /// holders in task status and peek.
-    pub(super) names: HashMap<ConnId, (Arc<str>, SocketAddr)>,
+    pub(super) names: IdMap<ConnId, (Arc<str>, SocketAddr)>,
     pub(super) waiters: Arc<Waiters>,
     pub(super) effects: Vec<Effect>,
     /// Per-queue rates over the last minute (`rates.rs`).
@@ -91,8 +91,8 @@ impl Hub {
             reservations: Reservations::default(),
             engine,
             writer,
-            outboxes: HashMap::new(),
-            names: HashMap::new(),
+            outboxes: IdMap::default(),
+            names: IdMap::default(),
             waiters,
             effects: Vec::new(),
             rates: Rates::default(),
