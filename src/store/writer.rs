@@ -140,7 +140,36 @@ impl<C: Completion> Drop for Done<C> {
 }
 
 /// One staged write: a key and its new value (`None` deletes it).
-type Write = (InlineArray, Option<InlineArray>);
+type Write = (Key, Option<InlineArray>);
+
+/// A staged write's key. A task record's key (most of the writes) is kept as its slot
+/// and id and turned into bytes on the stack where bytes are needed: an
+/// `InlineArray` of a 9-byte key is a heap allocation, and most task records end in
+/// the task table, never in sled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Task(Slot, TaskId),
+    Other(InlineArray),
+}
+
+impl Key {
+    fn of(key: &[u8]) -> Key {
+        match Slot::of_key(key) {
+            Some((slot, id)) => Key::Task(slot, id),
+            None => Key::Other(InlineArray::from(key)),
+        }
+    }
+
+    /// Whether this is `key`, whose task slot (if any) the caller found with
+    /// `Slot::of_key`.
+    fn is(&self, key: &[u8], task: Option<(Slot, TaskId)>) -> bool {
+        match (self, task) {
+            (Key::Task(slot, id), Some(other)) => (*slot, *id) == other,
+            (Key::Other(bytes), None) => bytes.as_ref() == key,
+            _ => false,
+        }
+    }
+}
 
 /// The writer thread's state.
 pub(crate) struct WriterLoop<C: Completion> {

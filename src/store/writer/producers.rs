@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use sled::InlineArray;
 
-use super::{Completion, Staged, WriterLoop};
+use super::{Completion, Key, Staged, WriterLoop};
 use crate::model::{Millis, Mutation, TaskId};
 use crate::store::keys;
 use crate::store::record::{self, ProducerRecord, Remembered, Seen};
@@ -122,7 +122,7 @@ impl<C: Completion> WriterLoop<C> {
             // Its expiry-index entry; the sweep moves it on while the producer is used.
             let key = keys::expiry_producer(now.saturating_add(PRODUCER_WINDOW_MS), producer);
             self.stage
-                .push((InlineArray::from(key), Some(InlineArray::from(&[][..]))));
+                .push((Key::of(&key), Some(InlineArray::from(&[][..]))));
         }
         let remembered = Remembered {
             sequence: *sequence,
@@ -149,7 +149,7 @@ impl<C: Completion> WriterLoop<C> {
         if expires > now {
             let key = keys::expiry_producer(expires, &producer);
             self.stage
-                .push((InlineArray::from(key), Some(InlineArray::from(&[][..]))));
+                .push((Key::of(&key), Some(InlineArray::from(&[][..]))));
         } else {
             stats.removed_keys += 1;
             self.producers.job_forgotten.push(producer);

@@ -11,10 +11,11 @@
 use bytes::Bytes;
 use sled::InlineArray;
 
-use super::{too_large, Completion, WriterLoop};
+use super::{too_large, Completion, Key, WriterLoop};
 use crate::model::{Millis, NewTask, TaskId, TaskStatus};
 use crate::store::keys::{self, Expiring};
 use crate::store::record::{self, DedupRecord};
+use crate::store::tasks::Slot;
 use crate::store::{corrupt, io_error, StoreError, SweepStats};
 
 impl<C: Completion> WriterLoop<C> {
@@ -23,12 +24,12 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     fn push_delete(&mut self, key: &[u8]) {
-        self.stage.push((InlineArray::from(key), None));
+        self.stage.push((Key::of(key), None));
     }
 
     fn push_value(&mut self, key: &[u8], value: &[u8]) {
         self.stage
-            .push((InlineArray::from(key), Some(InlineArray::from(value))));
+            .push((Key::of(key), Some(InlineArray::from(value))));
     }
 
     /// Stages the retention record and its expiry-index entry of a finished task.
@@ -41,8 +42,7 @@ impl<C: Completion> WriterLoop<C> {
         self.scratch.clear();
         record::encode_retained(expires_ms, result, &mut self.scratch).map_err(too_large)?;
         let value = InlineArray::from(self.scratch.as_slice());
-        self.stage
-            .push((InlineArray::from(keys::result(id)), Some(value)));
+        self.stage.push((Key::Task(Slot::Result, id), Some(value)));
         self.push_value(&keys::expiry_task(expires_ms, id), &[]);
         Ok(())
     }
@@ -74,7 +74,7 @@ impl<C: Completion> WriterLoop<C> {
         self.scratch.clear();
         record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
         let value = InlineArray::from(self.scratch.as_slice());
-        self.stage.push((InlineArray::from(key), Some(value)));
+        self.stage.push((Key::of(&key), Some(value)));
         // The payload is not needed any more: only the state and the result are kept.
         self.stage_body_removal(id);
         self.stage_retained(id, updated_ms.saturating_add(ttl), result)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sled::InlineArray;
 
 use super::producers::Numbering;
-use super::{too_large, Completion, JobOutcome, Staged, StagedBody, WriterLoop};
+use super::{too_large, Completion, JobOutcome, Key, Staged, StagedBody, WriterLoop};
 use crate::model::{Mutation, TaskId, TaskStatus};
 use crate::store::keys;
 use crate::store::record::{self, StateView};
@@ -75,16 +75,22 @@ impl<C: Completion> WriterLoop<C> {
                     staged.writes += self.stage.len() + self.job_bodies.len();
                     staged.bodies.append(&mut self.job_bodies);
                     for (key, value) in self.stage.drain(..) {
-                        self.journal.put(&key, value.as_deref());
                         // Task records go to the task table once journaled, the rest
                         // to sled.
-                        if let Some((slot, id)) = Slot::of_key(&key) {
-                            if slot == Slot::Body && value.is_none() {
-                                self.removed_bodies.push(id);
+                        let key = match key {
+                            Key::Task(slot, id) => {
+                                debug_assert_eq!(Slot::of_key(&slot.key(id)), Some((slot, id)));
+                                self.journal.put(&slot.key(id), value.as_deref());
+                                if slot == Slot::Body && value.is_none() {
+                                    self.removed_bodies.push(id);
+                                }
+                                self.group_tasks.entry(id).or_default().set(slot, value);
+                                continue;
                             }
-                            self.group_tasks.entry(id).or_default().set(slot, value);
-                            continue;
-                        }
+                            Key::Other(key) => key,
+                        };
+                        debug_assert!(Slot::of_key(&key).is_none());
+                        self.journal.put(&key, value.as_deref());
                         match value {
                             Some(value) => staged.batch.insert(key, value),
                             None => staged.batch.remove(key),
@@ -193,16 +199,15 @@ impl<C: Completion> WriterLoop<C> {
                     self.scratch.clear();
                     record::encode_state(&view, &mut self.scratch).map_err(too_large)?;
                     let value = InlineArray::from(self.scratch.as_slice());
-                    self.stage.push((InlineArray::from(key), Some(value)));
+                    self.stage.push((Key::Task(Slot::State, *id), Some(value)));
                     if let Some(status @ (TaskStatus::Dead | TaskStatus::Pending)) = patch.status {
                         self.stage_retention_of_patch(*id, status, view.queue, patch.updated_ms)?;
                     }
                 }
                 Mutation::Remove { id } => {
-                    self.stage.push((InlineArray::from(keys::state(*id)), None));
+                    self.stage.push((Key::Task(Slot::State, *id), None));
                     self.stage_body_removal(*id);
-                    self.stage
-                        .push((InlineArray::from(keys::result(*id)), None));
+                    self.stage.push((Key::Task(Slot::Result, *id), None));
                 }
                 Mutation::Succeed {
                     id,
@@ -224,8 +229,7 @@ impl<C: Completion> WriterLoop<C> {
                     self.store.policies.write().put(name, config);
                 }
                 Mutation::RemoveQueue { name } => {
-                    self.stage
-                        .push((InlineArray::from(keys::queue(name)), None));
+                    self.stage.push((Key::of(&keys::queue(name)), None));
                     self.store.policies.write().remove(name);
                 }
                 Mutation::PutSchedule(schedule) => {
@@ -234,8 +238,7 @@ impl<C: Completion> WriterLoop<C> {
                     })?;
                 }
                 Mutation::RemoveSchedule { name } => {
-                    self.stage
-                        .push((InlineArray::from(keys::schedule(name)), None));
+                    self.stage.push((Key::of(&keys::schedule(name)), None));
                 }
                 Mutation::Applied { term, node, index } => {
                     let mut value = [0u8; 24];
@@ -243,7 +246,7 @@ impl<C: Completion> WriterLoop<C> {
                     value[8..16].copy_from_slice(&node.to_be_bytes());
                     value[16..].copy_from_slice(&index.to_be_bytes());
                     self.stage.push((
-                        InlineArray::from(keys::RAFT_APPLIED),
+                        Key::of(keys::RAFT_APPLIED),
                         Some(InlineArray::from(&value[..])),
                     ));
                 }
@@ -251,7 +254,7 @@ impl<C: Completion> WriterLoop<C> {
                     // The first id applied stays: the cluster's id never changes.
                     if self.read_staged(keys::CLUSTER_ID, batch)?.is_none() {
                         self.stage.push((
-                            InlineArray::from(keys::CLUSTER_ID),
+                            Key::of(keys::CLUSTER_ID),
                             Some(InlineArray::from(id.as_bytes())),
                         ));
                     }
@@ -292,18 +295,18 @@ impl<C: Completion> WriterLoop<C> {
     /// only for a reference into a payload file, whose live bytes drop when the
     /// removal reaches sled (`tasks.rs`).
     pub(super) fn stage_body_removal(&mut self, id: TaskId) {
-        self.stage.push((InlineArray::from(keys::body(id)), None));
+        self.stage.push((Key::Task(Slot::Body, id), None));
     }
 
     fn encode_into_stage(
         &mut self,
-        key: impl Into<InlineArray>,
+        key: impl AsRef<[u8]>,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), record::TooLarge>,
     ) -> Result<(), StoreError> {
         self.scratch.clear();
         encode(&mut self.scratch).map_err(too_large)?;
         let value = InlineArray::from(self.scratch.as_slice());
-        self.stage.push((key.into(), Some(value)));
+        self.stage.push((Key::of(key.as_ref()), Some(value)));
         Ok(())
     }
 
@@ -315,10 +318,11 @@ impl<C: Completion> WriterLoop<C> {
         key: &[u8],
         batch: &sled::Batch,
     ) -> Result<Option<InlineArray>, StoreError> {
-        if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.as_ref() == key) {
+        let task = Slot::of_key(key);
+        if let Some((_, value)) = self.stage.iter().rev().find(|(k, _)| k.is(key, task)) {
             return Ok(value.clone());
         }
-        if let Some((slot, id)) = Slot::of_key(key) {
+        if let Some((slot, id)) = task {
             let known = self.group_tasks.get(&id).and_then(|c| c.get(slot));
             if let Some(value) = known.or_else(|| self.store.tasks.get(slot, id)) {
                 return Ok(value);
