@@ -730,9 +730,9 @@ mod delivery_tests {
     use bytes::{Bytes, BytesMut};
     use proptest::prelude::*;
 
-    use super::{put_bare_delivery, put_delivery_by_prost};
     use crate::broker::Dispatch;
     use crate::model::TaskBody;
+    use crate::server::conn::wire::{put_bare_delivery, put_delivery_by_prost};
 
     fn frames(d: Dispatch, body: TaskBody) -> (BytesMut, BytesMut) {
         let mut direct = BytesMut::from(&b"earlier frame"[..]);
