@@ -350,13 +350,22 @@ impl Answer {
     }
 }
 
+/// Appends a frame's length prefix for a body of `len` bytes and the body's room,
+/// zeroed; returns the room, for a hand-written encoder to fill exactly.
+fn frame_body(buf: &mut BytesMut, len: usize) -> &mut [u8] {
+    let start = buf.len();
+    buf.reserve(squall_proto::LENGTH_PREFIX_BYTES + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.resize(start + squall_proto::LENGTH_PREFIX_BYTES + len, 0);
+    &mut buf[start + squall_proto::LENGTH_PREFIX_BYTES..]
+}
+
 /// Writes the two answers of the hot path, a publish's and a plain "ok", field by
 /// field: prost works out each nested message's length twice (`ServerMessage`,
 /// `Response`, `PublishOk`, `Published`), this once. The bytes are exactly prost's (a
 /// test compares them). Returns `false`, writing nothing, for any other answer.
 fn put_common_answer(r: &v1::Response, buf: &mut BytesMut) -> bool {
     use prost::encoding::{encode_varint, encoded_len_varint};
-    use squall_proto::LENGTH_PREFIX_BYTES;
     // Field numbers (all below 16: a key is one byte) and wire types.
     const VARINT: u64 = 0;
     const LEN: u64 = 2;
@@ -376,11 +385,7 @@ fn put_common_answer(r: &v1::Response, buf: &mut BytesMut) -> bool {
     };
     let response = varint_field(r.id) + 1 + encoded_len_varint(body as u64) + body;
     let outer = 1 + encoded_len_varint(response as u64) + response;
-    let start = buf.len();
-    buf.reserve(LENGTH_PREFIX_BYTES + outer);
-    buf.extend_from_slice(&(outer as u32).to_be_bytes());
-    buf.resize(start + LENGTH_PREFIX_BYTES + outer, 0);
-    let mut out = &mut buf[start + LENGTH_PREFIX_BYTES..];
+    let mut out = frame_body(buf, outer);
     encode_varint(key(1, LEN), &mut out); // ServerMessage.response
     encode_varint(response as u64, &mut out);
     if r.id != 0 {
@@ -548,7 +553,6 @@ const SERVER_MESSAGE_DELIVERY: u64 = 2;
 
 fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
     use prost::encoding::{encode_varint, encoded_len_varint};
-    use squall_proto::LENGTH_PREFIX_BYTES;
     // Every field number here is below 16: its key is one byte.
     let key = |field: u64, wire_type: u64| (field << 3) | wire_type;
     let varints = [
@@ -575,11 +579,7 @@ fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
         + varint_len(body.created_ms)
         + delimited(queue.len());
     let outer = 1 + encoded_len_varint(inner as u64) + inner;
-    let start = buf.len();
-    buf.reserve(LENGTH_PREFIX_BYTES + outer);
-    buf.extend_from_slice(&(outer as u32).to_be_bytes());
-    buf.resize(start + LENGTH_PREFIX_BYTES + outer, 0);
-    let mut out = &mut buf[start + LENGTH_PREFIX_BYTES..];
+    let mut out = frame_body(buf, outer);
     encode_varint(key(SERVER_MESSAGE_DELIVERY, 2), &mut out);
     encode_varint(inner as u64, &mut out);
     for (field, value) in varints {
