@@ -66,23 +66,31 @@ impl FrameError {
 
 /// Appends `msg` to `dst` as one frame (length prefix + body).
 ///
-/// The body is encoded into a slice of `dst` sized to it, not into `dst` itself:
-/// prost writes a varint a byte at a time, and each byte put into a `BytesMut` is an
-/// out-of-line `extend_from_slice` (a capacity check and a one-byte copy), where a
-/// byte put into a slice is a store. The slice is zeroed first; that costs less than
-/// the calls it saves (`BENCHMARKS.md`, "What each change gained").
+/// The body is encoded into a slice of `dst` sized to it ([`frame_room`]), not into
+/// `dst` itself: prost writes a varint a byte at a time, and each byte put into a
+/// `BytesMut` is an out-of-line `extend_from_slice` (a capacity check and a one-byte
+/// copy), where a byte put into a slice is a store. Zeroing the slice first costs less
+/// than the calls it saves (`BENCHMARKS.md`, "What each change gained").
 pub fn encode_frame<M: Message>(msg: &M, dst: &mut BytesMut) {
     let len = msg.encoded_len();
-    let start = dst.len();
-    dst.reserve(LENGTH_PREFIX_BYTES + len);
-    dst.put_u32(len as u32);
-    dst.resize(start + LENGTH_PREFIX_BYTES + len, 0);
-    let mut body = &mut dst[start + LENGTH_PREFIX_BYTES..];
+    let mut body = frame_room(dst, len);
     // Cannot fail: the slice is exactly `encoded_len` bytes long.
     msg.encode(&mut body)
         .expect("the slice was sized by encoded_len, encode cannot run out of space");
     debug_assert!(body.is_empty(), "encoded_len and encode disagree");
-    debug_assert_eq!(dst.len(), start + LENGTH_PREFIX_BYTES + len);
+}
+
+/// Appends a frame's length prefix for a body of `len` bytes and room for the body,
+/// zeroed; returns the room, which the caller fills exactly (prost in
+/// [`encode_frame`], or a hand-written encoder of a hot message).
+#[inline]
+pub fn frame_room(dst: &mut BytesMut, len: usize) -> &mut [u8] {
+    let start = dst.len();
+    dst.reserve(LENGTH_PREFIX_BYTES + len);
+    dst.put_u32(len as u32);
+    dst.resize(start + LENGTH_PREFIX_BYTES + len, 0);
+    debug_assert_eq!(dst.len() - start, LENGTH_PREFIX_BYTES + len);
+    &mut dst[start + LENGTH_PREFIX_BYTES..]
 }
 
 /// Splits the next complete frame body off `src`.

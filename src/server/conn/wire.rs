@@ -350,14 +350,57 @@ impl Answer {
     }
 }
 
-/// Appends a frame's length prefix for a body of `len` bytes and the body's room,
-/// zeroed; returns the room, for a hand-written encoder to fill exactly.
-fn frame_body(buf: &mut BytesMut, len: usize) -> &mut [u8] {
-    let start = buf.len();
-    buf.reserve(squall_proto::LENGTH_PREFIX_BYTES + len);
-    buf.extend_from_slice(&(len as u32).to_be_bytes());
-    buf.resize(start + squall_proto::LENGTH_PREFIX_BYTES + len, 0);
-    &mut buf[start + squall_proto::LENGTH_PREFIX_BYTES..]
+// Hand-written protobuf for the hottest frames (`put_common_answer`,
+// `put_bare_delivery`), byte for byte what prost writes: a proto3 scalar that is zero
+// and a bytes or string field that is empty are not written; every field number there
+// is below 16, so a field's key is one byte.
+
+const VARINT: u64 = 0;
+const LEN: u64 = 2;
+
+fn field_key(field: u64, wire_type: u64) -> u64 {
+    (field << 3) | wire_type
+}
+
+fn varint_field_len(value: u64) -> usize {
+    if value == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(value)
+    }
+}
+
+fn bytes_field_len(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        len_prefix_len(len) + len
+    }
+}
+
+/// A length-delimited field's key and length (always written: a nested message is,
+/// even when empty).
+fn len_prefix_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64)
+}
+
+fn put_varint_field(out: &mut &mut [u8], field: u64, value: u64) {
+    if value != 0 {
+        prost::encoding::encode_varint(field_key(field, VARINT), out);
+        prost::encoding::encode_varint(value, out);
+    }
+}
+
+fn put_len_prefix(out: &mut &mut [u8], field: u64, len: usize) {
+    prost::encoding::encode_varint(field_key(field, LEN), out);
+    prost::encoding::encode_varint(len as u64, out);
+}
+
+fn put_bytes_field(out: &mut &mut [u8], field: u64, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        put_len_prefix(out, field, bytes.len());
+        bytes::BufMut::put_slice(out, bytes);
+    }
 }
 
 /// Writes the two answers of the hot path, a publish's and a plain "ok", field by
@@ -365,47 +408,29 @@ fn frame_body(buf: &mut BytesMut, len: usize) -> &mut [u8] {
 /// `Response`, `PublishOk`, `Published`), this once. The bytes are exactly prost's (a
 /// test compares them). Returns `false`, writing nothing, for any other answer.
 fn put_common_answer(r: &v1::Response, buf: &mut BytesMut) -> bool {
-    use prost::encoding::{encode_varint, encoded_len_varint};
-    // Field numbers (all below 16: a key is one byte) and wire types.
-    const VARINT: u64 = 0;
-    const LEN: u64 = 2;
-    let key = |field: u64, wire_type: u64| (field << 3) | wire_type;
-    let varint_field = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
-    let published = |t: &v1::Published| varint_field(t.task_id) + if t.duplicate { 2 } else { 0 };
+    let published =
+        |t: &v1::Published| varint_field_len(t.task_id) + varint_field_len(u64::from(t.duplicate));
     let (field, body) = match &r.result {
         Some(response::Result::Ok(v1::Empty {})) => (13, 0),
         Some(response::Result::Publish(p)) => (
             11,
             p.tasks
                 .iter()
-                .map(|t| 1 + encoded_len_varint(published(t) as u64) + published(t))
+                .map(|t| len_prefix_len(published(t)) + published(t))
                 .sum(),
         ),
         _ => return false,
     };
-    let response = varint_field(r.id) + 1 + encoded_len_varint(body as u64) + body;
-    let outer = 1 + encoded_len_varint(response as u64) + response;
-    let mut out = frame_body(buf, outer);
-    encode_varint(key(1, LEN), &mut out); // ServerMessage.response
-    encode_varint(response as u64, &mut out);
-    if r.id != 0 {
-        encode_varint(key(1, VARINT), &mut out); // Response.id
-        encode_varint(r.id, &mut out);
-    }
-    encode_varint(key(field, LEN), &mut out); // Response.publish or Response.ok
-    encode_varint(body as u64, &mut out);
+    let response = varint_field_len(r.id) + len_prefix_len(body) + body;
+    let mut out = squall_proto::frame_room(buf, len_prefix_len(response) + response);
+    put_len_prefix(&mut out, 1, response); // ServerMessage.response
+    put_varint_field(&mut out, 1, r.id); // Response.id
+    put_len_prefix(&mut out, field, body); // Response.publish or Response.ok
     if let Some(response::Result::Publish(p)) = &r.result {
         for t in &p.tasks {
-            encode_varint(key(1, LEN), &mut out); // PublishOk.tasks
-            encode_varint(published(t) as u64, &mut out);
-            if t.task_id != 0 {
-                encode_varint(key(1, VARINT), &mut out); // Published.task_id
-                encode_varint(t.task_id, &mut out);
-            }
-            if t.duplicate {
-                encode_varint(key(2, VARINT), &mut out); // Published.duplicate
-                encode_varint(1, &mut out);
-            }
+            put_len_prefix(&mut out, 1, published(t)); // PublishOk.tasks
+            put_varint_field(&mut out, 1, t.task_id); // Published.task_id
+            put_varint_field(&mut out, 2, u64::from(t.duplicate)); // Published.duplicate
         }
     }
     debug_assert!(
@@ -552,9 +577,6 @@ pub(crate) fn put_delivery(d: Dispatch, body: TaskBody, buf: &mut BytesMut) {
 const SERVER_MESSAGE_DELIVERY: u64 = 2;
 
 fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
-    use prost::encoding::{encode_varint, encoded_len_varint};
-    // Every field number here is below 16: its key is one byte.
-    let key = |field: u64, wire_type: u64| (field << 3) | wire_type;
     let varints = [
         (1, d.sub),
         (2, d.task),
@@ -565,43 +587,22 @@ fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
         // An int32 is written as its sign-extended 64-bit varint.
         (7, i64::from(d.priority) as u64),
     ];
-    let delimited = |len: usize| {
-        if len == 0 {
-            0
-        } else {
-            1 + encoded_len_varint(len as u64) + len
-        }
-    };
-    let varint_len = |v: u64| if v == 0 { 0 } else { 1 + encoded_len_varint(v) };
     let queue = d.queue.as_bytes();
-    let inner = varints.iter().map(|&(_, v)| varint_len(v)).sum::<usize>()
-        + delimited(body.payload.len())
-        + varint_len(body.created_ms)
-        + delimited(queue.len());
-    let outer = 1 + encoded_len_varint(inner as u64) + inner;
-    let mut out = frame_body(buf, outer);
-    encode_varint(key(SERVER_MESSAGE_DELIVERY, 2), &mut out);
-    encode_varint(inner as u64, &mut out);
+    let inner = varints
+        .iter()
+        .map(|&(_, v)| varint_field_len(v))
+        .sum::<usize>()
+        + bytes_field_len(body.payload.len())
+        + varint_field_len(body.created_ms)
+        + bytes_field_len(queue.len());
+    let mut out = squall_proto::frame_room(buf, len_prefix_len(inner) + inner);
+    put_len_prefix(&mut out, SERVER_MESSAGE_DELIVERY, inner);
     for (field, value) in varints {
-        if value != 0 {
-            encode_varint(key(field, 0), &mut out);
-            encode_varint(value, &mut out);
-        }
+        put_varint_field(&mut out, field, value);
     }
-    if !body.payload.is_empty() {
-        encode_varint(key(8, 2), &mut out);
-        encode_varint(body.payload.len() as u64, &mut out);
-        bytes::BufMut::put_slice(&mut out, &body.payload);
-    }
-    if body.created_ms != 0 {
-        encode_varint(key(10, 0), &mut out);
-        encode_varint(body.created_ms, &mut out);
-    }
-    if !queue.is_empty() {
-        encode_varint(key(11, 2), &mut out);
-        encode_varint(queue.len() as u64, &mut out);
-        bytes::BufMut::put_slice(&mut out, queue);
-    }
+    put_bytes_field(&mut out, 8, &body.payload);
+    put_varint_field(&mut out, 10, body.created_ms);
+    put_bytes_field(&mut out, 11, queue);
     debug_assert!(
         out.is_empty(),
         "a bare delivery's length was worked out wrong"

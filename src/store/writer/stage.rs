@@ -79,8 +79,9 @@ impl<C: Completion> WriterLoop<C> {
                         // to sled.
                         let key = match key {
                             Key::Task(slot, id) => {
-                                debug_assert_eq!(Slot::of_key(&slot.key(id)), Some((slot, id)));
-                                self.journal.put(&slot.key(id), value.as_deref());
+                                let bytes = slot.key(id);
+                                debug_assert_eq!(Slot::of_key(&bytes), Some((slot, id)));
+                                self.journal.put(&bytes, value.as_deref());
                                 if slot == Slot::Body && value.is_none() {
                                     self.removed_bodies.push(id);
                                 }
