@@ -281,7 +281,11 @@ impl Worker {
         self.stats
             .checkpoint_micros
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
-        match journal::remove_below(&self.dir, floor) {
+        // Handles first: a segment recycled below may be written again.
+        self.store
+            .bodies
+            .forget(|f| matches!(f, BodyFile::Journal(first) if first < floor));
+        match journal::recycle_below(&self.dir, floor, self.store.sizing.segment_bytes) {
             Ok(removed) => {
                 tracing::debug!(
                     floor,

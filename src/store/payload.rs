@@ -91,8 +91,8 @@ impl Bodies {
         let mut buf = vec![0u8; r.len as usize];
         file.read_exact_at(&mut buf, r.offset).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
+                self.unless_moved(
+                    r.file,
                     format!("{:?} ends before the body at {}", r.file, r.offset),
                 )
             } else {
@@ -100,8 +100,8 @@ impl Bodies {
             }
         })?;
         if crc32fast::hash(&buf) != r.crc {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+            return Err(self.unless_moved(
+                r.file,
                 format!(
                     "the body at {:?} offset {} fails its checksum",
                     r.file, r.offset
@@ -109,6 +109,18 @@ impl Bodies {
             ));
         }
         Ok(buf)
+    }
+
+    /// The error for a body that is not where its reference says: `NotFound` when its
+    /// file is a journal segment that no longer has its name (a checkpoint moved the
+    /// body on and recycled the segment, whose bytes a handle opened before may now
+    /// read as newer records), `InvalidData` with `what` otherwise.
+    fn unless_moved(&self, file: BodyFile, what: String) -> io::Error {
+        if matches!(file, BodyFile::Journal(_)) && !self.path(file).exists() {
+            self.open.lock().remove(&file);
+            return io::Error::new(io::ErrorKind::NotFound, what);
+        }
+        io::Error::new(io::ErrorKind::InvalidData, what)
     }
 
     /// Reads the byte ranges `wanted` (offsets within the body, clamped to it) of the
@@ -126,8 +138,8 @@ impl Bodies {
         let len = u64::from(r.len);
         let eof = |e: io::Error| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
+                self.unless_moved(
+                    r.file,
                     format!("{:?} ends before the body at {}", r.file, r.offset),
                 )
             } else {
@@ -163,8 +175,8 @@ impl Bodies {
             at += n as u64;
         }
         if hasher.finalize() != r.crc {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+            return Err(self.unless_moved(
+                r.file,
                 format!(
                     "the body at {:?} offset {} fails its checksum",
                     r.file, r.offset
@@ -462,5 +474,42 @@ mod tests {
         assert_eq!(list(dir.path()).unwrap(), vec![(3, len - 1)]);
         remove(dir.path(), 3).unwrap();
         assert!(list(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_body_in_a_recycled_journal_segment_reads_as_moved_never_as_other_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("j");
+        std::fs::create_dir(&journal_dir).unwrap();
+        let bodies = Bodies::new(journal_dir.clone(), dir.path().to_owned());
+        let body = vec![7u8; 300];
+        let path = journal::segment_file(&journal_dir, 5);
+        let mut data = vec![0u8; 1000];
+        data[100..400].copy_from_slice(&body);
+        std::fs::write(&path, &data).unwrap();
+        let r = BodyRef {
+            file: BodyFile::Journal(5),
+            offset: 100,
+            len: 300,
+            crc: crc32fast::hash(&body),
+        };
+        // Read once: the handle is kept.
+        assert_eq!(bodies.read(&r).unwrap(), body);
+        // Other bytes where the body was, its segment still named: corruption.
+        let file = File::options().write(true).open(&path).unwrap();
+        file.write_all_at(&[1u8; 50], 150).unwrap();
+        let err = bodies.read(&r).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // The segment renamed (recycled) and written again, read through the kept
+        // handle: moved, so the caller reads the reference again.
+        std::fs::rename(&path, journal_dir.join("0000000000000005.spare")).unwrap();
+        assert!(bodies.open.lock().contains_key(&r.file));
+        let err = bodies.read(&r).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let head = 0..10;
+        let err = bodies
+            .read_ranges(&r, 10, |_| Vec::from([head]))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
     }
 }

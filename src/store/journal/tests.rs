@@ -121,6 +121,76 @@ fn remove_below_keeps_the_segment_holding_the_floor() {
     );
 }
 
+#[test]
+fn a_recycled_segment_replays_only_the_records_written_into_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = replay(dir.path(), 0);
+    // Two full 4 KiB segments of small records, then a third holding the floor.
+    let value = vec![3u8; 100];
+    let mut n = 0u8;
+    while list(dir.path()).unwrap().len() < 3 {
+        append(&mut j, &[(&[n], Some(&value))]);
+        n += 1;
+    }
+    let floor = j.seal().unwrap();
+    let old_segments = list(dir.path()).unwrap();
+    // The newest sealed segment stays until a successor exists.
+    assert_eq!(recycle_below(dir.path(), floor, 4096).unwrap(), 2);
+    assert_eq!(spares(dir.path()).unwrap().len(), MAX_SPARES);
+    assert_eq!(list(dir.path()).unwrap().len(), 1);
+    // The next segment is a spare, renamed, still holding the old records past the
+    // few new ones. The new records are the old ones' size, so the first old record
+    // left starts exactly where the next new one would: only its number tells.
+    let new_value = vec![9u8; 100];
+    for i in 0u8..3 {
+        append(&mut j, &[(&[200 + i], Some(&new_value))]);
+    }
+    let segments = list(dir.path()).unwrap();
+    assert_eq!(segments.len(), 2);
+    assert_eq!(segments[1].0, floor);
+    assert!(old_segments.iter().all(|(first, _)| *first < floor));
+    assert_eq!(spares(dir.path()).unwrap().len(), MAX_SPARES - 1);
+    let data = std::fs::read(&segments[1].1).unwrap();
+    assert_eq!(data.len(), 4096, "a spare is not truncated");
+    assert!(
+        data[200..].windows(value.len()).any(|w| w == value),
+        "the old records are still there"
+    );
+    drop(j);
+    let (j, records) = replay(dir.path(), floor);
+    assert_eq!(records.len(), 3, "only the records written after recycling");
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r[0], (vec![200 + i as u8], Some(new_value.clone())));
+    }
+    assert_eq!(j.next_seq(), floor + 3);
+    // Spares count as journal disk, and go at the final removal.
+    assert_eq!(disk_bytes(dir.path()), 2 * 4096);
+    drop(j);
+    remove_all(dir.path()).unwrap();
+    assert_eq!(disk_bytes(dir.path()), 0);
+    assert!(spares(dir.path()).unwrap().is_empty());
+}
+
+#[test]
+fn spares_of_another_size_are_dropped_and_oversized_segments_never_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut j, _) = replay(dir.path(), 0);
+    append(&mut j, &[(b"big", Some(&[5u8; 10_000]))]);
+    append(&mut j, &[(b"small", Some(b"x"))]);
+    let floor = j.seal().unwrap();
+    // The first segment grew for its record: removed, not kept.
+    assert_eq!(recycle_below(dir.path(), floor, 4096).unwrap(), 1);
+    assert!(spares(dir.path()).unwrap().is_empty());
+    append(&mut j, &[(b"next", Some(b"y"))]);
+    let floor = j.seal().unwrap();
+    assert_eq!(recycle_below(dir.path(), floor, 4096).unwrap(), 1);
+    assert_eq!(spares(dir.path()).unwrap().len(), 1);
+    drop(j);
+    // Opened with another segment size, the spare is of no use.
+    let (_, _) = Journal::open(dir.path(), 8192, floor, |_| Ok(())).unwrap();
+    assert!(spares(dir.path()).unwrap().is_empty());
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
