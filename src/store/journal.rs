@@ -860,10 +860,15 @@ pub(crate) fn scan_below(
             if len == 0 || pos + HEADER as u64 + len > size {
                 break;
             }
-            buf.clear();
-            buf.resize(HEADER + len as usize, 0);
-            file.read_exact_at(&mut buf, pos)?;
-            let Some((body, _)) = record_at(&buf, 0, seq) else {
+            // Grown (zeroed) only when a record is larger than any before it in this
+            // segment: zeroing every record cost as much as reading it.
+            let need = HEADER + len as usize;
+            if buf.len() < need {
+                buf.resize(need, 0);
+            }
+            let record = &mut buf[..need];
+            file.read_exact_at(record, pos)?;
+            let Some((body, _)) = record_at(record, 0, seq) else {
                 break;
             };
             let at = ValueAt {
