@@ -22,12 +22,24 @@ use crate::server::msg::{
     TaskPayload, TaskPhase, TaskReport, TaskSpec, Welcome,
 };
 
+mod hot;
+
 // ---------------------------------------------------------------------------------
 // Requests.
 
 /// Decodes one request frame: its id and its operation (`None`: the request carries
 /// none).
 pub(crate) fn decode_request(body: Bytes) -> Result<(ReqId, Option<Request>), FrameError> {
+    // A publish without headers or an ack, in canonical form: read field by field.
+    if let Some((id, request)) = hot::decode(&body) {
+        return Ok((id, Some(request)));
+    }
+    decode_request_by_prost(body)
+}
+
+/// [`decode_request`] through prost's `v1` types: every request the hot path does not
+/// take, and what the hot path is checked against.
+fn decode_request_by_prost(body: Bytes) -> Result<(ReqId, Option<Request>), FrameError> {
     let req = v1::Request::decode(body).map_err(FrameError::from)?;
     Ok((req.id, req.op.map(request)))
 }
@@ -888,5 +900,136 @@ mod delivery_tests {
             buf.is_empty(),
             "nothing is written for an answer it does not handle"
         );
+    }
+}
+
+#[cfg(test)]
+mod hot_tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use crate::server::conn::wire::{decode_request_by_prost, hot};
+    use squall_proto::v1::{self, request::Op};
+
+    fn task_spec() -> impl Strategy<Value = v1::TaskSpec> {
+        (
+            ("[a-z.-]{0,12}", "\\PC{0,3}"),
+            prop::collection::vec(any::<u8>(), 0..40),
+            prop_oneof![
+                4 => Just(BTreeMap::new()),
+                1 => prop::collection::btree_map("[a-z]{0,3}", prop::collection::vec(any::<u8>(), 0..4).prop_map(Bytes::from), 1..3),
+            ],
+            (prop_oneof![Just(0i32), Just(-1), any::<i32>()], any::<u64>(), any::<u64>()),
+            (any::<u32>(), any::<u64>(), "\\PC{0,4}", any::<u64>()),
+        )
+            .prop_map(
+                |((queue, tail), payload, headers, (priority, delay_ms, run_at_ms), (max_attempts, lease_ms, idempotency_key, expires_in_ms))| {
+                    v1::TaskSpec {
+                        queue: queue + &tail,
+                        payload: Bytes::from(payload),
+                        headers,
+                        priority,
+                        delay_ms,
+                        run_at_ms,
+                        max_attempts,
+                        lease_ms,
+                        idempotency_key,
+                        expires_in_ms,
+                    }
+                },
+            )
+    }
+
+    fn request() -> impl Strategy<Value = v1::Request> {
+        let op = prop_oneof![
+            4 => (prop::collection::vec(task_spec(), 0..3), "[a-z0-9]{0,6}", any::<u64>())
+                .prop_map(|(tasks, producer_id, sequence)| Some(Op::Publish(v1::Publish {
+                    tasks,
+                    producer_id,
+                    sequence,
+                }))),
+            4 => (any::<u64>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..8))
+                .prop_map(|(task_id, lease_token, result)| Some(Op::Ack(v1::Ack {
+                    task_id,
+                    lease_token,
+                    result: Bytes::from(result),
+                }))),
+            1 => (any::<u64>(), any::<u64>()).prop_map(|(task_id, lease_token)| Some(Op::Nack(v1::Nack {
+                task_id,
+                lease_token,
+                ..Default::default()
+            }))),
+            1 => Just(Some(Op::Ping(v1::Ping {}))),
+            1 => Just(None),
+        ];
+        (prop_oneof![Just(0u64), any::<u64>()], op).prop_map(|(id, op)| v1::Request { id, op })
+    }
+
+    /// Whatever the hot path takes, prost takes too and reads the same.
+    fn same_as_prost(bytes: &[u8]) -> Result<bool, TestCaseError> {
+        let body = Bytes::copy_from_slice(bytes);
+        let Some((id, fast)) = hot::decode(&body) else {
+            return Ok(false);
+        };
+        let slow = decode_request_by_prost(body);
+        prop_assert!(
+            slow.is_ok(),
+            "prost refuses what the hot path took: {fast:?}"
+        );
+        let (slow_id, slow) = slow.unwrap();
+        prop_assert_eq!(id, slow_id);
+        prop_assert_eq!(format!("{fast:?}"), format!("{:?}", slow.unwrap()));
+        Ok(true)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A publish without headers and an ack are taken by the hot path, and read as
+        /// prost reads them; anything else is left to prost.
+        #[test]
+        fn the_hot_path_reads_what_prost_reads(req in request()) {
+            let bytes = req.encode_to_vec();
+            let taken = same_as_prost(&bytes)?;
+            let canonical = match &req.op {
+                Some(Op::Publish(p)) => p.tasks.iter().all(|t| t.headers.is_empty()),
+                Some(Op::Ack(_)) => true,
+                _ => false,
+            };
+            prop_assert_eq!(taken, canonical, "{:?}", req);
+        }
+
+        /// Damaged requests (a byte changed, cut short, or a field appended) are either
+        /// left to prost or read exactly as prost reads them.
+        #[test]
+        fn damaged_requests_are_never_read_otherwise_than_by_prost(
+            req in request(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            how in 0..3u8,
+            extra in prop::collection::vec(any::<u8>(), 1..6),
+        ) {
+            let mut bytes = req.encode_to_vec();
+            match how {
+                0 if !bytes.is_empty() => {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                1 => bytes.truncate(at.index(bytes.len() + 1)),
+                _ => bytes.extend_from_slice(&extra),
+            }
+            same_as_prost(&bytes)?;
+        }
+
+        /// Arbitrary bytes likewise.
+        #[test]
+        fn arbitrary_bytes_are_never_read_otherwise_than_by_prost(
+            bytes in prop::collection::vec(any::<u8>(), 0..48),
+        ) {
+            same_as_prost(&bytes)?;
+        }
     }
 }
