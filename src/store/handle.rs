@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::SendError;
+use flume::SendError;
 
 use super::snapshot::{DumpStats, SnapshotJob};
 use super::writer::{Done, Job, Msg, WriterLoop};
@@ -16,7 +16,7 @@ impl Store {
     /// Starts the single writer thread (and the checkpoint thread). A store has one
     /// writer: a second call gets a writer that fails every job with `Closed`.
     pub fn start_writer<C: Completion>(&self) -> Writer<C> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (tx, rx) = flume::unbounded();
         let stats = Arc::new(WriterStats::default());
         let Some(journal) = self.inner.journal.lock().take() else {
             tracing::error!("the store's writer was started twice");
@@ -94,7 +94,7 @@ pub struct Writer<C: Completion> {
 
 /// A cloneable sender of jobs to the writer.
 pub struct WriterHandle<C: Completion> {
-    tx: crossbeam_channel::Sender<Msg<C>>,
+    tx: flume::Sender<Msg<C>>,
     /// Cluster mode: jobs go here (the Raft group), and reach this writer only once
     /// committed. `None` on a single node: jobs go straight to the writer.
     route: Option<Arc<dyn Route<C>>>,

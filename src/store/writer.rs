@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use flume::{Receiver, RecvTimeoutError, TryRecvError};
 use sled::InlineArray;
 
 use super::checkpoint::Checkpointer;
