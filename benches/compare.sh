@@ -2,10 +2,11 @@
 # Side-by-side comparison, in one run on one machine: probes the disk (serial fdatasync
 # rate) and loopback (TCP round trip), then, for each of ROUNDS rounds (brokers in a
 # rotated order each round), runs the identical workload against
-#   - Squall --fsync always (`squall bench --spawn`),
+#   - Squall --fsync always (`squall serve`, driven by `squall bench`),
 #   - Redis, AOF with appendfsync always, and again with appendfsync everysec,
 #   - beanstalkd -f 0 (binlog, fsync every write),
-# each started here on 127.0.0.1 with a fresh data directory and stopped by PID. The peers
+# each started here on 127.0.0.1 with a fresh data directory once per round (the
+# saturation run, then the fixed-rate run against the same broker) and stopped by PID. The peers
 # are driven by `squall-peers` (benches/peers: the `redis` crate, pipelined; a pipelined
 # beanstalkd client) with the same load generator as `squall bench`. Each broker does a
 # saturation run (msgs/s, and its CPU per message from /proc/PID/stat utime+stime over the
@@ -119,9 +120,19 @@ RATED=(--producers 1 --consumers 1 --messages "$RATE_MESSAGES" --size "$SIZE" --
        --prefetch "$PREFETCH" --json)
 
 run_squall() { # $1 = round
+  # Like each peer: one broker per round on a fresh data directory, the saturation run
+  # and then the fixed-rate run against it.
   echo "round $1: squall (--fsync always)..." >&2
-  $SQUALL bench --spawn --fsync always "${COMMON[@]}" --messages "$MESSAGES" > "$OUT/$1-squall.json"
-  $SQUALL bench --spawn --fsync always "${RATED[@]}" > "$OUT/$1-squall-rate.json"
+  local port dir pid
+  port=$(free_port); dir="$WORK/squall-$1"; mkdir -p "$dir"
+  RUST_LOG=warn $SQUALL serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --fsync always \
+    --http off >"$dir.log" 2>&1 & pid=$!; PIDS+=("$pid")
+  wait_port "$port"
+  $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+    --messages "$MESSAGES" > "$OUT/$1-squall.json"
+  $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+    > "$OUT/$1-squall-rate.json"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 run_redis() { # $1 = round, $2 = appendfsync mode

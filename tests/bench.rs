@@ -3,7 +3,11 @@
 //! check that the load generator counts correctly, not how fast anything is (the
 //! numbers live in BENCHMARKS.md, measured by `benches/compare.sh`).
 
+mod common;
+
 use std::process::Command;
+
+use common::ChildBroker;
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_squall"))
@@ -63,4 +67,34 @@ fn a_fixed_rate_run_keeps_its_schedule_and_measures_every_message() {
     // Latency counts from the scheduled time, so it is never negative or zero-clamped
     // for all samples (a wrong clock base once made end-to-end read 1 µs).
     assert!(r["end_to_end"]["p50_us"].as_u64().unwrap() > 1, "{r}");
+}
+
+#[test]
+fn a_run_against_a_broker_started_elsewhere_reports_its_cpu_given_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = ChildBroker::spawn(dir.path(), &[]);
+    let run = |pid: Option<u32>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_squall"));
+        cmd.arg("bench")
+            .args(["--json", "--size", "64", "--messages", "2000"])
+            .args(["--server", &broker.addr.to_string()]);
+        if let Some(pid) = pid {
+            cmd.args(["--broker-pid", &pid.to_string()]);
+        }
+        let out = cmd.output().expect("run squall bench");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("the report is JSON")
+    };
+    let r = run(Some(broker.pid()));
+    assert_eq!(r["lost"], 0, "{r}");
+    assert!(
+        r["broker_cpu_s"].as_f64().is_some_and(|s| s > 0.0),
+        "the broker's CPU time over the run: {r}"
+    );
+    let r = run(None);
+    assert!(r["broker_cpu_s"].is_null(), "no pid, no CPU figure: {r}");
 }

@@ -252,6 +252,11 @@ impl ChildBroker {
     }
 
     /// The broker's resident memory (VmRSS of /proc/PID/status), bytes.
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .expect("read the broker's /proc status");

@@ -28,6 +28,10 @@ pub struct BenchArgs {
     /// Durability mode of the spawned broker.
     #[arg(long, default_value = "always", requires = "spawn")]
     fsync: String,
+    /// The process id of a broker started elsewhere (Linux): its CPU time over the run
+    /// (from /proc/PID/stat) goes into the report, as for a spawned one.
+    #[arg(long, conflicts_with = "spawn")]
+    broker_pid: Option<u32>,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -51,12 +55,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => args.server.server.clone(),
     };
-    let cpu_before = broker.as_ref().and_then(|b| b.cpu_time());
-    let outcome = drive(&args, &addr).await;
-    let cpu = match (&broker, cpu_before) {
-        (Some(b), Some(before)) => b.cpu_time().map(|after| after.saturating_sub(before)),
-        _ => None,
+    let cpu_time = || match &broker {
+        Some(b) => b.cpu_time(),
+        None => args.broker_pid.and_then(squall_loadgen::cpu_time),
     };
+    let cpu_before = cpu_time();
+    let outcome = drive(&args, &addr).await;
+    let cpu = cpu_before.and_then(|before| cpu_time().map(|after| after.saturating_sub(before)));
     if let Some(b) = broker {
         b.stop().await;
     }
