@@ -295,6 +295,12 @@ impl LogStore {
     /// indexes every entry after the purge point. An entry that does not decode, or a
     /// gap in the indexes, is an error (the log is not used).
     pub fn open(dir: &Path) -> io::Result<LogStore> {
+        LogStore::open_with_segments(dir, SEGMENT_BYTES)
+    }
+
+    /// [`LogStore::open`] with segments of `segment_bytes` (tests use small ones so
+    /// that purges take whole segments away).
+    pub(crate) fn open_with_segments(dir: &Path, segment_bytes: u64) -> io::Result<LogStore> {
         journal::create_dir_synced(dir)?;
         let meta = read_meta(dir)?;
         let floor = meta.purged.map_or(0, |p| p.index + 1);
@@ -303,7 +309,7 @@ impl LogStore {
         // Without a purge the log starts at its first entry; after one, right after it.
         let mut first = meta.purged.map(|p| p.index + 1);
         let (journal, _) =
-            Journal::open_records(&log_dir, SEGMENT_BYTES, floor, |seq, body, at| {
+            Journal::open_records(&log_dir, segment_bytes, floor, |seq, body, at| {
                 let entry = pb::Entry::decode(body)
                     .map_err(|e| invalid(format!("raft log entry {seq} does not decode: {e}")))?;
                 let id = codec::log_id_from(entry.log_id.unwrap_or_default());
@@ -451,15 +457,23 @@ impl LogWriter {
             index.first = next;
             index.files.clear();
         } else {
-            journal::remove_below(&index.read().dir, next)?;
-            let mut index = index.write();
-            index.forget_recent_upto(upto.index);
-            while index.first < next {
-                index.entries.pop_front();
-                index.first += 1;
-            }
-            let oldest = index.entries.front().map_or(u64::MAX, |(_, at)| at.segment);
-            index.files.retain(|&first, _| first >= oldest);
+            // The index first, so that no reader looks a purged entry up from now on;
+            // then the segments go, up to two kept as spares for the next segments
+            // (`journal::recycle_below`: a sync into written blocks is cheaper). A
+            // reader that looked an entry up just before reads its bytes or sees it
+            // purged (`LogReader::read_range`).
+            let dir = {
+                let mut index = index.write();
+                index.forget_recent_upto(upto.index);
+                while index.first < next {
+                    index.entries.pop_front();
+                    index.first += 1;
+                }
+                let oldest = index.entries.front().map_or(u64::MAX, |(_, at)| at.segment);
+                index.files.retain(|&first, _| first >= oldest);
+                index.dir.clone()
+            };
+            journal::recycle_below(&dir, next, self.journal.segment_bytes())?;
         }
         index.write().purged = Some(upto);
         Ok(())
@@ -506,13 +520,18 @@ impl LogReader {
             }
             let found = {
                 let mut index = self.index.write();
-                match index.get(at) {
-                    Some((id, loc)) => Some((id, loc, index.file(loc.segment)?)),
-                    None => None,
-                }
+                index
+                    .get(at)
+                    .map(|(id, loc)| (id, loc, index.file(loc.segment)))
             };
             let Some((id, loc, file)) = found else { break };
-            let body = journal::read_record(&file, at, loc)?;
+            let body = match file.and_then(|file| journal::read_record(&file, at, loc)) {
+                Ok(body) => body,
+                // Purged since it was looked up: its segment may be gone, or recycled
+                // and written again (the record's number and checksum then fail).
+                Err(_) if at < self.index.read().first => break,
+                Err(e) => return Err(e),
+            };
             let entry = pb::Entry::decode(&body[..])
                 .map_err(|e| invalid(format!("raft log entry {at} does not decode: {e}")))?;
             let entry = codec::entry_from(entry).map_err(|e| invalid(e.to_string()))?;

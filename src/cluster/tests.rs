@@ -177,6 +177,57 @@ async fn indexes(log: &mut LogStore) -> Vec<u64> {
     entries.iter().map(|e| e.log_id.index).collect()
 }
 
+/// Segments a purge takes away are recycled (kept as spares, written into again):
+/// the entries after the purge point, and only they, come back after a reopen, and a
+/// reader made before the purge sees purged entries as purged.
+#[tokio::test]
+async fn a_log_whose_purged_segments_are_recycled_reopens_as_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let segments = dir.path().join("log");
+    let files = |ext: &str| {
+        std::fs::read_dir(&segments)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some(ext.as_ref()))
+            .count()
+    };
+    let mut log = LogStore::open_with_segments(dir.path(), 1024).unwrap();
+    // Indexes from 1000 on all take two bytes: every entry is the same size, so the
+    // old entries a spare still holds lie exactly where new ones go.
+    log.purge(log_id(1, 999)).await.unwrap();
+    log.blocking_append((1000..1200).map(|i| blank(1, i)))
+        .await
+        .unwrap();
+    assert!(files("log") > 4, "many 1 KiB segments");
+    let mut reader = log.get_log_reader().await;
+    log.purge(log_id(1, 1149)).await.unwrap();
+    assert_eq!(files("spare"), 2, "two purged segments kept as spares");
+    let got = reader.try_get_log_entries(1100..1160).await.unwrap();
+    let ids: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+    assert_eq!(
+        ids,
+        (1150..1160).collect::<Vec<_>>(),
+        "purged entries are skipped"
+    );
+    // The next segment is a spare, written over: a few entries into it, its old
+    // entries lie right behind them.
+    let mut next = 1200;
+    while files("spare") == 2 {
+        log.blocking_append([blank(1, next)]).await.unwrap();
+        next += 1;
+    }
+    log.blocking_append((next..next + 3).map(|i| blank(1, i)))
+        .await
+        .unwrap();
+    let last = next + 2;
+    drop(reader);
+    drop(log);
+    let mut log = LogStore::open_with_segments(dir.path(), 1024).unwrap();
+    assert_eq!(indexes(&mut log).await, (1150..=last).collect::<Vec<_>>());
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 1149)));
+    assert_eq!(state.last_log_id, Some(log_id(1, last)));
+}
+
 /// Each step is followed by a reopen, as if the process had been killed there: the
 /// vote, the entries, a truncated suffix and a purge are what was last confirmed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -308,6 +308,11 @@ impl Journal {
         Ok(())
     }
 
+    /// The size of a segment (of a spare, [`recycle_below`]).
+    pub(crate) fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
     /// The number the next record gets: every record below it is in a segment that
     /// is sealed or current.
     pub(crate) fn next_seq(&self) -> u64 {
@@ -548,38 +553,27 @@ impl Journal {
     }
 }
 
-/// Removes every segment that holds only records below `floor`: called once sled holds
-/// their effect durably. Returns how many it removed.
-pub(crate) fn remove_below(dir: &Path, floor: u64) -> io::Result<usize> {
-    retire_below(dir, floor, None)
-}
-
-/// [`remove_below`] for the store's journal: up to [`MAX_SPARES`] of the segments it
-/// drops that are exactly `spare_bytes` long are kept as spares (renamed, not
-/// removed) for [`Journal`] to write its next segments into. A spare's blocks are
-/// already written, so an `fdatasync` into it changes no extent and no size: it
-/// writes the data and flushes, where one into a fresh `fallocate`d segment also
-/// writes the inode (`benches/fsync-probe.py`: about a third less time per sync).
-/// What a spare still holds are records numbered below `floor`, which no replay takes
-/// for the next record of a segment named at or above it.
+/// Removes every segment that holds only records below `floor`, once what they hold
+/// is durable elsewhere (sled, for the store's journal; a snapshot, for the Raft log),
+/// keeping up to [`MAX_SPARES`] of those exactly `spare_bytes` long as spares (renamed,
+/// not removed) for [`Journal`] to write its next segments into. Returns how many it
+/// took away. A spare's blocks are already written, so an `fdatasync` into it changes
+/// no extent and no size: it writes the data and flushes, where one into a fresh
+/// `fallocate`d segment also writes the inode (`benches/fsync-recycled.py`: about a
+/// third less time per sync). What a spare still holds are records numbered below
+/// `floor`, which no replay takes for the next record of a segment named at or above
+/// it. A handle opened on a segment before it was recycled may read newer records
+/// there: readers check what they read (number, checksum) and look again.
 pub(crate) fn recycle_below(dir: &Path, floor: u64, spare_bytes: u64) -> io::Result<usize> {
-    retire_below(dir, floor, Some(spare_bytes))
-}
-
-fn retire_below(dir: &Path, floor: u64, spare_bytes: Option<u64>) -> io::Result<usize> {
     let segments = list(dir)?;
-    let mut spares = match spare_bytes {
-        Some(_) => spares(dir)?.len(),
-        None => MAX_SPARES,
-    };
+    let mut spares = spares(dir)?.len();
     let mut removed = 0;
     for (i, (first, path)) in segments.iter().enumerate() {
         let next_first = segments.get(i + 1).map(|(s, _)| *s);
         if next_first.is_some_and(|next| next <= floor) {
             debug_assert!(*first < floor, "a segment below the floor starts below it");
             let keep = spares < MAX_SPARES
-                && spare_bytes
-                    .is_some_and(|len| std::fs::metadata(path).is_ok_and(|m| m.len() == len));
+                && std::fs::metadata(path).is_ok_and(|m| m.len() == spare_bytes);
             if keep {
                 std::fs::rename(path, spare_path(dir, *first))?;
                 spares += 1;
@@ -827,7 +821,7 @@ impl<'a> Iterator for Entries<'a> {
 /// Calls `f` with every put of every valid record in the segments that start below
 /// `floor`, in order. A floor is always a segment boundary (the number a sealed
 /// segment's successor starts at), so these hold only records below it: everything
-/// [`remove_below`] removes now, and the newest sealed segment, which it removes once
+/// [`recycle_below`] takes away now, and the newest sealed segment, which it removes once
 /// a successor exists, and which a restart removes as soon as the floor passes it.
 /// Reads one record at a time (bounded by the largest record), not whole segments.
 /// This is how a checkpoint finds the bodies it must move before the segments go.

@@ -100,7 +100,7 @@ fn a_failed_write_is_never_replayed_before_later_records() {
 }
 
 #[test]
-fn remove_below_keeps_the_segment_holding_the_floor() {
+fn recycling_keeps_the_segment_holding_the_floor() {
     let dir = tempfile::tempdir().unwrap();
     let (mut j, _) = replay(dir.path(), 0);
     let big = vec![1u8; 3000];
@@ -110,12 +110,15 @@ fn remove_below_keeps_the_segment_holding_the_floor() {
     assert_eq!(list(dir.path()).unwrap().len(), 5, "one record per segment");
     let floor = j.seal().unwrap();
     assert_eq!(floor, 5);
-    assert_eq!(remove_below(dir.path(), 3).unwrap(), 3);
+    // Two of the three are kept as spares, the third removed.
+    assert_eq!(recycle_below(dir.path(), 3, 4096).unwrap(), 3);
+    assert_eq!(spares(dir.path()).unwrap().len(), MAX_SPARES);
+    assert_eq!(list(dir.path()).unwrap().len(), 2);
     drop(j);
     let (_, records) = replay(dir.path(), 3);
     assert_eq!(records.len(), 2);
     assert_eq!(
-        remove_below(dir.path(), floor).unwrap(),
+        recycle_below(dir.path(), floor, 4096).unwrap(),
         1,
         "the newest stays"
     );
@@ -306,6 +309,35 @@ fn opaque_records_are_read_by_location_and_truncated_durably() {
 }
 
 #[test]
+fn records_truncated_away_never_come_back_behind_a_record_of_the_same_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let scan = |dir: &Path| {
+        let mut got = Vec::new();
+        let (j, _) = Journal::open_records(dir, 4096, 1, |seq, body, _| {
+            got.push((seq, body.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (j, got)
+    };
+    let (mut j, _) = scan(dir.path());
+    let mut at = Vec::new();
+    for i in 1u8..=5 {
+        at.push(j.append_record(&[i; 700], true).unwrap());
+    }
+    assert!(at.iter().all(|l| l.segment == 1), "one segment");
+    // Raft truncating a conflicting suffix from record 3, then appending a record 3
+    // of another term but the same size: the old 4 and 5 lie where 4 and 5 would go.
+    j.truncate_from(3, at[2]).unwrap();
+    j.append_record(&[0xee; 700], true).unwrap();
+    drop(j);
+    let (_, got) = scan(dir.path());
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "records 4 and 5 were truncated away");
+    assert_eq!(got[2].1, vec![0xee; 700]);
+}
+
+#[test]
 fn free_bytes_reads_the_file_system() {
     let dir = tempfile::tempdir().unwrap();
     assert!(free_bytes(dir.path()).unwrap() > 0);
@@ -346,7 +378,7 @@ fn a_value_lies_where_put_and_last_record_say_and_scan_below_finds_it() {
     })
     .unwrap();
     assert_eq!(replayed, expected);
-    // The scan below a floor sees the segments remove_below would remove, no others.
+    // The scan below a floor sees the segments recycle_below would take, no others.
     let mut scanned = Vec::new();
     scan_below(dir.path(), floor, |k, v, at| {
         scanned.push((k.to_vec(), v.to_vec(), at));
