@@ -125,6 +125,19 @@ enum Job {
     Other(Box<Command>),
 }
 
+impl Prepared {
+    /// Threads for the async runtime: `worker_threads` for `serve` when set (not 0);
+    /// otherwise the runtime's default, one per core.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.job {
+            Job::Serve(settings) if settings.server.worker_threads > 0 => {
+                Some(settings.server.worker_threads)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Loads what must be known before logging starts: for `serve`, every setting (so a
 /// bad one exits 64 before anything is bound); for the other commands, the log format.
 pub fn prepare(cli: Cli) -> anyhow::Result<Prepared> {
@@ -530,6 +543,23 @@ mod tests {
             with_default_port("broker.internal:7700"),
             "broker.internal:7700"
         );
+    }
+
+    #[test]
+    fn serve_sizes_the_runtime_and_other_commands_keep_its_default() {
+        use clap::Parser;
+        let workers = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("arguments parse");
+            prepare(cli).expect("settings load").worker_threads()
+        };
+        assert_eq!(workers(&["squall", "serve"]), None, "0: one per core");
+        assert_eq!(
+            workers(&["squall", "serve", "--worker-threads", "3"]),
+            Some(3)
+        );
+        assert_eq!(workers(&["squall", "queues"]), None);
+        let too_many = Cli::try_parse_from(["squall", "serve", "--worker-threads", "5000"]);
+        assert!(prepare(too_many.unwrap()).is_err(), "over 1024 is refused");
     }
 
     #[test]

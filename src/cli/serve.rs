@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// as queue="(other)" [default: 100].
     #[arg(long, value_name = "N")]
     metrics_queue_limit: Option<String>,
+    /// Threads of the async runtime (connections, the hub); 0 = one per core. The
+    /// store writer and the checkpoint run on threads of their own [default: 0].
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<String>,
     /// PEM certificate chain: with --tls-key, the protocol port speaks TLS only.
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<String>,
@@ -175,6 +179,7 @@ impl ServeArgs {
         add("handshake_memory_bytes", &self.handshake_memory_bytes);
         add("listen_backlog", &self.listen_backlog);
         add("metrics_queue_limit", &self.metrics_queue_limit);
+        add("worker_threads", &self.worker_threads);
         add("tls.cert", &self.tls_cert);
         add("tls.key", &self.tls_key);
         add("queue.lease", &self.queue_lease);

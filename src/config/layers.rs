@@ -93,6 +93,7 @@ pub static KEYS: &[Key] = &[
         .handshake_memory_bytes =
         size(v)?),
     key!("listen_backlog", |s, v| s.server.listen_backlog = int(v)?),
+    key!("worker_threads", |s, v| s.server.worker_threads = int(v)?),
     key!("metrics_queue_limit", |s, v| s.server.metrics_queue_limit =
         int(v)?),
     key!("tls.cert", |s, v| s.server.tls.cert = optional_path(v)?),

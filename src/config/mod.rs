@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// Queues exported one by one on `/metrics` (the deepest ones); the rest are summed
     /// into one series labelled `queue="(other)"`.
     pub metrics_queue_limit: usize,
+    /// Threads of the async runtime (connections, the hub); 0 = one per core (the
+    /// runtime's default). The store writer and the checkpoint have threads of their
+    /// own besides.
+    pub worker_threads: usize,
     /// Accepted tokens; none = no authentication (file only: `[[auth.tokens]]`).
     pub auth: AuthConfig,
     /// TLS on the protocol port (off unless both files are set).
@@ -138,6 +142,7 @@ impl Default for ServerConfig {
             handshake_memory_bytes: 64 * 1024 * 1024,
             listen_backlog: 1024,
             metrics_queue_limit: 100,
+            worker_threads: 0,
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
         }
@@ -349,6 +354,12 @@ impl ServerConfig {
                 format!("{} is outside 1..=65535", self.listen_backlog),
             );
         }
+        if self.worker_threads > 1024 {
+            return bad(
+                "worker_threads",
+                format!("{} is over 1024 (0 = one per core)", self.worker_threads),
+            );
+        }
         if self.max_inflight_requests == 0 {
             return bad("max_inflight_requests", "must be at least 1".into());
         }
@@ -463,6 +474,7 @@ mod tests {
             handshake_memory_bytes: _,
             listen_backlog: _,
             metrics_queue_limit: _,
+            worker_threads: _,
             auth: _,
             tls:
                 TlsConfig {
@@ -513,6 +525,7 @@ mod tests {
             ("handshake_memory_bytes", "7 MiB"),
             ("listen_backlog", "7"),
             ("metrics_queue_limit", "7"),
+            ("worker_threads", "7"),
             ("tls.cert", "/etc/squall/cert.pem"),
             ("tls.key", "/etc/squall/key.pem"),
             ("tls.http", "true"),
