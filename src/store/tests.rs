@@ -580,17 +580,34 @@ fn jobs_sent_together_are_never_split_between_groups() {
 }
 
 /// Copies a data directory as a crash would leave it: whatever the files hold now.
+/// A file may go between the listing and its copy (a checkpoint removes a segment or
+/// renames it to a spare, the writer renames a spare to its next segment), which a
+/// crash would see at once: then the whole directory is copied again.
 pub(super) fn snapshot(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            snapshot(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
+    for _ in 0..100 {
+        match try_snapshot(from, to) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::remove_dir_all(to).unwrap();
+            }
+            Err(e) => panic!("copying {}: {e}", from.display()),
         }
     }
+    panic!("{} kept changing under the copy", from.display());
+}
+
+fn try_snapshot(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            try_snapshot(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// A crash at any moment keeps every confirmed change: the files are copied while the
