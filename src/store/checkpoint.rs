@@ -281,7 +281,8 @@ impl Worker {
         self.stats
             .checkpoint_micros
             .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
-        // Handles first: a segment recycled below may be written again.
+        // Handles first, once: a segment recycled below may be written again (a handle
+        // opened meanwhile reads such a body as moved, `Bodies::read`).
         self.store
             .bodies
             .forget(|f| matches!(f, BodyFile::Journal(first) if first < floor));
@@ -298,9 +299,6 @@ impl Worker {
                 tracing::warn!(%error, floor, "checkpoint done, but old journal segments could not be removed")
             }
         }
-        self.store
-            .bodies
-            .forget(|f| matches!(f, BodyFile::Journal(first) if first < floor));
         for n in emptied {
             match payload::remove(self.store.bodies.payload_dir(), n) {
                 Ok(()) => self.store.bodies.removed(n),

@@ -589,9 +589,8 @@ pub(crate) fn recycle_below(dir: &Path, floor: u64, spare_bytes: u64) -> io::Res
     Ok(removed)
 }
 
-/// Removes every segment: at shutdown, after the last checkpoint, when the writer has
-/// sealed its last segment and appends no more.
-/// Spares go too.
+/// Removes every segment and every spare: at shutdown, after the last checkpoint, when
+/// the writer has sealed its last segment and appends no more.
 pub(crate) fn remove_all(dir: &Path) -> io::Result<usize> {
     let segments = list(dir)?;
     let spares = spares(dir)?;

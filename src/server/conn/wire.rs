@@ -367,8 +367,7 @@ impl Answer {
 // and a bytes or string field that is empty are not written; every field number there
 // is below 16, so a field's key is one byte.
 
-const VARINT: u64 = 0;
-const LEN: u64 = 2;
+use hot::{LEN, VARINT};
 
 fn field_key(field: u64, wire_type: u64) -> u64 {
     (field << 3) | wire_type

@@ -13,8 +13,10 @@ use bytes::Bytes;
 
 use crate::server::msg::{ReqId, Request, TaskSpec};
 
-const VARINT: u64 = 0;
-const LEN: u64 = 2;
+/// Protobuf wire types, also for the hand-written encoders in `wire.rs` (which imports
+/// them from here: server files never import each other both ways).
+pub(super) const VARINT: u64 = 0;
+pub(super) const LEN: u64 = 2;
 
 /// A publish (tasks without headers) or an ack, with its request id; `None` for
 /// anything else.
@@ -141,6 +143,8 @@ impl<'a> Fields<'a> {
     }
 
     /// A varint of at most ten bytes whose value fits 64 bits (as prost requires).
+    /// Not prost's own `decode_key`/`decode_varint` on a slice: through them the
+    /// broker ran 1.9% more instructions per message (callgrind, 20,000 messages).
     fn varint(&mut self) -> Option<u64> {
         let bytes = &self.body[self.pos..self.end];
         let mut value = 0u64;
