@@ -20,6 +20,8 @@ pub mod cluster {
     include!(concat!(env!("OUT_DIR"), "/squall.cluster.v1.rs"));
 }
 
+pub mod fields;
+
 pub use v1::ErrorCode;
 
 /// The protocol version this crate speaks, sent in `Hello`.

@@ -532,9 +532,8 @@ impl LogReader {
                 Err(_) if at < self.index.read().first => break,
                 Err(e) => return Err(e),
             };
-            let entry = pb::Entry::decode(&body[..])
-                .map_err(|e| invalid(format!("raft log entry {at} does not decode: {e}")))?;
-            let entry = codec::entry_from(entry).map_err(|e| invalid(e.to_string()))?;
+            let entry = codec::decode_entry(&Bytes::from(body))
+                .map_err(|e| invalid(format!("raft log entry {at}: {e}")))?;
             debug_assert_eq!(entry.log_id, id);
             out.push(entry);
             at += 1;

@@ -3,6 +3,7 @@
 //! log (an entry on disk is its protobuf encoding) and the state machine's snapshot.
 //! Nothing here does I/O.
 
+mod fast;
 mod mutations;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -165,6 +166,17 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
     Ok(Entry { log_id, payload })
 }
 
+/// The entry encoded in `bytes` (its task payloads are slices of them, not copies):
+/// the hot path's kinds read field by field (`fast.rs`), anything else through prost.
+pub(crate) fn decode_entry(bytes: &bytes::Bytes) -> Result<Entry, CodecError> {
+    if let Some(entry) = fast::entry(bytes) {
+        return Ok(entry);
+    }
+    let decoded = pb::Entry::decode(bytes.clone())
+        .map_err(|e| CodecError(format!("an entry does not decode: {e}")))?;
+    entry_from(decoded)
+}
+
 /// An entry's encoding: what the Raft log holds and the cluster port carries.
 pub(crate) fn entry_bytes(e: &Entry) -> bytes::Bytes {
     entry_to(e).encode_to_vec().into()
@@ -194,9 +206,7 @@ pub(crate) fn append_from(
     let mut entries = Vec::with_capacity(r.entries.len());
     let mut raw = Vec::with_capacity(r.entries.len());
     for bytes in r.entries {
-        let decoded = pb::Entry::decode(bytes.clone())
-            .map_err(|e| CodecError(format!("an entry does not decode: {e}")))?;
-        let entry = entry_from(decoded)?;
+        let entry = decode_entry(&bytes)?;
         raw.push((entry.log_id, bytes));
         entries.push(entry);
     }
@@ -321,6 +331,8 @@ pub(crate) fn install_reply_from(
     })
 }
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod mutation_tests;
 

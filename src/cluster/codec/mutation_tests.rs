@@ -102,7 +102,7 @@ prop_compose! {
     }
 }
 
-fn mutation() -> impl Strategy<Value = Mutation> {
+pub(super) fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         (any::<u64>(), state(), body())
             .prop_map(|(id, state, body)| Mutation::Insert(Box::new(NewTask { id, state, body }))),

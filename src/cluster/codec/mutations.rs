@@ -57,7 +57,7 @@ pub(crate) fn job_from(m: pb::Mutations) -> Result<Job, CodecError> {
     })
 }
 
-fn mutation_to(m: &Mutation) -> pb::Mutation {
+pub(super) fn mutation_to(m: &Mutation) -> pb::Mutation {
     use pb::mutation::Kind;
     let kind = match m {
         Mutation::Insert(task) => {

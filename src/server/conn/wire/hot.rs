@@ -13,10 +13,10 @@ use bytes::Bytes;
 
 use crate::server::msg::{ReqId, Request, TaskSpec};
 
+use squall_proto::fields::Fields;
 /// Protobuf wire types, also for the hand-written encoders in `wire.rs` (which imports
 /// them from here: server files never import each other both ways).
-pub(super) const VARINT: u64 = 0;
-pub(super) const LEN: u64 = 2;
+pub(super) use squall_proto::fields::{LEN, VARINT};
 
 /// A publish (tasks without headers) or an ack, with its request id; `None` for
 /// anything else.
@@ -38,7 +38,7 @@ pub(super) fn decode(body: &Bytes) -> Option<(ReqId, Request)> {
             _ => return None,
         }
     }
-    debug_assert!(r.pos == body.len(), "every byte read");
+    debug_assert!(r.at_end(), "every byte read");
     Some((id, op?))
 }
 
@@ -113,73 +113,4 @@ fn ack(body: &Bytes, from: usize, to: usize) -> Option<Request> {
         token,
         result,
     })
-}
-
-/// A reader of one message's fields, `body[pos..end]`.
-struct Fields<'a> {
-    body: &'a Bytes,
-    pos: usize,
-    end: usize,
-}
-
-impl<'a> Fields<'a> {
-    fn new(body: &'a Bytes, pos: usize, end: usize) -> Fields<'a> {
-        debug_assert!(pos <= end && end <= body.len());
-        Fields { body, pos, end }
-    }
-
-    /// The next field's number and wire type; `Some(None)` at the end of the message,
-    /// `None` for a key prost would refuse.
-    fn key(&mut self) -> Option<Option<(u64, u64)>> {
-        if self.pos == self.end {
-            return Some(None);
-        }
-        let key = self.varint()?;
-        let field = key >> 3;
-        if key > u64::from(u32::MAX) || field == 0 {
-            return None;
-        }
-        Some(Some((field, key & 7)))
-    }
-
-    /// A varint of at most ten bytes whose value fits 64 bits (as prost requires).
-    /// Not prost's own `decode_key`/`decode_varint` on a slice: through them the
-    /// broker ran 1.9% more instructions per message (callgrind, 20,000 messages).
-    fn varint(&mut self) -> Option<u64> {
-        let bytes = &self.body[self.pos..self.end];
-        let mut value = 0u64;
-        for (i, &b) in bytes.iter().enumerate().take(10) {
-            if i == 9 && b > 1 {
-                return None;
-            }
-            value |= u64::from(b & 0x7f) << (7 * i);
-            if b < 0x80 {
-                self.pos += i + 1;
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    /// A length-delimited field's range of `body`.
-    fn len_delimited(&mut self) -> Option<(usize, usize)> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        let from = self.pos;
-        let to = from.checked_add(len).filter(|&to| to <= self.end)?;
-        self.pos = to;
-        Some((from, to))
-    }
-
-    fn bytes(&mut self) -> Option<Bytes> {
-        let (from, to) = self.len_delimited()?;
-        Some(self.body.slice(from..to))
-    }
-
-    /// A string field; `None` unless it is UTF-8 (prost refuses the frame then).
-    fn string(&mut self) -> Option<String> {
-        let (from, to) = self.len_delimited()?;
-        std::str::from_utf8(&self.body[from..to])
-            .ok()
-            .map(str::to_owned)
-    }
 }

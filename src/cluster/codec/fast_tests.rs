@@ -1,0 +1,372 @@
+//! The field-by-field reading of a replicated entry (`fast.rs`) against prost and
+//! `entry_from`: what it takes, that path takes too and reads the same; entries of the
+//! hot path's kinds are taken; damaged entries and arbitrary bytes are either left to
+//! that path or read as it reads them.
+
+use bytes::Bytes;
+use openraft::{CommittedLeaderId, EntryPayload};
+use proptest::prelude::*;
+use prost::Message;
+use squall_proto::cluster as pb;
+
+use super::mutation_tests::mutation;
+use super::{entry_from, entry_to, fast};
+use crate::cluster::types::{Command, Entry, Job, LogId, Member, Origin};
+use crate::model::Mutation;
+
+/// Whatever the fast path takes, prost and `entry_from` take too and read the same.
+fn same_as_prost(bytes: &[u8]) -> Result<bool, TestCaseError> {
+    let body = Bytes::copy_from_slice(bytes);
+    let Some(fast) = fast::entry(&body) else {
+        return Ok(false);
+    };
+    let slow = pb::Entry::decode(body.clone())
+        .map_err(|e| e.to_string())
+        .and_then(|e| entry_from(e).map_err(|e| e.to_string()));
+    prop_assert!(
+        slow.is_ok(),
+        "prost refuses what the fast path took: {fast:?}: {slow:?}"
+    );
+    prop_assert_eq!(fast, slow.unwrap());
+    Ok(true)
+}
+
+/// Of the kinds a job of the hot path carries.
+fn hot(m: &Mutation) -> bool {
+    matches!(
+        m,
+        Mutation::Insert(_)
+            | Mutation::Patch { .. }
+            | Mutation::Remove { .. }
+            | Mutation::Succeed { .. }
+            | Mutation::Applied { .. }
+            | Mutation::Numbered { .. }
+    )
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    let jobs = proptest::collection::vec(
+        (
+            proptest::collection::vec(mutation(), 0..6),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        1..4,
+    )
+    .prop_map(|jobs| {
+        let jobs = jobs
+            .into_iter()
+            .map(|(muts, node, run, seq)| Job {
+                origin: Origin { node, run, seq },
+                muts: muts.into(),
+            })
+            .collect::<Vec<_>>();
+        EntryPayload::Normal(Command::Jobs(jobs.into()))
+    });
+    let payload = prop_oneof![
+        8 => jobs,
+        1 => Just(EntryPayload::Blank),
+        1 => Just(EntryPayload::Membership(openraft::Membership::new(
+            vec![[1u64, 2, 3].into_iter().collect()],
+            [1u64, 2, 3]
+                .into_iter()
+                .map(|id| (id, Member { client_addr: format!("c{id}"), cluster_addr: format!("n{id}") }))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ))),
+    ];
+    (any::<u64>(), any::<u64>(), any::<u64>(), payload).prop_map(|(term, node, index, payload)| {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, node), index),
+            payload,
+        }
+    })
+}
+
+fn bytes_of(entry: &Entry) -> Vec<u8> {
+    entry_to(entry).encode_to_vec()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// An entry whose jobs hold only the hot path's kinds is taken, and read as prost
+    /// and `entry_from` read it; anything else is left to them.
+    #[test]
+    fn the_fast_path_reads_what_prost_reads(entry in entry()) {
+        let taken = same_as_prost(&bytes_of(&entry))?;
+        let hot_only = match &entry.payload {
+            EntryPayload::Normal(Command::Jobs(jobs)) => jobs.iter().all(|j| j.muts.iter().all(hot)),
+            _ => false,
+        };
+        prop_assert_eq!(taken, hot_only, "{:?}", entry);
+    }
+
+    /// Damaged entries (a byte changed, cut short, or a field appended) are either left
+    /// to prost or read exactly as it reads them.
+    #[test]
+    fn damaged_entries_are_never_read_otherwise_than_by_prost(
+        entry in entry(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        how in 0..3u8,
+        extra in prop::collection::vec(any::<u8>(), 1..6),
+    ) {
+        let mut bytes = bytes_of(&entry);
+        match how {
+            0 if !bytes.is_empty() => {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            1 => bytes.truncate(at.index(bytes.len() + 1)),
+            _ => bytes.extend_from_slice(&extra),
+        }
+        same_as_prost(&bytes)?;
+    }
+
+    /// Arbitrary bytes likewise.
+    #[test]
+    fn arbitrary_bytes_are_never_read_otherwise_than_by_prost(
+        bytes in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        same_as_prost(&bytes)?;
+    }
+}
+
+#[test]
+fn names_repeated_in_an_entry_share_one_allocation_and_payloads_are_not_copied() {
+    let jobs = (0..3)
+        .map(|i| Job {
+            origin: Origin::default(),
+            muts: vec![
+                mutation_insert(i),
+                Mutation::Numbered {
+                    producer: "p".into(),
+                    sequence: i,
+                },
+            ]
+            .into(),
+        })
+        .collect::<Vec<_>>();
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
+        payload: EntryPayload::Normal(Command::Jobs(jobs.into())),
+    };
+    let body = Bytes::from(bytes_of(&entry));
+    let read = fast::entry(&body).expect("taken");
+    assert_eq!(read, entry);
+    let EntryPayload::Normal(Command::Jobs(jobs)) = &read.payload else {
+        unreachable!()
+    };
+    let Mutation::Insert(first) = &jobs[0].muts[0] else {
+        unreachable!()
+    };
+    let Mutation::Insert(last) = &jobs[2].muts[0] else {
+        unreachable!()
+    };
+    assert!(std::sync::Arc::ptr_eq(
+        &first.state.queue,
+        &last.state.queue
+    ));
+    let payload = first.body.payload.as_ptr() as usize;
+    let range = body.as_ptr() as usize..body.as_ptr() as usize + body.len();
+    assert!(
+        range.contains(&payload),
+        "the payload is a slice of the entry's bytes"
+    );
+}
+
+fn mutation_insert(id: u64) -> Mutation {
+    use crate::model::{NewTask, TaskBody, TaskState, TaskStatus};
+    Mutation::Insert(Box::new(NewTask {
+        id,
+        state: TaskState {
+            queue: "jobs".into(),
+            status: TaskStatus::Pending,
+            priority: 0,
+            attempts: 0,
+            max_attempts: 3,
+            lease_ms: 30_000,
+            not_before_ms: 0,
+            created_ms: 5,
+            updated_ms: 5,
+            last_error: None,
+            expires_ms: 0,
+        },
+        body: TaskBody {
+            created_ms: 5,
+            payload: Bytes::from_static(b"payload"),
+            headers: vec![("k".into(), Bytes::from_static(b"v"))],
+            idempotency_key: None,
+        },
+    }))
+}
+
+/// A field appended to a message: any number (known or not) with a varint, random
+/// bytes, or an encoded task state or body (a message field given twice is merged by
+/// prost, a scalar's last value wins, a wire type other than the schema's is refused).
+fn extra_field() -> impl Strategy<Value = Vec<u8>> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let state = prop_oneof![
+        Just(pb::TaskState::default()),
+        (
+            "[a-z]{0,3}",
+            0..5u32,
+            any::<u32>(),
+            proptest::option::of("[a-z]{0,3}")
+        )
+            .prop_map(|(queue, status, attempts, last_error)| pb::TaskState {
+                queue,
+                status,
+                attempts,
+                last_error,
+                ..Default::default()
+            }),
+    ];
+    let body = (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..4)).prop_map(
+        |(created_ms, payload)| pb::TaskBody {
+            created_ms,
+            payload: payload.into(),
+            ..Default::default()
+        },
+    );
+    let value = prop_oneof![
+        prop_oneof![Just(0u64), 0..8u64, any::<u64>()].prop_map(|v| (WireType::Varint, {
+            let mut b = Vec::new();
+            encode_varint(v, &mut b);
+            b
+        })),
+        proptest::collection::vec(any::<u8>(), 0..6).prop_map(|v| (WireType::LengthDelimited, v)),
+        state.prop_map(|s| (WireType::LengthDelimited, s.encode_to_vec())),
+        body.prop_map(|b| (WireType::LengthDelimited, b.encode_to_vec())),
+    ];
+    (1..14u32, value).prop_map(|(field, (wire_type, v))| {
+        let mut out = Vec::new();
+        encode_key(field, wire_type, &mut out);
+        if wire_type == WireType::LengthDelimited {
+            encode_varint(v.len() as u64, &mut out);
+        }
+        out.extend_from_slice(&v);
+        out
+    })
+}
+
+/// `fields` as the length-delimited field `field` of a message.
+fn nested(field: u32, fields: &[u8]) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let mut out = Vec::new();
+    encode_key(field, WireType::LengthDelimited, &mut out);
+    encode_varint(fields.len() as u64, &mut out);
+    out.extend_from_slice(fields);
+    out
+}
+
+/// A one-job entry holding `mutation`, whose message at `depth` (0: the innermost,
+/// the insert's state or the mutation's own message; up to 3: the job) has `extra`
+/// appended.
+fn entry_bytes_with(mutation: &Mutation, depth: u8, extra: &[u8]) -> Vec<u8> {
+    let with = |level: u8, mut fields: Vec<u8>| {
+        if level == depth {
+            fields.extend_from_slice(extra);
+        }
+        fields
+    };
+    let pb::Mutation { kind: Some(kind) } = super::mutations::mutation_to(mutation) else {
+        unreachable!("every mutation has a kind")
+    };
+    use pb::mutation::Kind;
+    let (number, inner) = match kind {
+        Kind::Insert(insert) => {
+            let pb::Insert { id, state, body } = *insert;
+            let state = with(0, state.unwrap().encode_to_vec());
+            let head = pb::Insert {
+                id,
+                state: None,
+                body,
+            }
+            .encode_to_vec();
+            (1, with(1, [head, nested(2, &state)].concat()))
+        }
+        Kind::Patch(p) => (2, with(0, p.encode_to_vec())),
+        Kind::Remove(r) => (3, with(0, r.encode_to_vec())),
+        Kind::Succeed(s) => (4, with(0, s.encode_to_vec())),
+        Kind::Applied(a) => (10, with(0, a.encode_to_vec())),
+        Kind::Numbered(n) => (12, with(0, n.encode_to_vec())),
+        other => {
+            let m = pb::Mutation { kind: Some(other) };
+            return pb::Entry {
+                log_id: Some(pb::LogId {
+                    term: 1,
+                    node_id: 1,
+                    index: 1,
+                }),
+                payload: Some(pb::entry::Payload::Mutations(pb::Mutations {
+                    items: vec![m],
+                    ..Default::default()
+                })),
+            }
+            .encode_to_vec();
+        }
+    };
+    let mutation = with(2, nested(number, &inner));
+    let job = pb::Mutations {
+        origin_node: 1,
+        origin_run: 2,
+        origin_seq: 3,
+        items: vec![],
+    };
+    let job = with(3, [job.encode_to_vec(), nested(4, &mutation)].concat());
+    let log_id = pb::LogId {
+        term: 1,
+        node_id: 1,
+        index: 9,
+    }
+    .encode_to_vec();
+    [nested(1, &log_id), nested(12, &job)].concat()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// A field appended inside an entry's messages, at any depth (a message given
+    /// twice, an unknown status, an unknown field, another wire type): the fast path
+    /// leaves the entry to prost or reads it exactly as prost does.
+    #[test]
+    fn fields_added_inside_an_entry_are_read_as_prost_reads_them_or_left_to_it(
+        mutation in mutation(),
+        depth in 0..4u8,
+        extra in extra_field(),
+    ) {
+        same_as_prost(&entry_bytes_with(&mutation, depth, &extra))?;
+    }
+}
+
+#[test]
+fn an_unknown_status_is_left_to_prost_which_refuses_it() {
+    let state = pb::TaskState {
+        queue: "q".into(),
+        status: 7,
+        ..Default::default()
+    };
+    let insert = [
+        pb::Insert {
+            id: 1,
+            state: None,
+            body: Some(pb::TaskBody::default()),
+        }
+        .encode_to_vec(),
+        nested(2, &state.encode_to_vec()),
+    ]
+    .concat();
+    let job = nested(4, &nested(1, &insert));
+    let log_id = pb::LogId {
+        term: 1,
+        node_id: 1,
+        index: 9,
+    }
+    .encode_to_vec();
+    let body = Bytes::from([nested(1, &log_id), nested(12, &job)].concat());
+    assert!(fast::entry(&body).is_none());
+    let err = super::decode_entry(&body).expect_err("an unknown status");
+    assert!(err.to_string().contains("task status 7"), "{err}");
+}
