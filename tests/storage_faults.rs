@@ -218,3 +218,91 @@ async fn enospc_on_sled_writes_fails_the_checkpoint_and_the_restart_loses_nothin
 async fn eio_on_sled_syncs_fails_the_checkpoint_and_the_restart_loses_nothing() {
     sled_fault("storage_faults::sled_sync_eio", Op::Sync, libc::EIO).await;
 }
+
+/// A numbered publish (producer id and sequence, what a cluster client sends for
+/// every publish) refused because its journal write failed was never stored: sent
+/// again once the fault clears, it is stored as new, not answered as a duplicate of
+/// the refused attempt (the writer keeps producer records loaded between groups, and
+/// forgets them when a group fails to apply). Then the same number is a duplicate of
+/// the stored one, and a restart still says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_numbered_publish_refused_by_a_journal_fault_is_stored_new_when_sent_again() {
+    use common::{spec, Wire};
+    use squall_proto::v1::{self, request::Op as ReqOp, response};
+
+    let name = "storage_faults::numbered_publish_after_journal_fault";
+    let Some(disk) = FaultDisk::new(name) else {
+        return;
+    };
+    let args = ["--sweep-interval", "1h"];
+    let broker = ChildBroker::spawn_env(&disk.data_dir(), &args, &[SEGMENT]);
+    let publish = |sequence: u64| {
+        ReqOp::Publish(v1::Publish {
+            tasks: vec![spec("numbered", &format!("task {sequence}"))],
+            producer_id: "producer-1".into(),
+            sequence,
+        })
+    };
+    let published = |answer: response::Result| match answer {
+        response::Result::Publish(ok) => (ok.tasks[0].task_id, ok.tasks[0].duplicate),
+        other => panic!("unexpected publish answer {other:?}"),
+    };
+    let mut wire = Wire::hello(broker.addr).await;
+    let (first, dup) = published(wire.call(publish(1)).await.expect("confirmed"));
+    assert!(!dup);
+
+    disk.fs().fail(Op::Write, "journal/", libc::ENOSPC, 0);
+    let refused = wire
+        .call(publish(2))
+        .await
+        .expect_err("the journal cannot write");
+    assert_eq!(refused.code, ErrorCode::Storage, "{refused:?}");
+    assert!(
+        disk.fs().stats().injected > 0,
+        "the injected fault refused it"
+    );
+    disk.fs().clear_faults();
+
+    // The broker resumes by itself; the same publish sent again is stored, as new.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (second, dup) = loop {
+        match wire.call(publish(2)).await {
+            Ok(answer) => break published(answer),
+            Err(e) if e.code == ErrorCode::Storage && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("not resumed: {e:?}"),
+        }
+    };
+    assert!(
+        !dup,
+        "the refused attempt was never stored, yet its retry was answered as a duplicate of task {second}"
+    );
+    assert_ne!(second, first);
+    let (again, dup) = published(wire.call(publish(2)).await.expect("confirmed"));
+    assert_eq!((again, dup), (second, true), "a repeat of a stored publish");
+
+    // Both tasks are there to be delivered, and nothing else.
+    let mut consumer = Wire::hello(broker.addr).await;
+    consumer.subscribe("numbered", 8).await;
+    let mut delivered = vec![
+        consumer.delivery().await.task_id,
+        consumer.delivery().await.task_id,
+    ];
+    delivered.sort_unstable();
+    assert_eq!(delivered, vec![first, second]);
+    assert!(consumer
+        .try_delivery(Duration::from_millis(300))
+        .await
+        .is_none());
+    drop((wire, consumer));
+    assert!(broker.terminate().success());
+
+    // After a restart the number is still remembered.
+    let broker = ChildBroker::spawn_env(&disk.data_dir(), &args, &[SEGMENT]);
+    let mut wire = Wire::hello(broker.addr).await;
+    let (again, dup) = published(wire.call(publish(2)).await.expect("confirmed"));
+    assert_eq!((again, dup), (second, true));
+    drop(wire);
+    assert!(broker.terminate().success());
+}

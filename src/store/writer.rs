@@ -585,6 +585,8 @@ impl<C: Completion> WriterLoop<C> {
                 tracing::error!(%error, jobs = self.group.len(), "journal write failed; the group's jobs fail");
                 self.store.degrade(&error);
                 self.group_tasks.clear();
+                // Nor did its producer records' changes.
+                self.forget_producers();
                 // Queue settings staged by the failed batch did not happen.
                 if let Err(e) = self.store.policies.write().reload(&self.db) {
                     tracing::error!(error = %e, "could not reload queue settings");
@@ -614,6 +616,7 @@ impl<C: Completion> WriterLoop<C> {
             let error = super::io_error(error);
             self.store.fail(&error);
             self.group_tasks.clear();
+            self.forget_producers();
             return Err(error);
         }
         if self.store.tasks.merge(&mut self.group_tasks) {

@@ -1,10 +1,15 @@
 //! The writer's producer table: what a numbered publish (`Mutation::Numbered`) is
 //! checked against, so that the same publish sent again is answered with the first
 //! one's tasks instead of creating them twice. One record per producer (`P`, encoded in
-//! `record/producer.rs`), not one idempotency key per task: a record is read at most
-//! once per group, changed in memory by each of the group's jobs, and written once at
-//! the group's end (journal and sled). Idempotency keys a task carries itself are still
-//! `retention.rs`'s.
+//! `record/producer.rs`), not one idempotency key per task: a record is changed in
+//! memory by each of the group's jobs and written once at the group's end (journal and
+//! sled). Idempotency keys a task carries itself are still `retention.rs`'s.
+//!
+//! The writer is the only one to change the records, so the ones it read stay loaded
+//! from group to group (a cluster's every publish is numbered: reading and decoding
+//! each producer's record again for every group was ~3% of a follower's CPU), up to
+//! [`LOADED_RECORDS`] of them. Whatever may leave them unlike the store (a group that
+//! failed to apply, a snapshot import) forgets them all: the next use reads them again.
 //!
 //! Like every other change, a job's change to the table is kept apart until the whole
 //! job staged: a job that fails leaves the table as it was. A record expires
@@ -27,10 +32,15 @@ use crate::store::{corrupt, io_error, Duplicate, SequenceRefusal, StoreError, Sw
 /// minutes, the default dedup window): a retry comes within seconds.
 pub const PRODUCER_WINDOW_MS: Millis = 300_000;
 
-/// The group's view of the producer records it touched.
+/// Most producer records kept loaded between groups (each at most a few KiB): past
+/// it, the loaded ones are forgotten at a group's end.
+pub(super) const LOADED_RECORDS: usize = 1024;
+
+/// The producer records loaded, as the store holds them and as the group changes them.
 #[derive(Default)]
 pub(super) struct Producers {
-    /// Loaded records, as the group's jobs so far leave them (`None`: no record).
+    /// Loaded records, as the group's jobs so far leave them (`None`: no record);
+    /// between groups, none is dirty and each is what the store holds.
     records: HashMap<Arc<str>, Slot>,
     /// The publish the job being staged numbers, once it staged.
     job_numbered: Option<(Arc<str>, Remembered, Millis)>,
@@ -187,19 +197,21 @@ impl<C: Completion> WriterLoop<C> {
     }
 
     /// After the group's last job: writes every record it changed into the journal
-    /// record and the batch, and forgets them all (the next group reads them again).
+    /// record and the batch. They stay loaded for the next group (clean), unless more
+    /// than [`LOADED_RECORDS`] are, or the group fails to apply
+    /// ([`forget_producers`](Self::forget_producers)).
     pub(super) fn stage_producers(&mut self, staged: &mut Staged) {
         debug_assert!(self.producers.job_numbered.is_none());
         debug_assert!(self.producers.job_forgotten.is_empty());
-        for (producer, slot) in self.producers.records.drain() {
-            if !slot.dirty {
+        for (producer, slot) in self.producers.records.iter_mut() {
+            if !std::mem::take(&mut slot.dirty) {
                 continue;
             }
-            let key = keys::producer(&producer);
-            match slot.record {
+            let key = keys::producer(producer);
+            match &slot.record {
                 Some(rec) => {
                     self.scratch.clear();
-                    record::encode_producer(&rec, &mut self.scratch);
+                    record::encode_producer(rec, &mut self.scratch);
                     self.journal.put(&key, Some(&self.scratch));
                     staged.batch.insert(key, self.scratch.as_slice());
                 }
@@ -210,5 +222,16 @@ impl<C: Completion> WriterLoop<C> {
             }
             staged.writes += 1;
         }
+        if self.producers.records.len() > LOADED_RECORDS {
+            self.producers.records.clear();
+        }
+        debug_assert!(self.producers.records.values().all(|slot| !slot.dirty));
+    }
+
+    /// Forgets every loaded record: the store may not hold what they say (a group
+    /// that failed to apply, a snapshot import). The next use reads them again.
+    pub(super) fn forget_producers(&mut self) {
+        debug_assert!(self.producers.job_numbered.is_none());
+        self.producers.records.clear();
     }
 }

@@ -129,6 +129,8 @@ impl<C: Completion> WriterLoop<C> {
         applied: Option<(u64, u64, u64)>,
     ) -> Result<DumpStats, StoreError> {
         let mut group = ImportGroup::default();
+        // The producer records loaded are the old content's.
+        self.forget_producers();
         // The task table empties into sled: from here the import reads and writes
         // sled alone.
         self.settle_tasks()?;
