@@ -1,8 +1,10 @@
 //! A replicated entry read field by field from its bytes, straight into openraft's
-//! `Entry` of `Command::Jobs`, without prost's intermediate `cluster` structs (a
-//! follower decoded every task into a `pb::Insert` with its own `String`s and boxes,
-//! then converted it into another): what a follower does with every AppendEntries and
-//! the log with every entry it reads back from disk.
+//! `Entry` of `Command::Jobs`, and written from it, without prost's intermediate
+//! `cluster` structs (a follower decoded every task into a `pb::Insert` with its own
+//! `String`s and boxes, then converted it into another; the leader cloned every task
+//! into one to encode it): what a follower does with every AppendEntries, the log with
+//! every entry it reads back from disk, and the leader with every entry it appends.
+//! The bytes written are exactly prost's, so either side may be either path.
 //!
 //! Only the kinds a job of the hot path carries are taken (insert, patch, remove,
 //! succeed, applied, numbered); an entry holding anything else (a blank entry, a
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, EntryPayload};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use squall_proto::fields::{Fields, LEN, VARINT};
 
 use crate::cluster::types::{Command, Entry, Job, LogId, Origin};
@@ -332,4 +335,317 @@ impl<'a> Decoder<'a> {
 /// error.
 fn status(tag: u32) -> Option<TaskStatus> {
     u8::try_from(tag).ok().and_then(TaskStatus::from_u8)
+}
+
+/// Whether a mutation is of the kinds this file reads and writes.
+pub(super) fn hot(m: &Mutation) -> bool {
+    matches!(
+        m,
+        Mutation::Insert(_)
+            | Mutation::Patch { .. }
+            | Mutation::Remove { .. }
+            | Mutation::Succeed { .. }
+            | Mutation::Applied { .. }
+            | Mutation::Numbered { .. }
+    )
+}
+
+/// The encoding of `entry`, byte for byte what prost makes of `entry_to(entry)`
+/// (`fast_tests` checks it), written straight from the domain types, for an entry
+/// whose jobs hold only the hot path's kinds; `None` for any other entry. What the
+/// leader does with every entry it appends (and then sends to every follower).
+pub(super) fn entry_bytes(entry: &Entry) -> Option<Bytes> {
+    let EntryPayload::Normal(Command::Jobs(jobs)) = &entry.payload else {
+        return None;
+    };
+    if !jobs.iter().all(|job| job.muts.iter().all(hot)) {
+        return None;
+    }
+    let id = &entry.log_id;
+    let log_id = log_id_len(id.leader_id.term, id.leader_id.node_id, id.index);
+    let (tag, payload) = match &jobs[..] {
+        [one] => (12, job_len(one)),
+        many => (13, many.iter().map(|j| message_len(1, job_len(j))).sum()),
+    };
+    let total = message_len(1, log_id) + message_len(tag, payload);
+    let mut w = Vec::with_capacity(total);
+    message(&mut w, 1, log_id);
+    put_log_id(&mut w, id.leader_id.term, id.leader_id.node_id, id.index);
+    message(&mut w, tag, payload);
+    match &jobs[..] {
+        [one] => put_job(&mut w, one),
+        many => {
+            for job in many {
+                message(&mut w, 1, job_len(job));
+                put_job(&mut w, job);
+            }
+        }
+    }
+    debug_assert_eq!(w.len(), total, "lengths and writes agree");
+    Some(w.into())
+}
+
+/// A length-delimited field holding `len` bytes: its whole size.
+fn message_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// A proto3 varint field: nothing when 0.
+fn uint_len(tag: u32, v: u64) -> usize {
+    if v == 0 {
+        0
+    } else {
+        key_len(tag) + encoded_len_varint(v)
+    }
+}
+
+/// An `optional` varint field: present when set, even to 0.
+fn opt_len(tag: u32, v: Option<u64>) -> usize {
+    v.map_or(0, |v| key_len(tag) + encoded_len_varint(v))
+}
+
+/// A proto3 bytes or string field: nothing when empty.
+fn bytes_len(tag: u32, b: &[u8]) -> usize {
+    if b.is_empty() {
+        0
+    } else {
+        message_len(tag, b.len())
+    }
+}
+
+/// An `optional` string: present when set, even to "".
+fn opt_str_len(tag: u32, s: Option<&str>) -> usize {
+    s.map_or(0, |s| message_len(tag, s.len()))
+}
+
+fn message(w: &mut Vec<u8>, tag: u32, len: usize) {
+    encode_key(tag, WireType::LengthDelimited, w);
+    encode_varint(len as u64, w);
+}
+
+fn put_uint(w: &mut Vec<u8>, tag: u32, v: u64) {
+    if v != 0 {
+        encode_key(tag, WireType::Varint, w);
+        encode_varint(v, w);
+    }
+}
+
+fn put_opt(w: &mut Vec<u8>, tag: u32, v: Option<u64>) {
+    if let Some(v) = v {
+        encode_key(tag, WireType::Varint, w);
+        encode_varint(v, w);
+    }
+}
+
+fn put_bytes(w: &mut Vec<u8>, tag: u32, b: &[u8]) {
+    if !b.is_empty() {
+        message(w, tag, b.len());
+        w.extend_from_slice(b);
+    }
+}
+
+fn put_opt_str(w: &mut Vec<u8>, tag: u32, s: Option<&str>) {
+    if let Some(s) = s {
+        message(w, tag, s.len());
+        w.extend_from_slice(s.as_bytes());
+    }
+}
+
+fn log_id_len(term: u64, node: u64, index: u64) -> usize {
+    uint_len(1, term) + uint_len(2, node) + uint_len(3, index)
+}
+
+fn put_log_id(w: &mut Vec<u8>, term: u64, node: u64, index: u64) {
+    put_uint(w, 1, term);
+    put_uint(w, 2, node);
+    put_uint(w, 3, index);
+}
+
+fn job_len(job: &Job) -> usize {
+    let Origin { node, run, seq } = job.origin;
+    let muts: usize = job
+        .muts
+        .iter()
+        .map(|m| message_len(4, mutation_len(m)))
+        .sum();
+    uint_len(1, node) + uint_len(2, run) + uint_len(3, seq) + muts
+}
+
+fn put_job(w: &mut Vec<u8>, job: &Job) {
+    let Origin { node, run, seq } = job.origin;
+    put_uint(w, 1, node);
+    put_uint(w, 2, run);
+    put_uint(w, 3, seq);
+    for m in job.muts.iter() {
+        message(w, 4, mutation_len(m));
+        put_mutation(w, m);
+    }
+}
+
+/// The mutation message's size: its one kind, a message field.
+fn mutation_len(m: &Mutation) -> usize {
+    let (tag, len) = kind_len(m);
+    message_len(tag, len)
+}
+
+/// The kind's field number and its message's size.
+fn kind_len(m: &Mutation) -> (u32, usize) {
+    match m {
+        Mutation::Insert(task) => {
+            let NewTask { id, state, body } = &**task;
+            let len = uint_len(1, *id)
+                + message_len(2, state_len(state))
+                + message_len(3, task_body_len(body));
+            (1, len)
+        }
+        Mutation::Patch { id, patch } => (2, patch_len(*id, patch)),
+        Mutation::Remove { id } => (3, uint_len(1, *id)),
+        Mutation::Succeed {
+            id,
+            result,
+            updated_ms,
+        } => (
+            4,
+            uint_len(1, *id) + bytes_len(2, result) + uint_len(3, *updated_ms),
+        ),
+        Mutation::Applied { term, node, index } => (10, log_id_len(*term, *node, *index)),
+        Mutation::Numbered { producer, sequence } => (
+            12,
+            bytes_len(1, producer.as_bytes()) + uint_len(2, *sequence),
+        ),
+        _ => unreachable!("only the hot path's kinds are written here"),
+    }
+}
+
+fn put_mutation(w: &mut Vec<u8>, m: &Mutation) {
+    let (tag, len) = kind_len(m);
+    message(w, tag, len);
+    match m {
+        Mutation::Insert(task) => {
+            let NewTask { id, state, body } = &**task;
+            put_uint(w, 1, *id);
+            message(w, 2, state_len(state));
+            put_state(w, state);
+            message(w, 3, task_body_len(body));
+            put_task_body(w, body);
+        }
+        Mutation::Patch { id, patch } => put_patch(w, *id, patch),
+        Mutation::Remove { id } => put_uint(w, 1, *id),
+        Mutation::Succeed {
+            id,
+            result,
+            updated_ms,
+        } => {
+            put_uint(w, 1, *id);
+            put_bytes(w, 2, result);
+            put_uint(w, 3, *updated_ms);
+        }
+        Mutation::Applied { term, node, index } => put_log_id(w, *term, *node, *index),
+        Mutation::Numbered { producer, sequence } => {
+            put_bytes(w, 1, producer.as_bytes());
+            put_uint(w, 2, *sequence);
+        }
+        _ => unreachable!("only the hot path's kinds are written here"),
+    }
+}
+
+fn state_len(s: &TaskState) -> usize {
+    let TaskState {
+        queue,
+        status,
+        priority,
+        attempts,
+        max_attempts,
+        lease_ms,
+        not_before_ms,
+        created_ms,
+        updated_ms,
+        last_error,
+        expires_ms,
+    } = s;
+    bytes_len(1, queue.as_bytes())
+        + uint_len(2, *status as u64)
+        // prost writes an int32 as its 64-bit sign extension.
+        + uint_len(3, i64::from(*priority) as u64)
+        + uint_len(4, u64::from(*attempts))
+        + uint_len(5, u64::from(*max_attempts))
+        + uint_len(6, *lease_ms)
+        + uint_len(7, *not_before_ms)
+        + uint_len(8, *created_ms)
+        + uint_len(9, *updated_ms)
+        + opt_str_len(10, last_error.as_deref())
+        + uint_len(11, *expires_ms)
+}
+
+fn put_state(w: &mut Vec<u8>, s: &TaskState) {
+    put_bytes(w, 1, s.queue.as_bytes());
+    put_uint(w, 2, s.status as u64);
+    put_uint(w, 3, i64::from(s.priority) as u64);
+    put_uint(w, 4, u64::from(s.attempts));
+    put_uint(w, 5, u64::from(s.max_attempts));
+    put_uint(w, 6, s.lease_ms);
+    put_uint(w, 7, s.not_before_ms);
+    put_uint(w, 8, s.created_ms);
+    put_uint(w, 9, s.updated_ms);
+    put_opt_str(w, 10, s.last_error.as_deref());
+    put_uint(w, 11, s.expires_ms);
+}
+
+fn header_len(key: &str, value: &[u8]) -> usize {
+    bytes_len(1, key.as_bytes()) + bytes_len(2, value)
+}
+
+fn task_body_len(b: &TaskBody) -> usize {
+    let TaskBody {
+        created_ms,
+        payload,
+        headers,
+        idempotency_key,
+    } = b;
+    let headers: usize = headers
+        .iter()
+        .map(|(k, v)| message_len(3, header_len(k, v)))
+        .sum();
+    uint_len(1, *created_ms)
+        + bytes_len(2, payload)
+        + headers
+        + opt_str_len(4, idempotency_key.as_deref())
+}
+
+fn put_task_body(w: &mut Vec<u8>, b: &TaskBody) {
+    put_uint(w, 1, b.created_ms);
+    put_bytes(w, 2, &b.payload);
+    for (key, value) in &b.headers {
+        message(w, 3, header_len(key, value));
+        put_bytes(w, 1, key.as_bytes());
+        put_bytes(w, 2, value);
+    }
+    put_opt_str(w, 4, b.idempotency_key.as_deref());
+}
+
+fn patch_len(id: u64, p: &StatePatch) -> usize {
+    let StatePatch {
+        status,
+        attempts,
+        not_before_ms,
+        last_error,
+        updated_ms,
+    } = p;
+    uint_len(1, id)
+        + opt_len(2, status.map(|s| s as u64))
+        + opt_len(3, attempts.map(u64::from))
+        + opt_len(4, *not_before_ms)
+        + uint_len(5, u64::from(last_error.is_some()))
+        + opt_str_len(6, last_error.as_ref().and_then(|e| e.as_deref()))
+        + uint_len(7, *updated_ms)
+}
+
+fn put_patch(w: &mut Vec<u8>, id: u64, p: &StatePatch) {
+    put_uint(w, 1, id);
+    put_opt(w, 2, p.status.map(|s| s as u64));
+    put_opt(w, 3, p.attempts.map(u64::from));
+    put_opt(w, 4, p.not_before_ms);
+    put_uint(w, 5, u64::from(p.last_error.is_some()));
+    put_opt_str(w, 6, p.last_error.as_ref().and_then(|e| e.as_deref()));
+    put_uint(w, 7, p.updated_ms);
 }

@@ -9,8 +9,9 @@ use proptest::prelude::*;
 use prost::Message;
 use squall_proto::cluster as pb;
 
+use super::fast::{self, hot};
 use super::mutation_tests::mutation;
-use super::{entry_from, entry_to, fast};
+use super::{entry_from, entry_to};
 use crate::cluster::types::{Command, Entry, Job, LogId, Member, Origin};
 use crate::model::Mutation;
 
@@ -29,19 +30,6 @@ fn same_as_prost(bytes: &[u8]) -> Result<bool, TestCaseError> {
     );
     prop_assert_eq!(fast, slow.unwrap());
     Ok(true)
-}
-
-/// Of the kinds a job of the hot path carries.
-fn hot(m: &Mutation) -> bool {
-    matches!(
-        m,
-        Mutation::Insert(_)
-            | Mutation::Patch { .. }
-            | Mutation::Remove { .. }
-            | Mutation::Succeed { .. }
-            | Mutation::Applied { .. }
-            | Mutation::Numbered { .. }
-    )
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -100,6 +88,23 @@ proptest! {
             _ => false,
         };
         prop_assert_eq!(taken, hot_only, "{:?}", entry);
+    }
+
+    /// An entry whose jobs hold only the hot path's kinds is written straight from the
+    /// domain types, to exactly the bytes prost makes; anything else is left to prost.
+    #[test]
+    fn the_fast_path_writes_what_prost_writes(entry in entry()) {
+        let hot_only = match &entry.payload {
+            EntryPayload::Normal(Command::Jobs(jobs)) => jobs.iter().all(|j| j.muts.iter().all(hot)),
+            _ => false,
+        };
+        match fast::entry_bytes(&entry) {
+            Some(bytes) => {
+                prop_assert!(hot_only, "{:?}", entry);
+                prop_assert_eq!(&bytes[..], &bytes_of(&entry)[..]);
+            }
+            None => prop_assert!(!hot_only, "{:?}", entry),
+        }
     }
 
     /// Damaged entries (a byte changed, cut short, or a field appended) are either left
@@ -369,4 +374,72 @@ fn an_unknown_status_is_left_to_prost_which_refuses_it() {
     assert!(fast::entry(&body).is_none());
     let err = super::decode_entry(&body).expect_err("an unknown status");
     assert!(err.to_string().contains("task status 7"), "{err}");
+}
+
+/// What an entry of the hot path costs to write and to read, through prost and
+/// straight (the figures in BENCHMARKS.md): 100 jobs of one numbered publish (a 256 B
+/// task) and 100 jobs of one ack patch, the shape of a saturated cluster's entries.
+#[test]
+#[ignore = "a measurement: cargo test --release --lib entry_codec_cost -- --ignored --nocapture"]
+fn entry_codec_cost() {
+    use std::time::Instant;
+    let publish = |i: u64| Job {
+        origin: Origin {
+            node: 1,
+            run: 7,
+            seq: i,
+        },
+        muts: vec![
+            mutation_insert(i),
+            Mutation::Numbered {
+                producer: "bench-producer-0.3f9a".into(),
+                sequence: i,
+            },
+        ]
+        .into(),
+    };
+    let ack = |i: u64| Job {
+        origin: Origin {
+            node: 1,
+            run: 7,
+            seq: 1000 + i,
+        },
+        muts: vec![Mutation::Remove { id: i }].into(),
+    };
+    let jobs: Vec<Job> = (0..100).flat_map(|i| [publish(i), ack(i)]).collect();
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(3, 1), 123_456),
+        payload: EntryPayload::Normal(Command::Jobs(jobs.into())),
+    };
+    let rounds = 20_000u32;
+    let per_job =
+        |started: Instant| started.elapsed().as_nanos() as f64 / f64::from(rounds) / 200.0;
+    for _ in 0..2 {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(entry_to(std::hint::black_box(&entry)).encode_to_vec());
+        }
+        let prost_write = per_job(started);
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(fast::entry_bytes(std::hint::black_box(&entry)));
+        }
+        let fast_write = per_job(started);
+        let bytes = Bytes::from(bytes_of(&entry));
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let e = pb::Entry::decode(std::hint::black_box(bytes.clone())).unwrap();
+            std::hint::black_box(entry_from(e).unwrap());
+        }
+        let prost_read = per_job(started);
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(fast::entry(std::hint::black_box(&bytes)).unwrap());
+        }
+        let fast_read = per_job(started);
+        println!(
+            "per job: write {prost_write:.0} ns through prost, {fast_write:.0} ns straight; \
+             read {prost_read:.0} ns through prost, {fast_read:.0} ns straight"
+        );
+    }
 }

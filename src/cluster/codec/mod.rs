@@ -177,9 +177,11 @@ pub(crate) fn decode_entry(bytes: &bytes::Bytes) -> Result<Entry, CodecError> {
     entry_from(decoded)
 }
 
-/// An entry's encoding: what the Raft log holds and the cluster port carries.
+/// An entry's encoding: what the Raft log holds and the cluster port carries. The hot
+/// path's kinds are written straight from the entry (`fast.rs`, the same bytes),
+/// anything else through prost.
 pub(crate) fn entry_bytes(e: &Entry) -> bytes::Bytes {
-    entry_to(e).encode_to_vec().into()
+    fast::entry_bytes(e).unwrap_or_else(|| entry_to(e).encode_to_vec().into())
 }
 
 /// The request with each entry's encoding given by `bytes_of` (the log's own, when
