@@ -33,7 +33,7 @@ PEERS="1@$(cluster_addr 1),2@$(cluster_addr 2),3@$(cluster_addr 3)"
 
 wait_listening() { # LOG
   for _ in $(seq 400); do
-    grep -q 'listening on' "$1" && return 0
+    grep -qs 'listening on' "$1" && return 0
     sleep 0.05
   done
   echo "a broker did not start:" >&2; cat "$1" >&2; exit 1
