@@ -7,7 +7,7 @@
 //! that proposed the entry, a job carries the submitter's completion (found in the
 //! proposer's pending map), which therefore runs once the entry is committed and
 //! applied here. `apply` returns once every job of its batch is applied; the store
-//! syncs them within a few milliseconds, not before (the entry is already on a
+//! syncs them within 50 milliseconds, not before (the entry is already on a
 //! majority's synced Raft log: `Completion::durable_elsewhere`), and a member that
 //! loses that unsynced tail applies the entries again at restart. A job the store
 //! refuses is a storage error, which stops the Raft node (openraft's rule).
