@@ -131,6 +131,51 @@ fn bodies_leave_sled_move_to_payload_files_at_checkpoints_and_compaction_gives_s
     assert_eq!(journal::disk_bytes(&config.path.join(JOURNAL_DIR)), 0);
 }
 
+/// A crash leaves live bodies in the journal segments the restart replays: the
+/// checkpoint that drops those segments scans them and moves every one, although the
+/// writer's notes of which ids each segment holds (`relocate::JournalBodyIds`) cover
+/// only the segments it created after the restart.
+#[test]
+fn bodies_in_segments_from_before_a_crash_are_moved_by_the_checkpoint_that_drops_them() {
+    let dir = TempDir::new().unwrap();
+    let (config, store, writer) = open_with_small_segments(&dir);
+    let h = writer.handle();
+    // Twenty live bodies (~40 KiB of a 64 KiB segment): no roll, no checkpoint yet.
+    for id in 1..=20 {
+        commit(&h, insert_with(id, &payload_of(id))).unwrap();
+    }
+    assert_eq!(body_refs(&store, 20), (20, 0));
+    let copy = dir.path().join("crash");
+    snapshot(&config.path, &copy);
+    writer.shutdown().unwrap();
+    drop(store);
+    let mut copied = config.clone();
+    copied.path = copy;
+    let store = Store::open(&copied).unwrap();
+    assert_eq!(
+        body_refs(&store, 20),
+        (20, 0),
+        "replayed, still in the journal"
+    );
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    // New tasks, removed at once, roll segments until a checkpoint drops the old one.
+    let mut next = 21;
+    eventually("the bodies from before the crash left the journal", || {
+        for _ in 0..40 {
+            commit(&h, insert_with(next, &payload_of(next))).unwrap();
+            commit(&h, Muts::One(Mutation::Remove { id: next })).unwrap();
+            next += 1;
+        }
+        body_refs(&store, 20) == (0, 20)
+    });
+    for id in 1..=20 {
+        assert_eq!(store.get_body(id).unwrap(), Some(body(&payload_of(id))));
+    }
+    assert!(writer.stats().checkpoints.load(Relaxed) > 0);
+    writer.shutdown().unwrap();
+}
+
 #[test]
 fn a_body_published_and_removed_between_checkpoints_never_reaches_a_payload_file() {
     let dir = TempDir::new().unwrap();

@@ -286,6 +286,7 @@ impl Worker {
         self.store
             .bodies
             .forget(|f| matches!(f, BodyFile::Journal(first) if first < floor));
+        self.store.journal_bodies.lock().forget_below(floor);
         match journal::recycle_below(&self.dir, floor, self.store.sizing.segment_bytes) {
             Ok(removed) => {
                 tracing::debug!(
@@ -314,8 +315,14 @@ impl Worker {
     /// payload files; returns the payload files emptied.
     fn move_bodies(&mut self, floor: u64) -> std::io::Result<Vec<u64>> {
         let bodies = &self.store.bodies;
-        let moved =
-            relocate::journal_bodies(&self.db, bodies, &mut self.appender, &self.dir, floor)?;
+        let moved = relocate::journal_bodies(
+            &self.db,
+            bodies,
+            &mut self.appender,
+            &self.dir,
+            floor,
+            &self.store.journal_bodies,
+        )?;
         let (emptied, compacted) = relocate::compact(&self.db, bodies, &mut self.appender)?;
         if moved.bodies + compacted.bodies > 0 || !emptied.is_empty() {
             tracing::debug!(

@@ -26,6 +26,7 @@ impl Store {
                 stats,
             };
         };
+        self.inner.journal_bodies.lock().start(journal.next_seq());
         let checkpointer = checkpoint::Checkpointer::start(
             self.inner.dbs.detach(),
             self.inner.clone(),

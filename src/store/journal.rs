@@ -645,7 +645,7 @@ fn statvfs(dir: &Path) -> io::Result<(u64, u64)> {
 }
 
 /// The segment files of `dir`, by first sequence number.
-fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     files(dir, EXT)
 }
 

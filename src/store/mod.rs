@@ -298,6 +298,8 @@ pub(crate) struct Inner {
     pub(crate) recent_bodies: BodyCache,
     /// Task records changed since they were last applied to sled (`tasks.rs`).
     pub(crate) tasks: tasks::TaskTable,
+    /// The ids of the bodies in each journal segment the writer created (`relocate.rs`).
+    pub(crate) journal_bodies: parking_lot::Mutex<relocate::JournalBodyIds>,
     /// The number of the first payload file this process creates.
     next_payload_file: u64,
 }

@@ -132,6 +132,7 @@ impl Store {
                 bodies,
                 recent_bodies: BodyCache::new(body_cache_bytes(config.cache_bytes)),
                 tasks: TaskTable::new(task_generation_bytes(config.cache_bytes), next_id),
+                journal_bodies: parking_lot::Mutex::default(),
                 next_payload_file,
             }),
             replayed,

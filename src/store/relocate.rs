@@ -30,6 +30,68 @@ pub(crate) struct Moved {
     pub(crate) bytes: u64,
 }
 
+/// The range of task ids whose bodies each journal segment this writer created holds,
+/// so that a checkpoint of such segments needs no scan of them. Noted by the writer
+/// for every body of a record right after the record is appended, before any
+/// checkpoint of its segment is requested; read by the checkpoint thread.
+///
+/// Architecture Invariant: for a segment numbered at or above `tracked_from` (created
+/// by this process's writer, after every record replay found), the range covers every
+/// body written into it, and a segment without an entry holds no body. A segment below
+/// `tracked_from` (from before a restart, or the one the writer started in) is scanned.
+#[derive(Debug)]
+pub(crate) struct JournalBodyIds {
+    tracked_from: u64,
+    ranges: std::collections::BTreeMap<u64, (TaskId, TaskId)>,
+}
+
+impl Default for JournalBodyIds {
+    fn default() -> Self {
+        JournalBodyIds {
+            // Nothing is tracked until a writer starts.
+            tracked_from: u64::MAX,
+            ranges: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl JournalBodyIds {
+    /// A writer starts: segments from `next_seq` on are its own.
+    pub(crate) fn start(&mut self, next_seq: u64) {
+        debug_assert!(self.ranges.is_empty(), "one writer a store");
+        self.tracked_from = next_seq;
+        self.ranges.clear();
+    }
+
+    /// A body of task `id` was written into segment `segment`.
+    pub(crate) fn note(&mut self, segment: u64, id: TaskId) {
+        let range = self.ranges.entry(segment).or_insert((id, id));
+        *range = (range.0.min(id), range.1.max(id));
+        debug_assert!(range.0 <= range.1);
+    }
+
+    /// For a checkpoint of the segments numbered `segments` (those below its floor):
+    /// `Some` with the range of ids their bodies belong to (`None` inside: no body)
+    /// when every one is tracked; `None` when one must be scanned.
+    #[allow(clippy::option_option)]
+    pub(crate) fn range_of(&self, segments: &[u64]) -> Option<Option<(TaskId, TaskId)>> {
+        if segments.iter().any(|&n| n < self.tracked_from) {
+            return None;
+        }
+        Some(segments.iter().filter_map(|n| self.ranges.get(n)).fold(
+            None,
+            |acc: Option<(TaskId, TaskId)>, &(lo, hi)| {
+                Some(acc.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))))
+            },
+        ))
+    }
+
+    /// The segments below `floor` are gone.
+    pub(crate) fn forget_below(&mut self, floor: u64) {
+        self.ranges = self.ranges.split_off(&floor);
+    }
+}
+
 /// One planned move: the reference found and the synced copy.
 struct Move {
     id: TaskId,
@@ -42,9 +104,10 @@ struct Move {
 ///
 /// Most bodies there are dead by then (acked before the checkpoint), so the segments
 /// are not asked about body by body (a sled lookup per body was 5.4% of a saturated
-/// broker's instructions, nearly all of them misses): their scan only finds the range
-/// of task ids whose bodies they hold, and sled's live body references in that range
-/// are read in one ordered pass. A reference into one of these segments is to a body
+/// broker's instructions, nearly all of them misses): the range of task ids whose
+/// bodies they hold comes from the writer's notes ([`JournalBodyIds`]), or from a scan
+/// of them for a segment it did not write, and sled's live body references in that
+/// range are read in one ordered pass. A reference into one of these segments is to a body
 /// written there (a body record names its task), so the pass finds every one a lookup
 /// per body would; the bytes are read where the reference says and checked against
 /// its checksum. One that cannot be read is left (a lookup per body left it too:
@@ -55,17 +118,30 @@ pub(crate) fn journal_bodies(
     appender: &mut Appender,
     journal_dir: &Path,
     floor: u64,
+    tracked: &parking_lot::Mutex<JournalBodyIds>,
 ) -> io::Result<Moved> {
-    let mut ids: Option<(TaskId, TaskId)> = None;
-    journal::scan_below(journal_dir, floor, |key, value, _| {
-        if key.first() != Some(&keys::BODY) || !record::is_inline_body(value) {
-            return Ok(());
+    let segments: Vec<u64> = journal::list(journal_dir)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|&n| n < floor)
+        .collect();
+    let known = tracked.lock().range_of(&segments);
+    let ids = match known {
+        Some(ids) => ids,
+        None => {
+            let mut ids: Option<(TaskId, TaskId)> = None;
+            journal::scan_below(journal_dir, floor, |key, value, _| {
+                if key.first() != Some(&keys::BODY) || !record::is_inline_body(value) {
+                    return Ok(());
+                }
+                if let Some(id) = keys::task_id(key) {
+                    ids = Some(ids.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
+                }
+                Ok(())
+            })?;
+            ids
         }
-        if let Some(id) = keys::task_id(key) {
-            ids = Some(ids.map_or((id, id), |(lo, hi)| (lo.min(id), hi.max(id))));
-        }
-        Ok(())
-    })?;
+    };
     let Some((lo, hi)) = ids else {
         return Ok(Moved::default());
     };

@@ -617,6 +617,13 @@ impl<C: Completion> WriterLoop<C> {
             self.sync_by = Some(Instant::now() + within);
         }
         self.store.undegrade();
+        if let Some(record) = self.journal.last_record() {
+            // Before a checkpoint of its segment may be asked for (`relocate.rs`).
+            let mut noted = self.store.journal_bodies.lock();
+            for body in &staged.bodies {
+                noted.note(record.segment, body.id);
+            }
+        }
         if let Some(floor) = sealed {
             // Every record below the floor is applied (this one is not yet).
             self.checkpoint(floor);
