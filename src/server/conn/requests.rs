@@ -512,7 +512,14 @@ impl Reader {
         let n = tasks.len();
         let now = now_ms();
         let first = self.shared.store.allocate_ids(n as u64);
-        let mut muts = Vec::with_capacity(n);
+        // One task, not numbered (the common publish): one mutation, no vector for it.
+        let single = n == 1 && numbered.is_none();
+        let mut only = None;
+        let mut muts = Vec::with_capacity(if single {
+            0
+        } else {
+            n + usize::from(numbered.is_some())
+        });
         let mut committed = Vec::with_capacity(n);
         for (i, t) in tasks.into_iter().enumerate() {
             let task_id = first + i as u64;
@@ -536,7 +543,7 @@ impl Reader {
                 lease_ms: t.lease_ms,
                 expires_ms,
             });
-            muts.push(Mutation::Insert(Box::new(NewTask {
+            let insert = Mutation::Insert(Box::new(NewTask {
                 id: task_id,
                 state: TaskState {
                     queue,
@@ -557,20 +564,25 @@ impl Reader {
                     headers: t.headers,
                     idempotency_key: Some(t.idempotency_key).filter(|k| !k.is_empty()),
                 },
-            })));
+            }));
+            if single {
+                only = Some(insert);
+            } else {
+                muts.push(insert);
+            }
         }
-        debug_assert_eq!(muts.len(), n);
+        debug_assert_eq!(muts.len() + usize::from(only.is_some()), n);
         if let Some((producer, sequence)) = numbered {
             muts.push(Mutation::Numbered {
                 producer: Arc::from(producer),
                 sequence,
             });
         }
-        let muts = if muts.len() == 1 {
-            Muts::One(muts.remove(0))
-        } else {
-            Muts::Many(muts)
+        let muts = match only {
+            Some(insert) => Muts::One(insert),
+            None => Muts::Many(muts),
         };
+        debug_assert!(matches!(muts, Muts::One(_)) == single);
         (muts, committed)
     }
 
