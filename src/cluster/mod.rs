@@ -170,6 +170,8 @@ impl Node {
         let pending: Pending<C> = Pending::default();
         // Before anything is applied: committed entries are applied whatever the space.
         store.set_replicated();
+        // A member delivers nothing until it leads (`server/lead.rs` turns it on).
+        store.set_caching_bodies(false);
         let mut machine = state::StateMachine::open(&dir, &store, writer, pending.clone(), id, run)
             .map_err(storage)?;
         machine.resume_install().await.map_err(storage)?;

@@ -231,6 +231,8 @@ impl LeadWatch {
         info!(%refusal, "no longer the cluster's leader: client connections closed, dispatching stopped");
         self.leadership.step_down(refusal);
         let _ = self.hub.send(HubCmd::Follow);
+        // A follower delivers nothing: its store stops keeping bodies in memory.
+        self.store.set_caching_bodies(false);
     }
 
     /// The cluster's id: read from the store, or (the cluster's first leader) a random
@@ -309,7 +311,10 @@ impl LeadWatch {
         engine.set_max_schedules(self.config.max_schedules);
         engine.set_token_epoch(term);
         let engine = RebuiltEngine(Box::new(engine));
+        // Deliveries read bodies from here on: keep the newly published ones in memory.
+        self.store.set_caching_bodies(true);
         if self.hub.send(HubCmd::Lead { engine, fixes }).is_err() {
+            self.store.set_caching_bodies(false);
             return;
         }
         // Hellos admitted from now on register with the hub after `Lead`.

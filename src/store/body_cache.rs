@@ -11,6 +11,8 @@
 //! [`ENTRY_OVERHEAD`]); when the young one fills, the old one is dropped whole. The
 //! capacity is a share of the configured `cache_bytes` (see `open.rs`).
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
 use bytes::Bytes;
 use parking_lot::Mutex;
 
@@ -25,6 +27,9 @@ pub(crate) struct BodyCache {
     generations: Mutex<Generations>,
     /// Bytes one generation may hold.
     generation_bytes: usize,
+    /// Off on a cluster member that does not lead, which delivers nothing: its writer
+    /// then neither copies bodies for the cache nor keeps them (`set_enabled`).
+    enabled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -32,6 +37,8 @@ struct Generations {
     young: IdMap<TaskId, Bytes>,
     young_bytes: usize,
     old: IdMap<TaskId, Bytes>,
+    /// As `BodyCache::enabled`, changed under this lock.
+    off: bool,
 }
 
 fn cost(body: &Bytes) -> usize {
@@ -44,7 +51,29 @@ impl BodyCache {
         BodyCache {
             generations: Mutex::new(Generations::default()),
             generation_bytes: capacity / 2,
+            enabled: AtomicBool::new(true),
         }
+    }
+
+    /// Whether bodies are cached now (the writer copies a body for the cache only
+    /// then; a body that finds the cache turned on meanwhile without its copy is not
+    /// cached: `applied` skips empty ones).
+    pub(crate) fn enabled(&self) -> bool {
+        self.generation_bytes > 0 && self.enabled.load(Relaxed)
+    }
+
+    /// Turns caching on or off; off empties the cache (a body kept while off could
+    /// outlive its task: removals are not applied to a cache that is off).
+    pub(crate) fn set_enabled(&self, on: bool) {
+        let mut g = self.generations.lock();
+        g.off = !on;
+        self.enabled.store(on, Relaxed);
+        if !on {
+            g.young.clear();
+            g.old.clear();
+            g.young_bytes = 0;
+        }
+        debug_assert!(on || (g.young.is_empty() && g.old.is_empty()));
     }
 
     /// The encoded body of task `id`, if cached.
@@ -65,7 +94,16 @@ impl BodyCache {
             return;
         }
         let mut g = self.generations.lock();
+        if g.off {
+            debug_assert!(g.young.is_empty() && g.old.is_empty());
+            return;
+        }
         for (id, body) in inserted {
+            // Not copied for the cache (it was off when the body was staged): an
+            // encoded body is never empty.
+            if body.is_empty() {
+                continue;
+            }
             let size = cost(&body);
             if size > self.generation_bytes {
                 continue;
@@ -116,6 +154,23 @@ mod tests {
         let g = cache.generations.lock();
         let held: usize = g.young.values().chain(g.old.values()).map(cost).sum();
         assert!(held <= 400, "{held} bytes held");
+    }
+
+    #[test]
+    fn a_cache_turned_off_is_emptied_keeps_nothing_and_skips_bodies_not_copied() {
+        let cache = BodyCache::new(2 * 200);
+        cache.applied([(1, body(36, 1))].into_iter(), &[]);
+        assert!(cache.enabled());
+        cache.set_enabled(false);
+        assert!(!cache.enabled());
+        assert_eq!(cache.get(1), None, "emptied");
+        cache.applied([(2, body(36, 2))].into_iter(), &[]);
+        assert_eq!(cache.get(2), None, "kept nothing while off");
+        cache.set_enabled(true);
+        // Staged while it was off (not copied), applied once it is on: not kept.
+        cache.applied([(3, Bytes::new()), (4, body(36, 4))].into_iter(), &[]);
+        assert_eq!(cache.get(3), None);
+        assert_eq!(cache.get(4), Some(body(36, 4)));
     }
 
     #[test]

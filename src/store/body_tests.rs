@@ -217,6 +217,42 @@ fn spoil_body_on_disk(store: &Store, dir: &TempDir, id: TaskId) {
         .unwrap();
 }
 
+/// A cluster member that follows keeps no bodies in memory (it delivers nothing):
+/// its bodies read back from disk, and once it leads the cache fills again.
+#[test]
+fn a_store_not_caching_bodies_reads_them_from_disk_and_caches_again_once_turned_on() {
+    let dir = TempDir::new().unwrap();
+    let config = config(&dir, FsyncMode::Always);
+    let store = Store::open(&config).unwrap();
+    let writer = store.start_writer::<TestDone>();
+    let h = writer.handle();
+    commit(&h, insert_with(1, &payload_of(1))).unwrap();
+    store.set_caching_bodies(false);
+    commit(&h, insert_with(2, &payload_of(2))).unwrap();
+    // Read from disk, and right.
+    assert_eq!(store.get_body(1).unwrap(), Some(body(&payload_of(1))));
+    assert_eq!(store.get_body(2).unwrap(), Some(body(&payload_of(2))));
+    // Spoilt on disk: nothing in memory hides it (turning it off emptied the cache).
+    spoil_body_on_disk(&store, &dir, 1);
+    spoil_body_on_disk(&store, &dir, 2);
+    for id in [1, 2] {
+        let err = store.get_body(id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+    store.set_caching_bodies(true);
+    commit(&h, insert_with(3, &payload_of(3))).unwrap();
+    spoil_body_on_disk(&store, &dir, 3);
+    assert_eq!(
+        store.get_body(3).unwrap(),
+        Some(body(&payload_of(3))),
+        "cached"
+    );
+    for id in 1..=3 {
+        commit(&h, Muts::One(Mutation::Remove { id })).unwrap();
+    }
+    writer.shutdown().unwrap();
+}
+
 #[test]
 fn a_body_read_soon_after_its_publish_comes_from_memory_within_a_bounded_cache() {
     let dir = TempDir::new().unwrap();

@@ -407,6 +407,13 @@ impl Store {
         })
     }
 
+    /// Whether recently published bodies are kept in memory for deliveries (on by
+    /// default). A cluster member turns it off while it follows, since it delivers
+    /// nothing, and on when it leads; off empties the cache.
+    pub fn set_caching_bodies(&self, on: bool) {
+        self.inner.recent_bodies.set_enabled(on);
+    }
+
     /// Makes this a cluster member's store: from now on every job reaching its writer
     /// is a committed Raft entry, which every member must apply alike, so a publish is
     /// no longer refused for the publish reserve here (the leader checks the reserve

@@ -260,7 +260,12 @@ impl<C: Completion> WriterLoop<C> {
         let at = self.journal.put(key, Some(body));
         group.staged.bodies.push(StagedBody {
             id,
-            bytes: bytes::Bytes::copy_from_slice(body),
+            // Only for the body cache: not copied while it is off (a follower's).
+            bytes: if self.store.recent_bodies.enabled() {
+                bytes::Bytes::copy_from_slice(body)
+            } else {
+                bytes::Bytes::new()
+            },
             at,
             len,
             crc: crc32fast::hash(body),

@@ -284,7 +284,12 @@ impl<C: Completion> WriterLoop<C> {
         let at = self.journal.put(&keys::body(task.id), Some(&self.scratch));
         self.job_bodies.push(StagedBody {
             id: task.id,
-            bytes: bytes::Bytes::copy_from_slice(&self.scratch),
+            // Only for the body cache (`applied`): not copied while it is off.
+            bytes: if self.store.recent_bodies.enabled() {
+                bytes::Bytes::copy_from_slice(&self.scratch)
+            } else {
+                bytes::Bytes::new()
+            },
             at,
             len,
             crc,
