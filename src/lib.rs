@@ -10,3 +10,5 @@ pub mod http;
 pub mod model;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testing;

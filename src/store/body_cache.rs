@@ -29,6 +29,7 @@ pub(crate) struct BodyCache {
     generation_bytes: usize,
     /// Off on a cluster member that does not lead, which delivers nothing: its writer
     /// then neither copies bodies for the cache nor keeps them (`set_enabled`).
+    /// Changed only under the `generations` lock, so that `applied` sees it settled.
     enabled: AtomicBool,
 }
 
@@ -37,8 +38,6 @@ struct Generations {
     young: IdMap<TaskId, Bytes>,
     young_bytes: usize,
     old: IdMap<TaskId, Bytes>,
-    /// As `BodyCache::enabled`, changed under this lock.
-    off: bool,
 }
 
 fn cost(body: &Bytes) -> usize {
@@ -66,7 +65,6 @@ impl BodyCache {
     /// outlive its task: removals are not applied to a cache that is off).
     pub(crate) fn set_enabled(&self, on: bool) {
         let mut g = self.generations.lock();
-        g.off = !on;
         self.enabled.store(on, Relaxed);
         if !on {
             g.young.clear();
@@ -94,7 +92,7 @@ impl BodyCache {
             return;
         }
         let mut g = self.generations.lock();
-        if g.off {
+        if !self.enabled.load(Relaxed) {
             debug_assert!(g.young.is_empty() && g.old.is_empty());
             return;
         }

@@ -21,7 +21,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use openraft::{CommittedLeaderId, EntryPayload};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
-use squall_proto::fields::{Fields, LEN, VARINT};
+use squall_proto::fields::{
+    bytes_field_len, message_field_len, put_bytes_field, put_message_head, put_varint_field,
+    varint_field_len, Fields, LEN, VARINT,
+};
 
 use crate::cluster::types::{Command, Entry, Job, LogId, Origin};
 use crate::model::{Mutation, NewTask, StatePatch, TaskBody, TaskState, TaskStatus};
@@ -365,18 +368,21 @@ pub(super) fn entry_bytes(entry: &Entry) -> Option<Bytes> {
     let log_id = log_id_len(id.leader_id.term, id.leader_id.node_id, id.index);
     let (tag, payload) = match &jobs[..] {
         [one] => (12, job_len(one)),
-        many => (13, many.iter().map(|j| message_len(1, job_len(j))).sum()),
+        many => (
+            13,
+            many.iter().map(|j| message_field_len(1, job_len(j))).sum(),
+        ),
     };
-    let total = message_len(1, log_id) + message_len(tag, payload);
+    let total = message_field_len(1, log_id) + message_field_len(tag, payload);
     let mut w = Vec::with_capacity(total);
-    message(&mut w, 1, log_id);
+    put_message_head(&mut w, 1, log_id);
     put_log_id(&mut w, id.leader_id.term, id.leader_id.node_id, id.index);
-    message(&mut w, tag, payload);
+    put_message_head(&mut w, tag, payload);
     match &jobs[..] {
         [one] => put_job(&mut w, one),
         many => {
             for job in many {
-                message(&mut w, 1, job_len(job));
+                put_message_head(&mut w, 1, job_len(job));
                 put_job(&mut w, job);
             }
         }
@@ -385,49 +391,14 @@ pub(super) fn entry_bytes(entry: &Entry) -> Option<Bytes> {
     Some(w.into())
 }
 
-/// A length-delimited field holding `len` bytes: its whole size.
-fn message_len(tag: u32, len: usize) -> usize {
-    key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-/// A proto3 varint field: nothing when 0.
-fn uint_len(tag: u32, v: u64) -> usize {
-    if v == 0 {
-        0
-    } else {
-        key_len(tag) + encoded_len_varint(v)
-    }
-}
-
 /// An `optional` varint field: present when set, even to 0.
 fn opt_len(tag: u32, v: Option<u64>) -> usize {
     v.map_or(0, |v| key_len(tag) + encoded_len_varint(v))
 }
 
-/// A proto3 bytes or string field: nothing when empty.
-fn bytes_len(tag: u32, b: &[u8]) -> usize {
-    if b.is_empty() {
-        0
-    } else {
-        message_len(tag, b.len())
-    }
-}
-
 /// An `optional` string: present when set, even to "".
 fn opt_str_len(tag: u32, s: Option<&str>) -> usize {
-    s.map_or(0, |s| message_len(tag, s.len()))
-}
-
-fn message(w: &mut Vec<u8>, tag: u32, len: usize) {
-    encode_key(tag, WireType::LengthDelimited, w);
-    encode_varint(len as u64, w);
-}
-
-fn put_uint(w: &mut Vec<u8>, tag: u32, v: u64) {
-    if v != 0 {
-        encode_key(tag, WireType::Varint, w);
-        encode_varint(v, w);
-    }
+    s.map_or(0, |s| message_field_len(tag, s.len()))
 }
 
 fn put_opt(w: &mut Vec<u8>, tag: u32, v: Option<u64>) {
@@ -437,28 +408,21 @@ fn put_opt(w: &mut Vec<u8>, tag: u32, v: Option<u64>) {
     }
 }
 
-fn put_bytes(w: &mut Vec<u8>, tag: u32, b: &[u8]) {
-    if !b.is_empty() {
-        message(w, tag, b.len());
-        w.extend_from_slice(b);
-    }
-}
-
 fn put_opt_str(w: &mut Vec<u8>, tag: u32, s: Option<&str>) {
     if let Some(s) = s {
-        message(w, tag, s.len());
+        put_message_head(w, tag, s.len());
         w.extend_from_slice(s.as_bytes());
     }
 }
 
 fn log_id_len(term: u64, node: u64, index: u64) -> usize {
-    uint_len(1, term) + uint_len(2, node) + uint_len(3, index)
+    varint_field_len(1, term) + varint_field_len(2, node) + varint_field_len(3, index)
 }
 
 fn put_log_id(w: &mut Vec<u8>, term: u64, node: u64, index: u64) {
-    put_uint(w, 1, term);
-    put_uint(w, 2, node);
-    put_uint(w, 3, index);
+    put_varint_field(w, 1, term);
+    put_varint_field(w, 2, node);
+    put_varint_field(w, 3, index);
 }
 
 fn job_len(job: &Job) -> usize {
@@ -466,18 +430,18 @@ fn job_len(job: &Job) -> usize {
     let muts: usize = job
         .muts
         .iter()
-        .map(|m| message_len(4, mutation_len(m)))
+        .map(|m| message_field_len(4, mutation_len(m)))
         .sum();
-    uint_len(1, node) + uint_len(2, run) + uint_len(3, seq) + muts
+    varint_field_len(1, node) + varint_field_len(2, run) + varint_field_len(3, seq) + muts
 }
 
 fn put_job(w: &mut Vec<u8>, job: &Job) {
     let Origin { node, run, seq } = job.origin;
-    put_uint(w, 1, node);
-    put_uint(w, 2, run);
-    put_uint(w, 3, seq);
+    put_varint_field(w, 1, node);
+    put_varint_field(w, 2, run);
+    put_varint_field(w, 3, seq);
     for m in job.muts.iter() {
-        message(w, 4, mutation_len(m));
+        put_message_head(w, 4, mutation_len(m));
         put_mutation(w, m);
     }
 }
@@ -485,7 +449,7 @@ fn put_job(w: &mut Vec<u8>, job: &Job) {
 /// The mutation message's size: its one kind, a message field.
 fn mutation_len(m: &Mutation) -> usize {
     let (tag, len) = kind_len(m);
-    message_len(tag, len)
+    message_field_len(tag, len)
 }
 
 /// The kind's field number and its message's size.
@@ -493,25 +457,27 @@ fn kind_len(m: &Mutation) -> (u32, usize) {
     match m {
         Mutation::Insert(task) => {
             let NewTask { id, state, body } = &**task;
-            let len = uint_len(1, *id)
-                + message_len(2, state_len(state))
-                + message_len(3, task_body_len(body));
+            let len = varint_field_len(1, *id)
+                + message_field_len(2, state_len(state))
+                + message_field_len(3, task_body_len(body));
             (1, len)
         }
         Mutation::Patch { id, patch } => (2, patch_len(*id, patch)),
-        Mutation::Remove { id } => (3, uint_len(1, *id)),
+        Mutation::Remove { id } => (3, varint_field_len(1, *id)),
         Mutation::Succeed {
             id,
             result,
             updated_ms,
         } => (
             4,
-            uint_len(1, *id) + bytes_len(2, result) + uint_len(3, *updated_ms),
+            varint_field_len(1, *id)
+                + bytes_field_len(2, result.len())
+                + varint_field_len(3, *updated_ms),
         ),
         Mutation::Applied { term, node, index } => (10, log_id_len(*term, *node, *index)),
         Mutation::Numbered { producer, sequence } => (
             12,
-            bytes_len(1, producer.as_bytes()) + uint_len(2, *sequence),
+            bytes_field_len(1, producer.len()) + varint_field_len(2, *sequence),
         ),
         _ => unreachable!("only the hot path's kinds are written here"),
     }
@@ -519,31 +485,31 @@ fn kind_len(m: &Mutation) -> (u32, usize) {
 
 fn put_mutation(w: &mut Vec<u8>, m: &Mutation) {
     let (tag, len) = kind_len(m);
-    message(w, tag, len);
+    put_message_head(w, tag, len);
     match m {
         Mutation::Insert(task) => {
             let NewTask { id, state, body } = &**task;
-            put_uint(w, 1, *id);
-            message(w, 2, state_len(state));
+            put_varint_field(w, 1, *id);
+            put_message_head(w, 2, state_len(state));
             put_state(w, state);
-            message(w, 3, task_body_len(body));
+            put_message_head(w, 3, task_body_len(body));
             put_task_body(w, body);
         }
         Mutation::Patch { id, patch } => put_patch(w, *id, patch),
-        Mutation::Remove { id } => put_uint(w, 1, *id),
+        Mutation::Remove { id } => put_varint_field(w, 1, *id),
         Mutation::Succeed {
             id,
             result,
             updated_ms,
         } => {
-            put_uint(w, 1, *id);
-            put_bytes(w, 2, result);
-            put_uint(w, 3, *updated_ms);
+            put_varint_field(w, 1, *id);
+            put_bytes_field(w, 2, result);
+            put_varint_field(w, 3, *updated_ms);
         }
         Mutation::Applied { term, node, index } => put_log_id(w, *term, *node, *index),
         Mutation::Numbered { producer, sequence } => {
-            put_bytes(w, 1, producer.as_bytes());
-            put_uint(w, 2, *sequence);
+            put_bytes_field(w, 1, producer.as_bytes());
+            put_varint_field(w, 2, *sequence);
         }
         _ => unreachable!("only the hot path's kinds are written here"),
     }
@@ -563,36 +529,36 @@ fn state_len(s: &TaskState) -> usize {
         last_error,
         expires_ms,
     } = s;
-    bytes_len(1, queue.as_bytes())
-        + uint_len(2, *status as u64)
+    bytes_field_len(1, queue.len())
+        + varint_field_len(2, *status as u64)
         // prost writes an int32 as its 64-bit sign extension.
-        + uint_len(3, i64::from(*priority) as u64)
-        + uint_len(4, u64::from(*attempts))
-        + uint_len(5, u64::from(*max_attempts))
-        + uint_len(6, *lease_ms)
-        + uint_len(7, *not_before_ms)
-        + uint_len(8, *created_ms)
-        + uint_len(9, *updated_ms)
+        + varint_field_len(3, i64::from(*priority) as u64)
+        + varint_field_len(4, u64::from(*attempts))
+        + varint_field_len(5, u64::from(*max_attempts))
+        + varint_field_len(6, *lease_ms)
+        + varint_field_len(7, *not_before_ms)
+        + varint_field_len(8, *created_ms)
+        + varint_field_len(9, *updated_ms)
         + opt_str_len(10, last_error.as_deref())
-        + uint_len(11, *expires_ms)
+        + varint_field_len(11, *expires_ms)
 }
 
 fn put_state(w: &mut Vec<u8>, s: &TaskState) {
-    put_bytes(w, 1, s.queue.as_bytes());
-    put_uint(w, 2, s.status as u64);
-    put_uint(w, 3, i64::from(s.priority) as u64);
-    put_uint(w, 4, u64::from(s.attempts));
-    put_uint(w, 5, u64::from(s.max_attempts));
-    put_uint(w, 6, s.lease_ms);
-    put_uint(w, 7, s.not_before_ms);
-    put_uint(w, 8, s.created_ms);
-    put_uint(w, 9, s.updated_ms);
+    put_bytes_field(w, 1, s.queue.as_bytes());
+    put_varint_field(w, 2, s.status as u64);
+    put_varint_field(w, 3, i64::from(s.priority) as u64);
+    put_varint_field(w, 4, u64::from(s.attempts));
+    put_varint_field(w, 5, u64::from(s.max_attempts));
+    put_varint_field(w, 6, s.lease_ms);
+    put_varint_field(w, 7, s.not_before_ms);
+    put_varint_field(w, 8, s.created_ms);
+    put_varint_field(w, 9, s.updated_ms);
     put_opt_str(w, 10, s.last_error.as_deref());
-    put_uint(w, 11, s.expires_ms);
+    put_varint_field(w, 11, s.expires_ms);
 }
 
 fn header_len(key: &str, value: &[u8]) -> usize {
-    bytes_len(1, key.as_bytes()) + bytes_len(2, value)
+    bytes_field_len(1, key.len()) + bytes_field_len(2, value.len())
 }
 
 fn task_body_len(b: &TaskBody) -> usize {
@@ -604,21 +570,21 @@ fn task_body_len(b: &TaskBody) -> usize {
     } = b;
     let headers: usize = headers
         .iter()
-        .map(|(k, v)| message_len(3, header_len(k, v)))
+        .map(|(k, v)| message_field_len(3, header_len(k, v)))
         .sum();
-    uint_len(1, *created_ms)
-        + bytes_len(2, payload)
+    varint_field_len(1, *created_ms)
+        + bytes_field_len(2, payload.len())
         + headers
         + opt_str_len(4, idempotency_key.as_deref())
 }
 
 fn put_task_body(w: &mut Vec<u8>, b: &TaskBody) {
-    put_uint(w, 1, b.created_ms);
-    put_bytes(w, 2, &b.payload);
+    put_varint_field(w, 1, b.created_ms);
+    put_bytes_field(w, 2, &b.payload);
     for (key, value) in &b.headers {
-        message(w, 3, header_len(key, value));
-        put_bytes(w, 1, key.as_bytes());
-        put_bytes(w, 2, value);
+        put_message_head(w, 3, header_len(key, value));
+        put_bytes_field(w, 1, key.as_bytes());
+        put_bytes_field(w, 2, value);
     }
     put_opt_str(w, 4, b.idempotency_key.as_deref());
 }
@@ -631,21 +597,21 @@ fn patch_len(id: u64, p: &StatePatch) -> usize {
         last_error,
         updated_ms,
     } = p;
-    uint_len(1, id)
+    varint_field_len(1, id)
         + opt_len(2, status.map(|s| s as u64))
         + opt_len(3, attempts.map(u64::from))
         + opt_len(4, *not_before_ms)
-        + uint_len(5, u64::from(last_error.is_some()))
+        + varint_field_len(5, u64::from(last_error.is_some()))
         + opt_str_len(6, last_error.as_ref().and_then(|e| e.as_deref()))
-        + uint_len(7, *updated_ms)
+        + varint_field_len(7, *updated_ms)
 }
 
 fn put_patch(w: &mut Vec<u8>, id: u64, p: &StatePatch) {
-    put_uint(w, 1, id);
+    put_varint_field(w, 1, id);
     put_opt(w, 2, p.status.map(|s| s as u64));
     put_opt(w, 3, p.attempts.map(u64::from));
     put_opt(w, 4, p.not_before_ms);
-    put_uint(w, 5, u64::from(p.last_error.is_some()));
+    put_varint_field(w, 5, u64::from(p.last_error.is_some()));
     put_opt_str(w, 6, p.last_error.as_ref().and_then(|e| e.as_deref()));
-    put_uint(w, 7, p.updated_ms);
+    put_varint_field(w, 7, p.updated_ms);
 }

@@ -118,14 +118,7 @@ proptest! {
         extra in prop::collection::vec(any::<u8>(), 1..6),
     ) {
         let mut bytes = bytes_of(&entry);
-        match how {
-            0 if !bytes.is_empty() => {
-                let i = at.index(bytes.len());
-                bytes[i] = byte;
-            }
-            1 => bytes.truncate(at.index(bytes.len() + 1)),
-            _ => bytes.extend_from_slice(&extra),
-        }
+        crate::testing::damage(&mut bytes, at, byte, how, &extra);
         same_as_prost(&bytes)?;
     }
 

@@ -363,83 +363,40 @@ impl Answer {
 }
 
 // Hand-written protobuf for the hottest frames (`put_common_answer`,
-// `put_bare_delivery`), byte for byte what prost writes: a proto3 scalar that is zero
-// and a bytes or string field that is empty are not written; every field number there
-// is below 16, so a field's key is one byte.
+// `put_bare_delivery`), byte for byte what prost writes (`squall_proto::fields`).
 
-use hot::{LEN, VARINT};
-
-fn field_key(field: u64, wire_type: u64) -> u64 {
-    (field << 3) | wire_type
-}
-
-fn varint_field_len(value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        1 + prost::encoding::encoded_len_varint(value)
-    }
-}
-
-fn bytes_field_len(len: usize) -> usize {
-    if len == 0 {
-        0
-    } else {
-        len_prefix_len(len) + len
-    }
-}
-
-/// A length-delimited field's key and length (always written: a nested message is,
-/// even when empty).
-fn len_prefix_len(len: usize) -> usize {
-    1 + prost::encoding::encoded_len_varint(len as u64)
-}
-
-fn put_varint_field(out: &mut &mut [u8], field: u64, value: u64) {
-    if value != 0 {
-        prost::encoding::encode_varint(field_key(field, VARINT), out);
-        prost::encoding::encode_varint(value, out);
-    }
-}
-
-fn put_len_prefix(out: &mut &mut [u8], field: u64, len: usize) {
-    prost::encoding::encode_varint(field_key(field, LEN), out);
-    prost::encoding::encode_varint(len as u64, out);
-}
-
-fn put_bytes_field(out: &mut &mut [u8], field: u64, bytes: &[u8]) {
-    if !bytes.is_empty() {
-        put_len_prefix(out, field, bytes.len());
-        bytes::BufMut::put_slice(out, bytes);
-    }
-}
+use squall_proto::fields::{
+    bytes_field_len, message_field_len, put_bytes_field, put_message_head, put_varint_field,
+    varint_field_len,
+};
 
 /// Writes the two answers of the hot path, a publish's and a plain "ok", field by
 /// field: prost works out each nested message's length twice (`ServerMessage`,
 /// `Response`, `PublishOk`, `Published`), this once. The bytes are exactly prost's (a
 /// test compares them). Returns `false`, writing nothing, for any other answer.
 fn put_common_answer(r: &v1::Response, buf: &mut BytesMut) -> bool {
-    let published =
-        |t: &v1::Published| varint_field_len(t.task_id) + varint_field_len(u64::from(t.duplicate));
+    let published = |t: &v1::Published| {
+        varint_field_len(1, t.task_id) + varint_field_len(2, u64::from(t.duplicate))
+    };
     let (field, body) = match &r.result {
         Some(response::Result::Ok(v1::Empty {})) => (13, 0),
         Some(response::Result::Publish(p)) => (
             11,
             p.tasks
                 .iter()
-                .map(|t| len_prefix_len(published(t)) + published(t))
+                .map(|t| message_field_len(1, published(t)))
                 .sum(),
         ),
         _ => return false,
     };
-    let response = varint_field_len(r.id) + len_prefix_len(body) + body;
-    let mut out = squall_proto::frame_room(buf, len_prefix_len(response) + response);
-    put_len_prefix(&mut out, 1, response); // ServerMessage.response
+    let response = varint_field_len(1, r.id) + message_field_len(field, body);
+    let mut out = squall_proto::frame_room(buf, message_field_len(1, response));
+    put_message_head(&mut out, 1, response); // ServerMessage.response
     put_varint_field(&mut out, 1, r.id); // Response.id
-    put_len_prefix(&mut out, field, body); // Response.publish or Response.ok
+    put_message_head(&mut out, field, body); // Response.publish or Response.ok
     if let Some(response::Result::Publish(p)) = &r.result {
         for t in &p.tasks {
-            put_len_prefix(&mut out, 1, published(t)); // PublishOk.tasks
+            put_message_head(&mut out, 1, published(t)); // PublishOk.tasks
             put_varint_field(&mut out, 1, t.task_id); // Published.task_id
             put_varint_field(&mut out, 2, u64::from(t.duplicate)); // Published.duplicate
         }
@@ -585,7 +542,7 @@ pub(crate) fn put_delivery(d: Dispatch, body: TaskBody, buf: &mut BytesMut) {
 }
 
 /// `ServerMessage.delivery`'s field number.
-const SERVER_MESSAGE_DELIVERY: u64 = 2;
+const SERVER_MESSAGE_DELIVERY: u32 = 2;
 
 fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
     let varints = [
@@ -601,13 +558,13 @@ fn put_bare_delivery(d: &Dispatch, body: &TaskBody, buf: &mut BytesMut) {
     let queue = d.queue.as_bytes();
     let inner = varints
         .iter()
-        .map(|&(_, v)| varint_field_len(v))
+        .map(|&(field, v)| varint_field_len(field, v))
         .sum::<usize>()
-        + bytes_field_len(body.payload.len())
-        + varint_field_len(body.created_ms)
-        + bytes_field_len(queue.len());
-    let mut out = squall_proto::frame_room(buf, len_prefix_len(inner) + inner);
-    put_len_prefix(&mut out, SERVER_MESSAGE_DELIVERY, inner);
+        + bytes_field_len(8, body.payload.len())
+        + varint_field_len(10, body.created_ms)
+        + bytes_field_len(11, queue.len());
+    let mut out = squall_proto::frame_room(buf, message_field_len(SERVER_MESSAGE_DELIVERY, inner));
+    put_message_head(&mut out, SERVER_MESSAGE_DELIVERY, inner);
     for (field, value) in varints {
         put_varint_field(&mut out, field, value);
     }
@@ -1012,14 +969,7 @@ mod hot_tests {
             extra in prop::collection::vec(any::<u8>(), 1..6),
         ) {
             let mut bytes = req.encode_to_vec();
-            match how {
-                0 if !bytes.is_empty() => {
-                    let i = at.index(bytes.len());
-                    bytes[i] = byte;
-                }
-                1 => bytes.truncate(at.index(bytes.len() + 1)),
-                _ => bytes.extend_from_slice(&extra),
-            }
+            crate::testing::damage(&mut bytes, at, byte, how, &extra);
             same_as_prost(&bytes)?;
         }
 

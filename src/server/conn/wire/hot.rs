@@ -10,13 +10,9 @@
 //! yields what prost would (`hot_tests` checks both on arbitrary requests and bytes).
 
 use bytes::Bytes;
+use squall_proto::fields::{Fields, LEN, VARINT};
 
 use crate::server::msg::{ReqId, Request, TaskSpec};
-
-use squall_proto::fields::Fields;
-/// Protobuf wire types, also for the hand-written encoders in `wire.rs` (which imports
-/// them from here: server files never import each other both ways).
-pub(super) use squall_proto::fields::{LEN, VARINT};
 
 /// A publish (tasks without headers) or an ack, with its request id; `None` for
 /// anything else.
