@@ -55,7 +55,8 @@ pub enum Op {
     Write,
     /// `fsync`/`fdatasync` of a file or a directory.
     Sync,
-    /// Creating a file or a directory.
+    /// Creating a file or a directory, or a new name by renaming onto a name that
+    /// does not exist (a full directory refuses both).
     Create,
 }
 
@@ -654,6 +655,9 @@ impl Fs {
             }
             Some(st.move_to_trash(&to)?)
         } else {
+            if let Some(e) = st.fault(Op::Create, &to) {
+                return Err(self.injected(e));
+            }
             None
         };
         fs::rename(st.root.join(&from), st.root.join(&to)).map_err(errno)?;

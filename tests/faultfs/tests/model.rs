@@ -141,6 +141,12 @@ fn faults_fail_matching_operations_from_the_chosen_one_and_syncs_are_counted() {
         .unwrap()
         .write_all(b"ok")
         .unwrap();
+    // A rename onto a new name creates it; onto an existing name it does not.
+    let err = fs::rename(mnt.join("other"), mnt.join("journal/seg2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    File::create(mnt.join("journal/seg3")).unwrap();
+    ffs.fail(Op::Create, "journal/seg3", libc::EIO, 0);
+    fs::rename(mnt.join("other"), mnt.join("journal/seg3")).unwrap();
     ffs.clear_faults();
     f.write_all(b"passes again").unwrap();
     let before = ffs.syncs_matching("journal/");
