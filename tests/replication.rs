@@ -584,10 +584,16 @@ async fn metrics_and_readiness_describe_the_cluster() {
         _dirs,
         members,
         mut brokers,
+        everyone,
         ..
     } = three().await;
     let all: Vec<&Member> = members.iter().collect();
     let (leader, term) = agreed_leader(&all).await;
+    // Three publishes: three proposals at least (one each, as nothing else waits).
+    let client = cluster_client(&everyone).await;
+    for i in 0..3 {
+        client.publish("metered", format!("m{i}")).await.unwrap();
+    }
     let https: Vec<SocketAddr> = brokers
         .iter()
         .map(|b| b.as_ref().and_then(|b| b.http).expect("HTTP port"))
@@ -623,6 +629,22 @@ async fn metrics_and_readiness_describe_the_cluster() {
     assert_eq!(sample(&page, "squall_cluster_voters"), Some(3.0), "{page}");
     assert!(sample(&page, "squall_cluster_term").is_some_and(|t| t >= term as f64));
     assert!(sample(&page, "squall_cluster_applied_index").is_some_and(|i| i >= 1.0));
+    // How long the Raft work took: every append synced, applies, the three proposals.
+    let count = |page: &str, name: &str| sample(page, &format!("squall_cluster_{name}_count"));
+    for name in ["log_append_seconds", "log_fsync_seconds", "apply_seconds"] {
+        assert!(
+            count(&page, name).is_some_and(|c| c >= 1.0),
+            "{name}: {page}"
+        );
+    }
+    assert!(
+        count(&page, "proposal_seconds").is_some_and(|c| c >= 3.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "squall_cluster_proposal_jobs_sum").is_some_and(|j| j >= 3.0),
+        "{page}"
+    );
     for m in members.iter().filter(|m| m.id != leader) {
         let (status, _) = common::http_get(http(m.id as usize - 1), "/readyz").await;
         assert_eq!(status, 200, "a follower that knows the leader is ready");
@@ -637,7 +659,14 @@ async fn metrics_and_readiness_describe_the_cluster() {
             Some(leader as f64)
         );
         assert!(sample(&page, "squall_cluster_leader_changes_total").is_some_and(|c| c >= 1.0));
+        // A follower appends what the leader sends it, and proposes nothing.
+        assert!(
+            count(&page, "log_fsync_seconds").is_some_and(|c| c >= 1.0),
+            "{page}"
+        );
+        assert_eq!(count(&page, "proposal_seconds"), Some(0.0), "{page}");
     }
+    client.close().await;
 
     // Kill the leader and one follower: the last member knows no leader any more.
     let last = members

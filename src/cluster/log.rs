@@ -21,6 +21,7 @@ use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -30,6 +31,7 @@ use prost::Message;
 use squall_proto::cluster as pb;
 
 use super::codec;
+use super::timings::{micros_since, Timings};
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::store::journal::{self, Journal, Location};
 
@@ -50,6 +52,7 @@ const META: &str = "meta";
 pub struct LogStore {
     writer: Arc<Mutex<LogWriter>>,
     index: Arc<RwLock<Index>>,
+    timings: Arc<Timings>,
 }
 
 /// The reader handed to replication tasks and the state machine worker.
@@ -62,6 +65,7 @@ struct LogWriter {
     dir: PathBuf,
     journal: Journal,
     meta: pb::LogMeta,
+    timings: Arc<Timings>,
 }
 
 /// Where each entry is. `entries[i]` is the entry of index `first + i`.
@@ -284,6 +288,12 @@ fn invalid(message: String) -> io::Error {
 }
 
 impl LogStore {
+    /// How long this log's appends and their syncs take (shared with the node's state
+    /// machine and proposer, which observe theirs into it).
+    pub fn timings(&self) -> Arc<Timings> {
+        self.timings.clone()
+    }
+
     /// The encodings of this log's entries, for the cluster port.
     pub fn encoded(&self) -> Encoded {
         Encoded {
@@ -341,13 +351,16 @@ impl LogStore {
             purged = ?index.purged,
             "raft log opened"
         );
+        let timings = Arc::new(Timings::default());
         Ok(LogStore {
             writer: Arc::new(Mutex::new(LogWriter {
                 dir: dir.to_owned(),
                 journal,
                 meta,
+                timings: timings.clone(),
             })),
             index: Arc::new(RwLock::new(index)),
+            timings,
         })
     }
 
@@ -415,7 +428,9 @@ impl LogWriter {
             written.push((entry.log_id, self.journal.append_record(&body, false)?));
             encoded.push(body);
         }
+        let synced = Instant::now();
         self.journal.sync()?;
+        self.timings.log_sync_micros.observe(micros_since(synced));
         let mut index = index.write();
         debug_assert_eq!(
             index.next_index() + written.len() as u64,
@@ -603,9 +618,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        let start = Instant::now();
         let result = self
             .blocking(write_logs, move |w, index| w.append(entries, index))
             .await;
+        self.timings.log_append_micros.observe(micros_since(start));
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),

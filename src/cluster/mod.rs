@@ -18,6 +18,7 @@ pub mod net;
 pub mod replicate;
 pub mod snapshot;
 pub mod state;
+pub mod timings;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -139,6 +140,7 @@ pub struct Node {
     stop: CancellationToken,
     tasks: TaskTracker,
     snapshots: Arc<snapshot::SnapshotCounters>,
+    timings: Arc<timings::Timings>,
 }
 
 impl Node {
@@ -166,6 +168,7 @@ impl Node {
             source,
         };
         let log = log::LogStore::open(&dir).map_err(storage)?;
+        let timings = log.timings();
         let run = run_number();
         let pending: Pending<C> = Pending::default();
         // Before anything is applied: committed entries are applied whatever the space.
@@ -175,6 +178,7 @@ impl Node {
         let mut machine = state::StateMachine::open(&dir, &store, writer, pending.clone(), id, run)
             .map_err(storage)?;
         machine.resume_install().await.map_err(storage)?;
+        machine.set_timings(timings.clone());
         let snapshots = machine.counters();
         let listener = TcpListener::bind(listen)
             .await
@@ -245,6 +249,7 @@ impl Node {
             raft.clone(),
             proposals,
             pending,
+            timings.clone(),
             stop.clone(),
         ));
         tracing::info!(
@@ -261,6 +266,7 @@ impl Node {
             stop,
             tasks,
             snapshots,
+            timings,
         };
         Ok((node, Arc::new(proposer)))
     }
@@ -283,6 +289,11 @@ impl Node {
     /// Snapshots this node built and installed since it started.
     pub fn snapshots(&self) -> Arc<snapshot::SnapshotCounters> {
         self.snapshots.clone()
+    }
+
+    /// How long this node's appends, applies and proposals take.
+    pub fn timings(&self) -> Arc<timings::Timings> {
+        self.timings.clone()
     }
 
     /// This node's view of the cluster.

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use openraft::ServerState;
@@ -23,6 +24,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::timings::{micros_since, Timings};
 use super::types::{Command, Job, Member, NodeId, Origin, Raft};
 use crate::store::{
     low_space_reason, payload_bytes_of, Completion, Muts, Route, SpaceGuard, StoreError,
@@ -328,6 +330,7 @@ pub(crate) async fn propose<C: Completion>(
     raft: Raft,
     mut rx: mpsc::UnboundedReceiver<Proposal>,
     pending: Pending<C>,
+    timings: Arc<Timings>,
     stop: CancellationToken,
 ) {
     let mut waiting = FuturesUnordered::new();
@@ -335,11 +338,11 @@ pub(crate) async fn propose<C: Completion>(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some((seqs, outcome)) = waiting.next() => {
+            Some((seqs, outcome, proposed)) = waiting.next() => {
                 let outcome: (Vec<u64>, Result<_, _>) = (seqs, outcome);
                 match outcome.1 {
                     // Applied: the state machine completed the jobs.
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => timings.proposal_micros.observe(micros_since(proposed)),
                     Ok(Err(e)) => {
                         let why: Arc<str> = Arc::from(leadership_lost(&e));
                         for seq in outcome.0 {
@@ -361,8 +364,10 @@ pub(crate) async fn propose<C: Completion>(
             next = rx.recv(), if waiting.len() < PIPELINE => {
                 let Some(first) = next else { break };
                 let (seqs, command) = gather(first, &mut rx);
+                timings.proposal_jobs.observe(seqs.len() as u64);
+                let proposed = Instant::now();
                 match raft.client_write_ff(command).await {
-                    Ok(answer) => waiting.push(async move { (seqs, answer.await) }),
+                    Ok(answer) => waiting.push(async move { (seqs, answer.await, proposed) }),
                     Err(fatal) => {
                         let why: Arc<str> = Arc::from(format!("the raft node stopped: {fatal}"));
                         for seq in seqs {

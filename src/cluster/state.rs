@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -47,6 +48,7 @@ use super::replicate::{Applying, Latch, Pending, Signal};
 use super::snapshot::{
     self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
 };
+use super::timings::{micros_since, Timings};
 use super::types::{
     Command, Entry, Job, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig,
 };
@@ -75,6 +77,7 @@ pub struct StateMachine<C: Applying> {
     node: NodeId,
     run: u64,
     counters: Arc<SnapshotCounters>,
+    timings: Arc<Timings>,
 }
 
 /// The jobs submitted to the store writer since `apply` last waited: one latch for
@@ -172,7 +175,13 @@ impl<C: Applying> StateMachine<C> {
             node,
             run,
             counters: Arc::default(),
+            timings: Arc::default(),
         })
+    }
+
+    /// Observes how long applies take into `timings` (the node's, shared with its log).
+    pub fn set_timings(&mut self, timings: Arc<Timings>) {
+        self.timings = timings;
     }
 
     /// Snapshots built and installed since this machine was opened.
@@ -321,6 +330,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let start = Instant::now();
         let mut replies = Vec::new();
         let mut jobs: Applied = None;
         let mut last_in_store = true;
@@ -350,6 +360,9 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             replies.push(());
         }
         Self::settle(&mut jobs).await?;
+        if !replies.is_empty() {
+            self.timings.apply_micros.observe(micros_since(start));
+        }
         if !last_in_store && !replies.is_empty() {
             // The batch ended with a blank or membership entry: the state file
             // records it (the store records only entries that carry commands, so

@@ -282,6 +282,7 @@ async fn start_broker(
                 metrics: node.raft().metrics(),
                 leadership: leadership.clone(),
                 snapshots: node.snapshots(),
+                timings: node.timings(),
             }),
     });
     metrics.ready.store(true, Ordering::Relaxed);

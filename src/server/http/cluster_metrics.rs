@@ -2,8 +2,10 @@
 //! role, known leader, last log and applied index, membership size, the leader changes
 //! it has seen, its snapshots (last one's index, purge point, built and installed) and,
 //! on the leader, each member's replication lag and the age of the
-//! last quorum acknowledgement. Read from openraft's metrics at each scrape; nothing
-//! is kept here. Not here: the broker's and the queues' metrics (`exposition.rs`).
+//! last quorum acknowledgement; and how long its Raft log appends and syncs, its
+//! applies and (on the leader) its proposals take (`cluster/timings.rs`). Read at
+//! each scrape; nothing is kept here. Not here: the broker's and the queues' metrics
+//! (`exposition.rs`).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -11,10 +13,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use super::exposition::{counter, gauge};
+use super::exposition::{counter, gauge, histogram, MICROS};
+use crate::histogram::HistogramSnapshot;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::cluster::snapshot::SnapshotCounters;
+use crate::cluster::timings::Timings;
 use crate::cluster::types::{Member, NodeId};
 
 /// One scrape's view of the cluster from this node.
@@ -38,15 +42,23 @@ pub(crate) struct ClusterSample {
     /// Snapshots built and installed since the node started.
     snapshots_built: u64,
     snapshots_installed: u64,
+    /// `cluster/timings.rs`'s histograms.
+    log_append: HistogramSnapshot,
+    log_sync: HistogramSnapshot,
+    apply: HistogramSnapshot,
+    proposal: HistogramSnapshot,
+    proposal_jobs: HistogramSnapshot,
 }
 
 impl ClusterSample {
     /// Reads `m`, openraft's metrics of this node; `leader_changes` as counted by the
-    /// leadership watcher; `snapshots` as the state machine counts them.
+    /// leadership watcher; `snapshots` as the state machine counts them; `timings`
+    /// as the node observes them.
     pub(crate) fn read(
         m: &openraft::RaftMetrics<NodeId, Member>,
         leader_changes: u64,
         snapshots: &SnapshotCounters,
+        timings: &Timings,
     ) -> ClusterSample {
         let membership = m.membership_config.membership();
         let voters = membership.voter_ids().count();
@@ -80,6 +92,11 @@ impl ClusterSample {
             purged_index: m.purged.map_or(0, |l| l.index),
             snapshots_built: snapshots.built.load(Relaxed),
             snapshots_installed: snapshots.installed.load(Relaxed),
+            log_append: timings.log_append_micros.snapshot(),
+            log_sync: timings.log_sync_micros.snapshot(),
+            apply: timings.apply_micros.snapshot(),
+            proposal: timings.proposal_micros.snapshot(),
+            proposal_jobs: timings.proposal_jobs.snapshot(),
         }
     }
 }
@@ -179,6 +196,46 @@ impl Collector for ClusterSample {
                 ConstGauge::new(*lag as i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        histogram(
+            enc,
+            "cluster_log_append",
+            "One append of entries to this node's Raft log as openraft waits for it (encode, write, fdatasync, thread hop).",
+            Some(&Unit::Seconds),
+            &self.log_append,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "cluster_log_fsync",
+            "The fdatasync of one Raft log append alone.",
+            Some(&Unit::Seconds),
+            &self.log_sync,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "cluster_apply",
+            "One apply of committed entries to this node's queues, until every job in them is applied.",
+            Some(&Unit::Seconds),
+            &self.apply,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "cluster_proposal",
+            "Leader only: one proposal's round, from proposed until committed and applied here.",
+            Some(&Unit::Seconds),
+            &self.proposal,
+            MICROS,
+        )?;
+        histogram(
+            enc,
+            "cluster_proposal_jobs",
+            "Leader only: store jobs (publishes, acks, ...) carried by one proposal.",
+            None,
+            &self.proposal_jobs,
+            1.0,
+        )?;
         if let Some(ms) = self.quorum_ack_ms {
             ConstGauge::new(ms as f64 / 1000.0).encode(enc.encode_descriptor(
                 "cluster_quorum_ack_age",

@@ -334,7 +334,7 @@ impl EncodeMetric for ScaledHistogram<'_> {
 }
 
 /// Microseconds per second.
-const MICROS: f64 = 1e6;
+pub(super) const MICROS: f64 = 1e6;
 
 pub(super) fn gauge(
     enc: &mut DescriptorEncoder,
@@ -354,7 +354,7 @@ pub(super) fn counter(
     ConstCounter::new(value).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn histogram(
+pub(super) fn histogram(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

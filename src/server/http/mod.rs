@@ -57,6 +57,7 @@ pub(crate) struct ClusterProbe {
     pub(crate) metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
     pub(crate) leadership: Arc<Leadership>,
     pub(crate) snapshots: Arc<crate::cluster::snapshot::SnapshotCounters>,
+    pub(crate) timings: Arc<crate::cluster::timings::Timings>,
 }
 
 /// What one peeked task costs an answer beyond its payload preview (as the protocol's
@@ -385,6 +386,7 @@ impl Backend for HubBackend {
                     &c.metrics.borrow(),
                     c.leadership.leader_changes(),
                     &c.snapshots,
+                    &c.timings,
                 );
                 Box::new(sample) as Box<dyn prometheus_client::collector::Collector>
             });
