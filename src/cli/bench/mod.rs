@@ -6,13 +6,14 @@
 
 mod spawn;
 
+use std::collections::VecDeque;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use squall_client::{Client, Message};
+
+use squall_client::{Client, Message, Settlement};
 use squall_loadgen::{BoxError, Consumer, LoadArgs, Publisher, Report, Run};
 
 use super::ServerArgs;
@@ -141,32 +142,34 @@ impl Publisher for SquallPublisher {
 }
 
 /// Receives under the subscription's prefetch and acks every message, the acks in
-/// flight while it receives, until the run is over. An ack whose lease is gone (the
-/// connection dropped, the leader of a cluster changed) is not an error of the run:
-/// the broker delivers the task again, and the run counts it as a duplicate.
+/// flight while it receives (`Delivery::ack_now`: sent at once, their confirmations
+/// collected as they come, oldest first: the broker confirms a connection's acks in
+/// order), until the run is over. An ack whose lease is gone (the connection dropped,
+/// the leader of a cluster changed) is not an error of the run: the broker delivers
+/// the task again, and the run counts it as a duplicate.
 async fn consume(
     client: Client,
     mut sub: squall_client::Subscription,
     mut consumer: Consumer,
 ) -> Result<Consumer, BoxError> {
-    let mut acks = FuturesUnordered::new();
+    let mut acks: VecDeque<Settlement> = VecDeque::new();
     while !consumer.finished() {
         tokio::select! {
             biased;
-            Some(r) = acks.next(), if !acks.is_empty() => {
-                let r: squall_client::Result<()> = r;
+            r = async { acks.front_mut().expect("not empty").await }, if !acks.is_empty() => {
+                acks.pop_front();
                 settled(r)?;
             }
             d = sub.recv() => {
                 let d = d.ok_or("the subscription ended")??;
                 consumer.record(d.payload());
-                acks.push(d.ack());
+                acks.push_back(d.ack_now());
             }
             _ = consumer.changed() => {}
         }
     }
-    while let Some(r) = acks.next().await {
-        settled(r)?;
+    for ack in acks {
+        settled(ack.await)?;
     }
     client.close().await;
     Ok(consumer)
