@@ -1,15 +1,19 @@
 //! One TCP connection to the broker: dial and handshake, the writer task (drains its
 //! queue per wakeup and writes every queued frame with one `write_all`), the reader task
 //! (routes answers to waiting calls by request id and deliveries to subscriptions by
-//! subscription id), and `Conn::call`, the pipelined request/answer primitive.
+//! subscription id), the deadline task (times out calls that waited the request timeout:
+//! one timer per connection, not one per call), and `Conn::call`, the pipelined
+//! request/answer primitive.
 //!
 //! No reconnect logic and no public API live here: `client/` owns the lifecycle and
 //! decides what a lost connection means for callers and subscriptions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -20,7 +24,7 @@ use squall_proto::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
@@ -56,6 +60,42 @@ type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 struct Pending {
     closed: Option<String>,
     waiters: HashMap<u64, Waiter>,
+    /// The calls that wait the connection's request timeout, in the order they were
+    /// registered, so by deadline (one timeout, a clock that does not go back). Entries
+    /// of calls answered or given up are dropped from the front as the reader answers,
+    /// and all at once when they outnumber the waiters ([`Pending::forget_answered`]).
+    deadlines: VecDeque<Deadline>,
+}
+
+/// When the call waiting for the answer to request `id` times out.
+struct Deadline {
+    at: Instant,
+    id: u64,
+    op: &'static str,
+}
+
+impl Pending {
+    /// Drops the deadlines of calls no longer waiting from the front (answers mostly
+    /// come in request order), and all of them once they are more than twice the
+    /// waiters, so that the queue stays within a small multiple of the calls in flight.
+    fn forget_answered(&mut self) {
+        while self
+            .deadlines
+            .front()
+            .is_some_and(|d| !self.waiters.contains_key(&d.id))
+        {
+            self.deadlines.pop_front();
+        }
+        if self.deadlines.len() > 2 * self.waiters.len() + 64 {
+            let waiters = &self.waiters;
+            self.deadlines.retain(|d| waiters.contains_key(&d.id));
+        }
+        debug_assert!(self.deadlines.len() <= 2 * self.waiters.len() + 64);
+        debug_assert!(self
+            .deadlines
+            .front()
+            .is_none_or(|d| self.waiters.contains_key(&d.id)));
+    }
 }
 
 /// A live (or just ended) connection. Shared by the reader and writer tasks, the
@@ -71,6 +111,8 @@ pub(crate) struct Conn {
     cancel: CancellationToken,
     info: Arc<ServerInfo>,
     request_timeout: Duration,
+    /// Wakes the deadline task when a deadline is queued into an empty queue.
+    deadline_queued: Notify,
 }
 
 impl Conn {
@@ -109,12 +151,14 @@ impl Conn {
             pending: Mutex::new(Pending {
                 closed: None,
                 waiters: HashMap::new(),
+                deadlines: VecDeque::new(),
             }),
             routes: Mutex::new(HashMap::new()),
             inflight: Semaphore::new(inflight),
             cancel: CancellationToken::new(),
             info,
             request_timeout: config.request_timeout,
+            deadline_queued: Notify::new(),
         });
         // Deliveries carry payloads up to max_payload_bytes plus their envelope; accept
         // whatever the broker may legally send, and never less than the default.
@@ -127,6 +171,7 @@ impl Conn {
         frames.read_buffer_mut().extend_from_slice(&leftover);
         tokio::spawn(read_loop(conn.clone(), frames));
         tokio::spawn(write_loop(conn.clone(), rx, wr));
+        tokio::spawn(deadline_loop(conn.clone()));
         debug!(addr = %conn.addr, generation, node = %conn.info.node_id, "connected");
         Ok(conn)
     }
@@ -181,7 +226,12 @@ impl Conn {
         op: Op,
         name: &'static str,
     ) -> Result<response::Result> {
-        self.call_within(id, op, name, self.request_timeout).await
+        match self.inflight.try_acquire() {
+            // The usual case: the connection's deadline task times the call out.
+            Ok(permit) => self.exchange(permit, id, op, Some(name)).await,
+            // The wait for a permit counts against the timeout too.
+            Err(_) => self.call_within(id, op, name, self.request_timeout).await,
+        }
     }
 
     /// [`call`](Self::call) bounded by `timeout` instead of the request timeout (for a
@@ -216,8 +266,14 @@ impl Conn {
         self.request_timeout
     }
 
-    /// Registers a waiter for the answer to request `id` (before it is sent).
-    fn wait_for(&self, id: u64) -> Result<oneshot::Receiver<Result<response::Result>>> {
+    /// Registers a waiter for the answer to request `id` (before it is sent); with
+    /// `timed` (the operation's name), the deadline task fails it with `Timeout` once
+    /// the request timeout has passed.
+    fn wait_for(
+        &self,
+        id: u64,
+        timed: Option<&'static str>,
+    ) -> Result<oneshot::Receiver<Result<response::Result>>> {
         let (waiter, answer) = oneshot::channel();
         let mut pending = self.pending.lock();
         if let Some(reason) = &pending.closed {
@@ -226,12 +282,33 @@ impl Conn {
             });
         }
         pending.waiters.insert(id, waiter);
+        if let Some(op) = timed {
+            let first = pending.deadlines.is_empty();
+            let at = Instant::now() + self.request_timeout;
+            debug_assert!(pending.deadlines.back().is_none_or(|d| d.at <= at));
+            pending.deadlines.push_back(Deadline { at, id, op });
+            if first {
+                self.deadline_queued.notify_one();
+            }
+        }
         Ok(answer)
     }
 
     async fn round_trip(&self, id: u64, op: Op) -> Result<response::Result> {
-        let _permit = self.inflight.acquire().await.map_err(|_| self.lost())?;
-        let answer = self.wait_for(id)?;
+        let permit = self.inflight.acquire().await.map_err(|_| self.lost())?;
+        self.exchange(permit, id, op, None).await
+    }
+
+    /// Sends request `id` under `_permit` and waits for its answer (timed by the
+    /// deadline task if `timed` names the operation).
+    async fn exchange(
+        &self,
+        _permit: tokio::sync::SemaphorePermit<'_>,
+        id: u64,
+        op: Op,
+        timed: Option<&'static str>,
+    ) -> Result<response::Result> {
+        let answer = self.wait_for(id, timed)?;
         // Removes the waiter if this future is dropped (timeout or caller gave up).
         let mut guard = WaiterGuard {
             conn: self,
@@ -261,16 +338,13 @@ impl Conn {
             };
         };
         let id = self.next_id();
-        let answer = self.wait_for(id)?;
+        let answer = self.wait_for(id, Some(name))?;
         // Given back by `Sent` when it resolves or is dropped.
         permit.forget();
         let sent = Sent {
             conn: self.clone(),
             id,
-            name,
-            timeout: self.request_timeout,
             answer,
-            deadline: Box::pin(tokio::time::sleep(self.request_timeout)),
             done: false,
         };
         if self.tx.send(v1::Request { id, op: Some(op) }).is_err() {
@@ -317,6 +391,7 @@ impl Conn {
                 return;
             }
             pending.closed = Some(reason.to_owned());
+            pending.deadlines.clear();
             std::mem::take(&mut pending.waiters)
         };
         self.cancel.cancel();
@@ -358,7 +433,12 @@ impl Conn {
                 _ => "broker sent an answer with id 0 that is not an error".to_owned(),
             });
         }
-        let waiter = self.pending.lock().waiters.remove(&resp.id);
+        let waiter = {
+            let mut pending = self.pending.lock();
+            let waiter = pending.waiters.remove(&resp.id);
+            pending.forget_answered();
+            waiter
+        };
         match (waiter, resp.result) {
             (Some(waiter), Some(result)) => {
                 let _ = waiter.send(Ok(result));
@@ -440,15 +520,13 @@ impl std::fmt::Debug for Conn {
 }
 
 /// A request already sent ([`Conn::send_now`]): resolves to its answer, or to
-/// `Timeout` after the request timeout. Holds one in-flight permit until it resolves
-/// or is dropped, and withdraws its waiter when dropped unresolved.
+/// `Timeout` after the request timeout (from the deadline task). Holds one in-flight
+/// permit until it resolves or is dropped, and withdraws its waiter when dropped
+/// unresolved.
 pub(crate) struct Sent {
     conn: Arc<Conn>,
     id: u64,
-    name: &'static str,
-    timeout: Duration,
     answer: oneshot::Receiver<Result<response::Result>>,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -476,13 +554,7 @@ impl std::future::Future for Sent {
                 Ok(response::Result::Error(e)) => Err(ClientError::from_wire(e)),
                 other => other,
             },
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Err(ClientError::Timeout {
-                    op: self.name,
-                    after: self.timeout,
-                }),
-                Poll::Pending => return Poll::Pending,
-            },
+            Poll::Pending => return Poll::Pending,
         };
         self.finish();
         Poll::Ready(result)
@@ -600,6 +672,45 @@ async fn read_loop(
     conn.shutdown(&reason);
 }
 
+/// Times out the calls that wait the request timeout: sleeps until the oldest one's
+/// deadline (the queue is in deadline order), fails every call whose deadline passed
+/// with `Timeout` (its answer, if it comes later, is dropped as the reader drops any
+/// answer nobody waits for), and goes back to sleep; with nothing queued it waits to
+/// be told. Ends with the connection.
+async fn deadline_loop(conn: Arc<Conn>) {
+    loop {
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut pending = conn.pending.lock();
+            let mut expired = Vec::new();
+            pending.forget_answered();
+            while let Some(d) = pending.deadlines.front() {
+                if d.at > now {
+                    break;
+                }
+                let (id, op) = (d.id, d.op);
+                pending.deadlines.pop_front();
+                if let Some(waiter) = pending.waiters.remove(&id) {
+                    expired.push((waiter, op));
+                }
+                pending.forget_answered();
+            }
+            (expired, pending.deadlines.front().map(|d| d.at))
+        };
+        for (waiter, op) in expired {
+            let _ = waiter.send(Err(ClientError::Timeout {
+                op,
+                after: conn.request_timeout,
+            }));
+        }
+        tokio::select! {
+            _ = conn.cancel.cancelled() => return,
+            _ = conn.deadline_queued.notified() => {}
+            _ = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
+        }
+    }
+}
+
 async fn write_loop(
     conn: Arc<Conn>,
     mut rx: mpsc::UnboundedReceiver<v1::Request>,
@@ -655,4 +766,42 @@ async fn write_out(conn: &Conn, wr: &mut WriteHalf, buf: &mut BytesMut) -> bool 
 /// Maps an answer of the wrong kind to a protocol error.
 pub(crate) fn unexpected(op: &str, got: response::Result) -> ClientError {
     ClientError::Protocol(format!("unexpected answer to {op}: {got:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadline(id: u64) -> Deadline {
+        Deadline {
+            at: Instant::now(),
+            id,
+            op: "test",
+        }
+    }
+
+    /// One call that waits long must not make the deadlines of the thousands answered
+    /// after it pile up: the queue stays within a small multiple of the waiting calls,
+    /// and keeps the deadline of the one still waiting.
+    #[test]
+    fn deadlines_of_answered_calls_do_not_pile_up_behind_one_still_waiting() {
+        let mut pending = Pending {
+            closed: None,
+            waiters: HashMap::new(),
+            deadlines: VecDeque::new(),
+        };
+        pending.waiters.insert(1, oneshot::channel().0);
+        pending.deadlines.push_back(deadline(1));
+        for id in 2..10_000 {
+            pending.waiters.insert(id, oneshot::channel().0);
+            pending.deadlines.push_back(deadline(id));
+            pending.waiters.remove(&id);
+            pending.forget_answered();
+            assert!(pending.deadlines.len() <= 2 * pending.waiters.len() + 64);
+        }
+        assert_eq!(pending.deadlines.front().map(|d| d.id), Some(1));
+        pending.waiters.remove(&1);
+        pending.forget_answered();
+        assert!(pending.deadlines.is_empty());
+    }
 }
