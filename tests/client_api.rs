@@ -517,13 +517,13 @@ async fn a_silent_broker_times_out_connect_and_requests() {
                             let ok = v1::ServerMessage {
                                 kind: Some(Kind::Response(v1::Response {
                                     id: req.id,
-                                    result: Some(response::Result::Hello(v1::HelloOk {
+                                    result: Some(response::Result::Hello(Box::new(v1::HelloOk {
                                         protocol_version: PROTOCOL_VERSION,
                                         server_version: "silent".into(),
                                         node_id: "silent".into(),
                                         limits: None,
                                         cluster: None,
-                                    })),
+                                    }))),
                                 })),
                             };
                             let mut out = bytes::BytesMut::new();

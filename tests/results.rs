@@ -524,10 +524,10 @@ async fn flaky_broker(listener: tokio::net::TcpListener, answer_on: usize) -> Ve
         };
         let hello = next(&mut sock).await;
         let mut out = bytes::BytesMut::new();
-        let ok = response::Result::Hello(v1::HelloOk {
+        let ok = response::Result::Hello(Box::new(v1::HelloOk {
             protocol_version: squall_proto::PROTOCOL_VERSION,
             ..Default::default()
-        });
+        }));
         encode_frame(&reply(hello.id, ok), &mut out);
         sock.write_all(&out).await.unwrap();
         let req = next(&mut sock).await;

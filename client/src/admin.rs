@@ -452,7 +452,7 @@ impl Client {
                 "the configuration update changes nothing",
             ));
         }
-        let op = Op::SetQueueConfig(update.into_request(queue));
+        let op = Op::SetQueueConfig(Box::new(update.into_request(queue)));
         self.queue_answer(op, "set queue config").await
     }
 
@@ -546,7 +546,7 @@ impl Client {
 
     async fn queue_answer(&self, op: Op, name: &'static str) -> Result<QueueInfo> {
         match self.call(op, name).await? {
-            response::Result::Queue(q) => queue_info(q),
+            response::Result::Queue(q) => queue_info(*q),
             other => Err(unexpected(name, other)),
         }
     }

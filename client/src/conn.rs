@@ -638,7 +638,7 @@ async fn handshake(
         Some(Kind::Response(v1::Response {
             result: Some(response::Result::Hello(ok)),
             ..
-        })) => Ok((rd, wr, buf, ok)),
+        })) => Ok((rd, wr, buf, *ok)),
         Some(Kind::Response(v1::Response {
             result: Some(response::Result::Error(e)),
             ..

@@ -228,9 +228,9 @@ impl Client {
     pub async fn add_schedule(&self, spec: ScheduleSpec) -> Result<ScheduleInfo> {
         checked(spec.name.clone())?;
         checked(spec.queue.clone())?;
-        let op = Op::AddSchedule(v1::AddSchedule {
+        let op = Op::AddSchedule(Box::new(v1::AddSchedule {
             schedule: Some(spec.into_wire()),
-        });
+        }));
         self.schedule_answer(op, "add schedule").await
     }
 
@@ -297,7 +297,7 @@ impl Client {
 
     async fn schedule_answer(&self, op: Op, what: &'static str) -> Result<ScheduleInfo> {
         match self.call(op, what).await? {
-            response::Result::Schedule(s) => schedule_info(s),
+            response::Result::Schedule(s) => schedule_info(*s),
             other => Err(unexpected(what, other)),
         }
     }

@@ -301,7 +301,7 @@ impl Client {
             .call(Op::GetTask(v1::GetTask { task_id: id }), "task status")
             .await?
         {
-            response::Result::Task(info) => Ok(TaskStatus::from(info)),
+            response::Result::Task(info) => Ok(TaskStatus::from(*info)),
             other => Err(unexpected("task status", other)),
         }
     }
@@ -343,7 +343,7 @@ impl Client {
             // The broker answers by `left`; give the answer the usual time to arrive.
             let bound = left.saturating_add(conn.request_timeout());
             let status = match conn.call_with_timeout(op, "wait_result", bound).await {
-                Ok(response::Result::Task(info)) => TaskStatus::from(info),
+                Ok(response::Result::Task(info)) => TaskStatus::from(*info),
                 Ok(other) => return Err(unexpected("wait_result", other)),
                 Err(ClientError::ConnectionLost { reason }) if Instant::now() < deadline => {
                     debug!(task = id, %reason, "connection lost during wait_result; waiting again");

@@ -434,7 +434,7 @@ fn result(reply: Reply) -> response::Result {
     match reply {
         Reply::Ok => response::Result::Ok(v1::Empty {}),
         Reply::Pong => response::Result::Pong(v1::Pong {}),
-        Reply::Hello(w) => response::Result::Hello(hello_ok(*w)),
+        Reply::Hello(w) => response::Result::Hello(Box::new(hello_ok(*w))),
         Reply::Published(tasks) => response::Result::Publish(v1::PublishOk {
             // Same layout: collected in place, without a new allocation.
             tasks: tasks
@@ -450,9 +450,9 @@ fn result(reply: Reply) -> response::Result {
         }),
         Reply::Extended { deadline_ms } => response::Result::Extend(v1::ExtendOk { deadline_ms }),
         Reply::Count(count) => response::Result::Count(v1::CountOk { count }),
-        Reply::Task(report) => response::Result::Task(task_info(*report)),
-        Reply::Payload(p) => response::Result::Payload(task_payload(*p)),
-        Reply::Schedule(v) => response::Result::Schedule(wire_schedule(&v)),
+        Reply::Task(report) => response::Result::Task(Box::new(task_info(*report))),
+        Reply::Payload(p) => response::Result::Payload(Box::new(task_payload(*p))),
+        Reply::Schedule(v) => response::Result::Schedule(Box::new(wire_schedule(&v))),
         Reply::Refused(f) => response::Result::Error(error(f)),
     }
 }
@@ -602,7 +602,10 @@ fn put_delivery_by_prost(d: Dispatch, body: TaskBody, buf: &mut BytesMut) {
 /// One queue (GetQueue, SetQueueConfig, SetPaused), with its oldest ready task's age.
 pub(crate) fn queue_answer(req: ReqId, queue: Option<(&QueueStatus, Option<u64>)>) -> Answer {
     match queue {
-        Some((q, age)) => Answer(response(req, response::Result::Queue(queue_info(q, age)))),
+        Some((q, age)) => Answer(response(
+            req,
+            response::Result::Queue(Box::new(queue_info(q, age))),
+        )),
         None => Answer::reply(
             req,
             Reply::Refused(Failure::Internal("no queue to report".into())),
