@@ -8,7 +8,7 @@
 //! No reconnect logic and no public API live here: `client/` owns the lifecycle and
 //! decides what a lost connection means for callers and subscriptions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use bytes::BytesMut;
+// The ids are this client's own (never chosen by the broker): no flooding to guard against.
+use foldhash::{HashMap, HashMapExt};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
