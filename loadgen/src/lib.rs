@@ -502,10 +502,6 @@ fn settle<T>(
     }
 }
 
-type InFlight = std::pin::Pin<
-    Box<dyn Future<Output = (u64, u64, Instant, Result<(), BoxError>)> + Send + 'static>,
->;
-
 fn confirm(
     shared: &Shared,
     hist: &mut Histogram<u64>,
@@ -539,7 +535,8 @@ async fn produce<P: Publisher>(
     let epoch_nanos = unix_nanos().saturating_sub(started.elapsed().as_nanos() as u64);
     let mut next_send = tokio::time::Instant::from_std(started);
     let pacer = interval.map(|iv| pacer::Pacer::start(started, iv));
-    let mut inflight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // One concrete future type (the publisher's, tagged): no box per publish.
+    let mut inflight = FuturesUnordered::new();
     let mut done = false;
     loop {
         // Settle every confirmation that is already in, without waiting.
@@ -576,7 +573,7 @@ async fn produce<P: Publisher>(
                 .map(|seq| payload(seq, sent_nanos, args.size))
                 .collect();
             let sent = publisher.publish(payloads);
-            inflight.push(Box::pin(async move { (first, n, scheduled, sent.await) }));
+            inflight.push(sent.map(move |result| (first, n, scheduled, result)));
             continue;
         }
         tokio::select! {
