@@ -21,9 +21,7 @@ use foldhash::{HashMap, HashMapExt};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use squall_proto::v1::{self, request::Op, response, server_message::Kind};
-use squall_proto::{
-    decode_frame, encode_frame, FrameCodec, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION,
-};
+use squall_proto::{decode_frame, encode_frame, DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -36,6 +34,7 @@ use crate::delivery::Delivery;
 use crate::error::{ClientError, Result};
 use crate::info::ServerInfo;
 use crate::subscription::SubEvent;
+use crate::wire::ServerCodec;
 
 /// Most requests taken off the queue per writer wakeup.
 const WRITE_BATCH: usize = 512;
@@ -166,10 +165,7 @@ impl Conn {
         // whatever the broker may legally send, and never less than the default.
         let max_frame =
             (conn.info.limits.max_frame_bytes as usize).max(DEFAULT_MAX_FRAME_BYTES) + 64 * 1024;
-        let mut frames = FramedRead::new(
-            rd,
-            FrameCodec::<v1::Request, v1::ServerMessage>::new(max_frame),
-        );
+        let mut frames = FramedRead::new(rd, ServerCodec::new(max_frame));
         frames.read_buffer_mut().extend_from_slice(&leftover);
         tokio::spawn(read_loop(conn.clone(), frames));
         tokio::spawn(write_loop(conn.clone(), rx, wr));
@@ -651,10 +647,7 @@ async fn handshake(
     }
 }
 
-async fn read_loop(
-    conn: Arc<Conn>,
-    mut frames: FramedRead<ReadHalf, FrameCodec<v1::Request, v1::ServerMessage>>,
-) {
+async fn read_loop(conn: Arc<Conn>, mut frames: FramedRead<ReadHalf, ServerCodec>) {
     let reason = loop {
         let next = tokio::select! {
             biased;

@@ -215,6 +215,7 @@ mod rendezvous;
 mod schedule;
 mod status;
 mod subscription;
+mod wire;
 mod worker;
 
 pub use admin::{
