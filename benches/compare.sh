@@ -16,7 +16,9 @@
 # Usage: benches/compare.sh            (from the repository root or anywhere)
 # Environment: ROUNDS (3), MESSAGES (300000), BEANSTALKD_MESSAGES (10000), SIZE (256),
 #              PRODUCERS (4), CONSUMERS (4), WINDOW (64), PREFETCH (64), RATE (1000),
-#              RATE_MESSAGES (10000), OUT (dir for the JSON reports).
+#              RATE_MESSAGES (10000), OUT (dir for the JSON reports), PIN (0; 1: every
+#              broker on CPU 0 and every load generator on CPU 1, with taskset, the same
+#              for all brokers; the header says so).
 # Needs: beanstalkd and redis-server (installed with apt-get when missing and root),
 #        python3 (probes and tables).
 set -euo pipefail
@@ -52,6 +54,14 @@ echo "building squall and squall-peers (release)..." >&2
 cargo build --release --quiet -p squall -p squall-peers
 SQUALL=target/release/squall
 PEERS=target/release/squall-peers
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then
+  BROKER_CPU=(taskset -c 0)
+  LOAD_CPU=(taskset -c 1)
+else
+  BROKER_CPU=()
+  LOAD_CPU=()
+fi
 
 WORK=$(mktemp -d)
 OUT=${OUT:-$WORK}
@@ -125,12 +135,12 @@ run_squall() { # $1 = round
   echo "round $1: squall (--fsync always)..." >&2
   local port dir pid
   port=$(free_port); dir="$WORK/squall-$1"; mkdir -p "$dir"
-  RUST_LOG=warn $SQUALL serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --fsync always \
+  RUST_LOG=warn "${BROKER_CPU[@]}" $SQUALL serve --listen "127.0.0.1:$port" --data-dir "$dir/data" --fsync always \
     --http off >"$dir.log" 2>&1 & pid=$!; PIDS+=("$pid")
   wait_port "$port"
-  $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+  "${LOAD_CPU[@]}" $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
     --messages "$MESSAGES" > "$OUT/$1-squall.json"
-  $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+  "${LOAD_CPU[@]}" $SQUALL bench --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
     > "$OUT/$1-squall-rate.json"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -139,12 +149,12 @@ run_redis() { # $1 = round, $2 = appendfsync mode
   echo "round $1: redis (appendfsync $2)..." >&2
   local port dir pid
   port=$(free_port); dir="$WORK/redis-$1-$2"; mkdir -p "$dir"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
+  "${BROKER_CPU[@]}" redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
     --appendfsync "$2" --save '' --daemonize no >"$dir.log" 2>&1 & pid=$!; PIDS+=("$pid")
   wait_port "$port"
-  $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+  "${LOAD_CPU[@]}" $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
     --messages "$MESSAGES" > "$OUT/$1-redis-$2.json"
-  $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+  "${LOAD_CPU[@]}" $PEERS --target redis --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
     > "$OUT/$1-redis-$2-rate.json"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -153,11 +163,11 @@ run_beanstalkd() { # $1 = round
   echo "round $1: beanstalkd (-f 0)..." >&2
   local port dir pid
   port=$(free_port); dir="$WORK/beanstalkd-$1"; mkdir -p "$dir"
-  beanstalkd -l 127.0.0.1 -p "$port" -b "$dir" -f 0 & pid=$!; PIDS+=("$pid")
+  "${BROKER_CPU[@]}" beanstalkd -l 127.0.0.1 -p "$port" -b "$dir" -f 0 & pid=$!; PIDS+=("$pid")
   wait_port "$port"
-  $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
+  "${LOAD_CPU[@]}" $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${COMMON[@]}" \
     --messages "$BEANSTALKD_MESSAGES" > "$OUT/$1-beanstalkd.json"
-  $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
+  "${LOAD_CPU[@]}" $PEERS --target beanstalkd --server "127.0.0.1:$port" --broker-pid "$pid" "${RATED[@]}" \
     > "$OUT/$1-beanstalkd-rate.json"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -177,7 +187,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-python3 - "$OUT" "$ROUNDS" "$FSYNC_RATE" "$RTT_US" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
+PIN=$PIN python3 - "$OUT" "$ROUNDS" "$FSYNC_RATE" "$RTT_US" "$LOAD_BEFORE" "$LOAD_AFTER" <<'PY'
 import json, os, platform, statistics, sys, datetime
 out, rounds, fsync_rate, rtt, load_before, load_after = sys.argv[1:7]
 rounds = int(rounds)
@@ -207,7 +217,9 @@ RATE_HEAD = ("| broker | end-to-end p50 (ms) | p99 (ms) | p99.9 (ms) | max (ms) 
 first = load(1, "squall")
 print(f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()} "
       f"({os.cpu_count()} cores, {platform.release()}); serial fdatasync {fsync_rate}/s, loopback round "
-      f"trip {rtt} µs; load average (1/5/15 min) {load_before} before, {load_after} after.\n")
+      f"trip {rtt} µs; load average (1/5/15 min) {load_before} before, {load_after} after."
+      + (" Pinned (PIN=1): every broker on CPU 0, every load generator on CPU 1." if os.environ.get("PIN") == "1" else "")
+      + "\n")
 print(f"Saturation: {first['producers']} producers, {first['consumers']} consumers, {first['size_bytes']} B, "
       f"window {first['window']}, prefetch {first['prefetch']}, one ack per message; "
       f"{first['confirmed']:,} messages (beanstalkd: {load(1, 'beanstalkd')['confirmed']:,}). "
