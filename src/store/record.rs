@@ -158,6 +158,66 @@ pub(crate) fn encode_state(state: &StateView<'_>, out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
+/// Where `encode_state` puts the fixed fields a patch changes, and where the fixed
+/// part ends.
+const STATUS_AT: usize = 1;
+const ATTEMPTS_AT: usize = 6;
+const NOT_BEFORE_AT: usize = 22;
+const UPDATED_AT: usize = 38;
+const FIXED_LEN: usize = 46;
+
+/// Writes to `out` the state record `record` with `patch` applied, byte for byte what
+/// `decode_state`, [`StateView::apply`] and `encode_state` write, without building the
+/// view: the patch's fields are fixed-size, at fixed offsets. `None` (and `out` left to
+/// the caller) for a patch that changes the last error, and for a record that is not
+/// exactly what `encode_state` writes (`decode_state` would refuse it, or write it back
+/// otherwise): the caller decodes then.
+pub(crate) fn patch_state(record: &[u8], patch: &StatePatch, out: &mut Vec<u8>) -> Option<()> {
+    if patch.last_error.is_some() || record.len() < FIXED_LEN || record[0] != VERSION {
+        return None;
+    }
+    TaskStatus::from_u8(record[STATUS_AT])?;
+    let len_at = |at: usize| -> Option<usize> {
+        let bytes: [u8; 4] = record.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(bytes) as usize)
+    };
+    // The queue, the optional last error, then the expiry (8 bytes, never 0) or nothing.
+    let mut at = FIXED_LEN + 4;
+    let queue_end = at.checked_add(len_at(FIXED_LEN)?)?;
+    std::str::from_utf8(record.get(at..queue_end)?).ok()?;
+    at = queue_end;
+    match *record.get(at)? {
+        0 => at += 1,
+        1 => {
+            let from = at.checked_add(5)?;
+            let to = from.checked_add(len_at(at + 1)?)?;
+            std::str::from_utf8(record.get(from..to)?).ok()?;
+            at = to;
+        }
+        _ => return None,
+    }
+    match record.len().checked_sub(at)? {
+        0 => {}
+        8 if record[at..] != [0; 8] => {}
+        _ => return None,
+    }
+    out.clear();
+    out.extend_from_slice(record);
+    if let Some(status) = patch.status {
+        out[STATUS_AT] = status as u8;
+    }
+    if let Some(attempts) = patch.attempts {
+        out[ATTEMPTS_AT..ATTEMPTS_AT + 4].copy_from_slice(&attempts.to_le_bytes());
+    }
+    if let Some(not_before_ms) = patch.not_before_ms {
+        out[NOT_BEFORE_AT..NOT_BEFORE_AT + 8].copy_from_slice(&not_before_ms.to_le_bytes());
+    }
+    out[UPDATED_AT..UPDATED_AT + 8].copy_from_slice(&patch.updated_ms.to_le_bytes());
+    debug_assert_eq!(out.len(), record.len());
+    debug_assert!(decode_state(out).is_ok());
+    Some(())
+}
+
 /// Decodes a state record; its strings borrow from `record`.
 pub(crate) fn decode_state(record: &[u8]) -> Result<StateView<'_>, DecodeError> {
     let mut r = Reader::new(record)?;
@@ -453,7 +513,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn state(last_error: Option<&str>) -> TaskState {
+    pub(super) fn state(last_error: Option<&str>) -> TaskState {
         TaskState {
             queue: Arc::from("emails.high"),
             status: TaskStatus::Dead,
@@ -692,5 +752,124 @@ mod tests {
 
         assert_eq!(decode_watermark(&7u64.to_be_bytes()), Ok(7));
         assert!(decode_watermark(b"short").is_err());
+    }
+}
+
+#[cfg(test)]
+mod patch_tests {
+    //! `patch_state` against decoding, applying and encoding again.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_state() -> impl Strategy<Value = TaskState> {
+        (
+            (0u8..3, any::<i32>(), any::<u32>(), any::<u32>()),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            ("[a-z.é]{0,12}", proptest::option::of("[ -~é]{0,16}")),
+            prop_oneof![Just(0u64), 1u64..],
+        )
+            .prop_map(
+                |(
+                    (status, priority, attempts, max),
+                    (lease, nb, created, updated),
+                    (queue, last_error),
+                    expires_ms,
+                )| TaskState {
+                    queue: Arc::from(queue.as_str()),
+                    status: TaskStatus::from_u8(status).unwrap(),
+                    priority,
+                    attempts,
+                    max_attempts: max,
+                    lease_ms: lease,
+                    not_before_ms: nb,
+                    created_ms: created,
+                    updated_ms: updated,
+                    last_error,
+                    expires_ms,
+                },
+            )
+    }
+
+    fn any_patch() -> impl Strategy<Value = StatePatch> {
+        (
+            proptest::option::of(0u8..3),
+            proptest::option::of(any::<u32>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(proptest::option::of("[a-z]{0,8}")),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(status, attempts, not_before_ms, last_error, updated_ms)| StatePatch {
+                    status: status.and_then(TaskStatus::from_u8),
+                    attempts,
+                    not_before_ms,
+                    last_error,
+                    updated_ms,
+                },
+            )
+    }
+
+    /// What the decoding path writes for `record` and `patch`, if it decodes.
+    fn by_decoding(record: &[u8], patch: &StatePatch) -> Option<Vec<u8>> {
+        let mut view = decode_state(record).ok()?;
+        view.apply(patch);
+        let mut out = Vec::new();
+        encode_state(&view, &mut out).unwrap();
+        Some(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Every record `encode_state` writes is patched in place, to the same bytes,
+        /// unless the patch changes the last error.
+        #[test]
+        fn a_patch_in_place_writes_what_decoding_writes(s in any_state(), patch in any_patch()) {
+            let mut record = Vec::new();
+            encode_state(&StateView::of(&s), &mut record).unwrap();
+            let mut out = Vec::new();
+            match patch_state(&record, &patch, &mut out) {
+                Some(()) => prop_assert_eq!(Some(out), by_decoding(&record, &patch)),
+                None => prop_assert!(patch.last_error.is_some(), "not patched in place"),
+            }
+        }
+
+        /// A damaged record is patched in place only to what decoding writes.
+        #[test]
+        fn a_damaged_record_is_patched_in_place_only_as_decoding_patches_it(
+            s in any_state(), patch in any_patch(), at in any::<usize>(), byte in any::<u8>(), cut in any::<bool>()
+        ) {
+            let mut record = Vec::new();
+            encode_state(&StateView::of(&s), &mut record).unwrap();
+            let at = at % record.len();
+            if cut {
+                record.truncate(at);
+            } else {
+                record[at] = byte;
+            }
+            let mut out = Vec::new();
+            if patch_state(&record, &patch, &mut out).is_some() {
+                prop_assert_eq!(Some(out), by_decoding(&record, &patch));
+            }
+        }
+    }
+
+    /// A record with an explicit zero expiry (never written, but decodable) is left to
+    /// decoding, which writes it without.
+    #[test]
+    fn an_explicit_zero_expiry_is_left_to_decoding() {
+        let mut record = Vec::new();
+        encode_state(&StateView::of(&super::tests::state(None)), &mut record).unwrap();
+        record.extend_from_slice(&[0; 8]);
+        let patch = StatePatch {
+            attempts: Some(1),
+            updated_ms: 5,
+            ..StatePatch::default()
+        };
+        assert!(patch_state(&record, &patch, &mut Vec::new()).is_none());
+        assert_eq!(
+            by_decoding(&record, &patch).unwrap().len(),
+            record.len() - 8
+        );
     }
 }

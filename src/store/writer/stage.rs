@@ -195,6 +195,16 @@ impl<C: Completion> WriterLoop<C> {
                         tracing::debug!(task = *id, "patch of a task no longer stored: skipped");
                         continue;
                     };
+                    let retention =
+                        matches!(patch.status, Some(TaskStatus::Dead | TaskStatus::Pending));
+                    // The usual patch (a delivery's attempt) in place, without decoding.
+                    if !retention
+                        && record::patch_state(&current, patch, &mut self.scratch).is_some()
+                    {
+                        let value = InlineArray::from(self.scratch.as_slice());
+                        self.stage.push((Key::Task(Slot::State, *id), Some(value)));
+                        continue;
+                    }
                     let mut view = record::decode_state(&current).map_err(|e| corrupt(&key, e))?;
                     view.apply(patch);
                     self.scratch.clear();
