@@ -2,8 +2,11 @@
 //! completion every server store job carries. It runs on the store writer's thread:
 //! it confirms to the connection's outbox, tells the hub what is durable, wakes result
 //! waiters, and for an ack that could not be stored, reads the task back ([`Restore`]).
-//! It never touches a socket and never encodes protobuf: it sends domain replies.
+//! It never touches a socket and never encodes protobuf: it sends domain replies. The
+//! replies and the hub's notices of one group commit are gathered ([`Outbox`]) and sent
+//! once at the group's end, one message per connection and one to the hub.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -11,8 +14,8 @@ use squall_proto::ErrorCode;
 use tracing::warn;
 
 use super::msg::{
-    AdminOutcome, Failure, Final, HubCmd, OutTx, Outbound, PublishJob, Published, Reply, ReqId,
-    ScheduleChange, ScheduleOutcome, WeakHubTx,
+    AdminOutcome, CommittedPublish, Failure, Final, HubCmd, HubTx, OutTx, Outbound, PublishJob,
+    Published, Reply, ReqId, Reservation, ScheduleChange, ScheduleOutcome, WeakHubTx,
 };
 use super::waiters::Waiters;
 use crate::broker::{AdminPlan, Committed, ConnId};
@@ -143,9 +146,116 @@ fn not_persisted(e: &StoreError) -> Reply {
     }
 }
 
+/// What the completions of one group commit send, gathered on the writer's thread
+/// while [`Done::in_group`] runs them and sent at its end: one message to each
+/// connection (its answers in request order) and one to the hub (the published tasks,
+/// in order, before the answers that confirm them, as one by one), instead of one per
+/// job. Each message is a hand-off between threads: a wake-up, and on another core
+/// cache lines that move.
+#[derive(Default)]
+struct Outbox {
+    committed: Vec<(HubTx, Vec<CommittedPublish>)>,
+    replies: Vec<(OutTx, Vec<(ReqId, Reply)>)>,
+}
+
+thread_local! {
+    /// The writer thread's outbox while it completes a group; `None` elsewhere (a
+    /// completion run on another thread, dropped or refused, sends at once).
+    static OUTBOX: RefCell<Option<Outbox>> = const { RefCell::new(None) };
+}
+
+impl Outbox {
+    fn send(self) {
+        for (hub, all) in self.committed {
+            debug_assert!(!all.is_empty());
+            let _ = hub.send(HubCmd::CommittedMany(all));
+        }
+        for (out, mut replies) in self.replies {
+            debug_assert!(!replies.is_empty());
+            let _ = match replies.len() {
+                1 => {
+                    let (req, reply) = replies.pop().expect("one");
+                    out.send(Outbound::Reply { req, reply })
+                }
+                _ => out.send(Outbound::Replies(replies)),
+            };
+        }
+    }
+}
+
+/// Sends `reply` to `out`, or gathers it if a group is being completed.
+fn send_reply(out: OutTx, req: ReqId, reply: Reply) {
+    let unsent = OUTBOX.with_borrow_mut(|outbox| match outbox {
+        Some(outbox) => {
+            // Few connections per group: the last ones first.
+            match outbox
+                .replies
+                .iter_mut()
+                .rev()
+                .find(|(o, _)| o.same_channel(&out))
+            {
+                Some((_, replies)) => replies.push((req, reply)),
+                None => outbox.replies.push((out, vec![(req, reply)])),
+            }
+            None
+        }
+        None => Some((out, reply)),
+    });
+    if let Some((out, reply)) = unsent {
+        let _ = out.send(Outbound::Reply { req, reply });
+    }
+}
+
+/// Tells the hub that `committed` exist, or gathers it if a group is being completed.
+fn send_committed(hub: &HubTx, committed: Vec<Committed>, reservation: Option<Reservation>) {
+    let unsent = OUTBOX.with_borrow_mut(|outbox| match outbox {
+        Some(outbox) => {
+            match outbox
+                .committed
+                .iter_mut()
+                .find(|(h, _)| h.same_channel(hub))
+            {
+                Some((_, all)) => all.push((committed, reservation)),
+                None => outbox
+                    .committed
+                    .push((hub.clone(), vec![(committed, reservation)])),
+            }
+            None
+        }
+        None => Some((committed, reservation)),
+    });
+    if let Some((committed, reservation)) = unsent {
+        let _ = hub.send(HubCmd::Committed(committed, reservation));
+    }
+}
+
+/// Sends what the outbox holds when the group's completions end, even by a panic.
+struct SendOutbox;
+
+impl Drop for SendOutbox {
+    fn drop(&mut self) {
+        if let Some(outbox) = OUTBOX.with_borrow_mut(Option::take) {
+            outbox.send();
+        }
+    }
+}
+
 impl Completion for Done {
     fn complete(self, result: Result<(), StoreError>) {
         self.complete_with(result, JobReport::default());
+    }
+
+    fn in_group(complete: impl FnOnce()) {
+        let opened = OUTBOX.with_borrow_mut(|outbox| {
+            let open = outbox.is_none();
+            if open {
+                *outbox = Some(Outbox::default());
+            }
+            open
+        });
+        debug_assert!(opened, "groups are not completed inside one another");
+        let _send = opened.then_some(SendOutbox);
+        complete();
     }
 
     fn durable_elsewhere(&self) -> bool {
@@ -292,16 +402,16 @@ impl Completion for Done {
             }
             (Done::Reply { out, req, .. }, Err(e)) => (out, req, not_persisted(&e)),
         };
-        let _ = out.send(Outbound::Reply { req, reply });
+        send_reply(out, req, reply);
     }
 }
 
 /// Tells the hub which published tasks exist (not the duplicates, which the store did
 /// not insert) and builds the publish confirmation.
 fn confirm_publish(
-    hub: &super::msg::HubTx,
+    hub: &HubTx,
     mut committed: Vec<Committed>,
-    reservation: Option<super::msg::Reservation>,
+    reservation: Option<Reservation>,
     report: JobReport<'_>,
 ) -> Reply {
     if let Some(refusal) = report.refused {
@@ -328,7 +438,7 @@ fn confirm_publish(
         .collect();
     drop_duplicates(&mut committed, report.duplicates);
     if !committed.is_empty() || reservation.is_some() {
-        let _ = hub.send(HubCmd::Committed(committed, reservation));
+        send_committed(hub, committed, reservation);
     }
     Reply::Published(tasks)
 }
@@ -462,6 +572,57 @@ mod tests {
     use tokio::sync::{mpsc, oneshot};
 
     use super::*;
+
+    fn reply(out: &OutTx, req: ReqId) -> Done {
+        Done::Reply {
+            out: out.clone(),
+            req,
+            ok: Reply::Ok,
+        }
+    }
+
+    fn reqs(message: Outbound) -> Vec<ReqId> {
+        match message {
+            Outbound::Reply { req, .. } => vec![req],
+            Outbound::Replies(replies) => replies.into_iter().map(|(req, _)| req).collect(),
+            _ => panic!("not an answer"),
+        }
+    }
+
+    /// A group's answers reach each connection as one message, in request order, once
+    /// the group is completed; outside a group, at once. Even a completion that panics
+    /// does not lose what the group gathered before it.
+    #[test]
+    fn a_groups_answers_reach_each_connection_together_in_order() {
+        let (a, mut rx_a) = mpsc::unbounded_channel();
+        let (b, mut rx_b) = mpsc::unbounded_channel();
+        Done::in_group(|| {
+            reply(&a, 1).complete(Ok(()));
+            reply(&b, 2).complete(Ok(()));
+            reply(&a, 3).complete(Ok(()));
+            assert!(
+                rx_a.try_recv().is_err(),
+                "nothing sent before the group ends"
+            );
+            reply(&a, 4).complete(Err(StoreError::Closed));
+        });
+        assert_eq!(reqs(rx_a.try_recv().unwrap()), vec![1, 3, 4]);
+        assert!(rx_a.try_recv().is_err(), "one message");
+        assert_eq!(reqs(rx_b.try_recv().unwrap()), vec![2]);
+        reply(&a, 5).complete(Ok(()));
+        assert_eq!(reqs(rx_a.try_recv().unwrap()), vec![5]);
+
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Done::in_group(|| {
+                reply(&b, 6).complete(Ok(()));
+                panic!("a completion failed");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(reqs(rx_b.try_recv().unwrap()), vec![6]);
+        reply(&b, 7).complete(Ok(()));
+        assert_eq!(reqs(rx_b.try_recv().unwrap()), vec![7], "the group ended");
+    }
 
     /// What the submitter of a job is told when this member's store fails it.
     fn told(replicated: bool, error: StoreError) -> Reply {

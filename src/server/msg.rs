@@ -30,6 +30,8 @@ pub(crate) type OutTx = mpsc::UnboundedSender<Outbound>;
 pub(crate) type WeakOutTx = mpsc::WeakUnboundedSender<Outbound>;
 /// Sender side of the hub's command channel.
 pub(crate) type HubTx = mpsc::UnboundedSender<HubCmd>;
+/// One publish's durable tasks and its reservation, as `HubCmd::Committed` carries them.
+pub(crate) type CommittedPublish = (Vec<Committed>, Option<Reservation>);
 /// The hub's command channel, held without keeping the hub alive.
 pub(crate) type WeakHubTx = mpsc::WeakUnboundedSender<HubCmd>;
 
@@ -584,6 +586,8 @@ pub(crate) enum HubCmd {
     /// Published tasks are durable (and the room reserved for them in bounded queues,
     /// if any, is theirs now).
     Committed(Vec<Committed>, Option<Reservation>),
+    /// Several `Committed` of one group commit, in order (`done.rs`).
+    CommittedMany(Vec<CommittedPublish>),
     /// A publish to a bounded queue, to admit (`hub/admission.rs`).
     Publish { muts: Muts, job: Box<PublishJob> },
     /// An admitted publish failed: its reserved room is free again.
@@ -660,6 +664,9 @@ pub(crate) enum HubCmd {
 pub(crate) enum Outbound {
     /// The answer to request `req`.
     Reply { req: ReqId, reply: Reply },
+    /// Answers of one group commit to this connection, in request order (the store
+    /// writer's completions, sent together: `done.rs`).
+    Replies(Vec<(ReqId, Reply)>),
     /// Read the task body from the store and send it as a delivery.
     Deliver(Dispatch),
     /// Complete an admin answer with store reads and send it.

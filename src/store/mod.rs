@@ -207,6 +207,17 @@ pub trait Completion: Send + 'static {
     fn durable_elsewhere(&self) -> bool {
         false
     }
+
+    /// Runs `complete`, which completes one group's jobs on the writer's thread in
+    /// submission order. A completion type may gather what its completions send and
+    /// send it once at the end (one message per receiver instead of one per job); it
+    /// must send all of it before returning. The default just runs it.
+    fn in_group(complete: impl FnOnce())
+    where
+        Self: Sized,
+    {
+        complete();
+    }
 }
 
 /// Counters of the writer, readable from any thread. Updated once per batch or flush,

@@ -688,22 +688,26 @@ impl<C: Completion> WriterLoop<C> {
     /// Counters are updated first, so that whoever hears a confirmation sees them.
     fn complete_group(&mut self, outcome: Result<(), StoreError>) {
         let jobs = self.group.drain(..).zip(self.failed.drain(..));
-        for ((job, failed), told) in jobs.zip(self.reports.drain(..)) {
-            let result = match failed {
-                Some(error) => Err(error),
-                None => outcome.clone(),
-            };
-            // Counted before the completion runs, so that whoever it wakes sees it.
-            if result.is_ok() {
-                self.stats.jobs.fetch_add(1, Relaxed);
+        let (reports, stats, duplicates) = (&mut self.reports, &self.stats, &self.duplicates);
+        C::in_group(|| {
+            for ((job, failed), told) in jobs.zip(reports.drain(..)) {
+                let result = match failed {
+                    Some(error) => Err(error),
+                    None => outcome.clone(),
+                };
+                // Counted before the completion runs, so that whoever it wakes sees it.
+                if result.is_ok() {
+                    stats.jobs.fetch_add(1, Relaxed);
+                }
+                let report = JobReport {
+                    duplicates: duplicates.get(told.duplicates).unwrap_or_default(),
+                    sweep: told.sweep.as_ref(),
+                    refused: told.refused,
+                };
+                job.done.complete(result, report);
             }
-            let report = JobReport {
-                duplicates: self.duplicates.get(told.duplicates).unwrap_or_default(),
-                sweep: told.sweep.as_ref(),
-                refused: told.refused,
-            };
-            job.done.complete(result, report);
-        }
+        });
+        debug_assert!(self.group.is_empty() && self.reports.is_empty());
     }
 
     /// `fdatasync`s the journal if anything is unsynced (interval mode, shutdown).

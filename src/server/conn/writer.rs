@@ -227,6 +227,11 @@ impl<W: AsyncWrite + Unpin> WriteHalf<'_, W> {
             };
             match msg {
                 Outbound::Reply { req, reply: r } => put(reply(req, r), pending),
+                Outbound::Replies(replies) => {
+                    for (req, r) in replies {
+                        put(reply(req, r), pending);
+                    }
+                }
                 Outbound::Deliver(d) => {
                     self.unreported += 1;
                     deliver(shared, self.conn, d, pending)

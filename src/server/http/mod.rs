@@ -147,6 +147,14 @@ impl Drop for Forget<'_> {
 
 async fn route_answers(mut rx: mpsc::UnboundedReceiver<Outbound>, pending: Pending) {
     while let Some(out) = rx.recv().await {
+        if let Outbound::Replies(replies) = out {
+            for (req, reply) in replies {
+                if let Some(tx) = pending.lock().remove(&req) {
+                    let _ = tx.send(Outbound::Reply { req, reply });
+                }
+            }
+            continue;
+        }
         let req = match &out {
             Outbound::Reply { req, .. } | Outbound::Status { req, .. } => *req,
             Outbound::Admin(
@@ -736,5 +744,42 @@ impl HttpServer {
             router.abort();
             let _ = router.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers the store writer sent together reach each waiting request.
+    #[tokio::test]
+    async fn answers_sent_together_reach_each_waiting_request() {
+        let pending: Pending = Arc::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for req in [3, 4] {
+            let (answer, answered) = oneshot::channel();
+            pending.lock().insert(req, answer);
+            waiting.push(answered);
+        }
+        let routing = tokio::spawn(route_answers(rx, pending.clone()));
+        tx.send(Outbound::Replies(vec![
+            (4, Reply::Count(40)),
+            (3, Reply::Count(30)),
+        ]))
+        .unwrap();
+        for (answered, want) in waiting.into_iter().zip([30, 40]) {
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(5), answered);
+            match answer.await.expect("answered in time").unwrap() {
+                Outbound::Reply {
+                    reply: Reply::Count(n),
+                    ..
+                } => assert_eq!(n, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(pending.lock().is_empty());
+        drop(tx);
+        routing.await.unwrap();
     }
 }

@@ -169,6 +169,11 @@ impl Hub {
                 let _ = reply.send(self.connections(limit));
             }
             HubCmd::Committed(tasks, reservation) => self.committed(&tasks, reservation, now),
+            HubCmd::CommittedMany(all) => {
+                for (tasks, reservation) in all {
+                    self.committed(&tasks, reservation, now);
+                }
+            }
             HubCmd::Publish { muts, job } => self.admit(muts, *job),
             HubCmd::Release(r) => self.reservations.release(r),
             HubCmd::Written { conn, n } => self.engine.written(conn, n),
