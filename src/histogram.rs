@@ -4,6 +4,13 @@
 //! knows about Prometheus or about what is measured.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A duration in whole microseconds, the unit every latency histogram and time
+/// counter here takes (saturating; no duration in a broker's life reaches it).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 /// Bucket upper bounds for latencies, in microseconds (50 µs .. 10 s).
 pub const LATENCY_MICROS: &[u64] = &[

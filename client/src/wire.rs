@@ -1,15 +1,16 @@
 //! The client's reader of the broker's frames: the frequent messages (a delivery
 //! without headers, the answer to a publish, an ack or a ping) are read field by field
 //! straight into prost's structs, without prost's generic merge; anything else
-//! (another kind of answer, a header, a field given twice or out of its type, an
-//! unknown field, bytes that do not decode) is left to prost, which reads it exactly
-//! as before, errors included. Not here: what a message means (`conn.rs`).
+//! (another kind of answer, a header, an embedded message given twice, which prost
+//! merges, a field out of its type, an unknown field, bytes that do not decode) is left
+//! to prost, which reads it exactly as before, errors included. A scalar given twice is
+//! read as prost reads it: the last one. Not here: what a message means (`conn.rs`).
 
 use bytes::{Bytes, BytesMut};
 use prost::Message;
 use squall_proto::fields::{Fields, LEN, VARINT};
 use squall_proto::v1::{self, response, server_message::Kind};
-use squall_proto::{split_frame, FrameError, LENGTH_PREFIX_BYTES};
+use squall_proto::{reserve_frame, split_frame, FrameError};
 
 /// Reads the broker's frames ([`decode_server_message`]), refusing any longer than
 /// `max_frame`.
@@ -32,11 +33,7 @@ impl tokio_util::codec::Decoder for ServerCodec {
         match split_frame(src, self.max_frame)? {
             Some(body) => Ok(Some(decode_server_message(body)?)),
             None => {
-                if src.len() >= LENGTH_PREFIX_BYTES {
-                    // A client trusts its broker: room for the whole (bounded) frame.
-                    let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-                    src.reserve((LENGTH_PREFIX_BYTES + len).saturating_sub(src.len()));
-                }
+                reserve_frame(src);
                 Ok(None)
             }
         }
@@ -50,18 +47,6 @@ pub(crate) fn decode_server_message(body: Bytes) -> Result<v1::ServerMessage, pr
         Some(message) => Ok(message),
         None => v1::ServerMessage::decode(body),
     }
-}
-
-/// Field `number` of a message: each read at most once here (prost merges or replaces
-/// a repeated one; that is left to it).
-fn first(seen: &mut u32, number: u64) -> Option<()> {
-    debug_assert!(number < 32);
-    let bit = 1u32 << number;
-    if *seen & bit != 0 {
-        return None;
-    }
-    *seen |= bit;
-    Some(())
 }
 
 fn fast(body: &Bytes) -> Option<v1::ServerMessage> {
@@ -85,22 +70,16 @@ fn fast(body: &Bytes) -> Option<v1::ServerMessage> {
 
 fn answer(body: &Bytes, from: usize, to: usize) -> Option<v1::Response> {
     let mut fields = Fields::new(body, from, to);
-    let mut seen = 0u32;
     let mut out = v1::Response::default();
     while let Some((number, wire)) = fields.key()? {
         match (number, wire) {
-            (1, VARINT) => {
-                first(&mut seen, 1)?;
-                out.id = fields.varint()?;
-            }
-            // The oneof: one of these, once.
-            (11, LEN) => {
-                first(&mut seen, 2)?;
+            (1, VARINT) => out.id = fields.varint()?,
+            // The oneof: one of these, once (prost merges a message given twice).
+            (11, LEN) if out.result.is_none() => {
                 let (a, b) = fields.len_delimited()?;
                 out.result = Some(response::Result::Publish(publish_ok(body, a, b)?));
             }
-            (13 | 17, LEN) => {
-                first(&mut seen, 2)?;
+            (13 | 17, LEN) if out.result.is_none() => {
                 let (a, b) = fields.len_delimited()?;
                 // Empty messages; anything inside is prost's to skip.
                 if a != b {
@@ -128,18 +107,11 @@ fn publish_ok(body: &Bytes, from: usize, to: usize) -> Option<v1::PublishOk> {
         }
         let (a, b) = fields.len_delimited()?;
         let mut task = Fields::new(body, a, b);
-        let mut seen = 0u32;
         let mut published = v1::Published::default();
         while let Some((number, wire)) = task.key()? {
             match (number, wire) {
-                (1, VARINT) => {
-                    first(&mut seen, 1)?;
-                    published.task_id = task.varint()?;
-                }
-                (2, VARINT) => {
-                    first(&mut seen, 2)?;
-                    published.duplicate = task.varint()? != 0;
-                }
+                (1, VARINT) => published.task_id = task.varint()?,
+                (2, VARINT) => published.duplicate = task.varint()? != 0,
                 _ => return None,
             }
         }
@@ -150,14 +122,9 @@ fn publish_ok(body: &Bytes, from: usize, to: usize) -> Option<v1::PublishOk> {
 
 fn delivery(body: &Bytes, from: usize, to: usize) -> Option<v1::Delivery> {
     let mut fields = Fields::new(body, from, to);
-    let mut seen = 0u32;
     let mut d = v1::Delivery::default();
     while let Some((number, wire)) = fields.key()? {
-        if number > 11 || number == 9 {
-            // Headers (a map: prost's), or a field of a newer broker.
-            return None;
-        }
-        first(&mut seen, number)?;
+        // Headers (9, a map) and anything else: prost's.
         match (number, wire) {
             (1, VARINT) => d.subscription_id = fields.varint()?,
             (2, VARINT) => d.task_id = fields.varint()?,

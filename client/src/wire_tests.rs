@@ -189,3 +189,33 @@ fn out_of_range_scalars_are_read_as_prost_reads_them() {
         assert_eq!(ours(&bytes), prost_decode(&bytes));
     }
 }
+
+/// A scalar given twice is read field by field as prost reads it, the last one; a
+/// publish answer's oneof given twice is left to prost, which merges the two.
+#[test]
+fn a_scalar_given_twice_is_the_last_one_and_a_oneof_twice_is_prosts() {
+    use squall_proto::fields::{put_bytes_field, put_message_head, put_varint_field};
+    let mut delivery = Vec::new();
+    put_varint_field(&mut delivery, 2, 7);
+    put_bytes_field(&mut delivery, 11, b"first");
+    put_varint_field(&mut delivery, 2, 8);
+    put_bytes_field(&mut delivery, 11, b"second");
+    let mut published = Vec::new();
+    put_varint_field(&mut published, 1, 5);
+    let mut publish_ok = Vec::new();
+    put_message_head(&mut publish_ok, 1, published.len());
+    publish_ok.extend_from_slice(&published);
+    let mut twice = Vec::new();
+    for _ in 0..2 {
+        put_message_head(&mut twice, 11, publish_ok.len());
+        twice.extend_from_slice(&publish_ok);
+    }
+    for (number, body, field_by_field) in [(2, delivery, true), (1, twice, false)] {
+        let mut frame = Vec::new();
+        put_message_head(&mut frame, number, body.len());
+        frame.extend_from_slice(&body);
+        let bytes = Bytes::from(frame);
+        assert_eq!(fast(&bytes).is_some(), field_by_field);
+        assert_eq!(ours(&bytes), prost_decode(&bytes));
+    }
+}

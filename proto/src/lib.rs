@@ -168,12 +168,20 @@ impl<Out, In: Message + Default> tokio_util::codec::Decoder for FrameCodec<Out, 
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         let frame = decode_frame(src, self.max_frame)?;
-        if frame.is_none() && src.len() >= LENGTH_PREFIX_BYTES {
-            // A client trusts its broker: room for the whole (bounded) frame at once.
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            src.reserve((LENGTH_PREFIX_BYTES + len).saturating_sub(src.len()));
+        if frame.is_none() {
+            reserve_frame(src);
         }
         Ok(frame)
+    }
+}
+
+/// Once a frame's length prefix is in `src` but not the whole frame, makes room for
+/// the rest at once: what a client does, which trusts its broker (the length was
+/// already checked against the frame limit). A broker reading clients must not.
+pub fn reserve_frame(src: &mut BytesMut) {
+    if src.len() >= LENGTH_PREFIX_BYTES {
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        src.reserve((LENGTH_PREFIX_BYTES + len).saturating_sub(src.len()));
     }
 }
 

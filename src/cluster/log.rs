@@ -31,8 +31,9 @@ use prost::Message;
 use squall_proto::cluster as pb;
 
 use super::codec;
-use super::timings::{micros_since, Timings};
+use super::timings::Timings;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::histogram::micros;
 use crate::store::journal::{self, Journal, Location};
 
 /// Size of a Raft log segment file (preallocated).
@@ -430,7 +431,9 @@ impl LogWriter {
         }
         let synced = Instant::now();
         self.journal.sync()?;
-        self.timings.log_sync_micros.observe(micros_since(synced));
+        self.timings
+            .log_sync_micros
+            .observe(micros(synced.elapsed()));
         let mut index = index.write();
         debug_assert_eq!(
             index.next_index() + written.len() as u64,
@@ -622,7 +625,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let result = self
             .blocking(write_logs, move |w, index| w.append(entries, index))
             .await;
-        self.timings.log_append_micros.observe(micros_since(start));
+        self.timings
+            .log_append_micros
+            .observe(micros(start.elapsed()));
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),

@@ -24,8 +24,9 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::timings::{micros_since, Timings};
+use super::timings::Timings;
 use super::types::{Command, Job, Member, NodeId, Origin, Raft};
+use crate::histogram::micros;
 use crate::store::{
     low_space_reason, payload_bytes_of, Completion, Muts, Route, SpaceGuard, StoreError,
 };
@@ -342,7 +343,7 @@ pub(crate) async fn propose<C: Completion>(
                 let outcome: (Vec<u64>, Result<_, _>) = (seqs, outcome);
                 match outcome.1 {
                     // Applied: the state machine completed the jobs.
-                    Ok(Ok(_)) => timings.proposal_micros.observe(micros_since(proposed)),
+                    Ok(Ok(_)) => timings.proposal_micros.observe(micros(Instant::elapsed(&proposed))),
                     Ok(Err(e)) => {
                         let why: Arc<str> = Arc::from(leadership_lost(&e));
                         for seq in outcome.0 {

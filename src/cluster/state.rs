@@ -48,10 +48,11 @@ use super::replicate::{Applying, Latch, Pending, Signal};
 use super::snapshot::{
     self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
 };
-use super::timings::{micros_since, Timings};
+use super::timings::Timings;
 use super::types::{
     Command, Entry, Job, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig,
 };
+use crate::histogram::micros;
 use crate::model::Mutation;
 use crate::store::{Muts, Store, StoreError, WriterHandle};
 
@@ -361,7 +362,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         }
         Self::settle(&mut jobs).await?;
         if !replies.is_empty() {
-            self.timings.apply_micros.observe(micros_since(start));
+            self.timings.apply_micros.observe(micros(start.elapsed()));
         }
         if !last_in_store && !replies.is_empty() {
             // The batch ended with a blank or membership entry: the state file

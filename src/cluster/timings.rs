@@ -45,8 +45,3 @@ impl Default for Timings {
         }
     }
 }
-
-/// Microseconds since `start`, saturating.
-pub(crate) fn micros_since(start: std::time::Instant) -> u64 {
-    u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
-}

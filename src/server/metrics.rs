@@ -61,7 +61,7 @@ impl PublishTimer {
     }
 
     pub(crate) fn observe(self) {
-        let micros = u64::try_from(self.since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let micros = crate::histogram::micros(self.since.elapsed());
         self.metrics.publish_confirm_micros.observe(micros);
     }
 }

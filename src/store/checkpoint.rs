@@ -280,7 +280,7 @@ impl Worker {
         self.stats.checkpoints.fetch_add(1, Relaxed);
         self.stats
             .checkpoint_micros
-            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+            .fetch_add(crate::histogram::micros(took), Relaxed);
         // Handles first, once: a segment recycled below may be written again (a handle
         // opened meanwhile reads such a body as moved, `Bodies::read`).
         self.store

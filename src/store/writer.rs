@@ -40,6 +40,7 @@ use super::{
     Completion, Db, Duplicate, FsyncMode, Inner, JobReport, Muts, SequenceRefusal, StoreError,
     SweepStats, WriterStats,
 };
+use crate::histogram::micros;
 use crate::model::{Mutation, TaskId};
 
 /// Most mutations gathered into one batch. Past it the writer commits what it has and
@@ -756,10 +757,6 @@ pub(crate) fn payload_bytes_of(muts: &[Mutation]) -> usize {
             _ => 0,
         })
         .sum()
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn too_large(e: record::TooLarge) -> StoreError {
