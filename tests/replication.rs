@@ -694,3 +694,103 @@ async fn metrics_and_readiness_describe_the_cluster() {
     );
     assert_eq!(sample(&page, "squall_ready"), Some(0.0), "{page}");
 }
+
+/// `squall cluster status --json` gives each member its commit index (at least its
+/// applied index; on an idle cluster every entry is committed) and the leader's last
+/// contact with it, and each follower's own last contact with the leader; `/metrics`
+/// says the same (`squall_cluster_commit_index`, `squall_cluster_last_contact_seconds`).
+/// A follower stopped for 1.5 s shows it: its last contact ages past a second while
+/// the other follower's stays under one (heartbeats every 50 ms). Negative controls
+/// run: without the record of an answer in `net.rs` every `last_contact_ms` is null
+/// and the test fails; recording failed calls too keeps the stopped follower's fresh,
+/// and it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_commit_index_and_last_contact() {
+    let _serial = SERIAL.lock().await;
+    let Three {
+        _dirs,
+        members,
+        mut brokers,
+        everyone,
+        ..
+    } = three().await;
+    let all: Vec<&Member> = members.iter().collect();
+    let (leader, _) = agreed_leader(&all).await;
+    let client = cluster_client(&everyone).await;
+    for i in 0..3 {
+        client.publish("contact", format!("c{i}")).await.unwrap();
+    }
+    let asked = members[leader as usize - 1].cluster;
+    let node = |report: &serde_json::Value, id: u64| -> serde_json::Value {
+        report["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    let ms = |v: &serde_json::Value| v.as_u64();
+    // Once everything is replicated: every member has committed what the leader
+    // logged, applied it, and heard from the leader (and it from them) just now.
+    let deadline = Instant::now() + WITHIN;
+    let report = loop {
+        let report = cli_status(asked).await;
+        let last = node(&report, leader)["last_log_index"].as_u64();
+        let settled = report["leader"] == leader
+            && members.iter().all(|m| {
+                let n = node(&report, m.id);
+                let fresh = |v: &serde_json::Value| ms(v).is_some_and(|ms| ms < 2_000);
+                n["commit_index"].as_u64() == last
+                    && n["applied_index"].as_u64() == last
+                    && (m.id == leader
+                        || (fresh(&n["last_contact_ms"]) && fresh(&n["leader_contact_ms"])))
+            });
+        if settled {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "never settled: {report:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(node(&report, leader)["last_contact_ms"], 0, "{report:#}");
+    assert!(node(&report, leader)["leader_contact_ms"].is_null());
+
+    let stopped = members.iter().find(|m| m.id != leader).unwrap().id;
+    let other = members
+        .iter()
+        .find(|m| m.id != leader && m.id != stopped)
+        .unwrap()
+        .id;
+    brokers[stopped as usize - 1]
+        .take()
+        .expect("running")
+        .kill9();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let report = cli_status(asked).await;
+    let gone = node(&report, stopped);
+    assert_eq!(gone["reachable"], false, "{report:#}");
+    assert!(
+        ms(&gone["last_contact_ms"]).is_some_and(|ms| ms >= 1_000),
+        "the stopped follower's last contact ages: {report:#}"
+    );
+    assert!(
+        ms(&node(&report, other)["last_contact_ms"]).is_some_and(|ms| ms < 1_000),
+        "the running follower's stays fresh: {report:#}"
+    );
+    let http = brokers[leader as usize - 1]
+        .as_ref()
+        .and_then(|b| b.http)
+        .expect("HTTP port");
+    let (_, page) = common::http_get(http, "/metrics").await;
+    let contact = |id: u64| {
+        sample(
+            &page,
+            &format!("squall_cluster_last_contact_seconds{{node=\"{id}\"}}"),
+        )
+    };
+    assert!(contact(stopped).is_some_and(|s| s >= 1.0), "{page}");
+    assert!(contact(other).is_some_and(|s| s < 1.0), "{page}");
+    let commit = sample(&page, "squall_cluster_commit_index");
+    let applied = sample(&page, "squall_cluster_applied_index");
+    assert!(
+        commit.is_some() && commit >= applied && applied >= Some(1.0),
+        "{page}"
+    );
+}

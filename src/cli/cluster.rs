@@ -1,5 +1,6 @@
 //! `squall cluster status [--json]`: the members of a cluster, each one's role, term,
-//! last log and applied index and replication lag, asked over the cluster port (the
+//! last log, commit and applied index, replication lag and last contact, asked over
+//! the cluster port (the
 //! node named by `--node`, then every member it knows). `squall cluster add-node` and
 //! `remove-node`: membership changes, sent to the leader (found through `--node`).
 
@@ -20,7 +21,8 @@ pub struct ClusterArgs {
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
-    /// The members, each one's role, term, log and applied index and lag.
+    /// The members, each one's role, term, log, commit and applied index, lag and
+    /// last contact.
     Status(StatusArgs),
     /// Adds a node: it joins as a learner and becomes a voter once it has caught up.
     /// Start it first with `--peers` naming the members and itself.
@@ -251,6 +253,14 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             (Some(last), Some(m)) => Some(last.saturating_sub(m)),
             _ => None,
         };
+        // The leader's view: how long ago it last heard from this member (0 for itself).
+        let last_contact = leader_view.as_ref().and_then(|v| {
+            if v.node_id == *id {
+                Some(0)
+            } else {
+                v.heard_ms.get(id).copied()
+            }
+        });
         let node = match own {
             Ok(s) => json!({
                 "id": id,
@@ -260,8 +270,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "cluster_addr": member.cluster_addr,
                 "term": s.term,
                 "last_log_index": s.last_log.map(|l| l.index),
+                "commit_index": s.committed.map(|l| l.index),
                 "applied_index": s.applied.map(|l| l.index),
                 "lag": lag,
+                "last_contact_ms": last_contact,
+                // Its own view: how long ago it last heard from the leader it knows.
+                "leader_contact_ms": s.leader.filter(|l| l != id).and_then(|l| s.heard_ms.get(&l).copied()),
                 "reachable": true,
             }),
             Err(e) => json!({
@@ -271,6 +285,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "addr": member.client_addr,
                 "cluster_addr": member.cluster_addr,
                 "lag": lag,
+                "last_contact_ms": last_contact,
                 "reachable": false,
                 "error": e.to_string(),
             }),
@@ -291,6 +306,17 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A last contact for the table: milliseconds up to 10 s, then seconds.
+fn age(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// The table `squall cluster status` prints; CONTACT is the leader's view (how long
+/// ago it last heard from each member), as `last_contact_ms` in `--json`.
 fn print_table(report: &serde_json::Value) {
     let leader = report["leader"]
         .as_u64()
@@ -300,8 +326,8 @@ fn print_table(report: &serde_json::Value) {
         report["term"], report["asked"]
     );
     println!(
-        "{:<6} {:<12} {:<6} {:>9} {:>9} {:>6}  {:<22} CLUSTER ADDR",
-        "ID", "ROLE", "TERM", "LAST LOG", "APPLIED", "LAG", "CLIENT ADDR"
+        "{:<6} {:<12} {:<6} {:>9} {:>9} {:>9} {:>6} {:>8}  {:<22} CLUSTER ADDR",
+        "ID", "ROLE", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG", "CONTACT", "CLIENT ADDR"
     );
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_owned(),
@@ -311,13 +337,15 @@ fn print_table(report: &serde_json::Value) {
     };
     for n in report["nodes"].as_array().into_iter().flatten() {
         println!(
-            "{:<6} {:<12} {:<6} {:>9} {:>9} {:>6}  {:<22} {}",
+            "{:<6} {:<12} {:<6} {:>9} {:>9} {:>9} {:>6} {:>8}  {:<22} {}",
             text(&n["id"]),
             text(&n["role"]),
             text(&n["term"]),
             text(&n["last_log_index"]),
+            text(&n["commit_index"]),
             text(&n["applied_index"]),
             text(&n["lag"]),
+            n["last_contact_ms"].as_u64().map_or("-".to_owned(), age),
             text(&n["addr"]),
             text(&n["cluster_addr"]),
         );

@@ -12,7 +12,8 @@
 //! Durability: an append returns (and confirms to openraft) only after one
 //! `fdatasync` of the whole batch; a truncation is synced before the next append; the
 //! vote is synced before `save_vote` returns; the purge point is synced before any
-//! segment is deleted.
+//! segment is deleted. The commit index openraft reports (`save_committed`) is kept
+//! in memory only (`heard.rs`), for status and metrics: it is never read back.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Debug;
@@ -31,6 +32,7 @@ use prost::Message;
 use squall_proto::cluster as pb;
 
 use super::codec;
+use super::heard::Heard;
 use super::timings::Timings;
 use super::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use crate::histogram::micros;
@@ -54,6 +56,7 @@ pub struct LogStore {
     writer: Arc<Mutex<LogWriter>>,
     index: Arc<RwLock<Index>>,
     timings: Arc<Timings>,
+    heard: Arc<Heard>,
 }
 
 /// The reader handed to replication tasks and the state machine worker.
@@ -295,6 +298,12 @@ impl LogStore {
         self.timings.clone()
     }
 
+    /// What this node has heard of the cluster (the commit index, which openraft
+    /// reports to the log; shared with the cluster port, which records contacts).
+    pub fn heard(&self) -> Arc<Heard> {
+        self.heard.clone()
+    }
+
     /// The encodings of this log's entries, for the cluster port.
     pub fn encoded(&self) -> Encoded {
         Encoded {
@@ -362,6 +371,7 @@ impl LogStore {
             })),
             index: Arc::new(RwLock::new(index)),
             timings,
+            heard: Arc::new(Heard::default()),
         })
     }
 
@@ -633,6 +643,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Err(e) => callback.log_io_completed(Err(io::Error::other(e.to_string()))),
         }
         result
+    }
+
+    /// Kept in memory for status and metrics only; `read_committed` keeps openraft's
+    /// default (nothing saved), so that a restart applies only what the state machine
+    /// says it applied and openraft's own commit since.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(committed) = committed {
+            self.heard.committed_upto(committed.index);
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -2,8 +2,9 @@
 //! state machine is the queue state. Here live the type configuration (`types.rs`),
 //! the conversion to the node-to-node protocol (`codec/`), the Raft log on the
 //! journal's segment format (`log.rs`), the leader's proposals of the broker's store
-//! jobs (`replicate.rs`), the state machine that applies committed jobs to the store
-//! (`state.rs`), its snapshots (`snapshot.rs`), the cluster port (`net.rs`),
+//! jobs (`replicate.rs`), what a member has heard beyond openraft's metrics (the
+//! commit index, the last contact with each member: `heard.rs`), the state machine
+//! that applies committed jobs to the store (`state.rs`), its snapshots (`snapshot.rs`), the cluster port (`net.rs`),
 //! membership changes (`membership.rs`), and the node that ties them together and
 //! forms a new cluster by itself (this file).
 //!
@@ -12,6 +13,7 @@
 //! What is not built yet: docs/design/replication.md.
 
 pub mod codec;
+pub mod heard;
 pub mod log;
 pub mod membership;
 pub mod net;
@@ -141,6 +143,7 @@ pub struct Node {
     tasks: TaskTracker,
     snapshots: Arc<snapshot::SnapshotCounters>,
     timings: Arc<timings::Timings>,
+    heard: Arc<heard::Heard>,
 }
 
 impl Node {
@@ -169,6 +172,7 @@ impl Node {
         };
         let log = log::LogStore::open(&dir).map_err(storage)?;
         let timings = log.timings();
+        let heard = log.heard();
         let run = run_number();
         let pending: Pending<C> = Pending::default();
         // Before anything is applied: committed entries are applied whatever the space.
@@ -202,6 +206,7 @@ impl Node {
             token: token.clone(),
             tls: tls.connector.clone(),
             encoded: encoded.clone(),
+            heard: heard.clone(),
         };
         let raft = Raft::new(id, raft_config, network, log, machine)
             .await
@@ -217,6 +222,7 @@ impl Node {
             token: token.clone(),
             tls: tls.acceptor.clone(),
             encoded: encoded.clone(),
+            heard: heard.clone(),
         };
         tasks.spawn(net::serve(listener, ctx, stop.clone(), tasks.clone()));
         let formation = Formation {
@@ -267,6 +273,7 @@ impl Node {
             tasks,
             snapshots,
             timings,
+            heard,
         };
         Ok((node, Arc::new(proposer)))
     }
@@ -296,9 +303,14 @@ impl Node {
         self.timings.clone()
     }
 
+    /// What this node has heard of the cluster (commit index, last contacts).
+    pub fn heard(&self) -> Arc<heard::Heard> {
+        self.heard.clone()
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> pb::StatusReply {
-        net::status(&self.raft)
+        net::status(&self.raft, &self.heard)
     }
 
     /// Stops the cluster port and the formation task, then the Raft node.

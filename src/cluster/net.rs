@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::codec::{self, CodecError};
+use super::heard::Heard;
 use super::types::{Member, NodeId, Raft, TypeConfig};
 
 /// The bytes of one cluster connection: TCP, or TLS over TCP.
@@ -257,6 +258,8 @@ pub struct Network {
     pub tls: Option<TlsConnector>,
     /// The log's encodings of its entries, sent as they are.
     pub encoded: super::log::Encoded,
+    /// Where each answer from a peer is recorded.
+    pub heard: Arc<Heard>,
 }
 
 /// openraft's view of one peer.
@@ -264,6 +267,18 @@ pub struct PeerClient {
     target: NodeId,
     client: NodeClient,
     encoded: super::log::Encoded,
+    heard: Arc<Heard>,
+}
+
+impl PeerClient {
+    /// Records that the peer answered (whatever the answer, a refusal included) and
+    /// passes the call's outcome on.
+    fn answered(&self, outcome: Result<Reply, CallError>) -> Result<Reply, CallError> {
+        if matches!(outcome, Ok(_) | Err(CallError::Remote(_))) {
+            self.heard.heard_from(self.target);
+        }
+        outcome
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -276,6 +291,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .with_token(self.token.clone())
                 .with_tls(self.tls.clone()),
             encoded: self.encoded.clone(),
+            heard: self.heard.clone(),
         }
     }
 }
@@ -316,7 +332,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             ));
         }
         let op = Op::Append(append);
-        match self.client.call(op, option.hard_ttl()).await {
+        let outcome = self.client.call(op, option.hard_ttl()).await;
+        match self.answered(outcome) {
             Ok(Reply::Append(r)) => codec::append_reply_from(r).map_err(|e| rpc_error(e.into())),
             Ok(other) => Err(rpc_error(unexpected(&other))),
             Err(e) => Err(rpc_error(e)),
@@ -329,7 +346,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
         let op = Op::Snapshot(codec::install_to(&rpc));
-        match self.client.call(op, option.hard_ttl()).await {
+        let outcome = self.client.call(op, option.hard_ttl()).await;
+        match self.answered(outcome) {
             Ok(Reply::Snapshot(r)) => codec::install_reply_from(r).map_err(|e| rpc_error(e.into())),
             Ok(other) => Err(rpc_error(unexpected(&other))),
             Err(CallError::Remote(e)) if e.kind() == pb::node_error::Kind::SnapshotMismatch => {
@@ -356,7 +374,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
         let op = Op::Vote(codec::vote_request_to(&rpc));
-        match self.client.call(op, option.hard_ttl()).await {
+        let outcome = self.client.call(op, option.hard_ttl()).await;
+        match self.answered(outcome) {
             Ok(Reply::Vote(r)) => codec::vote_reply_from(r).map_err(|e| rpc_error(e.into())),
             Ok(other) => Err(rpc_error(unexpected(&other))),
             Err(e) => Err(rpc_error(e)),
@@ -383,6 +402,8 @@ pub struct ServerContext {
     pub tls: Option<TlsAcceptor>,
     /// Where received entries' encodings are offered to the log.
     pub encoded: super::log::Encoded,
+    /// Where appends accepted from the leader are recorded, and what status reports.
+    pub heard: Arc<Heard>,
 }
 
 /// Accepts cluster connections until `stop`; each is served in `tracker`.
@@ -503,8 +524,15 @@ async fn handle(op: Op, ctx: &ServerContext) -> Reply {
             Ok((req, raw)) => {
                 // Offered while openraft appends (it answers once they are on disk).
                 let _offered = ctx.encoded.offer(raw);
+                let sender = req.vote.leader_id().node_id;
                 match ctx.raft.append_entries(req).await {
-                    Ok(reply) => Reply::Append(codec::append_reply_to(&reply)),
+                    Ok(reply) => {
+                        // From this node's leader (a stale one is told of the newer vote).
+                        if !matches!(reply, AppendEntriesResponse::HigherVote(_)) {
+                            ctx.heard.heard_from(sender);
+                        }
+                        Reply::Append(codec::append_reply_to(&reply))
+                    }
                     Err(e) => raft_error(e),
                 }
             }
@@ -540,14 +568,21 @@ async fn handle(op: Op, ctx: &ServerContext) -> Reply {
             }),
             Err(e) => Reply::Error(node_error(pb::node_error::Kind::Stopped, e.to_string())),
         },
-        Op::Status(_) => Reply::Status(status(&ctx.raft)),
+        Op::Status(_) => Reply::Status(status(&ctx.raft, &ctx.heard)),
         Op::Change(c) => super::membership::change(&ctx.raft, c).await,
     }
 }
 
-/// This node's view of the cluster, from openraft's metrics.
-pub fn status(raft: &Raft) -> pb::StatusReply {
+/// This node's view of the cluster, from openraft's metrics and what it has `heard`.
+pub fn status(raft: &Raft, heard: &Heard) -> pb::StatusReply {
     let m = raft.metrics().borrow().clone();
+    // Read after the applied index, which it is never below (`Heard::commit_index`).
+    let committed = heard
+        .commit_index(m.last_applied.map(|l| l.index))
+        .map(|index| pb::LogId {
+            index,
+            ..pb::LogId::default()
+        });
     let role = match m.state {
         ServerState::Leader => "leader",
         ServerState::Follower => "follower",
@@ -575,5 +610,11 @@ pub fn status(raft: &Raft) -> pb::StatusReply {
             .filter_map(|(id, matched)| Some((*id, codec::log_id_to(matched.as_ref()?))))
             .collect(),
         quorum_ack_ms: m.millis_since_quorum_ack,
+        committed,
+        heard_ms: heard
+            .contacts()
+            .into_iter()
+            .map(|(id, age)| (id, age.as_millis().try_into().unwrap_or(u64::MAX)))
+            .collect(),
     }
 }

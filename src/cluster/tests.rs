@@ -688,3 +688,24 @@ fn a_refusal_says_why_this_node_does_not_serve() {
         "{outside}"
     );
 }
+
+/// The commit index openraft reports to the log is what status and `/metrics` read
+/// (`heard.rs`), kept in memory only: a reopened log has been told nothing, and
+/// `read_committed` says nothing was saved (so openraft re-applies nothing on its
+/// word). Negative control run: without `save_committed` it fails.
+#[tokio::test]
+async fn the_commit_index_is_told_to_the_log_and_not_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = LogStore::open(dir.path()).unwrap();
+    log.blocking_append((0..=5).map(|i| blank(1, i)))
+        .await
+        .unwrap();
+    assert_eq!(log.heard().commit_index(None), None);
+    log.save_committed(Some(log_id(1, 4))).await.unwrap();
+    assert_eq!(log.heard().commit_index(None), Some(4));
+    assert_eq!(log.heard().commit_index(Some(2)), Some(4));
+    assert_eq!(log.read_committed().await.unwrap(), None);
+    drop(log);
+    let log = LogStore::open(dir.path()).unwrap();
+    assert_eq!(log.heard().commit_index(Some(3)), Some(3));
+}

@@ -283,6 +283,7 @@ async fn start_broker(
                 leadership: leadership.clone(),
                 snapshots: node.snapshots(),
                 timings: node.timings(),
+                heard: node.heard(),
             }),
     });
     metrics.ready.store(true, Ordering::Relaxed);

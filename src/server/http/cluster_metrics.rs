@@ -1,5 +1,6 @@
 //! The cluster's part of `/metrics`, on a cluster member only: this node's Raft term,
-//! role, known leader, last log and applied index, membership size, the leader changes
+//! role, known leader, last log, commit and applied index, the time since it last
+//! heard from each member, membership size, the leader changes
 //! it has seen, its snapshots (last one's index, purge point, built and installed) and,
 //! on the leader, each member's replication lag and the age of the
 //! last quorum acknowledgement; and how long its Raft log appends and syncs, its
@@ -17,6 +18,7 @@ use super::exposition::{counter, gauge, histogram, MICROS};
 use crate::histogram::HistogramSnapshot;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::cluster::heard::Heard;
 use crate::cluster::snapshot::SnapshotCounters;
 use crate::cluster::timings::Timings;
 use crate::cluster::types::{Member, NodeId};
@@ -28,7 +30,10 @@ pub(crate) struct ClusterSample {
     leader: Option<NodeId>,
     is_leader: bool,
     last_log_index: u64,
+    commit_index: u64,
     applied_index: u64,
+    /// Seconds since this node last heard from each member (`Heard`).
+    contacts: Vec<(NodeId, f64)>,
     voters: usize,
     learners: usize,
     leader_changes: u64,
@@ -53,12 +58,14 @@ pub(crate) struct ClusterSample {
 impl ClusterSample {
     /// Reads `m`, openraft's metrics of this node; `leader_changes` as counted by the
     /// leadership watcher; `snapshots` as the state machine counts them; `timings`
-    /// as the node observes them.
+    /// as the node observes them; `heard` as the node has heard them (read after `m`:
+    /// the commit index is never below the applied one).
     pub(crate) fn read(
         m: &openraft::RaftMetrics<NodeId, Member>,
         leader_changes: u64,
         snapshots: &SnapshotCounters,
         timings: &Timings,
+        heard: &Heard,
     ) -> ClusterSample {
         let membership = m.membership_config.membership();
         let voters = membership.voter_ids().count();
@@ -76,13 +83,23 @@ impl ClusterSample {
             })
             .collect();
         debug_assert!(is_leader || lag.is_empty(), "only a leader replicates");
+        let applied_index = m.last_applied.map(|l| l.index);
+        let commit_index = heard.commit_index(applied_index).unwrap_or(0);
+        debug_assert!(commit_index >= applied_index.unwrap_or(0));
         debug_assert!(voters >= 1 || m.membership_config.log_id().is_none());
         ClusterSample {
             term: m.current_term,
             leader: m.current_leader,
             is_leader,
             last_log_index,
-            applied_index: m.last_applied.map_or(0, |l| l.index),
+            commit_index,
+            applied_index: applied_index.unwrap_or(0),
+            contacts: heard
+                .contacts()
+                .into_iter()
+                .filter(|(id, _)| *id != m.id)
+                .map(|(id, age)| (id, age.as_secs_f64()))
+                .collect(),
             voters,
             learners,
             leader_changes,
@@ -144,6 +161,12 @@ impl Collector for ClusterSample {
         )?;
         gauge(
             enc,
+            "cluster_commit_index",
+            "Index of the last entry this node knows to be committed (on a majority's log).",
+            self.commit_index as i64,
+        )?;
+        gauge(
+            enc,
             "cluster_applied_index",
             "Index of the last entry this node applied to its queues.",
             self.applied_index as i64,
@@ -194,6 +217,18 @@ impl Collector for ClusterSample {
             for (node, lag) in &self.lag {
                 let labels = [("node", node.to_string())];
                 ConstGauge::new(*lag as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if !self.contacts.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "cluster_last_contact",
+                "Time since this node last heard from each member: on the leader, the member's last answer; on a follower, the leader's last append.",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
+            for (node, age) in &self.contacts {
+                let labels = [("node", node.to_string())];
+                ConstGauge::new(*age).encode(family.encode_family(&labels)?)?;
             }
         }
         histogram(

@@ -58,6 +58,7 @@ pub(crate) struct ClusterProbe {
     pub(crate) leadership: Arc<Leadership>,
     pub(crate) snapshots: Arc<crate::cluster::snapshot::SnapshotCounters>,
     pub(crate) timings: Arc<crate::cluster::timings::Timings>,
+    pub(crate) heard: Arc<crate::cluster::heard::Heard>,
 }
 
 /// What one peeked task costs an answer beyond its payload preview (as the protocol's
@@ -395,6 +396,7 @@ impl Backend for HubBackend {
                     c.leadership.leader_changes(),
                     &c.snapshots,
                     &c.timings,
+                    &c.heard,
                 );
                 Box::new(sample) as Box<dyn prometheus_client::collector::Collector>
             });
