@@ -74,6 +74,34 @@ async fn undecodable_protobuf_is_malformed_frame() {
     still_serving(&broker, &mut good, "health", &["ping"]).await;
 }
 
+/// Publishes that arrive in the same read as a malformed frame were valid: they are
+/// stored although the connection is closed for the frame after them (the reader
+/// hands the publishes of one read to the store together, and a reader that stops
+/// hands over what it holds). Negative control run: without that last hand-off
+/// (`conn/mod.rs`) the queue is empty and the test fails.
+#[tokio::test]
+async fn publishes_before_a_malformed_frame_in_one_read_are_stored() {
+    let broker = TestBroker::start().await;
+    let mut good = Wire::hello(broker.addr).await;
+    let mut bad = Wire::hello(broker.addr).await;
+    let mut bytes = BytesMut::new();
+    for i in 0..5u64 {
+        let publish = v1::Request {
+            id: 100 + i,
+            op: Some(Op::Publish(v1::Publish {
+                tasks: vec![spec("held", &format!("p{i}"))],
+                ..Default::default()
+            })),
+        };
+        squall_proto::encode_frame(&publish, &mut bytes);
+    }
+    bytes.put_u32(4);
+    bytes.put_slice(&[0xff, 0xff, 0xff, 0xff]);
+    bad.send_raw(&bytes).await;
+    assert!(bad.closed_by_peer().await);
+    still_serving(&broker, &mut good, "held", &["p0", "p1", "p2", "p3", "p4"]).await;
+}
+
 #[tokio::test]
 async fn a_request_before_hello_is_refused() {
     let broker = TestBroker::start().await;

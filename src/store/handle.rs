@@ -173,6 +173,24 @@ impl<C: Completion> WriterHandle<C> {
         }
     }
 
+    /// Queues `jobs` in their order, as [`WriterHandle::submit`] would one by one, in
+    /// one message to the writer (several jobs handed over at once: they are applied
+    /// in one group, as [`WriterHandle::submit_together`]'s). Routed, each goes its
+    /// route's way. Leaves `jobs` empty (its allocation kept for the next ones).
+    pub fn submit_many(&self, jobs: &mut Vec<(Muts, Option<C>)>) {
+        if let Some(route) = &self.route {
+            for (muts, done) in jobs.drain(..) {
+                route.submit(muts, done);
+            }
+        } else if jobs.len() == 1 {
+            let (muts, done) = jobs.pop().expect("one job");
+            self.submit(muts, done);
+        } else {
+            self.send_together(jobs.drain(..));
+        }
+        debug_assert!(jobs.is_empty());
+    }
+
     /// Queues jobs that are applied in one group: durable, and recovered after a
     /// crash, all together or none of them (a replicated entry's jobs). Each `done`
     /// is completed as by [`WriterHandle::submit`]. Never routed.
@@ -181,16 +199,21 @@ impl<C: Completion> WriterHandle<C> {
             self.route.is_none(),
             "jobs sent together are the local writer's"
         );
-        if jobs.is_empty() {
-            return;
-        }
+        self.send_together(jobs.into_iter());
+    }
+
+    /// Sends `jobs` to the writer as one message (`Msg::Jobs`: one group); nothing if
+    /// there are none. A writer that is gone completes each with `Closed`.
+    fn send_together(&self, jobs: impl Iterator<Item = (Muts, Option<C>)>) {
         let jobs: Vec<Job<C>> = jobs
-            .into_iter()
             .map(|(muts, done)| Job {
                 muts,
                 done: Done::new(done),
             })
             .collect();
+        if jobs.is_empty() {
+            return;
+        }
         if let Err(SendError(Msg::Jobs(jobs))) = self.tx.send(Msg::Jobs(jobs)) {
             for job in jobs {
                 job.done

@@ -579,6 +579,53 @@ fn jobs_sent_together_are_never_split_between_groups() {
     held.writer.shutdown().unwrap();
 }
 
+/// Jobs handed over at once (`submit_many`, a connection's publishes of one read)
+/// complete each with its own outcome, in their order, applied in one group; after
+/// shutdown each gets `Closed`, and the list is left empty either way.
+#[test]
+fn jobs_handed_over_at_once_complete_each_in_one_group() {
+    let held = held_writer();
+    let h = held.writer.handle();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut jobs: Vec<(Muts, Option<TestDone>)> = (1..=3)
+        .map(|id| {
+            (
+                Muts::One(insert(id, "q")),
+                Some(TestDone::Tx(Tx(tx.clone(), id))),
+            )
+        })
+        .collect();
+    h.submit_many(&mut jobs);
+    assert!(jobs.is_empty());
+    held.release.send(()).unwrap();
+    let order: Vec<u64> = (0..3)
+        .map(|_| {
+            let (id, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            result.unwrap();
+            id
+        })
+        .collect();
+    assert_eq!(order, [1, 2, 3]);
+    assert_eq!(held.writer.stats().batches.load(Relaxed), held.before + 1);
+    for id in 1..=3 {
+        assert!(held.store.get_state(id).unwrap().is_some(), "task {id}");
+    }
+    held.writer.shutdown().unwrap();
+    let mut late = vec![
+        (
+            Muts::One(insert(4, "q")),
+            Some(TestDone::Tx(Tx(tx.clone(), 4))),
+        ),
+        (Muts::One(insert(5, "q")), Some(TestDone::Tx(Tx(tx, 5)))),
+    ];
+    h.submit_many(&mut late);
+    assert!(late.is_empty());
+    for _ in 0..2 {
+        let (_, result) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(matches!(result, Err(StoreError::Closed)), "{result:?}");
+    }
+}
+
 /// Copies a data directory as a crash would leave it: whatever the files hold now.
 /// A file may go between the listing and its copy (a checkpoint removes a segment or
 /// renames it to a spare, the writer renames a spare to its next segment), which a

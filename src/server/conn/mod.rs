@@ -95,6 +95,8 @@ async fn serve_split<R, W>(
     ));
     let mut reader = Reader::new(id, peer, shared, out, flow);
     reader.read_loop(rd, handshake_deadline).await;
+    // Publishes decoded before the connection ended are stored all the same.
+    reader.submit_held();
     reader.close_if_deposed();
     if reader.registered {
         let _ = reader.shared.hub.send(HubCmd::Disconnect { conn: id });

@@ -155,7 +155,10 @@ impl Reader {
     }
 
     /// Sends `cmd` to the hub, which answers later.
-    fn to_hub(&self, cmd: HubCmd) -> Handled {
+    fn ask_hub(&mut self, cmd: HubCmd) -> Handled {
+        // This connection's publishes reach the writer before anything it asks the
+        // hub after them (whose own store jobs then queue behind them).
+        self.submit_held();
         self.shared.hub.send(cmd).map_err(|_| shutting_down())?;
         Ok(None)
     }
@@ -247,7 +250,7 @@ impl Reader {
         Arc::from(&client_name[..cut])
     }
 
-    fn subscribe(&self, id: ReqId, queue: String, prefetch: u32) -> Handled {
+    fn subscribe(&mut self, id: ReqId, queue: String, prefetch: u32) -> Handled {
         queue_name(&queue)?;
         let max = self.shared.config.max_prefetch;
         if prefetch == 0 || prefetch > max {
@@ -256,7 +259,7 @@ impl Reader {
                 format!("prefetch {prefetch} is outside 1..={max}"),
             ));
         }
-        self.to_hub(HubCmd::Subscribe {
+        self.ask_hub(HubCmd::Subscribe {
             conn: self.id,
             req: id,
             queue,
@@ -264,15 +267,15 @@ impl Reader {
         })
     }
 
-    fn unsubscribe(&self, id: ReqId, sub: SubId) -> Handled {
-        self.to_hub(HubCmd::Unsubscribe {
+    fn unsubscribe(&mut self, id: ReqId, sub: SubId) -> Handled {
+        self.ask_hub(HubCmd::Unsubscribe {
             conn: self.id,
             req: id,
             sub,
         })
     }
 
-    fn ack(&self, id: ReqId, task: TaskId, token: u64, result: Bytes) -> Handled {
+    fn ack(&mut self, id: ReqId, task: TaskId, token: u64, result: Bytes) -> Handled {
         let max = self.shared.config.max_payload_bytes;
         if result.len() > max {
             return Err(refused(
@@ -283,7 +286,7 @@ impl Reader {
                 ),
             ));
         }
-        self.to_hub(HubCmd::Ack {
+        self.ask_hub(HubCmd::Ack {
             conn: self.id,
             req: id,
             task,
@@ -293,7 +296,7 @@ impl Reader {
     }
 
     fn nack(
-        &self,
+        &mut self,
         id: ReqId,
         task: TaskId,
         token: u64,
@@ -307,7 +310,7 @@ impl Reader {
             (false, None) => NackMode::Backoff,
         };
         truncate_utf8(&mut reason, MAX_REASON_BYTES);
-        self.to_hub(HubCmd::Nack {
+        self.ask_hub(HubCmd::Nack {
             conn: self.id,
             req: id,
             task,
@@ -317,8 +320,8 @@ impl Reader {
         })
     }
 
-    fn release(&self, id: ReqId, task: TaskId, token: u64) -> Handled {
-        self.to_hub(HubCmd::ReleaseUnseen {
+    fn release(&mut self, id: ReqId, task: TaskId, token: u64) -> Handled {
+        self.ask_hub(HubCmd::ReleaseUnseen {
             conn: self.id,
             req: id,
             task,
@@ -326,8 +329,8 @@ impl Reader {
         })
     }
 
-    fn extend(&self, id: ReqId, task: TaskId, token: u64, extend_ms: u64) -> Handled {
-        self.to_hub(HubCmd::Extend {
+    fn extend(&mut self, id: ReqId, task: TaskId, token: u64, extend_ms: u64) -> Handled {
+        self.ask_hub(HubCmd::Extend {
             conn: self.id,
             req: id,
             task,
@@ -337,8 +340,8 @@ impl Reader {
     }
 
     /// The hub adds the lease; the writer half reads the rest.
-    fn get_task(&self, id: ReqId, task: TaskId) -> Handled {
-        self.to_hub(HubCmd::GetTask {
+    fn get_task(&mut self, id: ReqId, task: TaskId) -> Handled {
+        self.ask_hub(HubCmd::GetTask {
             conn: self.id,
             req: id,
             task,
@@ -363,13 +366,13 @@ impl Reader {
 
     /// Validates an admin request, counts its answer against the unsent budget and
     /// hands it to the hub.
-    fn admin(&self, id: ReqId, request: AdminRequest) -> Handled {
+    fn admin(&mut self, id: ReqId, request: AdminRequest) -> Handled {
         if let AdminRequest::AddSchedule(spec) = &request {
             self.validate_schedule(spec)?;
         }
         let op = admin_op(request)?;
         self.flow.reserve(id, answer_cost(&op));
-        self.to_hub(HubCmd::Admin {
+        self.ask_hub(HubCmd::Admin {
             conn: self.id,
             req: id,
             op,
@@ -422,12 +425,13 @@ impl Reader {
             reservation: None,
         };
         if !bounded {
-            self.shared.writer.submit(muts, Some(Done::Publish(job)));
+            // Submitted with the other publishes of this read (`Reader::submit_held`).
+            self.held.push((muts, Some(Done::Publish(job))));
             return Ok(None);
         }
         // Through the hub, which admits it or answers QUEUE_FULL; if the hub is gone
         // (shutting down), the publish was not submitted.
-        self.to_hub(HubCmd::Publish {
+        self.ask_hub(HubCmd::Publish {
             muts,
             job: Box::new(job),
         })
