@@ -223,7 +223,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
         .and_then(|b| b.http)
         .expect("HTTP port");
     let deadline = Instant::now() + WITHIN;
-    let installed = loop {
+    let (installed, snapshot_bytes) = loop {
         let applied = status(wiped.cluster)
             .await
             .and_then(|s| s.applied)
@@ -231,7 +231,7 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
         let (_, page) = common::http_get(http, "/metrics").await;
         let installed = sample(&page, "squall_cluster_snapshots_installed_total").unwrap_or(0.0);
         if applied >= target {
-            break installed;
+            break (installed, sample(&page, "squall_cluster_snapshot_bytes"));
         }
         assert!(Instant::now() < deadline, "applied {applied} of {target}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -239,6 +239,12 @@ async fn a_wiped_follower_catches_up_by_snapshot_and_holds_exactly_what_the_othe
     assert!(
         installed >= 1.0,
         "the wiped follower caught up without installing a snapshot"
+    );
+    // Its size, which the next snapshot's trigger weighs (the file's size exactly:
+    // `snapshot_tests.rs`; it may have built its own since).
+    assert!(
+        snapshot_bytes.is_some_and(|b| b > 0.0),
+        "squall_cluster_snapshot_bytes: {snapshot_bytes:?}"
     );
 
     // Both followers restart (killed with -9) on logs purged behind their snapshots

@@ -104,7 +104,8 @@ pub fn raft_config(config: &ClusterConfig) -> openraft::Config {
         election_timeout_min: 250,
         election_timeout_max: 500,
         // Snapshots are asked for by `snapshot::trigger` (entries or bytes since the
-        // last one, whichever comes first); openraft's own policy counts entries only.
+        // last one, whichever comes first, and once the snapshot is large as much log
+        // as it); openraft's own policy counts entries only.
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: config.snapshot_logs.min(LOGS_KEPT_BEHIND),
         install_snapshot_timeout: SNAPSHOT_RPC_TIMEOUT_MS,
@@ -242,6 +243,7 @@ impl Node {
                 bytes: config.snapshot_log_bytes,
                 kept_bytes: config.snapshot_log_bytes.min(LOG_BYTES_KEPT_BEHIND),
             },
+            snapshots.clone(),
             stop.clone(),
         ));
         let (proposer, proposals) = Proposer::new(

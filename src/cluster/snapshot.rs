@@ -5,7 +5,7 @@
 //! builder (a dump exported by the store's writer thread into a temporary file, synced
 //! and renamed), the counters the metrics show, the check of a received file, and
 //! the task that asks openraft for a snapshot when enough log was applied since the
-//! last one ([`trigger`]). What the state machine does with a snapshot (install,
+//! last one ([`trigger`], [`due`]: as much log as the snapshot once it is large). What the state machine does with a snapshot (install,
 //! resume an interrupted one) is `state.rs`.
 
 use std::fs::File;
@@ -39,6 +39,9 @@ pub struct SnapshotCounters {
     pub built: AtomicU64,
     /// Snapshots received from a leader and installed into this node's store.
     pub installed: AtomicU64,
+    /// Bytes of this node's current snapshot file (built, installed, or found at
+    /// start; 0 without one): what the next snapshot's dump will cost, about.
+    pub bytes: AtomicU64,
 }
 
 pub(super) fn snap_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
@@ -174,6 +177,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let file = tokio::fs::File::open(self.dir.join(SNAPSHOT))
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, &e))?
+            .len();
+        debug_assert!(
+            size >= stats.bytes,
+            "the file holds the dump and its header"
+        );
+        self.counters.bytes.store(size, Relaxed);
         self.counters.built.fetch_add(1, Relaxed);
         tracing::info!(
             snapshot = %self.meta.snapshot_id,
@@ -190,7 +203,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// When a member snapshots: once `logs` entries or `bytes` of Raft log were applied
-/// since its last snapshot, whichever comes first.
+/// since its last snapshot, whichever comes first; but a member whose last snapshot is
+/// larger than `bytes` waits until the log since it is at least as large as the
+/// snapshot ([`due`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Entries applied since the last snapshot.
@@ -201,6 +216,26 @@ pub struct Policy {
     /// `max_in_snapshot_log_to_keep` counts entries, which can be large): the trigger
     /// purges further when they are more.
     pub kept_bytes: u64,
+}
+
+/// Whether a snapshot is due with `entries` entries of `log_bytes` encoded bytes
+/// applied since the last snapshot, which is `snapshot_bytes` large (0: none). A
+/// snapshot is a dump of the whole store, during which the member's store takes no
+/// change (on the leader, nothing is confirmed): so once the snapshot outgrows
+/// `policy.bytes`, the next waits until the log since it holds as many bytes as it,
+/// and the time spent dumping stays a bounded share of the time spent writing that log
+/// (the rule of Redis's AOF rewrite, `auto-aof-rewrite-percentage 100`), instead of a
+/// pause of seconds every `policy.bytes` of log once the store holds gigabytes. The
+/// disk holds at most about the snapshot's size again in log.
+pub(super) fn due(policy: &Policy, entries: u64, log_bytes: u64, snapshot_bytes: u64) -> bool {
+    debug_assert!(policy.logs > 0 && policy.bytes > 0);
+    let outgrown = snapshot_bytes > policy.bytes;
+    if outgrown && log_bytes < snapshot_bytes {
+        return false;
+    }
+    let due = entries >= policy.logs || log_bytes >= policy.bytes;
+    debug_assert!(!due || !outgrown || log_bytes >= snapshot_bytes);
+    due
 }
 
 /// How often the trigger looks at the log.
@@ -218,6 +253,7 @@ pub(super) async fn trigger(
     raft: super::types::Raft,
     log: super::log::Encoded,
     policy: Policy,
+    counters: Arc<SnapshotCounters>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     debug_assert!(policy.logs > 0 && policy.bytes > 0);
@@ -252,8 +288,9 @@ pub(super) async fn trigger(
         }
         let since = last.map_or(0, |s| s + 1);
         let entries = (applied + 1).saturating_sub(since);
-        if entries >= policy.logs || log.bytes_between(since, applied) >= policy.bytes {
-            tracing::debug!(entries, applied, "asking for a snapshot");
+        let log_bytes = log.bytes_between(since, applied);
+        if due(&policy, entries, log_bytes, counters.bytes.load(Relaxed)) {
+            tracing::debug!(entries, log_bytes, applied, "asking for a snapshot");
             if raft.trigger().snapshot().await.is_err() {
                 return; // the Raft node stopped
             }

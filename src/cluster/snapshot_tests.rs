@@ -181,6 +181,13 @@ async fn a_snapshot_installed_on_another_member_leaves_it_holding_exactly_the_sa
         .await
         .expect("a snapshot of the queue state");
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 2)));
+    // The trigger's measure of the next dump's cost: the file's size.
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let size = std::fs::metadata(a.path().join(RAFT_DIR).join("snapshot"))
+        .unwrap()
+        .len();
+    assert!(size > big.len() as u64, "{size}");
+    assert_eq!(sm_a.counters().bytes.load(relaxed), size);
 
     // Member B holds other tasks and settings.
     let b = tempfile::tempdir().unwrap();
@@ -210,6 +217,7 @@ async fn a_snapshot_installed_on_another_member_leaves_it_holding_exactly_the_sa
             .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    assert_eq!(sm_b.counters().bytes.load(relaxed), size, "installed");
     assert_eq!(sm_b.applied_state().await.unwrap().0, Some(log_id(1, 2)));
     assert_eq!(store_b.raft_applied().unwrap(), Some((1, 1, 2)));
 
@@ -271,8 +279,9 @@ async fn a_snapshot_installed_on_another_member_leaves_it_holding_exactly_the_sa
     assert!(store_b.get_state(51).unwrap().is_none());
     close(store_b, writer_b, sm_b);
 
-    // And it survives a restart.
+    // And it survives a restart, the snapshot's size known again.
     let (store_b, writer_b, sm_b) = open_machine(b.path(), Pending::default());
+    assert_eq!(sm_b.counters().bytes.load(relaxed), size, "found at start");
     same_records(
         &dump(&writer_b.handle()).await,
         &expected,
@@ -358,4 +367,29 @@ async fn snapshot_cost() {
     assert!(store_b.get_state(tasks).unwrap().is_some());
     close(store_b, writer_b, sm_b);
     close(store_a, writer_a, sm_a);
+}
+
+/// The trigger's rule: entries or bytes of log since the last snapshot, whichever
+/// comes first, until the snapshot outgrows the byte threshold; from then on not
+/// before the log since holds as many bytes as the snapshot. Negative control run:
+/// without the size rule the large-snapshot cases fail.
+#[test]
+fn a_large_snapshot_waits_for_as_much_log_as_itself() {
+    use super::snapshot::{due, Policy};
+    let policy = Policy {
+        logs: 1_000,
+        bytes: 1 << 20,
+        kept_bytes: 1 << 20,
+    };
+    // No snapshot yet, or a small one: whichever threshold comes first.
+    assert!(!due(&policy, 999, (1 << 20) - 1, 0));
+    assert!(due(&policy, 1_000, 10, 0));
+    assert!(due(&policy, 1, 1 << 20, 0));
+    assert!(due(&policy, 1_000, 10, 1 << 20));
+    // A snapshot of 8 MiB: neither threshold is enough before 8 MiB of log.
+    let large = 8 << 20;
+    assert!(!due(&policy, 50_000, 1 << 20, large));
+    assert!(!due(&policy, 1, large - 1, large));
+    assert!(due(&policy, 1, large, large));
+    assert!(due(&policy, 50_000, large + 1, large));
 }

@@ -168,6 +168,12 @@ impl<C: Applying> StateMachine<C> {
             None => Machine::default(),
         };
         machine.applied = machine.applied.max(store_applied(store)?);
+        let counters = Arc::new(SnapshotCounters::default());
+        match std::fs::metadata(dir.join(SNAPSHOT)) {
+            Ok(m) => counters.bytes.store(m.len(), Relaxed),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         Ok(StateMachine {
             dir: dir.to_owned(),
             machine,
@@ -175,7 +181,7 @@ impl<C: Applying> StateMachine<C> {
             pending,
             node,
             run,
-            counters: Arc::default(),
+            counters,
             timings: Arc::default(),
         })
     }
@@ -419,6 +425,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         let snapshot = (*snapshot).into_std().await;
         let dir = self.dir.clone();
         let want = meta.clone();
+        let counters = self.counters.clone();
         // The whole file is checked before the store is touched; then it becomes the
         // current snapshot, and the mark says the store is being replaced.
         let checked = tokio::task::spawn_blocking(move || {
@@ -439,6 +446,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             std::fs::File::create(&mark)?.sync_all()?;
             crate::store::journal::sync_dir(&dir)?;
             let mut f = std::fs::File::open(dir.join(SNAPSHOT))?;
+            counters.bytes.store(f.metadata()?.len(), Relaxed);
             f.seek(io::SeekFrom::Start(at))?;
             Ok((f, machine, stats))
         })

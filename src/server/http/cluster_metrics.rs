@@ -1,10 +1,10 @@
 //! The cluster's part of `/metrics`, on a cluster member only: this node's Raft term,
 //! role, known leader, last log, commit and applied index, the time since it last
-//! heard from each member, membership size, the leader changes
-//! it has seen, its snapshots (last one's index, purge point, built and installed) and,
-//! on the leader, each member's replication lag and the age of the
-//! last quorum acknowledgement; and how long its Raft log appends and syncs, its
-//! applies and (on the leader) its proposals take (`cluster/timings.rs`). Read at
+//! heard from each member, membership size, the leader changes it has seen, its
+//! snapshots (last one's index and size, purge point, built and installed) and, on
+//! the leader, each member's replication lag and the age of the last quorum
+//! acknowledgement; and how long its Raft log appends and syncs, its applies and (on
+//! the leader) its proposals take (`cluster/timings.rs`). Read at
 //! each scrape; nothing is kept here. Not here: the broker's and the queues' metrics
 //! (`exposition.rs`).
 
@@ -47,6 +47,8 @@ pub(crate) struct ClusterSample {
     /// Snapshots built and installed since the node started.
     snapshots_built: u64,
     snapshots_installed: u64,
+    /// Bytes of the current snapshot file.
+    snapshot_bytes: u64,
     /// `cluster/timings.rs`'s histograms.
     log_append: HistogramSnapshot,
     log_sync: HistogramSnapshot,
@@ -109,6 +111,7 @@ impl ClusterSample {
             purged_index: m.purged.map_or(0, |l| l.index),
             snapshots_built: snapshots.built.load(Relaxed),
             snapshots_installed: snapshots.installed.load(Relaxed),
+            snapshot_bytes: snapshots.bytes.load(Relaxed),
             log_append: timings.log_append_micros.snapshot(),
             log_sync: timings.log_sync_micros.snapshot(),
             apply: timings.apply_micros.snapshot(),
@@ -189,6 +192,12 @@ impl Collector for ClusterSample {
             "Index of the last entry in this node's snapshot of the queue state (0: none).",
             self.snapshot_index as i64,
         )?;
+        ConstGauge::new(self.snapshot_bytes as i64).encode(enc.encode_descriptor(
+            "cluster_snapshot",
+            "Size of this node's current snapshot file (0: none); once it is larger than cluster.snapshot_log_bytes, the next snapshot waits for as much log.",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?)?;
         gauge(
             enc,
             "cluster_purged_index",
