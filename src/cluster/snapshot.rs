@@ -259,6 +259,10 @@ pub(super) async fn trigger(
     debug_assert!(policy.logs > 0 && policy.bytes > 0);
     let mut asked: Option<(Option<u64>, std::time::Instant)> = None;
     let mut purge_asked = 0u64;
+    // The log's bytes from the entry after the last snapshot up to an applied entry,
+    // as counted last time: applied entries never change, so each look adds only the
+    // entries applied since (a large snapshot may wait for millions of entries).
+    let mut counted: Option<(u64, u64, u64)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -288,7 +292,14 @@ pub(super) async fn trigger(
         }
         let since = last.map_or(0, |s| s + 1);
         let entries = (applied + 1).saturating_sub(since);
-        let log_bytes = log.bytes_between(since, applied);
+        let log_bytes = match counted {
+            Some((from, upto, bytes)) if from == since && upto <= applied => {
+                bytes + log.bytes_between(upto + 1, applied)
+            }
+            _ => log.bytes_between(since, applied),
+        };
+        debug_assert!(counted.is_none_or(|(from, _, b)| from != since || log_bytes >= b));
+        counted = Some((since, applied, log_bytes));
         if due(&policy, entries, log_bytes, counters.bytes.load(Relaxed)) {
             tracing::debug!(entries, log_bytes, applied, "asking for a snapshot");
             if raft.trigger().snapshot().await.is_err() {
