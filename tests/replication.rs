@@ -230,6 +230,28 @@ async fn a_node_is_added_as_a_voter_and_removed_again() {
         id_before,
         "after remove-node"
     );
+    // The leader's last contacts name its members only: the removed node's would
+    // grow forever (negative control run: without the members-only filter in
+    // `cluster_metrics.rs` it fails).
+    let (leader, _) = agreed_leader(&first).await;
+    let http = brokers[leader as usize - 1].http.expect("HTTP port");
+    let contact = |page: &str, id: u64| {
+        sample(
+            page,
+            &format!("squall_cluster_last_contact_seconds{{node=\"{id}\"}}"),
+        )
+    };
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let (_, page) = common::http_get(http, "/metrics").await;
+        let others = members[..3].iter().filter(|m| m.id != leader);
+        if others.clone().all(|m| contact(&page, m.id).is_some()) {
+            assert_eq!(contact(&page, 4), None, "{page}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no contacts: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for b in brokers {
         b.terminate();
     }

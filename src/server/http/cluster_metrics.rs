@@ -96,10 +96,11 @@ impl ClusterSample {
             last_log_index,
             commit_index,
             applied_index: applied_index.unwrap_or(0),
+            // Current members only: a removed member's age would grow forever.
             contacts: heard
                 .contacts()
                 .into_iter()
-                .filter(|(id, _)| *id != m.id)
+                .filter(|(id, _)| *id != m.id && membership.get_node(id).is_some())
                 .map(|(id, age)| (id, age.as_secs_f64()))
                 .collect(),
             voters,
