@@ -39,6 +39,8 @@ start() {
         --node-id "$i" --cluster-listen "$(cluster_addr "$i")" --peers "$peers" \
         >>"$dir/n$i.log" 2>&1 &
     pid[$i]=$!
+    # Not a job of this shell: bash would print a "Killed" line for each kill -9.
+    disown "${pid[$i]}"
 }
 
 # "leader term last-log-index" as node $1 sees it (the index its own), or nothing.
@@ -104,7 +106,9 @@ for ((k = 1; k <= KILLS; k++)); do
     kill -9 "${pid[$leader]}"
     attempts=$(first_confirmed "${survivors[@]}")
     t1=$(date +%s%N)
-    wait "${pid[$leader]}" 2>/dev/null || true
+    while kill -0 "${pid[$leader]}" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/${pid[$leader]}/status" 2>/dev/null; do
+        sleep 0.01
+    done
     ms=$(((t1 - t0) / 1000000))
     times+=("$ms")
     new=$(agreed "${survivors[@]}")
