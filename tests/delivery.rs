@@ -438,3 +438,40 @@ async fn weaker_fsync_modes_confirm_and_keep_tasks_across_a_clean_restart() {
         }
     }
 }
+
+/// A delay counts from the publish's own arrival, also for the second of two
+/// publishes sent on one connection a while apart (the reader reads the clock once
+/// for all the requests of one read, and again at the next read). Negative control
+/// run: without reading it again at the next read, the second publish takes the first
+/// one's time, is ready at once and the test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_counts_from_each_publish_s_own_arrival() {
+    let broker = TestBroker::start().await;
+    let mut producer = Wire::hello(broker.addr).await;
+    let delayed = |payload: &str| {
+        let mut s = spec("later", payload);
+        s.delay_ms = 1_000;
+        s
+    };
+    producer.publish_spec(vec![delayed("first")]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let second_sent = Instant::now();
+    producer
+        .publish_spec(vec![delayed("second")])
+        .await
+        .unwrap();
+    let mut consumer = Wire::hello(broker.addr).await;
+    consumer.subscribe("later", 10).await;
+    let first = consumer.delivery().await;
+    assert_eq!(&first.payload[..], b"first");
+    assert!(
+        consumer
+            .try_delivery(Duration::from_millis(600).saturating_sub(second_sent.elapsed()))
+            .await
+            .is_none(),
+        "the second publish was ready before its own delay"
+    );
+    let second = consumer.delivery().await;
+    assert_eq!(&second.payload[..], b"second");
+    assert!(second_sent.elapsed() >= Duration::from_millis(950));
+}

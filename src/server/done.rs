@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use squall_proto::ErrorCode;
@@ -156,6 +157,17 @@ fn not_persisted(e: &StoreError) -> Reply {
 struct Outbox {
     committed: Vec<(HubTx, Vec<CommittedPublish>)>,
     replies: Vec<(OutTx, Vec<(ReqId, Reply)>)>,
+    /// When the group's completions run, read once for all of them.
+    now: Option<Instant>,
+}
+
+/// The time a completion runs: the group's (one clock read per group) on the writer
+/// thread inside a group, else now.
+fn completed_at() -> Instant {
+    OUTBOX.with_borrow_mut(|outbox| match outbox {
+        Some(outbox) => *outbox.now.get_or_insert_with(Instant::now),
+        None => Instant::now(),
+    })
 }
 
 thread_local! {
@@ -301,7 +313,7 @@ impl Completion for Done {
                     timer,
                     reservation,
                 } = job;
-                timer.observe();
+                timer.observe_at(completed_at());
                 let reply = confirm_publish(&hub, committed, reservation, report);
                 (out, req, reply)
             }

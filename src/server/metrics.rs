@@ -53,15 +53,17 @@ pub(crate) struct PublishTimer {
 }
 
 impl PublishTimer {
-    pub(crate) fn start(metrics: &Arc<Metrics>) -> PublishTimer {
+    /// A publish that arrived at `since` (one clock read for a read's requests).
+    pub(crate) fn start_at(since: Instant, metrics: &Arc<Metrics>) -> PublishTimer {
         PublishTimer {
-            since: Instant::now(),
+            since,
             metrics: metrics.clone(),
         }
     }
 
-    pub(crate) fn observe(self) {
-        let micros = crate::histogram::micros(self.since.elapsed());
+    /// Its confirmation at `now` (one clock read for a group's completions).
+    pub(crate) fn observe_at(self, now: Instant) {
+        let micros = crate::histogram::micros(now.saturating_duration_since(self.since));
         self.metrics.publish_confirm_micros.observe(micros);
     }
 }

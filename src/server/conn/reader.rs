@@ -59,6 +59,10 @@ pub(super) struct Reader {
     /// together before the reader waits for anything (`submit_held`): one hand-off
     /// between threads per read instead of one per publish.
     pub(super) held: Vec<(Muts, Option<Done>)>,
+    /// The time of the bytes being decoded (monotonic, and wall-clock milliseconds),
+    /// read once for all the requests of one read that need it; forgotten at each
+    /// read and after each wait.
+    clock: Option<(std::time::Instant, u64)>,
 }
 
 impl Reader {
@@ -81,7 +85,15 @@ impl Reader {
             unrestricted: true,
             last_queue: None,
             held: Vec::new(),
+            clock: None,
         }
+    }
+
+    /// The time the requests of the current read arrived (see `clock`).
+    pub(super) fn clock(&mut self) -> (std::time::Instant, u64) {
+        *self
+            .clock
+            .get_or_insert_with(|| (std::time::Instant::now(), crate::server::clock::now_ms()))
     }
 
     /// Hands the publishes held since the last hand-off to the store writer.
@@ -122,12 +134,14 @@ impl Reader {
                     // What it waits for may be these publishes' answers.
                     self.submit_held();
                 }
-                if self.flow.reserved.load(Relaxed) > unsent
-                    && !self
+                if self.flow.reserved.load(Relaxed) > unsent {
+                    if !self
                         .wait_for(|f| f.reserved.load(Relaxed) <= unsent, "answers too large")
                         .await
-                {
-                    return;
+                    {
+                        return;
+                    }
+                    self.clock = None;
                 }
                 let max = if self.registered {
                     max_frame
@@ -178,7 +192,7 @@ impl Reader {
             tokio::select! {
                 r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => return,
-                    Ok(_) => {}
+                    Ok(_) => self.clock = None,
                     Err(e) => {
                         debug!(conn = self.id, error = %e, "read failed");
                         return;

@@ -16,7 +16,6 @@ use super::auth;
 use super::reader::{Next, Reader};
 use crate::broker::{Committed, NackMode, SubId};
 use crate::model::{Mutation, NewTask, TaskBody, TaskId, TaskState, TaskStatus};
-use crate::server::clock::now_ms;
 use crate::server::done::Done;
 use crate::server::metrics::PublishTimer;
 use crate::server::msg::{
@@ -414,14 +413,15 @@ impl Reader {
                 return Err(refused(code, msg));
             }
         }
-        let (muts, committed) = self.tasks_to_insert(tasks, numbered);
+        let (arrived, now) = self.clock();
+        let (muts, committed) = self.tasks_to_insert(tasks, numbered, now);
         let bounded = self.shared.bounded.applies(&committed);
         let job = PublishJob {
             out: self.out.clone(),
             req: id,
             hub: self.shared.hub.clone(),
             committed,
-            timer: PublishTimer::start(&self.shared.metrics),
+            timer: PublishTimer::start_at(arrived, &self.shared.metrics),
             reservation: None,
         };
         if !bounded {
@@ -504,17 +504,17 @@ impl Reader {
         Ok(())
     }
 
-    /// The store inserts of a validated publish, with ids allocated (one run, in
-    /// order: the store answers a repeated numbered publish with the first id plus the
-    /// position), then its numbering if it has one, and what the engine learns once
-    /// they are durable.
+    /// The store inserts of a validated publish arrived at `now` (ms), with ids
+    /// allocated (one run, in order: the store answers a repeated numbered publish with
+    /// the first id plus the position), then its numbering if it has one, and what the
+    /// engine learns once they are durable.
     fn tasks_to_insert(
         &mut self,
         tasks: Vec<TaskSpec>,
         numbered: Option<(String, u64)>,
+        now: u64,
     ) -> (Muts, Vec<Committed>) {
         let n = tasks.len();
-        let now = now_ms();
         let first = self.shared.store.allocate_ids(n as u64);
         // One task, not numbered (the common publish): one mutation, no vector for it.
         let single = n == 1 && numbered.is_none();

@@ -182,7 +182,7 @@ impl Rig {
             req,
             hub: self.hub_tx.clone(),
             committed,
-            timer: PublishTimer::start(&self.metrics),
+            timer: PublishTimer::start_at(std::time::Instant::now(), &self.metrics),
             reservation: None,
         };
         (Muts::Many(muts), job)
