@@ -133,8 +133,6 @@ impl Reader {
                 if self.flow.reserved.load(Relaxed) > unsent {
                     // What it waits for may be these publishes' answers.
                     self.submit_held();
-                }
-                if self.flow.reserved.load(Relaxed) > unsent {
                     if !self
                         .wait_for(|f| f.reserved.load(Relaxed) <= unsent, "answers too large")
                         .await
