@@ -114,7 +114,8 @@ impl OnFaultDisks {
     /// Stops every running member cleanly.
     fn stop(self) {
         for broker in self.brokers.into_iter().flatten() {
-            assert!(broker.terminate().success(), "a clean stop");
+            let status = broker.terminate();
+            assert!(status.success(), "a clean stop: {status:?}");
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct SnapshotBuilder {
     /// The temporary file and the writer's answer, or why the build could not start.
     pub(super) started: Result<(PathBuf, Dumped), Arc<io::Error>>,
     pub(super) counters: Arc<SnapshotCounters>,
+    /// The state machine's lock on replacing the current snapshot file.
+    pub(super) replacing: Arc<parking_lot::Mutex<()>>,
 }
 
 /// Creates the temporary file of a snapshot and writes its header; the dump follows.
@@ -165,15 +167,49 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let dir = self.dir.clone();
         let from = path.clone();
-        let synced = tokio::task::spawn_blocking(move || {
+        let replacing = self.replacing.clone();
+        let ours = self.meta.last_log_id;
+        // openraft builds beside the state machine: a snapshot installed from the
+        // leader meanwhile is newer than this one, and stays the current one.
+        let installed = tokio::task::spawn_blocking(move || {
             file.sync_all()?;
             drop(file);
-            install_file(&from, &dir, SNAPSHOT)
+            let _replacing = replacing.lock();
+            let current = super::state::read_current(&dir)?;
+            if current.is_some_and(|(_, meta)| meta.last_log_id > ours) {
+                std::fs::remove_file(&from)?;
+                return Ok(false);
+            }
+            install_file(&from, &dir, SNAPSHOT)?;
+            Ok(true)
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r);
-        synced.map_err(fail)?;
+        .and_then(|r| r)
+        .map_err(fail)?;
+        if !installed {
+            let dir = self.dir.clone();
+            let current = tokio::task::spawn_blocking(move || super::state::read_current(&dir))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|r| r)
+                .map_err(|e| snap_err(ErrorVerb::Read, &e))?
+                .ok_or_else(|| {
+                    snap_err(
+                        ErrorVerb::Read,
+                        &io::Error::other("the current snapshot vanished"),
+                    )
+                })?;
+            tracing::info!(
+                built = ?self.meta.last_log_id,
+                current = ?current.1.last_log_id,
+                "raft snapshot built after a newer one was installed: the newer one stays"
+            );
+            return Ok(Snapshot {
+                meta: current.1,
+                snapshot: Box::new(tokio::fs::File::from_std(current.0)),
+            });
+        }
         let file = tokio::fs::File::open(self.dir.join(SNAPSHOT))
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
@@ -182,10 +218,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, &e))?
             .len();
-        debug_assert!(
-            size >= stats.bytes,
-            "the file holds the dump and its header"
-        );
+        // Not checked against `stats`: the build runs beside the state machine (openraft
+        // spawns it), so an install may have replaced the file since the rename.
         self.counters.bytes.store(size, Relaxed);
         self.counters.built.fetch_add(1, Relaxed);
         tracing::info!(

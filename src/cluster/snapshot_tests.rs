@@ -393,3 +393,62 @@ fn a_large_snapshot_waits_for_as_much_log_as_itself() {
     assert!(due(&policy, 1, large, large));
     assert!(due(&policy, 50_000, large + 1, large));
 }
+
+/// openraft runs a snapshot's build beside the state machine: a member that installs a
+/// newer snapshot from the leader while its own older build finishes keeps the newer
+/// one as its current snapshot, and the build answers with it. Negative control run:
+/// without the check under the lock, the older build replaces the installed file and
+/// the test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_finishing_after_a_newer_install_keeps_the_installed_snapshot() {
+    use openraft::storage::RaftStateMachine as _;
+    // The leader's snapshot, at entry 3.
+    let a = tempfile::tempdir().unwrap();
+    let (store_a, writer_a, mut sm_a) = open_machine(a.path(), Pending::default());
+    sm_a.apply([
+        membership(),
+        command(ORIGIN, vec![insert(1, "q")], 1, 1),
+        command(ORIGIN, vec![insert(2, "q")], 1, 2),
+        command(ORIGIN, vec![insert(3, "q")], 1, 3),
+    ])
+    .await
+    .unwrap();
+    let newer = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id, Some(log_id(1, 3)));
+
+    // A member at entry 1 takes a builder, then installs the leader's snapshot, then
+    // its own build finishes.
+    let b = tempfile::tempdir().unwrap();
+    let (store_b, writer_b, mut sm_b) = open_machine(b.path(), Pending::default());
+    sm_b.apply([membership(), command(ORIGIN, vec![insert(9, "q")], 1, 1)])
+        .await
+        .unwrap();
+    let mut older = sm_b.get_snapshot_builder().await;
+    let (meta, receiving) = receive(&mut sm_b, newer).await;
+    sm_b.install_snapshot(&meta, receiving).await.unwrap();
+    let built = older.build_snapshot().await.unwrap();
+    assert_eq!(
+        built.meta.last_log_id,
+        Some(log_id(1, 3)),
+        "the newer one answers"
+    );
+    let current = sm_b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta.last_log_id,
+        Some(log_id(1, 3)),
+        "and stays current"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(b.path().join(RAFT_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snapshot.build"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    close(store_b, writer_b, sm_b);
+    close(store_a, writer_a, sm_a);
+}

@@ -79,6 +79,9 @@ pub struct StateMachine<C: Applying> {
     run: u64,
     counters: Arc<SnapshotCounters>,
     timings: Arc<Timings>,
+    /// Held while the current snapshot file is replaced: by an install here, and by a
+    /// build, which openraft runs beside the state machine (`SnapshotBuilder`).
+    replacing: Arc<parking_lot::Mutex<()>>,
 }
 
 /// The jobs submitted to the store writer since `apply` last waited: one latch for
@@ -139,6 +142,23 @@ fn meta_of(machine: &Machine, snapshot_id: String) -> SnapshotMeta<NodeId, Membe
     }
 }
 
+/// The current snapshot in `dir`, opened at its start, and what its header says; none
+/// if there is none yet.
+pub(super) fn read_current(
+    dir: &Path,
+) -> io::Result<Option<(std::fs::File, SnapshotMeta<NodeId, Member>)>> {
+    let path = dir.join(SNAPSHOT);
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let state = file::read_header(&mut f, &path)?;
+    let (machine, id) = decode(&state, &path)?;
+    f.seek(io::SeekFrom::Start(0))?;
+    Ok(Some((f, meta_of(&machine, id))))
+}
+
 /// The log id the store recorded as applied.
 fn store_applied(store: &Store) -> io::Result<Option<LogId>> {
     let applied = store
@@ -183,6 +203,7 @@ impl<C: Applying> StateMachine<C> {
             run,
             counters,
             timings: Arc::default(),
+            replacing: Arc::default(),
         })
     }
 
@@ -401,6 +422,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             meta: meta_of(&self.machine, id),
             started: started.map_err(Arc::new),
             counters: self.counters.clone(),
+            replacing: self.replacing.clone(),
         }
     }
 
@@ -426,6 +448,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         let dir = self.dir.clone();
         let want = meta.clone();
         let counters = self.counters.clone();
+        let replacing = self.replacing.clone();
         // The whole file is checked before the store is touched; then it becomes the
         // current snapshot, and the mark says the store is being replaced.
         let checked = tokio::task::spawn_blocking(move || {
@@ -441,6 +464,8 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             }
             let at = f.stream_position()?;
             let stats = crate::store::verify_dump(&mut f)?;
+            // Until the file is reopened: a build finishing now must not replace it.
+            let _replacing = replacing.lock();
             file::keep_as_current(f, &what, &dir)?;
             let mark = dir.join(INSTALLING);
             std::fs::File::create(&mark)?.sync_all()?;
@@ -471,24 +496,14 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let path = self.dir.join(SNAPSHOT);
-        let read = tokio::task::spawn_blocking(move || {
-            let mut f = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            let state = file::read_header(&mut f, &path)?;
-            let (machine, id) = decode(&state, &path)?;
-            f.seek(io::SeekFrom::Start(0))?;
-            Ok(Some((f, machine, id)))
-        })
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))
-        .and_then(|r| r)
-        .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        Ok(read.map(|(f, machine, id)| Snapshot {
-            meta: meta_of(&machine, id),
+        let dir = self.dir.clone();
+        let read = tokio::task::spawn_blocking(move || read_current(&dir))
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r)
+            .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        Ok(read.map(|(f, meta)| Snapshot {
+            meta,
             snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
