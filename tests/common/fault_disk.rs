@@ -79,7 +79,8 @@ impl FaultDisk {
             }
             assert!(
                 t.elapsed() < Duration::from_secs(60),
-                "no cut after {writes} writes"
+                "no cut after {writes} writes: {:?} of them still to come after 60 s",
+                self.fs().writes_before_cut()
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -1151,6 +1151,11 @@ impl FaultFs {
         st.armed_pattern = Some(pattern.to_owned());
     }
 
+    /// Matching writes still to come before an armed cut (none when nothing is armed).
+    pub fn writes_before_cut(&self) -> Option<u64> {
+        self.shared.state.lock().armed.as_ref().map(|(n, _)| *n)
+    }
+
     /// What the power cut dropped, once it happened.
     pub fn cut_report(&self) -> Option<CutReport> {
         self.shared.state.lock().cut_report.clone()
