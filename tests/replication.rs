@@ -595,6 +595,22 @@ async fn a_follower_whose_data_is_deleted_catches_up_from_the_leader() {
     }
 }
 
+/// Three members agreed on a leader (its id and term), and three tasks published to
+/// `queue` (payloads `{prefix}0..2`) through a client that follows the leader.
+async fn three_with_publishes(
+    queue: &str,
+    prefix: &str,
+) -> (Three, u64, u64, squall_client::Client) {
+    let cluster = three().await;
+    let all: Vec<&Member> = cluster.members.iter().collect();
+    let (leader, term) = agreed_leader(&all).await;
+    let client = cluster_client(&cluster.everyone).await;
+    for i in 0..3 {
+        client.publish(queue, format!("{prefix}{i}")).await.unwrap();
+    }
+    (cluster, leader, term, client)
+}
+
 /// `/metrics` of each member describes the cluster (term, role, leader, log and
 /// applied index, voters; on the leader each follower's lag), and `/readyz` is 200 on
 /// every member that knows a leader, 503 on one that knows none: here the last member
@@ -602,20 +618,18 @@ async fn a_follower_whose_data_is_deleted_catches_up_from_the_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_readiness_describe_the_cluster() {
     let _serial = SERIAL.lock().await;
-    let Three {
-        _dirs,
-        members,
-        mut brokers,
-        everyone,
-        ..
-    } = three().await;
-    let all: Vec<&Member> = members.iter().collect();
-    let (leader, term) = agreed_leader(&all).await;
     // Three publishes: three proposals at least (one each, as nothing else waits).
-    let client = cluster_client(&everyone).await;
-    for i in 0..3 {
-        client.publish("metered", format!("m{i}")).await.unwrap();
-    }
+    let (
+        Three {
+            _dirs,
+            members,
+            mut brokers,
+            ..
+        },
+        leader,
+        term,
+        client,
+    ) = three_with_publishes("metered", "m").await;
     let https: Vec<SocketAddr> = brokers
         .iter()
         .map(|b| b.as_ref().and_then(|b| b.http).expect("HTTP port"))
@@ -729,19 +743,17 @@ async fn metrics_and_readiness_describe_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_commit_index_and_last_contact() {
     let _serial = SERIAL.lock().await;
-    let Three {
-        _dirs,
-        members,
-        mut brokers,
-        everyone,
-        ..
-    } = three().await;
-    let all: Vec<&Member> = members.iter().collect();
-    let (leader, _) = agreed_leader(&all).await;
-    let client = cluster_client(&everyone).await;
-    for i in 0..3 {
-        client.publish("contact", format!("c{i}")).await.unwrap();
-    }
+    let (
+        Three {
+            _dirs,
+            members,
+            mut brokers,
+            ..
+        },
+        leader,
+        _,
+        _client,
+    ) = three_with_publishes("contact", "c").await;
     let asked = members[leader as usize - 1].cluster;
     let node = |report: &serde_json::Value, id: u64| -> serde_json::Value {
         report["nodes"]

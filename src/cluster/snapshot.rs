@@ -5,8 +5,9 @@
 //! builder (a dump exported by the store's writer thread into a temporary file, synced
 //! and renamed), the counters the metrics show, the check of a received file, and
 //! the task that asks openraft for a snapshot when enough log was applied since the
-//! last one ([`trigger`], [`due`]: as much log as the snapshot once it is large). What the state machine does with a snapshot (install,
-//! resume an interrupted one) is `state.rs`.
+//! last one ([`trigger`], [`due`]: as much log as the snapshot once it is large).
+//! What the state machine does with a snapshot (install, resume an interrupted one) is
+//! `state.rs`.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -148,6 +149,13 @@ pub(super) fn start_file(dir: &Path, id: &str, state: &[u8]) -> io::Result<(Path
     Ok((path, file))
 }
 
+/// What a finished build leaves as the current snapshot: its own file (and its size),
+/// or a newer one installed meanwhile (and what its header says).
+enum Current {
+    Ours(File, u64),
+    Newer(File, SnapshotMeta<NodeId, Member>),
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let started = std::mem::replace(
@@ -170,56 +178,41 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let replacing = self.replacing.clone();
         let ours = self.meta.last_log_id;
         // openraft builds beside the state machine: a snapshot installed from the
-        // leader meanwhile is newer than this one, and stays the current one.
-        let installed = tokio::task::spawn_blocking(move || {
+        // leader meanwhile is newer than this one, and stays the current one. Either
+        // way the file answered is opened under the lock, so it is the one decided on.
+        let current = tokio::task::spawn_blocking(move || {
             file.sync_all()?;
             drop(file);
             let _replacing = replacing.lock();
-            let current = super::state::read_current(&dir)?;
-            if current.is_some_and(|(_, meta)| meta.last_log_id > ours) {
+            if let Some((file, meta)) =
+                super::state::read_current(&dir)?.filter(|(_, meta)| meta.last_log_id > ours)
+            {
                 std::fs::remove_file(&from)?;
-                return Ok(false);
+                return Ok(Current::Newer(file, meta));
             }
             install_file(&from, &dir, SNAPSHOT)?;
-            Ok(true)
+            let file = File::open(dir.join(SNAPSHOT))?;
+            let size = file.metadata()?.len();
+            Ok(Current::Ours(file, size))
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|r| r)
         .map_err(fail)?;
-        if !installed {
-            let dir = self.dir.clone();
-            let current = tokio::task::spawn_blocking(move || super::state::read_current(&dir))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|r| r)
-                .map_err(|e| snap_err(ErrorVerb::Read, &e))?
-                .ok_or_else(|| {
-                    snap_err(
-                        ErrorVerb::Read,
-                        &io::Error::other("the current snapshot vanished"),
-                    )
-                })?;
-            tracing::info!(
-                built = ?self.meta.last_log_id,
-                current = ?current.1.last_log_id,
-                "raft snapshot built after a newer one was installed: the newer one stays"
-            );
-            return Ok(Snapshot {
-                meta: current.1,
-                snapshot: Box::new(tokio::fs::File::from_std(current.0)),
-            });
-        }
-        let file = tokio::fs::File::open(self.dir.join(SNAPSHOT))
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Read, &e))?
-            .len();
-        // Not checked against `stats`: the build runs beside the state machine (openraft
-        // spawns it), so an install may have replaced the file since the rename.
+        let (file, size) = match current {
+            Current::Ours(file, size) => (file, size),
+            Current::Newer(file, meta) => {
+                tracing::info!(
+                    built = ?self.meta.last_log_id,
+                    current = ?meta.last_log_id,
+                    "raft snapshot built after a newer one was installed: the newer one stays"
+                );
+                return Ok(Snapshot {
+                    meta,
+                    snapshot: Box::new(tokio::fs::File::from_std(file)),
+                });
+            }
+        };
         self.counters.bytes.store(size, Relaxed);
         self.counters.built.fetch_add(1, Relaxed);
         tracing::info!(
@@ -231,7 +224,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }

@@ -122,6 +122,25 @@ impl ClusterSample {
     }
 }
 
+/// A gauge family with one sample per member, labelled `node`.
+fn per_node<N>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    values: impl Iterator<Item = (NodeId, N)>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let mut family = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (node, value) in values {
+        let labels = [("node", node.to_string())];
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for ClusterSample {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let enc = &mut enc;
@@ -218,28 +237,22 @@ impl Collector for ClusterSample {
             self.snapshots_installed,
         )?;
         if self.is_leader {
-            let mut family = enc.encode_descriptor(
+            per_node(
+                enc,
                 "cluster_replication_lag_entries",
                 "Leader only: log entries each other member is behind the leader.",
                 None,
-                MetricType::Gauge,
+                self.lag.iter().map(|&(node, lag)| (node, lag as i64)),
             )?;
-            for (node, lag) in &self.lag {
-                let labels = [("node", node.to_string())];
-                ConstGauge::new(*lag as i64).encode(family.encode_family(&labels)?)?;
-            }
         }
         if !self.contacts.is_empty() {
-            let mut family = enc.encode_descriptor(
+            per_node(
+                enc,
                 "cluster_last_contact",
                 "Time since this node last heard from each member: on the leader, the member's last answer; on a follower, the leader's last append.",
                 Some(&Unit::Seconds),
-                MetricType::Gauge,
+                self.contacts.iter().copied(),
             )?;
-            for (node, age) in &self.contacts {
-                let labels = [("node", node.to_string())];
-                ConstGauge::new(*age).encode(family.encode_family(&labels)?)?;
-            }
         }
         histogram(
             enc,
