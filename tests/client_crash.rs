@@ -133,10 +133,13 @@ async fn worker_survives_kill_9_and_restart_of_the_broker() {
         duplicates <= bound,
         "{duplicates} tasks handled twice, more than the {bound} in flight at the crash"
     );
+    // A redelivery never goes back in attempts; one made after the broker died within
+    // a second of the first delivery may repeat its number (that delivery was not
+    // counted: docs/design/delivery.md).
     for (id, attempts) in &handled {
         for (n, attempt) in attempts.iter().enumerate().skip(1) {
             assert!(
-                *attempt > attempts[n - 1],
+                *attempt >= attempts[n - 1],
                 "task {id} handled again at attempt {attempt} after {attempts:?}"
             );
         }

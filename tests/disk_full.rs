@@ -204,10 +204,11 @@ async fn an_ack_refused_for_lack_of_space_is_delivered_again_once_space_returns(
     let mut sub = c.subscribe("acks").prefetch(1).await.unwrap();
     let first = next(&mut sub, "delivery").await;
     assert_eq!((first.id(), first.attempt()), (id, 1));
-    // The delivery's attempt is persisted, fire-and-forget, in a later group commit
-    // (the hub queued it before the delivery left): a publish confirmed now was
-    // committed behind it.
-    c.publish("barrier", "after the attempt").await.unwrap();
+    // Nothing is left unwritten before the fault (a confirmed publish is a barrier).
+    // The delivery's count is not in the store (it would be written with the ack, or
+    // after a second): the ack that is not stored gives the task back with the count
+    // of the delivery it settled, so the next delivery is attempt 2.
+    c.publish("barrier", "before the fault").await.unwrap();
     disk.fs().fail(Op::Write, "journal/", libc::ENOSPC, 0);
     let err = first.ack().await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Storage), "{err}");

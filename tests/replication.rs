@@ -434,9 +434,13 @@ async fn delays_dead_tasks_results_keys_and_attempts_survive_a_leader_change() {
     // deliver the task again before the status below is asked.
     std::mem::forget(d);
     drop(held);
-    // The delivery's attempt count was proposed before the delivery was sent; a change
-    // confirmed after it is committed after it (the log is ordered). Without this, a
-    // kill within the few milliseconds of its commit may lose the count (documented).
+    // A lease open for `ATTEMPT_WRITE_AFTER_MS` has its attempt count proposed on its
+    // own; a change confirmed after that is committed after it (the log is ordered).
+    // A kill sooner would not count the delivery (documented).
+    tokio::time::sleep(Duration::from_millis(
+        squall::broker::ATTEMPT_WRITE_AFTER_MS + 300,
+    ))
+    .await;
     client.publish("s-other", "after").await.unwrap();
 
     brokers[leader as usize - 1]

@@ -2,7 +2,9 @@
 //! round-robin on ties), within the queue's flow control: `max_in_flight` leases at
 //! once across all consumers, and a token bucket of `rate_limit` deliveries per second
 //! (`rate_burst` when full). A task whose expiry passed before its first delivery is
-//! not delivered: it goes to the dead set (or is dropped) here (`expiry.rs`).
+//! not delivered: it goes to the dead set (or is dropped) here (`expiry.rs`). A
+//! delivery's attempt count is written when its lease ends, or on its own once the
+//! lease has been open for `attempt_write_after_ms` (`write_due_attempts`).
 
 use std::cmp::Reverse;
 
@@ -118,17 +120,14 @@ impl Engine {
                     queue: idx,
                     entry,
                     expires_ms,
+                    attempt_written: false,
                 },
             );
             self.deadlines.push(Reverse((deadline_ms, entry.id, token)));
-            out.push(Effect::Persist(Mutation::Patch {
-                id: entry.id,
-                patch: StatePatch {
-                    attempts: Some(entry.attempts),
-                    updated_ms: now,
-                    ..StatePatch::default()
-                },
-            }));
+            // The attempt is written with the settlement, or on its own once the
+            // lease has been open for a while (`write_due_attempts`).
+            let write_at = now.saturating_add(self.config.attempt_write_after_ms);
+            self.attempts_due.push_back((write_at, entry.id, token));
             out.push(Effect::Deliver(Dispatch {
                 conn,
                 sub,
@@ -141,5 +140,38 @@ impl Engine {
                 queue: q.name.clone(),
             }));
         }
+    }
+
+    /// Writes the attempt count of each lease open since `attempt_write_after_ms`
+    /// before `now` and not ended: at most `limit` of them, oldest first.
+    pub(super) fn write_due_attempts(&mut self, now: Millis, limit: usize, out: &mut Vec<Effect>) {
+        let mut written = 0;
+        while let Some(&(at, task, token)) = self.attempts_due.front() {
+            if at > now || written == limit {
+                break;
+            }
+            self.attempts_due.pop_front();
+            let Some(lease) = self.leases.get_mut(&task) else {
+                continue;
+            };
+            if lease.token != token || lease.attempt_written {
+                continue;
+            }
+            debug_assert!(lease.entry.attempts > 0, "a lease counts its delivery");
+            lease.attempt_written = true;
+            written += 1;
+            out.push(Effect::Persist(Mutation::Patch {
+                id: task,
+                patch: StatePatch {
+                    attempts: Some(lease.entry.attempts),
+                    updated_ms: now,
+                    ..StatePatch::default()
+                },
+            }));
+        }
+        debug_assert!(self
+            .attempts_due
+            .front()
+            .is_none_or(|&(at, _, _)| at > now || written == limit));
     }
 }

@@ -7,7 +7,7 @@
 //! with `impl` blocks of their own (one file per concern).
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use rand::rngs::SmallRng;
@@ -36,6 +36,17 @@ pub const REASON_NACKED: &str = "nacked";
 /// Most expiry-index entries one `tick` handles; the rest wait for the next turn.
 pub const EXPIRY_BATCH: usize = 4_096;
 
+/// How long a lease runs before its delivery's attempt count is written on its own.
+/// A lease settled sooner writes nothing for the attempt (an ack that removes the task)
+/// or writes it with its settlement (every nack, expiry, disconnect and kept result
+/// carries the count), so a short task costs two store jobs (publish, ack), not three.
+/// The price: a broker that dies within this time of a delivery has not counted it
+/// (docs/design/delivery.md, "Attempts").
+pub const ATTEMPT_WRITE_AFTER_MS: Millis = 1_000;
+
+/// Most attempt counts `tick` writes per call (the rest at the next one, at once).
+pub const ATTEMPT_BATCH: usize = 4_096;
+
 /// Reason recorded when a task was not started before its expiry.
 pub const REASON_EXPIRED: &str = "expired";
 
@@ -48,6 +59,9 @@ pub struct EngineConfig {
     pub max_lease_ms: u64,
     /// Seed of the jitter source (fixed in tests).
     pub rng_seed: u64,
+    /// How long a delivery's attempt count may stay unwritten
+    /// ([`ATTEMPT_WRITE_AFTER_MS`] by default; 0 = at the next tick).
+    pub attempt_write_after_ms: Millis,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +70,7 @@ impl Default for EngineConfig {
             queue_defaults: QueueConfig::default(),
             max_lease_ms: 12 * 3600 * 1000,
             rng_seed: 0x5eed,
+            attempt_write_after_ms: ATTEMPT_WRITE_AFTER_MS,
         }
     }
 }
@@ -163,6 +178,19 @@ pub struct Dispatch {
     pub queue: Arc<str>,
 }
 
+/// What an ack makes durable, in this order, before it is confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    /// The delivery's attempt count, when the store does not hold it yet and the task's
+    /// record stays (`Succeed`): a removed task needs none.
+    pub attempt: Option<Mutation>,
+    /// `Succeed` or `Remove` ([`Engine::ack`]).
+    pub change: Mutation,
+    /// The settled delivery's attempt count, for giving the task back if the ack is
+    /// not stored (the store may not hold this count).
+    pub attempts: u32,
+}
+
 /// Something the engine decided that the runtime must carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -237,6 +265,9 @@ pub struct Engine {
     pub(super) leases: IdMap<TaskId, Lease>,
     /// Lease deadlines; stale entries (settled or extended leases) are skipped on pop.
     pub(super) deadlines: BinaryHeap<Reverse<(Millis, TaskId, u64)>>,
+    /// (when, task, token) of leases whose attempt count is not written yet, in
+    /// delivery order; entries of leases since ended are skipped.
+    pub(super) attempts_due: VecDeque<(Millis, TaskId, u64)>,
     pub(super) conn_subs: IdMap<ConnId, Vec<(QueueIdx, SubId)>>,
     pub(super) dirty: Vec<QueueIdx>,
     pub(super) next_token: u64,
@@ -277,6 +308,7 @@ impl Engine {
             delayed: BTreeMap::new(),
             leases: IdMap::default(),
             deadlines: BinaryHeap::new(),
+            attempts_due: VecDeque::new(),
             conn_subs: IdMap::default(),
             dirty: Vec::new(),
             next_token: now.wrapping_shl(20).max(1),
@@ -546,10 +578,12 @@ impl Engine {
         }
     }
 
-    /// Expires leases, releases delayed tasks whose time has come, expires tasks not
-    /// started by their expiry (at most [`EXPIRY_BATCH`] per call) and wakes
-    /// rate-limited queues whose next token is there.
+    /// Writes the attempt counts of leases open for `attempt_write_after_ms` (at most
+    /// [`ATTEMPT_BATCH`] per call), expires leases, releases delayed tasks whose time
+    /// has come, expires tasks not started by their expiry (at most [`EXPIRY_BATCH`]
+    /// per call) and wakes rate-limited queues whose next token is there.
     pub fn tick(&mut self, now: Millis, out: &mut Vec<Effect>) {
+        self.write_due_attempts(now, ATTEMPT_BATCH, out);
         while let Some(&Reverse((deadline, task, token))) = self.deadlines.peek() {
             if deadline > now {
                 break;
@@ -598,11 +632,12 @@ impl Engine {
         }
     }
 
-    /// The earliest time at which `tick` has work: a lease deadline, a delayed task,
-    /// an expiry, a rate-limited queue's next token. (Schedules have their own:
+    /// The earliest time at which `tick` has work: an attempt count to write, a lease
+    /// deadline, a delayed task, an expiry, a rate-limited queue's next token. (Schedules have their own:
     /// [`Engine::next_schedule_run`].)
     pub fn next_wakeup(&self) -> Option<Millis> {
         [
+            self.attempts_due.front().map(|&(at, _, _)| at),
             self.deadlines.peek().map(|Reverse((d, _, _))| *d),
             self.delayed.first_key_value().map(|(&(t, _), _)| t),
             self.expiry_index.first().map(|&(t, _)| t),

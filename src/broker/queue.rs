@@ -214,6 +214,9 @@ pub(super) struct Lease {
     /// The expiry this first delivery lifted (0 = none): a delivery given back unseen
     /// (released, or never sent) brings it back.
     pub(super) expires_ms: Millis,
+    /// The store holds this delivery's attempt count (`entry.attempts`): written
+    /// once the lease was open for `attempt_write_after_ms` (`Engine::tick`).
+    pub(super) attempt_written: bool,
 }
 
 #[cfg(test)]

@@ -78,14 +78,18 @@ mod tests {
         let m = e
             .ack(1, 1, token, Bytes::from_static(b"r"), T0 + 1)
             .unwrap();
-        assert!(matches!(m, Mutation::Succeed { id: 1, .. }));
+        assert!(matches!(m.change, Mutation::Succeed { id: 1, .. }));
         assert_eq!(e.lease_of(1), None);
 
         let token = deliver_one(&mut e, "none", 2);
         let m = e
             .ack(1, 2, token, Bytes::from_static(b"r"), T0 + 1)
             .unwrap();
-        assert_eq!(m, Mutation::Remove { id: 2 }, "the queue keeps no results");
+        assert_eq!(
+            m.change,
+            Mutation::Remove { id: 2 },
+            "the queue keeps no results"
+        );
     }
 
     #[test]
@@ -100,19 +104,23 @@ mod tests {
         );
         let token = deliver_one(&mut e, "default", 1);
         let m = e.ack(1, 1, token, Bytes::new(), T0 + 1).unwrap();
-        assert_eq!(m, Mutation::Remove { id: 1 }, "nothing to keep by default");
+        assert_eq!(
+            m.change,
+            Mutation::Remove { id: 1 },
+            "nothing to keep by default"
+        );
         let token = deliver_one(&mut e, "default", 2);
         let m = e
             .ack(1, 2, token, Bytes::from_static(b"r"), T0 + 1)
             .unwrap();
         assert!(
-            matches!(m, Mutation::Succeed { id: 2, .. }),
+            matches!(m.change, Mutation::Succeed { id: 2, .. }),
             "a result is kept"
         );
         let token = deliver_one(&mut e, "all", 3);
         let m = e.ack(1, 3, token, Bytes::new(), T0 + 1).unwrap();
         assert!(
-            matches!(m, Mutation::Succeed { id: 3, .. }),
+            matches!(m.change, Mutation::Succeed { id: 3, .. }),
             "keep_acked keeps every ack"
         );
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::backoff::retry_delay_ms;
 use super::engine::{
-    dead_patch, ConnId, Effect, Engine, EngineError, Entry, NackMode, REASON_DISCONNECTED,
+    dead_patch, Acked, ConnId, Effect, Engine, EngineError, Entry, NackMode, REASON_DISCONNECTED,
     REASON_NACKED,
 };
 use super::queue::{Lease, QueueIdx};
@@ -41,7 +41,8 @@ impl Engine {
     /// `Succeed` (the store keeps a succeeded record for the queue's result TTL), or
     /// `Remove` when the queue keeps no record of this ack: it keeps no results
     /// (`result_ttl_ms` 0), or the ack carries no result and the queue does not
-    /// `keep_acked`.
+    /// `keep_acked`. A kept record keeps the attempt count: when the store does not
+    /// hold the delivery's yet, it goes first (`Acked::attempt`).
     pub fn ack(
         &mut self,
         conn: ConnId,
@@ -49,17 +50,33 @@ impl Engine {
         token: u64,
         result: Bytes,
         now: Millis,
-    ) -> Result<Mutation, EngineError> {
+    ) -> Result<Acked, EngineError> {
         let lease = self.take_lease(conn, task, token)?;
         let q = &mut self.queues[lease.queue as usize];
         q.counters.acked += 1;
         if q.config.result_ttl_ms == 0 || (result.is_empty() && !q.config.keep_acked) {
-            return Ok(Mutation::Remove { id: task });
+            return Ok(Acked {
+                attempt: None,
+                change: Mutation::Remove { id: task },
+                attempts: lease.entry.attempts,
+            });
         }
-        Ok(Mutation::Succeed {
+        let attempt = (!lease.attempt_written).then(|| Mutation::Patch {
             id: task,
-            result,
-            updated_ms: now,
+            patch: StatePatch {
+                attempts: Some(lease.entry.attempts),
+                updated_ms: now,
+                ..StatePatch::default()
+            },
+        });
+        Ok(Acked {
+            attempt,
+            change: Mutation::Succeed {
+                id: task,
+                result,
+                updated_ms: now,
+            },
+            attempts: lease.entry.attempts,
         })
     }
 
@@ -194,7 +211,9 @@ impl Engine {
         }
     }
 
-    /// Either schedules the next attempt or moves the task to the dead set.
+    /// Either schedules the next attempt or moves the task to the dead set. The patch
+    /// carries the task's attempt count: the ended delivery's count may not be written
+    /// yet (`Engine::write_due_attempts`).
     pub(super) fn retry_or_bury(
         &mut self,
         idx: QueueIdx,
@@ -210,7 +229,11 @@ impl Engine {
             let q = &mut self.queues[idx as usize];
             q.dead.insert(entry.id, entry);
             q.counters.dead_lettered += 1;
-            return dead_patch(entry.id, reason, now);
+            let mut m = dead_patch(entry.id, reason, now);
+            if let Mutation::Patch { patch, .. } = &mut m {
+                patch.attempts = Some(entry.attempts);
+            }
+            return m;
         }
         let delay = match mode {
             NackMode::After(d) => d,
@@ -226,6 +249,7 @@ impl Engine {
         Mutation::Patch {
             id: entry.id,
             patch: StatePatch {
+                attempts: Some(entry.attempts),
                 not_before_ms: Some(not_before),
                 last_error: Some(Some(reason.to_owned())),
                 updated_ms: now,

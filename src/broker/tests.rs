@@ -19,6 +19,8 @@ fn engine() -> Engine {
             backoff_max_ms: 1_000,
             ..QueueConfig::default()
         },
+        // Later than these tests look, but for those of the attempt counts.
+        attempt_write_after_ms: 60_000,
         ..EngineConfig::default()
     };
     Engine::new(config, T0)
@@ -110,24 +112,73 @@ fn least_in_flight_wins_and_ties_go_round_robin() {
 }
 
 #[test]
-fn each_delivery_counts_an_attempt_and_is_persisted() {
+fn each_delivery_counts_an_attempt_written_with_its_settlement_or_once_the_lease_lasts() {
     let mut e = engine();
-    e.publish_committed(&[task(1, 0)], T0);
-    e.subscribe(1, 1, "q", 1).unwrap();
+    e.publish_committed(&[task(1, 0), task(2, 0), task(3, 0)], T0);
+    e.subscribe(1, 1, "q", 3).unwrap();
     let (d, m) = step(&mut e, T0);
-    assert_eq!(d[0].attempt, 1);
-    assert_eq!(d[0].max_attempts, 3);
+    assert_eq!(ids(&d), vec![1, 2, 3]);
+    assert_eq!((d[0].attempt, d[0].max_attempts), (1, 3));
     assert_eq!(d[0].deadline_ms, T0 + 1_000);
+    assert_eq!(m, vec![], "nothing written at delivery");
+    assert_eq!(
+        e.next_wakeup(),
+        Some(T0 + 1_000),
+        "the first lease's deadline"
+    );
+    // Acked in time: the removed task never needed its count.
+    let acked = e.ack(1, 1, d[0].token, Bytes::new(), T0 + 5).unwrap();
+    assert_eq!(acked.attempt, None);
+    // Nacked in time: the settlement carries the count.
+    let m = e
+        .nack(1, 2, d[1].token, NackMode::Dead, "", T0 + 5)
+        .unwrap();
+    assert!(
+        matches!(&m, Mutation::Patch { patch, .. } if patch.attempts == Some(1)),
+        "{m:?}"
+    );
+    // Task 3 stays leased (extended): its count is written once the lease lasts.
+    e.extend(1, 3, d[2].token, 100_000, T0 + 500).unwrap();
+    assert!(step(&mut e, T0 + 59_999).1.is_empty());
+    let (_, m) = step(&mut e, T0 + 60_000);
     assert_eq!(
         m,
         vec![Mutation::Patch {
-            id: 1,
+            id: 3,
             patch: StatePatch {
                 attempts: Some(1),
-                updated_ms: T0,
+                updated_ms: T0 + 60_000,
                 ..StatePatch::default()
             }
         }]
+    );
+    assert!(step(&mut e, T0 + 90_000).1.is_empty(), "written once");
+}
+
+#[test]
+fn a_due_attempt_count_is_written_before_its_lease_expires_in_the_same_tick() {
+    let mut e = Engine::new(
+        EngineConfig {
+            queue_defaults: QueueConfig {
+                lease_ms: 1_000,
+                ..QueueConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+        T0,
+    );
+    assert_eq!(e.config.attempt_write_after_ms, ATTEMPT_WRITE_AFTER_MS);
+    e.publish_committed(&[task(1, 0)], T0);
+    e.subscribe(1, 1, "q", 1).unwrap();
+    let (d, m) = step(&mut e, T0);
+    assert_eq!((ids(&d), m), (vec![1], vec![]));
+    let (_, m) = step(&mut e, T0 + ATTEMPT_WRITE_AFTER_MS.max(1_000));
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert!(
+        matches!(&m[0], Mutation::Patch { patch, .. } if patch.attempts == Some(1) && patch.last_error.is_none())
+    );
+    assert!(
+        matches!(&m[1], Mutation::Patch { patch, .. } if patch.attempts == Some(1) && patch.last_error.is_some())
     );
 }
 
@@ -181,10 +232,22 @@ fn settling_needs_the_right_token_and_connection() {
     );
     assert_eq!(
         e.ack(1, 1, lease.token, Bytes::from_static(b"done"), T0 + 5),
-        Ok(Mutation::Succeed {
-            id: 1,
-            result: Bytes::from_static(b"done"),
-            updated_ms: T0 + 5
+        Ok(Acked {
+            // The kept record needs the delivery's count, not written yet.
+            attempt: Some(Mutation::Patch {
+                id: 1,
+                patch: StatePatch {
+                    attempts: Some(1),
+                    updated_ms: T0 + 5,
+                    ..StatePatch::default()
+                }
+            }),
+            change: Mutation::Succeed {
+                id: 1,
+                result: Bytes::from_static(b"done"),
+                updated_ms: T0 + 5
+            },
+            attempts: 1,
         })
     );
     assert_eq!(
@@ -235,6 +298,7 @@ fn max_attempts_sends_to_dead_with_the_last_reason() {
             id: 1,
             patch: StatePatch {
                 status: Some(TaskStatus::Dead),
+                attempts: Some(3),
                 last_error: Some(Some(REASON_LEASE_EXPIRED.into())),
                 updated_ms: d[0].deadline_ms,
                 ..StatePatch::default()
@@ -277,7 +341,7 @@ fn release_unseen_undoes_the_attempt_and_keeps_the_order() {
     e.subscribe(1, 1, "q", 2).unwrap();
     let (d, m) = step(&mut e, T0);
     assert_eq!(ids(&d), vec![1, 2]);
-    assert_eq!(m.len(), 2, "each delivery persists its attempt");
+    assert_eq!(m.len(), 0, "a delivery's attempt is written later");
     assert!(
         e.release_unseen(1, 2, d[0].token, T0).is_err(),
         "wrong token"
@@ -372,14 +436,18 @@ fn extend_pushes_the_deadline_with_a_cap() {
     e.subscribe(1, 1, "q", 1).unwrap();
     let (d, _) = step(&mut e, T0);
     let tok = d[0].token;
+    let counted = |m: &[Mutation]| {
+        m.iter()
+            .all(|m| matches!(m, Mutation::Patch { patch, .. } if patch.last_error.is_none()))
+    };
     assert_eq!(e.extend(1, 1, tok, 2_000, T0 + 900), Ok(T0 + 2_900));
     assert_eq!(
         e.extend(1, 1, tok, 60_000, T0 + 900),
         Ok(T0 + 5_900),
         "capped"
     );
-    // The old deadline passes without expiring the lease.
-    assert!(step(&mut e, T0 + 1_000).1.is_empty());
+    // The old deadline passes without expiring the lease (its count is written).
+    assert!(counted(&step(&mut e, T0 + 1_000).1));
     assert_eq!(
         e.extend(1, 1, tok + 1, 10, T0),
         Err(EngineError::LeaseExpired { task: 1 })

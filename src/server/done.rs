@@ -45,8 +45,9 @@ pub(crate) enum Done {
         task: TaskId,
         state: Final,
         waiters: Arc<Waiters>,
-        /// For an ack: how to give the task back to the hub if the ack is not stored.
-        restore: Option<Arc<Restore>>,
+        /// For an ack: how to give the task back to the hub if the ack is not stored,
+        /// and the attempt count of the delivery it settled.
+        restore: Option<(Arc<Restore>, u32)>,
     },
     /// A barrier for a wait that found no record (see `conn/wait.rs`): look again.
     Recheck {
@@ -406,8 +407,8 @@ impl Completion for Done {
                 },
                 Err(e),
             ) => {
-                if let Some(restore) = restore {
-                    restore.give_back(task);
+                if let Some((restore, attempts)) = restore {
+                    restore.give_back(task, attempts);
                 }
                 let Some((out, req)) = reply else { return };
                 (out, req, not_persisted(&e))
@@ -499,9 +500,15 @@ pub(crate) struct Restore {
 }
 
 impl Restore {
-    fn give_back(&self, task: TaskId) {
+    /// Hands `task`'s stored state back, counting at least `attempts` (the settled
+    /// delivery's count, which the store may not hold yet: it is written with the
+    /// next settlement or once the next lease lasts).
+    fn give_back(&self, task: TaskId, attempts: u32) {
         let state = match self.store.get_state(task) {
-            Ok(Some(state)) if state.status == TaskStatus::Pending => state,
+            Ok(Some(mut state)) if state.status == TaskStatus::Pending => {
+                state.attempts = state.attempts.max(attempts);
+                state
+            }
             Ok(_) => return,
             Err(error) => {
                 warn!(task, %error, "an unstored ack's task could not be read back; it returns at the next restart");

@@ -60,6 +60,7 @@ pub(super) fn engine_config(config: &ServerConfig) -> EngineConfig {
         queue_defaults: config.queue_defaults.clone(),
         max_lease_ms: config.max_lease_ms,
         rng_seed: now_ms(),
+        ..EngineConfig::default()
     }
 }
 

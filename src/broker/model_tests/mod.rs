@@ -24,6 +24,9 @@ use crate::model::{
 
 const T0: Millis = 1_000_000;
 const MAX_LEASE_MS: u64 = 5_000;
+/// The engine's `attempt_write_after_ms` here: shorter than the queues' leases, so
+/// that counts are written on their own as well as with settlements.
+const COUNT_AFTER_MS: Millis = 300;
 const QUEUES: [&str; 3] = ["a", "b", "c"];
 /// Connection slots the operations pick from.
 const SLOTS: usize = 3;
@@ -93,6 +96,7 @@ fn new_engine(now: Millis) -> Engine {
             queue_defaults: queue_config(0),
             max_lease_ms: MAX_LEASE_MS,
             rng_seed: now,
+            attempt_write_after_ms: COUNT_AFTER_MS,
         },
         now,
     );

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 use super::state::Hub;
 use crate::broker::{Committed, ConnId, NackMode, SubId};
 use crate::model::{Millis, TaskId, TaskState};
-use crate::server::msg::{Failure, Final, LeaseHolder, OutTx, Outbound, Reply, ReqId, Reservation};
+use crate::server::msg::{Failure, LeaseHolder, OutTx, Outbound, Reply, ReqId, Reservation};
 
 impl Hub {
     /// A connection finished its handshake.
@@ -56,10 +56,8 @@ impl Hub {
         now: Millis,
     ) {
         match self.engine.ack(conn, task, token, result, now) {
-            // Succeeded even when the queue keeps nothing (then `m` is a Remove).
-            Ok(m) => {
-                self.persist_then_reply(conn, req, m, Reply::Ok, Some((task, Final::Succeeded)))
-            }
+            // Succeeded even when the queue keeps nothing (then the change is a Remove).
+            Ok(acked) => self.persist_ack(conn, req, task, acked),
             Err(e) => self.refuse(conn, req, Failure::Engine(e)),
         }
     }
@@ -76,7 +74,7 @@ impl Hub {
         now: Millis,
     ) {
         match self.engine.nack(conn, task, token, mode, reason, now) {
-            Ok(m) => self.persist_then_reply(conn, req, m, Reply::Ok, None),
+            Ok(m) => self.persist_then_reply(conn, req, m, Reply::Ok),
             Err(e) => self.refuse(conn, req, Failure::Engine(e)),
         }
     }
@@ -91,7 +89,7 @@ impl Hub {
         now: Millis,
     ) {
         match self.engine.release_unseen(conn, task, token, now) {
-            Ok(m) => self.persist_then_reply(conn, req, m, Reply::Ok, None),
+            Ok(m) => self.persist_then_reply(conn, req, m, Reply::Ok),
             Err(e) => self.refuse(conn, req, Failure::Engine(e)),
         }
     }

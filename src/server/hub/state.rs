@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::rates::Rates;
-use crate::broker::{ConnId, Effect, Engine};
+use crate::broker::{Acked, ConnId, Effect, Engine};
 use crate::model::{IdMap, Millis, Mutation, TaskId};
 use crate::server::bounded::Bounded;
 use crate::server::done::{Done, Restore, StoreWriter};
@@ -133,27 +133,17 @@ impl Hub {
     }
 
     /// Persists `m`, then confirms request `req` on `conn` once it is durable (and
-    /// wakes the task's result waiters if `m` finishes the task: `finished`, else as
-    /// [`Final::of`] reads `m`).
-    pub(super) fn persist_then_reply(
-        &self,
-        conn: ConnId,
-        req: ReqId,
-        m: Mutation,
-        ok: Reply,
-        finished: Option<(TaskId, Final)>,
-    ) {
+    /// wakes the task's result waiters if `m` finishes the task, as [`Final::of`]
+    /// reads it).
+    pub(super) fn persist_then_reply(&self, conn: ConnId, req: ReqId, m: Mutation, ok: Reply) {
         let out = self.outboxes.get(&conn);
-        // Only an ack passes `finished`; it is the settle that drops the task from
-        // the engine, so only it needs giving back if it is not stored.
-        let restore = finished.map(|_| self.restore.clone());
-        let done = match finished.or_else(|| Final::of(&m)) {
+        let done = match Final::of(&m) {
             Some((task, state)) => Some(Done::Finished {
                 reply: out.map(|out| (out.clone(), req)),
                 task,
                 state,
                 waiters: self.waiters.clone(),
-                restore,
+                restore: None,
             }),
             None => out.map(|out| Done::Reply {
                 out: out.clone(),
@@ -162,6 +152,31 @@ impl Hub {
             }),
         };
         self.writer.submit(Muts::One(m), done);
+    }
+
+    /// Persists the ack of `task` (after its delivery's count when the engine asks
+    /// for it, in the same job), then confirms request `req` on `conn` once durable
+    /// and wakes the task's result waiters. The ack is what dropped the task from the
+    /// engine, so if it is not stored the task goes back, with the count of the
+    /// delivery it settled (`Restore`).
+    pub(super) fn persist_ack(&self, conn: ConnId, req: ReqId, task: TaskId, acked: Acked) {
+        let Acked {
+            attempt,
+            change,
+            attempts,
+        } = acked;
+        let muts = match attempt {
+            Some(attempt) => Muts::Many(vec![attempt, change]),
+            None => Muts::One(change),
+        };
+        let done = Done::Finished {
+            reply: self.outboxes.get(&conn).map(|out| (out.clone(), req)),
+            task,
+            state: Final::Succeeded,
+            waiters: self.waiters.clone(),
+            restore: Some((self.restore.clone(), attempts)),
+        };
+        self.writer.submit(muts, Some(done));
     }
 
     /// Persists a change nobody waits for, except result waiters when it finishes a task.

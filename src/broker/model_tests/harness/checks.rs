@@ -38,7 +38,8 @@ impl Harness {
                 delivered.insert(h.task);
                 assert_eq!(
                     self.engine
-                        .ack(h.conn, h.task, h.token, Bytes::new(), self.now),
+                        .ack(h.conn, h.task, h.token, Bytes::new(), self.now)
+                        .map(|a| a.change),
                     Ok(Mutation::Remove { id: h.task })
                 );
                 self.store.persist(Mutation::Remove { id: h.task }, true);
@@ -199,7 +200,8 @@ impl Harness {
                     (TaskStatus::Pending, not_before)
                 }
             };
-            let attempts = t.attempts + u32::from(t.phantom);
+            let attempts =
+                t.attempts + u32::from(t.phantom) - u32::from(t.unwritten_since.is_some());
             assert_eq!(
                 (rec.status, rec.attempts, rec.not_before_ms, &rec.last_error),
                 (status, attempts, not_before, &t.last_error),
@@ -216,7 +218,10 @@ impl Harness {
     /// rate-limited queue with work and credit) next token.
     pub(super) fn check_wakeup(&self) {
         let tasks = self.tasks.values().filter_map(|t| match t.state {
-            MState::Leased { deadline, .. } => Some(deadline),
+            MState::Leased { deadline, .. } => Some(
+                t.unwritten_since
+                    .map_or(deadline, |d| deadline.min(d + COUNT_AFTER_MS)),
+            ),
             MState::Ready {
                 not_before,
                 delayed: true,

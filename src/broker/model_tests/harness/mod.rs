@@ -57,8 +57,11 @@ struct MTask {
     /// Deliveries that count.
     attempts: u32,
     /// The store's count is one higher: a delivery that could not be sent was counted
-    /// on disk before the engine gave it back (the next delivery rewrites it).
+    /// on disk before the engine gave it back (the next written count rewrites it).
     phantom: bool,
+    /// When the current lease's delivery was made, while its attempt count is not
+    /// written (the store's count is one lower until then).
+    unwritten_since: Option<Millis>,
     state: MState,
     last_error: Option<String>,
     /// The expiry it was published with (0 = none), as stored.
@@ -299,6 +302,7 @@ impl Harness {
             lease_ms: lease,
             attempts: 0,
             phantom: false,
+            unwritten_since: None,
             state: MState::Ready {
                 not_before,
                 delayed: not_before > now,
@@ -354,6 +358,13 @@ impl Harness {
             .filter(|(_, t)| matches!(t.state, MState::Leased { deadline, .. } if deadline <= now))
             .map(|(&id, _)| id)
             .collect();
+        let mut counting: BTreeSet<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, MState::Leased { .. }))
+            .filter(|(_, t)| t.unwritten_since.is_some_and(|d| d + COUNT_AFTER_MS <= now))
+            .map(|(&id, _)| id)
+            .collect();
         let mut out = Vec::new();
         self.engine.tick(now, &mut out);
         for effect in out {
@@ -361,6 +372,20 @@ impl Harness {
                 panic!("tick delivers nothing, got {effect:?}");
             };
             match &m {
+                // A lease open long enough: its count alone (before any expiry).
+                Mutation::Patch { id, patch }
+                    if patch.last_error.is_none() && counting.remove(id) =>
+                {
+                    let t = self.tasks.get_mut(id).expect("known task");
+                    let want = StatePatch {
+                        attempts: Some(t.attempts),
+                        updated_ms: now,
+                        ..StatePatch::default()
+                    };
+                    assert_eq!(patch, &want, "task {id}'s attempt count");
+                    t.phantom = false;
+                    t.unwritten_since = None;
+                }
                 Mutation::Patch { id, patch } if due.remove(id) => {
                     self.end_lease(*id, patch, Ending::Expired);
                 }
@@ -371,6 +396,10 @@ impl Harness {
         assert!(
             due.is_empty(),
             "leases past their deadline survived: {due:?}"
+        );
+        assert!(
+            counting.is_empty(),
+            "leases open for {COUNT_AFTER_MS} ms without their count written: {counting:?}"
         );
         for (id, t) in self.tasks.iter_mut() {
             assert!(!t.expiry_due(now), "task {id} not expired at {now}: {t:?}");
@@ -436,7 +465,13 @@ impl Harness {
         };
         assert_eq!(patch.last_error, Some(Some(reason.to_owned())), "task {id}");
         assert_eq!(patch.updated_ms, now);
-        assert_eq!(patch.attempts, None, "attempts are persisted at delivery");
+        assert_eq!(
+            patch.attempts,
+            Some(t.attempts),
+            "a settlement writes the count"
+        );
+        t.phantom = false;
+        t.unwritten_since = None;
         t.last_error = Some(reason.to_owned());
         // Dead iff nacked dead or out of attempts.
         if mode == NackOp::Dead || t.exhausted() {
@@ -469,34 +504,16 @@ impl Harness {
         let mut out = Vec::new();
         self.engine.dispatch(self.now, &mut out);
         self.dispatched.clear();
-        let mut counted: Option<(TaskId, u32)> = None;
         for effect in out {
             match effect {
+                // A delivery's attempt is written later (`tick`) or with its settlement.
                 Effect::Persist(m) => {
-                    assert!(counted.is_none(), "one count per delivery");
-                    match &m {
-                        Mutation::Patch { id, patch } if patch.attempts.is_some() => {
-                            assert_eq!((patch.status, patch.not_before_ms), (None, None));
-                            counted = Some((*id, patch.attempts.unwrap_or_default()));
-                        }
-                        _ => self.expired_at_dispatch(&m),
-                    }
+                    self.expired_at_dispatch(&m);
                     self.store.persist(m, false);
                 }
-                Effect::Deliver(d) => {
-                    assert_eq!(
-                        counted.take(),
-                        Some((d.task, d.attempt)),
-                        "each delivery persists its attempt first"
-                    );
-                    self.delivered(&d);
-                }
+                Effect::Deliver(d) => self.delivered(&d),
             }
         }
-        assert!(
-            counted.is_none(),
-            "an attempt was counted without a delivery"
-        );
         self.check_work_conserving(ticked);
     }
 
@@ -616,7 +633,7 @@ impl Harness {
         self.check_rate_windows(q);
         let t = self.tasks.get_mut(&d.task).expect("known task");
         t.attempts += 1;
-        t.phantom = false;
+        t.unwritten_since = Some(now);
         t.expiry = 0;
         t.state = MState::Leased {
             token: d.token,

@@ -33,6 +33,7 @@ impl Harness {
             assert_ne!(t.state, MState::Acked, "acked task {id} came back");
             t.attempts = rec.attempts;
             t.phantom = false;
+            t.unwritten_since = None;
             t.last_error = rec.last_error.clone();
             // Only a task never delivered (as stored) still expires.
             t.expiry = 0;

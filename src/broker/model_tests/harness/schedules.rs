@@ -451,6 +451,7 @@ fn scheduled_task(s: &MSched, state: &TaskState) -> MTask {
         lease_ms: 0,
         attempts: 0,
         phantom: false,
+        unwritten_since: None,
         state: MState::Submitted,
         last_error: None,
         expires_ms: 0,

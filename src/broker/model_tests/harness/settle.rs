@@ -31,7 +31,13 @@ impl Harness {
             assert_eq!(got, Err(EngineError::LeaseExpired { task: h.task }));
             return;
         }
-        assert_eq!(got, Ok(Mutation::Remove { id: h.task }));
+        let attempts = self.tasks[&h.task].attempts;
+        let removed = Acked {
+            attempt: None,
+            change: Mutation::Remove { id: h.task },
+            attempts,
+        };
+        assert_eq!(got, Ok(removed), "a removed task needs no count");
         self.store.persist(Mutation::Remove { id: h.task }, true);
         if let Some(t) = self.tasks.get_mut(&h.task) {
             t.state = MState::Acked;
@@ -102,6 +108,7 @@ impl Harness {
         };
         assert_eq!(got.as_ref(), Ok(&want), "release of task {}", h.task);
         t.phantom = false;
+        t.unwritten_since = None;
         if t.attempts == 0 {
             t.expiry = t.expires_ms; // still not started: its expiry applies again
         }
@@ -127,7 +134,9 @@ impl Harness {
             unreachable!("live lease")
         };
         t.attempts -= 1;
-        t.phantom = true;
+        // The store counted the delivery only if its count was written.
+        t.phantom = t.phantom || t.unwritten_since.is_none();
+        t.unwritten_since = None;
         if t.attempts == 0 {
             t.expiry = t.expires_ms;
         }
