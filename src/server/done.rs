@@ -45,9 +45,16 @@ pub(crate) enum Done {
         task: TaskId,
         state: Final,
         waiters: Arc<Waiters>,
-        /// For an ack: how to give the task back to the hub if the ack is not stored,
-        /// and the attempt count of the delivery it settled.
-        restore: Option<(Arc<Restore>, u32)>,
+    },
+    /// The acks one connection sent in one hub turn, stored as one job: confirm each
+    /// and wake its task's result waiters; if the job is not stored, refuse each and
+    /// give its task back to the hub (the ack is what dropped it from the engine).
+    Acks {
+        /// The connection's outbox (`None` once it has gone).
+        out: Option<OutTx>,
+        acks: Vec<AckDone>,
+        waiters: Arc<Waiters>,
+        restore: Arc<Restore>,
     },
     /// A barrier for a wait that found no record (see `conn/wait.rs`): look again.
     Recheck {
@@ -115,6 +122,7 @@ impl std::fmt::Debug for Done {
             Done::Admin(..) => "Admin",
             Done::Reply { .. } => "Reply",
             Done::Finished { .. } => "Finished",
+            Done::Acks { .. } => "Acks",
             Done::Recheck { .. } => "Recheck",
             Done::Removed { .. } => "Removed",
             Done::Swept { .. } => "Swept",
@@ -331,13 +339,43 @@ impl Completion for Done {
                     task,
                     state,
                     waiters,
-                    restore: _,
                 },
                 Ok(()),
             ) => {
                 waiters.wake(task, state);
                 let Some((out, req)) = reply else { return };
                 (out, req, Reply::Ok)
+            }
+            (
+                Done::Acks {
+                    out,
+                    acks,
+                    waiters,
+                    restore,
+                },
+                result,
+            ) => {
+                for AckDone {
+                    req,
+                    task,
+                    attempts,
+                } in acks
+                {
+                    let reply = match &result {
+                        Ok(()) => {
+                            waiters.wake(task, Final::Succeeded);
+                            Reply::Ok
+                        }
+                        Err(e) => {
+                            restore.give_back(task, attempts);
+                            not_persisted(e)
+                        }
+                    };
+                    if let Some(out) = &out {
+                        send_reply(out.clone(), req, reply);
+                    }
+                }
+                return;
             }
             (Done::Recheck { out, req, task }, _) => {
                 let _ = out.send(Outbound::Recheck { req, task });
@@ -398,18 +436,7 @@ impl Completion for Done {
                 let _ = tx.send(result.map(|()| report.sweep.cloned().unwrap_or_default()));
                 return;
             }
-            (
-                Done::Finished {
-                    reply,
-                    task,
-                    restore,
-                    ..
-                },
-                Err(e),
-            ) => {
-                if let Some((restore, attempts)) = restore {
-                    restore.give_back(task, attempts);
-                }
+            (Done::Finished { reply, .. }, Err(e)) => {
                 let Some((out, req)) = reply else { return };
                 (out, req, not_persisted(&e))
             }
@@ -488,6 +515,14 @@ fn drop_duplicates(committed: &mut Vec<Committed>, duplicates: &[crate::store::D
         i += 1;
         !dup
     });
+}
+
+/// One ack of a [`Done::Acks`] job.
+pub(crate) struct AckDone {
+    pub(crate) req: ReqId,
+    pub(crate) task: TaskId,
+    /// The attempt count of the delivery it settled (`Restore::give_back`).
+    pub(crate) attempts: u32,
 }
 
 /// An ack that could not be stored (the journal could not write) left the task in the

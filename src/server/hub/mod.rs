@@ -105,6 +105,7 @@ impl Hub {
             }
             self.handle(cmd, now);
         }
+        self.flush_acks();
         if !stop && self.leading {
             self.fire_schedules(now);
         }

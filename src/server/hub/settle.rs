@@ -57,7 +57,7 @@ impl Hub {
     ) {
         match self.engine.ack(conn, task, token, result, now) {
             // Succeeded even when the queue keeps nothing (then the change is a Remove).
-            Ok(acked) => self.persist_ack(conn, req, task, acked),
+            Ok(acked) => self.acks.push((conn, req, task, acked)),
             Err(e) => self.refuse(conn, req, Failure::Engine(e)),
         }
     }

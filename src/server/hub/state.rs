@@ -1,7 +1,8 @@
 //! What the hub owns ([`Hub`]: the engine, the connections' outboxes, the store
 //! writer's handle, rates, reservations, the admin queue) and the few things every
 //! handler does with it: answer a connection, persist a change and answer once it is
-//! durable, carry out the engine's effects. The handlers themselves are in the sibling
+//! durable, store a turn's acks together (one job per connection), carry out the
+//! engine's effects. The handlers themselves are in the sibling
 //! files, one function per command.
 
 use std::collections::{HashMap, VecDeque};
@@ -12,11 +13,14 @@ use super::rates::Rates;
 use crate::broker::{Acked, ConnId, Effect, Engine};
 use crate::model::{IdMap, Millis, Mutation, TaskId};
 use crate::server::bounded::Bounded;
-use crate::server::done::{Done, Restore, StoreWriter};
+use crate::server::done::{AckDone, Done, Restore, StoreWriter};
 use crate::server::lease::LeaderLease;
 use crate::server::msg::{AdminOp, Failure, Final, OutTx, Outbound, Reply, ReqId, WeakHubTx};
 use crate::server::waiters::Waiters;
 use crate::store::{Muts, Store};
+
+/// Most acks of one connection stored as one job (`Hub::flush_acks`).
+pub(super) const ACKS_PER_JOB: usize = 256;
 
 /// The hub's state. Only the hub task touches it; nothing here is shared but the
 /// handles it was given.
@@ -39,9 +43,11 @@ pub(crate) struct Hub {
     /// Only asked whether it failed (then nothing is dispatched: a delivery's body
     /// could not be read, and its requeue would spin). Never read here.
     pub(super) store: Store,
-    /// Shared by every ack's completion (one reference count each, no allocation):
-    /// how to give a task back if its ack is not stored.
+    /// Shared by every ack job's completion (one reference count each, no
+    /// allocation): how to give a task back if its ack is not stored.
     pub(super) restore: Arc<Restore>,
+    /// The acks of this turn, stored together at its end (`flush_acks`).
+    pub(super) acks: Vec<(ConnId, ReqId, TaskId, Acked)>,
     /// Admin changes: the one in flight and those waiting for it (`admin.rs`).
     pub(super) admin_queue: AdminQueue,
     /// The hub's own command channel, for completions that report back.
@@ -83,6 +89,7 @@ impl Hub {
                 store: store.clone(),
                 hub: me.clone(),
             }),
+            acks: Vec::new(),
             admin_queue: AdminQueue::default(),
             me,
             store,
@@ -143,7 +150,6 @@ impl Hub {
                 task,
                 state,
                 waiters: self.waiters.clone(),
-                restore: None,
             }),
             None => out.map(|out| Done::Reply {
                 out: out.clone(),
@@ -154,29 +160,51 @@ impl Hub {
         self.writer.submit(Muts::One(m), done);
     }
 
-    /// Persists the ack of `task` (after its delivery's count when the engine asks
-    /// for it, in the same job), then confirms request `req` on `conn` once durable
-    /// and wakes the task's result waiters. The ack is what dropped the task from the
-    /// engine, so if it is not stored the task goes back, with the count of the
-    /// delivery it settled (`Restore`).
-    pub(super) fn persist_ack(&self, conn: ConnId, req: ReqId, task: TaskId, acked: Acked) {
-        let Acked {
-            attempt,
-            change,
-            attempts,
-        } = acked;
-        let muts = match attempt {
-            Some(attempt) => Muts::Many(vec![attempt, change]),
-            None => Muts::One(change),
-        };
-        let done = Done::Finished {
-            reply: self.outboxes.get(&conn).map(|out| (out.clone(), req)),
-            task,
-            state: Final::Succeeded,
-            waiters: self.waiters.clone(),
-            restore: Some((self.restore.clone(), attempts)),
-        };
-        self.writer.submit(muts, Some(done));
+    /// Stores the acks gathered this turn (`acks`): one job per connection of up to
+    /// [`ACKS_PER_JOB`] of its acks, in the order they came, each ack's change after
+    /// its delivery's count when the engine asks for it. Each is confirmed once its job
+    /// is durable; an ack whose job is not stored gives its task back (`Done::Acks`).
+    pub(super) fn flush_acks(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let mut by_conn: Vec<(ConnId, Vec<Mutation>, Vec<AckDone>)> = Vec::new();
+        for (conn, req, task, acked) in self.acks.drain(..) {
+            let Acked {
+                attempt,
+                change,
+                attempts,
+            } = acked;
+            let at = match by_conn
+                .iter()
+                .rposition(|(c, _, acks)| *c == conn && acks.len() < ACKS_PER_JOB)
+            {
+                Some(at) => at,
+                None => {
+                    by_conn.push((conn, Vec::new(), Vec::new()));
+                    by_conn.len() - 1
+                }
+            };
+            let (_, muts, acks) = &mut by_conn[at];
+            muts.extend(attempt);
+            muts.push(change);
+            acks.push(AckDone {
+                req,
+                task,
+                attempts,
+            });
+        }
+        for (conn, muts, acks) in by_conn {
+            debug_assert!(!acks.is_empty() && muts.len() >= acks.len());
+            let done = Done::Acks {
+                out: self.outboxes.get(&conn).cloned(),
+                acks,
+                waiters: self.waiters.clone(),
+                restore: self.restore.clone(),
+            };
+            self.writer.submit(Muts::Many(muts), Some(done));
+        }
+        debug_assert!(self.acks.is_empty());
     }
 
     /// Persists a change nobody waits for, except result waiters when it finishes a task.
@@ -186,7 +214,6 @@ impl Hub {
             task,
             state,
             waiters: self.waiters.clone(),
-            restore: None,
         });
         self.writer.submit(Muts::One(m), done);
     }

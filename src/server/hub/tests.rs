@@ -404,6 +404,58 @@ async fn settlement_needs_the_live_lease_and_is_confirmed_once_durable() {
     rig.finish();
 }
 
+/// The acks one connection sends in one turn are stored as one job, each confirmed
+/// once it is durable; a record kept for the result carries the delivery's attempt
+/// count, which nothing had written before the ack.
+#[tokio::test]
+async fn a_turns_acks_of_one_connection_are_stored_as_one_job() {
+    let mut rig = Rig::new(0);
+    let mut rx = rig.connect(1);
+    let ids = rig.publish_durable("q", 3).await;
+    rig.turn(vec![HubCmd::Subscribe {
+        conn: 1,
+        req: 5,
+        queue: "q".into(),
+        prefetch: 3,
+    }]);
+    assert!(matches!(reply_to(&mut rx, 5).await, Reply::Subscribed(5)));
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(delivery(&mut rx).await);
+    }
+    assert_eq!(got.iter().map(|d| d.task).collect::<Vec<_>>(), ids);
+    for d in &got {
+        let stored = rig.store.get_state(d.task).expect("read").expect("stored");
+        assert_eq!(
+            stored.attempts, 0,
+            "a delivery's count is not written at once"
+        );
+    }
+    let stats = rig.writer.as_ref().expect("running").stats();
+    let jobs = stats.jobs.load(std::sync::atomic::Ordering::Relaxed);
+    rig.turn(
+        got.iter()
+            .zip(6..)
+            .map(|(d, req)| ack(1, req, d, d.token))
+            .collect(),
+    );
+    match next(&mut rx).await {
+        Outbound::Replies(replies) => {
+            let reqs: Vec<ReqId> = replies.iter().map(|(req, _)| *req).collect();
+            assert_eq!(reqs, vec![6, 7, 8], "confirmed together, in order");
+            assert!(replies.iter().all(|(_, r)| matches!(r, Reply::Ok)));
+        }
+        other => panic!("expected the three confirmations, got {other:?}"),
+    }
+    let stored_jobs = stats.jobs.load(std::sync::atomic::Ordering::Relaxed) - jobs;
+    assert_eq!(stored_jobs, 1, "one job for the turn's three acks");
+    for d in &got {
+        let stored = rig.store.get_state(d.task).expect("read").expect("kept");
+        assert_eq!((stored.status, stored.attempts), (TaskStatus::Succeeded, 1));
+    }
+    rig.finish();
+}
+
 /// Leases end on the hub's clock: a turn past the deadline redelivers with a new
 /// token (the old one is refused), and a disconnect returns the lease at once.
 #[tokio::test]
