@@ -375,8 +375,13 @@ impl LogStore {
         })
     }
 
-    /// Runs `f` on the writer on a blocking thread (appends and syncs block); an
-    /// error is reported to openraft through `err`.
+    /// Runs `f` on the writer (appends and syncs block); an error is reported to
+    /// openraft through `err`. Only openraft's core calls this, and it awaits the
+    /// result before it does anything else (0.9), so when the runtime has another
+    /// worker to go on with the rest, `f` runs right here: the hop to a blocking
+    /// thread and back cost a cluster 9–12% of its throughput (BENCHMARKS.md,
+    /// "Raft log writes without a thread hop"). With a single worker it goes to a
+    /// blocking thread, so that the worker goes on with everything else.
     async fn blocking<T: Send + 'static>(
         &self,
         err: fn(&io::Error) -> StorageError,
@@ -384,6 +389,9 @@ impl LogStore {
     ) -> Result<T, StorageError> {
         let writer = self.writer.clone();
         let index = self.index.clone();
+        if tokio::runtime::Handle::current().metrics().num_workers() >= 2 {
+            return f(&mut writer.lock(), &index).map_err(|e| err(&e));
+        }
         match tokio::task::spawn_blocking(move || f(&mut writer.lock(), &index)).await {
             Ok(result) => result.map_err(|e| err(&e)),
             Err(e) => Err(err(&io::Error::other(e.to_string()))),
