@@ -4,15 +4,19 @@
 # `squall bench` with the same workloads as benches/ab.sh — a saturating 4 producers x
 # 4 consumers run and a fixed-rate run (1 producer, 1 consumer) — alternating R1 and R3
 # round after round. The cluster's clients are given one member and follow the leader.
-# Broker CPU is the sum over the members. Prints one markdown table.
+# Broker CPU is the sum over the members. The saturating run is repeated for each
+# producer window in WINDOWS (publishes in flight per producer), R1 and R3 alike.
+# Prints one markdown table.
 #
 # Usage: cargo build --release --bin squall && benches/cluster.sh
-# Environment: ROUNDS (3), MESSAGES (50000), RATE (1000), RATE_MESSAGES (10000),
-#              SQUALL_BIN (target/release/squall), BASE_PORT (32600).
+# Environment: ROUNDS (3), MESSAGES (50000), WINDOWS ("64"), RATE (1000),
+#              RATE_MESSAGES (10000), SQUALL_BIN (target/release/squall),
+#              BASE_PORT (32600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 MESSAGES=${MESSAGES:-50000}
+WINDOWS=${WINDOWS:-64}
 RATE=${RATE:-1000}
 RATE_MESSAGES=${RATE_MESSAGES:-10000}
 BIN=${SQUALL_BIN:-target/release/squall}
@@ -86,12 +90,14 @@ stop() {
 
 for round in $(seq "$ROUNDS"); do
   for kind in R1 R3; do
-    echo "round $round: $kind throughput..." >&2
-    start "$kind"
-    "$BIN" bench --server "$ADDR" --producers 4 --consumers 4 --messages "$MESSAGES" \
-      --size 256 --window 64 --prefetch 64 --json > "$WORK/r$round-$kind-tp.json"
-    cpu > "$WORK/r$round-$kind-tp.cpu"
-    stop
+    for w in $WINDOWS; do
+      echo "round $round: $kind throughput, window $w..." >&2
+      start "$kind"
+      "$BIN" bench --server "$ADDR" --producers 4 --consumers 4 --messages "$MESSAGES" \
+        --size 256 --window "$w" --prefetch 64 --json > "$WORK/r$round-$kind-w$w-tp.json"
+      cpu > "$WORK/r$round-$kind-w$w-tp.cpu"
+      stop
+    done
     echo "round $round: $kind at $RATE msgs/s..." >&2
     start "$kind"
     "$BIN" bench --server "$ADDR" --producers 1 --consumers 1 --messages "$RATE_MESSAGES" \
@@ -100,29 +106,39 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "$ROUNDS" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$WINDOWS" "$MESSAGES" <<'PY'
 import json, os, sys, datetime, platform, statistics
-work, rounds = sys.argv[1], int(sys.argv[2])
+work, rounds, windows, messages = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
 ms = lambda us: f"{us/1000:.2f}"
 load = os.getloadavg()[0]
 print(f"Measured {datetime.date.today()} on {platform.node()} ({os.cpu_count()} cores, "
       f"load average {load:.1f} at the end); {rounds} rounds, R1 and R3 alternating; "
       f"`--fsync always`; load generator: `squall bench`.\n")
-print("| setup | round | 4×4, 50k × 256 B: msgs/s | broker CPU per message (all members) "
+window_col = "" if windows == ["64"] else " window |"
+print(f"| setup | round |{window_col} 4×4, {messages // 1000:,}k × 256 B: msgs/s "
+      "| broker CPU per message (all members) "
       "| e2e p50 / p99 (ms) | fixed rate: e2e p50 / p99 / p99.9 (ms) | lost |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-tps = {"R1": [], "R3": []}
+print("| --- | ---: |" + (" ---: |" if window_col else "") + " ---: | ---: | ---: | ---: | ---: |")
+tps = {(k, w): [] for k in ("R1", "R3") for w in windows}
 for kind in ("R1", "R3"):
     for r in range(1, rounds + 1):
-        tp = json.load(open(f"{work}/r{r}-{kind}-tp.json"))
         rate = json.load(open(f"{work}/r{r}-{kind}-rate.json"))
-        cpu = float(open(f"{work}/r{r}-{kind}-tp.cpu").read())
-        e, f = tp["end_to_end"], rate["end_to_end"]
-        tps[kind].append(tp["msgs_per_s"])
-        print(f"| {kind if r == 1 else ''} | {r} | {tp['msgs_per_s']:,.0f} "
-              f"| {cpu / tp['confirmed'] * 1e6:.0f} µs | {ms(e['p50_us'])} / {ms(e['p99_us'])} "
-              f"| {ms(f['p50_us'])} / {ms(f['p99_us'])} / {ms(f['p999_us'])} "
-              f"| {tp['lost'] + rate['lost']} |")
-r1, r3 = statistics.median(tps["R1"]), statistics.median(tps["R3"])
-print(f"\nMedian throughput: R1 {r1:,.0f} msgs/s, R3 {r3:,.0f} msgs/s: R3 = {r3 / r1:.0%} of R1.")
+        f = rate["end_to_end"]
+        for i, w in enumerate(windows):
+            tp = json.load(open(f"{work}/r{r}-{kind}-w{w}-tp.json"))
+            cpu = float(open(f"{work}/r{r}-{kind}-w{w}-tp.cpu").read())
+            e = tp["end_to_end"]
+            tps[(kind, w)].append(tp["msgs_per_s"])
+            fixed = f"{ms(f['p50_us'])} / {ms(f['p99_us'])} / {ms(f['p999_us'])}" if i == 0 else ""
+            lost = tp["lost"] + (rate["lost"] if i == 0 else 0)
+            print(f"| {kind if r == 1 and i == 0 else ''} | {r if i == 0 else ''} |"
+                  + (f" {w} |" if window_col else "")
+                  + f" {tp['msgs_per_s']:,.0f} "
+                  f"| {cpu / tp['confirmed'] * 1e6:.0f} µs | {ms(e['p50_us'])} / {ms(e['p99_us'])} "
+                  f"| {fixed} | {lost} |")
+print()
+for w in windows:
+    r1, r3 = statistics.median(tps[("R1", w)]), statistics.median(tps[("R3", w)])
+    label = "" if not window_col else f" at window {w}"
+    print(f"Median throughput{label}: R1 {r1:,.0f} msgs/s, R3 {r3:,.0f} msgs/s: R3 = {r3 / r1:.0%} of R1.")
 PY

@@ -379,8 +379,8 @@ impl LogStore {
     /// openraft through `err`. Only openraft's core calls this, and it awaits the
     /// result before it does anything else (0.9), so when the runtime has another
     /// worker to go on with the rest, `f` runs right here: the hop to a blocking
-    /// thread and back cost a cluster 9–12% of its throughput (BENCHMARKS.md,
-    /// "Raft log writes without a thread hop"). With a single worker it goes to a
+    /// thread and back cost a cluster 4–13% of its throughput (BENCHMARKS.md, the
+    /// cluster's "sixth session"). With a single worker it goes to a
     /// blocking thread, so that the worker goes on with everything else.
     async fn blocking<T: Send + 'static>(
         &self,
