@@ -21,6 +21,10 @@ use crate::store::{Muts, Store};
 
 /// Most acks of one connection stored as one job (`Hub::flush_acks`).
 pub(super) const ACKS_PER_JOB: usize = 256;
+/// Most bytes of results the acks of one job carry, unless a single ack's alone is
+/// more (results are bounded by `max_payload_bytes`): a job is one journal record and,
+/// in a cluster, part of one Raft entry.
+pub(super) const ACK_JOB_RESULT_BYTES: usize = 1024 * 1024;
 
 /// The hub's state. Only the hub task touches it; nothing here is shared but the
 /// handles it was given.
@@ -161,41 +165,53 @@ impl Hub {
     }
 
     /// Stores the acks gathered this turn (`acks`): one job per connection of up to
-    /// [`ACKS_PER_JOB`] of its acks, in the order they came, each ack's change after
+    /// [`ACKS_PER_JOB`] of its acks (and [`ACK_JOB_RESULT_BYTES`] of their results),
+    /// in the order they came, each ack's change after
     /// its delivery's count when the engine asks for it. Each is confirmed once its job
     /// is durable; an ack whose job is not stored gives its task back (`Done::Acks`).
     pub(super) fn flush_acks(&mut self) {
         if self.acks.is_empty() {
             return;
         }
-        let mut by_conn: Vec<(ConnId, Vec<Mutation>, Vec<AckDone>)> = Vec::new();
+        // (connection, the job's mutations, its acks, its results' bytes)
+        let mut jobs: Vec<(ConnId, Vec<Mutation>, Vec<AckDone>, usize)> = Vec::new();
         for (conn, req, task, acked) in self.acks.drain(..) {
             let Acked {
                 attempt,
                 change,
                 attempts,
             } = acked;
-            let at = match by_conn
-                .iter()
-                .rposition(|(c, _, acks)| *c == conn && acks.len() < ACKS_PER_JOB)
-            {
-                Some(at) => at,
-                None => {
-                    by_conn.push((conn, Vec::new(), Vec::new()));
-                    by_conn.len() - 1
+            let bytes = match &change {
+                Mutation::Succeed { result, .. } => result.len(),
+                _ => 0,
+            };
+            // Only the connection's latest job may take it: its acks stay in order.
+            let latest = jobs.iter().rposition(|(c, ..)| *c == conn);
+            let at = match latest {
+                Some(at)
+                    if jobs[at].2.len() < ACKS_PER_JOB
+                        && jobs[at].3 + bytes <= ACK_JOB_RESULT_BYTES =>
+                {
+                    at
+                }
+                _ => {
+                    jobs.push((conn, Vec::new(), Vec::new(), 0));
+                    jobs.len() - 1
                 }
             };
-            let (_, muts, acks) = &mut by_conn[at];
+            let (_, muts, acks, job_bytes) = &mut jobs[at];
             muts.extend(attempt);
             muts.push(change);
+            *job_bytes += bytes;
             acks.push(AckDone {
                 req,
                 task,
                 attempts,
             });
         }
-        for (conn, muts, acks) in by_conn {
+        for (conn, muts, acks, bytes) in jobs {
             debug_assert!(!acks.is_empty() && muts.len() >= acks.len());
+            debug_assert!(acks.len() == 1 || bytes <= ACK_JOB_RESULT_BYTES);
             let done = Done::Acks {
                 out: self.outboxes.get(&conn).cloned(),
                 acks,

@@ -453,6 +453,40 @@ async fn a_turns_acks_of_one_connection_are_stored_as_one_job() {
         let stored = rig.store.get_state(d.task).expect("read").expect("kept");
         assert_eq!((stored.status, stored.attempts), (TaskStatus::Succeeded, 1));
     }
+
+    // Results that together pass the job's bound make a job each (still in order).
+    let big = rig.publish_durable("q", 3).await;
+    rig.turn(Vec::new());
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(delivery(&mut rx).await);
+    }
+    assert_eq!(got.iter().map(|d| d.task).collect::<Vec<_>>(), big);
+    let jobs = stats.jobs.load(std::sync::atomic::Ordering::Relaxed);
+    let result = Bytes::from(vec![7u8; super::state::ACK_JOB_RESULT_BYTES * 3 / 5]);
+    rig.turn(
+        got.iter()
+            .zip(20..)
+            .map(|(d, req)| HubCmd::Ack {
+                conn: 1,
+                req,
+                task: d.task,
+                token: d.token,
+                result: result.clone(),
+            })
+            .collect(),
+    );
+    let mut confirmed = Vec::new();
+    while confirmed.len() < 3 {
+        match next(&mut rx).await {
+            Outbound::Replies(replies) => confirmed.extend(replies.into_iter().map(|(r, _)| r)),
+            Outbound::Reply { req, .. } => confirmed.push(req),
+            other => panic!("expected confirmations, got {other:?}"),
+        }
+    }
+    assert_eq!(confirmed, vec![20, 21, 22]);
+    let stored_jobs = stats.jobs.load(std::sync::atomic::Ordering::Relaxed) - jobs;
+    assert_eq!(stored_jobs, 3, "a job each: two results pass the bound");
     rig.finish();
 }
 
