@@ -187,6 +187,43 @@ async fn kill_9_under_load_loses_no_confirmed_task_and_revives_no_acked_one() {
     assert_eq!(dead.last_error.as_deref(), Some("poison pill"));
 }
 
+/// A delivery is counted in the store once its lease has lasted
+/// `ATTEMPT_WRITE_AFTER_MS` with nothing else happening (the hub wakes up for it), so a
+/// kill -9 after that brings the task back with the attempt counted; a delivery the
+/// broker died sooner after is not counted (docs/design/delivery.md).
+#[tokio::test]
+async fn a_delivery_is_counted_once_its_lease_has_lasted_and_survives_kill_9() {
+    let (_guard, dir) = temp_data_dir();
+    let broker = ChildBroker::spawn(&dir, &[]);
+    let mut w = Wire::hello(broker.addr).await;
+    let lasted = w.publish("lasted", "held").await;
+    let fresh = w.publish("fresh", "held").await;
+    w.subscribe("lasted", 1).await;
+    assert_eq!(w.delivery().await.task_id, lasted);
+    let after = Duration::from_millis(squall::broker::ATTEMPT_WRITE_AFTER_MS);
+    tokio::time::sleep(after + Duration::from_millis(500)).await;
+    w.subscribe("fresh", 1).await;
+    assert_eq!(w.delivery().await.task_id, fresh);
+    let delivered = std::time::Instant::now();
+    broker.kill9();
+    let soon = delivered.elapsed() < after / 2;
+
+    let store = Store::open(&StoreConfig {
+        path: dir.clone(),
+        fsync: FsyncMode::Always,
+        cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
+    })
+    .unwrap();
+    let lasted = store.get_state(lasted).unwrap().expect("kept");
+    assert_eq!((lasted.status, lasted.attempts), (TaskStatus::Pending, 1));
+    let fresh = store.get_state(fresh).unwrap().expect("kept");
+    assert_eq!(fresh.status, TaskStatus::Pending);
+    if soon {
+        assert_eq!(fresh.attempts, 0, "killed right after its delivery");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero_keeping_confirmed_tasks() {
     let (_guard, dir) = temp_data_dir();
