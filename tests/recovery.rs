@@ -23,6 +23,17 @@ struct Ledger {
     acked: HashSet<u64>,
 }
 
+/// The store of a broker that has stopped (or was killed), opened as the broker would.
+fn stopped_store(dir: &std::path::Path) -> Store {
+    Store::open(&StoreConfig {
+        path: dir.to_owned(),
+        fsync: FsyncMode::Always,
+        cache_bytes: 8 << 20,
+        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
+    })
+    .expect("open the stopped broker's store")
+}
+
 /// Publishes with 16 requests in flight until the connection dies, recording confirms.
 async fn produce(addr: std::net::SocketAddr, queue: &'static str, ledger: Arc<Mutex<Ledger>>) {
     let mut w = Wire::hello(addr).await;
@@ -169,13 +180,7 @@ async fn kill_9_under_load_loses_no_confirmed_task_and_revives_no_acked_one() {
     let status = broker.terminate();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 
-    let store = Store::open(&StoreConfig {
-        path: dir.clone(),
-        fsync: FsyncMode::Always,
-        cache_bytes: 8 << 20,
-        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
-    })
-    .unwrap();
+    let store = stopped_store(&dir);
     let delayed = store
         .get_state(delayed_id)
         .unwrap()
@@ -208,13 +213,7 @@ async fn a_delivery_is_counted_once_its_lease_has_lasted_and_survives_kill_9() {
     broker.kill9();
     let soon = delivered.elapsed() < after / 2;
 
-    let store = Store::open(&StoreConfig {
-        path: dir.clone(),
-        fsync: FsyncMode::Always,
-        cache_bytes: 8 << 20,
-        journal_segment_bytes: squall::store::DEFAULT_JOURNAL_SEGMENT_BYTES,
-    })
-    .unwrap();
+    let store = stopped_store(&dir);
     let lasted = store.get_state(lasted).unwrap().expect("kept");
     assert_eq!((lasted.status, lasted.attempts), (TaskStatus::Pending, 1));
     let fresh = store.get_state(fresh).unwrap().expect("kept");

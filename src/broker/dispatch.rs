@@ -8,10 +8,10 @@
 
 use std::cmp::Reverse;
 
-use super::engine::{ConnId, Dispatch, Effect, Engine};
+use super::engine::{attempts_patch, ConnId, Dispatch, Effect, Engine};
 use super::expiry::expire_entry;
 use super::queue::{Lease, QueueIdx};
-use crate::model::{Millis, Mutation, StatePatch};
+use crate::model::Millis;
 
 impl Engine {
     /// Hands ready tasks to subscriptions with free credit.
@@ -160,14 +160,11 @@ impl Engine {
             debug_assert!(lease.entry.attempts > 0, "a lease counts its delivery");
             lease.attempt_written = true;
             written += 1;
-            out.push(Effect::Persist(Mutation::Patch {
-                id: task,
-                patch: StatePatch {
-                    attempts: Some(lease.entry.attempts),
-                    updated_ms: now,
-                    ..StatePatch::default()
-                },
-            }));
+            out.push(Effect::Persist(attempts_patch(
+                task,
+                lease.entry.attempts,
+                now,
+            )));
         }
         debug_assert!(self
             .attempts_due

@@ -484,7 +484,7 @@ impl Engine {
                 let max = self.queues[idx as usize].effective_max_attempts(&entry);
                 if max > 0 && entry.attempts >= max {
                     self.queues[idx as usize].dead.insert(id, entry);
-                    return Some(dead_patch(id, REASON_RESTARTED, now));
+                    return Some(dead_patch(id, REASON_RESTARTED, None, now));
                 }
                 self.watch_expiry(idx, entry, state.expires_ms);
                 self.enqueue(idx, entry, state.not_before_ms, now);
@@ -720,12 +720,27 @@ fn clamp_lease(ms: u64) -> u32 {
     u32::try_from(ms).unwrap_or(u32::MAX)
 }
 
-pub(super) fn dead_patch(id: TaskId, reason: &str, now: Millis) -> Mutation {
+/// The task goes to the dead set with `reason`, and its attempt count when the
+/// store may not hold it yet (a settled delivery's).
+pub(super) fn dead_patch(id: TaskId, reason: &str, attempts: Option<u32>, now: Millis) -> Mutation {
     Mutation::Patch {
         id,
         patch: StatePatch {
             status: Some(TaskStatus::Dead),
+            attempts,
             last_error: Some(Some(reason.to_owned())),
+            updated_ms: now,
+            ..StatePatch::default()
+        },
+    }
+}
+
+/// The task's attempt count, on its own.
+pub(super) fn attempts_patch(id: TaskId, attempts: u32, now: Millis) -> Mutation {
+    Mutation::Patch {
+        id,
+        patch: StatePatch {
+            attempts: Some(attempts),
             updated_ms: now,
             ..StatePatch::default()
         },

@@ -103,5 +103,5 @@ pub(super) fn expire_entry(q: &mut Queue, entry: Entry, now: Millis) -> Mutation
     }
     q.dead.insert(entry.id, entry);
     q.counters.dead_lettered += 1;
-    dead_patch(entry.id, REASON_EXPIRED, now)
+    dead_patch(entry.id, REASON_EXPIRED, None, now)
 }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::backoff::retry_delay_ms;
 use super::engine::{
-    dead_patch, Acked, ConnId, Effect, Engine, EngineError, Entry, NackMode, REASON_DISCONNECTED,
-    REASON_NACKED,
+    attempts_patch, dead_patch, Acked, ConnId, Effect, Engine, EngineError, Entry, NackMode,
+    REASON_DISCONNECTED, REASON_NACKED,
 };
 use super::queue::{Lease, QueueIdx};
 use crate::model::{Millis, Mutation, StatePatch, TaskId};
@@ -61,14 +61,8 @@ impl Engine {
                 attempts: lease.entry.attempts,
             });
         }
-        let attempt = (!lease.attempt_written).then(|| Mutation::Patch {
-            id: task,
-            patch: StatePatch {
-                attempts: Some(lease.entry.attempts),
-                updated_ms: now,
-                ..StatePatch::default()
-            },
-        });
+        let attempt =
+            (!lease.attempt_written).then(|| attempts_patch(task, lease.entry.attempts, now));
         Ok(Acked {
             attempt,
             change: Mutation::Succeed {
@@ -122,14 +116,7 @@ impl Engine {
         let attempts = lease.entry.attempts;
         self.watch_expiry(lease.queue, lease.entry, lease.expires_ms);
         self.enqueue(lease.queue, lease.entry, 0, now);
-        Ok(Mutation::Patch {
-            id: task,
-            patch: StatePatch {
-                attempts: Some(attempts),
-                updated_ms: now,
-                ..StatePatch::default()
-            },
-        })
+        Ok(attempts_patch(task, attempts, now))
     }
 
     /// Pushes a lease's deadline to `now + extend_ms` (capped). Returns the new deadline.
@@ -229,11 +216,7 @@ impl Engine {
             let q = &mut self.queues[idx as usize];
             q.dead.insert(entry.id, entry);
             q.counters.dead_lettered += 1;
-            let mut m = dead_patch(entry.id, reason, now);
-            if let Mutation::Patch { patch, .. } = &mut m {
-                patch.attempts = Some(entry.attempts);
-            }
-            return m;
+            return dead_patch(entry.id, reason, Some(entry.attempts), now);
         }
         let delay = match mode {
             NackMode::After(d) => d,

@@ -26,6 +26,21 @@ pub(super) const ACKS_PER_JOB: usize = 256;
 /// in a cluster, part of one Raft entry.
 pub(super) const ACK_JOB_RESULT_BYTES: usize = 1024 * 1024;
 
+/// One store job of a turn's acks (`Hub::flush_acks`).
+struct AckJob {
+    conn: ConnId,
+    muts: Vec<Mutation>,
+    acks: Vec<AckDone>,
+    result_bytes: usize,
+}
+
+impl AckJob {
+    /// Whether one more ack, with `bytes` of result, fits.
+    fn takes(&self, bytes: usize) -> bool {
+        self.acks.len() < ACKS_PER_JOB && self.result_bytes + bytes <= ACK_JOB_RESULT_BYTES
+    }
+}
+
 /// The hub's state. Only the hub task touches it; nothing here is shared but the
 /// handles it was given.
 pub(crate) struct Hub {
@@ -173,8 +188,10 @@ impl Hub {
         if self.acks.is_empty() {
             return;
         }
-        // (connection, the job's mutations, its acks, its results' bytes)
-        let mut jobs: Vec<(ConnId, Vec<Mutation>, Vec<AckDone>, usize)> = Vec::new();
+        let mut jobs: Vec<AckJob> = Vec::new();
+        // Each connection's latest job: only it may take the connection's next ack, so
+        // that its acks stay in order.
+        let mut latest: IdMap<ConnId, usize> = IdMap::default();
         for (conn, req, task, acked) in self.acks.drain(..) {
             let Acked {
                 attempt,
@@ -185,40 +202,39 @@ impl Hub {
                 Mutation::Succeed { result, .. } => result.len(),
                 _ => 0,
             };
-            // Only the connection's latest job may take it: its acks stay in order.
-            let latest = jobs.iter().rposition(|(c, ..)| *c == conn);
-            let at = match latest {
-                Some(at)
-                    if jobs[at].2.len() < ACKS_PER_JOB
-                        && jobs[at].3 + bytes <= ACK_JOB_RESULT_BYTES =>
-                {
-                    at
-                }
+            let at = match latest.get(&conn) {
+                Some(&at) if jobs[at].takes(bytes) => at,
                 _ => {
-                    jobs.push((conn, Vec::new(), Vec::new(), 0));
+                    jobs.push(AckJob {
+                        conn,
+                        muts: Vec::new(),
+                        acks: Vec::new(),
+                        result_bytes: 0,
+                    });
+                    latest.insert(conn, jobs.len() - 1);
                     jobs.len() - 1
                 }
             };
-            let (_, muts, acks, job_bytes) = &mut jobs[at];
-            muts.extend(attempt);
-            muts.push(change);
-            *job_bytes += bytes;
-            acks.push(AckDone {
+            let job = &mut jobs[at];
+            job.muts.extend(attempt);
+            job.muts.push(change);
+            job.result_bytes += bytes;
+            job.acks.push(AckDone {
                 req,
                 task,
                 attempts,
             });
         }
-        for (conn, muts, acks, bytes) in jobs {
-            debug_assert!(!acks.is_empty() && muts.len() >= acks.len());
-            debug_assert!(acks.len() == 1 || bytes <= ACK_JOB_RESULT_BYTES);
+        for job in jobs {
+            debug_assert!(!job.acks.is_empty() && job.muts.len() >= job.acks.len());
+            debug_assert!(job.acks.len() == 1 || job.result_bytes <= ACK_JOB_RESULT_BYTES);
             let done = Done::Acks {
-                out: self.outboxes.get(&conn).cloned(),
-                acks,
+                out: self.outboxes.get(&job.conn).cloned(),
+                acks: job.acks,
                 waiters: self.waiters.clone(),
                 restore: self.restore.clone(),
             };
-            self.writer.submit(Muts::Many(muts), Some(done));
+            self.writer.submit(Muts::Many(job.muts), Some(done));
         }
         debug_assert!(self.acks.is_empty());
     }
