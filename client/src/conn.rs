@@ -228,7 +228,9 @@ impl Conn {
             // The usual case: the connection's deadline task times the call out.
             Ok(permit) => self.exchange(permit, id, op, Some(name)).await,
             // The wait for a permit counts against the timeout too.
-            Err(_) => self.call_within(id, op, name, self.request_timeout).await,
+            // Boxed: the rare path's timer would otherwise make every call's future
+            // (held by each request in flight) larger by its size.
+            Err(_) => Box::pin(self.call_within(id, op, name, self.request_timeout)).await,
         }
     }
 
