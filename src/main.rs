@@ -3,6 +3,12 @@
 
 mod cli;
 
+/// jemalloc, not the system allocator: see its entry in Cargo.toml (the broker and the
+/// load generator both allocate on one thread and free on another).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::process::ExitCode;
 
 use clap::Parser;
