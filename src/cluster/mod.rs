@@ -145,7 +145,13 @@ pub struct Node {
     snapshots: Arc<snapshot::SnapshotCounters>,
     timings: Arc<timings::Timings>,
     heard: Arc<heard::Heard>,
+    /// Submits what the state machine held back and waits for the store (shutdown).
+    flush_held: FlushHeld,
 }
+
+type FlushHeld = Box<
+    dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 impl Node {
     /// Opens the Raft data in `data_dir/raft`, binds the cluster port and starts the
@@ -185,6 +191,7 @@ impl Node {
         machine.resume_install().await.map_err(storage)?;
         machine.set_timings(timings.clone());
         let snapshots = machine.counters();
+        let deferred = machine.deferred();
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|source| ClusterError::Bind {
@@ -246,6 +253,7 @@ impl Node {
             snapshots.clone(),
             stop.clone(),
         ));
+        tasks.spawn(state::run_deferred(deferred.clone(), stop.clone()));
         let (proposer, proposals) = Proposer::new(
             id,
             run,
@@ -276,6 +284,7 @@ impl Node {
             snapshots,
             timings,
             heard,
+            flush_held: Box::new(move || Box::pin(async move { deferred.flush_now().await })),
         };
         Ok((node, Arc::new(proposer)))
     }
@@ -323,6 +332,9 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft node did not stop cleanly");
         }
+        // Nothing is applied any more: what the state machine held back goes to the
+        // store, so that a stopped member's store holds every entry it applied.
+        (self.flush_held)().await;
         tracing::info!(node = self.id, "cluster node stopped");
     }
 }

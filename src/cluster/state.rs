@@ -42,6 +42,7 @@ use openraft::{
 use prost::Message;
 use squall_proto::cluster as pb;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use super::replicate::{Applying, Latch, Pending, Signal};
@@ -82,6 +83,154 @@ pub struct StateMachine<C: Applying> {
     /// Held while the current snapshot file is replaced: by an install here, and by a
     /// build, which openraft runs beside the state machine (`SnapshotBuilder`).
     replacing: Arc<parking_lot::Mutex<()>>,
+    /// Committed entries of another leader not yet submitted to the store.
+    deferred: Arc<Deferred<C>>,
+}
+
+/// Committed entries of another leader that a member holds back, to submit several
+/// as one store group (`WriterLoop::find_netted` then writes neither the publish nor
+/// the ack of a task settled within the group). Shared by the state machine, the
+/// flush timer ([`run_deferred`]) and the node's shutdown ([`Deferred::flush_now`]).
+/// Held at most [`DEFER_FOR`], [`DEFER_MUTATIONS`] mutations or [`DEFER_BYTES`] of
+/// payloads; submitted before anything that needs the store to hold every applied
+/// entry: an entry of this node's own (it leads: `lead.rs` rebuilds its engine from
+/// the store once its first entry is applied), a blank or membership entry (the state
+/// file records it), a snapshot build, and a shutdown. Dropped by a snapshot install
+/// (older than the snapshot). What a kill loses is applied again at restart from the
+/// Raft log (the store's `M raft_applied` says where from), as an unsynced store tail is.
+pub struct Deferred<C: Applying> {
+    held: parking_lot::Mutex<Held>,
+    writer: WriterHandle<C>,
+    /// Wakes the flush timer when the first entry is held.
+    wake: tokio::sync::Notify,
+    /// A flush the timer submitted that the store refused: the next `apply` reports it
+    /// (a storage error, which stops the Raft node).
+    failure: parking_lot::Mutex<Option<(LogId, StoreError)>>,
+}
+
+#[derive(Default)]
+struct Held {
+    entries: Vec<(LogId, Arc<[Job]>)>,
+    mutations: usize,
+    bytes: usize,
+    since: Option<Instant>,
+}
+
+/// Most mutations held back before they are submitted.
+pub const DEFER_MUTATIONS: usize = 16_384;
+/// Most payload bytes held back before they are submitted.
+pub const DEFER_BYTES: usize = 8 * 1024 * 1024;
+/// Longest an entry is held back.
+pub const DEFER_FOR: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl<C: Applying> Deferred<C> {
+    fn new(writer: WriterHandle<C>) -> Deferred<C> {
+        Deferred {
+            held: parking_lot::Mutex::default(),
+            writer,
+            wake: tokio::sync::Notify::new(),
+            failure: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Holds entry `log_id`; true when the bounds say it is time to submit.
+    fn hold(&self, log_id: LogId, jobs: Arc<[Job]>) -> bool {
+        let mut held = self.held.lock();
+        debug_assert!(held
+            .entries
+            .last()
+            .is_none_or(|(last, _)| last.index < log_id.index));
+        for job in jobs.iter() {
+            held.mutations += job.muts.len();
+            held.bytes += crate::store::payload_bytes_of(&job.muts);
+        }
+        held.entries.push((log_id, jobs));
+        if held.since.is_none() {
+            held.since = Some(Instant::now());
+            self.wake.notify_one();
+        }
+        held.mutations >= DEFER_MUTATIONS || held.bytes >= DEFER_BYTES
+    }
+
+    /// When the oldest held entry must be submitted, if any is held.
+    fn due(&self) -> Option<Instant> {
+        self.held.lock().since.map(|since| since + DEFER_FOR)
+    }
+
+    /// Submits the held entries as one store group, followed by the record that the
+    /// last of them is applied, each job expected by `applied`'s latch (made if none).
+    /// Under the lock, so that two flushes reach the writer in the log's order.
+    fn flush(&self, applied: &mut Applied) {
+        let mut held = self.held.lock();
+        let Some(&(last, _)) = held.entries.last() else {
+            return;
+        };
+        let (latch, _) = applied.get_or_insert_with(Latch::new);
+        let mut together = Vec::with_capacity(held.entries.len() + 1);
+        for (log_id, jobs) in held.entries.drain(..) {
+            for Job { muts, .. } in jobs.iter() {
+                together.push((
+                    Muts::Shared(muts.clone()),
+                    Some(C::applying(None, latch.expect(log_id))),
+                ));
+            }
+        }
+        together.push((
+            Muts::One(Mutation::Applied {
+                term: last.leader_id.term,
+                node: last.leader_id.node_id,
+                index: last.index,
+            }),
+            None,
+        ));
+        *held = Held::default();
+        self.writer.submit_together(together);
+    }
+
+    /// Submits what is held and waits until the store applied it (the node stops
+    /// applying: its shutdown, and the timer). A failure is logged and kept for the
+    /// next `apply`.
+    pub async fn flush_now(&self) {
+        let mut applied = None;
+        self.flush(&mut applied);
+        if let Err(e) = StateMachine::<C>::settle(&mut applied).await {
+            tracing::error!(error = %e, "held-back committed entries could not be applied to the store");
+        }
+    }
+
+    /// Forgets what is held (a snapshot about to be installed holds all of it).
+    fn drop_held(&self) {
+        *self.held.lock() = Held::default();
+    }
+}
+
+/// Submits held-back entries once they are [`DEFER_FOR`] old when no `apply` did
+/// (the leader went quiet), until `stop`.
+pub async fn run_deferred<C: Applying>(deferred: Arc<Deferred<C>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = deferred.wake.notified() => {}
+        }
+        while let Some(due) = deferred.due() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(due.into()) => {}
+            }
+            if deferred.due().is_some_and(|due| due <= Instant::now()) {
+                let mut applied = None;
+                deferred.flush(&mut applied);
+                if let Some((latch, done)) = applied {
+                    latch.release();
+                    let _ = done.await;
+                    if let Some(failure) = latch.failure() {
+                        tracing::error!(error = %failure.1, index = failure.0.index, "held-back committed entries could not be applied to the store");
+                        deferred.failure.lock().get_or_insert(failure);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The jobs submitted to the store writer since `apply` last waited: one latch for
@@ -197,6 +346,7 @@ impl<C: Applying> StateMachine<C> {
         Ok(StateMachine {
             dir: dir.to_owned(),
             machine,
+            deferred: Arc::new(Deferred::new(writer.clone())),
             writer,
             pending,
             node,
@@ -210,6 +360,11 @@ impl<C: Applying> StateMachine<C> {
     /// Observes how long applies take into `timings` (the node's, shared with its log).
     pub fn set_timings(&mut self, timings: Arc<Timings>) {
         self.timings = timings;
+    }
+
+    /// The entries this machine holds back (for the flush timer and the shutdown).
+    pub fn deferred(&self) -> Arc<Deferred<C>> {
+        self.deferred.clone()
     }
 
     /// Snapshots built and installed since this machine was opened.
@@ -358,6 +513,14 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        if let Some((log_id, e)) = self.deferred.failure.lock().take() {
+            return Err(StorageIOError::new(
+                ErrorSubject::Apply(log_id),
+                ErrorVerb::Write,
+                AnyError::new(&e),
+            )
+            .into());
+        }
         let start = Instant::now();
         let mut replies = Vec::new();
         let mut jobs: Applied = None;
@@ -369,6 +532,21 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
                 .is_none_or(|a| a.index < entry.log_id.index));
             let log_id = entry.log_id;
             last_in_store = false;
+            let own = log_id.leader_id.node_id == self.node;
+            match entry.payload {
+                // Another leader's: held back (see `Deferred`).
+                EntryPayload::Normal(Command::Jobs(entry_jobs)) if !own => {
+                    if self.deferred.hold(log_id, entry_jobs) {
+                        self.deferred.flush(&mut jobs);
+                    }
+                    self.machine.applied = Some(log_id);
+                    replies.push(());
+                    last_in_store = true;
+                    continue;
+                }
+                // Everything before it reaches the store first.
+                _ => self.deferred.flush(&mut jobs),
+            }
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(m) => {
@@ -387,6 +565,9 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             self.machine.applied = Some(log_id);
             replies.push(());
         }
+        if self.deferred.due().is_some_and(|due| due <= Instant::now()) {
+            self.deferred.flush(&mut jobs);
+        }
         Self::settle(&mut jobs).await?;
         if !replies.is_empty() {
             self.timings.apply_micros.observe(micros(start.elapsed()));
@@ -404,19 +585,26 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         // Called between two `apply`s, every job of which is applied: the export,
         // queued to the writer now, sees exactly the state at `machine.applied` (and
         // the writer syncs its journal before it dumps).
+        // Held-back entries first, applied before the export is queued behind them.
+        let mut held = None;
+        self.deferred.flush(&mut held);
+        let flushed = Self::settle(&mut held).await;
         let id = match self.machine.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "empty".to_owned(),
         };
         let id = format!("{id}-{}", crate::server::now_ms());
         let state = encode(&self.machine, &id);
-        let started = file::start_file(&self.dir, &id, &state).map(|(path, out)| {
-            let (tx, rx) = oneshot::channel();
-            self.writer.export_snapshot(out, move |r| {
-                let _ = tx.send(r);
+        let started = flushed
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|()| file::start_file(&self.dir, &id, &state))
+            .map(|(path, out)| {
+                let (tx, rx) = oneshot::channel();
+                self.writer.export_snapshot(out, move |r| {
+                    let _ = tx.send(r);
+                });
+                (path, rx)
             });
-            (path, rx)
-        });
         SnapshotBuilder {
             dir: self.dir.clone(),
             meta: meta_of(&self.machine, id),
@@ -443,6 +631,10 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
+        // Everything held back is older than the snapshot, which holds it: never
+        // applied on top of it (a flush already submitted is replaced by the import,
+        // queued behind it).
+        self.deferred.drop_held();
         let started = std::time::Instant::now();
         let snapshot = (*snapshot).into_std().await;
         let dir = self.dir.clone();

@@ -709,3 +709,105 @@ async fn the_commit_index_is_told_to_the_log_and_not_saved() {
     let log = LogStore::open(dir.path()).unwrap();
     assert_eq!(log.heard().commit_index(Some(3)), Some(3));
 }
+
+/// A member holds another leader's committed entries back and submits them as one
+/// store group, where a task published and acked within it is written neither time.
+/// They reach the store once `DEFER_FOR` has passed (the timer, with no apply since),
+/// before an entry of this node's own (it leads now), and before a snapshot build;
+/// held ones that a kill loses are not reported applied at the next start (openraft
+/// applies them again from the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_leaders_entries_are_held_back_then_applied_as_one_group() {
+    use super::state::{run_deferred, DEFER_FOR};
+    use crate::model::Mutation::Remove;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
+    // As `Node::start` and a member that follows leave it.
+    store.set_replicated();
+    store.set_caching_bodies(false);
+    let theirs = |term, index| LogId::new(CommittedLeaderId::new(term, NODE + 1), index);
+    let entry = |muts: Vec<crate::model::Mutation>, log_id: LogId| Entry {
+        log_id,
+        payload: EntryPayload::Normal(Command::Jobs(
+            vec![Job {
+                origin: Origin {
+                    node: log_id.leader_id.node_id,
+                    run: 1,
+                    seq: log_id.index,
+                },
+                muts: muts.into(),
+            }]
+            .into(),
+        )),
+    };
+    let held = std::time::Instant::now();
+    sm.apply([
+        entry(vec![insert(10, "a"), insert(11, "a")], theirs(1, 1)),
+        entry(vec![Remove { id: 10 }], theirs(1, 2)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(theirs(1, 2)));
+    assert!(store.get_state(11).unwrap().is_none(), "held back");
+
+    // The timer submits them once they are DEFER_FOR old.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let timer = tokio::spawn(run_deferred(sm.deferred(), stop.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.get_state(11).unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never submitted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(held.elapsed() >= DEFER_FOR, "held for DEFER_FOR");
+    assert!(store.get_state(10).unwrap().is_none());
+    assert_eq!(
+        writer
+            .stats()
+            .netted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert_eq!(store.raft_applied().unwrap(), Some((1, NODE + 1, 2)));
+
+    // An entry of its own: what is held goes first, then it, before apply returns.
+    sm.apply([entry(vec![insert(12, "a")], theirs(1, 3))])
+        .await
+        .unwrap();
+    assert!(store.get_state(12).unwrap().is_none(), "held back");
+    let mine = Origin {
+        node: NODE,
+        run: RUN,
+        seq: 1,
+    };
+    sm.apply([command(mine, vec![insert(13, "a")], 2, 4)])
+        .await
+        .unwrap();
+    for id in [12, 13] {
+        assert!(store.get_state(id).unwrap().is_some(), "task {id}");
+    }
+    assert_eq!(store.raft_applied().unwrap(), Some((2, NODE, 4)));
+
+    // A snapshot build: the dump holds what was held.
+    sm.apply([entry(vec![insert(14, "a")], theirs(3, 5))])
+        .await
+        .unwrap();
+    let mut builder = sm.get_snapshot_builder().await;
+    assert!(
+        store.get_state(14).unwrap().is_some(),
+        "submitted for the dump"
+    );
+    let snapshot = builder.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(theirs(3, 5)));
+    stop.cancel();
+    timer.await.unwrap();
+
+    // Held when the process dies: not in the store, not reported applied.
+    sm.apply([entry(vec![insert(15, "a")], theirs(3, 6))])
+        .await
+        .unwrap();
+    close(store, writer, sm);
+    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(theirs(3, 5)));
+    assert!(store.get_state(15).unwrap().is_none());
+    close(store, writer, sm);
+}

@@ -230,6 +230,9 @@ pub struct WriterStats {
     pub jobs: std::sync::atomic::AtomicU64,
     /// Mutations applied.
     pub mutations: std::sync::atomic::AtomicU64,
+    /// Tasks a group both inserted and removed, so wrote neither (a cluster member's
+    /// held-back entries: `WriterLoop::find_netted`).
+    pub netted: std::sync::atomic::AtomicU64,
     /// fsyncs of the journal performed.
     pub flushes: std::sync::atomic::AtomicU64,
     /// Total microseconds spent in them.
@@ -253,6 +256,7 @@ impl Default for WriterStats {
             batches: AtomicU64::new(0),
             jobs: AtomicU64::new(0),
             mutations: AtomicU64::new(0),
+            netted: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             flush_micros: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),

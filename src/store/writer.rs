@@ -226,6 +226,12 @@ pub(crate) struct WriterLoop<C: Completion> {
     space_checkpoint: Instant,
     /// Tasks whose body reference the batch being built removes.
     removed_bodies: Vec<TaskId>,
+    /// Tasks the group being built both inserts and removes, touched by nothing else
+    /// in it (`stage::find_netted`): neither is staged.
+    netted: crate::model::IdSet<TaskId>,
+    /// Scratch of `find_netted`: tasks the group inserts, and whether they may still
+    /// be netted.
+    inserted: crate::model::IdMap<TaskId, bool>,
     /// A snapshot job that came in behind the group being gathered: run after it.
     after_group: Option<super::snapshot::SnapshotJob>,
 }
@@ -305,6 +311,8 @@ impl<C: Completion> WriterLoop<C> {
             sync_by: None,
             space_checkpoint: Instant::now(),
             removed_bodies: Vec::new(),
+            netted: Default::default(),
+            inserted: Default::default(),
             after_group: None,
         }
     }
@@ -658,6 +666,9 @@ impl<C: Completion> WriterLoop<C> {
         }
         self.stats.batches.fetch_add(1, Relaxed);
         self.stats.mutations.fetch_add(staged.mutations, Relaxed);
+        self.stats
+            .netted
+            .fetch_add(self.netted.len() as u64, Relaxed);
         Ok(())
     }
 

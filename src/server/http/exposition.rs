@@ -60,6 +60,7 @@ struct WriterSample {
     mutations: u64,
     flushes: u64,
     checkpoints: u64,
+    netted: u64,
     checkpoint_micros: u64,
     commit_latency: HistogramSnapshot,
     batch_jobs: HistogramSnapshot,
@@ -103,6 +104,7 @@ pub(crate) fn render(
             mutations: w.mutations.load(Relaxed),
             flushes: w.flushes.load(Relaxed),
             checkpoints: w.checkpoints.load(Relaxed),
+            netted: w.netted.load(Relaxed),
             checkpoint_micros: w.checkpoint_micros.load(Relaxed),
             commit_latency: w.commit_latency_micros.snapshot(),
             batch_jobs: w.batch_jobs.snapshot(),
@@ -589,6 +591,12 @@ impl Scrape {
             w.mutations,
         )?;
         counter(enc, "store_flushes", "fsyncs of the journal.", w.flushes)?;
+        counter(
+            enc,
+            "store_tasks_netted",
+            "Tasks inserted and removed in one group, so written neither time (a cluster member's held-back entries).",
+            w.netted,
+        )?;
         counter(
             enc,
             "store_checkpoints",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sled::InlineArray;
 
 use super::producers::Numbering;
-use super::{too_large, Completion, JobOutcome, Key, Staged, StagedBody, WriterLoop};
+use super::{too_large, Completion, Job, JobOutcome, Key, Staged, StagedBody, WriterLoop};
 use crate::model::{Mutation, TaskId, TaskStatus};
 use crate::store::keys;
 use crate::store::record::{self, StateView};
@@ -35,6 +35,7 @@ impl<C: Completion> WriterLoop<C> {
         self.failed.clear();
         self.reports.clear();
         self.duplicates.clear();
+        self.find_netted(&group);
         for job in &group {
             self.job_duplicates.clear();
             self.job_sweep = None;
@@ -112,6 +113,53 @@ impl<C: Completion> WriterLoop<C> {
         staged
     }
 
+    /// Finds the tasks `group` inserts and later removes (`Mutation::Remove`) with no
+    /// other mutation of theirs in it, nor an idempotency key: a group is one journal
+    /// record, applied whole or not at all, so no reader and no replay can see such a
+    /// task, and neither mutation is staged (their ids still raise the watermark).
+    /// Only on a cluster member that follows (its body cache off: it delivers
+    /// nothing), whose groups of held-back entries are long enough to hold both
+    /// (`cluster/state.rs`, `Deferred`): a single node's or a leader's group never holds
+    /// the ack of a publish it confirms, and the scan would be wasted there.
+    fn find_netted(&mut self, group: &[Job<C>]) {
+        self.netted.clear();
+        if group.len() < 2
+            || !self.store.replicated.load(Relaxed)
+            || self.store.recent_bodies.enabled()
+        {
+            return;
+        }
+        self.inserted.clear();
+        for job in group {
+            for mutation in job.muts.as_slice() {
+                match mutation {
+                    Mutation::Insert(task) if task.body.idempotency_key.is_none() => {
+                        self.inserted.insert(task.id, true);
+                    }
+                    &Mutation::Remove { id } => {
+                        if let Some(nettable) = self.inserted.get_mut(&id) {
+                            if std::mem::take(nettable) {
+                                self.netted.insert(id);
+                            }
+                        }
+                    }
+                    &Mutation::Patch { id, .. } | &Mutation::Succeed { id, .. } => {
+                        if let Some(nettable) = self.inserted.get_mut(&id) {
+                            *nettable = false;
+                            self.netted.remove(&id);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        debug_assert!(self.netted.len() <= self.inserted.len());
+        debug_assert!(self
+            .netted
+            .iter()
+            .all(|id| self.inserted.get(id) == Some(&false)));
+    }
+
     /// A job that inserts tasks is refused while the free space is below the publish
     /// reserve: the reserve is for settlements, purges and checkpoints, which give
     /// space back.
@@ -178,6 +226,9 @@ impl<C: Completion> WriterLoop<C> {
                 Mutation::Insert(task) => {
                     // Counted even when a duplicate: an id handed out is never reused.
                     max_inserted = max_inserted.max(Some(task.id));
+                    if self.netted.contains(&task.id) {
+                        continue;
+                    }
                     if let Some(key) = &task.body.idempotency_key {
                         if let Some(original) = self.stage_idempotency_key(task, key, batch)? {
                             self.job_duplicates.push(Duplicate { index, original });
@@ -215,6 +266,7 @@ impl<C: Completion> WriterLoop<C> {
                         self.stage_retention_of_patch(*id, status, view.queue, patch.updated_ms)?;
                     }
                 }
+                Mutation::Remove { id } if self.netted.contains(id) => {}
                 Mutation::Remove { id } => {
                     self.stage.push((Key::Task(Slot::State, *id), None));
                     self.stage_body_removal(*id);
