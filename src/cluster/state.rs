@@ -106,6 +106,12 @@ pub struct Deferred<C: Applying> {
     /// A flush the timer submitted that the store refused: the next `apply` reports it
     /// (a storage error, which stops the Raft node).
     failure: parking_lot::Mutex<Option<(LogId, StoreError)>>,
+    /// The latches of the timer's flushes not yet checked by the state machine:
+    /// registered under the `held` lock, so that once a group the state machine
+    /// submits after its own flush call is applied, every one of them is complete and
+    /// its failure known (the writer applies groups in order), whether or not the
+    /// timer task has looked yet.
+    timer_flushes: parking_lot::Mutex<Vec<Arc<Latch>>>,
 }
 
 #[derive(Default)]
@@ -130,6 +136,7 @@ impl<C: Applying> Deferred<C> {
             writer,
             wake: tokio::sync::Notify::new(),
             failure: parking_lot::Mutex::new(None),
+            timer_flushes: parking_lot::Mutex::default(),
         }
     }
 
@@ -161,11 +168,20 @@ impl<C: Applying> Deferred<C> {
     /// last of them is applied, each job expected by `applied`'s latch (made if none).
     /// Under the lock, so that two flushes reach the writer in the log's order.
     fn flush(&self, applied: &mut Applied) {
+        self.flush_as(applied, false);
+    }
+
+    /// [`Deferred::flush`]; `timer`: the timer's, whose latch the state machine
+    /// checks later ([`Deferred::timer_failure`]).
+    pub(super) fn flush_as(&self, applied: &mut Applied, timer: bool) {
         let mut held = self.held.lock();
         let Some(&(last, _)) = held.entries.last() else {
             return;
         };
         let (latch, _) = applied.get_or_insert_with(Latch::new);
+        if timer {
+            self.timer_flushes.lock().push(latch.clone());
+        }
         let mut together = Vec::with_capacity(held.entries.len() + 1);
         for (log_id, jobs) in held.entries.drain(..) {
             for Job { muts, .. } in jobs.iter() {
@@ -198,6 +214,14 @@ impl<C: Applying> Deferred<C> {
         }
     }
 
+    /// The first failure of the timer's flushes submitted before the last flush call
+    /// of the state machine, once a group it submitted after that call is applied
+    /// (then they are all complete); forgets them.
+    fn timer_failure(&self) -> Option<(LogId, StoreError)> {
+        let latches = std::mem::take(&mut *self.timer_flushes.lock());
+        latches.iter().find_map(|latch| latch.failure())
+    }
+
     /// Forgets what is held (a snapshot about to be installed holds all of it).
     fn drop_held(&self) {
         *self.held.lock() = Held::default();
@@ -219,7 +243,7 @@ pub async fn run_deferred<C: Applying>(deferred: Arc<Deferred<C>>, stop: Cancell
             }
             if deferred.due().is_some_and(|due| due <= Instant::now()) {
                 let mut applied = None;
-                deferred.flush(&mut applied);
+                deferred.flush_as(&mut applied, true);
                 if let Some((latch, done)) = applied {
                     latch.release();
                     let _ = done.await;
@@ -480,17 +504,28 @@ impl<C: Applying> StateMachine<C> {
         Ok(())
     }
 
-    /// Replaces the state file. First waits until everything submitted to the store
-    /// is durable there (the store completes committed entries' jobs before its
-    /// sync): the file's applied id is never applied again at restart.
-    async fn persist(&self) -> Result<(), StorageError> {
+    /// Waits until everything submitted to the store is applied and durable there; a
+    /// timer's flush among it that failed is an error.
+    async fn barrier(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .submit(Muts::Many(Vec::new()), Some(C::barrier(Signal::Once(tx))));
         if let Err(e) = rx.await.unwrap_or(Err(StoreError::Closed)) {
-            tracing::error!(error = %e, "the store could not be synced before the state file: the raft node stops");
+            tracing::error!(error = %e, "the store could not be synced: the raft node stops");
             return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
         }
+        if let Some((log_id, e)) = self.deferred.timer_failure() {
+            tracing::error!(error = %e, index = log_id.index, "held-back committed entries could not be applied to the store: the raft node stops");
+            return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
+        }
+        Ok(())
+    }
+
+    /// Replaces the state file. First waits until everything submitted to the store
+    /// is durable there (the store completes committed entries' jobs before its
+    /// sync): the file's applied id is never applied again at restart.
+    async fn persist(&self) -> Result<(), StorageError> {
+        self.barrier().await?;
         let dir = self.dir.clone();
         let bytes = encode(&self.machine, "");
         tokio::task::spawn_blocking(move || replace(&dir, STATE, &bytes))
@@ -568,7 +603,22 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         if self.deferred.due().is_some_and(|due| due <= Instant::now()) {
             self.deferred.flush(&mut jobs);
         }
+        let submitted = jobs.is_some();
         Self::settle(&mut jobs).await?;
+        if submitted {
+            // Everything before what this call submitted is applied: a timer's flush
+            // that failed is this call's failure, before the caller relies on the store
+            // (a new leader rebuilds its engine from it).
+            if let Some((log_id, e)) = self.deferred.timer_failure() {
+                tracing::error!(error = %e, index = log_id.index, "held-back committed entries could not be applied to the store: the raft node stops");
+                return Err(StorageIOError::new(
+                    ErrorSubject::Apply(log_id),
+                    ErrorVerb::Write,
+                    AnyError::new(&e),
+                )
+                .into());
+            }
+        }
         if !replies.is_empty() {
             self.timings.apply_micros.observe(micros(start.elapsed()));
         }
@@ -588,7 +638,10 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         // Held-back entries first, applied before the export is queued behind them.
         let mut held = None;
         self.deferred.flush(&mut held);
-        let flushed = Self::settle(&mut held).await;
+        let flushed = match Self::settle(&mut held).await {
+            Ok(()) => self.barrier().await,
+            Err(e) => Err(e),
+        };
         let id = match self.machine.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
             None => "empty".to_owned(),

@@ -811,3 +811,50 @@ async fn another_leaders_entries_are_held_back_then_applied_as_one_group() {
     assert!(store.get_state(15).unwrap().is_none());
     close(store, writer, sm);
 }
+
+/// A held-back entry that the store refuses when the timer submits it fails the next
+/// `apply` that submits anything (here an entry of this node's own, after which a new
+/// leader would rebuild its engine from the store), even when the timer task has not
+/// looked at the outcome yet: a member never goes on as if it held that entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_back_entry_the_store_refuses_fails_the_next_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
+    store.set_replicated();
+    store.set_caching_bodies(false);
+    store.corrupt_state(40);
+    let theirs = LogId::new(CommittedLeaderId::new(1, NODE + 1), 1);
+    let patch = crate::model::Mutation::Patch {
+        id: 40,
+        patch: crate::model::StatePatch::default(),
+    };
+    sm.apply([Entry {
+        log_id: theirs,
+        payload: EntryPayload::Normal(Command::Jobs(
+            vec![Job {
+                origin: Origin {
+                    node: NODE + 1,
+                    run: 1,
+                    seq: 1,
+                },
+                muts: vec![patch].into(),
+            }]
+            .into(),
+        )),
+    }])
+    .await
+    .unwrap();
+    // What the timer does, stopped right after it submitted (it never looks).
+    let mut submitted = None;
+    sm.deferred().flush_as(&mut submitted, true);
+    let (latch, _never_awaited) = submitted.expect("the held entry was submitted");
+    latch.release();
+    let mine = Origin {
+        node: NODE,
+        run: RUN,
+        seq: 1,
+    };
+    let refused = sm.apply([command(mine, vec![insert(41, "a")], 2, 2)]).await;
+    assert!(refused.is_err(), "{refused:?}");
+    close(store, writer, sm);
+}

@@ -422,6 +422,16 @@ impl Store {
         })
     }
 
+    /// Tests: writes an undecodable state record for task `id`, straight into sled.
+    #[cfg(test)]
+    pub(crate) fn corrupt_state(&self, id: TaskId) {
+        self.inner
+            .dbs
+            .get()
+            .insert(keys::state(id), &b"\x01garbage"[..])
+            .unwrap();
+    }
+
     /// Whether recently published bodies are kept in memory for deliveries (on by
     /// default). A cluster member turns it off while it follows, since it delivers
     /// nothing, and on when it leads; off empties the cache.
