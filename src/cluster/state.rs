@@ -122,6 +122,9 @@ struct Held {
     since: Option<Instant>,
 }
 
+/// What the log messages call the entries a member holds back.
+const HELD: &str = "held-back committed entries";
+
 /// Most mutations held back before they are submitted.
 pub const DEFER_MUTATIONS: usize = 16_384;
 /// Most payload bytes held back before they are submitted.
@@ -203,15 +206,13 @@ impl<C: Applying> Deferred<C> {
         self.writer.submit_together(together);
     }
 
-    /// Submits what is held and waits until the store applied it (the node stops
-    /// applying: its shutdown, and the timer). A failure is logged and kept for the
-    /// next `apply`.
+    /// Submits what is held and waits until the store applied it: the node's
+    /// shutdown, once its Raft node stopped applying. A failure is logged.
     pub async fn flush_now(&self) {
         let mut applied = None;
         self.flush(&mut applied);
-        if let Err(e) = StateMachine::<C>::settle(&mut applied).await {
-            tracing::error!(error = %e, "held-back committed entries could not be applied to the store");
-        }
+        // A failure is logged by `settle`; nothing applies after a shutdown.
+        let _ = StateMachine::<C>::settle(&mut applied).await;
     }
 
     /// The first failure of the timer's flushes submitted before the last flush call
@@ -248,7 +249,7 @@ pub async fn run_deferred<C: Applying>(deferred: Arc<Deferred<C>>, stop: Cancell
                     latch.release();
                     let _ = done.await;
                     if let Some(failure) = latch.failure() {
-                        tracing::error!(error = %failure.1, index = failure.0.index, "held-back committed entries could not be applied to the store");
+                        tracing::error!(error = %failure.1, index = failure.0.index, "{HELD} could not be applied to the store");
                         deferred.failure.lock().get_or_insert(failure);
                     }
                 }
@@ -263,6 +264,18 @@ type Applied = Option<(Arc<Latch>, oneshot::Receiver<()>)>;
 
 fn sm_err(verb: ErrorVerb, e: &io::Error) -> StorageError {
     StorageIOError::new(ErrorSubject::StateMachine, verb, AnyError::new(e)).into()
+}
+
+/// Entry `log_id` (and what was applied with it) could not be applied to the store
+/// (`what` says which entries): logged, and the storage error that stops the Raft node.
+fn apply_failed(log_id: LogId, e: &StoreError, what: &str) -> StorageError {
+    tracing::error!(error = %e, index = log_id.index, "{what} could not be applied to the store: the raft node stops");
+    StorageIOError::new(
+        ErrorSubject::Apply(log_id),
+        ErrorVerb::Write,
+        AnyError::new(e),
+    )
+    .into()
 }
 
 fn invalid(message: String) -> io::Error {
@@ -492,16 +505,10 @@ impl<C: Applying> StateMachine<C> {
         // Every job completes exactly once (a dropped one with `Closed`), so the latch
         // reaches zero; it holds the sender until then.
         let _ = all_done.await;
-        if let Some((log_id, e)) = latch.failure() {
-            tracing::error!(error = %e, index = log_id.index, "a committed entry could not be applied to the store: the raft node stops");
-            return Err(StorageIOError::new(
-                ErrorSubject::Apply(log_id),
-                ErrorVerb::Write,
-                AnyError::new(&e),
-            )
-            .into());
+        match latch.failure() {
+            Some((log_id, e)) => Err(apply_failed(log_id, &e, "a committed entry")),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Waits until everything submitted to the store is applied and durable there; a
@@ -515,7 +522,7 @@ impl<C: Applying> StateMachine<C> {
             return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
         }
         if let Some((log_id, e)) = self.deferred.timer_failure() {
-            tracing::error!(error = %e, index = log_id.index, "held-back committed entries could not be applied to the store: the raft node stops");
+            tracing::error!(error = %e, index = log_id.index, "{HELD} could not be applied to the store: the raft node stops");
             return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
         }
         Ok(())
@@ -549,12 +556,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         I::IntoIter: Send,
     {
         if let Some((log_id, e)) = self.deferred.failure.lock().take() {
-            return Err(StorageIOError::new(
-                ErrorSubject::Apply(log_id),
-                ErrorVerb::Write,
-                AnyError::new(&e),
-            )
-            .into());
+            return Err(apply_failed(log_id, &e, HELD));
         }
         let start = Instant::now();
         let mut replies = Vec::new();
@@ -610,13 +612,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             // that failed is this call's failure, before the caller relies on the store
             // (a new leader rebuilds its engine from it).
             if let Some((log_id, e)) = self.deferred.timer_failure() {
-                tracing::error!(error = %e, index = log_id.index, "held-back committed entries could not be applied to the store: the raft node stops");
-                return Err(StorageIOError::new(
-                    ErrorSubject::Apply(log_id),
-                    ErrorVerb::Write,
-                    AnyError::new(&e),
-                )
-                .into());
+                return Err(apply_failed(log_id, &e, HELD));
             }
         }
         if !replies.is_empty() {
