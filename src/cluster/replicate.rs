@@ -138,11 +138,22 @@ const ENTRY_MUTATIONS: usize = 4_096;
 /// cluster port's frame limit, so that an AppendEntries of several entries fits.
 const ENTRY_PAYLOAD_BYTES: usize = 1024 * 1024;
 
-/// A job on its way to being proposed: its proposal number and content.
-type Proposal = (u64, Job);
+/// What the proposer hands the task that proposes (`propose`).
+pub(crate) enum Proposal<C> {
+    /// A job: its proposal number, content, submitter's completion and payload bytes
+    /// (counted where the tasks were just made, not read again where they are not in
+    /// the cache). The completion joins the pending map when its job is gathered into
+    /// an entry (one lock for the entry's jobs), not at submission: the map's lock,
+    /// which the state machine takes too, was contended by every submitting
+    /// connection.
+    Job(u64, Job, Option<C>, usize),
+    /// Answered once every job sent before it is in the pending map or refused.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
 
 /// Completions of proposed jobs not yet applied, by proposal number (shared by the
-/// proposer and the state machine, which takes each out when it applies its entry).
+/// proposing task, which puts an entry's in when it gathers its jobs, and the state
+/// machine, which takes them out when it applies the entry; one lock each per entry).
 pub(crate) type Pending<C> = Arc<Mutex<HashMap<u64, C>>>;
 
 /// What openraft's metrics say about leadership, for refusals.
@@ -158,7 +169,7 @@ pub struct Proposer<C: Completion> {
     next_seq: AtomicU64,
     pending: Pending<C>,
     metrics: Metrics,
-    tx: mpsc::UnboundedSender<Proposal>,
+    tx: mpsc::UnboundedSender<Proposal<C>>,
 }
 
 /// Why this node does not take changes, naming the leader if one is known, or the
@@ -206,7 +217,7 @@ impl<C: Completion> Proposer<C> {
         pending: Pending<C>,
         metrics: Metrics,
         space: SpaceGuard,
-    ) -> (Proposer<C>, mpsc::UnboundedReceiver<Proposal>) {
+    ) -> (Proposer<C>, mpsc::UnboundedReceiver<Proposal<C>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let proposer = Proposer {
             origin: Origin { node, run, seq: 0 },
@@ -221,9 +232,19 @@ impl<C: Completion> Proposer<C> {
 }
 
 impl<C: Completion> Proposer<C> {
-    /// Jobs proposed and not yet applied or refused.
+    /// Jobs proposed and not yet applied or refused: once [`flushed`](Self::flushed)
+    /// has answered, every job submitted before it.
     pub fn waiting(&self) -> usize {
         self.pending.lock().len()
+    }
+
+    /// Waits until every job submitted so far is proposed (counted by
+    /// [`waiting`](Self::waiting)) or refused; at once if the proposing task ended.
+    pub async fn flushed(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Proposal::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -262,15 +283,15 @@ impl<C: Completion> Route<C> for Proposer<C> {
             return;
         }
         let seq = self.next_seq.fetch_add(1, Relaxed);
-        if let Some(done) = done {
-            self.pending.lock().insert(seq, done);
-        }
+        let bytes = muts.payload_bytes();
         let job = Job {
             origin: Origin { seq, ..self.origin },
             muts: muts.into_vec().into(),
         };
-        if self.tx.send((seq, job)).is_err() {
-            refuse(&self.pending, seq, StoreError::Closed);
+        if let Err(mpsc::error::SendError(Proposal::Job(_, _, Some(done), _))) =
+            self.tx.send(Proposal::Job(seq, job, done, bytes))
+        {
+            done.complete(Err(StoreError::Closed));
         }
     }
 }
@@ -283,24 +304,46 @@ fn refuse<C: Completion>(pending: &Pending<C>, seq: u64, error: StoreError) {
     }
 }
 
-/// Takes `first` and the jobs queued behind it, up to the size of one entry.
-fn gather(first: Proposal, rx: &mut mpsc::UnboundedReceiver<Proposal>) -> (Vec<u64>, Command) {
+/// Takes `first` and the jobs queued behind it, up to the size of one entry, and puts
+/// their completions in the pending map (before the entry is proposed: the state
+/// machine looks for them when it applies it). `None` when only flush requests came
+/// (each answered once the jobs before it are in the map).
+fn gather<C: Completion>(
+    first: Proposal<C>,
+    rx: &mut mpsc::UnboundedReceiver<Proposal<C>>,
+    pending: &Pending<C>,
+) -> Option<(Vec<u64>, Command)> {
     let (mut mutations, mut bytes) = (0, 0);
     let mut seqs = Vec::new();
     let mut jobs = Vec::new();
+    let mut dones = Vec::new();
+    let mut flushes = Vec::new();
     let mut next = Some(first);
-    while let Some((seq, job)) = next.take() {
-        mutations += job.muts.len();
-        bytes += payload_bytes_of(&job.muts);
-        seqs.push(seq);
-        jobs.push(job);
+    while let Some(proposal) = next.take() {
+        match proposal {
+            Proposal::Job(seq, job, done, payload) => {
+                debug_assert_eq!(payload, payload_bytes_of(&job.muts));
+                mutations += job.muts.len();
+                bytes += payload;
+                seqs.push(seq);
+                jobs.push(job);
+                dones.extend(done.map(|done| (seq, done)));
+            }
+            Proposal::Flush(tx) => flushes.push(tx),
+        }
         if mutations < ENTRY_MUTATIONS && bytes < ENTRY_PAYLOAD_BYTES {
             next = rx.try_recv().ok();
         }
     }
     debug_assert_eq!(seqs.len(), jobs.len());
-    debug_assert!(!jobs.is_empty());
-    (seqs, Command::Jobs(jobs.into()))
+    debug_assert!(dones.len() <= jobs.len());
+    if !dones.is_empty() {
+        pending.lock().extend(dones);
+    }
+    for tx in flushes {
+        let _ = tx.send(());
+    }
+    (!jobs.is_empty()).then(|| (seqs, Command::Jobs(jobs.into())))
 }
 
 /// Why a proposal failed after it was made: this node stopped leading before its entry
@@ -329,7 +372,7 @@ pub(super) fn leadership_lost(e: &openraft::error::ClientWriteError<NodeId, Memb
 /// an outcome-unknown refusal.
 pub(crate) async fn propose<C: Completion>(
     raft: Raft,
-    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    mut rx: mpsc::UnboundedReceiver<Proposal<C>>,
     pending: Pending<C>,
     timings: Arc<Timings>,
     stop: CancellationToken,
@@ -364,7 +407,9 @@ pub(crate) async fn propose<C: Completion>(
             }
             next = rx.recv(), if waiting.len() < PIPELINE => {
                 let Some(first) = next else { break };
-                let (seqs, command) = gather(first, &mut rx);
+                let Some((seqs, command)) = gather(first, &mut rx, &pending) else {
+                    continue;
+                };
                 timings.proposal_jobs.observe(seqs.len() as u64);
                 let proposed = Instant::now();
                 match raft.client_write_ff(command).await {
@@ -379,9 +424,107 @@ pub(crate) async fn propose<C: Completion>(
             }
         }
     }
-    let left: Vec<C> = pending.lock().drain().map(|(_, done)| done).collect();
+    // Jobs not gathered yet are refused with the others (and flush requests answered).
+    rx.close();
+    let mut left: Vec<C> = pending.lock().drain().map(|(_, done)| done).collect();
+    while let Ok(proposal) = rx.try_recv() {
+        if let Proposal::Job(_, _, Some(done), _) = proposal {
+            left.push(done);
+        }
+    }
     for done in left {
         let why = "the broker stopped before the change was committed; its outcome is unknown";
         done.complete(Err(StoreError::NotLeader(Arc::from(why))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::super::tests::Tell;
+    use super::*;
+    use crate::model::Mutation;
+
+    fn proposer(
+        dir: &std::path::Path,
+    ) -> (Proposer<Tell>, mpsc::UnboundedReceiver<Proposal<Tell>>) {
+        let mut metrics = openraft::RaftMetrics::new_initial(1);
+        metrics.state = ServerState::Leader;
+        let (_tx, rx) = watch::channel(metrics);
+        let space = SpaceGuard::new(dir.to_path_buf(), 0);
+        Proposer::new(1, 7, Pending::default(), rx, space)
+    }
+
+    /// A completion that counts its outcomes: (successes, refusals as `Closed`).
+    fn counted(outcomes: &Arc<[AtomicUsize; 2]>) -> Tell {
+        let outcomes = outcomes.clone();
+        Tell(Box::new(move |result| {
+            let i = usize::from(matches!(result, Err(StoreError::Closed)));
+            outcomes[i].fetch_add(1, Relaxed);
+        }))
+    }
+
+    fn job(id: u64) -> Muts {
+        Muts::One(Mutation::Remove { id })
+    }
+
+    /// A job's completion waits in the pending map (where the state machine finds it)
+    /// once the job is gathered into an entry, before the entry is proposed; a flush
+    /// request sent after the jobs is answered then, not before.
+    #[tokio::test]
+    async fn jobs_are_pending_once_gathered_and_a_flush_answers_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proposer, mut rx) = proposer(dir.path());
+        let outcomes = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        for id in 1..=3 {
+            proposer.submit(job(id), Some(counted(&outcomes)));
+        }
+        proposer.submit(job(4), None);
+        let proposer = Arc::new(proposer);
+        let flushing = tokio::spawn({
+            let proposer = proposer.clone();
+            async move { proposer.flushed().await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !flushing.is_finished(),
+            "flushed before its jobs were gathered"
+        );
+        assert_eq!(proposer.waiting(), 0, "pending before gathered");
+
+        let first = rx.recv().await.expect("a proposal");
+        let (seqs, command) = gather(first, &mut rx, &proposer.pending).expect("jobs");
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        let Command::Jobs(jobs) = command;
+        assert_eq!(jobs.len(), 4);
+        assert!(jobs
+            .iter()
+            .zip(&seqs)
+            .all(|(j, &s)| j.origin.seq == s && j.origin.run == 7));
+        assert_eq!(proposer.waiting(), 3, "the three with a completion");
+        tokio::time::timeout(std::time::Duration::from_secs(5), flushing)
+            .await
+            .expect("the flush is answered once its jobs are pending")
+            .unwrap();
+        assert_eq!(outcomes[0].load(Relaxed) + outcomes[1].load(Relaxed), 0);
+    }
+
+    /// With the proposing task gone, a job is refused at once with `Closed` and a
+    /// flush returns at once.
+    #[tokio::test]
+    async fn a_proposer_whose_task_ended_refuses_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proposer, rx) = proposer(dir.path());
+        drop(rx);
+        let outcomes = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+        proposer.submit(job(1), Some(counted(&outcomes)));
+        assert_eq!(outcomes[1].load(Relaxed), 1, "refused with Closed");
+        tokio::time::timeout(std::time::Duration::from_secs(5), proposer.flushed())
+            .await
+            .expect("no task to wait for");
+        assert_eq!(proposer.waiting(), 0);
     }
 }

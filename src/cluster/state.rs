@@ -478,13 +478,23 @@ impl<C: Applying> StateMachine<C> {
         debug_assert!(!jobs.is_empty(), "an entry's command carries a job");
         let (latch, _) = applied.get_or_insert_with(Latch::new);
         let mut together = Vec::with_capacity(jobs.len() + 1);
+        // This run's own proposals (an entry's jobs are all one proposer's): their
+        // completions, taken under one lock for the entry.
+        let mine =
+            |origin: &super::types::Origin| origin.node == self.node && origin.run == self.run;
+        let mut pending = jobs
+            .iter()
+            .any(|j| mine(&j.origin))
+            .then(|| self.pending.lock());
         for Job { origin, muts } in jobs {
             let muts = Muts::Shared(muts.clone());
-            let then = (origin.node == self.node && origin.run == self.run)
-                .then(|| self.pending.lock().remove(&origin.seq))
-                .flatten();
+            let then = match &mut pending {
+                Some(pending) if mine(origin) => pending.remove(&origin.seq),
+                _ => None,
+            };
             together.push((muts, Some(C::applying(then, latch.expect(log_id)))));
         }
+        drop(pending);
         let record = Mutation::Applied {
             term: log_id.leader_id.term,
             node: log_id.leader_id.node_id,

@@ -461,6 +461,8 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
             watch.abort();
         }
         let deadline = tokio::time::Instant::now() + grace;
+        // Jobs still on their way to the proposing task count once it has them.
+        let _ = tokio::time::timeout_at(deadline, member.proposer.flushed()).await;
         while member.proposer.waiting() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
