@@ -7,7 +7,7 @@
 # pairs taken next to each other mean anything. Prints one line per run.
 #
 # Usage: benches/r3-ab.sh OLD_BINARY NEW_BINARY
-# Environment: ROUNDS (3), MESSAGES (100000), BASE_PORT (33600); OLD_ARGS and
+# Environment: ROUNDS (3), MESSAGES (100000), WINDOW (64), BASE_PORT (33600); OLD_ARGS and
 # NEW_ARGS: more `squall serve` flags for every member of the old / new runs (the same
 # binary twice compares two settings, e.g. NEW_ARGS="--queue-result-ttl 0").
 set -euo pipefail
@@ -46,7 +46,7 @@ run() { # LABEL BINARY EXTRA_FLAGS
   done
   [ -n "$leader" ] || { echo "$1: no leader elected" >&2; exit 1; }
   "$bin" bench --server "127.0.0.1:$((BASE + leader))" --producers 4 --consumers 4 \
-    --messages "$MESSAGES" --size 256 --window 64 --prefetch 64 --json >"$WORK/out.json"
+    --messages "$MESSAGES" --size 256 --window "${WINDOW:-64}" --prefetch 64 --json >"$WORK/out.json"
   python3 - "$1" "$WORK/out.json" "$MESSAGES" "$leader" "${PIDS[@]}" <<'PY'
 import json, sys
 label, out, n, leader = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
