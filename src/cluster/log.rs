@@ -94,7 +94,7 @@ fn entry_size(entry: &Entry) -> usize {
     match &entry.payload {
         openraft::EntryPayload::Normal(super::types::Command::Jobs(jobs)) => jobs
             .iter()
-            .map(|job| crate::store::payload_bytes_of(&job.muts) + 64 * job.muts.len())
+            .map(|job| job.payload_bytes() + 64 * job.muts.len())
             .sum(),
         _ => 64,
     }

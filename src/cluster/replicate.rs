@@ -13,7 +13,6 @@
 //! Not here: applying entries (`state.rs`), and what the broker does when this node
 //! gains or loses the leadership (`server/lead.rs`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,9 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::timings::Timings;
 use super::types::{Command, Job, Member, NodeId, Origin, Raft};
 use crate::histogram::micros;
-use crate::store::{
-    low_space_reason, payload_bytes_of, Completion, Muts, Route, SpaceGuard, StoreError,
-};
+use crate::store::{low_space_reason, Completion, Muts, Route, SpaceGuard, StoreError};
 
 /// A completion the state machine can put around a submitter's: it completes
 /// `then` (the job's own completion, on the node that proposed it) with the outcome
@@ -140,13 +137,11 @@ const ENTRY_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// What the proposer hands the task that proposes (`propose`).
 pub(crate) enum Proposal<C> {
-    /// A job: its proposal number, content, submitter's completion and payload bytes
-    /// (counted where the tasks were just made, not read again where they are not in
-    /// the cache). The completion joins the pending map when its job is gathered into
-    /// an entry (one lock for the entry's jobs), not at submission: the map's lock,
-    /// which the state machine takes too, was contended by every submitting
-    /// connection.
-    Job(u64, Job, Option<C>, usize),
+    /// A job: its proposal number, content and submitter's completion. The
+    /// completion joins the pending map when its job is gathered into an entry (one
+    /// lock for the entry's jobs), not at submission: the map's lock, which the state
+    /// machine takes too, was contended by every submitting connection.
+    Job(u64, Job, Option<C>),
     /// Answered once every job sent before it is in the pending map or refused.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -154,7 +149,7 @@ pub(crate) enum Proposal<C> {
 /// Completions of proposed jobs not yet applied, by proposal number (shared by the
 /// proposing task, which puts an entry's in when it gathers its jobs, and the state
 /// machine, which takes them out when it applies the entry; one lock each per entry).
-pub(crate) type Pending<C> = Arc<Mutex<HashMap<u64, C>>>;
+pub(crate) type Pending<C> = Arc<Mutex<crate::model::IdMap<u64, C>>>;
 
 /// What openraft's metrics say about leadership, for refusals.
 type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, Member>>;
@@ -283,13 +278,9 @@ impl<C: Completion> Route<C> for Proposer<C> {
             return;
         }
         let seq = self.next_seq.fetch_add(1, Relaxed);
-        let bytes = muts.payload_bytes();
-        let job = Job {
-            origin: Origin { seq, ..self.origin },
-            muts: muts.into_vec().into(),
-        };
-        if let Err(mpsc::error::SendError(Proposal::Job(_, _, Some(done), _))) =
-            self.tx.send(Proposal::Job(seq, job, done, bytes))
+        let job = Job::new(Origin { seq, ..self.origin }, muts.into_vec().into());
+        if let Err(mpsc::error::SendError(Proposal::Job(_, _, Some(done)))) =
+            self.tx.send(Proposal::Job(seq, job, done))
         {
             done.complete(Err(StoreError::Closed));
         }
@@ -321,10 +312,9 @@ fn gather<C: Completion>(
     let mut next = Some(first);
     while let Some(proposal) = next.take() {
         match proposal {
-            Proposal::Job(seq, job, done, payload) => {
-                debug_assert_eq!(payload, payload_bytes_of(&job.muts));
+            Proposal::Job(seq, job, done) => {
                 mutations += job.muts.len();
-                bytes += payload;
+                bytes += job.payload_bytes();
                 seqs.push(seq);
                 jobs.push(job);
                 dones.extend(done.map(|done| (seq, done)));
@@ -428,7 +418,7 @@ pub(crate) async fn propose<C: Completion>(
     rx.close();
     let mut left: Vec<C> = pending.lock().drain().map(|(_, done)| done).collect();
     while let Ok(proposal) = rx.try_recv() {
-        if let Proposal::Job(_, _, Some(done), _) = proposal {
+        if let Proposal::Job(_, _, Some(done)) = proposal {
             left.push(done);
         }
     }

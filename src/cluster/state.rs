@@ -152,7 +152,7 @@ impl<C: Applying> Deferred<C> {
             .is_none_or(|(last, _)| last.index < log_id.index));
         for job in jobs.iter() {
             held.mutations += job.muts.len();
-            held.bytes += crate::store::payload_bytes_of(&job.muts);
+            held.bytes += job.payload_bytes();
         }
         held.entries.push((log_id, jobs));
         if held.since.is_none() {
@@ -187,9 +187,9 @@ impl<C: Applying> Deferred<C> {
         }
         let mut together = Vec::with_capacity(held.entries.len() + 1);
         for (log_id, jobs) in held.entries.drain(..) {
-            for Job { muts, .. } in jobs.iter() {
+            for job in jobs.iter() {
                 together.push((
-                    Muts::Shared(muts.clone()),
+                    Muts::shared(job.muts.clone(), job.payload_bytes()),
                     Some(C::applying(None, latch.expect(log_id))),
                 ));
             }
@@ -486,8 +486,8 @@ impl<C: Applying> StateMachine<C> {
             .iter()
             .any(|j| mine(&j.origin))
             .then(|| self.pending.lock());
-        for Job { origin, muts } in jobs {
-            let muts = Muts::Shared(muts.clone());
+        for job @ Job { origin, muts, .. } in jobs {
+            let muts = Muts::shared(muts.clone(), job.payload_bytes());
             let then = match &mut pending {
                 Some(pending) if mine(origin) => pending.remove(&origin.seq),
                 _ => None,

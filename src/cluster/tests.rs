@@ -449,13 +449,7 @@ pub(super) fn command(
 ) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command::Jobs(
-            vec![Job {
-                origin,
-                muts: muts.into(),
-            }]
-            .into(),
-        )),
+        payload: EntryPayload::Normal(Command::Jobs(vec![Job::new(origin, muts.into())].into())),
     }
 }
 
@@ -729,14 +723,14 @@ async fn another_leaders_entries_are_held_back_then_applied_as_one_group() {
     let entry = |muts: Vec<crate::model::Mutation>, log_id: LogId| Entry {
         log_id,
         payload: EntryPayload::Normal(Command::Jobs(
-            vec![Job {
-                origin: Origin {
+            vec![Job::new(
+                Origin {
                     node: log_id.leader_id.node_id,
                     run: 1,
                     seq: log_id.index,
                 },
-                muts: muts.into(),
-            }]
+                muts.into(),
+            )]
             .into(),
         )),
     };
@@ -831,14 +825,14 @@ async fn a_held_back_entry_the_store_refuses_fails_the_next_apply() {
     sm.apply([Entry {
         log_id: theirs,
         payload: EntryPayload::Normal(Command::Jobs(
-            vec![Job {
-                origin: Origin {
+            vec![Job::new(
+                Origin {
                     node: NODE + 1,
                     run: 1,
                     seq: 1,
                 },
-                muts: vec![patch].into(),
-            }]
+                vec![patch].into(),
+            )]
             .into(),
         )),
     }])

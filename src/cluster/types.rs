@@ -47,6 +47,31 @@ pub struct Job {
     pub origin: Origin,
     /// The mutations, in order (shared: the store applies them without a copy).
     pub muts: std::sync::Arc<[crate::model::Mutation]>,
+    /// The task payload bytes of `muts`, counted where the job is made (the tasks
+    /// are in the cache there): the log's memory bound, the held-back entries' and
+    /// the store's group bounds read it here instead of through every task again.
+    payload_bytes: usize,
+}
+
+impl Job {
+    /// Job `origin` of `muts`.
+    pub fn new(origin: Origin, muts: std::sync::Arc<[crate::model::Mutation]>) -> Job {
+        let payload_bytes = crate::store::payload_bytes_of(&muts);
+        Job {
+            origin,
+            muts,
+            payload_bytes,
+        }
+    }
+
+    /// The task payload bytes its mutations carry.
+    pub fn payload_bytes(&self) -> usize {
+        debug_assert_eq!(
+            self.payload_bytes,
+            crate::store::payload_bytes_of(&self.muts)
+        );
+        self.payload_bytes
+    }
 }
 
 /// A replicated command: the queue state's changes.

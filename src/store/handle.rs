@@ -70,17 +70,26 @@ pub enum Muts {
     /// Several, applied in the same batch.
     Many(Vec<crate::model::Mutation>),
     /// Several, shared with whoever else holds them (a replicated entry's job, which
-    /// the Raft log keeps in memory too): applied without a copy.
-    Shared(std::sync::Arc<[crate::model::Mutation]>),
+    /// the Raft log keeps in memory too): applied without a copy; with their task
+    /// payload bytes, counted when they were made (see [`Muts::shared`]).
+    Shared(std::sync::Arc<[crate::model::Mutation]>, usize),
 }
 
 impl Muts {
+    /// Shared mutations `muts`, whose task payloads are `payload_bytes` long: the
+    /// writer bounds its groups by them without reading every task (a replicated
+    /// entry's job is applied long after it was decoded, out of the cache).
+    pub fn shared(muts: std::sync::Arc<[crate::model::Mutation]>, payload_bytes: usize) -> Muts {
+        debug_assert_eq!(payload_bytes, super::payload_bytes_of(&muts));
+        Muts::Shared(muts, payload_bytes)
+    }
+
     /// The mutations, in order.
     pub fn into_vec(self) -> Vec<crate::model::Mutation> {
         match self {
             Muts::One(m) => vec![m],
             Muts::Many(ms) => ms,
-            Muts::Shared(ms) => ms.to_vec(),
+            Muts::Shared(ms, _) => ms.to_vec(),
         }
     }
 }

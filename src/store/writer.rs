@@ -106,14 +106,17 @@ impl Muts {
 
     /// The task payloads the job carries, in bytes.
     pub(crate) fn payload_bytes(&self) -> usize {
-        payload_bytes_of(self.as_slice())
+        match self {
+            Muts::Shared(_, bytes) => *bytes,
+            _ => payload_bytes_of(self.as_slice()),
+        }
     }
 
     fn as_slice(&self) -> &[Mutation] {
         match self {
             Muts::One(m) => slice::from_ref(m),
             Muts::Many(ms) => ms,
-            Muts::Shared(ms) => ms,
+            Muts::Shared(ms, _) => ms,
         }
     }
 }

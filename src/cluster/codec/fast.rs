@@ -102,8 +102,19 @@ impl<'a> Decoder<'a> {
     }
 
     fn jobs(&mut self, from: usize, to: usize) -> Option<Vec<Job>> {
+        // Counted first (keys and lengths only): an entry carries hundreds of jobs,
+        // which a growing vector would move (and reallocate) several times.
+        let mut count = self.fields(from, to);
+        let mut n = 0;
+        while let Some((field, wire_type)) = count.key()? {
+            if (field, wire_type) != (1, LEN) {
+                return None;
+            }
+            count.len_delimited()?;
+            n += 1;
+        }
         let mut r = self.fields(from, to);
-        let mut jobs = Vec::new();
+        let mut jobs = Vec::with_capacity(n);
         while let Some((field, wire_type)) = r.key()? {
             match (field, wire_type) {
                 (1, LEN) => {
@@ -113,6 +124,7 @@ impl<'a> Decoder<'a> {
                 _ => return None,
             }
         }
+        debug_assert_eq!(jobs.len(), n);
         // No jobs: prost's path names the error.
         (!jobs.is_empty()).then_some(jobs)
     }
@@ -133,10 +145,7 @@ impl<'a> Decoder<'a> {
                 _ => return None,
             }
         }
-        Some(Job {
-            origin,
-            muts: muts.into(),
-        })
+        Some(Job::new(origin, muts.into()))
     }
 
     fn mutation(&mut self, from: usize, to: usize) -> Option<Mutation> {

@@ -45,10 +45,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     .prop_map(|jobs| {
         let jobs = jobs
             .into_iter()
-            .map(|(muts, node, run, seq)| Job {
-                origin: Origin { node, run, seq },
-                muts: muts.into(),
-            })
+            .map(|(muts, node, run, seq)| Job::new(Origin { node, run, seq }, muts.into()))
             .collect::<Vec<_>>();
         EntryPayload::Normal(Command::Jobs(jobs.into()))
     });
@@ -134,16 +131,18 @@ proptest! {
 #[test]
 fn names_repeated_in_an_entry_share_one_allocation_and_payloads_are_not_copied() {
     let jobs = (0..3)
-        .map(|i| Job {
-            origin: Origin::default(),
-            muts: vec![
-                mutation_insert(i),
-                Mutation::Numbered {
-                    producer: "p".into(),
-                    sequence: i,
-                },
-            ]
-            .into(),
+        .map(|i| {
+            Job::new(
+                Origin::default(),
+                vec![
+                    mutation_insert(i),
+                    Mutation::Numbered {
+                        producer: "p".into(),
+                        sequence: i,
+                    },
+                ]
+                .into(),
+            )
         })
         .collect::<Vec<_>>();
     let entry = Entry {
@@ -376,28 +375,32 @@ fn an_unknown_status_is_left_to_prost_which_refuses_it() {
 #[ignore = "a measurement: cargo test --release --lib entry_codec_cost -- --ignored --nocapture"]
 fn entry_codec_cost() {
     use std::time::Instant;
-    let publish = |i: u64| Job {
-        origin: Origin {
-            node: 1,
-            run: 7,
-            seq: i,
-        },
-        muts: vec![
-            mutation_insert(i),
-            Mutation::Numbered {
-                producer: "bench-producer-0.3f9a".into(),
-                sequence: i,
+    let publish = |i: u64| {
+        Job::new(
+            Origin {
+                node: 1,
+                run: 7,
+                seq: i,
             },
-        ]
-        .into(),
+            vec![
+                mutation_insert(i),
+                Mutation::Numbered {
+                    producer: "bench-producer-0.3f9a".into(),
+                    sequence: i,
+                },
+            ]
+            .into(),
+        )
     };
-    let ack = |i: u64| Job {
-        origin: Origin {
-            node: 1,
-            run: 7,
-            seq: 1000 + i,
-        },
-        muts: vec![Mutation::Remove { id: i }].into(),
+    let ack = |i: u64| {
+        Job::new(
+            Origin {
+                node: 1,
+                run: 7,
+                seq: 1000 + i,
+            },
+            vec![Mutation::Remove { id: i }].into(),
+        )
     };
     let jobs: Vec<Job> = (0..100).flat_map(|i| [publish(i), ack(i)]).collect();
     let entry = Entry {

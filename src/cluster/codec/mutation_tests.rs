@@ -144,7 +144,7 @@ proptest! {
     ) {
         let jobs = jobs
             .into_iter()
-            .map(|(muts, node, run, seq)| Job { origin: Origin { node, run, seq }, muts: muts.into() })
+            .map(|(muts, node, run, seq)| Job::new(Origin { node, run, seq }, muts.into()))
             .collect::<Vec<_>>()
             .into();
         let entry = Entry {

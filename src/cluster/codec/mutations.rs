@@ -26,7 +26,7 @@ pub(crate) fn command_to(c: &Command) -> pb::entry::Payload {
 }
 
 fn job_to(job: &Job) -> pb::Mutations {
-    let Job { origin, muts } = job;
+    let Job { origin, muts, .. } = job;
     let Origin { node, run, seq } = *origin;
     pb::Mutations {
         origin_node: node,
@@ -47,14 +47,12 @@ pub(crate) fn job_from(m: pb::Mutations) -> Result<Job, CodecError> {
         .into_iter()
         .map(mutation_from)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Job {
-        origin: Origin {
-            node: origin_node,
-            run: origin_run,
-            seq: origin_seq,
-        },
-        muts: muts.into(),
-    })
+    let origin = Origin {
+        node: origin_node,
+        run: origin_run,
+        seq: origin_seq,
+    };
+    Ok(Job::new(origin, muts.into()))
 }
 
 pub(super) fn mutation_to(m: &Mutation) -> pb::Mutation {
