@@ -189,7 +189,7 @@ impl<C: Applying> Deferred<C> {
         for (log_id, jobs) in held.entries.drain(..) {
             for job in jobs.iter() {
                 together.push((
-                    Muts::shared(job.muts.clone(), job.payload_bytes()),
+                    job.store_muts(),
                     Some(C::applying(None, latch.expect(log_id))),
                 ));
             }
@@ -486,13 +486,15 @@ impl<C: Applying> StateMachine<C> {
             .iter()
             .any(|j| mine(&j.origin))
             .then(|| self.pending.lock());
-        for job @ Job { origin, muts, .. } in jobs {
-            let muts = Muts::shared(muts.clone(), job.payload_bytes());
+        for job in jobs {
             let then = match &mut pending {
-                Some(pending) if mine(origin) => pending.remove(&origin.seq),
+                Some(pending) if mine(&job.origin) => pending.remove(&job.origin.seq),
                 _ => None,
             };
-            together.push((muts, Some(C::applying(then, latch.expect(log_id)))));
+            together.push((
+                job.store_muts(),
+                Some(C::applying(then, latch.expect(log_id))),
+            ));
         }
         drop(pending);
         let record = Mutation::Applied {
@@ -531,11 +533,10 @@ impl<C: Applying> StateMachine<C> {
             tracing::error!(error = %e, "the store could not be synced: the raft node stops");
             return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
         }
-        if let Some((log_id, e)) = self.deferred.timer_failure() {
-            tracing::error!(error = %e, index = log_id.index, "{HELD} could not be applied to the store: the raft node stops");
-            return Err(sm_err(ErrorVerb::Write, &io::Error::other(e.to_string())));
+        match self.deferred.timer_failure() {
+            Some((log_id, e)) => Err(apply_failed(log_id, &e, HELD)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Replaces the state file. First waits until everything submitted to the store

@@ -704,6 +704,15 @@ async fn the_commit_index_is_told_to_the_log_and_not_saved() {
     assert_eq!(log.heard().commit_index(Some(3)), Some(3));
 }
 
+/// [`open_machine`] with the store as `Node::start` and a member that follows leave it
+/// (replicated, its body cache off).
+fn open_following(dir: &Path) -> (Store, Writer<Tell>, Machine) {
+    let (store, writer, sm) = open_machine(dir, Pending::default());
+    store.set_replicated();
+    store.set_caching_bodies(false);
+    (store, writer, sm)
+}
+
 /// A member holds another leader's committed entries back and submits them as one
 /// store group, where a task published and acked within it is written neither time.
 /// They reach the store once `DEFER_FOR` has passed (the timer, with no apply since),
@@ -715,10 +724,7 @@ async fn another_leaders_entries_are_held_back_then_applied_as_one_group() {
     use super::state::{run_deferred, DEFER_FOR};
     use crate::model::Mutation::Remove;
     let dir = tempfile::tempdir().unwrap();
-    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
-    // As `Node::start` and a member that follows leave it.
-    store.set_replicated();
-    store.set_caching_bodies(false);
+    let (store, writer, mut sm) = open_following(dir.path());
     let theirs = |term, index| LogId::new(CommittedLeaderId::new(term, NODE + 1), index);
     let entry = |muts: Vec<crate::model::Mutation>, log_id: LogId| Entry {
         log_id,
@@ -813,9 +819,7 @@ async fn another_leaders_entries_are_held_back_then_applied_as_one_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_back_entry_the_store_refuses_fails_the_next_apply() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, writer, mut sm) = open_machine(dir.path(), Pending::default());
-    store.set_replicated();
-    store.set_caching_bodies(false);
+    let (store, writer, mut sm) = open_following(dir.path());
     store.corrupt_state(40);
     let theirs = LogId::new(CommittedLeaderId::new(1, NODE + 1), 1);
     let patch = crate::model::Mutation::Patch {

@@ -72,6 +72,11 @@ impl Job {
         );
         self.payload_bytes
     }
+
+    /// Its mutations as a store job, shared (not copied) and with their payload bytes.
+    pub fn store_muts(&self) -> crate::store::Muts {
+        crate::store::Muts::shared(self.muts.clone(), self.payload_bytes)
+    }
 }
 
 /// A replicated command: the queue state's changes.

@@ -34,6 +34,7 @@ pub(super) fn entry(body: &Bytes) -> Option<Entry> {
     let mut d = Decoder {
         body,
         names: Vec::new(),
+        no_name: Arc::from(""),
     };
     let mut r = Fields::new(body, 0, body.len());
     let (mut log_id, mut jobs) = (None, None);
@@ -67,6 +68,8 @@ struct Decoder<'a> {
     body: &'a Bytes,
     /// The queue names and producer ids met so far in this entry.
     names: Vec<Arc<str>>,
+    /// The placeholder a task's state holds until its queue's name is read.
+    no_name: Arc<str>,
 }
 
 impl<'a> Decoder<'a> {
@@ -205,42 +208,40 @@ impl<'a> Decoder<'a> {
     fn state(&mut self, from: usize, to: usize) -> Option<TaskState> {
         let mut r = self.fields(from, to);
         let mut queue = None;
-        // Every field but the queue's name, which is shared (`name`) once all are read;
-        // the state is built then, without a placeholder name to allocate and drop.
-        let (mut status_, mut priority, mut attempts, mut max_attempts) =
-            (TaskStatus::Pending, 0, 0, 0);
-        let (mut lease_ms, mut not_before_ms, mut created_ms, mut updated_ms) = (0, 0, 0, 0);
-        let (mut last_error, mut expires_ms) = (None, 0);
+        let mut s = TaskState {
+            // Shared by the entry's tasks until the real name is read (no allocation
+            // and free per task).
+            queue: self.no_name.clone(),
+            status: TaskStatus::Pending,
+            priority: 0,
+            attempts: 0,
+            max_attempts: 0,
+            lease_ms: 0,
+            not_before_ms: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            last_error: None,
+            expires_ms: 0,
+        };
         while let Some((field, wire_type)) = r.key()? {
             match (field, wire_type) {
                 (1, LEN) => queue = Some(r.str()?),
-                (2, VARINT) => status_ = status(r.varint()? as u32)?,
+                (2, VARINT) => s.status = status(r.varint()? as u32)?,
                 // prost reads int32 and uint32 from a varint by truncation.
-                (3, VARINT) => priority = r.varint()? as i32,
-                (4, VARINT) => attempts = r.varint()? as u32,
-                (5, VARINT) => max_attempts = r.varint()? as u32,
-                (6, VARINT) => lease_ms = r.varint()?,
-                (7, VARINT) => not_before_ms = r.varint()?,
-                (8, VARINT) => created_ms = r.varint()?,
-                (9, VARINT) => updated_ms = r.varint()?,
-                (10, LEN) => last_error = Some(r.string()?),
-                (11, VARINT) => expires_ms = r.varint()?,
+                (3, VARINT) => s.priority = r.varint()? as i32,
+                (4, VARINT) => s.attempts = r.varint()? as u32,
+                (5, VARINT) => s.max_attempts = r.varint()? as u32,
+                (6, VARINT) => s.lease_ms = r.varint()?,
+                (7, VARINT) => s.not_before_ms = r.varint()?,
+                (8, VARINT) => s.created_ms = r.varint()?,
+                (9, VARINT) => s.updated_ms = r.varint()?,
+                (10, LEN) => s.last_error = Some(r.string()?),
+                (11, VARINT) => s.expires_ms = r.varint()?,
                 _ => return None,
             }
         }
-        Some(TaskState {
-            queue: self.name(queue.unwrap_or("")),
-            status: status_,
-            priority,
-            attempts,
-            max_attempts,
-            lease_ms,
-            not_before_ms,
-            created_ms,
-            updated_ms,
-            last_error,
-            expires_ms,
-        })
+        s.queue = self.name(queue.unwrap_or(""));
+        Some(s)
     }
 
     fn task_body(&mut self, from: usize, to: usize) -> Option<TaskBody> {
