@@ -439,11 +439,19 @@ mod tests {
     fn proposer(
         dir: &std::path::Path,
     ) -> (Proposer<Tell>, mpsc::UnboundedReceiver<Proposal<Tell>>) {
+        proposer_with(dir, Pending::default())
+    }
+
+    /// A proposer that believes it leads, its completions pending in `pending`.
+    fn proposer_with(
+        dir: &std::path::Path,
+        pending: Pending<Tell>,
+    ) -> (Proposer<Tell>, mpsc::UnboundedReceiver<Proposal<Tell>>) {
         let mut metrics = openraft::RaftMetrics::new_initial(1);
         metrics.state = ServerState::Leader;
         let (_tx, rx) = watch::channel(metrics);
         let space = SpaceGuard::new(dir.to_path_buf(), 0);
-        Proposer::new(1, 7, Pending::default(), rx, space)
+        Proposer::new(1, 7, pending, rx, space)
     }
 
     /// A completion that counts its outcomes: (successes, refusals as `Closed`).
@@ -500,6 +508,78 @@ mod tests {
             .expect("the flush is answered once its jobs are pending")
             .unwrap();
         assert_eq!(outcomes[0].load(Relaxed) + outcomes[1].load(Relaxed), 0);
+    }
+
+    /// Jobs still in the channel when the proposing task stops (never gathered into
+    /// an entry, so not in the pending map) are refused like the pending ones, with
+    /// an outcome-unknown `NOT_LEADER`: not dropped, which would answer `Closed`.
+    /// (Negative control: without the channel's drain in `propose`, they are
+    /// answered `Closed` and this fails.)
+    #[tokio::test]
+    async fn jobs_left_in_the_channel_at_stop_are_refused_as_outcome_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending = Pending::default();
+        let (store, writer, machine) =
+            super::super::tests::open_machine(dir.path(), pending.clone());
+        let log = super::super::log::LogStore::open(&dir.path().join(super::super::RAFT_DIR))
+            .expect("log opens");
+        let network = super::super::net::Network {
+            max_frame: 1 << 20,
+            token: bytes::Bytes::new(),
+            tls: None,
+            encoded: log.encoded(),
+            heard: log.heard(),
+        };
+        let config = openraft::Config {
+            cluster_name: "test".to_owned(),
+            ..Default::default()
+        };
+        let raft = Raft::new(
+            1,
+            Arc::new(config.validate().unwrap()),
+            network,
+            log,
+            machine,
+        )
+        .await
+        .expect("raft starts");
+        let (proposer, rx) = proposer_with(dir.path(), pending.clone());
+        let unknown = Arc::new(AtomicUsize::new(0));
+        let others = Arc::new(AtomicUsize::new(0));
+        for id in 1..=3 {
+            let (unknown, others) = (unknown.clone(), others.clone());
+            proposer.submit(
+                job(id),
+                Some(Tell(Box::new(move |result| match result {
+                    Err(StoreError::NotLeader(why)) if why.contains("outcome is unknown") => {
+                        unknown.fetch_add(1, Relaxed);
+                    }
+                    _ => {
+                        others.fetch_add(1, Relaxed);
+                    }
+                }))),
+            );
+        }
+        assert_eq!(
+            pending.lock().len(),
+            0,
+            "not gathered yet: in the channel only"
+        );
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let timings = Arc::new(Timings::default());
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            propose(raft.clone(), rx, pending.clone(), timings, stop),
+        )
+        .await
+        .expect("a stopped proposing task ends at once");
+        assert_eq!(unknown.load(Relaxed), 3, "each refused as outcome unknown");
+        assert_eq!(others.load(Relaxed), 0);
+        raft.shutdown().await.expect("raft stops");
+        drop(raft);
+        writer.shutdown().expect("writer stops");
+        drop(store);
     }
 
     /// With the proposing task gone, a job is refused at once with `Closed` and a
