@@ -96,6 +96,9 @@ fn entry_size(entry: &Entry) -> usize {
             .iter()
             .map(|job| job.payload_bytes() + 64 * job.muts.len())
             .sum(),
+        openraft::EntryPayload::Normal(super::types::Command::Received(r)) => {
+            r.payload_bytes + 64 * r.mutations
+        }
         _ => 64,
     }
 }

@@ -17,6 +17,7 @@ pub mod heard;
 pub mod log;
 pub mod membership;
 pub mod net;
+pub(crate) mod netting;
 pub mod replicate;
 pub mod snapshot;
 pub mod state;
@@ -517,6 +518,8 @@ impl Formation {
     }
 }
 
+#[cfg(test)]
+mod netting_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]

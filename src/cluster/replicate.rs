@@ -496,7 +496,9 @@ mod tests {
         let first = rx.recv().await.expect("a proposal");
         let (seqs, command) = gather(first, &mut rx, &proposer.pending).expect("jobs");
         assert_eq!(seqs, vec![1, 2, 3, 4]);
-        let Command::Jobs(jobs) = command;
+        let Command::Jobs(jobs) = command else {
+            panic!("the proposer makes jobs")
+        };
         assert_eq!(jobs.len(), 4);
         assert!(jobs
             .iter()

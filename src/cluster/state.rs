@@ -45,6 +45,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
+use super::netting::{self, HeldJobs};
 use super::replicate::{Applying, Latch, Pending, Signal};
 use super::snapshot::{
     self as file, snap_err, SnapshotBuilder, SnapshotCounters, RECEIVING, SNAPSHOT,
@@ -88,8 +89,10 @@ pub struct StateMachine<C: Applying> {
 }
 
 /// Committed entries of another leader that a member holds back, to submit several
-/// as one store group (`WriterLoop::find_netted` then writes neither the publish nor
-/// the ack of a task settled within the group). Shared by the state machine, the
+/// as one store group in which neither the publish nor the ack of a task settled
+/// within the group is written: `netting.rs` takes such tasks out of the entries
+/// received as they came (`Command::Received`, never decoded into store jobs), and
+/// the store's `WriterLoop::find_netted` nets those of decoded ones. Shared by the state machine, the
 /// flush timer ([`run_deferred`]) and the node's shutdown ([`Deferred::flush_now`]).
 /// Held at most [`DEFER_FOR`], [`DEFER_MUTATIONS`] mutations or [`DEFER_BYTES`] of
 /// payloads; submitted before anything that needs the store to hold every applied
@@ -116,7 +119,7 @@ pub struct Deferred<C: Applying> {
 
 #[derive(Default)]
 struct Held {
-    entries: Vec<(LogId, Arc<[Job]>)>,
+    entries: Vec<(LogId, HeldJobs)>,
     mutations: usize,
     bytes: usize,
     since: Option<Instant>,
@@ -144,16 +147,14 @@ impl<C: Applying> Deferred<C> {
     }
 
     /// Holds entry `log_id`; true when the bounds say it is time to submit.
-    fn hold(&self, log_id: LogId, jobs: Arc<[Job]>) -> bool {
+    fn hold(&self, log_id: LogId, jobs: HeldJobs) -> bool {
         let mut held = self.held.lock();
         debug_assert!(held
             .entries
             .last()
             .is_none_or(|(last, _)| last.index < log_id.index));
-        for job in jobs.iter() {
-            held.mutations += job.muts.len();
-            held.bytes += job.payload_bytes();
-        }
+        held.mutations += jobs.mutations();
+        held.bytes += jobs.payload_bytes();
         held.entries.push((log_id, jobs));
         if held.since.is_none() {
             held.since = Some(Instant::now());
@@ -167,33 +168,49 @@ impl<C: Applying> Deferred<C> {
         self.held.lock().since.map(|since| since + DEFER_FOR)
     }
 
-    /// Submits the held entries as one store group, followed by the record that the
-    /// last of them is applied, each job expected by `applied`'s latch (made if none).
+    /// Submits the held entries as one store group (their netted tasks taken out:
+    /// `netting::group`), followed by the record that the last of them is applied,
+    /// each job expected by `applied`'s latch (made if none).
     /// Under the lock, so that two flushes reach the writer in the log's order.
-    fn flush(&self, applied: &mut Applied) {
-        self.flush_as(applied, false);
+    /// False if a received job did not decode: nothing was submitted, and the
+    /// failure is in the latch.
+    #[must_use]
+    fn flush(&self, applied: &mut Applied) -> bool {
+        self.flush_as(applied, false)
     }
 
     /// [`Deferred::flush`]; `timer`: the timer's, whose latch the state machine
     /// checks later ([`Deferred::timer_failure`]).
-    pub(super) fn flush_as(&self, applied: &mut Applied, timer: bool) {
+    pub(super) fn flush_as(&self, applied: &mut Applied, timer: bool) -> bool {
         let mut held = self.held.lock();
         let Some(&(last, _)) = held.entries.last() else {
-            return;
+            return true;
         };
         let (latch, _) = applied.get_or_insert_with(Latch::new);
         if timer {
             self.timer_flushes.lock().push(latch.clone());
         }
-        let mut together = Vec::with_capacity(held.entries.len() + 1);
-        for (log_id, jobs) in held.entries.drain(..) {
-            for job in jobs.iter() {
-                together.push((
-                    job.store_muts(),
-                    Some(C::applying(None, latch.expect(log_id))),
-                ));
+        let mut together = match netting::group(&held.entries) {
+            Ok(jobs) => {
+                let mut together = Vec::with_capacity(jobs.len() + 1);
+                for (log_id, muts) in jobs {
+                    together.push((muts, Some(C::applying(None, latch.expect(log_id)))));
+                }
+                together
             }
-        }
+            Err(e) => {
+                // Nothing of them reaches the store, nor the record that they were
+                // applied: the failure stops the Raft node (`settle`), and a restart
+                // applies them again from the log.
+                let failure = StoreError::Io(Arc::new(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    e.to_string(),
+                )));
+                latch.expect(e.0).tell(Err(failure));
+                *held = Held::default();
+                return false;
+            }
+        };
         together.push((
             Muts::One(Mutation::Applied {
                 term: last.leader_id.term,
@@ -204,13 +221,14 @@ impl<C: Applying> Deferred<C> {
         ));
         *held = Held::default();
         self.writer.submit_together(together);
+        true
     }
 
     /// Submits what is held and waits until the store applied it: the node's
     /// shutdown, once its Raft node stopped applying. A failure is logged.
     pub async fn flush_now(&self) {
         let mut applied = None;
-        self.flush(&mut applied);
+        let _ = self.flush(&mut applied);
         // A failure is logged by `settle`; nothing applies after a shutdown.
         let _ = StateMachine::<C>::settle(&mut applied).await;
     }
@@ -244,7 +262,8 @@ pub async fn run_deferred<C: Applying>(deferred: Arc<Deferred<C>>, stop: Cancell
             }
             if deferred.due().is_some_and(|due| due <= Instant::now()) {
                 let mut applied = None;
-                deferred.flush_as(&mut applied, true);
+                // An entry that did not decode is in the latch's failure too.
+                let _ = deferred.flush_as(&mut applied, true);
                 if let Some((latch, done)) = applied {
                     latch.release();
                     let _ = done.await;
@@ -507,6 +526,15 @@ impl<C: Applying> StateMachine<C> {
         self.writer.submit_together(together);
     }
 
+    /// Submits what is held back; if a received job of it did not decode, waits for
+    /// what this call submitted before and fails (nothing after it is submitted).
+    async fn flush_held(&self, jobs: &mut Applied) -> Result<(), StorageError> {
+        if self.deferred.flush(jobs) {
+            return Ok(());
+        }
+        Self::settle(jobs).await
+    }
+
     /// Waits until every submitted job is applied (its sync follows: see the module
     /// documentation); a refused one is a storage error.
     async fn settle(jobs: &mut Applied) -> Result<(), StorageError> {
@@ -581,20 +609,27 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
             let log_id = entry.log_id;
             last_in_store = false;
             let own = log_id.leader_id.node_id == self.node;
-            match entry.payload {
-                // Another leader's: held back (see `Deferred`).
-                EntryPayload::Normal(Command::Jobs(entry_jobs)) if !own => {
-                    if self.deferred.hold(log_id, entry_jobs) {
-                        self.deferred.flush(&mut jobs);
-                    }
-                    self.machine.applied = Some(log_id);
-                    replies.push(());
-                    last_in_store = true;
-                    continue;
+            // Another leader's: held back (see `Deferred`).
+            let held = match &entry.payload {
+                EntryPayload::Normal(Command::Jobs(jobs)) if !own => {
+                    Some(HeldJobs::Decoded(jobs.clone()))
                 }
-                // Everything before it reaches the store first.
-                _ => self.deferred.flush(&mut jobs),
+                EntryPayload::Normal(Command::Received(received)) if !own => {
+                    Some(HeldJobs::Received(received.clone()))
+                }
+                _ => None,
+            };
+            if let Some(held) = held {
+                if self.deferred.hold(log_id, held) {
+                    self.flush_held(&mut jobs).await?;
+                }
+                self.machine.applied = Some(log_id);
+                replies.push(());
+                last_in_store = true;
+                continue;
             }
+            // Everything before it reaches the store first.
+            self.flush_held(&mut jobs).await?;
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Membership(m) => {
@@ -609,12 +644,24 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
                     self.submit(&entry_jobs, log_id, &mut jobs);
                     last_in_store = true;
                 }
+                // One of this node's own entries that came back from another leader
+                // (a member whose data was replaced): decoded whole.
+                EntryPayload::Normal(Command::Received(received)) => {
+                    let entry_jobs = codec::received_jobs(&received).ok_or_else(|| {
+                        sm_err(
+                            ErrorVerb::Read,
+                            &invalid(format!("entry {} does not decode", log_id.index)),
+                        )
+                    })?;
+                    self.submit(&entry_jobs, log_id, &mut jobs);
+                    last_in_store = true;
+                }
             }
             self.machine.applied = Some(log_id);
             replies.push(());
         }
         if self.deferred.due().is_some_and(|due| due <= Instant::now()) {
-            self.deferred.flush(&mut jobs);
+            self.flush_held(&mut jobs).await?;
         }
         let submitted = jobs.is_some();
         Self::settle(&mut jobs).await?;
@@ -644,7 +691,7 @@ impl<C: Applying> RaftStateMachine<TypeConfig> for StateMachine<C> {
         // the writer syncs its journal before it dumps).
         // Held-back entries first, applied before the export is queued behind them.
         let mut held = None;
-        self.deferred.flush(&mut held);
+        let _ = self.deferred.flush(&mut held);
         let flushed = match Self::settle(&mut held).await {
             Ok(()) => self.barrier().await,
             Err(e) => Err(e),

@@ -844,7 +844,7 @@ async fn a_held_back_entry_the_store_refuses_fails_the_next_apply() {
     .unwrap();
     // What the timer does, stopped right after it submitted (it never looks).
     let mut submitted = None;
-    sm.deferred().flush_as(&mut submitted, true);
+    assert!(sm.deferred().flush_as(&mut submitted, true));
     let (latch, _never_awaited) = submitted.expect("the held entry was submitted");
     latch.release();
     let mine = Origin {

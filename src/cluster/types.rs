@@ -88,6 +88,66 @@ pub enum Command {
     /// round trip) is paid once for all of them. Shared: the Raft log keeps recent
     /// entries in memory (`log.rs`), and replicating or applying one clones it.
     Jobs(std::sync::Arc<[Job]>),
+    /// Another leader's entry of jobs as a member received it, not yet decoded into
+    /// store jobs: what netting its tasks needs was read from it (`codec/fast.rs`,
+    /// `sketch`), and a member's held-back entries (`state.rs`, `Deferred`) decode
+    /// only the jobs whose tasks are not all inserted and removed again while held.
+    /// The leader proposes `Jobs` only.
+    Received(std::sync::Arc<Received>),
+}
+
+/// An entry of jobs as received ([`Command::Received`]).
+#[derive(Debug)]
+pub struct Received {
+    /// The entry's encoding, as the log writes it (its tasks decode from it).
+    pub bytes: bytes::Bytes,
+    /// Its jobs, in order.
+    pub jobs: Vec<JobSketch>,
+    /// Every insert, removal, patch and success of its jobs, in order (`JobSketch::events`).
+    pub events: Vec<Event>,
+    /// The task payload bytes of its jobs.
+    pub payload_bytes: usize,
+    /// How many mutations its jobs hold.
+    pub mutations: usize,
+}
+
+impl PartialEq for Received {
+    fn eq(&self, other: &Received) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for Received {}
+
+/// One job of a [`Received`] entry.
+#[derive(Debug, Clone)]
+pub struct JobSketch {
+    /// Where the job's message lies in the entry's bytes.
+    pub at: std::ops::Range<usize>,
+    /// Its events in [`Received::events`].
+    pub events: std::ops::Range<usize>,
+    /// How many mutations it holds (events and the rest).
+    pub mutations: usize,
+    /// Whether it holds only inserts (and a numbering after them): a publish.
+    pub publish: bool,
+    /// A numbered publish's producer and number.
+    pub numbered: Option<(std::sync::Arc<str>, u64)>,
+    /// Its first insert's creation time (`TaskState::created_ms`), if it inserts.
+    pub first_created_ms: crate::model::Millis,
+}
+
+/// What netting needs of one mutation (the store's `find_netted` rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A task inserted; `nettable` when it has no idempotency key.
+    Insert {
+        id: crate::model::TaskId,
+        nettable: bool,
+    },
+    /// A task removed (settled).
+    Remove(crate::model::TaskId),
+    /// A task patched or succeeded: not nettable.
+    Touch(crate::model::TaskId),
 }
 
 openraft::declare_raft_types!(

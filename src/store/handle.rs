@@ -73,6 +73,27 @@ pub enum Muts {
     /// the Raft log keeps in memory too): applied without a copy; with their task
     /// payload bytes, counted when they were made (see [`Muts::shared`]).
     Shared(std::sync::Arc<[crate::model::Mutation]>, usize),
+    /// A publish whose every task a cluster member found removed again within the
+    /// same held-back entries (`cluster/state.rs`, `Deferred`): none of its tasks is
+    /// written, but its ids still raise the watermark and its number, if it has one,
+    /// is checked and remembered like the publish's own. Made only there.
+    Netted(NettedPublish),
+}
+
+/// What remains of a publish whose tasks were all inserted and removed within one
+/// group of a member's held-back entries ([`Muts::Netted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NettedPublish {
+    /// The producer and number of a numbered publish.
+    pub numbered: Option<(std::sync::Arc<str>, u64)>,
+    /// Its first task's id and that task's creation time (the producer table's).
+    pub first: crate::model::TaskId,
+    /// When its first task was created (`TaskState::created_ms`).
+    pub created_ms: crate::model::Millis,
+    /// How many tasks it inserted.
+    pub tasks: u32,
+    /// Its highest task id.
+    pub max_id: crate::model::TaskId,
 }
 
 impl Muts {
@@ -90,6 +111,10 @@ impl Muts {
             Muts::One(m) => vec![m],
             Muts::Many(ms) => ms,
             Muts::Shared(ms, _) => ms.to_vec(),
+            Muts::Netted(_) => {
+                debug_assert!(false, "a netted publish is never proposed");
+                Vec::new()
+            }
         }
     }
 }

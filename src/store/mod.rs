@@ -48,7 +48,7 @@ mod writer;
 pub(crate) use writer::payload_bytes_of;
 
 pub use datadir::DataDirProblem;
-pub use handle::{Muts, Route, Writer, WriterHandle};
+pub use handle::{Muts, NettedPublish, Route, Writer, WriterHandle};
 pub use open::RecoveryStats;
 pub use record::PRODUCER_RING;
 pub use report::{Duplicate, JobReport, SequenceRefusal, SweepStats};

@@ -117,6 +117,8 @@ impl Muts {
             Muts::One(m) => slice::from_ref(m),
             Muts::Many(ms) => ms,
             Muts::Shared(ms, _) => ms,
+            // Its tasks are not written: nothing to stage but its numbering.
+            Muts::Netted(_) => &[],
         }
     }
 }

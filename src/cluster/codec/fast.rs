@@ -26,7 +26,7 @@ use squall_proto::fields::{
     varint_field_len, Fields, LEN, VARINT,
 };
 
-use crate::cluster::types::{Command, Entry, Job, LogId, Origin};
+use crate::cluster::types::{Command, Entry, Event, Job, JobSketch, LogId, Origin, Received};
 use crate::model::{Mutation, NewTask, StatePatch, TaskBody, TaskState, TaskStatus};
 
 /// The entry in `body`, or `None` to leave it to prost.
@@ -151,7 +151,9 @@ impl<'a> Decoder<'a> {
         Some(Job::new(origin, muts.into()))
     }
 
-    fn mutation(&mut self, from: usize, to: usize) -> Option<Mutation> {
+    /// The one field of a mutation message (its kind) and where that field's message
+    /// lies; `None` for none, two, or another wire type.
+    fn kind_of(&self, from: usize, to: usize) -> Option<(u64, usize, usize)> {
         let mut r = self.fields(from, to);
         let mut kind = None;
         while let Some((field, wire_type)) = r.key()? {
@@ -159,26 +161,31 @@ impl<'a> Decoder<'a> {
                 return None;
             }
             let (from, to) = r.len_delimited()?;
-            kind = Some(match field {
-                1 => self.insert(from, to)?,
-                2 => self.patch(from, to)?,
-                3 => Mutation::Remove {
-                    id: self.task_ref(from, to)?,
-                },
-                4 => self.succeed(from, to)?,
-                10 => {
-                    let id = self.log_id(from, to)?;
-                    Mutation::Applied {
-                        term: id.leader_id.term,
-                        node: id.leader_id.node_id,
-                        index: id.index,
-                    }
-                }
-                12 => self.numbered(from, to)?,
-                _ => return None,
-            });
+            kind = Some((field, from, to));
         }
         kind
+    }
+
+    fn mutation(&mut self, from: usize, to: usize) -> Option<Mutation> {
+        let (field, from, to) = self.kind_of(from, to)?;
+        Some(match field {
+            1 => self.insert(from, to)?,
+            2 => self.patch(from, to)?,
+            3 => Mutation::Remove {
+                id: self.task_ref(from, to)?,
+            },
+            4 => self.succeed(from, to)?,
+            10 => {
+                let id = self.log_id(from, to)?;
+                Mutation::Applied {
+                    term: id.leader_id.term,
+                    node: id.leader_id.node_id,
+                    index: id.index,
+                }
+            }
+            12 => self.numbered(from, to)?,
+            _ => return None,
+        })
     }
 
     fn insert(&mut self, from: usize, to: usize) -> Option<Mutation> {
@@ -346,6 +353,269 @@ impl<'a> Decoder<'a> {
             sequence,
         })
     }
+}
+
+/// Another leader's entry in `body`, read for its events only ([`Command::Received`]),
+/// or `None` where [`entry`] would not take it (and then it is decoded whole). What
+/// this accepts, `entry` accepts: every field is checked as `entry` checks it (wire
+/// types, statuses, UTF-8), only nothing is built, so a member refuses a malformed
+/// entry when it arrives, not when it applies it (`fast_tests`).
+pub(crate) fn sketch(body: &Bytes) -> Option<Entry> {
+    let mut r = Fields::new(body, 0, body.len());
+    let mut d = Decoder {
+        body,
+        names: Vec::new(),
+        no_name: Arc::from(""),
+    };
+    let mut s = Sketcher {
+        jobs: Vec::new(),
+        events: Vec::new(),
+        payload_bytes: 0,
+        mutations: 0,
+    };
+    let (mut log_id, mut seen_jobs) = (None, false);
+    while let Some((field, wire_type)) = r.key()? {
+        match (field, wire_type) {
+            (1, LEN) if log_id.is_none() => {
+                let (from, to) = r.len_delimited()?;
+                log_id = Some(d.log_id(from, to)?);
+            }
+            (12, LEN) if !seen_jobs => {
+                let (from, to) = r.len_delimited()?;
+                s.job(&mut d, from, to)?;
+                seen_jobs = true;
+            }
+            (13, LEN) if !seen_jobs => {
+                let (from, to) = r.len_delimited()?;
+                let mut jobs = d.fields(from, to);
+                while let Some((field, wire_type)) = jobs.key()? {
+                    if (field, wire_type) != (1, LEN) {
+                        return None;
+                    }
+                    let (from, to) = jobs.len_delimited()?;
+                    s.job(&mut d, from, to)?;
+                }
+                seen_jobs = true;
+            }
+            _ => return None,
+        }
+    }
+    // No jobs: `entry` would not take it either.
+    if s.jobs.is_empty() {
+        return None;
+    }
+    Some(Entry {
+        log_id: log_id?,
+        payload: EntryPayload::Normal(Command::Received(Arc::new(Received {
+            bytes: body.clone(),
+            jobs: s.jobs,
+            events: s.events,
+            payload_bytes: s.payload_bytes,
+            mutations: s.mutations,
+        }))),
+    })
+}
+
+/// Job `at` of a [`Received`] entry, decoded whole (as [`entry`] decodes it).
+pub(crate) fn received_job(received: &Received, at: std::ops::Range<usize>) -> Option<Job> {
+    let mut d = Decoder {
+        body: &received.bytes,
+        names: Vec::new(),
+        no_name: Arc::from(""),
+    };
+    d.job(at.start, at.end)
+}
+
+/// Every job of a [`Received`] entry, decoded whole.
+pub(crate) fn received_jobs(received: &Received) -> Option<Vec<Job>> {
+    received
+        .jobs
+        .iter()
+        .map(|job| received_job(received, job.at.clone()))
+        .collect()
+}
+
+/// What [`sketch`] gathers.
+struct Sketcher {
+    jobs: Vec<JobSketch>,
+    events: Vec<Event>,
+    payload_bytes: usize,
+    mutations: usize,
+}
+
+impl Sketcher {
+    fn job(&mut self, d: &mut Decoder<'_>, from: usize, to: usize) -> Option<()> {
+        let mut r = d.fields(from, to);
+        let first_event = self.events.len();
+        let first_mutation = self.mutations;
+        let (mut publish, mut numbered, mut first_created_ms) = (true, None, None);
+        let mut any = false;
+        while let Some((field, wire_type)) = r.key()? {
+            match (field, wire_type) {
+                (1..=3, VARINT) => {
+                    r.varint()?;
+                }
+                (4, LEN) => {
+                    let (from, to) = r.len_delimited()?;
+                    // A numbering comes last in a publish: anything after it is not one.
+                    if numbered.is_some() {
+                        publish = false;
+                    }
+                    self.mutations += 1;
+                    any = true;
+                    match self.mutation(d, from, to)? {
+                        Sketched::Insert(created_ms) => {
+                            first_created_ms.get_or_insert(created_ms);
+                        }
+                        Sketched::Numbered(producer, sequence) => {
+                            numbered = Some((producer, sequence));
+                        }
+                        Sketched::Other => publish = false,
+                    }
+                }
+                _ => return None,
+            }
+        }
+        // A numbering without inserts before it is no publish (`check_numbering`).
+        let publish = any && publish && first_created_ms.is_some();
+        self.jobs.push(JobSketch {
+            at: from..to,
+            events: first_event..self.events.len(),
+            mutations: self.mutations - first_mutation,
+            publish,
+            numbered,
+            first_created_ms: first_created_ms.unwrap_or(0),
+        });
+        Some(())
+    }
+
+    fn mutation(&mut self, d: &mut Decoder<'_>, from: usize, to: usize) -> Option<Sketched> {
+        let (field, from, to) = d.kind_of(from, to)?;
+        Some(match field {
+            1 => self.insert(d, from, to)?,
+            2 => {
+                let Mutation::Patch { id, .. } = d.patch(from, to)? else {
+                    return None;
+                };
+                self.events.push(Event::Touch(id));
+                Sketched::Other
+            }
+            3 => {
+                self.events.push(Event::Remove(d.task_ref(from, to)?));
+                Sketched::Other
+            }
+            4 => {
+                let Mutation::Succeed { id, .. } = d.succeed(from, to)? else {
+                    return None;
+                };
+                self.events.push(Event::Touch(id));
+                Sketched::Other
+            }
+            10 => {
+                d.log_id(from, to)?;
+                Sketched::Other
+            }
+            12 => match d.numbered(from, to)? {
+                Mutation::Numbered { producer, sequence } => Sketched::Numbered(producer, sequence),
+                _ => return None,
+            },
+            _ => return None,
+        })
+    }
+
+    /// An insert, checked as `Decoder::insert` checks it; its creation time.
+    fn insert(&mut self, d: &mut Decoder<'_>, from: usize, to: usize) -> Option<Sketched> {
+        let mut r = d.fields(from, to);
+        let (mut id, mut created_ms, mut nettable) = (0, None, None);
+        while let Some((field, wire_type)) = r.key()? {
+            match (field, wire_type) {
+                (1, VARINT) => id = r.varint()?,
+                (2, LEN) if created_ms.is_none() => {
+                    let (from, to) = r.len_delimited()?;
+                    created_ms = Some(check_state(d.fields(from, to))?);
+                }
+                (3, LEN) if nettable.is_none() => {
+                    let (from, to) = r.len_delimited()?;
+                    let (payload, key) = self.check_body(d, from, to)?;
+                    self.payload_bytes += payload;
+                    nettable = Some(!key);
+                }
+                _ => return None,
+            }
+        }
+        self.events.push(Event::Insert {
+            id,
+            nettable: nettable?,
+        });
+        Some(Sketched::Insert(created_ms?))
+    }
+
+    /// A task body, checked as `Decoder::task_body` checks it: its payload's length
+    /// and whether it has an idempotency key.
+    fn check_body(&mut self, d: &mut Decoder<'_>, from: usize, to: usize) -> Option<(usize, bool)> {
+        let mut r = d.fields(from, to);
+        let (mut payload, mut key) = (0, false);
+        while let Some((field, wire_type)) = r.key()? {
+            match (field, wire_type) {
+                (1, VARINT) => {
+                    r.varint()?;
+                }
+                (2, LEN) => {
+                    let (from, to) = r.len_delimited()?;
+                    payload = to - from;
+                }
+                (3, LEN) => {
+                    let (from, to) = r.len_delimited()?;
+                    let mut h = d.fields(from, to);
+                    while let Some((field, wire_type)) = h.key()? {
+                        match (field, wire_type) {
+                            (1, LEN) => {
+                                h.str()?;
+                            }
+                            (2, LEN) => {
+                                h.len_delimited()?;
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+                (4, LEN) => {
+                    r.str()?;
+                    key = true;
+                }
+                _ => return None,
+            }
+        }
+        Some((payload, key))
+    }
+}
+
+/// A task state, checked as `Decoder::state` checks it; its creation time.
+fn check_state(mut r: Fields<'_>) -> Option<u64> {
+    let mut created_ms = 0;
+    while let Some((field, wire_type)) = r.key()? {
+        match (field, wire_type) {
+            (1 | 10, LEN) => {
+                r.str()?;
+            }
+            (2, VARINT) => {
+                status(r.varint()? as u32)?;
+            }
+            (3 | 4 | 5 | 6 | 7 | 9 | 11, VARINT) => {
+                r.varint()?;
+            }
+            (8, VARINT) => created_ms = r.varint()?,
+            _ => return None,
+        }
+    }
+    Some(created_ms)
+}
+
+/// What one mutation of a sketched job was.
+enum Sketched {
+    Insert(u64),
+    Numbered(Arc<str>, u64),
+    Other,
 }
 
 /// A task status this version knows; `None` leaves an unknown one to `entry_from`'s

@@ -18,7 +18,9 @@ use crate::model::Mutation;
 /// Whatever the fast path takes, prost and `entry_from` take too and read the same.
 fn same_as_prost(bytes: &[u8]) -> Result<bool, TestCaseError> {
     let body = Bytes::copy_from_slice(bytes);
-    let Some(fast) = fast::entry(&body) else {
+    let fast = fast::entry(&body);
+    sketch_agrees(&body, fast.as_ref())?;
+    let Some(fast) = fast else {
         return Ok(false);
     };
     let slow = pb::Entry::decode(body.clone())
@@ -30,6 +32,73 @@ fn same_as_prost(bytes: &[u8]) -> Result<bool, TestCaseError> {
     );
     prop_assert_eq!(fast, slow.unwrap());
     Ok(true)
+}
+
+/// What a member reads of an entry it holds back (`fast::sketch`) agrees with the
+/// entry read whole (`fast`): taken exactly when it is, its jobs decode to the same,
+/// and its events, publishes, numberings and counts are those of the jobs.
+fn sketch_agrees(body: &Bytes, fast: Option<&Entry>) -> Result<(), TestCaseError> {
+    let sketch = fast::sketch(body);
+    let (fast, sketch) = match (fast, sketch) {
+        (None, None) => return Ok(()),
+        (Some(f), Some(s)) => (f, s),
+        (f, s) => {
+            return Err(TestCaseError::fail(format!(
+                "the sketch and the fast path disagree on taking it: {f:?} / {s:?}"
+            )))
+        }
+    };
+    prop_assert_eq!(fast.log_id, sketch.log_id);
+    let (EntryPayload::Normal(Command::Jobs(jobs)), EntryPayload::Normal(Command::Received(r))) =
+        (&fast.payload, &sketch.payload)
+    else {
+        return Err(TestCaseError::fail("not a jobs entry and a received one"));
+    };
+    prop_assert_eq!(&r.bytes, body);
+    let decoded = fast::received_jobs(r).expect("a sketched entry's jobs decode");
+    prop_assert_eq!(&decoded[..], &jobs[..]);
+    prop_assert_eq!(r.jobs.len(), jobs.len());
+    let mut events = Vec::new();
+    for (job, sketched) in jobs.iter().zip(&r.jobs) {
+        let first = events.len();
+        events.extend(
+            job.muts
+                .iter()
+                .filter_map(crate::cluster::netting::event_of),
+        );
+        prop_assert_eq!(sketched.events.clone(), first..events.len());
+        prop_assert_eq!(sketched.mutations, job.muts.len());
+        // Inserts, then a numbering or nothing.
+        let inserts = match job.muts.split_last() {
+            Some((Mutation::Numbered { .. }, rest)) => rest,
+            _ => &job.muts[..],
+        };
+        let publish =
+            !inserts.is_empty() && inserts.iter().all(|m| matches!(m, Mutation::Insert(_)));
+        prop_assert_eq!(sketched.publish, publish, "{:?}", job);
+        if publish {
+            if let Some(Mutation::Insert(first)) = job.muts.first() {
+                prop_assert_eq!(sketched.first_created_ms, first.state.created_ms);
+            }
+            let numbered = match job.muts.last() {
+                Some(Mutation::Numbered { producer, sequence }) => {
+                    Some((producer.clone(), *sequence))
+                }
+                _ => None,
+            };
+            prop_assert_eq!(&sketched.numbered, &numbered);
+        }
+    }
+    prop_assert_eq!(&r.events, &events);
+    prop_assert_eq!(
+        r.mutations,
+        jobs.iter().map(|j| j.muts.len()).sum::<usize>()
+    );
+    prop_assert_eq!(
+        r.payload_bytes,
+        jobs.iter().map(Job::payload_bytes).sum::<usize>()
+    );
+    Ok(())
 }
 
 fn entry() -> impl Strategy<Value = Entry> {

@@ -168,6 +168,8 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
 
 /// The entry encoded in `bytes` (its task payloads are slices of them, not copies):
 /// the hot path's kinds read field by field (`fast.rs`), anything else through prost.
+pub(crate) use fast::{received_job, received_jobs, sketch};
+
 pub(crate) fn decode_entry(bytes: &bytes::Bytes) -> Result<Entry, CodecError> {
     if let Some(entry) = fast::entry(bytes) {
         return Ok(entry);
@@ -181,6 +183,9 @@ pub(crate) fn decode_entry(bytes: &bytes::Bytes) -> Result<Entry, CodecError> {
 /// path's kinds are written straight from the entry (`fast.rs`, the same bytes),
 /// anything else through prost.
 pub(crate) fn entry_bytes(e: &Entry) -> bytes::Bytes {
+    if let EntryPayload::Normal(Command::Received(received)) = &e.payload {
+        return received.bytes.clone();
+    }
     fast::entry_bytes(e).unwrap_or_else(|| entry_to(e).encode_to_vec().into())
 }
 
@@ -208,7 +213,12 @@ pub(crate) fn append_from(
     let mut entries = Vec::with_capacity(r.entries.len());
     let mut raw = Vec::with_capacity(r.entries.len());
     for bytes in r.entries {
-        let entry = decode_entry(&bytes)?;
+        // Checked whole now, decoded into store jobs only if its tasks are not netted
+        // while the member holds it back (`netting.rs`).
+        let entry = match sketch(&bytes) {
+            Some(entry) => entry,
+            None => decode_entry(&bytes)?,
+        };
         raw.push((entry.log_id, bytes));
         entries.push(entry);
     }

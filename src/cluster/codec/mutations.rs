@@ -15,7 +15,14 @@ use crate::model::{
 /// An entry's payload: one job as `Mutations` (what a single job always was), several
 /// as `Jobs`.
 pub(crate) fn command_to(c: &Command) -> pb::entry::Payload {
-    let Command::Jobs(jobs) = c;
+    let jobs = match c {
+        Command::Jobs(jobs) => jobs.clone(),
+        // Not reached: a received entry is written and sent as the bytes it came in
+        // as (`codec::entry_bytes`); decoded whole here all the same.
+        Command::Received(received) => super::fast::received_jobs(received)
+            .expect("a received entry's jobs decode (checked when it arrived)")
+            .into(),
+    };
     debug_assert!(!jobs.is_empty(), "a command carries at least one job");
     match &jobs[..] {
         [one] => pb::entry::Payload::Mutations(job_to(one)),

@@ -101,11 +101,29 @@ impl<C: Completion> WriterLoop<C> {
             inserts.iter().all(|m| matches!(m, Mutation::Insert(_))),
             "a numbered job holds only its publish's inserts"
         );
-        let tasks = inserts.len() as u32;
-        let (first_id, now) = (first.id, first.state.created_ms);
+        self.number(
+            producer,
+            *sequence,
+            first.id,
+            first.state.created_ms,
+            inserts.len() as u32,
+        )
+    }
+
+    /// [`check_numbering`](Self::check_numbering) of a publish of `tasks` tasks from
+    /// `first_id` on, created at `now`, numbered `sequence` by `producer` (its tasks
+    /// may be netted: `Muts::Netted`).
+    pub(super) fn number(
+        &mut self,
+        producer: &Arc<str>,
+        sequence: u64,
+        first_id: TaskId,
+        now: Millis,
+        tasks: u32,
+    ) -> Result<Numbering, StoreError> {
         let created = match self.producer(producer)? {
             None => true,
-            Some(rec) => match rec.seen(*sequence) {
+            Some(rec) => match rec.seen(sequence) {
                 Seen::New => false,
                 Seen::TooOld { floor } => {
                     self.job_refused = Some(SequenceRefusal::TooOld { floor });
@@ -118,7 +136,7 @@ impl<C: Completion> WriterLoop<C> {
                     return Ok(Numbering::Done);
                 }
                 Seen::Repeat(earlier) => {
-                    for index in 0..inserts.len() {
+                    for index in 0..tasks as usize {
                         self.job_duplicates.push(Duplicate {
                             index,
                             original: earlier.first + index as TaskId,
@@ -135,7 +153,7 @@ impl<C: Completion> WriterLoop<C> {
                 .push((Key::of(&key), Some(InlineArray::from(&[][..]))));
         }
         let remembered = Remembered {
-            sequence: *sequence,
+            sequence,
             first: first_id,
             tasks,
         };

@@ -210,6 +210,23 @@ impl<C: Completion> WriterLoop<C> {
         muts: &Muts,
         batch: &sled::Batch,
     ) -> Result<Option<TaskId>, StoreError> {
+        if let Muts::Netted(netted) = muts {
+            debug_assert!(netted.first <= netted.max_id && netted.tasks > 0);
+            if let Some((producer, sequence)) = &netted.numbered {
+                // Repeat or new, nothing is staged: its tasks are netted.
+                let _ = self.number(
+                    producer,
+                    *sequence,
+                    netted.first,
+                    netted.created_ms,
+                    netted.tasks,
+                )?;
+            }
+            self.stats
+                .netted
+                .fetch_add(u64::from(netted.tasks), Relaxed);
+            return Ok(Some(netted.max_id));
+        }
         let mut max_inserted = None;
         let muts = muts.as_slice();
         if let Numbering::Done = self.check_numbering(muts)? {
