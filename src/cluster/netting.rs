@@ -3,20 +3,22 @@
 //! a received publish (`Command::Received`) whose every task is netted becomes a
 //! [`Muts::Netted`] (its numbering and ids only), the removals of those tasks are
 //! dropped, and only the other jobs of a received entry are decoded. Decoded entries
-//! (read back from the log after a restart) go to the store as they are. The rule is the store's own (`writer/stage.rs`,
-//! `find_netted`): a task inserted without an idempotency key and removed later in
-//! the group, with no patch or success of it in between. What does not live here:
-//! holding the entries and when to submit them (`state.rs`); the store's netting of
-//! what this leaves (it still nets tasks of publishes that are not all netted).
+//! (read back from the log after a restart) go to the store as they are. The rule is
+//! the store's own (`writer/stage.rs`, `find_netted`): a task inserted without an
+//! idempotency key and removed later in the group, with no patch or success of it in
+//! between. What does not live here: holding the entries and when to submit them
+//! (`state.rs`); the store's netting of what this leaves (it still nets tasks of
+//! publishes that are not all netted).
 
 use std::sync::Arc;
 
-use super::types::{Event, Job, LogId, Received};
+use super::codec::JobReader;
+use super::types::{Event, Job, JobSketch, LogId, Received};
 use crate::model::{IdMap, IdSet, Mutation, TaskId};
 use crate::store::{Muts, NettedPublish};
 
-/// One held-back entry's jobs: decoded (read back from the log, or proposed by this
-/// node) or as received from the leader.
+/// One held-back entry's jobs: decoded (read back from the log after a restart) or as
+/// received from the leader.
 pub(super) enum HeldJobs {
     Decoded(Arc<[Job]>),
     Received(Arc<Received>),
@@ -56,8 +58,7 @@ pub(super) fn group(entries: &[(LogId, HeldJobs)]) -> Result<Vec<(LogId, Muts)>,
     let mut out = Vec::new();
     for &(log_id, ref held) in entries {
         match held {
-            // Submitted as they are (the store nets what it can): entries read back
-            // from the log after a restart, or another of this node's own.
+            // Submitted as they are (the store nets what it can).
             HeldJobs::Decoded(jobs) => {
                 for job in jobs.iter() {
                     if let Some(muts) = without_gone(&job.muts, &gone, job.payload_bytes()) {
@@ -66,16 +67,12 @@ pub(super) fn group(entries: &[(LogId, HeldJobs)]) -> Result<Vec<(LogId, Muts)>,
                 }
             }
             HeldJobs::Received(received) => {
+                // Made at the first job decoded whole: most entries need none.
+                let mut reader = None;
                 for job in &received.jobs {
                     let events = &received.events[job.events.clone()];
                     if job.publish && all_netted(events, &netted) {
-                        let publish = netted_received(job, events);
-                        for event in events {
-                            if let Event::Insert { id, .. } = event {
-                                gone.insert(*id);
-                            }
-                        }
-                        out.push((log_id, Muts::Netted(publish)));
+                        out.push((log_id, Muts::Netted(take_out(job, events, &mut gone))));
                         continue;
                     }
                     // Removals of gone tasks only: nothing left to apply.
@@ -86,7 +83,9 @@ pub(super) fn group(entries: &[(LogId, HeldJobs)]) -> Result<Vec<(LogId, Muts)>,
                     {
                         continue;
                     }
-                    let decoded = super::codec::received_job(received, job.at.clone())
+                    let decoded = reader
+                        .get_or_insert_with(|| JobReader::new(received))
+                        .job(job.at.clone())
                         .ok_or(Undecodable(log_id))?;
                     let bytes = decoded.payload_bytes();
                     if let Some(muts) = without_gone(&decoded.muts, &gone, bytes) {
@@ -160,24 +159,24 @@ fn all_netted(events: &[Event], netted: &IdSet<TaskId>) -> bool {
         .all(|e| matches!(e, Event::Insert { id, .. } if netted.contains(id)))
 }
 
-/// A received publish whose every task is netted.
-fn netted_received(job: &super::types::JobSketch, events: &[Event]) -> NettedPublish {
-    let ids = events.iter().filter_map(|e| match e {
-        Event::Insert { id, .. } => Some(*id),
-        _ => None,
-    });
-    let (mut first, mut max_id, mut tasks) = (None, 0, 0u32);
-    for id in ids {
-        first.get_or_insert(id);
-        max_id = max_id.max(id);
-        tasks += 1;
+/// A received publish whose every task is netted (its events are its inserts), as
+/// what the store still does of it; its tasks go into `gone`.
+fn take_out(job: &JobSketch, events: &[Event], gone: &mut IdSet<TaskId>) -> NettedPublish {
+    debug_assert!(events.iter().all(|e| matches!(e, Event::Insert { .. })));
+    let (mut first, mut max_id) = (None, 0);
+    for event in events {
+        if let Event::Insert { id, .. } = *event {
+            first.get_or_insert(id);
+            max_id = max_id.max(id);
+            gone.insert(id);
+        }
     }
-    debug_assert!(tasks > 0, "a publish inserts");
+    debug_assert!(first.is_some(), "a publish inserts");
     NettedPublish {
         numbered: job.numbered.clone(),
         first: first.unwrap_or(max_id),
         created_ms: job.first_created_ms,
-        tasks,
+        tasks: u32::try_from(events.len()).unwrap_or(u32::MAX),
         max_id,
     }
 }

@@ -92,9 +92,9 @@ pub struct StateMachine<C: Applying> {
 /// as one store group in which neither the publish nor the ack of a task settled
 /// within the group is written: `netting.rs` takes such tasks out of the entries
 /// received as they came (`Command::Received`, never decoded into store jobs), and
-/// the store's `WriterLoop::find_netted` nets those of decoded ones. Shared by the state machine, the
-/// flush timer ([`run_deferred`]) and the node's shutdown ([`Deferred::flush_now`]).
-/// Held at most [`DEFER_FOR`], [`DEFER_MUTATIONS`] mutations or [`DEFER_BYTES`] of
+/// the store's `WriterLoop::find_netted` nets those of decoded ones. Shared by the
+/// state machine, the flush timer ([`run_deferred`]) and the node's shutdown
+/// ([`Deferred::flush_now`]). Held at most [`DEFER_FOR`], [`DEFER_MUTATIONS`] mutations or [`DEFER_BYTES`] of
 /// payloads; submitted before anything that needs the store to hold every applied
 /// entry: an entry of this node's own (it leads: `lead.rs` rebuilds its engine from
 /// the store once its first entry is applied), a blank or membership entry (the state

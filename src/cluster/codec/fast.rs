@@ -31,11 +31,7 @@ use crate::model::{Mutation, NewTask, StatePatch, TaskBody, TaskState, TaskStatu
 
 /// The entry in `body`, or `None` to leave it to prost.
 pub(super) fn entry(body: &Bytes) -> Option<Entry> {
-    let mut d = Decoder {
-        body,
-        names: Vec::new(),
-        no_name: Arc::from(""),
-    };
+    let mut d = Decoder::new(body);
     let mut r = Fields::new(body, 0, body.len());
     let (mut log_id, mut jobs) = (None, None);
     while let Some((field, wire_type)) = r.key()? {
@@ -73,6 +69,14 @@ struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    fn new(body: &'a Bytes) -> Decoder<'a> {
+        Decoder {
+            body,
+            names: Vec::new(),
+            no_name: Arc::from(""),
+        }
+    }
+
     fn fields(&self, from: usize, to: usize) -> Fields<'a> {
         Fields::new(self.body, from, to)
     }
@@ -362,11 +366,7 @@ impl<'a> Decoder<'a> {
 /// entry when it arrives, not when it applies it (`fast_tests`).
 pub(crate) fn sketch(body: &Bytes) -> Option<Entry> {
     let mut r = Fields::new(body, 0, body.len());
-    let mut d = Decoder {
-        body,
-        names: Vec::new(),
-        no_name: Arc::from(""),
-    };
+    let mut d = Decoder::new(body);
     let mut s = Sketcher {
         jobs: Vec::new(),
         events: Vec::new(),
@@ -416,22 +416,28 @@ pub(crate) fn sketch(body: &Bytes) -> Option<Entry> {
     })
 }
 
-/// Job `at` of a [`Received`] entry, decoded whole (as [`entry`] decodes it).
-pub(crate) fn received_job(received: &Received, at: std::ops::Range<usize>) -> Option<Job> {
-    let mut d = Decoder {
-        body: &received.bytes,
-        names: Vec::new(),
-        no_name: Arc::from(""),
-    };
-    d.job(at.start, at.end)
+/// Decodes jobs of one [`Received`] entry whole (as [`entry`] decodes them), its
+/// queue names and producer ids shared across them as `entry` shares them.
+pub(crate) struct JobReader<'a>(Decoder<'a>);
+
+impl<'a> JobReader<'a> {
+    pub(crate) fn new(received: &'a Received) -> JobReader<'a> {
+        JobReader(Decoder::new(&received.bytes))
+    }
+
+    /// The job whose message lies at `at` (a [`JobSketch::at`]).
+    pub(crate) fn job(&mut self, at: std::ops::Range<usize>) -> Option<Job> {
+        self.0.job(at.start, at.end)
+    }
 }
 
 /// Every job of a [`Received`] entry, decoded whole.
 pub(crate) fn received_jobs(received: &Received) -> Option<Vec<Job>> {
+    let mut reader = JobReader::new(received);
     received
         .jobs
         .iter()
-        .map(|job| received_job(received, job.at.clone()))
+        .map(|job| reader.job(job.at.clone()))
         .collect()
 }
 
@@ -493,8 +499,14 @@ impl Sketcher {
         let (field, from, to) = d.kind_of(from, to)?;
         Some(match field {
             1 => self.insert(d, from, to)?,
-            2 => {
-                let Mutation::Patch { id, .. } = d.patch(from, to)? else {
+            // Read whole: they are checked as `entry` checks them.
+            2 | 4 => {
+                let touched = if field == 2 {
+                    d.patch(from, to)?
+                } else {
+                    d.succeed(from, to)?
+                };
+                let (Mutation::Patch { id, .. } | Mutation::Succeed { id, .. }) = touched else {
                     return None;
                 };
                 self.events.push(Event::Touch(id));
@@ -502,13 +514,6 @@ impl Sketcher {
             }
             3 => {
                 self.events.push(Event::Remove(d.task_ref(from, to)?));
-                Sketched::Other
-            }
-            4 => {
-                let Mutation::Succeed { id, .. } = d.succeed(from, to)? else {
-                    return None;
-                };
-                self.events.push(Event::Touch(id));
                 Sketched::Other
             }
             10 => {

@@ -166,10 +166,10 @@ pub(crate) fn entry_from(e: pb::Entry) -> Result<Entry, CodecError> {
     Ok(Entry { log_id, payload })
 }
 
+pub(crate) use fast::{received_jobs, sketch, JobReader};
+
 /// The entry encoded in `bytes` (its task payloads are slices of them, not copies):
 /// the hot path's kinds read field by field (`fast.rs`), anything else through prost.
-pub(crate) use fast::{received_job, received_jobs, sketch};
-
 pub(crate) fn decode_entry(bytes: &bytes::Bytes) -> Result<Entry, CodecError> {
     if let Some(entry) = fast::entry(bytes) {
         return Ok(entry);
