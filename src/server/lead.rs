@@ -110,11 +110,19 @@ impl Leadership {
     }
 }
 
+/// The longest a change of openraft's metrics waits before the watcher takes it: how
+/// late a leadership is noticed (against elections of 250–500 ms) and how often the
+/// leader lease is renewed at most (against heartbeats every 50 ms and a lease of half
+/// the shortest election timeout; the lease is counted from the quorum's last
+/// acknowledgement either way, so a later renewal only shortens it).
+pub(crate) const LOOK_GAP: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// What the watcher needs.
 pub(crate) struct LeadWatch {
     pub(crate) metrics: watch::Receiver<Metrics>,
     pub(crate) leadership: Arc<Leadership>,
-    /// Renewed from every metrics update while this node leads (`lease.rs`).
+    /// Renewed from the metrics while this node leads, at most every [`LOOK_GAP`]
+    /// (`lease.rs`).
     pub(crate) lease: Arc<LeaderLease>,
     pub(crate) store: Store,
     /// The routed writer handle (through Raft): how the first leader sets the id.
@@ -217,6 +225,13 @@ impl LeadWatch {
                 }
                 (Some(_), None) => self.follow(refusal),
                 (None, None) => self.leadership.set_refusal(refusal),
+            }
+            // openraft sends its metrics on every turn of its loop, thousands of times a
+            // second under load: looking at each woke this task (and the core, to wake
+            // it) once per turn. A change is taken at most LOOK_GAP after it was sent.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(LOOK_GAP) => {}
             }
             tokio::select! {
                 _ = stop.cancelled() => break,

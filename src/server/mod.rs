@@ -374,7 +374,11 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     // further ones are dropped without an answer.
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut raft_failure = None;
-    let raft_stopped = raft_stopped(cluster.as_ref().map(|m| m.node.raft().metrics()));
+    let raft_stopped = raft_stopped(
+        cluster
+            .as_ref()
+            .map(|m| (m.node.raft().metrics(), m.node.raft().server_metrics())),
+    );
     tokio::pin!(raft_stopped);
     loop {
         tokio::select! {
@@ -493,22 +497,30 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     Ok(())
 }
 
+type RaftMetricsRx = tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>;
+type RaftServerMetricsRx =
+    tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>;
+
 /// Resolves once a cluster member's Raft node has stopped on an error (never for a
 /// single node, nor for the node's own shutdown, which comes after the accept loop).
-async fn raft_stopped(
-    metrics: Option<tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>>,
-) -> String {
-    let Some(mut metrics) = metrics else {
+/// It waits on openraft's server metrics (role, vote, leader, membership), which
+/// change seldom and end when the Raft core ends, not on its full metrics, which are
+/// sent on every turn of the core's loop; the core sets the full metrics' running
+/// state before it ends.
+async fn raft_stopped(metrics: Option<(RaftMetricsRx, RaftServerMetricsRx)>) -> String {
+    let Some((metrics, mut server)) = metrics else {
         return std::future::pending().await;
     };
+    let fatal = |metrics: &RaftMetricsRx| match &metrics.borrow().running_state {
+        Err(openraft::error::Fatal::Stopped) | Ok(()) => None,
+        Err(fatal) => Some(fatal.to_string()),
+    };
     loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            if !matches!(fatal, openraft::error::Fatal::Stopped) {
-                return fatal.to_string();
-            }
+        if let Some(fatal) = fatal(&metrics) {
+            return fatal;
         }
-        if metrics.changed().await.is_err() {
-            return "the raft node's metrics ended".to_owned();
+        if server.changed().await.is_err() {
+            return fatal(&metrics).unwrap_or_else(|| "the raft node's core ended".to_owned());
         }
     }
 }
