@@ -471,18 +471,21 @@ impl Formation {
         stop: &CancellationToken,
     ) {
         loop {
-            let (leading, missing): (bool, Vec<(NodeId, Member)>) = {
+            let (leading, known, missing): (bool, bool, Vec<(NodeId, Member)>) = {
                 let m = raft.metrics().borrow().clone();
-                let missing = m
-                    .membership_config
-                    .membership()
+                let membership = m.membership_config.membership();
+                let missing = membership
                     .nodes()
                     .filter(|(_, n)| n.client_addr.is_empty())
                     .map(|(id, n)| (*id, n.clone()))
                     .collect();
-                (m.state == openraft::ServerState::Leader, missing)
+                let known = membership.nodes().next().is_some();
+                (m.state == openraft::ServerState::Leader, known, missing)
             };
-            if missing.is_empty() && raft.is_initialized().await.unwrap_or(true) {
+            // Done once the metrics show a membership with every address. Right after
+            // `initialize` returns they may still show none (openraft reports its
+            // metrics at the end of the turn that answered it): that is not done.
+            if missing.is_empty() && (known || raft.is_initialized().await.is_err()) {
                 return;
             }
             for (id, member) in missing.into_iter().filter(|_| leading) {
