@@ -152,7 +152,7 @@ pub(crate) enum Proposal<C> {
 pub(crate) type Pending<C> = Arc<Mutex<crate::model::IdMap<u64, C>>>;
 
 /// What openraft's metrics say about leadership, for refusals.
-type Metrics = watch::Receiver<openraft::RaftMetrics<NodeId, Member>>;
+type Metrics = watch::Receiver<super::types::RaftMetrics>;
 
 /// The `store::Route` of a cluster member: see the module documentation.
 pub struct Proposer<C: Completion> {
@@ -170,7 +170,7 @@ pub struct Proposer<C: Completion> {
 /// Why this node does not take changes, naming the leader if one is known, or the
 /// members if this node is not one of them (removed, or not added yet; listed without
 /// " at ", which the clients read as the leader's address).
-pub fn not_leader(metrics: &openraft::RaftMetrics<NodeId, Member>) -> String {
+pub fn not_leader(metrics: &super::types::RaftMetrics) -> String {
     let me = metrics.id;
     let membership = metrics.membership_config.membership();
     // (A cluster not formed yet has no members at all: nobody is one yet.)

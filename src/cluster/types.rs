@@ -177,3 +177,8 @@ pub type Membership = openraft::Membership<NodeId, Member>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 /// A storage failure as openraft wants it.
 pub type StorageError = openraft::StorageError<NodeId>;
+/// openraft's full metrics of a node (sent on every turn of its core's loop).
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Member>;
+/// openraft's server metrics of a node: role, vote, leader, membership (sent when one
+/// of them changes).
+pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<NodeId, Member>;

@@ -27,12 +27,11 @@ use super::lease::LeaderLease;
 use super::msg::{ClusterView, HubCmd, HubTx, RebuiltEngine};
 use super::startup::{build_engine, engine_config};
 use crate::cluster::replicate::{not_leader, Signal};
-use crate::cluster::types::{Member, NodeId};
 use crate::config::ServerConfig;
 use crate::model::Mutation;
 use crate::store::{Muts, Store, WriterHandle};
 
-type Metrics = openraft::RaftMetrics<NodeId, Member>;
+use crate::cluster::types::RaftMetrics as Metrics;
 
 /// Whether this node serves clients now, and what a refused client is told.
 pub(crate) struct Leadership {

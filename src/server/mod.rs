@@ -48,7 +48,7 @@ use self::metrics::Metrics;
 use self::msg::HubCmd;
 use self::startup::{bind_protocol, recover, warn_if_exposed};
 use self::waiters::Waiters;
-use crate::cluster::types::{Member, NodeId};
+use crate::cluster::types::{NodeId, RaftMetrics, RaftServerMetrics};
 use crate::config::{ClusterConfig, ServerConfig};
 use crate::store::{Muts, Store, StoreError, WriterStats};
 
@@ -497,9 +497,8 @@ async fn run(running: Running, http: http::HttpServer) -> Result<(), ServerError
     Ok(())
 }
 
-type RaftMetricsRx = tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>;
-type RaftServerMetricsRx =
-    tokio::sync::watch::Receiver<openraft::metrics::RaftServerMetrics<NodeId, Member>>;
+type RaftMetricsRx = tokio::sync::watch::Receiver<RaftMetrics>;
+type RaftServerMetricsRx = tokio::sync::watch::Receiver<RaftServerMetrics>;
 
 /// Resolves once a cluster member's Raft node has stopped on an error (never for a
 /// single node, nor for the node's own shutdown, which comes after the accept loop).

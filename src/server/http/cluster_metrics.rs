@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::cluster::heard::Heard;
 use crate::cluster::snapshot::SnapshotCounters;
 use crate::cluster::timings::Timings;
-use crate::cluster::types::{Member, NodeId};
+use crate::cluster::types::{NodeId, RaftMetrics};
 
 /// One scrape's view of the cluster from this node.
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl ClusterSample {
     /// as the node observes them; `heard` as the node has heard them (read after `m`:
     /// the commit index is never below the applied one).
     pub(crate) fn read(
-        m: &openraft::RaftMetrics<NodeId, Member>,
+        m: &RaftMetrics,
         leader_changes: u64,
         snapshots: &SnapshotCounters,
         timings: &Timings,

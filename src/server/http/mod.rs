@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use self::cluster_metrics::ClusterSample;
 use self::exposition::{QueueSample, ScrapedQueues, StoreHealth};
 use crate::broker::{QueueConfigUpdate, TaskView};
-use crate::cluster::types::{Member, NodeId};
+use crate::cluster::types::RaftMetrics;
 use crate::config::ServerConfig;
 use crate::http::types::*;
 use crate::http::{Action, ActionDone, ApiError, Backend, Health, HttpOptions, MetricsText};
@@ -54,7 +54,7 @@ pub(crate) struct Live {
 /// What the HTTP side reads of a cluster member: openraft's metrics (for `/metrics`
 /// and `/readyz`) and the leadership watcher's count of leader changes.
 pub(crate) struct ClusterProbe {
-    pub(crate) metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, Member>>,
+    pub(crate) metrics: tokio::sync::watch::Receiver<RaftMetrics>,
     pub(crate) leadership: Arc<Leadership>,
     pub(crate) snapshots: Arc<crate::cluster::snapshot::SnapshotCounters>,
     pub(crate) timings: Arc<crate::cluster::timings::Timings>,
